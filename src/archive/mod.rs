@@ -1,0 +1,223 @@
+//! WAL archiving: `wal-push` (archive_command) and `wal-fetch` (restore_command), plus the
+//! WAL chain check restores run before writing anything.
+//!
+//! A push is idempotent: the same content under the same name succeeds, different content fails
+//! loudly, and nothing is ever overwritten. A fetch distinguishes "past the end of the archive"
+//! (PostgreSQL may end recovery) from a gap or a damaged segment (recovery must abort), because
+//! PostgreSQL takes any "not found" as the end of the archive. Knows no S3.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::codec::ObjectKind;
+use crate::crypto::Digest;
+use crate::error::ErrorKind;
+use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::repo::{self, ObjectKey, PutOutcome};
+use crate::repository::{self, Repository};
+
+/// Errors archiving or fetching WAL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name is not a WAL file name.
+    #[error("{0}")]
+    BadName(String),
+    /// A local file could not be read or written.
+    #[error("cannot {what} {path}: {source}", path = .path.display())]
+    Io {
+        /// read, write, rename.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The archive already holds this name with other content. Never overwritten.
+    #[error("WAL file {name} is already archived with a different checksum; refusing to overwrite it (two clusters archiving into one repository?)")]
+    Mismatch {
+        /// The WAL file name.
+        name: String,
+    },
+    /// The file is genuinely not in the archive, and nothing later is: end of archive.
+    #[error("WAL file {name} is not in the archive")]
+    NotInArchive {
+        /// The WAL file name.
+        name: String,
+    },
+    /// The segment is missing although later ones exist: recovery must not stop here silently.
+    #[error("WAL gap on timeline {timeline}: segment {missing} is missing from the archive although WAL after it is needed; recovering past it would silently lose data")]
+    Gap {
+        /// The first missing segment.
+        missing: String,
+        /// Its timeline.
+        timeline: Timeline,
+    },
+    /// Repository-level failure (storage, decryption, integrity).
+    #[error(transparent)]
+    Repository(#[from] repository::Error),
+}
+
+impl Error {
+    /// Category for exit codes; gaps are integrity failures.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadName(_) => ErrorKind::Config,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Mismatch { .. } => ErrorKind::Conflict,
+            Error::NotInArchive { .. } => ErrorKind::NotFound,
+            Error::Gap { .. } => ErrorKind::Integrity,
+            Error::Repository(e) => e.kind(),
+        }
+    }
+}
+
+/// Outcome of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Newly stored.
+    Stored,
+    /// Already archived with identical content.
+    AlreadyArchived,
+}
+
+/// The repository key of a WAL file: grouped by timeline.
+#[must_use]
+pub fn wal_key(name: &WalFileName, segment_size: u64) -> ObjectKey {
+    ObjectKey::Wal {
+        dir: name.timeline().to_string(),
+        name: name.to_name(segment_size),
+    }
+}
+
+fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
+    WalFileName::parse(name, segment_size).map_err(Error::BadName)
+}
+
+/// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
+pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::BadName(format!("{} has no WAL file name", path.display())))?;
+    let data = tokio::fs::read(path).await.map_err(|source| Error::Io {
+        what: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    let segment_size = segment_size_of(file_name, data.len() as u64);
+    let name = parse_name(file_name, segment_size)?;
+    let key = wal_key(&name, segment_size);
+    let (outcome, digest, _) = repo.seal_put(ObjectKind::Wal, &key, data).await?;
+    match outcome {
+        PutOutcome::Created => Ok(PushOutcome::Stored),
+        PutOutcome::AlreadyExists => {
+            if repo.object_digest(&key).await? == digest {
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(Error::Mismatch {
+                    name: file_name.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+/// Segment files are named by their size; anything else uses the default for parsing.
+fn segment_size_of(name: &str, len: u64) -> u64 {
+    let plausible = len.is_power_of_two() && (1 << 20..=1 << 30).contains(&len);
+    if name.len() == 24 && plausible { len } else { SEGMENT_SIZE_DEFAULT }
+}
+
+/// Fetches one WAL file into `dest` (written to a temporary name, then renamed).
+pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest, Error> {
+    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
+    let key = wal_key(&wal, SEGMENT_SIZE_DEFAULT);
+    let plaintext = match repo.get_open(ObjectKind::Wal, &key).await {
+        Ok(p) => p,
+        Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {
+            return Err(missing_error(repo, &wal, name).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let digest = Digest::sha256(&plaintext);
+    let tmp = dest.with_extension("radd-partial");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&plaintext)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    };
+    write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io {
+            what: "write",
+            path: dest.to_owned(),
+            source,
+        }
+    })?;
+    Ok(digest)
+}
+
+/// A missing segment is the end of the archive only if nothing later exists on its timeline.
+async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str) -> Error {
+    let WalFileName::Segment { timeline, number } = wal else {
+        return Error::NotInArchive { name: name.to_owned() };
+    };
+    match archived_segments(repo, *timeline, SEGMENT_SIZE_DEFAULT).await {
+        Ok(segments) if segments.range(number + 1..).next().is_some() => Error::Gap {
+            missing: name.to_owned(),
+            timeline: *timeline,
+        },
+        Ok(_) => Error::NotInArchive { name: name.to_owned() },
+        Err(e) => e,
+    }
+}
+
+/// Segment numbers archived on `timeline`.
+pub async fn archived_segments(
+    repo: &Repository,
+    timeline: Timeline,
+    segment_size: u64,
+) -> Result<BTreeSet<u64>, Error> {
+    let dir = format!("{}/{timeline}/", ObjectKey::WAL_DIR);
+    let listed = repo
+        .store
+        .list(&dir)
+        .await
+        .map_err(repository::Error::from)?;
+    Ok(listed
+        .iter()
+        .filter_map(|l| l.key.rsplit('/').next())
+        .filter_map(|n| match WalFileName::parse(n, segment_size) {
+            Ok(WalFileName::Segment { number, .. }) => Some(number),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Checks that every segment from `first` to `last` (or to the newest archived one when `last`
+/// is `None`) is archived on `timeline`. Returns the last segment number of the chain.
+pub async fn check_chain(
+    repo: &Repository,
+    timeline: Timeline,
+    first: u64,
+    last: Option<u64>,
+    segment_size: u64,
+) -> Result<u64, Error> {
+    let segments = archived_segments(repo, timeline, segment_size).await?;
+    let last = last
+        .or_else(|| segments.last().copied())
+        .unwrap_or(first)
+        .max(first);
+    for number in first..=last {
+        if !segments.contains(&number) {
+            return Err(Error::Gap {
+                missing: WalFileName::Segment { timeline, number }.to_name(segment_size),
+                timeline,
+            });
+        }
+    }
+    Ok(last)
+}

@@ -1,0 +1,129 @@
+//! Command-line interface: clap structs, one file per command group, text and `--json`
+//! rendering. Handlers build options from config + arguments, call the library, render.
+
+mod backup;
+mod demo;
+mod keys;
+mod restore;
+mod wal;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use radd::config::Config;
+use radd::repository::Repository;
+
+/// radd: encrypted PostgreSQL backups and WAL archiving that are proven by restoring them.
+#[derive(Debug, Parser)]
+#[command(name = "radd", version, about)]
+pub struct Args {
+    /// Configuration file.
+    #[arg(long, global = true, env = "RADD_CONFIG", default_value = "/etc/radd/radd.toml")]
+    pub config: PathBuf,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an age identity file (mode 0600) and print its recipient (public key).
+    Keygen(keys::KeygenArgs),
+    /// Repository administration.
+    #[command(subcommand)]
+    Repo(keys::RepoCommand),
+    /// Archive one WAL file (archive_command = 'radd wal-push %p').
+    WalPush(wal::PushArgs),
+    /// Fetch one WAL file (restore_command = 'radd wal-fetch %f %p'). Exit 1: not in the archive.
+    WalFetch(wal::FetchArgs),
+    /// Take a backup.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// List snapshots.
+    Snapshots,
+    /// Restore a snapshot into a new data directory, ready to recover to a target.
+    Restore(restore::RestoreArgs),
+    /// Run a backup and a verified restore against a throwaway cluster and a local repository.
+    Demo(demo::DemoArgs),
+}
+
+/// Logs go to stderr; wal-push/wal-fetch stay silent on success (PostgreSQL logs their stderr).
+pub fn init_logging(args: &Args) {
+    let quiet = matches!(args.command, Command::WalPush(_) | Command::WalFetch(_));
+    let default = match (args.verbose, quiet) {
+        (0, true) => "warn",
+        (0, false) | (1, _) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Runs the parsed command.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    match &args.command {
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Repo(c) => keys::repo(args, c).await,
+        Command::WalPush(a) => wal::push(args, a).await,
+        Command::WalFetch(a) => wal::fetch(args, a).await,
+        Command::Backup(c) => backup::run(args, c).await,
+        Command::Snapshots => backup::snapshots(args).await,
+        Command::Restore(a) => restore::run(args, a).await,
+        Command::Demo(a) => demo::run(args, a).await,
+    }
+}
+
+/// Exit code for a failed command: the error kind's code; for wal-fetch, 1 only for "not in
+/// the archive" and 255 otherwise, so PostgreSQL aborts recovery instead of ending it early.
+pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
+    let kind = error.downcast_ref::<radd::Error>().map(radd::Error::kind);
+    if let Command::WalFetch(_) = args.command {
+        return match error.downcast_ref::<radd::Error>() {
+            Some(radd::Error::Archive(radd::archive::Error::NotInArchive { .. })) => 1,
+            _ => 255,
+        };
+    }
+    kind.map_or(1, radd::ErrorKind::exit_code)
+}
+
+/// Loads the configuration named on the command line.
+pub fn load_config(args: &Args) -> Result<Config, radd::Error> {
+    Ok(Config::load(&args.config)?)
+}
+
+/// Opens the configured repository.
+pub async fn open_repo(args: &Args, need_identity: bool) -> Result<(Config, Repository), radd::Error> {
+    let config = load_config(args)?;
+    let repo = Repository::open(&config, need_identity).await?;
+    Ok((config, repo))
+}
+
+/// Prints a result as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Formats a byte count for humans.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,80 @@
+//! `radd restore`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args as ClapArgs;
+use radd::pg::Lsn;
+use radd::restore::{self, RecoveryTarget, RestoreOptions};
+
+use super::{Args, human_bytes, open_repo, print_json};
+
+/// Arguments of `radd restore`.
+#[derive(Debug, ClapArgs)]
+pub struct RestoreArgs {
+    /// `latest`, a snapshot id, or a unique prefix of one.
+    pub snapshot: String,
+    /// Data directory to create (must be absent or empty).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Recover to this time (PostgreSQL timestamp, e.g. "2026-11-26 05:00:00+00").
+    #[arg(long, group = "recovery")]
+    pub time: Option<String>,
+    /// Recover to this LSN (e.g. 0/3000060).
+    #[arg(long, group = "recovery")]
+    pub lsn: Option<Lsn>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long, group = "recovery")]
+    pub immediate: bool,
+    /// Accept a gap in the archived WAL after the backup's consistency point.
+    #[arg(long)]
+    pub allow_gap: bool,
+    /// Write archive_mode = off, so the restored cluster does not archive into this repository.
+    #[arg(long)]
+    pub no_archive: bool,
+}
+
+/// Quotes a value for `sh`, which PostgreSQL runs restore_command with.
+pub fn sh_quote(value: &Path) -> String {
+    format!("'{}'", value.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The restore_command that fetches WAL with this very binary and configuration.
+pub fn restore_command(config: &Path) -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?;
+    Ok(format!("{} --config {} wal-fetch %f %p", sh_quote(&exe), sh_quote(config)))
+}
+
+/// Restores and prints the report.
+pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
+    let (config, repo) = open_repo(args, true).await?;
+    let recovery = match (&a.time, a.lsn, a.immediate) {
+        (Some(t), _, _) => RecoveryTarget::Time(t.clone()),
+        (_, Some(l), _) => RecoveryTarget::Lsn(l),
+        (_, _, true) => RecoveryTarget::Immediate,
+        _ => RecoveryTarget::Latest,
+    };
+    let options = RestoreOptions {
+        snapshot: a.snapshot.clone(),
+        target: std::path::absolute(&a.target)?,
+        recovery,
+        allow_gap: a.allow_gap,
+        restore_command: restore_command(&config.source)?,
+        disable_archiving: a.no_archive,
+    };
+    let report = restore::run(&repo, &options).await.map_err(radd::Error::from)?;
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "restored snapshot {} into {}: {} files, {} verified against the manifest; WAL chain checked through {}; recovery target {}; {:.1}s\nstart it with: pg_ctl -D {} start",
+        report.snapshot_id,
+        report.target.display(),
+        report.files,
+        human_bytes(report.bytes),
+        report.wal_chain_end,
+        report.recovery_target,
+        report.duration_seconds,
+        report.target.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `radd wal-push` and `radd wal-fetch`: silent on success, as archive/restore commands must be.
+
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use radd::archive;
+
+use super::{Args, open_repo};
+
+/// Arguments of `radd wal-push`.
+#[derive(Debug, ClapArgs)]
+pub struct PushArgs {
+    /// Path of the WAL file (%p).
+    pub path: PathBuf,
+}
+
+/// Arguments of `radd wal-fetch`.
+#[derive(Debug, ClapArgs)]
+pub struct FetchArgs {
+    /// WAL file name (%f).
+    pub name: String,
+    /// Destination path (%p).
+    pub dest: PathBuf,
+}
+
+/// Archives one WAL file; needs only the recipients and id key.
+pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
+    let (_, repo) = open_repo(args, false).await?;
+    let outcome = archive::push(&repo, &a.path).await.map_err(radd::Error::from)?;
+    tracing::info!(path = %a.path.display(), ?outcome, "WAL file archived");
+    Ok(())
+}
+
+/// Fetches one WAL file; needs the identity.
+pub async fn fetch(args: &Args, a: &FetchArgs) -> anyhow::Result<()> {
+    let (_, repo) = open_repo(args, true).await?;
+    match archive::fetch(&repo, &a.name, &a.dest).await {
+        Ok(_) => Ok(()),
+        Err(e @ archive::Error::NotInArchive { .. }) => {
+            tracing::info!(name = %a.name, "not in the archive");
+            Err(radd::Error::from(e).into())
+        }
+        Err(e) => {
+            tracing::error!(name = %a.name, error = %e, "wal-fetch failed; recovery must abort");
+            Err(radd::Error::from(e).into())
+        }
+    }
+}

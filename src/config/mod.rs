@@ -1,0 +1,329 @@
+//! Configuration: one TOML document (`radd.toml`) parsed into typed options.
+//!
+//! Load = parse → resolve relative paths against the file's directory → validate, where
+//! validation reports every problem at once with its key path. Opens no connection and touches
+//! no repository. Secrets are never inline: keys live in files named here (mode 0600).
+
+mod size;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use size::ByteSize;
+
+/// Errors loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}", path = .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for radd's schema.
+    #[error("config file {path} is invalid: {message}", path = .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// One or more values are invalid; every problem is listed.
+    #[error("config file {path} has {} problem(s):\n  {}", .problems.len(), .problems.join("\n  "), path = .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// "key.path: what is wrong" lines.
+        problems: Vec<String>,
+    },
+    /// A value needed by this command is not configured.
+    #[error("{key} is not set in the configuration; {hint}")]
+    Missing {
+        /// Key path.
+        key: &'static str,
+        /// What to do.
+        hint: &'static str,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups are stored.
+    pub repository: RepositoryConfig,
+    /// Key files and recipients.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// The PostgreSQL cluster to back up.
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    /// Chunking, packing and compression.
+    #[serde(default)]
+    pub backup: BackupConfig,
+    /// Where this file was loaded from (absolute); used for restore_command lines.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Storage backend selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A directory on a local (or mounted) file system: the embedded default.
+    #[default]
+    Local,
+    /// Amazon S3 or an S3-compatible server.
+    S3,
+}
+
+/// `[repository]`: the object store holding the repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `local` (default) or `s3`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Local backend: repository directory.
+    pub path: Option<PathBuf>,
+    /// S3: bucket name.
+    pub bucket: Option<String>,
+    /// S3: key prefix inside the bucket ("" = bucket root).
+    #[serde(default)]
+    pub prefix: String,
+    /// S3: endpoint URL for S3-compatible servers (default: AWS).
+    pub endpoint: Option<String>,
+    /// S3: region (default `us-east-1`).
+    pub region: Option<String>,
+    /// S3: allow plain-HTTP endpoints (test servers only).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// `[keys]`: capability-split keys. Backup hosts need `recipients` + `id_key_file`; restore
+/// hosts need `identity_file` (the id key is then recovered from the repository if absent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// age X25519 recipients (`age1…`) every object is encrypted to.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// age identity file (0600): needed only to restore, verify and drill.
+    pub identity_file: Option<PathBuf>,
+    /// Id key file (0600): keys chunk ids; written by `radd repo init`.
+    pub id_key_file: Option<PathBuf>,
+}
+
+/// `[postgres]`: connection and paths of the cluster to back up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Host name, IP address, or socket directory.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Role with permission to run pg_backup_start/pg_backup_stop.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Database to connect to.
+    #[serde(default = "default_user")]
+    pub dbname: String,
+    /// Name of an environment variable holding the password, if one is needed.
+    pub password_env: Option<String>,
+    /// Data directory (default: asked from the server with `SHOW data_directory`).
+    pub data_dir: Option<PathBuf>,
+    /// Directory of initdb/pg_ctl/postgres (scratch instances and `radd demo`).
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            host: default_host(),
+            port: default_port(),
+            user: default_user(),
+            dbname: default_user(),
+            password_env: None,
+            data_dir: None,
+            bin_dir: default_bin_dir(),
+        }
+    }
+}
+
+/// `[backup]`: how data is cut, packed and compressed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Average content-defined chunk size for non-relation files.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: ByteSize,
+    /// Fixed block size for relation files (multiple of 8 KiB pages).
+    #[serde(default = "default_block_size")]
+    pub block_size: ByteSize,
+    /// Target size of a pack object.
+    #[serde(default = "default_pack_size")]
+    pub pack_size: ByteSize,
+    /// zstd level (1 fastest … 19).
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+    /// Packs uploaded concurrently.
+    #[serde(default = "default_uploads")]
+    pub upload_concurrency: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            chunk_size: default_chunk_size(),
+            block_size: default_block_size(),
+            pack_size: default_pack_size(),
+            compression_level: default_level(),
+            upload_concurrency: default_uploads(),
+        }
+    }
+}
+
+fn default_host() -> String {
+    "/var/run/postgresql".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+fn default_bin_dir() -> PathBuf {
+    "/usr/lib/postgresql/15/bin".into()
+}
+fn default_chunk_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_block_size() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_pack_size() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_level() -> i32 {
+    3
+}
+fn default_uploads() -> usize {
+    2
+}
+
+impl Config {
+    /// Reads, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let source = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = source.parent().map(Path::to_owned).unwrap_or_default();
+        config.resolve_paths(&base);
+        config.source = source;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        fix(&mut self.repository.path);
+        fix(&mut self.keys.identity_file);
+        fix(&mut self.keys.id_key_file);
+        fix(&mut self.postgres.data_dir);
+    }
+
+    /// Checks every value and reports all problems together.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let repo = &self.repository;
+        match repo.backend {
+            Backend::Local if repo.path.is_none() => {
+                problems.push("repository.path: required for the local backend".to_owned());
+            }
+            Backend::S3 if repo.bucket.as_deref().unwrap_or("").is_empty() => {
+                problems.push("repository.bucket: required for the s3 backend".to_owned());
+            }
+            _ => {}
+        }
+        if let Err(e) = crate::crypto::Recipients::parse(&self.keys.recipients) {
+            problems.push(format!("keys.recipients: {e}"));
+        }
+        let b = &self.backup;
+        if b.block_size.0 == 0 || b.block_size.0 % 8192 != 0 {
+            problems.push("backup.block_size: must be a non-zero multiple of 8KiB".to_owned());
+        }
+        if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {
+            problems.push("backup.chunk_size: must be between 64KiB and 64MiB".to_owned());
+        }
+        if !(1 << 20..=256 << 20).contains(&b.pack_size.0) {
+            problems.push("backup.pack_size: must be between 1MiB and 256MiB".to_owned());
+        }
+        if !(1..=19).contains(&b.compression_level) {
+            problems.push("backup.compression_level: must be 1..=19".to_owned());
+        }
+        if b.upload_concurrency == 0 {
+            problems.push("backup.upload_concurrency: must be at least 1".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                path: self.source.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        std::fs::write(
+            &path,
+            "[repository]\nbackend = \"s3\"\n[backup]\nblock_size = \"10KiB\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("repository.bucket"), "{err}");
+        assert!(err.contains("keys.recipients"), "{err}");
+        assert!(err.contains("backup.block_size"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        let id = crate::crypto::Identity::generate();
+        std::fs::write(
+            &path,
+            format!(
+                "[repository]\npath = \"repo\"\n[keys]\nrecipients = [\"{}\"]\n",
+                id.recipients().to_strings()[0]
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.repository.path.unwrap(), dir.path().join("repo"));
+    }
+}

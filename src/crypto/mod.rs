@@ -1,0 +1,377 @@
+//! Keys and cryptographic primitives: age encryption to X25519 recipients, SHA-256, and keyed
+//! object ids (HMAC-SHA256 with the repository's id key).
+//!
+//! Keys are split by capability (as bupstash does): the archiving/backup host holds only
+//! [`Recipients`] (public) and the [`IdKey`] (which decrypts nothing); only restore hosts hold an
+//! [`Identity`]. This module knows nothing of PostgreSQL, object stores or the repository layout.
+
+mod keyfile;
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hmac::{KeyInit, Mac};
+use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
+
+pub use keyfile::{check_key_file_mode, write_secret_file};
+
+use crate::error::ErrorKind;
+
+/// Errors from key handling and age encryption.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key file is readable by group or others.
+    #[error("key file {path} has mode {mode:o}; radd refuses key files readable by others: run `chmod 600 {path}`", path = .path.display())]
+    KeyFileMode {
+        /// The offending file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key file could not be read or written.
+    #[error("cannot access key file {path}: {source}", path = .path.display())]
+    KeyFileIo {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Refusing to overwrite an existing key file.
+    #[error("key file {path} already exists; radd never overwrites keys (move it away first)", path = .path.display())]
+    KeyFileExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file's content is not a valid key.
+    #[error("key file {path} does not contain a valid {what}", path = .path.display())]
+    InvalidKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What was expected ("age identity", "id key").
+        what: &'static str,
+    },
+    /// A configured recipient string is not an age X25519 recipient.
+    #[error("invalid age recipient {value:?}: expected an `age1…` public key (see `radd keygen`)")]
+    InvalidRecipient {
+        /// The public recipient string (not secret).
+        value: String,
+    },
+    /// No recipients are configured, so nothing can be encrypted.
+    #[error("no age recipients configured (keys.recipients); run `radd keygen` and add its recipient")]
+    NoRecipients,
+    /// Encryption failed.
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+    /// Decryption failed: wrong identity, or the object was tampered with.
+    #[error("cannot decrypt: {0} (is keys.identity_file the identity for one of this repository's recipients?)")]
+    Decrypt(String),
+    /// The ciphertext authenticated but its payload is corrupt.
+    #[error("decrypted data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Category for exit codes: wrong keys are crypto, bad files are config.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::KeyFileMode { .. }
+            | Error::InvalidKeyFile { .. }
+            | Error::InvalidRecipient { .. }
+            | Error::NoRecipients => ErrorKind::Config,
+            Error::KeyFileIo { .. } => ErrorKind::Io,
+            Error::KeyFileExists { .. } => ErrorKind::Conflict,
+            Error::Encrypt(_) | Error::Decrypt(_) => ErrorKind::Crypto,
+            Error::Corrupt(_) => ErrorKind::Integrity,
+        }
+    }
+}
+
+/// The public half: age X25519 recipients that every new object is encrypted to.
+#[derive(Clone)]
+pub struct Recipients(Vec<age::x25519::Recipient>);
+
+impl Recipients {
+    /// Parses `age1…` strings; fails on the first invalid one, or if the list is empty.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Self, Error> {
+        if values.is_empty() {
+            return Err(Error::NoRecipients);
+        }
+        values
+            .iter()
+            .map(|v| {
+                age::x25519::Recipient::from_str(v.as_ref().trim()).map_err(|_| {
+                    Error::InvalidRecipient {
+                        value: v.as_ref().to_owned(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Recipients)
+    }
+
+    /// Encrypts `plaintext` to every recipient; one age header per call.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let encryptor = age::Encryptor::with_recipients(
+            self.0.iter().map(|r| r as &dyn age::Recipient),
+        )
+        .map_err(|e| Error::Encrypt(e.to_string()))?;
+        let mut out = Vec::with_capacity(plaintext.len() + 256);
+        let mut writer = encryptor
+            .wrap_output(&mut out)
+            .map_err(|e| Error::Encrypt(e.to_string()))?;
+        writer
+            .write_all(plaintext)
+            .and_then(|()| writer.finish().map(|_| ()))
+            .map_err(|e| Error::Encrypt(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// The recipients as `age1…` strings.
+    #[must_use]
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl fmt::Debug for Recipients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.to_strings()).finish()
+    }
+}
+
+/// The secret half: age identities that can decrypt. Only restore, verify and drills take one.
+pub struct Identity(Vec<age::x25519::Identity>);
+
+impl Identity {
+    /// Generates a fresh X25519 identity.
+    #[must_use]
+    pub fn generate() -> Self {
+        Identity(vec![age::x25519::Identity::generate()])
+    }
+
+    /// Loads an age identity file (the `AGE-SECRET-KEY-1…` format, comments allowed).
+    /// Refuses files readable by group or others.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = keyfile::read_secret_file(path)?;
+        let identities: Vec<age::x25519::Identity> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(age::x25519::Identity::from_str)
+            .collect::<Result<_, _>>()
+            .map_err(|_| Error::InvalidKeyFile {
+                path: path.to_owned(),
+                what: "age X25519 identity (AGE-SECRET-KEY-1…)",
+            })?;
+        if identities.is_empty() {
+            return Err(Error::InvalidKeyFile {
+                path: path.to_owned(),
+                what: "age X25519 identity (AGE-SECRET-KEY-1…)",
+            });
+        }
+        Ok(Identity(identities))
+    }
+
+    /// Writes this identity to a new file with mode 0600, in age's own file format.
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        use age::secrecy::ExposeSecret;
+        let mut text = Zeroizing::new(String::new());
+        for identity in &self.0 {
+            text.push_str(&format!(
+                "# created: {}\n# public key: {}\n{}\n",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                identity.to_public(),
+                identity.to_string().expose_secret()
+            ));
+        }
+        write_secret_file(path, text.as_bytes())
+    }
+
+    /// The recipients matching this identity (what the archiving host is configured with).
+    #[must_use]
+    pub fn recipients(&self) -> Recipients {
+        Recipients(self.0.iter().map(age::x25519::Identity::to_public).collect())
+    }
+
+    /// Decrypts an age ciphertext; a wrong identity or tampering gives [`Error::Decrypt`].
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
+        let decryptor =
+            age::Decryptor::new_buffered(ciphertext).map_err(|e| Error::Decrypt(e.to_string()))?;
+        let mut reader = decryptor
+            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| Error::Decrypt(e.to_string()))?;
+        let mut out = Vec::with_capacity(ciphertext.len());
+        reader
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Decrypt(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Identity(<redacted>)")
+    }
+}
+
+/// The repository's secret key for keyed ids (HMAC-SHA256): ids of identical data are equal,
+/// yet reveal nothing about content to someone without the key. Zeroed on drop.
+#[derive(Clone)]
+pub struct IdKey(Zeroizing<[u8; 32]>);
+
+impl IdKey {
+    /// A fresh random key.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut key[..]);
+        IdKey(key)
+    }
+
+    /// Rebuilds a key from its raw bytes (e.g. after decrypting the repository's copy).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let raw: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::Corrupt(format!("id key has {} bytes, expected 32", bytes.len())))?;
+        Ok(IdKey(Zeroizing::new(raw)))
+    }
+
+    /// The raw key bytes, for sealing the repository's encrypted copy.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Loads the key from a hex file with mode 0600.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = keyfile::read_secret_file(path)?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .unwrap_or_default();
+        let bytes = Zeroizing::new(hex::decode(line).map_err(|_| Error::InvalidKeyFile {
+            path: path.to_owned(),
+            what: "radd id key (64 hex digits)",
+        })?);
+        Self::from_bytes(&bytes).map_err(|_| Error::InvalidKeyFile {
+            path: path.to_owned(),
+            what: "radd id key (64 hex digits)",
+        })
+    }
+
+    /// Writes the key as hex to a new file with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let text = Zeroizing::new(format!(
+            "# radd id key: keyed ids for chunks; decrypts nothing, but keep it private\n{}\n",
+            hex::encode(*self.0)
+        ));
+        write_secret_file(path, text.as_bytes())
+    }
+
+    /// HMAC-SHA256 of `data` under this key: the keyed id of a chunk or object.
+    #[must_use]
+    pub fn digest(&self, data: &[u8]) -> Digest {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.0[..])
+            .expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(data);
+        Digest(mac.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKey(<redacted>)")
+    }
+}
+
+/// A 32-byte digest (SHA-256 or HMAC-SHA256), shown and parsed as lower-case hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Plain SHA-256 of `data`.
+    #[must_use]
+    pub fn sha256(data: &[u8]) -> Self {
+        Digest(Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl FromStr for Digest {
+    type Err = hex::FromHexError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)?;
+        Ok(Digest(out))
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Incremental SHA-256 for streams (file contents during backup and restore).
+#[derive(Default, Clone)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    /// Feeds more bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest of everything fed so far.
+    #[must_use]
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encrypt_decrypt_round_trip_and_wrong_identity_fails() {
+        let id = Identity::generate();
+        let other = Identity::generate();
+        let ct = id.recipients().encrypt(b"hello wal").unwrap();
+        assert_eq!(id.decrypt(&ct).unwrap(), b"hello wal");
+        assert!(matches!(other.decrypt(&ct), Err(Error::Decrypt(_))));
+    }
+
+    #[test]
+    fn keyed_digest_depends_on_key() {
+        let a = IdKey::generate();
+        let b = IdKey::generate();
+        assert_eq!(a.digest(b"x"), a.digest(b"x"));
+        assert_ne!(a.digest(b"x"), b.digest(b"x"));
+        let d = a.digest(b"x");
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+    }
+}

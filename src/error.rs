@@ -1,0 +1,114 @@
+//! The crate-wide error: one variant per module error, plus [`Error::kind`], which is the single
+//! place that decides exit codes and (later) metric labels and event severities.
+//!
+//! Modules keep their own detailed `Error` enums (what failed, on which object); this type only
+//! aggregates them so callers at the edge (CLI, daemon) can apply policy without string matching.
+
+use std::fmt;
+
+/// Broad category of a failure. Picks the exit code and is the `error_type` label of metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad configuration or command-line usage: the operator must fix the input.
+    Config,
+    /// Object storage failed (I/O, network, permissions); may succeed on retry.
+    Storage,
+    /// Encryption/decryption failed, typically a wrong or missing key.
+    Crypto,
+    /// Data does not match its checksum, or the WAL chain has a gap: never retried.
+    Integrity,
+    /// PostgreSQL refused or failed an operation.
+    Postgres,
+    /// The requested snapshot, segment or object does not exist.
+    NotFound,
+    /// The operation would overwrite or contradict existing state.
+    Conflict,
+    /// A local file-system operation failed.
+    Io,
+}
+
+impl ErrorKind {
+    /// Process exit code documented in the README: 1 failure, 2 usage/config, 3 integrity.
+    #[must_use]
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Config => 2,
+            ErrorKind::Integrity | ErrorKind::Crypto => 3,
+            _ => 1,
+        }
+    }
+
+    /// Stable lower-case label, used in logs and metrics.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Crypto => "crypto",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Postgres => "postgres",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Any error radd's library returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration could not be loaded or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// Key handling, encryption or decryption failed.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::Error),
+    /// A stored object could not be sealed or opened.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::Error),
+    /// The repository or its storage backend failed.
+    #[error(transparent)]
+    Repo(#[from] crate::repo::Error),
+    /// PostgreSQL interaction failed.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::Error),
+    /// WAL archiving or fetching failed.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
+    /// Taking or reading a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    /// Restoring a snapshot failed.
+    #[error(transparent)]
+    Restore(#[from] crate::restore::Error),
+    /// Opening or initialising the repository failed.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::Error),
+}
+
+impl Error {
+    /// The category of this error, which decides exit code and retry policy.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Config,
+            Error::Crypto(e) => e.kind(),
+            Error::Codec(e) => e.kind(),
+            Error::Repo(e) => e.kind(),
+            Error::Pg(_) => ErrorKind::Postgres,
+            Error::Archive(e) => e.kind(),
+            Error::Snapshot(e) => e.kind(),
+            Error::Restore(e) => e.kind(),
+            Error::Repository(e) => e.kind(),
+        }
+    }
+}
+
+/// Result alias for the crate-wide [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,31 @@
+//! radd proves backups can be restored: continuous encrypted WAL archiving, deduplicated
+//! encrypted base backups, and restores verified against their manifests.
+//!
+//! ```text
+//! PostgreSQL ─archive_command─► archive::push ─┐   CLI ─► snapshot::backup_pg ◄─ pg (backup API)
+//!                                              ▼                  ▼ chunks (blocks | CDC), id = HMAC
+//!                      codec::seal: HMAC digest → zstd → age   (no age identity on this host)
+//!                                              ▼
+//!                      repo::put_new (create-only) ──► object_store: local fs | S3
+//!                                              ▼
+//!                      repo::get → codec::open (identity) → digest check
+//!                         ├─► restore::run (snapshot → data dir, SHA-256 per file)
+//!                         └─► archive::fetch (restore_command = radd wal-fetch)
+//! ```
+//! Dependencies point one way: cli → restore → snapshot/archive → repository → codec → crypto,
+//! with `repo` (storage) and `pg` as leaves.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod codec;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod pg;
+pub mod repo;
+pub mod repository;
+pub mod restore;
+pub mod snapshot;
+
+pub use error::{Error, ErrorKind, Result};

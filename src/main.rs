@@ -1,0 +1,27 @@
+//! The `radd` binary: parse arguments, set up logging, run the command, map errors to the exit
+//! codes documented in the README. Everything else lives in the library and `cli`.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    cli::init_logging(&args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("radd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("radd: {error:#}");
+            ExitCode::from(cli::exit_code(&args, &error))
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Scratch PostgreSQL clusters: initdb into a work directory, start on a free loopback port,
+//! stop on drop. Used by `radd demo`, by drills, and by the integration tests.
+//!
+//! initdb, pg_ctl and postgres refuse to run as root, so when radd runs as root every program
+//! runs as the `postgres` OS user and the work directory is handed to that user.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::Error;
+use crate::config::PostgresConfig;
+
+/// Finds a free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            what: "cannot find a free port on",
+            path: "127.0.0.1".into(),
+            source,
+        })
+}
+
+/// A throwaway cluster in `work_dir` (data in `work_dir/data` unless set otherwise).
+#[derive(Debug)]
+pub struct ScratchCluster {
+    bin_dir: PathBuf,
+    work_dir: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+/// The user programs run as: `postgres` when we are root, ourselves otherwise.
+fn run_as() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Hands `path` (recursively) to the user PostgreSQL programs run as.
+pub fn hand_over(path: &Path) -> Result<(), Error> {
+    let Some((uid, gid)) = run_as() else {
+        return Ok(());
+    };
+    let chown = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|source| Error::Io {
+            what: "cannot change owner of",
+            path: p.to_owned(),
+            source,
+        })
+    };
+    chown(path)?;
+    if path.is_dir() && !path.is_symlink() {
+        let entries = std::fs::read_dir(path).map_err(|source| Error::Io {
+            what: "cannot read directory",
+            path: path.to_owned(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            hand_over(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+impl ScratchCluster {
+    /// A cluster whose files live under `work_dir` (socket, log, and by default the data).
+    pub fn new(bin_dir: &Path, work_dir: &Path) -> Result<Self, Error> {
+        Ok(ScratchCluster {
+            bin_dir: bin_dir.to_owned(),
+            work_dir: work_dir.to_owned(),
+            data_dir: work_dir.join("data"),
+            port: free_port()?,
+            running: false,
+        })
+    }
+
+    /// Uses an existing data directory (e.g. a restored one) instead of `work_dir/data`.
+    #[must_use]
+    pub fn with_data_dir(mut self, data_dir: &Path) -> Self {
+        self.data_dir = data_dir.to_owned();
+        self
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The port the cluster listens on (127.0.0.1).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server log file.
+    #[must_use]
+    pub fn log_file(&self) -> PathBuf {
+        self.work_dir.join("postgres.log")
+    }
+
+    /// Connection settings for this cluster.
+    #[must_use]
+    pub fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            data_dir: Some(self.data_dir.clone()),
+            bin_dir: self.bin_dir.clone(),
+            ..PostgresConfig::default()
+        }
+    }
+
+    fn program(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(name));
+        if let Some((uid, gid)) = run_as() {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(&self.work_dir);
+        cmd
+    }
+
+    fn run(&self, mut cmd: Command, name: &str) -> Result<(), Error> {
+        let output = cmd.output().map_err(|source| Error::Io {
+            what: "cannot run",
+            path: self.bin_dir.join(name),
+            source,
+        })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let mut message = format!("{}: ", output.status);
+        message.push_str(&String::from_utf8_lossy(&output.stderr));
+        if let Ok(log) = std::fs::read_to_string(self.log_file()) {
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            message.push_str("\nserver log (last lines):\n");
+            message.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        Err(Error::Program {
+            program: self.bin_dir.join(name),
+            message,
+        })
+    }
+
+    /// Creates the cluster with data checksums, trust auth on loopback only.
+    pub fn initdb(&self) -> Result<(), Error> {
+        hand_over(&self.work_dir)?;
+        let mut cmd = self.program("initdb");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-U", "postgres", "--auth=trust", "--data-checksums", "-E", "UTF8"])
+            .args(["--locale=C.UTF-8", "--no-sync"]);
+        self.run(cmd, "initdb")
+    }
+
+    /// Starts the server with extra `-c name=value` settings and environment, waiting until it
+    /// accepts connections.
+    pub fn start(&mut self, settings: &[(&str, String)], env: &[(String, String)]) -> Result<(), Error> {
+        hand_over(&self.work_dir)?;
+        let mut options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            self.port,
+            self.work_dir.display()
+        );
+        for (name, value) in settings {
+            options.push_str(&format!(" -c {name}='{}'", value.replace('\'', "'\\''")));
+        }
+        let mut cmd = self.program("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", "120", "-o", &options, "start"])
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        self.running = true;
+        self.run(cmd, "pg_ctl")
+    }
+
+    /// Stops the server immediately (no shutdown checkpoint: it is thrown away anyway).
+    pub fn stop(&mut self) -> Result<(), Error> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        let mut cmd = self.program("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "stop"]);
+        self.run(cmd, "pg_ctl")
+    }
+
+    /// Waits until recovery has ended and the server accepts writes, or `timeout` passes.
+    pub async fn wait_promoted(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            match super::connect(&self.connection()).await {
+                Ok(client) => match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                    Ok(row) if !row.get::<_, bool>(0) => return Ok(()),
+                    Ok(_) => last_error = "still in recovery".into(),
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Program {
+            program: self.bin_dir.join("postgres"),
+            message: format!(
+                "not promoted within {timeout:?} ({last_error}); see {}",
+                self.log_file().display()
+            ),
+        })
+    }
+}
+
+impl Drop for ScratchCluster {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::warn!(error = %error, data_dir = %self.data_dir.display(), "could not stop scratch cluster");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The repository layout: every object kind and the key it lives under, in one place.
+//!
+//! ```text
+//! config                     repository config (id, format version, id-key check)
+//! keys/id-key                the id key, age-encrypted to the recipients
+//! wal/<dir>/<name>           one object per WAL file (segment, history, .backup, .partial)
+//! packs/<id>                 packs of chunks (id = keyed digest of the pack)
+//! index/<id>                 blob tables of packs written by one backup
+//! manifests/<snapshot>       encrypted manifest: files, modes, SHA-256, chunk lists
+//! snapshots/<snapshot>       snapshot record, written last: its presence commits the snapshot
+//! ```
+
+use std::fmt;
+
+/// A typed object key; [`fmt::Display`] gives the key relative to the repository root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKey {
+    /// The repository config.
+    Config,
+    /// The encrypted id key.
+    IdKey,
+    /// A WAL file, grouped in a directory chosen by the caller (the timeline).
+    Wal {
+        /// Grouping directory.
+        dir: String,
+        /// File name.
+        name: String,
+    },
+    /// A pack.
+    Pack(String),
+    /// An index object.
+    Index(String),
+    /// A snapshot manifest.
+    Manifest(String),
+    /// A snapshot record.
+    Snapshot(String),
+}
+
+impl ObjectKey {
+    /// Directory prefix for WAL objects.
+    pub const WAL_DIR: &'static str = "wal";
+    /// Directory prefix for packs.
+    pub const PACK_DIR: &'static str = "packs";
+    /// Directory prefix for indexes.
+    pub const INDEX_DIR: &'static str = "index";
+    /// Directory prefix for snapshot records.
+    pub const SNAPSHOT_DIR: &'static str = "snapshots";
+    /// Directory prefix for manifests.
+    pub const MANIFEST_DIR: &'static str = "manifests";
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Config => f.write_str("config"),
+            ObjectKey::IdKey => f.write_str("keys/id-key"),
+            ObjectKey::Wal { dir, name } => write!(f, "{}/{dir}/{name}", Self::WAL_DIR),
+            ObjectKey::Pack(id) => write!(f, "{}/{id}", Self::PACK_DIR),
+            ObjectKey::Index(id) => write!(f, "{}/{id}", Self::INDEX_DIR),
+            ObjectKey::Manifest(id) => write!(f, "{}/{id}", Self::MANIFEST_DIR),
+            ObjectKey::Snapshot(id) => write!(f, "{}/{id}", Self::SNAPSHOT_DIR),
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! An opened repository: the object store plus the keys this host holds, and the operations
+//! that need both — sealing/opening encrypted objects and authenticated plaintext records.
+//!
+//! Plaintext records (repository config, indexes, snapshot records) hold only keyed ids, sizes,
+//! times and LSNs, so a backup host with no age identity can list snapshots and deduplicate;
+//! each carries an HMAC under the id key, so tampering is detected. File names, checksums and
+//! data are only ever stored encrypted (manifests, packs, WAL).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::codec::{self, ObjectKind};
+use crate::config::Config;
+use crate::crypto::{self, Digest, IdKey, Identity, Recipients};
+use crate::error::ErrorKind;
+use crate::repo::{self, ObjectKey, PutOutcome, Repo};
+
+const RECORD_MAGIC: &[u8; 8] = b"RADDREC1";
+const FORMAT_VERSION: u32 = 1;
+const ID_KEY_CHECK: &[u8] = b"radd id key check v1";
+
+/// Errors opening or initialising a repository, or reading its records.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `repo init` on a location that already holds a repository.
+    #[error("repository {location} is already initialised; radd never re-initialises a repository")]
+    AlreadyInitialised {
+        /// Where.
+        location: String,
+    },
+    /// No repository at the configured location.
+    #[error("no radd repository at {location}; create one with `radd repo init`")]
+    NotInitialised {
+        /// Where.
+        location: String,
+    },
+    /// The repository was written by an incompatible radd.
+    #[error("repository {location} has format version {found}; this radd reads version {FORMAT_VERSION}")]
+    Version {
+        /// Where.
+        location: String,
+        /// The version found.
+        found: u32,
+    },
+    /// The configured id key does not belong to this repository.
+    #[error("keys.id_key_file does not belong to repository {location}; use the id key written by `radd repo init` for it, or remove the setting to recover it with the identity")]
+    WrongIdKey {
+        /// Where.
+        location: String,
+    },
+    /// A command that decrypts was run without an identity.
+    #[error("this command needs the age identity: set keys.identity_file (restore hosts only)")]
+    NoIdentity,
+    /// A plaintext record failed authentication or parsing.
+    #[error("record {key} is corrupt: {reason}; run `radd verify`")]
+    CorruptRecord {
+        /// Object key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Key loading failed.
+    #[error(transparent)]
+    Crypto(#[from] crypto::Error),
+    /// Sealing or opening failed.
+    #[error(transparent)]
+    Codec(#[from] codec::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Repo(#[from] repo::Error),
+}
+
+impl Error {
+    /// Category for exit codes.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::AlreadyInitialised { .. } => ErrorKind::Conflict,
+            Error::NotInitialised { .. } => ErrorKind::NotFound,
+            Error::Version { .. } | Error::WrongIdKey { .. } | Error::NoIdentity => {
+                ErrorKind::Config
+            }
+            Error::CorruptRecord { .. } => ErrorKind::Integrity,
+            Error::Crypto(e) => e.kind(),
+            Error::Codec(e) => e.kind(),
+            Error::Repo(e) => e.kind(),
+        }
+    }
+}
+
+/// The `config` object at the repository root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoMeta {
+    /// Format version of the repository.
+    pub format: u32,
+    /// Random repository id.
+    pub id: String,
+    /// When it was created (RFC 3339).
+    pub created: String,
+    /// HMAC of a fixed string under the id key: detects a wrong id key before anything is written.
+    pub id_key_check: Digest,
+}
+
+/// Storage plus keys; what every command works with.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// The object store.
+    pub store: Repo,
+    /// The repository's id key.
+    pub id_key: IdKey,
+    /// Recipients new objects are encrypted to.
+    pub recipients: Recipients,
+    identity: Option<std::sync::Arc<Identity>>,
+    /// The repository's config object.
+    pub meta: RepoMeta,
+    /// zstd level for new objects.
+    pub compression_level: i32,
+}
+
+impl Repository {
+    /// Creates a new repository: writes the encrypted id key, then the config object.
+    /// Generates the id key file if it does not exist yet. Refuses an existing repository.
+    pub async fn init(config: &Config) -> Result<Self, Error> {
+        let store = Repo::open(&config.repository)?;
+        let recipients = Recipients::parse(&config.keys.recipients)?;
+        if store.exists(&ObjectKey::Config).await? {
+            return Err(Error::AlreadyInitialised {
+                location: store.location().to_owned(),
+            });
+        }
+        let id_key_file = config.keys.id_key_file.as_deref().ok_or(crypto::Error::KeyFileIo {
+            path: "keys.id_key_file".into(),
+            source: std::io::Error::other("keys.id_key_file must be set for `radd repo init`"),
+        })?;
+        let id_key = if id_key_file.exists() {
+            IdKey::load(id_key_file)?
+        } else {
+            let key = IdKey::generate();
+            key.save(id_key_file)?;
+            key
+        };
+        let sealed = recipients.encrypt(id_key.as_bytes())?;
+        if store.put_new(&ObjectKey::IdKey, sealed.into()).await? == PutOutcome::AlreadyExists {
+            return Err(Error::AlreadyInitialised {
+                location: store.location().to_owned(),
+            });
+        }
+        let meta = RepoMeta {
+            format: FORMAT_VERSION,
+            id: hex::encode(IdKey::generate().digest(b"repository id").0)[..16].to_owned(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            id_key_check: id_key.digest(ID_KEY_CHECK),
+        };
+        let body = serde_json::to_vec_pretty(&meta).expect("repository config serialises");
+        if store.put_new(&ObjectKey::Config, body.into()).await? == PutOutcome::AlreadyExists {
+            return Err(Error::AlreadyInitialised {
+                location: store.location().to_owned(),
+            });
+        }
+        Ok(Repository {
+            store,
+            id_key,
+            recipients,
+            identity: None,
+            meta,
+            compression_level: config.backup.compression_level,
+        })
+    }
+
+    /// Opens an existing repository with the keys this host holds. `need_identity` makes a
+    /// missing identity an error up front (restore, verify) rather than at the first decrypt.
+    pub async fn open(config: &Config, need_identity: bool) -> Result<Self, Error> {
+        let store = Repo::open(&config.repository)?;
+        let meta_bytes = match store.get(&ObjectKey::Config).await {
+            Ok(b) => b,
+            Err(repo::Error::NotFound { .. }) => {
+                return Err(Error::NotInitialised {
+                    location: store.location().to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let meta: RepoMeta =
+            serde_json::from_slice(&meta_bytes).map_err(|e| Error::CorruptRecord {
+                key: ObjectKey::Config.to_string(),
+                reason: e.to_string(),
+            })?;
+        if meta.format != FORMAT_VERSION {
+            return Err(Error::Version {
+                location: store.location().to_owned(),
+                found: meta.format,
+            });
+        }
+        let identity = match &config.keys.identity_file {
+            Some(path) if need_identity || path.exists() => {
+                Some(std::sync::Arc::new(Identity::load(path)?))
+            }
+            _ => None,
+        };
+        if need_identity && identity.is_none() {
+            return Err(Error::NoIdentity);
+        }
+        let id_key = match (&config.keys.id_key_file, &identity) {
+            (Some(path), _) if path.exists() => IdKey::load(path)?,
+            (_, Some(identity)) => {
+                let sealed = store.get(&ObjectKey::IdKey).await?;
+                IdKey::from_bytes(&identity.decrypt(&sealed)?)?
+            }
+            _ => return Err(Error::NoIdentity),
+        };
+        if id_key.digest(ID_KEY_CHECK) != meta.id_key_check {
+            return Err(Error::WrongIdKey {
+                location: store.location().to_owned(),
+            });
+        }
+        Ok(Repository {
+            store,
+            id_key,
+            recipients: Recipients::parse(&config.keys.recipients)?,
+            identity,
+            meta,
+            compression_level: config.backup.compression_level,
+        })
+    }
+
+    /// The identity, or [`Error::NoIdentity`].
+    pub fn identity(&self) -> Result<&Identity, Error> {
+        self.identity.as_deref().ok_or(Error::NoIdentity)
+    }
+
+    /// Compresses and encrypts `plaintext` off the async threads; returns the stored bytes and
+    /// the keyed content digest (which content-addressed callers use as the object name).
+    pub async fn seal(&self, kind: ObjectKind, plaintext: Vec<u8>, name: String) -> Result<(Vec<u8>, Digest), Error> {
+        let id_key = self.id_key.clone();
+        let recipients = self.recipients.clone();
+        let level = self.compression_level;
+        Ok(tokio::task::spawn_blocking(move || {
+            codec::seal(kind, &plaintext, &id_key, &recipients, level, &name)
+        })
+        .await
+        .expect("sealing task does not panic")?)
+    }
+
+    /// Seals `plaintext` as an object of `kind` and writes it create-only under `key`.
+    /// Returns the outcome, the keyed content digest and the stored size; on `AlreadyExists`
+    /// the caller decides whether the existing object is acceptable.
+    pub async fn seal_put(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+        plaintext: Vec<u8>,
+    ) -> Result<(PutOutcome, Digest, u64), Error> {
+        let (sealed, digest) = self.seal(kind, plaintext, key.to_string()).await?;
+        let stored = sealed.len() as u64;
+        let outcome = self.store.put_new(key, sealed.into()).await?;
+        Ok((outcome, digest, stored))
+    }
+
+    /// Reads, decrypts and verifies an object of `kind`.
+    pub async fn get_open(&self, kind: ObjectKind, key: &ObjectKey) -> Result<Vec<u8>, Error> {
+        let stored = self.store.get(key).await?;
+        self.open_bytes(kind, key, stored).await
+    }
+
+    /// Decrypts and verifies already-fetched object bytes (off the async threads).
+    pub async fn open_bytes(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+        stored: Bytes,
+    ) -> Result<Vec<u8>, Error> {
+        let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
+        let id_key = self.id_key.clone();
+        let name = key.to_string();
+        Ok(tokio::task::spawn_blocking(move || {
+            codec::open(kind, &stored, &id_key, &identity, &name)
+        })
+        .await
+        .expect("opening task does not panic")?)
+    }
+
+    /// Keyed digest stored in an object's header, read with a ranged GET.
+    pub async fn object_digest(&self, key: &ObjectKey) -> Result<Digest, Error> {
+        let header = self.store.get_prefix(key, codec::HEADER_LEN as u64).await?;
+        Ok(codec::header_digest(&header, &key.to_string())?)
+    }
+
+    /// Writes a plaintext record authenticated with the id key (create-only).
+    pub async fn put_record<T: Serialize>(
+        &self,
+        key: &ObjectKey,
+        record: &T,
+    ) -> Result<PutOutcome, Error> {
+        let json = serde_json::to_vec(record).expect("records serialise");
+        let mut body = Vec::with_capacity(json.len() + 40);
+        body.extend_from_slice(RECORD_MAGIC);
+        body.extend_from_slice(&self.id_key.digest(&json).0);
+        body.extend_from_slice(&json);
+        Ok(self.store.put_new(key, body.into()).await?)
+    }
+
+    /// Reads and authenticates a plaintext record.
+    pub async fn get_record<T: DeserializeOwned>(&self, key: &ObjectKey) -> Result<T, Error> {
+        let body = self.store.get(key).await?;
+        let corrupt = |reason: &str| Error::CorruptRecord {
+            key: key.to_string(),
+            reason: reason.to_owned(),
+        };
+        if body.len() < 40 || &body[..8] != RECORD_MAGIC {
+            return Err(corrupt("not a radd record"));
+        }
+        let json = &body[40..];
+        if self.id_key.digest(json).0[..] != body[8..40] {
+            return Err(corrupt("authentication failed (modified or written with another id key)"));
+        }
+        serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))
+    }
+}

@@ -1,0 +1,98 @@
+//! Recovery settings for a restored data directory: backup_label, tablespace_map,
+//! restore_command and the recovery target in postgresql.auto.conf, and recovery.signal.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::{Error, RestoreOptions, io_err};
+use crate::pg::Lsn;
+use crate::snapshot::Manifest;
+
+/// Where WAL replay stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay all archived WAL.
+    Latest,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    /// Stop at a time (PostgreSQL timestamp syntax, e.g. `2026-11-26 05:00:00+00`).
+    Time(String),
+    /// Stop at an LSN.
+    Lsn(Lsn),
+}
+
+impl fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("latest"),
+            RecoveryTarget::Immediate => f.write_str("immediate"),
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Lsn(l) => write!(f, "lsn {l}"),
+        }
+    }
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Writes backup_label, tablespace_map, recovery settings and recovery.signal into `dir`.
+pub fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions, snapshot_id: &str) -> Result<(), Error> {
+    let owner = std::fs::metadata(dir.join("PG_VERSION")).ok().map(|m| (m.uid(), m.gid()));
+    let write_new = |name: &str, content: &str| -> Result<(), Error> {
+        let path = dir.join(name);
+        std::fs::write(&path, content).map_err(io_err("write", &path))?;
+        hand_to(&path, owner)
+    };
+    if let Some(label) = &manifest.backup_label {
+        write_new("backup_label", label)?;
+    }
+    if let Some(map) = manifest.tablespace_map.as_deref().filter(|m| !m.is_empty()) {
+        write_new("tablespace_map", map)?;
+    }
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let path = dir.join(sub);
+        if !path.exists() {
+            std::fs::create_dir(&path).map_err(io_err("create directory", &path))?;
+            hand_to(&path, owner)?;
+        }
+    }
+    let mut settings = format!(
+        "\n# Added by radd restore of snapshot {snapshot_id} at {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        quote(&options.restore_command),
+    );
+    match &options.recovery {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => settings.push_str("recovery_target = 'immediate'\n"),
+        RecoveryTarget::Time(t) => settings.push_str(&format!("recovery_target_time = {}\n", quote(t))),
+        RecoveryTarget::Lsn(l) => settings.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+    }
+    if options.recovery != RecoveryTarget::Latest {
+        settings.push_str("recovery_target_action = 'promote'\n");
+    }
+    if options.disable_archiving {
+        settings.push_str("archive_mode = 'off'\n");
+    }
+    let auto_conf = dir.join("postgresql.auto.conf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&auto_conf)
+        .and_then(|mut f| f.write_all(settings.as_bytes()).and_then(|()| f.sync_all()))
+        .map_err(io_err("append recovery settings to", &auto_conf))?;
+    hand_to(&auto_conf, owner)?;
+    write_new("recovery.signal", "")
+}
+
+/// Gives a file radd created to the data directory's owner (when running as root).
+fn hand_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    match owner {
+        Some((uid, gid)) if nix::unistd::geteuid().is_root() => {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("set owner of", path))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,140 @@
+//! Snapshots: PostgreSQL base backups cut into chunks, deduplicated into packs, described by an
+//! encrypted manifest and committed by a plaintext snapshot record.
+//!
+//! Write order (see DESIGN.md): packs → index → manifest → snapshot record. A crash at any point
+//! leaves only unreferenced packs; a snapshot exists only once its record does.
+
+mod backup;
+mod chunker;
+mod manifest;
+mod pack;
+mod walk;
+
+pub use backup::{BackupOptions, BackupReport, backup_pg};
+pub use chunker::{Chunking, for_each_chunk};
+pub use manifest::{Entry, EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
+pub use pack::{BlobIndex, BlobLocation};
+
+use crate::codec::ObjectKind;
+use crate::error::ErrorKind;
+use crate::repo::ObjectKey;
+use crate::repository::{self, Repository};
+
+/// Errors taking or reading snapshots.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No snapshot matches.
+    #[error("snapshot {0:?} not found; list them with `radd snapshots`")]
+    NotFound(String),
+    /// A prefix matches several snapshots.
+    #[error("snapshot prefix {prefix:?} is ambiguous: {matches:?}")]
+    Ambiguous {
+        /// What was asked for.
+        prefix: String,
+        /// What matched.
+        matches: Vec<String>,
+    },
+    /// The repository holds no snapshot at all.
+    #[error("the repository has no snapshots yet; take one with `radd backup pg`")]
+    Empty,
+    /// Reading the data directory failed.
+    #[error("cannot read {path}: {source}", path = .path.display())]
+    Read {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A pack with the same id but different content exists (should never happen).
+    #[error("pack {key} exists with different content; run `radd verify`")]
+    PackConflict {
+        /// The object key.
+        key: String,
+    },
+    /// The WAL needed to make the backup consistent is not in the archive.
+    #[error("backup is not usable: {0}; check archive_command and `radd wal-push` logs")]
+    WalMissing(crate::archive::Error),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::Error),
+    /// Repository failure.
+    #[error(transparent)]
+    Repository(#[from] repository::Error),
+    /// A pipeline stage failed unexpectedly.
+    #[error("internal error in the backup pipeline: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Category for exit codes.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound(_) | Error::Empty => ErrorKind::NotFound,
+            Error::Ambiguous { .. } => ErrorKind::Config,
+            Error::Read { .. } | Error::Internal(_) => ErrorKind::Io,
+            Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
+            Error::Pg(_) => ErrorKind::Postgres,
+            Error::Repository(e) => e.kind(),
+        }
+    }
+}
+
+/// Every committed snapshot, oldest first.
+pub async fn list(repo: &Repository) -> Result<Vec<SnapshotRecord>, Error> {
+    let listed = repo
+        .store
+        .list(ObjectKey::SNAPSHOT_DIR)
+        .await
+        .map_err(repository::Error::from)?;
+    let mut out = Vec::with_capacity(listed.len());
+    for item in listed {
+        let id = item.key.rsplit('/').next().unwrap_or_default().to_owned();
+        out.push(repo.get_record(&ObjectKey::Snapshot(id)).await?);
+    }
+    out.sort_by(|a: &SnapshotRecord, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Resolves `latest`, a full id or a unique id prefix to a snapshot record.
+pub async fn resolve(repo: &Repository, wanted: &str) -> Result<SnapshotRecord, Error> {
+    let all = list(repo).await?;
+    if wanted == "latest" {
+        return all.into_iter().next_back().ok_or(Error::Empty);
+    }
+    let mut matches: Vec<SnapshotRecord> =
+        all.into_iter().filter(|s| s.id.starts_with(wanted)).collect();
+    match matches.len() {
+        0 => Err(Error::NotFound(wanted.to_owned())),
+        1 => Ok(matches.remove(0)),
+        _ => {
+            if let Some(pos) = matches.iter().position(|s| s.id == wanted) {
+                return Ok(matches.remove(pos));
+            }
+            Err(Error::Ambiguous {
+                prefix: wanted.to_owned(),
+                matches: matches.into_iter().map(|s| s.id).collect(),
+            })
+        }
+    }
+}
+
+/// Reads and decrypts a snapshot's manifest, checking it is the one the record committed.
+pub async fn load_manifest(repo: &Repository, record: &SnapshotRecord) -> Result<Manifest, Error> {
+    let key = ObjectKey::Manifest(record.id.clone());
+    if repo.object_digest(&key).await? != record.manifest_digest {
+        return Err(repository::Error::CorruptRecord {
+            key: key.to_string(),
+            reason: "manifest does not match the digest in its snapshot record".into(),
+        }
+        .into());
+    }
+    let plaintext = repo.get_open(ObjectKind::Manifest, &key).await?;
+    serde_json::from_slice(&plaintext).map_err(|e| {
+        repository::Error::CorruptRecord {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}

@@ -1,0 +1,221 @@
+//! Packs and indexes. New chunks are appended to a pack (~16 MiB), each pack is sealed as one
+//! object (one age header, one zstd stream) and uploaded create-only; the blob table of every
+//! pack a backup wrote goes into one index object, written only after all its packs are stored,
+//! so an index never points at a pack that is not durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::Error;
+use crate::codec::ObjectKind;
+use crate::crypto::Digest;
+use crate::repo::{ObjectKey, PutOutcome};
+use crate::repository::Repository;
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobLocation {
+    /// Index into [`BlobIndex::packs`].
+    pub pack: u32,
+    /// Offset in the pack's plaintext.
+    pub offset: u32,
+    /// Length in bytes.
+    pub length: u32,
+}
+
+/// All blobs known to the repository: built from every index object.
+#[derive(Debug, Default)]
+pub struct BlobIndex {
+    /// Pack ids, referenced by position.
+    pub packs: Vec<String>,
+    blobs: HashMap<Digest, BlobLocation>,
+}
+
+/// The stored form of an index object.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Packs and their blob tables.
+    pub packs: Vec<IndexPack>,
+}
+
+/// One pack in an index object.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IndexPack {
+    /// Pack id (object name under `packs/`).
+    pub id: String,
+    /// (blob id, offset, length) in the pack's plaintext.
+    pub blobs: Vec<(Digest, u32, u32)>,
+}
+
+impl BlobIndex {
+    /// Reads every index object in the repository.
+    pub async fn load(repo: &Repository) -> Result<Self, Error> {
+        let mut index = BlobIndex::default();
+        let listed = repo
+            .store
+            .list(ObjectKey::INDEX_DIR)
+            .await
+            .map_err(crate::repository::Error::from)?;
+        for item in listed {
+            let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
+            let file: IndexFile = repo.get_record(&ObjectKey::Index(name)).await?;
+            index.add(&file);
+        }
+        Ok(index)
+    }
+
+    /// Adds the blobs of one index object.
+    pub fn add(&mut self, file: &IndexFile) {
+        for pack in &file.packs {
+            let position = u32::try_from(self.packs.len()).expect("fewer than 4 billion packs");
+            self.packs.push(pack.id.clone());
+            for &(id, offset, length) in &pack.blobs {
+                self.blobs.insert(id, BlobLocation { pack: position, offset, length });
+            }
+        }
+    }
+
+    /// Location of a blob, if stored.
+    #[must_use]
+    pub fn get(&self, id: &Digest) -> Option<BlobLocation> {
+        self.blobs.get(id).copied()
+    }
+
+    /// Whether a blob is stored.
+    #[must_use]
+    pub fn contains(&self, id: &Digest) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// Number of blobs.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether no blobs are known.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+}
+
+/// A pack being filled.
+#[derive(Debug, Default)]
+pub struct PackBuilder {
+    data: Vec<u8>,
+    blobs: Vec<(Digest, u32, u32)>,
+    pending: HashSet<Digest>,
+}
+
+impl PackBuilder {
+    /// Whether `id` was already added during this backup (possibly in a pack still uploading).
+    #[must_use]
+    pub fn has(&self, id: &Digest) -> bool {
+        self.pending.contains(id)
+    }
+
+    /// Appends a blob.
+    pub fn add(&mut self, id: Digest, data: &[u8]) {
+        let offset = u32::try_from(self.data.len()).expect("packs stay below 4 GiB");
+        let length = u32::try_from(data.len()).expect("chunks stay below 4 GiB");
+        self.data.extend_from_slice(data);
+        self.blobs.push((id, offset, length));
+        self.pending.insert(id);
+    }
+
+    /// Plaintext bytes in the current pack.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the current pack is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Takes the current pack's content, leaving an empty one (the pending set is kept).
+    pub fn take(&mut self) -> PendingPack {
+        PendingPack {
+            data: std::mem::take(&mut self.data),
+            blobs: std::mem::take(&mut self.blobs),
+        }
+    }
+}
+
+/// A full pack on its way to storage.
+#[derive(Debug)]
+pub struct PendingPack {
+    data: Vec<u8>,
+    blobs: Vec<(Digest, u32, u32)>,
+}
+
+/// What the uploader produced.
+#[derive(Debug, Default)]
+pub struct UploadReport {
+    /// The blob tables of every stored pack.
+    pub index: IndexFile,
+    /// Bytes written to storage.
+    pub uploaded_bytes: u64,
+}
+
+/// Seals and uploads packs from `rx` with at most `concurrency` in flight; returns once every
+/// pack is durably stored, or with the first error (later packs are abandoned).
+pub async fn upload_packs(
+    repo: Repository,
+    mut rx: mpsc::Receiver<PendingPack>,
+    concurrency: usize,
+) -> Result<UploadReport, Error> {
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
+    let mut report = UploadReport::default();
+    let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
+                       report: &mut UploadReport|
+     -> Result<(), Error> {
+        let (pack, bytes) = done.map_err(|e| Error::Internal(e.to_string()))??;
+        report.uploaded_bytes += bytes;
+        report.index.packs.push(pack);
+        Ok(())
+    };
+    while let Some(pack) = rx.recv().await {
+        let permit = Arc::clone(&limit)
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        while let Some(done) = tasks.try_join_next() {
+            collect(done, &mut report)?;
+        }
+        let repo = repo.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            store_pack(&repo, pack).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        collect(done, &mut report)?;
+    }
+    Ok(report)
+}
+
+async fn store_pack(repo: &Repository, pack: PendingPack) -> Result<(IndexPack, u64), Error> {
+    let (sealed, digest) = repo.seal(ObjectKind::Pack, pack.data, "new pack".into()).await?;
+    let id = digest.to_string();
+    let key = ObjectKey::Pack(id.clone());
+    let stored = sealed.len() as u64;
+    let outcome = repo
+        .store
+        .put_new(&key, sealed.into())
+        .await
+        .map_err(crate::repository::Error::from)?;
+    if outcome == PutOutcome::AlreadyExists && repo.object_digest(&key).await? != digest {
+        return Err(Error::PackConflict { key: key.to_string() });
+    }
+    let uploaded = if outcome == PutOutcome::Created { stored } else { 0 };
+    Ok((IndexPack { id, blobs: pack.blobs }, uploaded))
+}
