@@ -171,7 +171,8 @@ async fn wait_archived(client: &tokio_postgres::Client, wal: &str) -> anyhow::Re
             .query_one("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver", &[])
             .await?;
         let last: String = row.get(0);
-        if last.as_str() >= wal && last.len() == wal.len() {
+        // Segments are archived in order; a `.backup` history file name starts with a segment name.
+        if last.len() >= 24 && last[..24] >= *wal {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

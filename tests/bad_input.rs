@@ -1,0 +1,144 @@
+//! Nothing lost, nothing silent: wrong key, corrupt chunk, missing WAL, unknown snapshot,
+//! non-empty target, unsafe key file — each a clear error, a non-zero exit, nothing written.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
+
+/// A repository with one snapshot and archived WAL after it.
+fn env_with_backup() -> (TestEnv, String) {
+    let env = TestEnv::new(Backend::Local);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    sql(&source, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    switch_and_wait_archived(&source);
+    for _ in 0..3 {
+        sql(&source, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100) g");
+        switch_and_wait_archived(&source);
+    }
+    (env, backup["snapshot_id"].as_str().unwrap().to_owned())
+}
+
+fn restore(env: &TestEnv, snapshot: &str, target: &str) -> std::process::Output {
+    let target = env.path().join(target);
+    env.radd(&["restore", snapshot, "--target", target.to_str().unwrap()])
+}
+
+fn assert_nothing_restored(env: &TestEnv, target: &str) {
+    assert!(!env.path().join(target).exists(), "a failed restore left {target} behind");
+    let leftovers: Vec<_> = std::fs::read_dir(env.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("radd-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging directories left: {leftovers:?}");
+}
+
+#[test]
+fn restore_refuses_bad_requests() {
+    let (env, snapshot) = env_with_backup();
+
+    let out = restore(&env, "20991231", "unknown");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    assert_nothing_restored(&env, "unknown");
+
+    let busy = env.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("precious"), "keep me").unwrap();
+    let out = restore(&env, &snapshot, "busy");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(busy.join("precious")).unwrap(), "keep me");
+
+    // The archiving side's config has no identity: it cannot restore.
+    let target = env.path().join("no-identity");
+    let out = env.radd_push(&["restore", &snapshot, "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("identity"), "{}", stderr(&out));
+
+    // Key files readable by others are refused.
+    let identity = env.path().join("identity.key");
+    std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = restore(&env, &snapshot, "loose-key");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("AGE-SECRET-KEY"), "secret leaked into an error message");
+    std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_nothing_restored(&env, "loose-key");
+
+    // A second `repo init` must not touch the existing repository.
+    let out = env.radd_push(&["repo", "init"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already initialised"), "{}", stderr(&out));
+}
+
+#[test]
+fn wrong_identity_cannot_restore() {
+    let (env, snapshot) = env_with_backup();
+    let other = env.path().join("other.key");
+    let out = crate::common::env::run(
+        std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&other),
+        &[],
+    );
+    assert!(out.status.success());
+    let config = std::fs::read_to_string(&env.config).unwrap().replace("identity.key", "other.key");
+    let wrong = env.path().join("wrong.toml");
+    std::fs::write(&wrong, config).unwrap();
+    let target = env.path().join("wrong-key");
+    let out = env.radd_with(&wrong, &["restore", &snapshot, "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("decrypt"), "{}", stderr(&out));
+    assert_nothing_restored(&env, "wrong-key");
+}
+
+#[test]
+fn corrupt_pack_fails_restore() {
+    let (env, snapshot) = env_with_backup();
+    let packs = env.local_object("packs");
+    let pack = std::fs::read_dir(&packs).unwrap().filter_map(Result::ok).next().expect("a pack").path();
+    let mut data = std::fs::read(&pack).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x40;
+    std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&pack, data).unwrap();
+
+    let out = restore(&env, &snapshot, "corrupt");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("packs/") && (err.contains("corrupt") || err.contains("decrypt")), "{err}");
+    assert_nothing_restored(&env, "corrupt");
+}
+
+#[test]
+fn missing_wal_segment_is_a_gap_not_the_end() {
+    let (env, snapshot) = env_with_backup();
+    let wal_dir = env.local_object("wal/00000001");
+    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "need several archived segments, have {segments:?}");
+    // Remove the newest-but-one: after the backup's consistency point, before the end.
+    let victim = segments[segments.len() - 2].clone();
+    std::fs::remove_file(wal_dir.join(&victim)).unwrap();
+
+    let out = restore(&env, &snapshot, "gap");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&victim), "error must name {victim}: {}", stderr(&out));
+    assert_nothing_restored(&env, "gap");
+
+    let dest = env.path().join("seg");
+    let out = env.radd(&["wal-fetch", &victim, dest.to_str().unwrap()]);
+    assert!(out.status.code().unwrap() > 125, "wal-fetch of a gap must abort recovery: {:?}", out.status);
+    assert!(!dest.exists());
+
+    // Accepting the gap explicitly restores up to it.
+    let target = env.path().join("gap-accepted");
+    let out = env.radd(&["restore", &snapshot, "--target", target.to_str().unwrap(), "--allow-gap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

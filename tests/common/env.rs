@@ -1,0 +1,244 @@
+//! One isolated radd environment per test: a temp dir (handed to the `postgres` OS user so
+//! archive_command can reach it), keys, two configs — the archiving side's holds only the
+//! recipient and id key, the restore side's also the identity — and an initialised repository
+//! on the chosen backend (local directory, or a private prefix on the shared S3 server).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use radd::pg::ScratchCluster;
+use tempfile::TempDir;
+
+use super::s3;
+
+/// PostgreSQL binaries (Debian's PostgreSQL 15).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Storage backend of a test repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A directory in the test's temp dir.
+    Local,
+    /// A unique prefix in the shared SeaweedFS bucket.
+    S3,
+}
+
+/// The radd binary, linked (or copied) into a directory every user can traverse, because
+/// archive_command and restore_command run as `postgres` and the checkout may not be reachable.
+pub fn radd_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("radd-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create test bin dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod test bin dir");
+        let bin = dir.join("radd");
+        let _ = std::fs::remove_file(&bin);
+        let built = env!("CARGO_BIN_EXE_radd");
+        if std::fs::hard_link(built, &bin).is_err() {
+            std::fs::copy(built, &bin).expect("copy radd binary");
+        }
+        bin
+    })
+}
+
+/// A test environment: keys, configs and an initialised repository.
+pub struct TestEnv {
+    /// Owns every file of the test; removed on drop.
+    pub dir: TempDir,
+    /// Backend of the repository.
+    pub backend: Backend,
+    /// Full config (with identity): restores.
+    pub config: PathBuf,
+    /// Archiving-side config (recipient + id key only): wal-push and backups.
+    pub push_config: PathBuf,
+    /// Environment for radd processes (S3 credentials).
+    pub env: Vec<(String, String)>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestEnv {
+    /// Creates keys, configs and the repository.
+    pub fn new(backend: Backend) -> Self {
+        let dir = tempfile::Builder::new().prefix("radd-test-").tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        let root = dir.path();
+        let identity = root.join("identity.key");
+        let out = run(Command::new(radd_binary()).args(["keygen", "--identity"]).arg(&identity), &[]);
+        assert!(out.status.success(), "keygen failed: {}", stderr(&out));
+        let recipient = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+        assert!(recipient.starts_with("age1"), "keygen printed {recipient:?}");
+
+        let (repository, env) = match backend {
+            Backend::Local => (format!("path = \"{}\"\n", root.join("repo").display()), Vec::new()),
+            Backend::S3 => {
+                let server = s3::shared();
+                let prefix = format!(
+                    "t{}-{}-{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::SeqCst),
+                    root.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+                );
+                (
+                    format!(
+                        "backend = \"s3\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\nallow_http = true\n",
+                        server.bucket, server.endpoint, server.region
+                    ),
+                    server.env(),
+                )
+            }
+        };
+        let keys = format!("recipients = [\"{recipient}\"]\nid_key_file = \"{}\"\n", root.join("id.key").display());
+        let push_config = root.join("radd-push.toml");
+        std::fs::write(&push_config, format!("[repository]\n{repository}\n[keys]\n{keys}")).expect("write config");
+        let config = root.join("radd.toml");
+        std::fs::write(
+            &config,
+            format!("[repository]\n{repository}\n[keys]\n{keys}identity_file = \"{}\"\n", identity.display()),
+        )
+        .expect("write config");
+        let env = TestEnv { dir, backend, config, push_config, env };
+        let init = env.radd_push(&["repo", "init"]);
+        assert!(init.status.success(), "repo init failed: {}", stderr(&init));
+        radd::pg::hand_over(env.dir.path()).expect("hand temp dir to postgres");
+        env
+    }
+
+    /// The test's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs radd with the full (restore-side) config.
+    pub fn radd(&self, args: &[&str]) -> Output {
+        self.radd_with(&self.config, args)
+    }
+
+    /// Runs radd with the archiving-side config (no identity).
+    pub fn radd_push(&self, args: &[&str]) -> Output {
+        self.radd_with(&self.push_config, args)
+    }
+
+    /// Runs radd with a given config.
+    pub fn radd_with(&self, config: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(radd_binary());
+        cmd.arg("--config").arg(config).args(args);
+        run(&mut cmd, &self.env)
+    }
+
+    /// Starts a source cluster archiving into this repository through `radd wal-push`.
+    pub fn source_cluster(&self) -> ScratchCluster {
+        let work = self.path().join("source");
+        std::fs::create_dir(&work).expect("create source dir");
+        let mut cluster = ScratchCluster::new(Path::new(PG_BIN), &work).expect("scratch cluster");
+        cluster.initdb().expect("initdb");
+        let archive_command = format!(
+            "'{}' --config '{}' wal-push %p",
+            radd_binary().display(),
+            self.push_config.display()
+        );
+        cluster
+            .start(
+                &[
+                    ("wal_level", "replica".into()),
+                    ("archive_mode", "on".into()),
+                    ("archive_command", archive_command),
+                    ("fsync", "off".into()),
+                ],
+                &self.env,
+            )
+            .expect("start source cluster");
+        let port = cluster.port();
+        let data = cluster.data_dir().display().to_string();
+        std::fs::write(
+            &self.push_config,
+            std::fs::read_to_string(&self.push_config).expect("read config")
+                + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{data}\"\n"),
+        )
+        .expect("append [postgres] to config");
+        cluster
+    }
+
+    /// Restores `snapshot` into `<dir>/<name>` with extra args and starts it; returns the
+    /// running cluster once recovery has ended.
+    pub fn restore_and_start(&self, snapshot: &str, name: &str, extra: &[&str]) -> ScratchCluster {
+        let target = self.path().join(name);
+        let target_s = target.display().to_string();
+        let mut args = vec!["restore", snapshot, "--target", &target_s, "--no-archive"];
+        args.extend_from_slice(extra);
+        let out = self.radd(&args);
+        assert!(out.status.success(), "restore failed: {}", stderr(&out));
+        let work = self.path().join(format!("{name}-run"));
+        std::fs::create_dir(&work).expect("create run dir");
+        let mut cluster = ScratchCluster::new(Path::new(PG_BIN), &work).expect("scratch cluster").with_data_dir(&target);
+        cluster.start(&[], &self.env).expect("start restored cluster");
+        block_on(cluster.wait_promoted(Duration::from_secs(120))).expect("restored cluster promotes");
+        cluster
+    }
+
+    /// Removes the object at `key` from the repository (local backend only).
+    pub fn local_object(&self, key: &str) -> PathBuf {
+        assert_eq!(self.backend, Backend::Local);
+        self.path().join("repo").join(key)
+    }
+}
+
+/// Runs a command with a scrubbed environment plus `env`.
+pub fn run(cmd: &mut Command, env: &[(String, String)]) -> Output {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RADD_") || key.starts_with("AWS_") || key.starts_with("PG") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.output().expect("run radd")
+}
+
+/// stderr as text, for assertion messages.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout parsed as JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "radd failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Runs a future to completion on a fresh runtime (tests are plain #[test] fns).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+}
+
+/// Runs SQL on a cluster and returns the first column of the first row as text.
+pub fn sql(cluster: &ScratchCluster, query: &str) -> String {
+    block_on(async {
+        let client = radd::pg::connect(&cluster.connection()).await.expect("connect");
+        let rows = client.simple_query(query).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Switches WAL and waits until the cluster reports the switched segment archived.
+pub fn switch_and_wait_archived(cluster: &ScratchCluster) -> String {
+    let wal = sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = sql(cluster, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        // Segments are archived in order; a `.backup` history file name starts with a segment name.
+        if last.len() >= 24 && last[..24] >= *wal.as_str() {
+            return wal;
+        }
+        assert!(Instant::now() < deadline, "segment {wal} not archived within 60 s (last archived {last:?}); see {}", cluster.log_file().display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,5 @@
+//! The shared test harness: real S3 server, real PostgreSQL clusters, the real radd binary.
+#![allow(dead_code)]
+
+pub mod env;
+pub mod s3;

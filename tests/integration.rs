@@ -1,0 +1,9 @@
+//! radd's integration tests: the real binary against real PostgreSQL 15 clusters (initdb in temp
+//! dirs on free ports) and real storage (a local directory, and SeaweedFS's S3 server started by
+//! the harness on 127.0.0.1). Nothing is mocked and nothing is skipped.
+
+mod common;
+
+mod archive;
+mod backup_restore;
+mod bad_input;
