@@ -327,3 +327,14 @@ mod tests {
         assert_eq!(config.repository.path.unwrap(), dir.path().join("repo"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The shipped example must always load: it is the documentation of the format.
+    #[test]
+    fn shipped_example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/radd.toml");
+        let config = super::Config::load(&path).expect("config/radd.toml loads");
+        assert_eq!(config.backup.block_size.0, 64 << 10);
+    }
+}
