@@ -87,9 +87,21 @@ pub enum Error {
     /// Restoring a snapshot failed.
     #[error(transparent)]
     Restore(#[from] crate::restore::Error),
+    /// The daemon could not start.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
+    /// The event log or a sink failed.
+    #[error(transparent)]
+    Events(#[from] crate::events::Error),
+    /// A drill could not be run.
+    #[error(transparent)]
+    Drill(#[from] crate::drill::Error),
     /// Opening or initialising the repository failed.
     #[error(transparent)]
     Repository(#[from] crate::repository::Error),
+    /// `radd verify` could not check the repository, or found problems in it.
+    #[error(transparent)]
+    Verify(#[from] crate::verify::Error),
 }
 
 impl Error {
@@ -106,6 +118,10 @@ impl Error {
             Error::Snapshot(e) => e.kind(),
             Error::Restore(e) => e.kind(),
             Error::Repository(e) => e.kind(),
+            Error::Verify(e) => e.kind(),
+            Error::Drill(e) => e.kind(),
+            Error::Events(e) => e.kind(),
+            Error::Daemon(_) => ErrorKind::Config,
         }
     }
 }

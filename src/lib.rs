@@ -21,11 +21,17 @@ pub mod archive;
 pub mod codec;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
+pub mod drill;
 pub mod error;
+pub mod events;
+pub mod jobs;
+pub mod metrics;
 pub mod pg;
 pub mod repo;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -20,8 +20,12 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("radd: {error:#}");
-            ExitCode::from(cli::exit_code(&args, &error))
+            let code = cli::exit_code(&args, &error);
+            // "Not in the archive" is how PostgreSQL probes for the end of WAL: not an error.
+            if !(code == 1 && matches!(args.command, cli::Command::WalFetch(_))) {
+                eprintln!("radd: {error:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -7,3 +7,6 @@ mod common;
 mod archive;
 mod backup_restore;
 mod bad_input;
+mod daemon;
+mod drill;
+mod verify;

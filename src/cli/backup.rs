@@ -1,9 +1,9 @@
 //! `radd backup pg` and `radd snapshots`.
 
 use clap::Subcommand;
-use radd::snapshot::{self, BackupOptions};
+use radd::{jobs, snapshot};
 
-use super::{Args, human_bytes, open_repo, print_json};
+use super::{Args, human_bytes, load_config, open_repo, print_json};
 
 /// `radd backup …` commands.
 #[derive(Debug, Subcommand)]
@@ -16,9 +16,9 @@ pub enum BackupCommand {
 pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
     match command {
         BackupCommand::Pg => {
-            let (config, repo) = open_repo(args, false).await?;
-            let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone() };
-            let report = snapshot::backup_pg(&repo, &options).await.map_err(radd::Error::from)?;
+            let config = load_config(args)?;
+            let log = jobs::event_log(&config)?;
+            let report = jobs::backup_pg(&config, &log).await?;
             if args.json {
                 return print_json(&report);
             }

@@ -15,7 +15,7 @@ use radd::repository::Repository;
 use radd::restore::{self, RecoveryTarget, RestoreOptions};
 use radd::snapshot::{self, BackupOptions};
 
-use super::restore::sh_quote;
+use radd::jobs::sh_quote;
 use super::{Args, human_bytes, print_json};
 
 /// Arguments of `radd demo`.

@@ -2,9 +2,13 @@
 //! rendering. Handlers build options from config + arguments, call the library, render.
 
 mod backup;
+mod daemon;
 mod demo;
+mod drill;
+mod events;
 mod keys;
 mod restore;
+mod verify;
 mod wal;
 
 use std::path::PathBuf;
@@ -50,9 +54,32 @@ pub enum Command {
     Snapshots,
     /// Restore a snapshot into a new data directory, ready to recover to a target.
     Restore(restore::RestoreArgs),
+    /// Check the repository: structure, WAL chain and (with --read-data) every object.
+    Verify(verify::VerifyArgs),
+    /// Restore drills (R.A.D.): prove backups restore.
+    #[command(subcommand)]
+    Drill(drill::DrillCommand),
+    /// Production events (changes and incidents) and the error budget.
+    Events(events::EventsArgs),
+    /// Run schedules, heartbeat, archive-lag watch and /metrics until SIGTERM.
+    Daemon,
+    /// Write radd's heartbeat row on the source once (the daemon does it continuously).
+    Heartbeat,
     /// Run a backup and a verified restore against a throwaway cluster and a local repository.
     Demo(demo::DemoArgs),
 }
+
+/// A drill or check ran and failed: exit code 4 (distinct from errors that stopped it running).
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
 
 /// Logs go to stderr; wal-push/wal-fetch stay silent on success (PostgreSQL logs their stderr).
 pub fn init_logging(args: &Args) {
@@ -81,6 +108,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Backup(c) => backup::run(args, c).await,
         Command::Snapshots => backup::snapshots(args).await,
         Command::Restore(a) => restore::run(args, a).await,
+        Command::Verify(a) => verify::run(args, a).await,
+        Command::Drill(c) => drill::run(args, c).await,
+        Command::Events(a) => events::run(args, a).await,
+        Command::Daemon => daemon::run(args).await,
+        Command::Heartbeat => daemon::heartbeat(args).await,
         Command::Demo(a) => demo::run(args, a).await,
     }
 }
@@ -94,6 +126,9 @@ pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
             Some(radd::Error::Archive(radd::archive::Error::NotInArchive { .. })) => 1,
             _ => 255,
         };
+    }
+    if error.downcast_ref::<CheckFailed>().is_some() {
+        return 4;
     }
     kind.map_or(1, radd::ErrorKind::exit_code)
 }

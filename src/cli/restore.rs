@@ -1,8 +1,10 @@
 //! `radd restore`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
+use radd::events::{Event, Occurrence};
+use radd::jobs;
 use radd::pg::Lsn;
 use radd::restore::{self, RecoveryTarget, RestoreOptions};
 
@@ -33,17 +35,6 @@ pub struct RestoreArgs {
     pub no_archive: bool,
 }
 
-/// Quotes a value for `sh`, which PostgreSQL runs restore_command with.
-pub fn sh_quote(value: &Path) -> String {
-    format!("'{}'", value.display().to_string().replace('\'', r"'\''"))
-}
-
-/// The restore_command that fetches WAL with this very binary and configuration.
-pub fn restore_command(config: &Path) -> anyhow::Result<String> {
-    let exe = std::env::current_exe()?;
-    Ok(format!("{} --config {} wal-fetch %f %p", sh_quote(&exe), sh_quote(config)))
-}
-
 /// Restores and prints the report.
 pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
@@ -58,10 +49,22 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         target: std::path::absolute(&a.target)?,
         recovery,
         allow_gap: a.allow_gap,
-        restore_command: restore_command(&config.source)?,
+        restore_command: jobs::restore_command(&config.source)?,
         disable_archiving: a.no_archive,
     };
-    let report = restore::run(&repo, &options).await.map_err(radd::Error::from)?;
+    let log = jobs::event_log(&config)?;
+    let result = restore::run(&repo, &options).await;
+    let event = match &result {
+        Ok(r) => Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))
+            .details(serde_json::to_value(r).unwrap_or_default()),
+        Err(e) => {
+            let occurrence = if e.kind() == radd::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::RestoreFailed };
+            Event::from_occurrence(occurrence, "restore", format!("restore of {} failed: {e}", a.snapshot))
+                .label("error_type", e.kind().label())
+        }
+    };
+    jobs::record(&log, &event)?;
+    let report = result.map_err(radd::Error::from)?;
     if args.json {
         return print_json(&report);
     }

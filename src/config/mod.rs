@@ -64,6 +64,15 @@ pub struct Config {
     /// Chunking, packing and compression.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// Where drill definitions and scratch instances live.
+    #[serde(default)]
+    pub drills: DrillsConfig,
+    /// The production event log and its sinks.
+    #[serde(default)]
+    pub events: crate::events::EventsConfig,
+    /// Schedules and endpoints of `radd daemon`.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// Where this file was loaded from (absolute); used for restore_command lines.
     #[serde(skip)]
     pub source: PathBuf,
@@ -189,6 +198,86 @@ impl Default for BackupConfig {
     }
 }
 
+/// `[drills]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillsConfig {
+    /// Directory of `*.toml` drill definitions (relative to this file; default `drills`).
+    #[serde(default = "default_drills_dir")]
+    pub dir: PathBuf,
+    /// Parent of scratch data directories (must have room for a full restore).
+    #[serde(default = "default_scratch_dir")]
+    pub scratch_dir: PathBuf,
+}
+
+impl Default for DrillsConfig {
+    fn default() -> Self {
+        DrillsConfig { dir: default_drills_dir(), scratch_dir: default_scratch_dir() }
+    }
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address of the HTTP server for `/metrics` and `/healthz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Cron schedule (sec min hour day month weekday, UTC) of the base backup; "" disables it.
+    #[serde(default = "default_backup_schedule")]
+    pub backup_schedule: String,
+    /// How often the heartbeat row on the source is refreshed ("" or "0s" disables it).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: String,
+    /// How often archive lag is measured and events are delivered to sinks.
+    #[serde(default = "default_watch")]
+    pub watch_interval: String,
+    /// Archive lag beyond which WAL archiving counts as stalled (an S1 incident).
+    #[serde(default = "default_stall")]
+    pub archive_stall: String,
+    /// Time running jobs get to finish after SIGTERM before they are cancelled.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: default_listen(),
+            backup_schedule: default_backup_schedule(),
+            heartbeat_interval: default_heartbeat(),
+            watch_interval: default_watch(),
+            archive_stall: default_stall(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+fn default_drills_dir() -> PathBuf {
+    "drills".into()
+}
+fn default_scratch_dir() -> PathBuf {
+    "/var/tmp/radd-drills".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_backup_schedule() -> String {
+    "0 30 1 * * *".into()
+}
+fn default_heartbeat() -> String {
+    "10s".into()
+}
+fn default_watch() -> String {
+    "15s".into()
+}
+fn default_stall() -> String {
+    "5m".into()
+}
+fn default_grace() -> String {
+    "60s".into()
+}
+
 fn default_host() -> String {
     "/var/run/postgresql".into()
 }
@@ -246,6 +335,11 @@ impl Config {
         fix(&mut self.keys.identity_file);
         fix(&mut self.keys.id_key_file);
         fix(&mut self.postgres.data_dir);
+        for path in [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
     }
 
     /// Checks every value and reports all problems together.
@@ -279,6 +373,25 @@ impl Config {
         }
         if b.upload_concurrency == 0 {
             problems.push("backup.upload_concurrency: must be at least 1".to_owned());
+        }
+        let d = &self.daemon;
+        if !d.backup_schedule.is_empty()
+            && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&d.backup_schedule)
+        {
+            problems.push(format!("daemon.backup_schedule: invalid cron expression {:?}: {e}", d.backup_schedule));
+        }
+        for (key, value) in [
+            ("daemon.heartbeat_interval", &d.heartbeat_interval),
+            ("daemon.watch_interval", &d.watch_interval),
+            ("daemon.archive_stall", &d.archive_stall),
+            ("daemon.shutdown_grace", &d.shutdown_grace),
+        ] {
+            if !value.is_empty() && humantime::parse_duration(value).is_err() {
+                problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));
+            }
+        }
+        if d.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("daemon.listen: {:?} is not an address like 127.0.0.1:9187", d.listen));
         }
         if problems.is_empty() {
             Ok(())

@@ -90,6 +90,13 @@ impl ScratchCluster {
         self
     }
 
+    /// Listens on `port` instead of a random free one (drills pick from a configured range).
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     /// The data directory.
     #[must_use]
     pub fn data_dir(&self) -> &Path {
@@ -138,9 +145,19 @@ impl ScratchCluster {
         if output.status.success() {
             return Ok(());
         }
-        let mut message = format!("{}: ", output.status);
-        message.push_str(&String::from_utf8_lossy(&output.stderr));
-        if let Ok(log) = std::fs::read_to_string(self.log_file()) {
+        let tail = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            let lines: Vec<&str> = text.lines().rev().take(20).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let mut message = format!("{}: {}", output.status, tail(&output.stderr));
+        if !output.stdout.is_empty() {
+            message.push('\n');
+            message.push_str(&tail(&output.stdout));
+        }
+        if name == "pg_ctl"
+            && let Ok(log) = std::fs::read_to_string(self.log_file())
+        {
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             message.push_str("\nserver log (last lines):\n");
             message.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
@@ -182,7 +199,11 @@ impl ScratchCluster {
             .args(["-w", "-t", "120", "-o", &options, "start"])
             .envs(env.iter().map(|(k, v)| (k, v)));
         self.running = true;
-        self.run(cmd, "pg_ctl")
+        let started = self.run(cmd, "pg_ctl");
+        if started.is_err() && !self.data_dir.join("postmaster.pid").exists() {
+            self.running = false;
+        }
+        started
     }
 
     /// Stops the server immediately (no shutdown checkpoint: it is thrown away anyway).
@@ -196,6 +217,33 @@ impl ScratchCluster {
             .arg(&self.data_dir)
             .args(["-m", "immediate", "-w", "stop"]);
         self.run(cmd, "pg_ctl")
+    }
+
+    /// Stops the server cleanly (a shutdown checkpoint), as `pg_checksums` requires.
+    pub fn stop_clean(&mut self) -> Result<(), Error> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        let mut cmd = self.program("pg_ctl");
+        cmd.arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]);
+        self.run(cmd, "pg_ctl")
+    }
+
+    /// Runs `pg_checksums --check` on the stopped cluster; the error carries its report.
+    pub fn check_checksums(&self) -> Result<(), Error> {
+        let mut cmd = self.program("pg_checksums");
+        cmd.arg("--check").arg("-D").arg(&self.data_dir);
+        self.run(cmd, "pg_checksums")
+    }
+
+    /// Runs `pg_amcheck` over every database (heap and B-tree indexes), installing the amcheck
+    /// extension where missing; the error carries what it found.
+    pub fn amcheck(&self) -> Result<(), Error> {
+        let mut cmd = self.program("pg_amcheck");
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--all", "--install-missing", "-p"])
+            .arg(self.port.to_string());
+        self.run(cmd, "pg_amcheck")
     }
 
     /// Waits until recovery has ended and the server accepts writes, or `timeout` passes.

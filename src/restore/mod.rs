@@ -213,7 +213,7 @@ async fn check_wal(
     let wanted = match &options.recovery {
         RecoveryTarget::Immediate => Some(consistent),
         RecoveryTarget::Lsn(lsn) => Some(lsn.segment_no(size).max(consistent)),
-        RecoveryTarget::Latest | RecoveryTarget::Time(_) => None,
+        RecoveryTarget::Latest | RecoveryTarget::Time(_) | RecoveryTarget::Name(_) => None,
     };
     let last = match archive::check_chain(repo, pg.timeline, first, wanted, size).await {
         Ok(last) => last,

@@ -21,6 +21,8 @@ pub enum RecoveryTarget {
     Time(String),
     /// Stop at an LSN.
     Lsn(Lsn),
+    /// Stop at a named restore point (`pg_create_restore_point`).
+    Name(String),
 }
 
 impl fmt::Display for RecoveryTarget {
@@ -30,6 +32,7 @@ impl fmt::Display for RecoveryTarget {
             RecoveryTarget::Immediate => f.write_str("immediate"),
             RecoveryTarget::Time(t) => write!(f, "time {t}"),
             RecoveryTarget::Lsn(l) => write!(f, "lsn {l}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n}"),
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions,
         RecoveryTarget::Immediate => settings.push_str("recovery_target = 'immediate'\n"),
         RecoveryTarget::Time(t) => settings.push_str(&format!("recovery_target_time = {}\n", quote(t))),
         RecoveryTarget::Lsn(l) => settings.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+        RecoveryTarget::Name(n) => settings.push_str(&format!("recovery_target_name = {}\n", quote(n))),
     }
     if options.recovery != RecoveryTarget::Latest {
         settings.push_str("recovery_target_action = 'promote'\n");

@@ -93,14 +93,18 @@ impl TestEnv {
             }
         };
         let keys = format!("recipients = [\"{recipient}\"]\nid_key_file = \"{}\"\n", root.join("id.key").display());
+        let common = format!(
+            "[events]\ndir = \"{}\"\n\n[drills]\ndir = \"{}\"\nscratch_dir = \"{}\"\n\n[repository]\n{repository}\n",
+            root.join("events").display(),
+            root.join("drills").display(),
+            root.join("scratch").display()
+        );
         let push_config = root.join("radd-push.toml");
-        std::fs::write(&push_config, format!("[repository]\n{repository}\n[keys]\n{keys}")).expect("write config");
+        std::fs::write(&push_config, format!("{common}[keys]\n{keys}")).expect("write config");
         let config = root.join("radd.toml");
-        std::fs::write(
-            &config,
-            format!("[repository]\n{repository}\n[keys]\n{keys}identity_file = \"{}\"\n", identity.display()),
-        )
-        .expect("write config");
+        std::fs::write(&config, format!("{common}[keys]\n{keys}identity_file = \"{}\"\n", identity.display()))
+            .expect("write config");
+        std::fs::create_dir(root.join("drills")).expect("create drills dir");
         let env = TestEnv { dir, backend, config, push_config, env };
         let init = env.radd_push(&["repo", "init"]);
         assert!(init.status.success(), "repo init failed: {}", stderr(&init));
@@ -154,12 +158,14 @@ impl TestEnv {
             .expect("start source cluster");
         let port = cluster.port();
         let data = cluster.data_dir().display().to_string();
-        std::fs::write(
-            &self.push_config,
-            std::fs::read_to_string(&self.push_config).expect("read config")
-                + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{data}\"\n"),
-        )
-        .expect("append [postgres] to config");
+        for config in [&self.push_config, &self.config] {
+            std::fs::write(
+                config,
+                std::fs::read_to_string(config).expect("read config")
+                    + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{data}\"\n"),
+            )
+            .expect("append [postgres] to config");
+        }
         cluster
     }
 

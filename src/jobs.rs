@@ -1,0 +1,95 @@
+//! Jobs: one domain operation plus the production event that reports it. Shared by the CLI
+//! (ad-hoc runs) and the daemon (scheduled runs), so both report the same way. Metrics are
+//! derived from the event log, so recording the event is all a job has to do.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::drill::{self, DrillDefinition, DrillOptions, DrillReport};
+use crate::events::{Event, EventLog, Occurrence};
+use crate::repository::Repository;
+use crate::snapshot::{self, BackupOptions, BackupReport};
+
+/// Opens the configured event log.
+pub fn event_log(config: &Config) -> Result<EventLog, crate::Error> {
+    Ok(EventLog::open(&config.events.dir)?)
+}
+
+/// Appends an event; a failure to record is an error of its own (never silently dropped).
+pub fn record(log: &EventLog, event: &Event) -> Result<(), crate::Error> {
+    log.append(event)?;
+    tracing::info!(event_id = %event.id, kind = %event.kind.as_str(), source = %event.source, title = %event.title, "event recorded");
+    Ok(())
+}
+
+/// Takes a base backup and records a `change` (or an S2 `incident` on failure).
+pub async fn backup_pg(config: &Config, log: &EventLog) -> Result<BackupReport, crate::Error> {
+    let result = async {
+        let repo = Repository::open(config, false).await?;
+        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone() };
+        Ok::<_, crate::Error>(snapshot::backup_pg(&repo, &options).await?)
+    }
+    .await;
+    let event = match &result {
+        Ok(report) => Event::from_occurrence(Occurrence::BackupSucceeded, "backup.pg", format!("base backup {} taken", report.snapshot_id))
+            .label("snapshot", &report.snapshot_id)
+            .details(serde_json::to_value(report).unwrap_or_default()),
+        Err(error) => Event::from_occurrence(Occurrence::BackupFailed, "backup.pg", format!("base backup failed: {error}"))
+            .label("error_type", error.kind().label())
+            .details(json!({ "error": error.to_string() })),
+    };
+    record(log, &event)?;
+    result
+}
+
+/// Runs a drill and records a `change` when every check passed, otherwise an S2 `incident`
+/// naming the failed checks (S1 when data integrity itself failed).
+pub async fn run_drill(config: &Config, log: &EventLog, definition: DrillDefinition, keep: bool, restore_command: String) -> Result<DrillReport, crate::Error> {
+    let name = definition.name.clone();
+    let source = format!("drill.{name}");
+    let result = async {
+        let repo = Repository::open(config, true).await?;
+        let options = DrillOptions {
+            definition,
+            restore_command,
+            scratch_dir: config.drills.scratch_dir.clone(),
+            bin_dir: config.postgres.bin_dir.clone(),
+            source: Some(config.postgres.clone()),
+            keep,
+        };
+        Ok::<_, crate::Error>(drill::run(&repo, &options).await?)
+    }
+    .await;
+    let event = match &result {
+        Ok(report) if report.passed => Event::from_occurrence(Occurrence::DrillPassed, &source, format!("drill {name} passed"))
+            .label("drill", &name)
+            .details(serde_json::to_value(report).unwrap_or_default()),
+        Ok(report) => {
+            let failed = report.failed_checks();
+            let integrity = failed.iter().any(|c| matches!(*c, "checksums" | "wal_chain" | "page_integrity"));
+            let occurrence = if integrity { Occurrence::CorruptionFound } else { Occurrence::DrillFailed };
+            Event::from_occurrence(occurrence, &source, format!("drill {name} failed: {}", failed.join(", ")))
+                .label("drill", &name)
+                .details(serde_json::to_value(report).unwrap_or_default())
+        }
+        Err(error) => Event::from_occurrence(Occurrence::DrillFailed, &source, format!("drill {name} could not run: {error}"))
+            .label("drill", &name)
+            .details(json!({ "error": error.to_string(), "passed": false })),
+    };
+    record(log, &event)?;
+    result
+}
+
+/// The restore_command for this binary and configuration (`'…/radd' --config '…' wal-fetch %f %p`).
+pub fn restore_command(config_path: &Path) -> Result<String, std::io::Error> {
+    let exe = std::env::current_exe()?;
+    Ok(format!("{} --config {} wal-fetch %f %p", sh_quote(&exe), sh_quote(config_path)))
+}
+
+/// Quotes a path for `sh`, which PostgreSQL runs archive and restore commands with.
+#[must_use]
+pub fn sh_quote(value: &Path) -> String {
+    format!("'{}'", value.display().to_string().replace('\'', r"'\''"))
+}

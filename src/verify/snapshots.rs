@@ -1,0 +1,184 @@
+//! Structure checks of snapshots: records authenticate, manifests match their records, every
+//! chunk a manifest references is indexed, and each base backup's WAL is archived.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Error, ProblemKind, VerifyReport, classify};
+use crate::archive;
+use crate::crypto::Digest;
+use crate::pg::WalFileName;
+use crate::repo::ObjectKey;
+use crate::repository::{self, Repository};
+use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
+
+/// A blob a snapshot uses, where the index says it is.
+pub(super) type BlobRef = (Digest, BlobLocation);
+
+/// Every snapshot record that authenticates, oldest first. Reads them one by one (as
+/// [`snapshot::list`] does) so that a damaged record is a problem, not the end of the verify.
+pub(super) async fn records(repo: &Repository, report: &mut VerifyReport) -> Result<Vec<SnapshotRecord>, Error> {
+    let listed = repo.store.list(ObjectKey::SNAPSHOT_DIR).await.map_err(repository::Error::from)?;
+    report.snapshots = listed.len() as u64;
+    let mut out = Vec::with_capacity(listed.len());
+    for item in listed {
+        let id = item.key.rsplit('/').next().unwrap_or_default().to_owned();
+        let key = ObjectKey::Snapshot(id);
+        match repo.get_record::<SnapshotRecord>(&key).await {
+            Ok(record) => {
+                report.read(item.size);
+                out.push(record);
+            }
+            Err(e) => report.push(classify(e, &key.to_string())?),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The blob index restore would use. If an index object is damaged, restores cannot build it
+/// either: each damaged index object is reported and `None` returned, so chunk and pack checks
+/// that depend on the index are skipped rather than reported as thousands of missing chunks.
+pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> Result<Option<BlobIndex>, Error> {
+    let listed = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
+    let error = match BlobIndex::load(repo).await {
+        Ok(index) => {
+            for item in &listed {
+                report.read(item.size);
+            }
+            return Ok(Some(index));
+        }
+        Err(snapshot::Error::Repository(e)) if e.kind() == crate::ErrorKind::Integrity => e,
+        Err(e) => return Err(e.into()),
+    };
+    let before = report.problems.len();
+    for item in &listed {
+        let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
+        let key = ObjectKey::Index(name);
+        match repo.get_record::<serde::de::IgnoredAny>(&key).await {
+            Ok(_) => report.read(item.size),
+            Err(e) => report.push(classify(e, &key.to_string())?),
+        }
+    }
+    if report.problems.len() == before {
+        // Every index authenticates on its own, yet together they do not load: report that.
+        report.push(classify(error, ObjectKey::INDEX_DIR)?);
+    }
+    for problem in &mut report.problems[before..] {
+        problem.detail.push_str("; restores cannot load the blob index, so chunk and pack checks were skipped");
+    }
+    Ok(None)
+}
+
+/// Checks manifests' chunk lists against the index and, for `--read-data`, remembers which
+/// blobs of which pack snapshots use, so each can be re-hashed when its pack is read.
+pub(super) struct ChunkCheck<'a> {
+    index: Option<&'a BlobIndex>,
+    wanted: Option<Wanted<'a>>,
+}
+
+/// Blobs snapshots use, per pack id; `seen` keeps a blob shared by many snapshots listed once.
+#[derive(Default)]
+pub(super) struct Wanted<'a> {
+    seen: HashSet<Digest>,
+    /// Pack id → blobs in it that some snapshot references.
+    pub(super) by_pack: HashMap<&'a str, Vec<BlobRef>>,
+}
+
+impl<'a> ChunkCheck<'a> {
+    /// `collect`: remember referenced blobs per pack (only needed when packs will be read).
+    pub(super) fn new(index: Option<&'a BlobIndex>, collect: bool) -> Self {
+        ChunkCheck { index, wanted: collect.then(Wanted::default) }
+    }
+
+    /// The referenced blobs per pack (empty unless constructed with `collect`).
+    pub(super) fn into_wanted(self) -> HashMap<&'a str, Vec<BlobRef>> {
+        self.wanted.map(|w| w.by_pack).unwrap_or_default()
+    }
+
+    /// Reports, once per snapshot, the chunks no index knows (a restore would stop at the
+    /// first of them).
+    fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) {
+        let Some(index) = self.index else { return };
+        let (mut missing, mut files, mut first) = (0u64, 0u64, None);
+        for entry in &manifest.entries {
+            let EntryKind::File { chunks, .. } = &entry.kind else { continue };
+            let before = missing;
+            for chunk in chunks {
+                let Some(location) = index.get(chunk) else {
+                    missing += 1;
+                    first.get_or_insert_with(|| format!("chunk {chunk} of {}", entry.path));
+                    continue;
+                };
+                if let (Some(wanted), Some(pack)) = (&mut self.wanted, index.packs.get(location.pack as usize))
+                    && wanted.seen.insert(*chunk)
+                {
+                    wanted.by_pack.entry(pack.as_str()).or_default().push((*chunk, location));
+                }
+            }
+            files += u64::from(missing > before);
+        }
+        if let Some(first) = first {
+            report.problem(
+                ProblemKind::Missing,
+                ObjectKey::Snapshot(snapshot_id.to_owned()).to_string(),
+                format!("{missing} chunk(s) of {files} file(s) are in no index (first: {first}); the snapshot cannot be restored"),
+            );
+        }
+    }
+}
+
+/// Per snapshot: manifest present and matching its record, chunks indexed, WAL archived.
+pub(super) async fn check_all(
+    repo: &Repository,
+    records: &[SnapshotRecord],
+    chunks: &mut ChunkCheck<'_>,
+    report: &mut VerifyReport,
+) -> Result<(), Error> {
+    let sizes: HashMap<String, u64> = repo
+        .store
+        .list(ObjectKey::MANIFEST_DIR)
+        .await
+        .map_err(repository::Error::from)?
+        .into_iter()
+        .map(|l| (l.key, l.size))
+        .collect();
+    for record in records {
+        let key = ObjectKey::Manifest(record.id.clone()).to_string();
+        match snapshot::load_manifest(repo, record).await {
+            Ok(manifest) => {
+                report.read(sizes.get(&key).copied().unwrap_or(0));
+                chunks.check(&record.id, &manifest, report);
+            }
+            Err(snapshot::Error::Repository(e)) => report.push(classify(e, &key)?),
+            Err(e) => return Err(e.into()),
+        }
+        check_wal_range(repo, record, report).await?;
+    }
+    Ok(())
+}
+
+/// The WAL a base backup needs to become consistent (start to stop segment) must be archived,
+/// checked exactly as restore checks it.
+async fn check_wal_range(repo: &Repository, record: &SnapshotRecord, report: &mut VerifyReport) -> Result<(), Error> {
+    let Some(pg) = &record.pg else { return Ok(()) };
+    let size = pg.segment_size;
+    let (first, last) = (pg.start_lsn.segment_no(size), pg.stop_lsn.segment_no(size));
+    match archive::check_chain(repo, pg.timeline, first, Some(last), size).await {
+        Ok(_) => Ok(()),
+        Err(archive::Error::Gap { missing, timeline }) => {
+            let name = |number| WalFileName::Segment { timeline, number }.to_name(size);
+            report.problem(
+                ProblemKind::Missing,
+                ObjectKey::Wal { dir: timeline.to_string(), name: missing }.to_string(),
+                format!(
+                    "needed to make snapshot {} consistent (WAL {} through {}); the snapshot cannot be restored",
+                    record.id,
+                    name(first),
+                    name(last)
+                ),
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

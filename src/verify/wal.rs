@@ -1,0 +1,134 @@
+//! The WAL archive: one listing of `wal/`, segments grouped per timeline, every hole between a
+//! timeline's lowest and highest archived segment reported as a gap (DESIGN.md: "`verify`
+//! reports every gap per timeline"), because recovery through a gap silently loses data.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Error, Gap, ProblemKind, TimelineReport, VerifyReport};
+use crate::pg::{Timeline, WalFileName};
+use crate::repo::{Listed, ObjectKey};
+use crate::repository::{self, Repository};
+
+/// Lists the WAL archive, reports per-timeline gaps and misplaced objects, and returns every
+/// WAL object for `--read-data`.
+pub(super) async fn check(
+    repo: &Repository,
+    segment_size: u64,
+    report: &mut VerifyReport,
+) -> Result<Vec<ObjectKey>, Error> {
+    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
+    let mut timelines: BTreeMap<Timeline, BTreeSet<u64>> = BTreeMap::new();
+    let mut objects = Vec::with_capacity(listed.len());
+    for Listed { key, .. } in listed {
+        let Some((dir, name)) = key
+            .strip_prefix(ObjectKey::WAL_DIR)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.split_once('/')) else {
+            tracing::warn!(key, "ignoring an object outside wal/<timeline>/ in the WAL area");
+            continue;
+        };
+        let parsed = match WalFileName::parse(name, segment_size) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::warn!(key, reason, "ignoring an object that is not a WAL file name");
+                continue;
+            }
+        };
+        if dir != parsed.timeline().to_string() {
+            report.problem(
+                ProblemKind::Corrupt,
+                key.clone(),
+                format!("stored under timeline directory {dir}, but the file belongs to timeline {}; wal-fetch cannot find it", parsed.timeline()),
+            );
+        } else if let WalFileName::Segment { timeline, number } = parsed {
+            timelines.entry(timeline).or_default().insert(number);
+        }
+        objects.push(ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() });
+    }
+    for (&timeline, segments) in &timelines {
+        report.wal_segments += segments.len() as u64;
+        for (first, last) in holes(segments) {
+            let (object, detail) = gap_problem(timeline, first, last, segment_size);
+            report.problem(ProblemKind::Gap, object, detail);
+        }
+        report.timelines.push(timeline_report(timeline, segments, segment_size));
+    }
+    Ok(objects)
+}
+
+/// The problem for segments `first..=last` missing on `timeline`: the object is the first
+/// missing segment's key, the detail names the whole run and the archived segments around it.
+fn gap_problem(timeline: Timeline, first: u64, last: u64, segment_size: u64) -> (String, String) {
+    let name = |number| WalFileName::Segment { timeline, number }.to_name(segment_size);
+    let what = if first == last {
+        format!("segment {} is missing", name(first))
+    } else {
+        format!("segments {} through {} ({}) are missing", name(first), name(last), last - first + 1)
+    };
+    (
+        ObjectKey::Wal { dir: timeline.to_string(), name: name(first) }.to_string(),
+        format!(
+            "{what} on timeline {timeline} between archived {} and {}; recovery cannot pass this point",
+            name(first - 1),
+            name(last + 1)
+        ),
+    )
+}
+
+/// Summarises one timeline's archived segments (a non-empty set) and its gaps.
+fn timeline_report(timeline: Timeline, segments: &BTreeSet<u64>, segment_size: u64) -> TimelineReport {
+    let name = |number| WalFileName::Segment { timeline, number }.to_name(segment_size);
+    TimelineReport {
+        timeline: timeline.to_string(),
+        first: segments.first().map(|&n| name(n)).unwrap_or_default(),
+        last: segments.last().map(|&n| name(n)).unwrap_or_default(),
+        segments: segments.len() as u64,
+        gaps: holes(segments)
+            .into_iter()
+            .map(|(first, last)| Gap { first: name(first), last: name(last), missing: last - first + 1 })
+            .collect(),
+    }
+}
+
+/// Inclusive ranges of numbers absent between the lowest and highest member of `segments`.
+fn holes(segments: &BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut previous: Option<u64> = None;
+    for &number in segments {
+        if let Some(p) = previous
+            && number > p + 1
+        {
+            out.push((p + 1, number - 1));
+        }
+        previous = Some(number);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_every_missing_run_between_lowest_and_highest() {
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        assert!(holes(&set(&[])).is_empty());
+        assert!(holes(&set(&[3, 4, 5])).is_empty());
+        assert_eq!(holes(&set(&[2, 4, 5, 9])), vec![(3, 3), (6, 8)]);
+    }
+
+    #[test]
+    fn gaps_are_named_like_postgres_names_segments() {
+        let size = crate::pg::SEGMENT_SIZE_DEFAULT;
+        let segments: BTreeSet<u64> = [0xFE, 0x101].into_iter().collect();
+        let report = timeline_report(Timeline(2), &segments, size);
+        assert_eq!(report.first, "0000000200000000000000FE");
+        assert_eq!(report.last, "000000020000000100000001");
+        assert_eq!(report.gaps[0].first, "0000000200000000000000FF");
+        assert_eq!(report.gaps[0].last, "000000020000000100000000");
+        assert_eq!(report.gaps[0].missing, 2);
+        let (object, detail) = gap_problem(Timeline(2), 0xFF, 0x100, size);
+        assert_eq!(object, "wal/00000002/0000000200000000000000FF");
+        assert!(detail.contains("between archived 0000000200000000000000FE and 000000020000000100000001"), "{detail}");
+    }
+}

@@ -1,0 +1,128 @@
+//! `radd verify`: a good repository passes on every backend; a flipped byte in a pack passes the
+//! structure check but fails `--read-data` naming the pack; a deleted WAL segment is a gap named
+//! in the output. Problems exit 3 so cron notices.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
+
+/// A repository with one snapshot and several archived WAL segments after it.
+fn env_with_backup(backend: Backend) -> TestEnv {
+    let env = TestEnv::new(backend);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    json(&env.radd_push(&["--json", "backup", "pg"]));
+    for _ in 0..3 {
+        sql(&source, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100) g");
+        switch_and_wait_archived(&source);
+    }
+    env
+}
+
+/// stdout parsed as JSON whatever the exit status (a failing verify still prints its report).
+fn report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out)))
+}
+
+fn good_repository_verifies(backend: Backend) {
+    let env = env_with_backup(backend);
+    let out = env.radd(&["--json", "verify", "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["read_data"], true, "{r}");
+    assert!(r["problems"].as_array().expect("problems").is_empty(), "{r}");
+    assert_eq!(r["snapshots"], 1, "{r}");
+    assert!(r["packs"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["wal_segments"].as_u64().unwrap() >= 4, "{r}");
+    // Every pack and WAL object was read on top of record, index and manifest.
+    let objects = r["objects_checked"].as_u64().unwrap();
+    assert!(objects >= 3 + r["packs"].as_u64().unwrap() + r["wal_segments"].as_u64().unwrap(), "{r}");
+    assert!(r["bytes_read"].as_u64().unwrap() > 0, "{r}");
+    let timelines = r["timelines"].as_array().expect("timelines");
+    assert_eq!(timelines.len(), 1, "{r}");
+    assert!(timelines[0]["gaps"].as_array().unwrap().is_empty(), "{r}");
+
+    let out = env.radd(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("verify ok"), "{text}");
+
+    // Manifests are encrypted: the archiving side (no identity) cannot verify.
+    let out = env.radd_push(&["verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("identity"), "{}", stderr(&out));
+}
+
+#[test]
+fn verify_good_repository_local() {
+    good_repository_verifies(Backend::Local);
+}
+
+#[test]
+fn verify_good_repository_s3() {
+    good_repository_verifies(Backend::S3);
+}
+
+#[test]
+fn verify_read_data_finds_a_flipped_byte_in_a_pack() {
+    let env = env_with_backup(Backend::Local);
+    let packs = env.local_object("packs");
+    let pack = std::fs::read_dir(&packs).unwrap().filter_map(Result::ok).next().expect("a pack").path();
+    let key = format!("packs/{}", pack.file_name().unwrap().to_string_lossy());
+    let mut data = std::fs::read(&pack).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x40;
+    std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&pack, data).unwrap();
+
+    // Structure only: records, indexes, manifests and the pack listing are intact.
+    let out = env.radd(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "structure check must not read packs: {}", stderr(&out));
+
+    let out = env.radd(&["--json", "verify", "--read-data"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&key), "error must name {key}: {}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(r["ok"], false, "{r}");
+    let problems = r["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "only the damaged pack is a problem: {r}");
+    assert_eq!(problems[0]["object"], key.as_str(), "{r}");
+    assert!(["corrupt", "decrypt"].contains(&problems[0]["kind"].as_str().unwrap()), "{r}");
+    // The run did not stop at the damaged pack: WAL was read too.
+    assert!(r["objects_checked"].as_u64().unwrap() > r["packs"].as_u64().unwrap() + 3, "{r}");
+}
+
+#[test]
+fn verify_reports_a_missing_wal_segment_as_a_gap() {
+    let env = env_with_backup(Backend::Local);
+    let wal_dir = env.local_object("wal/00000001");
+    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 4, "need several archived segments, have {segments:?}");
+    // The newest-but-one: inside the archived range, after the backup's consistency point.
+    let victim = segments[segments.len() - 2].clone();
+    std::fs::remove_file(wal_dir.join(&victim)).unwrap();
+
+    let out = env.radd(&["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&victim), "output must name {victim}: {text}");
+    assert!(stderr(&out).contains(&victim) && stderr(&out).contains("1 problem"), "{}", stderr(&out));
+
+    let out = env.radd(&["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let r = report(&out);
+    let problems = r["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{r}");
+    assert_eq!(problems[0]["kind"], "gap", "{r}");
+    assert_eq!(problems[0]["object"], format!("wal/00000001/{victim}"), "{r}");
+    let gaps = r["timelines"][0]["gaps"].as_array().expect("gaps");
+    assert_eq!((gaps.len(), &gaps[0]["first"], &gaps[0]["missing"]), (1, &serde_json::json!(victim), &serde_json::json!(1)), "{r}");
+}
