@@ -24,6 +24,8 @@ PORT=$(freeport)
 cat > "$W/radd.toml" <<TOML
 [repository]
 path = "$W/repo"
+[events]
+dir = "$W/events"
 [keys]
 recipients = ["$RECIPIENT"]
 id_key_file = "$W/id.key"
