@@ -11,6 +11,8 @@
 //! keyed digest, so a returned payload is exactly what was sealed. Knows crypto and zstd; not
 //! where the bytes are stored or what they mean.
 
+use std::io::{Read, Write};
+
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
 use crate::error::ErrorKind;
 
@@ -66,10 +68,7 @@ impl Error {
 /// Keyed digest of an object's content, as stored in its header.
 #[must_use]
 pub fn content_digest(id_key: &IdKey, kind: ObjectKind, plaintext: &[u8]) -> Digest {
-    let mut buf = Vec::with_capacity(plaintext.len() + 1);
-    buf.push(kind as u8);
-    buf.extend_from_slice(plaintext);
-    id_key.digest(&buf)
+    id_key.digest_parts(&[&[kind as u8], plaintext])
 }
 
 /// Compresses, encrypts and frames `plaintext`. Returns the stored bytes and the content digest.
@@ -82,24 +81,32 @@ pub fn seal(
     object: &str,
 ) -> Result<(Vec<u8>, Digest), Error> {
     let digest = content_digest(id_key, kind, plaintext);
-    let compressed = zstd::bulk::compress(plaintext, level).map_err(|e| Error::Corrupt {
-        object: object.to_owned(),
-        reason: format!("zstd compression failed: {e}"),
-    })?;
-    let mut inner = Vec::with_capacity(compressed.len() + 9);
-    inner.push(kind as u8);
-    inner.extend_from_slice(&(plaintext.len() as u64).to_le_bytes());
-    inner.extend_from_slice(&compressed);
-    drop(compressed);
-    let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto {
-        object: object.to_owned(),
-        source,
-    })?;
-    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    Ok((seal_with_digest(kind, plaintext, digest, recipients, level, object)?, digest))
+}
+
+/// [`seal`] for a caller that already computed the content digest (e.g. to check whether the
+/// object is already stored). Streams zstd into age into the output: no intermediate copies.
+pub fn seal_with_digest(
+    kind: ObjectKind,
+    plaintext: &[u8],
+    digest: Digest,
+    recipients: &Recipients,
+    level: i32,
+    object: &str,
+) -> Result<Vec<u8>, Error> {
+    let crypto = |source| Error::Crypto { object: object.to_owned(), source };
+    let io = |e: std::io::Error| crypto(crate::crypto::Error::Encrypt(e.to_string()));
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() / 2 + 4096);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&digest.0);
-    out.extend_from_slice(&ciphertext);
-    Ok((out, digest))
+    let mut encrypted = recipients.encrypting_writer(&mut out).map_err(crypto)?;
+    encrypted.write_all(&[kind as u8]).map_err(io)?;
+    encrypted.write_all(&(plaintext.len() as u64).to_le_bytes()).map_err(io)?;
+    let mut compressor = zstd::stream::Encoder::new(&mut encrypted, level).map_err(io)?;
+    compressor.write_all(plaintext).map_err(io)?;
+    compressor.finish().map_err(io)?;
+    encrypted.finish().map_err(io)?;
+    Ok(out)
 }
 
 /// Reads the keyed content digest from an object's header (the first [`HEADER_LEN`] bytes).
@@ -128,32 +135,30 @@ pub fn open(
         reason,
     };
     let expected = header_digest(stored, object)?;
-    let inner = identity
-        .decrypt(&stored[HEADER_LEN..])
-        .map_err(|source| Error::Crypto {
-            object: object.to_owned(),
-            source,
-        })?;
-    if inner.len() < 9 {
-        return Err(corrupt("payload too short".into()));
-    }
-    if inner[0] != kind as u8 {
-        return Err(corrupt(format!(
-            "holds object kind {} where {kind:?} was expected",
-            inner[0]
-        )));
+    let mut reader = identity
+        .decrypting_reader(&stored[HEADER_LEN..])
+        .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let decrypt_failed = |e: std::io::Error| Error::Crypto {
+        object: object.to_owned(),
+        source: crate::crypto::Error::Decrypt(e.to_string()),
+    };
+    let mut head = [0u8; 9];
+    reader.read_exact(&mut head).map_err(decrypt_failed)?;
+    if head[0] != kind as u8 {
+        return Err(corrupt(format!("holds object kind {} where {kind:?} was expected", head[0])));
     }
     let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&inner[1..9]);
-    let len = usize::try_from(u64::from_le_bytes(len_bytes))
-        .map_err(|_| corrupt("length out of range".into()))?;
-    let plaintext = zstd::bulk::decompress(&inner[9..], len)
-        .map_err(|e| corrupt(format!("zstd decompression failed: {e}")))?;
+    len_bytes.copy_from_slice(&head[1..9]);
+    let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt("length out of range".into()))?;
+    let mut plaintext = Vec::with_capacity(len);
+    let decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| corrupt(format!("zstd: {e}")))?;
+    // A tampered ciphertext fails age's authentication while streaming, below zstd.
+    decoder
+        .take(len as u64 + 1)
+        .read_to_end(&mut plaintext)
+        .map_err(|e| corrupt(format!("authentication or decompression failed: {e}")))?;
     if plaintext.len() != len {
-        return Err(corrupt(format!(
-            "decompressed to {} bytes, header says {len}",
-            plaintext.len()
-        )));
+        return Err(corrupt(format!("decompressed to {} bytes, header says {len}", plaintext.len())));
     }
     if content_digest(id_key, kind, &plaintext) != expected {
         return Err(corrupt("content does not match its keyed digest".into()));

@@ -241,6 +241,17 @@ impl Repository {
         .expect("sealing task does not panic")?)
     }
 
+    /// Like [`Repository::seal`] for a caller that already computed the content digest.
+    pub async fn seal_known(&self, kind: ObjectKind, plaintext: Vec<u8>, digest: Digest, name: String) -> Result<Vec<u8>, Error> {
+        let recipients = self.recipients.clone();
+        let level = self.compression_level;
+        Ok(tokio::task::spawn_blocking(move || {
+            codec::seal_with_digest(kind, &plaintext, digest, &recipients, level, &name)
+        })
+        .await
+        .expect("sealing task does not panic")?)
+    }
+
     /// Seals `plaintext` as an object of `kind` and writes it create-only under `key`.
     /// Returns the outcome, the keyed content digest and the stored size; on `AlreadyExists`
     /// the caller decides whether the existing object is acceptable.

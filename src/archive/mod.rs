@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::codec::ObjectKind;
+use futures::StreamExt;
+
+use crate::codec::{self, ObjectKind};
 use crate::crypto::Digest;
 use crate::error::ErrorKind;
 use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
@@ -96,6 +98,8 @@ fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
 }
 
 /// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
+/// An already archived file is recognised from its keyed digest with one small ranged read,
+/// without compressing or encrypting anything.
 pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> {
     let file_name = path
         .file_name()
@@ -109,19 +113,66 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> 
     let segment_size = segment_size_of(file_name, data.len() as u64);
     let name = parse_name(file_name, segment_size)?;
     let key = wal_key(&name, segment_size);
-    let (outcome, digest, _) = repo.seal_put(ObjectKind::Wal, &key, data).await?;
-    match outcome {
-        PutOutcome::Created => Ok(PushOutcome::Stored),
-        PutOutcome::AlreadyExists => {
-            if repo.object_digest(&key).await? == digest {
-                Ok(PushOutcome::AlreadyArchived)
-            } else {
-                Err(Error::Mismatch {
-                    name: file_name.to_owned(),
-                })
-            }
+    let (digest, data) = {
+        let id_key = repo.id_key.clone();
+        tokio::task::spawn_blocking(move || (codec::content_digest(&id_key, ObjectKind::Wal, &data), data))
+            .await
+            .map_err(|e| Error::BadName(format!("digest task failed: {e}")))?
+    };
+    let same_or_mismatch = |existing: crate::crypto::Digest| {
+        if existing == digest {
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(Error::Mismatch { name: file_name.to_owned() })
         }
+    };
+    match repo.object_digest(&key).await {
+        Ok(existing) => return same_or_mismatch(existing),
+        Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {}
+        Err(e) => return Err(e.into()),
     }
+    let sealed = repo.seal_known(ObjectKind::Wal, data, digest, key.to_string()).await?;
+    match repo.store.put_new(&key, sealed.into()).await.map_err(repository::Error::from)? {
+        PutOutcome::Created => Ok(PushOutcome::Stored),
+        PutOutcome::AlreadyExists => same_or_mismatch(repo.object_digest(&key).await?),
+    }
+}
+
+/// Archives `path` and, so that a backlog drains in parallel, up to `parallel - 1` other WAL
+/// files waiting in `archive_status/*.ready` beside it (oldest first). Only the result for
+/// `path` decides success: PostgreSQL acknowledges the others itself when it asks for them,
+/// which is then a cheap "already archived" check. Returns how many extra files were stored.
+pub async fn push_with_backlog(repo: &Repository, path: &Path, parallel: usize) -> Result<(PushOutcome, usize), Error> {
+    let extra = ready_files(path, parallel.saturating_sub(1));
+    let others = futures::stream::iter(extra)
+        .map(|p| async move {
+            let outcome = push(repo, &p).await;
+            if let Err(error) = &outcome {
+                tracing::warn!(path = %p.display(), error = %error, "could not archive a backlog segment ahead of time; PostgreSQL will retry it");
+            }
+            matches!(outcome, Ok(PushOutcome::Stored))
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<bool>>();
+    let (own, others) = tokio::join!(push(repo, path), others);
+    Ok((own?, others.into_iter().filter(|stored| *stored).count()))
+}
+
+/// Up to `limit` other segments PostgreSQL has marked ready, oldest name first.
+fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
+    let (Some(dir), Some(own)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .filter(|n| n != own && n.len() == 24)
+        .collect();
+    names.sort();
+    names.into_iter().take(limit).map(|n| dir.join(n)).collect()
 }
 
 /// Segment files are named by their size; anything else uses the default for parsing.
@@ -158,6 +209,66 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest,
         }
     })?;
     Ok(digest)
+}
+
+/// Fetches `name` like [`fetch`], serving it from the local spool when an earlier call
+/// prefetched it, and prefetching the next `prefetch` segments of its timeline into the spool
+/// (`<pg_wal>/radd-spool`, two at a time) so that recovery does not wait on storage for each one.
+/// Prefetched segments are decrypted and verified before they enter the spool. The spool is
+/// emptied of other timelines on a timeline switch and entirely at the end of the archive.
+pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, prefetch: u64) -> Result<(), Error> {
+    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
+    let WalFileName::Segment { timeline, number } = wal else {
+        return fetch(repo, name, dest).await.map(|_| ());
+    };
+    let spool = dest.parent().unwrap_or(Path::new(".")).join("radd-spool");
+    clean_spool(&spool, |n| !n.starts_with(&timeline.to_string()));
+    let spooled = spool.join(name);
+    if std::fs::rename(&spooled, dest).is_ok() {
+        tracing::debug!(name, "served from the prefetch spool");
+        return Ok(());
+    }
+    if prefetch == 0 {
+        return fetch(repo, name, dest).await.map(|_| ());
+    }
+    if let Err(source) = std::fs::create_dir_all(&spool) {
+        tracing::warn!(spool = %spool.display(), error = %source, "cannot create the prefetch spool; fetching without prefetch");
+        return fetch(repo, name, dest).await.map(|_| ());
+    }
+    let ahead = (number + 1..=number + prefetch)
+        .map(|n| WalFileName::Segment { timeline, number: n }.to_name(SEGMENT_SIZE_DEFAULT))
+        .filter(|n| !spool.join(n).exists())
+        .collect::<Vec<_>>();
+    let prefetched = futures::stream::iter(ahead)
+        .map(|n| {
+            let target = spool.join(&n);
+            async move {
+                if let Err(error) = fetch(repo, &n, &target).await {
+                    tracing::debug!(name = %n, error = %error, "not prefetched");
+                }
+            }
+        })
+        .buffer_unordered(2)
+        .collect::<Vec<()>>();
+    let (own, _) = tokio::join!(fetch(repo, name, dest), prefetched);
+    match own {
+        Err(e @ Error::NotInArchive { .. }) => {
+            clean_spool(&spool, |_| true);
+            let _ = std::fs::remove_dir(&spool);
+            Err(e)
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// Removes spooled files whose names match `remove`.
+fn clean_spool(spool: &Path, remove: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(spool) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_str().is_some_and(&remove) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A missing segment is the end of the archive only if nothing later exists on its timeline.

@@ -25,17 +25,19 @@ pub struct FetchArgs {
 
 /// Archives one WAL file; needs only the recipients and id key.
 pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
-    let (_, repo) = open_repo(args, false).await?;
-    let outcome = archive::push(&repo, &a.path).await.map_err(radd::Error::from)?;
-    tracing::info!(path = %a.path.display(), ?outcome, "WAL file archived");
+    let (config, repo) = open_repo(args, false).await?;
+    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, config.archive.push_parallel)
+        .await
+        .map_err(radd::Error::from)?;
+    tracing::info!(path = %a.path.display(), ?outcome, backlog_archived = ahead, "WAL file archived");
     Ok(())
 }
 
 /// Fetches one WAL file; needs the identity.
 pub async fn fetch(args: &Args, a: &FetchArgs) -> anyhow::Result<()> {
-    let (_, repo) = open_repo(args, true).await?;
-    match archive::fetch(&repo, &a.name, &a.dest).await {
-        Ok(_) => Ok(()),
+    let (config, repo) = open_repo(args, true).await?;
+    match archive::fetch_with_prefetch(&repo, &a.name, &a.dest, config.archive.fetch_prefetch).await {
+        Ok(()) => Ok(()),
         Err(e @ archive::Error::NotInArchive { .. }) => {
             tracing::info!(name = %a.name, "not in the archive");
             Err(radd::Error::from(e).into())

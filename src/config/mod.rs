@@ -64,6 +64,9 @@ pub struct Config {
     /// Chunking, packing and compression.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// WAL archiving and fetching.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// Where drill definitions and scratch instances live.
     #[serde(default)]
     pub drills: DrillsConfig,
@@ -196,6 +199,33 @@ impl Default for BackupConfig {
             upload_concurrency: default_uploads(),
         }
     }
+}
+
+/// `[archive]`: how wal-push drains a backlog and wal-fetch reads ahead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// WAL files one `wal-push` archives at once: the requested one plus others already
+    /// marked `.ready` (1 = only the requested one). Each in flight holds about two segments
+    /// in memory.
+    #[serde(default = "default_push_parallel")]
+    pub push_parallel: usize,
+    /// Segments `wal-fetch` prefetches into `pg_wal/radd-spool` (0 disables prefetching).
+    #[serde(default = "default_prefetch")]
+    pub fetch_prefetch: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { push_parallel: default_push_parallel(), fetch_prefetch: default_prefetch() }
+    }
+}
+
+fn default_push_parallel() -> usize {
+    2
+}
+fn default_prefetch() -> u64 {
+    4
 }
 
 /// `[drills]`.
@@ -370,6 +400,12 @@ impl Config {
         }
         if !(1..=19).contains(&b.compression_level) {
             problems.push("backup.compression_level: must be 1..=19".to_owned());
+        }
+        if !(1..=16).contains(&self.archive.push_parallel) {
+            problems.push("archive.push_parallel: must be 1..=16".to_owned());
+        }
+        if self.archive.fetch_prefetch > 64 {
+            problems.push("archive.fetch_prefetch: must be 0..=64".to_owned());
         }
         if b.upload_concurrency == 0 {
             problems.push("backup.upload_concurrency: must be at least 1".to_owned());

@@ -130,6 +130,14 @@ impl Recipients {
         Ok(out)
     }
 
+    /// A writer that encrypts everything written to it into `output`; call `finish()` on it.
+    /// Streaming form of [`Recipients::encrypt`], so large objects are not copied twice.
+    pub fn encrypting_writer<W: Write>(&self, output: W) -> Result<age::stream::StreamWriter<W>, Error> {
+        let encryptor = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| Error::Encrypt(e.to_string()))?;
+        encryptor.wrap_output(output).map_err(|e| Error::Encrypt(e.to_string()))
+    }
+
     /// The recipients as `age1…` strings.
     #[must_use]
     pub fn to_strings(&self) -> Vec<String> {
@@ -195,6 +203,15 @@ impl Identity {
     #[must_use]
     pub fn recipients(&self) -> Recipients {
         Recipients(self.0.iter().map(age::x25519::Identity::to_public).collect())
+    }
+
+    /// A reader of the plaintext of an age ciphertext; a wrong identity fails here, tampering
+    /// fails while reading. Streaming form of [`Identity::decrypt`].
+    pub fn decrypting_reader<'a>(&self, ciphertext: &'a [u8]) -> Result<age::stream::StreamReader<&'a [u8]>, Error> {
+        let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(|e| Error::Decrypt(e.to_string()))?;
+        decryptor
+            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| Error::Decrypt(e.to_string()))
     }
 
     /// Decrypts an age ciphertext; a wrong identity or tampering gives [`Error::Decrypt`].
@@ -276,9 +293,17 @@ impl IdKey {
     /// HMAC-SHA256 of `data` under this key: the keyed id of a chunk or object.
     #[must_use]
     pub fn digest(&self, data: &[u8]) -> Digest {
+        self.digest_parts(&[data])
+    }
+
+    /// HMAC-SHA256 of the concatenation of `parts`, without concatenating them in memory.
+    #[must_use]
+    pub fn digest_parts(&self, parts: &[&[u8]]) -> Digest {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.0[..])
             .expect("HMAC-SHA256 accepts keys of any length");
-        mac.update(data);
+        for part in parts {
+            mac.update(part);
+        }
         Digest(mac.finalize().into_bytes().into())
     }
 }

@@ -201,17 +201,12 @@ impl Repo {
             .map_err(|e| self.backend_error("get", &key, e))
     }
 
-    /// Reads the first `len` bytes of an object (e.g. a header), or fewer if it is shorter.
+    /// Reads the first `len` bytes of an object (e.g. a header) with one ranged GET; the
+    /// object must be at least `len` bytes long (every sealed object is).
     pub async fn get_prefix(&self, key: &ObjectKey, len: u64) -> Result<Bytes, Error> {
         let key = key.to_string();
-        let path = self.path(&key);
-        let meta = self
-            .store
-            .head(&path)
-            .await
-            .map_err(|e| self.backend_error("head", &key, e))?;
         self.store
-            .get_range(&path, 0..len.min(meta.size))
+            .get_range(&self.path(&key), 0..len)
             .await
             .map_err(|e| self.backend_error("get", &key, e))
     }
