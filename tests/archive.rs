@@ -82,3 +82,43 @@ fn archiving_host_cannot_decrypt() {
     let stored = std::fs::read(env.local_object("wal/00000001/000000010000000000000001")).unwrap();
     assert!(!stored.windows(64).any(|w| w.iter().all(|&b| b == 3)), "segment stored unencrypted");
 }
+
+#[test]
+fn wal_push_drains_the_ready_backlog_and_fetch_prefetches() {
+    let env = TestEnv::new(Backend::Local);
+    std::fs::write(&env.push_config, std::fs::read_to_string(&env.push_config).unwrap() + "\n[archive]\npush_parallel = 4\n").unwrap();
+    let wal = env.path().join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    let names: Vec<String> = (1..=4).map(|n| format!("0000000100000000000000{n:02X}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        segment_file(&wal, name, 10 + i as u8);
+        std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
+    }
+    // One call archives the requested segment and the three others waiting.
+    let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in &names {
+        assert!(env.local_object(&format!("wal/00000001/{name}")).exists(), "{name} not archived ahead");
+    }
+    // PostgreSQL's later calls for them succeed as "already archived".
+    let out = env.radd_push(&["wal-push", wal.join(&names[3]).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Fetch the first: the next ones land, verified, in the spool and are served from there.
+    let restore = env.path().join("restore_wal");
+    std::fs::create_dir(&restore).unwrap();
+    let out = env.radd(&["wal-fetch", &names[0], restore.join("RECOVERYXLOG").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spool = restore.join("radd-spool");
+    for name in &names[1..] {
+        assert!(spool.join(name).exists(), "{name} not prefetched");
+    }
+    let out = env.radd(&["wal-fetch", &names[1], restore.join("RECOVERYXLOG").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!spool.join(&names[1]).exists(), "served segment must leave the spool");
+    assert_eq!(std::fs::read(restore.join("RECOVERYXLOG")).unwrap(), std::fs::read(wal.join(&names[1])).unwrap());
+    // End of the archive: exit 1 and the spool is cleaned.
+    let out = env.radd(&["wal-fetch", "000000010000000000000009", restore.join("RECOVERYXLOG").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!spool.exists(), "spool must be removed at the end of recovery");
+}
