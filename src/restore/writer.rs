@@ -1,12 +1,19 @@
-//! Writing manifest entries into a directory: chunks fetched pack by pack (a small cache of
-//! decrypted packs, since consecutive chunks usually share one), each file hashed while written
-//! and compared with its manifest SHA-256, metadata applied, everything fsync'd.
+//! Writing manifest entries into a directory.
+//!
+//! Packs are fetched, decrypted and decompressed ahead of the writer (two at a time, in the
+//! order the manifest first needs them) while the writer hashes and writes the previous ones;
+//! a small cache serves chunks that later files share. Every file is hashed while written and
+//! compared with its manifest SHA-256; all-zero blocks become holes (sparse files). Files and
+//! directories are fsync'd once, at the end, in parallel, so the kernel writes back meanwhile.
 
-use std::collections::VecDeque;
-use std::io::Write;
+use std::collections::{HashSet, VecDeque};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use super::{Error, io_err};
 use crate::codec::ObjectKind;
@@ -15,91 +22,152 @@ use crate::repo::ObjectKey;
 use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
-/// Decrypted packs kept in memory; bounds restore memory to a few packs.
-const PACK_CACHE: usize = 3;
+/// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
+const PACK_CACHE: usize = 2;
+/// Packs fetched and decrypted ahead of the writer.
+const PACKS_AHEAD: usize = 2;
 
-struct PackCache {
-    packs: VecDeque<(u32, Arc<Vec<u8>>)>,
+type Pack = (u32, Arc<Vec<u8>>);
+
+/// Decrypted packs: the prefetched stream (in first-use order) plus a small cache.
+struct Packs<'a> {
+    repo: &'a Repository,
+    index: &'a BlobIndex,
+    ahead: mpsc::Receiver<Result<Pack, Error>>,
+    received: HashSet<u32>,
+    cache: VecDeque<Pack>,
 }
 
-impl PackCache {
-    async fn get(&mut self, repo: &Repository, index: &BlobIndex, pack: u32) -> Result<Arc<Vec<u8>>, Error> {
-        if let Some((_, data)) = self.packs.iter().find(|(p, _)| *p == pack) {
+impl Packs<'_> {
+    async fn get(&mut self, pack: u32) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some((_, data)) = self.cache.iter().find(|(p, _)| *p == pack) {
             return Ok(Arc::clone(data));
         }
-        let key = ObjectKey::Pack(index.packs[pack as usize].clone());
-        let data = Arc::new(repo.get_open(ObjectKind::Pack, &key).await?);
-        if self.packs.len() == PACK_CACHE {
-            self.packs.pop_front();
+        // The first use of a pack is the head of the prefetch stream (it is in first-use
+        // order); a pack evicted from the cache and needed again is fetched directly.
+        let data = if self.received.insert(pack) {
+            match self.ahead.recv().await {
+                Some(Ok((number, data))) if number == pack => data,
+                Some(Err(e)) => return Err(e),
+                _ => return Err(Error::Io {
+                    what: "restore: pack prefetch out of order for",
+                    path: self.index.packs[pack as usize].clone().into(),
+                    source: std::io::Error::other("prefetch stream ended or diverged"),
+                }),
+            }
+        } else {
+            Arc::new(fetch_pack(self.repo, self.index, pack).await?)
+        };
+        if self.cache.len() == PACK_CACHE {
+            self.cache.pop_front();
         }
-        self.packs.push_back((pack, Arc::clone(&data)));
+        self.cache.push_back((pack, Arc::clone(&data)));
         Ok(data)
     }
 }
 
+async fn fetch_pack(repo: &Repository, index: &BlobIndex, pack: u32) -> Result<Vec<u8>, Error> {
+    let key = ObjectKey::Pack(index.packs[pack as usize].clone());
+    Ok(repo.get_open(ObjectKind::Pack, &key).await?)
+}
+
+/// Packs in the order the manifest first needs them.
+fn first_use_order(index: &BlobIndex, manifest: &Manifest) -> Vec<u32> {
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    for entry in &manifest.entries {
+        if let EntryKind::File { chunks, .. } = &entry.kind {
+            for chunk in chunks {
+                if let Some(location) = index.get(chunk)
+                    && seen.insert(location.pack)
+                {
+                    order.push(location.pack);
+                }
+            }
+        }
+    }
+    order
+}
+
 /// Writes every entry under `root`; returns (files, bytes).
-pub async fn write_entries(
-    repo: &Repository,
-    index: &BlobIndex,
-    manifest: &Manifest,
-    root: &Path,
-) -> Result<(u64, u64), Error> {
+pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Manifest, root: &Path) -> Result<(u64, u64), Error> {
+    let order = first_use_order(index, manifest);
+    let (tx, rx) = mpsc::channel(1);
+    let prefetch = {
+        let repo = repo.clone();
+        let packs: Vec<(u32, String)> = order.iter().map(|&p| (p, index.packs[p as usize].clone())).collect();
+        tokio::spawn(async move {
+            let mut stream = futures::stream::iter(packs)
+                .map(|(number, id)| {
+                    let repo = repo.clone();
+                    async move {
+                        let data = repo.get_open(ObjectKind::Pack, &ObjectKey::Pack(id)).await?;
+                        Ok::<_, Error>((number, Arc::new(data)))
+                    }
+                })
+                .buffered(PACKS_AHEAD);
+            while let Some(pack) = stream.next().await {
+                let failed = pack.is_err();
+                if tx.send(pack).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    };
+    let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new() };
+    let written = write_all(&mut packs, manifest, root).await;
+    prefetch.abort();
+    written
+}
+
+async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path) -> Result<(u64, u64), Error> {
     let as_root = nix::unistd::geteuid().is_root();
-    let mut cache = PackCache { packs: VecDeque::new() };
     let (mut files, mut bytes) = (0u64, 0u64);
     for entry in &manifest.entries {
         let path = root.join(&entry.path);
         match &entry.kind {
             EntryKind::Dir if entry.path.is_empty() => {}
-            EntryKind::Dir => {
-                std::fs::create_dir(&path).map_err(io_err("create directory", &path))?;
-            }
+            EntryKind::Dir => std::fs::create_dir(&path).map_err(io_err("create directory", &path))?,
             EntryKind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &path).map_err(io_err("create symlink", &path))?;
             }
             EntryKind::File { sha256, chunks } => {
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io_err("create", &path))?;
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
                 let mut sha = Sha256Stream::default();
+                let mut hole = false;
                 for chunk in chunks {
-                    let location = index.get(chunk).ok_or_else(|| Error::MissingChunk {
-                        chunk: chunk.to_string(),
-                        path: entry.path.clone(),
-                    })?;
-                    let pack = cache.get(repo, index, location.pack).await?;
+                    let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: entry.path.clone() };
+                    let location = packs.index.get(chunk).ok_or_else(missing)?;
+                    let pack = packs.get(location.pack).await?;
                     let start = location.offset as usize;
-                    let data = pack
-                        .get(start..start + location.length as usize)
-                        .ok_or_else(|| Error::MissingChunk { chunk: chunk.to_string(), path: entry.path.clone() })?;
+                    let data = pack.get(start..start + location.length as usize).ok_or_else(missing)?;
                     sha.update(data);
-                    file.write_all(data).map_err(io_err("write", &path))?;
+                    if data.iter().all(|&b| b == 0) {
+                        file.seek(SeekFrom::Current(data.len() as i64)).map_err(io_err("seek in", &path))?;
+                        hole = true;
+                    } else {
+                        file.write_all(data).map_err(io_err("write", &path))?;
+                        hole = false;
+                    }
+                }
+                if hole {
+                    file.set_len(entry.size).map_err(io_err("extend", &path))?;
                 }
                 let actual = sha.finish();
                 if actual != *sha256 {
-                    return Err(Error::Checksum {
-                        path: entry.path.clone(),
-                        expected: sha256.to_string(),
-                        actual: actual.to_string(),
-                    });
+                    return Err(Error::Checksum { path: entry.path.clone(), expected: sha256.to_string(), actual: actual.to_string() });
                 }
-                let mtime = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
+                let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
                 file.set_modified(mtime).map_err(io_err("set mtime of", &path))?;
-                file.sync_all().map_err(io_err("fsync", &path))?;
                 files += 1;
                 bytes += entry.size;
             }
         }
         if !matches!(entry.kind, EntryKind::Symlink { .. }) {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode))
-                .map_err(io_err("set mode of", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode)).map_err(io_err("set mode of", &path))?;
         }
         if as_root {
-            std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid))
-                .map_err(io_err("set owner of", &path))?;
+            std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid)).map_err(io_err("set owner of", &path))?;
         }
     }
     Ok((files, bytes))
@@ -107,19 +175,41 @@ pub async fn write_entries(
 
 /// fsyncs one directory, making the names in it durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
 }
 
-/// fsyncs every directory under `root` (files were synced as they were written).
+/// fsyncs every file and directory under `root` (files first), spread over a few threads.
 pub fn sync_tree(root: &Path) -> Result<(), Error> {
-    sync_dir(root)?;
-    for entry in std::fs::read_dir(root).map_err(io_err("read", root))? {
-        let entry = entry.map_err(io_err("read", root))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            sync_tree(&entry.path())?;
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let dir = dirs[i].clone();
+        for entry in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let kind = entry.file_type().map_err(io_err("read", &dir))?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
         }
+        i += 1;
     }
-    Ok(())
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let sync_all = |paths: &[PathBuf], what: &'static str| -> Result<(), Error> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = paths
+                .chunks(paths.len().div_ceil(threads).max(1))
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter().try_for_each(|p| std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io_err(what, p)))
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Io { what, path: root.to_owned(), source: std::io::Error::other("fsync thread panicked") })))
+        })
+    };
+    sync_all(&files, "fsync")?;
+    sync_all(&dirs, "fsync directory")
 }
