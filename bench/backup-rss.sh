@@ -26,6 +26,8 @@ cat > "$W/radd.toml" <<TOML
 path = "$W/repo"
 [events]
 dir = "$W/events"
+[backup]
+state_dir = "$W/state"
 [keys]
 recipients = ["$RECIPIENT"]
 id_key_file = "$W/id.key"

@@ -170,6 +170,7 @@ mkdir "$W/pool"
 mapfile -t SEGS < <(ls "$W/data/pg_wal/archive_status" | sed -n 's/^\([0-9A-F]\{24\}\)\.done$/\1/p' | sort | tail -n "$PUSH_SAMPLES")
 [ "${#SEGS[@]}" -gt 0 ] || { echo "no archived WAL segment found in pg_wal" >&2; exit 1; }
 for i in "${!SEGS[@]}"; do cp "$W/data/pg_wal/${SEGS[$i]}" "$W/pool/$i"; done
+chown -R postgres: "$W/pool"
 segname() { printf '%08X%08X%08X' "$1" 0 "$2"; }
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ drain() {
   done
   chown -R postgres: "$W/drain-$tool"
   for i in $(seq "$DRAIN_SEGMENTS"); do segname 11 "$i"; echo; done > "$W/drain-names"
-  if as_pg python3 "$W/push.py" drain "$tool" "$dir" "$W/drain-names" -- "$@" > "$W/drain.out" 2> "$W/stderr"; then
+  if as_pg python3 "$W/push.py" drain "$W" "$tool" "$dir" "$W/drain-names" -- "$@" > "$W/drain.out" 2> "$W/stderr"; then
     read -r us rss < "$W/drain.out"
     result "${tool}_drain_s" "$(python3 -c "print($us / 1e6)")"; result "${tool}_rss" "$rss"
   else

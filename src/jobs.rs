@@ -25,10 +25,10 @@ pub fn record(log: &EventLog, event: &Event) -> Result<(), crate::Error> {
 }
 
 /// Takes a base backup and records a `change` (or an S2 `incident` on failure).
-pub async fn backup_pg(config: &Config, log: &EventLog) -> Result<BackupReport, crate::Error> {
+pub async fn backup_pg(config: &Config, log: &EventLog, full_read: bool) -> Result<BackupReport, crate::Error> {
     let result = async {
         let repo = Repository::open(config, false).await?;
-        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone() };
+        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read };
         Ok::<_, crate::Error>(snapshot::backup_pg(&repo, &options).await?)
     }
     .await;

@@ -78,9 +78,22 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
     assert!(pgbench.status.success(), "pgbench -i failed: {}", stderr(&pgbench));
     sql(&source, "VACUUM FREEZE");
     sql(&source, "CHECKPOINT");
+    // The unchanged-file shortcut only trusts files last modified more than a second before
+    // the parent backup started (a timestamp rule, so this one wait is the point of the test).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
 
     let first = json(&env.radd_push(&["--json", "backup", "pg"]));
     let second = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let full = json(&env.radd_push(&["--json", "backup", "pg", "--full-read"]));
+    eprintln!(
+        "incremental: second backup read {} of {} files ({} B); --full-read read {} files",
+        second["files_read"], second["files"], second["read_bytes"], full["files_read"]
+    );
+    assert_eq!(second["parent"], first["snapshot_id"]);
+    assert!(second["files_unchanged"].as_u64().unwrap() > 0, "{second}");
+    assert!(second["read_bytes"].as_u64().unwrap() * 10 < first["read_bytes"].as_u64().unwrap(), "unchanged files were re-read: {second}");
+    assert_eq!(full["files_unchanged"], 0, "--full-read must read everything: {full}");
+    assert_eq!(full["files_read"], full["files"]);
     let total = first["total_bytes"].as_u64().unwrap();
     let up1 = first["uploaded_bytes"].as_u64().unwrap();
     let up2 = second["uploaded_bytes"].as_u64().unwrap();

@@ -9,24 +9,31 @@ use super::{Args, human_bytes, load_config, open_repo, print_json};
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
     /// Base backup of the configured PostgreSQL cluster (non-exclusive backup API).
-    Pg,
+    Pg {
+        /// Read every file even if size, mtime and inode say it is unchanged since the last backup.
+        #[arg(long)]
+        full_read: bool,
+    },
 }
 
 /// Runs a backup command and prints its report.
 pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
     match command {
-        BackupCommand::Pg => {
+        BackupCommand::Pg { full_read } => {
             let config = load_config(args)?;
             let log = jobs::event_log(&config)?;
-            let report = jobs::backup_pg(&config, &log).await?;
+            let report = jobs::backup_pg(&config, &log, *full_read).await?;
             if args.json {
                 return print_json(&report);
             }
             println!(
-                "snapshot {}: {} files, {} read, {} new, {} reused, {} uploaded, LSN {}..{} on timeline {}, {:.1}s",
+                "snapshot {}: {} files ({} unchanged since {}), {} total, {} read, {} new, {} reused, {} uploaded, LSN {}..{} on timeline {}, {:.1}s",
                 report.snapshot_id,
                 report.files,
+                report.files_unchanged,
+                report.parent.as_deref().unwrap_or("-"),
                 human_bytes(report.total_bytes),
+                human_bytes(report.read_bytes),
                 human_bytes(report.new_bytes),
                 human_bytes(report.reused_bytes),
                 human_bytes(report.uploaded_bytes),

@@ -111,7 +111,8 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
         ))
         .await?;
     eprintln!("source cluster on port {} has {} rows; taking a base backup", source.port(), a.rows);
-    let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone() };
+    config.backup.state_dir = root.join("state");
+    let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read: false };
     let backup = snapshot::backup_pg(&repo, &options).await?;
     client
         .batch_execute(&format!(

@@ -187,6 +187,9 @@ pub struct BackupConfig {
     /// Packs uploaded concurrently.
     #[serde(default = "default_uploads")]
     pub upload_concurrency: usize,
+    /// Backup-host state: the record of the last backup, so unchanged files are not re-read.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 impl Default for BackupConfig {
@@ -197,6 +200,7 @@ impl Default for BackupConfig {
             pack_size: default_pack_size(),
             compression_level: default_level(),
             upload_concurrency: default_uploads(),
+            state_dir: default_state_dir(),
         }
     }
 }
@@ -283,6 +287,9 @@ impl Default for DaemonConfig {
     }
 }
 
+fn default_state_dir() -> PathBuf {
+    "/var/lib/radd/state".into()
+}
 fn default_drills_dir() -> PathBuf {
     "drills".into()
 }
@@ -365,7 +372,7 @@ impl Config {
         fix(&mut self.keys.identity_file);
         fix(&mut self.keys.id_key_file);
         fix(&mut self.postgres.data_dir);
-        for path in [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir] {
+        for path in [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir, &mut self.backup.state_dir] {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

@@ -133,7 +133,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         tasks.spawn(cron_loop("backup.pg".into(), schedule, stop.clone(), move || {
             let st = st.clone();
             async move {
-                if let Err(error) = jobs::backup_pg(&st.config, &st.events).await {
+                if let Err(error) = jobs::backup_pg(&st.config, &st.events, false).await {
                     tracing::error!(job = "backup.pg", error = %error, "scheduled backup failed");
                 }
             }

@@ -5,6 +5,7 @@
 //! with bounded concurrency. The channel between them holds one pack, so memory is bounded by
 //! about (2 + upload_concurrency) packs whatever the size of the cluster.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use super::chunker::{Chunking, for_each_chunk};
 use super::manifest::{Entry, EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 use super::pack::{BlobIndex, PackBuilder, PendingPack, UploadReport, upload_packs};
+use super::parent::{ParentFile, ParentFiles};
 use super::walk::{attrs, is_relation_file, walk_data_dir};
 use super::Error;
 use crate::codec::ObjectKind;
@@ -30,6 +32,8 @@ pub struct BackupOptions {
     pub postgres: PostgresConfig,
     /// Chunking and packing.
     pub backup: BackupConfig,
+    /// Read every file, ignoring the parent record (size/mtime/inode shortcuts).
+    pub full_read: bool,
 }
 
 /// The result of a backup, printed by the CLI (text or `--json`).
@@ -47,6 +51,14 @@ pub struct BackupReport {
     pub reused_bytes: u64,
     /// Bytes written to storage (compressed, encrypted).
     pub uploaded_bytes: u64,
+    /// Files read from disk.
+    pub files_read: u64,
+    /// Files reused from the parent backup without reading (unchanged size, mtime, inode).
+    pub files_unchanged: u64,
+    /// Bytes read from disk.
+    pub read_bytes: u64,
+    /// Parent snapshot whose unchanged files were reused, if any.
+    pub parent: Option<String>,
     /// Backup start LSN.
     pub start_lsn: String,
     /// Backup stop LSN.
@@ -57,11 +69,16 @@ pub struct BackupReport {
     pub duration_seconds: f64,
 }
 
+#[derive(Default)]
 struct ReadOutcome {
     entries: Vec<Entry>,
     total_bytes: u64,
     new_bytes: u64,
     reused_bytes: u64,
+    read_bytes: u64,
+    files_read: u64,
+    files_unchanged: u64,
+    next_parent: ParentFiles,
 }
 
 /// Takes a base backup of the configured cluster into the repository and commits a snapshot.
@@ -82,6 +99,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
+    let parent_path = ParentFiles::path(&options.backup.state_dir, &repo.meta.id, &data_dir);
+    let parent = if options.full_read { None } else { ParentFiles::load(&parent_path) };
+    let parent_id = parent.as_ref().map(|p| p.snapshot_id.clone());
 
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, options.backup.upload_concurrency));
@@ -89,13 +109,16 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         let id_key = repo.id_key.clone();
         let backup = options.backup.clone();
         let known = Arc::clone(&known);
-        tokio::task::spawn_blocking(move || read_data_dir(&data_dir, &known, &id_key, &backup, &tx))
+        tokio::task::spawn_blocking(move || read_data_dir(&data_dir, &known, parent.as_ref(), &id_key, &backup, &tx))
     };
     let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;
     let upload = uploader.await.map_err(|e| Error::Internal(e.to_string()))?;
     // An uploader failure makes the reader fail too; report the root cause first.
     let upload: UploadReport = upload?;
-    let read = read?;
+    let mut read = read?;
+    read.next_parent.snapshot_id.clone_from(&snapshot_id);
+    read.next_parent.started_ms = started.timestamp_millis();
+    let next_parent = std::mem::take(&mut read.next_parent);
 
     let stop = session.stop().await?;
     let segment_size = start.segment_size;
@@ -149,6 +172,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         manifest_digest,
     };
     repo.put_record(&ObjectKey::Snapshot(snapshot_id.clone()), &record).await?;
+    if let Err(error) = next_parent.save(&parent_path) {
+        tracing::warn!(path = %parent_path.display(), error = %error, "cannot save the parent record: the next backup reads every file");
+    }
     let report = BackupReport {
         snapshot_id,
         files,
@@ -156,6 +182,10 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         new_bytes: read.new_bytes,
         reused_bytes: read.reused_bytes,
         uploaded_bytes,
+        files_read: read.files_read,
+        files_unchanged: read.files_unchanged,
+        read_bytes: read.read_bytes,
+        parent: parent_id,
         start_lsn: start.lsn.to_string(),
         stop_lsn: stop.lsn.to_string(),
         timeline: stop.timeline.0,
@@ -175,13 +205,14 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 fn read_data_dir(
     root: &std::path::Path,
     known: &BlobIndex,
+    parent: Option<&ParentFiles>,
     id_key: &IdKey,
     options: &BackupConfig,
     tx: &mpsc::Sender<PendingPack>,
 ) -> Result<ReadOutcome, Error> {
     let mut pack = PackBuilder::default();
     let pack_size = options.pack_size.as_usize();
-    let mut out = ReadOutcome { entries: Vec::new(), total_bytes: 0, new_bytes: 0, reused_bytes: 0 };
+    let mut out = ReadOutcome::default();
     let send = |pack: &mut PackBuilder| {
         tx.blocking_send(pack.take())
             .map_err(|_| Error::Internal("pack uploader stopped".into()))
@@ -192,6 +223,19 @@ fn read_data_dir(
         if let Some(target) = found.link_target {
             entry.kind = EntryKind::Symlink { target };
         } else if found.meta.is_file() {
+            let size = found.meta.len();
+            let mtime_ns = i128::from(found.meta.mtime()) * 1_000_000_000 + i128::from(found.meta.mtime_nsec());
+            let ino = found.meta.ino();
+            if let Some(p) = parent.and_then(|p| p.unchanged(&found.rel, size, mtime_ns, ino, known)) {
+                out.files_unchanged += 1;
+                out.total_bytes += size;
+                out.reused_bytes += size;
+                entry.size = size;
+                entry.kind = EntryKind::File { sha256: p.sha256, chunks: p.chunks.clone() };
+                out.next_parent.files.insert(found.rel.clone(), p.clone());
+                out.entries.push(entry);
+                continue;
+            }
             let file = match std::fs::File::open(&found.path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // dropped meanwhile
@@ -227,8 +271,12 @@ fn read_data_dir(
                 |source| Error::Read { path: found.path.clone(), source },
             )?;
             out.total_bytes += size;
+            out.read_bytes += size;
+            out.files_read += 1;
             entry.size = size;
-            entry.kind = EntryKind::File { sha256: sha.finish(), chunks };
+            let sha256 = sha.finish();
+            out.next_parent.files.insert(found.rel.clone(), ParentFile { size, mtime_ns, ino, sha256, chunks: chunks.clone() });
+            entry.kind = EntryKind::File { sha256, chunks };
         }
         out.entries.push(entry);
     }

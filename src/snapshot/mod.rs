@@ -8,12 +8,14 @@ mod backup;
 mod chunker;
 mod manifest;
 mod pack;
+mod parent;
 mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
 pub use chunker::{Chunking, for_each_chunk};
 pub use manifest::{Entry, EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 pub use pack::{BlobIndex, BlobLocation};
+pub use parent::{ParentFile, ParentFiles};
 
 use crate::codec::ObjectKind;
 use crate::error::ErrorKind;

@@ -94,7 +94,8 @@ impl TestEnv {
         };
         let keys = format!("recipients = [\"{recipient}\"]\nid_key_file = \"{}\"\n", root.join("id.key").display());
         let common = format!(
-            "[events]\ndir = \"{}\"\n\n[drills]\ndir = \"{}\"\nscratch_dir = \"{}\"\n\n[repository]\n{repository}\n",
+            "[backup]\nstate_dir = \"{}\"\n\n[events]\ndir = \"{}\"\n\n[drills]\ndir = \"{}\"\nscratch_dir = \"{}\"\n\n[repository]\n{repository}\n",
+            root.join("state").display(),
             root.join("events").display(),
             root.join("drills").display(),
             root.join("scratch").display()
