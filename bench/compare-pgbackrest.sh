@@ -181,7 +181,7 @@ timed() {
   drop_caches
   if as_pg /usr/bin/time -f "%e %M" -o "$W/time" "$@" > "$out" 2> "$W/stderr"; then
     read -r wall rss < "$W/time"
-    result "$key" "$wall"; result "${tool}_rss" "$rss"
+    result "$key" "$wall"; result "${tool}_rss:${key#*_}" "$rss"
   else
     rc=$?
     result "$key" ERR
@@ -309,13 +309,16 @@ rm -rf "$W/push"
 # --- 5. backlog drain: 200 segments already .ready in a pg_wal directory (one copy per tool) -------
 # Measured: wall time of a simulated PostgreSQL archiver that calls each tool's archive command for
 # every .ready segment in order, until all 200 are acknowledged (= durable in that tool's repository).
+# Each tool gets its own fake data directory (pg_wal/ with hard links to the segments and
+# archive_status/*.ready, global/pg_control: pgBackRest wants pg_wal inside pg1-path and checks pg_control).
 # pgBackRest: archive-async=y with process-max=2, its documented answer to archive backlogs (the
 # first call starts a detached process that pushes every .ready segment in parallel, later calls
 # return as soon as their segment is in the spool's done list). radd: see RADD_DRAIN.
 drain() {
   local tool=$1; shift
   local dir="$W/drain-$tool/pg_wal" i
-  mkdir -p "$dir/archive_status"
+  mkdir -p "$dir/archive_status" "$W/drain-$tool/global"
+  cp "$W/data/global/pg_control" "$W/drain-$tool/global/"
   for i in $(seq "$DRAIN_SEGMENTS"); do
     ln "$W/pool/$(( (i - 1) % ${#SEGS[@]} ))" "$dir/$(segname 11 "$i")"
     : > "$dir/archive_status/$(segname 11 "$i").ready"
@@ -324,14 +327,14 @@ drain() {
   for i in $(seq "$DRAIN_SEGMENTS"); do segname 11 "$i"; echo; done > "$W/drain-names"
   if as_pg python3 "$W/push.py" drain "$W" "$tool" "$dir" "$W/drain-names" -- "$@" > "$W/drain.out" 2> "$W/stderr"; then
     read -r us rss < "$W/drain.out"
-    result "${tool}_drain_s" "$(python3 -c "print($us / 1e6)")"; result "${tool}_rss" "$rss"
+    result "${tool}_drain_s" "$(python3 -c "print($us / 1e6)")"; result "${tool}_rss:drain_s" "$rss"
   else
     result "${tool}_drain_s" ERR; tee -a "$W/errors" < "$W/stderr" >&2
   fi
   rm -rf "$W/drain-$tool"
 }
 drain radd "$W/radd" --config "$W/radd-drain.toml" wal-push
-drain pgbr pgbackrest --config="$W/pgbackrest.conf" --stanza=bench --archive-async --process-max="$PARALLEL" archive-push
+drain pgbr pgbackrest --config="$W/pgbackrest.conf" --stanza=bench --pg1-path="$W/drain-pgbr" --archive-async --process-max="$PARALLEL" archive-push
 stored_radd=$(find "$W/radd-repo/wal" -type f -name '0000000B*' | wc -l)
 stored_pgbr=$(find "$W/pgbr-repo/archive" -type f -name '0000000B*' | wc -l)
 
@@ -348,7 +351,7 @@ try:
     for line in open(sys.argv[2]):
         tool, us, rss = line.split()
         lat[tool].append(int(us) / 1000)
-        r.setdefault(tool + "_rss", []).append(rss)
+        r.setdefault(tool + "_rss:push", []).append(rss)
 except FileNotFoundError:
     pass
 def pct(xs, p):  # nearest rank
@@ -367,7 +370,7 @@ def val(tool, what):
     if what == "p50": return pct(lat[tool], 50)
     if what == "p95": return pct(lat[tool], 95)
     if what == "rss":
-        xs = [int(x) for x in r.get(k, []) if x != "ERR"]
+        xs = [int(x) for key, vs in r.items() if key.startswith(k + ":") for x in vs]
         return max(xs) / 1024 if xs else None
     return one(k)
 # (label, key, higher is better, acceptance on the ratio, where the ratio is "radd's cost over
@@ -401,6 +404,9 @@ for label, key, higher, target, text in rows:
 print(f"\npgbench scale {int(one('scale'))}: cluster {cluster / mib:.0f} MiB without pg_wal "
       f"(pgbench tables {one('pgbench_bytes') / mib:.0f} MiB, noise table {one('noise_bytes') / mib:.0f} MiB); "
       f"WAL push samples: radd {len(lat['radd'])}, pgBackRest {len(lat['pgbr'])}")
+for tool, name in (("radd", "radd"), ("pgbr", "pgBackRest")):
+    steps = [(key.split(":")[1], max(int(x) for x in vs)) for key, vs in r.items() if key.startswith(tool + "_rss:")]
+    print(f"peak RSS MiB by step, {name}: " + ", ".join(f"{s.removesuffix('_s')} {v / 1024:.0f}" for s, v in steps))
 PY
 echo "page cache dropped before each backup/restore step: $COLD; incremental bytes exclude the WAL archives"
 echo "drain, radd: $RADD_DRAIN"

@@ -142,3 +142,41 @@ fn missing_wal_segment_is_a_gap_not_the_end() {
     let out = env.radd(&["restore", &snapshot, "--target", target.to_str().unwrap(), "--allow-gap"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Issue 5: killing a backup mid-upload leaves a repository that verifies, with no snapshot
+/// recorded; the next backup succeeds and restores.
+#[test]
+fn killed_backup_leaves_a_verifiable_repository_and_no_snapshot() {
+    let env = TestEnv::new(Backend::Local);
+    let source = env.source_cluster();
+    // Incompressible rows, so the backup spans several packs and takes long enough to interrupt.
+    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 120000) g");
+    sql(&source, "CHECKPOINT");
+    let config = std::fs::read_to_string(&env.push_config).unwrap();
+    let small_packs = config.replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nupload_concurrency = 1\n", 1);
+    std::fs::write(&env.push_config, small_packs).unwrap();
+
+    let mut backup = std::process::Command::new(crate::common::env::radd_binary());
+    backup.arg("--config").arg(&env.push_config).args(["backup", "pg"]);
+    backup.envs(env.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = backup.spawn().expect("start backup");
+    let packs = env.local_object("packs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&packs).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "backup finished before it could be interrupted");
+        assert!(std::time::Instant::now() < deadline, "no packs uploaded within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9 the backup");
+    child.wait().unwrap();
+
+    let snapshots = json(&env.radd(&["--json", "snapshots"]));
+    assert_eq!(snapshots.as_array().unwrap().len(), 0, "a killed backup must not be recorded: {snapshots}");
+    let verify = env.radd(&["--json", "verify", "--read-data"]);
+    assert!(verify.status.success(), "repository must verify after the kill: {}", stderr(&verify));
+
+    let again = json(&env.radd_push(&["--json", "backup", "pg"]));
+    switch_and_wait_archived(&source);
+    let restored = env.restore_and_start(again["snapshot_id"].as_str().unwrap(), "after-kill", &[]);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM noise"), "120000");
+}
