@@ -7,7 +7,8 @@
 # The cluster holds pgbench data plus a less compressible table `noise` (md5 text and random bytes)
 # of at least a third of the pgbench size. PostgreSQL and both tools run as the postgres user; root
 # is needed for that and to drop the page cache before every timed backup/restore step.
-# Installs pgBackRest from Debian when missing. RADD_BIN=/path/to/radd skips `cargo build --release`.
+# Installs pgBackRest from Debian when missing. RADD_BIN=/path/to/radd skips `cargo build --release`;
+# KEEP=1 keeps the (stopped) temp dir for inspection.
 # Prints one table. Not part of the test suite: speed is measured here, never asserted in tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ SCALE=${1:-60}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PUSH_SAMPLES=40       # WAL push latency: segments pushed one by one by each tool
 DRAIN_SEGMENTS=200    # backlog drain: .ready segments waiting for each tool
-PARALLEL=2            # pgBackRest process-max; radd's archive.push_parallel when radd has it
+PARALLEL=${PARALLEL:-2} # pgBackRest process-max; radd archive.push_parallel (when radd has it)
 [ "$(id -u)" = 0 ] || { echo "run as root (PostgreSQL runs as postgres; page cache is dropped)" >&2; exit 2; }
 
 apt_updated=
@@ -43,7 +44,7 @@ cleanup() {
   # line names this run's temp dir) before removing it.
   local pid
   for pid in $(pgrep -f -- "$W/" || true); do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$W"
+  if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

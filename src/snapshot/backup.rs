@@ -5,22 +5,19 @@
 //! with bounded concurrency. The channel between them holds one pack, so memory is bounded by
 //! about (2 + upload_concurrency) packs whatever the size of the cluster.
 
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::chunker::{Chunking, for_each_chunk};
-use super::manifest::{Entry, EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
-use super::pack::{BlobIndex, PackBuilder, PendingPack, UploadReport, upload_packs};
-use super::parent::{ParentFile, ParentFiles};
-use super::walk::{attrs, is_relation_file, walk_data_dir};
+use super::manifest::{EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
+use super::pack::{BlobIndex, PendingPack, UploadReport, upload_packs};
+use super::parent::ParentFiles;
+use super::pipeline;
 use super::Error;
 use crate::codec::ObjectKind;
 use crate::config::{BackupConfig, PostgresConfig};
-use crate::crypto::{IdKey, Sha256Stream};
 use crate::pg::{self, BackupSession, WalFileName};
 use crate::repo::ObjectKey;
 use crate::repository::Repository;
@@ -69,17 +66,6 @@ pub struct BackupReport {
     pub duration_seconds: f64,
 }
 
-#[derive(Default)]
-struct ReadOutcome {
-    entries: Vec<Entry>,
-    total_bytes: u64,
-    new_bytes: u64,
-    reused_bytes: u64,
-    read_bytes: u64,
-    files_read: u64,
-    files_unchanged: u64,
-    next_parent: ParentFiles,
-}
 
 /// Takes a base backup of the configured cluster into the repository and commits a snapshot.
 /// Nothing is committed unless every pack, the index, the manifest and the WAL from backup
@@ -109,7 +95,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         let id_key = repo.id_key.clone();
         let backup = options.backup.clone();
         let known = Arc::clone(&known);
-        tokio::task::spawn_blocking(move || read_data_dir(&data_dir, &known, parent.as_ref(), &id_key, &backup, &tx))
+        tokio::task::spawn_blocking(move || pipeline::read_data_dir(&data_dir, &known, parent.as_ref(), &id_key, &backup, &tx))
     };
     let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;
     let upload = uploader.await.map_err(|e| Error::Internal(e.to_string()))?;
@@ -199,89 +185,4 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         "base backup committed"
     );
     Ok(report)
-}
-
-/// The blocking reader stage: walk, chunk, hash, dedup, fill packs.
-fn read_data_dir(
-    root: &std::path::Path,
-    known: &BlobIndex,
-    parent: Option<&ParentFiles>,
-    id_key: &IdKey,
-    options: &BackupConfig,
-    tx: &mpsc::Sender<PendingPack>,
-) -> Result<ReadOutcome, Error> {
-    let mut pack = PackBuilder::default();
-    let pack_size = options.pack_size.as_usize();
-    let mut out = ReadOutcome::default();
-    let send = |pack: &mut PackBuilder| {
-        tx.blocking_send(pack.take())
-            .map_err(|_| Error::Internal("pack uploader stopped".into()))
-    };
-    for found in walk_data_dir(root)? {
-        let (mode, uid, gid, mtime) = attrs(&found.meta);
-        let mut entry = Entry { path: found.rel.clone(), kind: EntryKind::Dir, mode, uid, gid, mtime, size: 0 };
-        if let Some(target) = found.link_target {
-            entry.kind = EntryKind::Symlink { target };
-        } else if found.meta.is_file() {
-            let size = found.meta.len();
-            let mtime_ns = i128::from(found.meta.mtime()) * 1_000_000_000 + i128::from(found.meta.mtime_nsec());
-            let ino = found.meta.ino();
-            if let Some(p) = parent.and_then(|p| p.unchanged(&found.rel, size, mtime_ns, ino, known)) {
-                out.files_unchanged += 1;
-                out.total_bytes += size;
-                out.reused_bytes += size;
-                entry.size = size;
-                entry.kind = EntryKind::File { sha256: p.sha256, chunks: p.chunks.clone() };
-                out.next_parent.files.insert(found.rel.clone(), p.clone());
-                out.entries.push(entry);
-                continue;
-            }
-            let file = match std::fs::File::open(&found.path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // dropped meanwhile
-                Err(source) => return Err(Error::Read { path: found.path, source }),
-            };
-            let chunking = if is_relation_file(&found.rel) {
-                Chunking::Fixed(options.block_size.as_usize())
-            } else {
-                Chunking::ContentDefined(options.chunk_size.as_usize())
-            };
-            let mut sha = Sha256Stream::default();
-            let mut chunks = Vec::new();
-            let mut size = 0u64;
-            for_each_chunk(
-                std::io::BufReader::with_capacity(1 << 20, file),
-                chunking,
-                |data| {
-                    sha.update(data);
-                    size += data.len() as u64;
-                    let id = id_key.digest(data);
-                    chunks.push(id);
-                    if known.contains(&id) || pack.has(&id) {
-                        out.reused_bytes += data.len() as u64;
-                    } else {
-                        pack.add(id, data);
-                        out.new_bytes += data.len() as u64;
-                        if pack.len() >= pack_size {
-                            send(&mut pack)?;
-                        }
-                    }
-                    Ok(())
-                },
-                |source| Error::Read { path: found.path.clone(), source },
-            )?;
-            out.total_bytes += size;
-            out.read_bytes += size;
-            out.files_read += 1;
-            entry.size = size;
-            let sha256 = sha.finish();
-            out.next_parent.files.insert(found.rel.clone(), ParentFile { size, mtime_ns, ino, sha256, chunks: chunks.clone() });
-            entry.kind = EntryKind::File { sha256, chunks };
-        }
-        out.entries.push(entry);
-    }
-    if !pack.is_empty() {
-        send(&mut pack)?;
-    }
-    Ok(out)
 }

@@ -9,6 +9,7 @@ mod chunker;
 mod manifest;
 mod pack;
 mod parent;
+mod pipeline;
 mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
