@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Backup/restore figures on a throwaway cluster: wall time, throughput and peak RSS of
 # `radd backup pg` (first and unchanged second backup) and `radd restore`.
-#   bench/backup-rss.sh [pgbench-scale]     (default 70 ≈ 1 GB; run as root or as postgres)
+#   [LEVEL=zstd-level] bench/backup-rss.sh [pgbench-scale]   (default 70 ≈ 1 GB, level 3; as root or postgres)
 # Prints one table. Not part of the test suite: speed is measured here, never asserted in tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,7 @@ path = "$W/repo"
 dir = "$W/events"
 [backup]
 state_dir = "$W/state"
+compression_level = ${LEVEL:-3}
 [keys]
 recipients = ["$RECIPIENT"]
 id_key_file = "$W/id.key"

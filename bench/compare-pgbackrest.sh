@@ -39,7 +39,6 @@ START=$SECONDS
 W=$(mktemp -d /tmp/radd-vs-pgbackrest-XXXXXX); chmod 755 "$W"; chown postgres: "$W"
 cleanup() {
   [ -f "$W/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$W/data" -m immediate -w stop >/dev/null 2>&1 || true
-  [ -n "${SAMPLER_PID:-}" ] && kill "$SAMPLER_PID" 2>/dev/null || true
   # pgBackRest's async archive-push detaches from its caller: end those of this run (their command
   # line names this run's temp dir) before removing it.
   local pid
@@ -79,9 +78,10 @@ compression_level = 1
 TOML
 chown postgres: "$W/radd.toml"
 as_pg $RADD repo init >/dev/null
-# Backlog drain: if this radd build pushes other .ready segments itself (archive.push_parallel, being
-# added), give it the same parallelism as pgBackRest's process-max; otherwise PostgreSQL's one call
-# per segment is all radd gets.
+# Backlog drain: if this radd build has archive.push_parallel (wal-push also archives other .ready
+# segments beside the requested one), give it the same parallelism as pgBackRest's process-max;
+# otherwise PostgreSQL's one call per segment is all radd gets. (The archive_command and the latency
+# step use radd's default.)
 cp "$W/radd.toml" "$W/radd-drain.toml"; printf '[archive]\npush_parallel = %s\n' "$PARALLEL" >> "$W/radd-drain.toml"
 chown postgres: "$W/radd-drain.toml"
 if as_pg "$W/radd" --config "$W/radd-drain.toml" snapshots >/dev/null 2>&1; then
@@ -122,7 +122,7 @@ chown postgres: "$W/pgbackrest.conf"; chmod 600 "$W/pgbackrest.conf"
 # --- the cluster ----------------------------------------------------------------------------------
 # PostgreSQL archives every WAL file to both tools, one after the other (not timed), so both hold the
 # complete WAL; a failure of either fails the command and PostgreSQL retries. Timed steps first wait
-# until archiving is idle. (The script name contains "pgbackrest": pgBackRest checks archive_command.)
+# until archiving is idle. (The script name contains "pgbackrest": pgBackRest's backup refuses an archive_command without it.)
 cat > "$W/archive-to-radd-and-pgbackrest.sh" <<SH
 #!/bin/sh
 $PGBR archive-push "\$1" || exit 1
@@ -224,8 +224,8 @@ if mode == "latency":  # push FILE... one at a time, radd then pgBackRest for ea
                 fail(tool, cmd + [f], rc, f"{w}/push.err")
             print(tool, us, rss, flush=True)
 
-elif mode == "drain":  # drain TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's archiver, one command at
-    # a time, oldest .ready first, .ready renamed to .done once the command returned 0; a sampler
+elif mode == "drain":  # drain W TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's archiver, one command
+    # at a time, oldest .ready first, .ready renamed to .done once the command returned 0; a sampler
     # thread also records the peak RSS of any radd/pgbackrest process (pgBackRest's async archiver
     # runs detached).
     tool, pg_wal, names = sys.argv[3], sys.argv[4], open(sys.argv[5]).read().split()
@@ -253,13 +253,9 @@ elif mode == "drain":  # drain TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's a
     for name in names:
         if not os.path.exists(f"{status}/{name}.ready"):
             continue
-        for attempt in range(3):
-            _, r, rc = run(argv + [f"{pg_wal}/{name}"], f"{w}/drain.err")
-            rss = max(rss, r)
-            if rc == 0:
-                break
-            time.sleep(1)
-        else:
+        _, r, rc = run(argv + [f"{pg_wal}/{name}"], f"{w}/drain.err")
+        rss = max(rss, r)
+        if rc != 0:  # PostgreSQL would retry; a benchmark reports it
             fail(tool, argv + [f"{pg_wal}/{name}"], rc, f"{w}/drain.err")
         os.rename(f"{status}/{name}.ready", f"{status}/{name}.done")
     us = int((time.perf_counter() - t0) * 1e6)
@@ -312,7 +308,7 @@ rm -rf "$W/push"
 # every .ready segment in order, until all 200 are acknowledged (= durable in that tool's repository).
 # Each tool gets its own fake data directory (pg_wal/ with hard links to the segments and
 # archive_status/*.ready, global/pg_control: pgBackRest wants pg_wal inside pg1-path and checks pg_control).
-# pgBackRest: archive-async=y with process-max=2, its documented answer to archive backlogs (the
+# pgBackRest: archive-async=y with process-max=$PARALLEL, its documented answer to backlogs (the
 # first call starts a detached process that pushes every .ready segment in parallel, later calls
 # return as soon as their segment is in the spool's done list). radd: see RADD_DRAIN.
 drain() {

@@ -396,7 +396,7 @@ impl Config {
             problems.push(format!("keys.recipients: {e}"));
         }
         let b = &self.backup;
-        if b.block_size.0 == 0 || b.block_size.0 % 8192 != 0 {
+        if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) {
             problems.push("backup.block_size: must be a non-zero multiple of 8KiB".to_owned());
         }
         if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {

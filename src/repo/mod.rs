@@ -47,8 +47,8 @@ pub enum Error {
         key: String,
         /// Where the repository is.
         location: String,
-        /// The backend's error.
-        source: object_store::Error,
+        /// The backend's error (boxed: it is large, and errors travel through every layer).
+        source: Box<object_store::Error>,
     },
 }
 
@@ -164,7 +164,7 @@ impl Repo {
                 op,
                 key: key.to_owned(),
                 location: self.location.clone(),
-                source,
+                source: Box::new(source),
             },
         }
     }
