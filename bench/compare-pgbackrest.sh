@@ -78,13 +78,19 @@ compression_level = 1
 TOML
 chown postgres: "$W/radd.toml"
 as_pg $RADD repo init >/dev/null
+radd_accepts() { as_pg "$W/radd" --config "$1" snapshots >/dev/null 2>&1; }  # unknown keys are errors
+# The backup-host state (record of the last backup, so the next reads only changed files) must live
+# in the temp dir too: its default is outside it and not writable by postgres.
+cp "$W/radd.toml" "$W/radd-probe.toml"; echo "state_dir = \"$W/radd-state\"" >> "$W/radd-probe.toml"
+chown postgres: "$W/radd-probe.toml"
+if radd_accepts "$W/radd-probe.toml"; then cp "$W/radd-probe.toml" "$W/radd.toml"; fi
 # Backlog drain: if this radd build has archive.push_parallel (wal-push also archives other .ready
 # segments beside the requested one), give it the same parallelism as pgBackRest's process-max;
 # otherwise PostgreSQL's one call per segment is all radd gets. (The archive_command and the latency
 # step use radd's default.)
 cp "$W/radd.toml" "$W/radd-drain.toml"; printf '[archive]\npush_parallel = %s\n' "$PARALLEL" >> "$W/radd-drain.toml"
 chown postgres: "$W/radd-drain.toml"
-if as_pg "$W/radd" --config "$W/radd-drain.toml" snapshots >/dev/null 2>&1; then
+if radd_accepts "$W/radd-drain.toml"; then
   RADD_DRAIN="radd wal-push per .ready segment, archive.push_parallel = $PARALLEL (drains other .ready files itself)"
 else
   cp "$W/radd.toml" "$W/radd-drain.toml"
@@ -183,6 +189,7 @@ timed() {
   if as_pg /usr/bin/time -f "%e %M" -o "$W/time" "$@" > "$out" 2> "$W/stderr"; then
     read -r wall rss < "$W/time"
     result "$key" "$wall"; result "${tool}_rss:${key#*_}" "$rss"
+    [ ! -s "$W/stderr" ] || { echo "== $key: $*"; cat "$W/stderr"; } >> "$W/warnings"
   else
     rc=$?
     result "$key" ERR
@@ -202,11 +209,19 @@ import os, sys, threading, time
 
 def run(argv, errfile):
     """Runs argv; returns (microseconds, peak RSS KiB, exit status) and leaves stderr in errfile."""
-    fa = [(os.POSIX_SPAWN_OPEN, 2, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
+    fa = [(os.POSIX_SPAWN_OPEN, 2, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+          (os.POSIX_SPAWN_DUP2, 2, 1)]
     t0 = time.perf_counter()
     pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=fa)
     _, status, ru = os.wait4(pid, 0)
-    return int((time.perf_counter() - t0) * 1e6), ru.ru_maxrss, os.waitstatus_to_exitcode(status)
+    us, rc = int((time.perf_counter() - t0) * 1e6), os.waitstatus_to_exitcode(status)
+    out = open(errfile).read()
+    if rc == 0 and out and out not in seen:  # output of a successful run: reported once per message
+        seen.add(out)
+        sys.stderr.write(f"== {' '.join(argv)}\n{out}")
+    return us, ru.ru_maxrss, rc
+
+seen = set()
 
 def fail(tool, argv, rc, errfile):
     sys.stderr.write(f"== {tool} failed (exit {rc}): {' '.join(argv)}\n{open(errfile).read()}")
@@ -298,7 +313,9 @@ files=()
 for i in $(seq "$PUSH_SAMPLES"); do
   f="$W/push/$(segname 10 "$i")"; ln "$W/pool/$(( (i - 1) % ${#SEGS[@]} ))" "$f"; files+=("$f")
 done
-if ! as_pg python3 "$W/push.py" latency "$W" "${files[@]}" > "$W/latency" 2> "$W/stderr"; then
+if as_pg python3 "$W/push.py" latency "$W" "${files[@]}" > "$W/latency" 2> "$W/stderr"; then
+  cat "$W/stderr" >> "$W/warnings"
+else
   tee -a "$W/errors" < "$W/stderr" >&2
 fi
 rm -rf "$W/push"
@@ -325,6 +342,7 @@ drain() {
   if as_pg python3 "$W/push.py" drain "$W" "$tool" "$dir" "$W/drain-names" -- "$@" > "$W/drain.out" 2> "$W/stderr"; then
     read -r us rss < "$W/drain.out"
     result "${tool}_drain_s" "$(python3 -c "print($us / 1e6)")"; result "${tool}_rss:drain_s" "$rss"
+    cat "$W/stderr" >> "$W/warnings"
   else
     result "${tool}_drain_s" ERR; tee -a "$W/errors" < "$W/stderr" >&2
   fi
@@ -411,4 +429,5 @@ echo "drain, pgBackRest: archive-push --archive-async --process-max=$PARALLEL on
 echo "segments durable after the drain: radd $stored_radd/$DRAIN_SEGMENTS, pgBackRest $stored_pgbr/$DRAIN_SEGMENTS"
 [ -z "$RADD_PUSH_HELP" ] || echo "radd wal-push --help mentions: $RADD_PUSH_HELP"
 echo "$(pgbackrest version); radd $("$W/radd" --version 2>/dev/null | awk '{print $NF}'); total runtime $((SECONDS - START)) s"
+if [ -s "$W/warnings" ]; then echo; echo "OUTPUT OF SUCCESSFUL COMMANDS ON STDERR (warnings):"; cat "$W/warnings"; fi
 if [ -s "$W/errors" ]; then echo; echo "ERRORS:"; cat "$W/errors"; exit 1; fi

@@ -140,6 +140,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             allow_gap: false,
             restore_command,
             disable_archiving: true,
+            include: Vec::new(),
         },
     )
     .await?;

@@ -33,6 +33,9 @@ pub struct RestoreArgs {
     /// Write archive_mode = off, so the restored cluster does not archive into this repository.
     #[arg(long)]
     pub no_archive: bool,
+    /// Fs snapshots: restore only paths matching this glob (and everything below); repeatable.
+    #[arg(long)]
+    pub include: Vec<String>,
 }
 
 /// Restores and prints the report.
@@ -51,6 +54,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         allow_gap: a.allow_gap,
         restore_command: jobs::restore_command(&config.source)?,
         disable_archiving: a.no_archive,
+        include: a.include.clone(),
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;

@@ -147,6 +147,7 @@ async fn steps(
             allow_gap: !chain_ok,
             restore_command: options.restore_command.clone(),
             disable_archiving: true,
+            include: Vec::new(),
         },
     )
     .await;

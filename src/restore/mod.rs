@@ -112,6 +112,8 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Write `archive_mode = off` so the restored cluster does not archive into the repository.
     pub disable_archiving: bool,
+    /// Fs snapshots: restore only paths matching these globs (and everything below them).
+    pub include: Vec<String>,
 }
 
 /// The result of a restore, printed by the CLI (text or `--json`).
@@ -127,8 +129,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Last WAL segment of the verified chain.
     pub wal_chain_end: String,
-    /// Recovery target written.
+    /// Recovery target written (PostgreSQL snapshots).
     pub recovery_target: String,
+    /// What was restored: `pg` or `fs`.
+    pub kind: snapshot::SnapshotKind,
     /// Wall time in seconds.
     pub duration_seconds: f64,
 }
@@ -141,16 +145,25 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
     let record = snapshot::resolve(repo, &options.snapshot).await?;
-    let pg = record.pg.clone().ok_or_else(|| Error::NotPg(record.id.clone()))?;
     check_target(&options.target)?;
-    let wal_chain_end = check_wal(repo, &record.id, &pg, options).await?;
+    let include = if options.include.is_empty() {
+        None
+    } else {
+        Some(snapshot::glob_set(&options.include)?)
+    };
+    let wal_chain_end = match &record.pg {
+        Some(pg) => check_wal(repo, &record.id, pg, options).await?,
+        None => String::new(),
+    };
     let manifest = snapshot::load_manifest(repo, &record).await?;
     let index = BlobIndex::load(repo).await?;
 
     let staging = staging_dir(&options.target)?;
     let result = async {
-        let written = writer::write_entries(repo, &index, &manifest, &staging).await?;
-        recovery::write_settings(&staging, &manifest, options, &record.id)?;
+        let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
+        if record.pg.is_some() {
+            recovery::write_settings(&staging, &manifest, options, &record.id)?;
+        }
         writer::sync_tree(&staging)?;
         Ok::<_, Error>(written)
     }
@@ -175,7 +188,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         files,
         bytes,
         wal_chain_end,
-        recovery_target: options.recovery.to_string(),
+        recovery_target: if record.pg.is_some() { options.recovery.to_string() } else { String::new() },
+        kind: record.kind,
         duration_seconds: clock.elapsed().as_secs_f64(),
     })
 }

@@ -71,12 +71,25 @@ async fn fetch_pack(repo: &Repository, index: &BlobIndex, pack: u32) -> Result<V
     Ok(repo.get_open(ObjectKind::Pack, &key).await?)
 }
 
-/// Packs in the order the manifest first needs them.
-fn first_use_order(index: &BlobIndex, manifest: &Manifest) -> Vec<u32> {
+/// The content an entry is restored with: its own, or, for a hard link whose first name is
+/// not restored, the first name's.
+fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m crate::crypto::Digest, &'m [crate::crypto::Digest])> {
+    match &manifest.entries[index].kind {
+        EntryKind::File { sha256, chunks } => Some((sha256, chunks)),
+        EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => match &manifest.entries.get(*entry)?.kind {
+            EntryKind::File { sha256, chunks } => Some((sha256, chunks)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Packs in the order the restore first needs them.
+fn first_use_order(index: &BlobIndex, manifest: &Manifest, wanted: &[bool]) -> Vec<u32> {
     let mut seen = HashSet::new();
     let mut order = Vec::new();
-    for entry in &manifest.entries {
-        if let EntryKind::File { chunks, .. } = &entry.kind {
+    for i in (0..manifest.entries.len()).filter(|&i| wanted[i]) {
+        if let Some((_, chunks)) = content(manifest, wanted, i) {
             for chunk in chunks {
                 if let Some(location) = index.get(chunk)
                     && seen.insert(location.pack)
@@ -90,8 +103,9 @@ fn first_use_order(index: &BlobIndex, manifest: &Manifest) -> Vec<u32> {
 }
 
 /// Writes every entry under `root`; returns (files, bytes).
-pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Manifest, root: &Path) -> Result<(u64, u64), Error> {
-    let order = first_use_order(index, manifest);
+pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Manifest, root: &Path, include: Option<&globset::GlobSet>) -> Result<(u64, u64), Error> {
+    let wanted = wanted(manifest, include);
+    let order = first_use_order(index, manifest, &wanted);
     let (tx, rx) = mpsc::channel(1);
     let prefetch = {
         let repo = repo.clone();
@@ -115,53 +129,66 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
         })
     };
     let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new() };
-    let written = write_all(&mut packs, manifest, root).await;
+    let written = write_all(&mut packs, manifest, root, &wanted).await;
     prefetch.abort();
     written
 }
 
-async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path) -> Result<(u64, u64), Error> {
+/// Which entries to write: all, or those matching an `--include` glob, everything below a
+/// matching directory, and the directories above them.
+fn wanted(manifest: &Manifest, include: Option<&globset::GlobSet>) -> Vec<bool> {
+    let Some(globs) = include else {
+        return vec![true; manifest.entries.len()];
+    };
+    let matched: Vec<bool> = manifest
+        .entries
+        .iter()
+        .map(|e| {
+            let path = e.os_path();
+            path.ancestors().any(|a| !a.as_os_str().is_empty() && globs.is_match(a))
+        })
+        .collect();
+    let needed_dirs: HashSet<PathBuf> = manifest
+        .entries
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| **m)
+        .flat_map(|(e, _)| e.os_path().ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>())
+        .collect();
+    manifest.entries.iter().zip(matched).map(|(e, m)| m || needed_dirs.contains(&e.os_path())).collect()
+}
+
+async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<(u64, u64), Error> {
     let as_root = nix::unistd::geteuid().is_root();
+    let mut written: Vec<Option<PathBuf>> = vec![None; manifest.entries.len()];
+    let mut dirs = Vec::new();
     let (mut files, mut bytes) = (0u64, 0u64);
-    for entry in &manifest.entries {
-        let path = root.join(&entry.path);
+    for (index, entry) in manifest.entries.iter().enumerate() {
+        if !wanted[index] {
+            continue;
+        }
+        let path = root.join(entry.os_path());
         match &entry.kind {
             EntryKind::Dir if entry.path.is_empty() => {}
             EntryKind::Dir => std::fs::create_dir(&path).map_err(io_err("create directory", &path))?,
-            EntryKind::Symlink { target } => {
+            EntryKind::Symlink { target, raw_target } => {
+                let target = crate::snapshot::decode_os(target, raw_target.as_ref());
                 std::os::unix::fs::symlink(target, &path).map_err(io_err("create symlink", &path))?;
             }
-            EntryKind::File { sha256, chunks } => {
-                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
-                let mut sha = Sha256Stream::default();
-                let mut hole = false;
-                for chunk in chunks {
-                    let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: entry.path.clone() };
-                    let location = packs.index.get(chunk).ok_or_else(missing)?;
-                    let pack = packs.get(location.pack).await?;
-                    let start = location.offset as usize;
-                    let data = pack.get(start..start + location.length as usize).ok_or_else(missing)?;
-                    sha.update(data);
-                    if data.iter().all(|&b| b == 0) {
-                        file.seek(SeekFrom::Current(data.len() as i64)).map_err(io_err("seek in", &path))?;
-                        hole = true;
-                    } else {
-                        file.write_all(data).map_err(io_err("write", &path))?;
-                        hole = false;
-                    }
+            EntryKind::Hardlink { entry: first } => {
+                if let Some(original) = written.get(*first).cloned().flatten() {
+                    std::fs::hard_link(&original, &path).map_err(io_err("create hard link", &path))?;
+                    written[index] = Some(path);
+                    continue;
                 }
-                if hole {
-                    file.set_len(entry.size).map_err(io_err("extend", &path))?;
-                }
-                let actual = sha.finish();
-                if actual != *sha256 {
-                    return Err(Error::Checksum { path: entry.path.clone(), expected: sha256.to_string(), actual: actual.to_string() });
-                }
-                let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(entry.mtime).unwrap_or(0));
-                file.set_modified(mtime).map_err(io_err("set mtime of", &path))?;
-                files += 1;
-                bytes += entry.size;
+                // The first name was not restored (--include): the content is restored here.
             }
+            EntryKind::File { .. } => {}
+        }
+        if let Some((sha256, chunks)) = content(manifest, wanted, index) {
+            write_file(packs, &path, &entry.path, entry.size, sha256, chunks).await?;
+            files += 1;
+            bytes += entry.size;
         }
         if !matches!(entry.kind, EntryKind::Symlink { .. }) {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode)).map_err(io_err("set mode of", &path))?;
@@ -169,8 +196,57 @@ async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path) -> R
         if as_root {
             std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid)).map_err(io_err("set owner of", &path))?;
         }
+        if matches!(entry.kind, EntryKind::Dir) {
+            dirs.push((path.clone(), entry.mtime, entry.mtime_nsec));
+        } else {
+            set_mtime(&path, entry.mtime, entry.mtime_nsec)?;
+        }
+        written[index] = Some(path);
+    }
+    // Directory times last, deepest first: writing into a directory changes its mtime.
+    for (path, secs, nsec) in dirs.iter().rev() {
+        set_mtime(path, *secs, *nsec)?;
     }
     Ok((files, bytes))
+}
+
+/// Sets the modification time without following symlinks.
+fn set_mtime(path: &Path, secs: i64, nsec: u32) -> Result<(), Error> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(secs, i64::from(nsec));
+    utimensat(nix::fcntl::AT_FDCWD, path, &TimeSpec::UTIME_OMIT, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| Error::Io { what: "set mtime of", path: path.to_owned(), source: e.into() })
+}
+
+/// Writes one file from its chunks, holes for all-zero blocks, and checks its SHA-256.
+async fn write_file(packs: &mut Packs<'_>, path: &Path, name: &str, size: u64, sha256: &crate::crypto::Digest, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
+    let mut sha = Sha256Stream::default();
+    let mut hole = false;
+    for chunk in chunks {
+        let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.to_owned() };
+        let location = packs.index.get(chunk).ok_or_else(missing)?;
+        let pack = packs.get(location.pack).await?;
+        let start = location.offset as usize;
+        let data = pack.get(start..start + location.length as usize).ok_or_else(missing)?;
+        sha.update(data);
+        if data.iter().all(|&b| b == 0) {
+            file.seek(SeekFrom::Current(data.len() as i64)).map_err(io_err("seek in", path))?;
+            hole = true;
+        } else {
+            file.write_all(data).map_err(io_err("write", path))?;
+            hole = false;
+        }
+    }
+    if hole {
+        file.set_len(size).map_err(io_err("extend", path))?;
+    }
+    let actual = sha.finish();
+    if actual != *sha256 {
+        return Err(Error::Checksum { path: name.to_owned(), expected: sha256.to_string(), actual: actual.to_string() });
+    }
+    Ok(())
 }
 
 /// fsyncs one directory, making the names in it durable.

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::manifest::{EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
-use super::pack::{BlobIndex, PendingPack, UploadReport, upload_packs};
+use super::pack::BlobIndex;
 use super::parent::ParentFiles;
 use super::pipeline;
+use super::walk::walk_data_dir;
 use super::Error;
-use crate::codec::ObjectKind;
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
 use crate::repo::ObjectKey;
@@ -73,11 +72,7 @@ pub struct BackupReport {
 pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<BackupReport, Error> {
     let clock = Instant::now();
     let started = chrono::Utc::now();
-    let snapshot_id = format!(
-        "{}-{}",
-        started.format("%Y%m%dT%H%M%SZ"),
-        &crate::crypto::IdKey::generate().digest(b"snapshot id").to_string()[..8]
-    );
+    let snapshot_id = pipeline::new_snapshot_id(started);
     let known = Arc::new(BlobIndex::load(repo).await?);
     tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "starting base backup");
 
@@ -85,23 +80,13 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
-    let parent_path = ParentFiles::path(&options.backup.state_dir, &repo.meta.id, &data_dir);
+    let parent_path = ParentFiles::path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
     let parent = if options.full_read { None } else { ParentFiles::load(&parent_path) };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id.clone());
 
-    let (tx, rx) = mpsc::channel::<PendingPack>(1);
-    let uploader = tokio::spawn(upload_packs(repo.clone(), rx, options.backup.upload_concurrency));
-    let reader = {
-        let id_key = repo.id_key.clone();
-        let backup = options.backup.clone();
-        let known = Arc::clone(&known);
-        tokio::task::spawn_blocking(move || pipeline::read_data_dir(&data_dir, &known, parent.as_ref(), &id_key, &backup, &tx))
-    };
-    let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;
-    let upload = uploader.await.map_err(|e| Error::Internal(e.to_string()))?;
-    // An uploader failure makes the reader fail too; report the root cause first.
-    let upload: UploadReport = upload?;
-    let mut read = read?;
+    let walk = move || walk_data_dir(&data_dir);
+    let (read, upload) = pipeline::store_tree(repo, Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, parent, &options.backup).await?;
+    let mut read = read;
     read.next_parent.snapshot_id.clone_from(&snapshot_id);
     read.next_parent.started_ms = started.timestamp_millis();
     let next_parent = std::mem::take(&mut read.next_parent);
@@ -116,23 +101,17 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             .map_err(Error::WalMissing)?;
     }
 
-    let mut uploaded_bytes = upload.uploaded_bytes;
-    if !upload.index.packs.is_empty() {
-        repo.put_record(&ObjectKey::Index(snapshot_id.clone()), &upload.index).await?;
-    }
-    let files = read.entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })).count() as u64;
+    let files = read.entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. })).count() as u64;
     let manifest = Manifest {
         snapshot_id: snapshot_id.clone(),
-        entries: read.entries,
+        entries: std::mem::take(&mut read.entries),
         backup_label: Some(stop.label_file.clone()),
         tablespace_map: Some(stop.tablespace_map.clone()),
+        unreadable: Vec::new(),
     };
-    let manifest_json = serde_json::to_vec(&manifest).expect("manifest serialises");
+    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, &upload.index, &manifest).await?;
     drop(manifest);
-    let (_, manifest_digest, manifest_bytes) = repo
-        .seal_put(ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.clone()), manifest_json)
-        .await?;
-    uploaded_bytes += manifest_bytes;
+    let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let record = SnapshotRecord {
         id: snapshot_id.clone(),
         kind: SnapshotKind::Pg,
@@ -156,6 +135,10 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         reused_bytes: read.reused_bytes,
         uploaded_bytes,
         manifest_digest,
+        paths: Vec::new(),
+        tags: Vec::new(),
+        partial: false,
+        hooks: Vec::new(),
     };
     repo.put_record(&ObjectKey::Snapshot(snapshot_id.clone()), &record).await?;
     if let Err(error) = next_parent.save(&parent_path) {

@@ -12,6 +12,8 @@ use crate::pg::{Lsn, Timeline};
 pub enum SnapshotKind {
     /// A PostgreSQL base backup.
     Pg,
+    /// Plain file trees.
+    Fs,
 }
 
 /// PostgreSQL facts of a base backup.
@@ -61,6 +63,32 @@ pub struct SnapshotRecord {
     pub uploaded_bytes: u64,
     /// Keyed digest of the manifest object.
     pub manifest_digest: Digest,
+    /// Fs snapshots: the backed-up root paths (shown by `radd snapshots`; file names below
+    /// them are only in the encrypted manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Tags given with `--tag`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Fs snapshots: files could not be read consistently (listed in the manifest); the
+    /// snapshot is usable except for them, but is not "good".
+    #[serde(default)]
+    pub partial: bool,
+    /// Consistency hooks that ran around the snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRun>,
+}
+
+/// One run of a pre/post hook, as recorded in the snapshot record (the command itself stays in
+/// the config: it may name things that should not be stored in plaintext).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookRun {
+    /// `pre` or `post`.
+    pub phase: String,
+    /// Exit code (`None` when killed by a signal or not startable).
+    pub exit_code: Option<i32>,
+    /// Wall time in seconds.
+    pub seconds: f64,
 }
 
 /// Type of an entry in the manifest.
@@ -78,16 +106,27 @@ pub enum EntryKind {
     },
     /// A symbolic link.
     Symlink {
-        /// Link target.
+        /// Link target (lossy UTF-8 when `raw_target` is set).
         target: String,
+        /// Hex of the target's bytes when they are not valid UTF-8.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw_target: Option<String>,
+    },
+    /// A further name of a file already in the manifest (same inode).
+    Hardlink {
+        /// Index in `entries` of the first name, which holds the content.
+        entry: usize,
     },
 }
 
 /// One entry of the manifest; paths are relative to the backed-up root, '/'-separated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
-    /// Relative path.
+    /// Relative path (lossy UTF-8 when `raw_path` is set).
     pub path: String,
+    /// Hex of the path's bytes when they are not valid UTF-8 (file names are bytes on Unix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_path: Option<String>,
     /// Type and content.
     #[serde(flatten)]
     pub kind: EntryKind,
@@ -99,8 +138,39 @@ pub struct Entry {
     pub gid: u32,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// Nanoseconds part of the modification time.
+    #[serde(default)]
+    pub mtime_nsec: u32,
     /// Size in bytes (files).
     pub size: u64,
+}
+
+/// Encodes a path (or link target) as manifest text: the string itself when it is UTF-8,
+/// otherwise its lossy form plus the exact bytes in hex.
+#[must_use]
+pub fn encode_os(value: &std::ffi::OsStr) -> (String, Option<String>) {
+    match value.to_str() {
+        Some(s) => (s.to_owned(), None),
+        None => (value.to_string_lossy().into_owned(), Some(hex::encode(value.as_encoded_bytes()))),
+    }
+}
+
+/// The exact bytes of a manifest path or target.
+#[must_use]
+pub fn decode_os(text: &str, raw: Option<&String>) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    match raw.and_then(|r| hex::decode(r).ok()) {
+        Some(bytes) => std::ffi::OsString::from_vec(bytes),
+        None => std::ffi::OsString::from(text),
+    }
+}
+
+impl Entry {
+    /// The exact relative path.
+    #[must_use]
+    pub fn os_path(&self) -> std::path::PathBuf {
+        decode_os(&self.path, self.raw_path.as_ref()).into()
+    }
 }
 
 /// The encrypted manifest of a snapshot.
@@ -114,4 +184,7 @@ pub struct Manifest {
     pub backup_label: Option<String>,
     /// `tablespace_map` content returned by pg_backup_stop (empty: none).
     pub tablespace_map: Option<String>,
+    /// Files that could not be read consistently (fs snapshots): the snapshot is partial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }

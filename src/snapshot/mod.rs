@@ -6,6 +6,7 @@
 
 mod backup;
 mod chunker;
+mod fswalk;
 mod manifest;
 mod pack;
 mod parent;
@@ -14,7 +15,8 @@ mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
 pub use chunker::{Chunking, for_each_chunk};
-pub use manifest::{Entry, EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
+pub use fswalk::{TreeOptions, glob_set};
+pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation};
 pub use parent::{ParentFile, ParentFiles};
 

@@ -21,6 +21,9 @@ pub struct ParentFile {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Status-change time, nanoseconds since the epoch (0 in records written before it was kept).
+    #[serde(default)]
+    pub ctime_ns: i128,
     /// Inode number.
     pub ino: u64,
     /// SHA-256 of the content.
@@ -41,11 +44,12 @@ pub struct ParentFiles {
 }
 
 impl ParentFiles {
-    /// Where the record for `repo_id` and `data_dir` lives under `state_dir`.
+    /// Where the record for `repo_id` and the backed-up `source` (a data directory, or the
+    /// list of fs roots) lives under `state_dir`.
     #[must_use]
-    pub fn path(state_dir: &Path, repo_id: &str, data_dir: &Path) -> PathBuf {
-        let dir_id = &Digest::sha256(data_dir.as_os_str().as_encoded_bytes()).to_string()[..16];
-        state_dir.join(format!("parent-{repo_id}-{dir_id}.json"))
+    pub fn path(state_dir: &Path, repo_id: &str, source: &[u8]) -> PathBuf {
+        let source_id = &Digest::sha256(source).to_string()[..16];
+        state_dir.join(format!("parent-{repo_id}-{source_id}.json"))
     }
 
     /// Loads the record; a missing or unreadable one means "no parent" (a full read).
@@ -77,10 +81,10 @@ impl ParentFiles {
 
     /// The parent's entry for `rel`, if the file is provably unchanged since it was read.
     #[must_use]
-    pub fn unchanged(&self, rel: &str, size: u64, mtime_ns: i128, ino: u64, known: &BlobIndex) -> Option<&ParentFile> {
+    pub fn unchanged(&self, rel: &str, size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> Option<&ParentFile> {
         let p = self.files.get(rel)?;
-        let settled = mtime_ns < (i128::from(self.started_ms) - 1000) * 1_000_000;
-        let same = p.size == size && p.mtime_ns == mtime_ns && p.ino == ino;
+        let settled = mtime_ns.max(ctime_ns) < (i128::from(self.started_ms) - 1000) * 1_000_000;
+        let same = p.size == size && p.mtime_ns == mtime_ns && p.ctime_ns == ctime_ns && p.ino == ino;
         (same && settled && p.chunks.iter().all(|c| known.contains(c))).then_some(p)
     }
 }

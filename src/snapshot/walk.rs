@@ -31,24 +31,28 @@ const SKIP_FILES: &[&str] = &[
     "current_logfiles.tmp",
 ];
 
-/// One item found by the walk.
+/// One item found by a walk (of a data directory or of file trees).
 #[derive(Debug)]
 pub struct Found {
-    /// Relative '/'-separated path.
+    /// Relative '/'-separated path (lossy UTF-8 when `raw` is set).
     pub rel: String,
+    /// Hex of the relative path's bytes when they are not UTF-8.
+    pub raw: Option<String>,
     /// Absolute path to read.
     pub path: PathBuf,
     /// Metadata (symlinks under pg_tblspc are followed).
     pub meta: std::fs::Metadata,
     /// Link target, for symlinks that are kept as links.
-    pub link_target: Option<String>,
+    pub link_target: Option<std::ffi::OsString>,
+    /// For a further name of an inode seen earlier in the walk: the index of its first name.
+    pub hardlink_of: Option<usize>,
 }
 
 /// Lists the data directory, parents before children, entries sorted by name; the first
 /// entry is the root itself (path ""), so its mode and owner are restored too.
 pub fn walk_data_dir(root: &Path) -> Result<Vec<Found>, Error> {
     let meta = std::fs::metadata(root).map_err(read_err(root))?;
-    let mut out = vec![Found { rel: String::new(), path: root.to_owned(), meta, link_target: None }];
+    let mut out = vec![Found { rel: String::new(), raw: None, path: root.to_owned(), meta, link_target: None, hardlink_of: None }];
     walk_dir(root, "", &mut out)?;
     Ok(out)
 }
@@ -88,12 +92,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Found>) -> Result<(), Error> {
         let in_tblspc = rel == "pg_tblspc";
         if meta.file_type().is_symlink() && !in_tblspc {
             let target = std::fs::read_link(&path).map_err(read_err(&path))?;
-            out.push(Found {
-                rel: child_rel,
-                path,
-                meta,
-                link_target: Some(target.to_string_lossy().into_owned()),
-            });
+            out.push(Found { rel: child_rel, raw: None, path, meta, link_target: Some(target.into_os_string()), hardlink_of: None });
             continue;
         }
         let meta = if meta.file_type().is_symlink() {
@@ -104,7 +103,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Found>) -> Result<(), Error> {
         let is_dir = meta.is_dir();
         let descend = is_dir && !EMPTY_DIRS.contains(&child_rel.as_str());
         if is_dir || meta.is_file() {
-            out.push(Found { rel: child_rel.clone(), path: path.clone(), meta, link_target: None });
+            out.push(Found { rel: child_rel.clone(), raw: None, path: path.clone(), meta, link_target: None, hardlink_of: None });
         }
         if descend {
             walk_dir(&path, &child_rel, out)?;
@@ -123,6 +122,6 @@ pub fn is_relation_file(rel: &str) -> bool {
 
 /// Owner, mode and mtime of a found entry, as stored in the manifest.
 #[must_use]
-pub fn attrs(meta: &std::fs::Metadata) -> (u32, u32, u32, i64) {
-    (meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime())
+pub fn attrs(meta: &std::fs::Metadata) -> (u32, u32, u32, i64, u32) {
+    (meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))
 }
