@@ -184,12 +184,13 @@ segname() { printf '%08X%08X%08X' "$1" 0 "$2"; }
 # timed TOOL KEY OUT cmd...: cold page cache, wall seconds -> results, peak RSS (KiB, largest process
 # of the tree: /usr/bin/time's wait4 covers waited-for children such as pgBackRest's workers)
 timed() {
-  local tool=$1 key=$2 out=$3 wall rss rc; shift 3
+  local tool=$1 key=$2 out=$3 wall rss rc warn; shift 3
   drop_caches
   if as_pg /usr/bin/time -f "%e %M" -o "$W/time" "$@" > "$out" 2> "$W/stderr"; then
     read -r wall rss < "$W/time"
     result "$key" "$wall"; result "${tool}_rss:${key#*_}" "$rss"
-    [ ! -s "$W/stderr" ] || { echo "== $key: $*"; cat "$W/stderr"; } >> "$W/warnings"
+    warn=$(sed 's/\x1b\[[0-9;]*m//g' "$W/stderr" | grep -E '\b(WARN|ERROR)' || true)
+    [ -z "$warn" ] || printf '== %s: %s\n%s\n' "$key" "$*" "$warn" >> "$W/warnings"
   else
     rc=$?
     result "$key" ERR
@@ -205,7 +206,7 @@ repo_bytes() { # backup data only: the WAL archives (radd wal/, pgBackRest archi
 
 # Push helper, run as postgres: spawns each command itself and gets its peak RSS from wait4.
 cat > "$W/push.py" <<'PY'
-import os, sys, threading, time
+import os, re, sys, threading, time
 
 def run(argv, errfile):
     """Runs argv; returns (microseconds, peak RSS KiB, exit status) and leaves stderr in errfile."""
@@ -215,8 +216,8 @@ def run(argv, errfile):
     pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=fa)
     _, status, ru = os.wait4(pid, 0)
     us, rc = int((time.perf_counter() - t0) * 1e6), os.waitstatus_to_exitcode(status)
-    out = open(errfile).read()
-    if rc == 0 and out and out not in seen:  # output of a successful run: reported once per message
+    out = "".join(l for l in open(errfile) if re.search(r"\b(WARN|ERROR)", re.sub(r"\x1b\[[0-9;]*m", "", l)))
+    if rc == 0 and out and out not in seen:  # warnings of a successful run: reported once per message
         seen.add(out)
         sys.stderr.write(f"== {' '.join(argv)}\n{out}")
     return us, ru.ru_maxrss, rc
@@ -429,5 +430,5 @@ echo "drain, pgBackRest: archive-push --archive-async --process-max=$PARALLEL on
 echo "segments durable after the drain: radd $stored_radd/$DRAIN_SEGMENTS, pgBackRest $stored_pgbr/$DRAIN_SEGMENTS"
 [ -z "$RADD_PUSH_HELP" ] || echo "radd wal-push --help mentions: $RADD_PUSH_HELP"
 echo "$(pgbackrest version); radd $("$W/radd" --version 2>/dev/null | awk '{print $NF}'); total runtime $((SECONDS - START)) s"
-if [ -s "$W/warnings" ]; then echo; echo "OUTPUT OF SUCCESSFUL COMMANDS ON STDERR (warnings):"; cat "$W/warnings"; fi
+if [ -s "$W/warnings" ]; then echo; echo "WARNINGS from commands that succeeded:"; cat "$W/warnings"; fi
 if [ -s "$W/errors" ]; then echo; echo "ERRORS:"; cat "$W/errors"; exit 1; fi

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::drill::{self, DrillDefinition, DrillOptions, DrillReport};
 use crate::events::{Event, EventLog, Occurrence};
 use crate::repository::Repository;
-use crate::snapshot::{self, BackupOptions, BackupReport};
+use crate::snapshot::{self, BackupOptions, BackupReport, FsBackupOptions, FsBackupReport};
 
 /// Opens the configured event log.
 pub fn event_log(config: &Config) -> Result<EventLog, crate::Error> {
@@ -42,6 +42,56 @@ pub async fn backup_pg(config: &Config, log: &EventLog, full_read: bool) -> Resu
     };
     record(log, &event)?;
     result
+}
+
+/// Takes a file-tree snapshot and records a `change` (S3 `incident` when partial, S2 when
+/// it failed or a hook failed).
+pub async fn backup_fs(
+    config: &Config,
+    log: &EventLog,
+    name: &str,
+    options: FsBackupOptions,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<FsBackupReport, crate::Error> {
+    let source = format!("backup.fs.{name}");
+    let result = async {
+        let repo = Repository::open(config, false).await?;
+        Ok::<_, crate::Error>(snapshot::backup_fs(&repo, &options, cancel).await?)
+    }
+    .await;
+    let event = match &result {
+        Ok(report) if report.hooks.iter().any(|h| h.exit_code != Some(0)) => {
+            Event::from_occurrence(Occurrence::BackupFailed, &source, format!("snapshot {} taken but its post-hook failed", report.snapshot_id))
+                .details(serde_json::to_value(report).unwrap_or_default())
+        }
+        Ok(report) if report.partial => Event::from_occurrence(
+            Occurrence::SnapshotPartial,
+            &source,
+            format!("snapshot {} is partial: {} path(s) unreadable", report.snapshot_id, report.unreadable.len()),
+        )
+        .details(serde_json::to_value(report).unwrap_or_default()),
+        Ok(report) => Event::from_occurrence(Occurrence::BackupSucceeded, &source, format!("file-tree snapshot {} taken", report.snapshot_id))
+            .label("snapshot", &report.snapshot_id)
+            .details(serde_json::to_value(report).unwrap_or_default()),
+        Err(error) => Event::from_occurrence(Occurrence::BackupFailed, &source, format!("file-tree snapshot failed: {error}"))
+            .label("error_type", error.kind().label())
+            .details(json!({ "error": error.to_string() })),
+    };
+    record(log, &event)?;
+    result
+}
+
+/// The snapshot options of a configured `[[fs]]` job.
+#[must_use]
+pub fn fs_job_options(config: &Config, job: &crate::config::FsJobConfig) -> FsBackupOptions {
+    FsBackupOptions {
+        tree: crate::snapshot::TreeOptions { roots: job.paths.clone(), excludes: job.exclude.clone(), one_file_system: job.one_file_system },
+        tags: job.tags.clone(),
+        backup: config.backup.clone(),
+        full_read: false,
+        pre: job.pre.clone(),
+        post: job.post.clone(),
+    }
 }
 
 /// Runs a drill and records a `change` when every check passed, otherwise an S2 `incident`

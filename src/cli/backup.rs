@@ -14,11 +14,91 @@ pub enum BackupCommand {
         #[arg(long)]
         full_read: bool,
     },
+    /// Snapshot of plain file trees (same deduplicated, encrypted repository).
+    Fs(FsArgs),
+}
+
+/// Arguments of `radd backup fs`.
+#[derive(Debug, clap::Args)]
+pub struct FsArgs {
+    /// Root paths (or use --job).
+    pub paths: Vec<std::path::PathBuf>,
+    /// A configured `[[fs]]` job (paths, excludes, tags and pre/post hooks).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Glob to leave out (matched against the full path and the file name); repeatable.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Stay on each root's file system.
+    #[arg(long)]
+    pub one_file_system: bool,
+    /// Tag for the snapshot; repeatable.
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Read every file even if size, mtime, ctime and inode are unchanged since the last snapshot.
+    #[arg(long)]
+    pub full_read: bool,
+}
+
+/// Resolves when SIGTERM or SIGINT arrives (the post-hook still runs).
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let (name, mut options) = match &a.job {
+        Some(job) => {
+            let job = config.fs.iter().find(|j| &j.name == job).ok_or_else(|| anyhow::anyhow!("no [[fs]] job named {job:?} in {}", config.source.display()))?;
+            (job.name.clone(), jobs::fs_job_options(&config, job))
+        }
+        None if a.paths.is_empty() => anyhow::bail!("give paths to back up, or --job NAME"),
+        None => ("adhoc".to_owned(), radd::snapshot::FsBackupOptions { backup: config.backup.clone(), ..Default::default() }),
+    };
+    options.tree.roots.extend(a.paths.iter().cloned());
+    options.tree.excludes.extend(a.exclude.iter().cloned());
+    options.tree.one_file_system |= a.one_file_system;
+    options.tags.extend(a.tag.iter().cloned());
+    options.full_read = a.full_read;
+    let log = jobs::event_log(&config)?;
+    let report = jobs::backup_fs(&config, &log, &name, options, terminated()).await?;
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "snapshot {} of {}: {} files ({} unchanged), {} total, {} read, {} new, {} uploaded, {:.1}s{}",
+        report.snapshot_id,
+        report.paths.join(" "),
+        report.files,
+        report.files_unchanged,
+        human_bytes(report.total_bytes),
+        human_bytes(report.read_bytes),
+        human_bytes(report.new_bytes),
+        human_bytes(report.uploaded_bytes),
+        report.duration_seconds,
+        if report.partial { " — PARTIAL" } else { "" }
+    );
+    for problem in &report.unreadable {
+        println!("  unreadable: {problem}");
+    }
+    Ok(())
 }
 
 /// Runs a backup command and prints its report.
 pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
     match command {
+        BackupCommand::Fs(a) => backup_fs(args, a).await,
         BackupCommand::Pg { full_read } => {
             let config = load_config(args)?;
             let log = jobs::event_log(&config)?;
@@ -54,16 +134,28 @@ pub async fn snapshots(args: &Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&list);
     }
-    println!("{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}", "ID", "KIND", "FINISHED", "HOST", "SIZE", "NEW");
+    println!("{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}  PATHS / TAGS", "ID", "KIND", "FINISHED", "HOST", "SIZE", "NEW");
     for s in &list {
+        let kind = match s.kind {
+            snapshot::SnapshotKind::Pg => "pg",
+            snapshot::SnapshotKind::Fs => "fs",
+        };
+        let mut what = s.paths.join(" ");
+        if !s.tags.is_empty() {
+            what.push_str(&format!(" [{}]", s.tags.join(",")));
+        }
+        if s.partial {
+            what.push_str(" PARTIAL");
+        }
         println!(
-            "{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}",
+            "{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}  {}",
             s.id,
-            "pg",
+            kind,
             s.finished,
             s.hostname,
             human_bytes(s.total_bytes),
-            human_bytes(s.new_bytes)
+            human_bytes(s.new_bytes),
+            what
         );
     }
     Ok(())

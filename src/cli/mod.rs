@@ -2,6 +2,7 @@
 //! rendering. Handlers build options from config + arguments, call the library, render.
 
 mod backup;
+mod browse;
 mod daemon;
 mod demo;
 mod drill;
@@ -52,8 +53,12 @@ pub enum Command {
     Backup(backup::BackupCommand),
     /// List snapshots.
     Snapshots,
-    /// Restore a snapshot into a new data directory, ready to recover to a target.
+    /// Restore a snapshot into a new directory (PostgreSQL: ready to recover to a target).
     Restore(restore::RestoreArgs),
+    /// List a snapshot's contents.
+    Ls(browse::LsArgs),
+    /// Compare two snapshots path by path.
+    Diff(browse::DiffArgs),
     /// Check the repository: structure, WAL chain and (with --read-data) every object.
     Verify(verify::VerifyArgs),
     /// Restore drills (R.A.D.): prove backups restore.
@@ -108,6 +113,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Backup(c) => backup::run(args, c).await,
         Command::Snapshots => backup::snapshots(args).await,
         Command::Restore(a) => restore::run(args, a).await,
+        Command::Ls(a) => browse::ls(args, a).await,
+        Command::Diff(a) => browse::diff(args, a).await,
         Command::Verify(a) => verify::run(args, a).await,
         Command::Drill(c) => drill::run(args, c).await,
         Command::Events(a) => events::run(args, a).await,

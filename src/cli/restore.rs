@@ -72,6 +72,17 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
+    if report.kind == radd::snapshot::SnapshotKind::Fs {
+        println!(
+            "restored snapshot {} into {}: {} files, {} verified against the manifest; {:.1}s",
+            report.snapshot_id,
+            report.target.display(),
+            report.files,
+            human_bytes(report.bytes),
+            report.duration_seconds
+        );
+        return Ok(());
+    }
     println!(
         "restored snapshot {} into {}: {} files, {} verified against the manifest; WAL chain checked through {}; recovery target {}; {:.1}s\nstart it with: pg_ctl -D {} start",
         report.snapshot_id,

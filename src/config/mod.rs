@@ -67,6 +67,9 @@ pub struct Config {
     /// WAL archiving and fetching.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// File-tree snapshot jobs (`[[fs]]`).
+    #[serde(default)]
+    pub fs: Vec<FsJobConfig>,
     /// Where drill definitions and scratch instances live.
     #[serde(default)]
     pub drills: DrillsConfig,
@@ -230,6 +233,32 @@ fn default_push_parallel() -> usize {
 }
 fn default_prefetch() -> u64 {
     4
+}
+
+/// `[[fs]]`: a file-tree snapshot job, run by `radd backup fs --job NAME` and by the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsJobConfig {
+    /// Job name (events: `backup.fs.<name>`).
+    pub name: String,
+    /// Root paths.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Stay on each root's file system.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Tags for the snapshots.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Shell command before reading (fsfreeze, LVM/ZFS/btrfs snapshot, an application dump);
+    /// a failure aborts the snapshot with an incident.
+    pub pre: Option<String>,
+    /// Shell command after reading; always runs, also on failure and on SIGTERM.
+    pub post: Option<String>,
+    /// Cron schedule for the daemon (sec min hour day month weekday, UTC).
+    pub schedule: Option<String>,
 }
 
 /// `[drills]`.
@@ -416,6 +445,16 @@ impl Config {
         }
         if b.upload_concurrency == 0 {
             problems.push("backup.upload_concurrency: must be at least 1".to_owned());
+        }
+        for (i, job) in self.fs.iter().enumerate() {
+            if job.paths.is_empty() {
+                problems.push(format!("fs[{i}] ({}): paths must not be empty", job.name));
+            }
+            if let Some(schedule) = &job.schedule
+                && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(schedule)
+            {
+                problems.push(format!("fs[{i}] ({}).schedule: invalid cron expression {schedule:?}: {e}", job.name));
+            }
         }
         let d = &self.daemon;
         if !d.backup_schedule.is_empty()

@@ -6,6 +6,7 @@
 
 mod backup;
 mod chunker;
+mod fsbackup;
 mod fswalk;
 mod manifest;
 mod pack;
@@ -15,6 +16,7 @@ mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
 pub use chunker::{Chunking, for_each_chunk};
+pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation};
@@ -65,6 +67,19 @@ pub enum Error {
     /// Repository failure.
     #[error(transparent)]
     Repository(#[from] repository::Error),
+    /// A consistency hook failed; no snapshot was taken.
+    #[error("{phase}-hook failed (exit code {exit_code:?}); no snapshot taken (post-hook exit code {post_exit_code:?})")]
+    Hook {
+        /// `pre`.
+        phase: &'static str,
+        /// Its exit code (`None`: killed or not startable).
+        exit_code: Option<i32>,
+        /// The post-hook's exit code, which ran anyway.
+        post_exit_code: Option<i32>,
+    },
+    /// The snapshot was cancelled (SIGTERM); nothing was committed.
+    #[error("snapshot cancelled before it was committed")]
+    Cancelled,
     /// A pipeline stage failed unexpectedly.
     #[error("internal error in the backup pipeline: {0}")]
     Internal(String),
@@ -77,7 +92,7 @@ impl Error {
         match self {
             Error::NotFound(_) | Error::Empty => ErrorKind::NotFound,
             Error::Ambiguous { .. } => ErrorKind::Config,
-            Error::Read { .. } | Error::Internal(_) => ErrorKind::Io,
+            Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
             Error::Repository(e) => e.kind(),
