@@ -97,65 +97,87 @@ fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
     WalFileName::parse(name, segment_size).map_err(Error::BadName)
 }
 
-/// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
-/// An already archived file is recognised from its keyed digest with one small ranged read,
-/// without compressing or encrypting anything.
-pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> {
+/// A WAL file read, digested and (unless already archived) sealed, ready to be stored.
+pub struct Prepared {
+    file_name: String,
+    key: ObjectKey,
+    digest: crate::crypto::Digest,
+    /// `None` when the archive already holds identical content.
+    sealed: Option<Vec<u8>>,
+}
+
+/// Reads a WAL file and seals it; recognises an already archived file (same keyed digest) from
+/// one small ranged read without compressing or encrypting anything, and refuses a different
+/// file under the same name.
+pub async fn prepare(repo: &Repository, path: &Path) -> Result<Prepared, Error> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::BadName(format!("{} has no WAL file name", path.display())))?;
-    let data = tokio::fs::read(path).await.map_err(|source| Error::Io {
-        what: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    let segment_size = segment_size_of(file_name, data.len() as u64);
-    let name = parse_name(file_name, segment_size)?;
-    let key = wal_key(&name, segment_size);
+        .ok_or_else(|| Error::BadName(format!("{} has no WAL file name", path.display())))?
+        .to_owned();
+    let data = tokio::fs::read(path).await.map_err(|source| Error::Io { what: "read", path: path.to_owned(), source })?;
+    let segment_size = segment_size_of(&file_name, data.len() as u64);
+    let key = wal_key(&parse_name(&file_name, segment_size)?, segment_size);
     let (digest, data) = {
         let id_key = repo.id_key.clone();
         tokio::task::spawn_blocking(move || (codec::content_digest(&id_key, ObjectKind::Wal, &data), data))
             .await
             .map_err(|e| Error::BadName(format!("digest task failed: {e}")))?
     };
-    let same_or_mismatch = |existing: crate::crypto::Digest| {
-        if existing == digest {
-            Ok(PushOutcome::AlreadyArchived)
-        } else {
-            Err(Error::Mismatch { name: file_name.to_owned() })
-        }
-    };
     match repo.object_digest(&key).await {
-        Ok(existing) => return same_or_mismatch(existing),
+        Ok(existing) if existing == digest => return Ok(Prepared { file_name, key, digest, sealed: None }),
+        Ok(_) => return Err(Error::Mismatch { name: file_name }),
         Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {}
         Err(e) => return Err(e.into()),
     }
     let sealed = repo.seal_known(ObjectKind::Wal, data, digest, key.to_string()).await?;
-    match repo.store.put_new(&key, sealed.into()).await.map_err(repository::Error::from)? {
+    Ok(Prepared { file_name, key, digest, sealed: Some(sealed) })
+}
+
+/// Stores a prepared WAL file create-only; returns once it is durable.
+pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome, Error> {
+    let Some(sealed) = prepared.sealed else {
+        return Ok(PushOutcome::AlreadyArchived);
+    };
+    match repo.store.put_new(&prepared.key, sealed.into()).await.map_err(repository::Error::from)? {
         PutOutcome::Created => Ok(PushOutcome::Stored),
-        PutOutcome::AlreadyExists => same_or_mismatch(repo.object_digest(&key).await?),
+        PutOutcome::AlreadyExists if repo.object_digest(&prepared.key).await? == prepared.digest => Ok(PushOutcome::AlreadyArchived),
+        PutOutcome::AlreadyExists => Err(Error::Mismatch { name: prepared.file_name }),
     }
 }
 
-/// Archives `path` and, so that a backlog drains in parallel, up to `parallel - 1` other WAL
-/// files waiting in `archive_status/*.ready` beside it (oldest first). Only the result for
-/// `path` decides success: PostgreSQL acknowledges the others itself when it asks for them,
-/// which is then a cheap "already archived" check. Returns how many extra files were stored.
+/// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
+pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> {
+    commit(repo, prepare(repo, path).await?).await
+}
+
+/// Archives `path` and, so that a backlog drains fast, up to `parallel - 1` other WAL files
+/// waiting in `archive_status/*.ready` beside it (oldest first). Files are read and sealed in
+/// parallel but stored strictly in name order, the requested one first, so the archive never
+/// shows a later segment before an earlier one (a reader would take that for a gap). Only the
+/// requested file decides success: PostgreSQL acknowledges the others itself when it asks for
+/// them, which is then a cheap "already archived" check. Returns how many extras were stored.
 pub async fn push_with_backlog(repo: &Repository, path: &Path, parallel: usize) -> Result<(PushOutcome, usize), Error> {
-    let extra = ready_files(path, parallel.saturating_sub(1));
-    let others = futures::stream::iter(extra)
-        .map(|p| async move {
-            let outcome = push(repo, &p).await;
-            if let Err(error) = &outcome {
+    let mut files = vec![path.to_owned()];
+    files.extend(ready_files(path, parallel.saturating_sub(1)));
+    let mut prepared = futures::stream::iter(files).map(|p| async move { (prepare(repo, &p).await, p) }).buffered(parallel.max(1));
+    let own = match prepared.next().await {
+        Some((result, _)) => commit(repo, result?).await?,
+        None => return Err(Error::BadName(format!("{} has no WAL file name", path.display()))),
+    };
+    let mut stored = 0;
+    while let Some((result, p)) = prepared.next().await {
+        match async { commit(repo, result?).await }.await {
+            Ok(PushOutcome::Stored) => stored += 1,
+            Ok(PushOutcome::AlreadyArchived) => {}
+            Err(error) => {
+                // Stop here: storing later files would leave a hole before them.
                 tracing::warn!(path = %p.display(), error = %error, "could not archive a backlog segment ahead of time; PostgreSQL will retry it");
+                break;
             }
-            matches!(outcome, Ok(PushOutcome::Stored))
-        })
-        .buffer_unordered(parallel.max(1))
-        .collect::<Vec<bool>>();
-    let (own, others) = tokio::join!(push(repo, path), others);
-    Ok((own?, others.into_iter().filter(|stored| *stored).count()))
+        }
+    }
+    Ok((own, stored))
 }
 
 /// Up to `limit` other segments PostgreSQL has marked ready, oldest name first.

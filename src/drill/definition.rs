@@ -31,6 +31,10 @@ use super::Error;
 pub struct DrillDefinition {
     /// Name used in events, metrics and `radd drill run <name>`.
     pub name: String,
+    /// `pg` (default): a base backup restored into a scratch PostgreSQL; `fs`: a file-tree
+    /// snapshot restored into a scratch directory.
+    #[serde(default)]
+    pub kind: DrillKind,
     /// Cron schedule (6 fields with seconds), UTC.
     #[serde(default = "default_schedule")]
     pub schedule: String,
@@ -46,6 +50,17 @@ pub struct DrillDefinition {
     /// Checks to run.
     #[serde(default)]
     pub checks: ChecksSpec,
+}
+
+/// What a drill restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillKind {
+    /// A PostgreSQL base backup plus WAL.
+    #[default]
+    Pg,
+    /// A file-tree snapshot.
+    Fs,
 }
 
 /// `[target]`.
@@ -116,11 +131,14 @@ pub struct ChecksSpec {
     /// SQL probes.
     #[serde(default)]
     pub sql: Vec<SqlProbe>,
+    /// Fs drills: also compare files unchanged since the snapshot with the live tree.
+    #[serde(default)]
+    pub compare_source: bool,
 }
 
 impl Default for ChecksSpec {
     fn default() -> Self {
-        ChecksSpec { checksums: true, wal_chain: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new() }
+        ChecksSpec { checksums: true, wal_chain: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
     }
 }
 

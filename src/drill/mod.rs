@@ -6,6 +6,7 @@
 //! timeout alike (unless `keep` is set for debugging).
 
 mod definition;
+mod fs;
 mod run;
 mod run_checks;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use definition::{DrillDefinition, RecoveryKind, SqlProbe, find, list, parse_duration};
+pub use definition::{DrillDefinition, DrillKind, RecoveryKind, SqlProbe, find, list, parse_duration};
 pub use run::run;
 
 use crate::error::ErrorKind;

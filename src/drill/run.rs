@@ -13,7 +13,7 @@ use crate::archive;
 use crate::pg::{self, ScratchCluster, free_port};
 use crate::repository::Repository;
 use crate::restore::{self, RecoveryTarget, RestoreOptions};
-use crate::snapshot::{self, SnapshotRecord};
+use crate::snapshot::{self, SnapshotKind, SnapshotRecord};
 
 /// Scratch directory and instance; dropping it stops the instance and removes the directory
 /// (unless kept), whichever way the drill ends — including a timeout that drops the future.
@@ -37,16 +37,16 @@ impl Drop for Scratch {
 
 /// Shared between the drill future and the caller, so a timeout still reports what ran.
 #[derive(Default)]
-struct Progress {
+pub(super) struct Progress {
     checks: Vec<CheckResult>,
-    snapshot_id: Option<String>,
+    pub(super) snapshot_id: Option<String>,
     rpo: Option<f64>,
     rto: Option<f64>,
 }
 
-type Shared = Arc<Mutex<Progress>>;
+pub(super) type Shared = Arc<Mutex<Progress>>;
 
-fn record(progress: &Shared, check: &str, status: CheckStatus, detail: impl Into<String>, since: Instant) {
+pub(super) fn record(progress: &Shared, check: &str, status: CheckStatus, detail: impl Into<String>, since: Instant) {
     let detail = detail.into();
     tracing::info!(check, ?status, detail = %detail, "drill check");
     if let Ok(mut p) = progress.lock() {
@@ -64,7 +64,10 @@ pub async fn run(repo: &Repository, options: &DrillOptions) -> Result<DrillRepor
     prepare_dir(&parent, &dir)?;
     let mut scratch = Scratch { dir: dir.clone(), cluster: None, keep: options.keep };
     let progress: Shared = Arc::default();
-    let outcome = tokio::time::timeout(def.timeout(), steps(repo, options, &mut scratch, &progress, started, clock)).await;
+    let outcome = match def.kind {
+        super::DrillKind::Pg => tokio::time::timeout(def.timeout(), steps(repo, options, &mut scratch, &progress, started, clock)).await,
+        super::DrillKind::Fs => tokio::time::timeout(def.timeout(), super::fs::steps(repo, options, &scratch.dir, &progress)).await,
+    };
     if outcome.is_err() {
         record(&progress, "timeout", CheckStatus::Failed, format!("drill did not finish within {}", def.scratch.timeout), clock);
     }
@@ -106,7 +109,7 @@ async fn steps(
 ) {
     let def = &options.definition;
     let t = Instant::now();
-    let record_snap = match choose_snapshot(repo, &def.snapshot).await {
+    let record_snap = match choose_snapshot(repo, &def.snapshot, SnapshotKind::Pg).await {
         Ok(s) => s,
         Err(e) => return record(progress, "snapshot", CheckStatus::Failed, e.to_string(), t),
     };
@@ -210,11 +213,12 @@ fn progress_sink(progress: &Shared) -> impl Fn(&str, CheckStatus, String, Instan
     }
 }
 
-async fn choose_snapshot(repo: &Repository, wanted: &str) -> Result<SnapshotRecord, snapshot::Error> {
+/// Picks the drill's snapshot among those of `kind`: latest, random, or by id.
+pub async fn choose_snapshot(repo: &Repository, wanted: &str, kind: SnapshotKind) -> Result<SnapshotRecord, snapshot::Error> {
     if wanted != "random" {
-        return snapshot::resolve(repo, wanted).await;
+        return snapshot::resolve_kind(repo, wanted, Some(kind)).await;
     }
-    let all = snapshot::list(repo).await?;
+    let all: Vec<SnapshotRecord> = snapshot::list(repo).await?.into_iter().filter(|s| s.kind == kind).collect();
     if all.is_empty() {
         return Err(snapshot::Error::Empty);
     }

@@ -53,6 +53,14 @@ pub enum Error {
         /// File it belongs to.
         path: String,
     },
+    /// Reading the content of a file failed (the file is named; the cause says which object).
+    #[error("cannot restore {path}: {source}")]
+    File {
+        /// The file being restored.
+        path: String,
+        /// Why.
+        source: Box<Error>,
+    },
     /// A restored file does not match its manifest checksum.
     #[error("restored file {path} does not match its manifest SHA-256 (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)")]
     Checksum {
@@ -87,6 +95,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::TargetNotEmpty { .. } => ErrorKind::Conflict,
+            Error::File { source, .. } => source.kind(),
             Error::NotPg(_) => ErrorKind::Config,
             Error::Wal { source, .. } => source.kind(),
             Error::MissingChunk { .. } | Error::Checksum { .. } => ErrorKind::Integrity,

@@ -227,7 +227,7 @@ async fn write_file(packs: &mut Packs<'_>, path: &Path, name: &str, size: u64, s
     for chunk in chunks {
         let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.to_owned() };
         let location = packs.index.get(chunk).ok_or_else(missing)?;
-        let pack = packs.get(location.pack).await?;
+        let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.to_owned(), source: Box::new(e) })?;
         let start = location.offset as usize;
         let data = pack.get(start..start + location.length as usize).ok_or_else(missing)?;
         sha.update(data);

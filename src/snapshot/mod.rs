@@ -118,7 +118,12 @@ pub async fn list(repo: &Repository) -> Result<Vec<SnapshotRecord>, Error> {
 
 /// Resolves `latest`, a full id or a unique id prefix to a snapshot record.
 pub async fn resolve(repo: &Repository, wanted: &str) -> Result<SnapshotRecord, Error> {
-    let all = list(repo).await?;
+    resolve_kind(repo, wanted, None).await
+}
+
+/// Like [`resolve`], among snapshots of one kind only (`latest` of that kind).
+pub async fn resolve_kind(repo: &Repository, wanted: &str, kind: Option<SnapshotKind>) -> Result<SnapshotRecord, Error> {
+    let all: Vec<SnapshotRecord> = list(repo).await?.into_iter().filter(|s| kind.is_none_or(|k| s.kind == k)).collect();
     if wanted == "latest" {
         return all.into_iter().next_back().ok_or(Error::Empty);
     }
