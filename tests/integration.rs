@@ -9,4 +9,5 @@ mod backup_restore;
 mod bad_input;
 mod daemon;
 mod drill;
+mod fs;
 mod verify;

@@ -178,6 +178,10 @@ pub struct BackupConfig {
     /// Average content-defined chunk size for non-relation files.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: ByteSize,
+    /// Average content-defined chunk size for file-tree snapshots (smaller than `chunk_size`:
+    /// a one-byte change in a large file then uploads well under a megabyte).
+    #[serde(default = "default_fs_chunk_size")]
+    pub fs_chunk_size: ByteSize,
     /// Fixed block size for relation files (multiple of 8 KiB pages).
     #[serde(default = "default_block_size")]
     pub block_size: ByteSize,
@@ -199,6 +203,7 @@ impl Default for BackupConfig {
     fn default() -> Self {
         BackupConfig {
             chunk_size: default_chunk_size(),
+            fs_chunk_size: default_fs_chunk_size(),
             block_size: default_block_size(),
             pack_size: default_pack_size(),
             compression_level: default_level(),
@@ -359,6 +364,9 @@ fn default_bin_dir() -> PathBuf {
 fn default_chunk_size() -> ByteSize {
     ByteSize(1 << 20)
 }
+fn default_fs_chunk_size() -> ByteSize {
+    ByteSize(128 << 10)
+}
 fn default_block_size() -> ByteSize {
     ByteSize(64 << 10)
 }
@@ -430,6 +438,9 @@ impl Config {
         }
         if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {
             problems.push("backup.chunk_size: must be between 64KiB and 64MiB".to_owned());
+        }
+        if !(16 << 10..=64 << 20).contains(&b.fs_chunk_size.0) {
+            problems.push("backup.fs_chunk_size: must be between 16KiB and 64MiB".to_owned());
         }
         if !(1 << 20..=256 << 20).contains(&b.pack_size.0) {
             problems.push("backup.pack_size: must be between 1MiB and 256MiB".to_owned());

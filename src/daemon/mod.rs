@@ -139,6 +139,29 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
             }
         }));
     }
+    for job in &config.fs {
+        let Some(schedule) = &job.schedule else { continue };
+        let schedule = cron::Schedule::from_str(schedule)
+            .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("fs job {}: schedule: {e}", job.name))))?;
+        let st = state.clone();
+        let job = job.clone();
+        let stop_job = stop.clone();
+        tasks.spawn(cron_loop(format!("backup.fs.{}", job.name), schedule, stop.clone(), move || {
+            let st = st.clone();
+            let job = job.clone();
+            let mut stop = stop_job.clone();
+            async move {
+                let options = jobs::fs_job_options(&st.config, &job);
+                // SIGTERM cancels the read; the post-hook still runs and nothing is committed.
+                let cancel = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = jobs::backup_fs(&st.config, &st.events, &job.name, options, cancel).await {
+                    tracing::error!(job = %job.name, error = %error, "scheduled file-tree snapshot failed");
+                }
+            }
+        }));
+    }
     let drills: Vec<(PathBuf, drill::DrillDefinition)> = if config.drills.dir.is_dir() {
         drill::list(&config.drills.dir)?
     } else {

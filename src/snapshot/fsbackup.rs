@@ -152,7 +152,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<(FsBac
             Ok(found)
         }
     };
-    let chunk = options.backup.chunk_size.as_usize();
+    let chunk = options.backup.fs_chunk_size.as_usize();
     let (mut read, upload) = pipeline::store_tree(repo, known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, parent, &options.backup).await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
