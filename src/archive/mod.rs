@@ -159,7 +159,7 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> 
 /// them, which is then a cheap "already archived" check. Returns how many extras were stored.
 pub async fn push_with_backlog(repo: &Repository, path: &Path, parallel: usize) -> Result<(PushOutcome, usize), Error> {
     let mut files = vec![path.to_owned()];
-    files.extend(ready_files(path, parallel.saturating_sub(1)));
+    files.extend(not_yet_archived(repo, ready_files(path, 4 * parallel), parallel.saturating_sub(1)).await);
     let mut prepared = futures::stream::iter(files).map(|p| async move { (prepare(repo, &p).await, p) }).buffered(parallel.max(1));
     let own = match prepared.next().await {
         Some((result, _)) => commit(repo, result?).await?,
@@ -178,6 +178,26 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, parallel: usize) 
         }
     }
     Ok((own, stored))
+}
+
+/// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
+/// at the first one it cannot tell: segments an earlier call already archived ahead are
+/// skipped, so each call moves the backlog forward by `parallel` segments.
+async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for path in candidates {
+        if out.len() >= limit {
+            break;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
+        let Ok(wal) = parse_name(name, SEGMENT_SIZE_DEFAULT) else { break };
+        match repo.store.exists(&wal_key(&wal, SEGMENT_SIZE_DEFAULT)).await {
+            Ok(true) => {}
+            Ok(false) => out.push(path),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// Up to `limit` other segments PostgreSQL has marked ready, oldest name first.

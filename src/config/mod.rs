@@ -371,7 +371,7 @@ fn default_block_size() -> ByteSize {
     ByteSize(64 << 10)
 }
 fn default_pack_size() -> ByteSize {
-    ByteSize(16 << 20)
+    ByteSize(8 << 20)
 }
 fn default_level() -> i32 {
     3
