@@ -96,13 +96,7 @@ fn wrong_identity_cannot_restore() {
 #[test]
 fn corrupt_pack_fails_restore() {
     let (env, snapshot) = env_with_backup();
-    let packs = env.local_object("packs");
-    let pack = std::fs::read_dir(&packs).unwrap().filter_map(Result::ok).next().expect("a pack").path();
-    let mut data = std::fs::read(&pack).unwrap();
-    let middle = data.len() / 2;
-    data[middle] ^= 0x40;
-    std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&pack, data).unwrap();
+    env.corrupt_a_pack();
 
     let out = restore(&env, &snapshot, "corrupt");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -114,18 +108,7 @@ fn corrupt_pack_fails_restore() {
 #[test]
 fn missing_wal_segment_is_a_gap_not_the_end() {
     let (env, snapshot) = env_with_backup();
-    let wal_dir = env.local_object("wal/00000001");
-    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 24)
-        .collect();
-    segments.sort();
-    assert!(segments.len() >= 4, "need several archived segments, have {segments:?}");
-    // Remove the newest-but-one: after the backup's consistency point, before the end.
-    let victim = segments[segments.len() - 2].clone();
-    std::fs::remove_file(wal_dir.join(&victim)).unwrap();
+    let victim = env.delete_wal_before_last();
 
     let out = restore(&env, &snapshot, "gap");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

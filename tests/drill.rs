@@ -89,12 +89,7 @@ fn drill_fails(env: &TestEnv, check: &str) -> serde_json::Value {
 fn drill_local_passes_then_fails_on_a_corrupt_chunk() {
     let (env, _source) = prepared(Backend::Local);
     drill_passes(&env);
-    let packs = env.local_object("packs");
-    let pack = std::fs::read_dir(&packs).unwrap().filter_map(Result::ok).next().expect("a pack").path();
-    let mut data = std::fs::read(&pack).unwrap();
-    let middle = data.len() / 2;
-    data[middle] ^= 0x01;
-    std::fs::write(&pack, data).unwrap();
+    env.corrupt_a_pack();
     drill_fails(&env, "checksums");
 }
 

@@ -221,11 +221,7 @@ fn fs_drill_passes_then_names_the_path_of_a_corrupt_chunk() {
     let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
     assert_eq!(names, ["checksums", "entries", "compare_source"]);
 
-    let pack = std::fs::read_dir(env.local_object("packs")).unwrap().next().unwrap().unwrap().path();
-    let mut data = std::fs::read(&pack).unwrap();
-    let middle = data.len() / 2;
-    data[middle] ^= 0x10;
-    std::fs::write(&pack, data).unwrap();
+    env.corrupt_a_pack();
     let out = env.radd(&["--json", "drill", "run", "fs"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -2,7 +2,6 @@
 //! structure check but fails `--read-data` naming the pack; a deleted WAL segment is a gap named
 //! in the output. Problems exit 3 so cron notices.
 
-use std::os::unix::fs::PermissionsExt;
 
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
 
@@ -68,14 +67,7 @@ fn verify_good_repository_s3() {
 #[test]
 fn verify_read_data_finds_a_flipped_byte_in_a_pack() {
     let env = env_with_backup(Backend::Local);
-    let packs = env.local_object("packs");
-    let pack = std::fs::read_dir(&packs).unwrap().filter_map(Result::ok).next().expect("a pack").path();
-    let key = format!("packs/{}", pack.file_name().unwrap().to_string_lossy());
-    let mut data = std::fs::read(&pack).unwrap();
-    let middle = data.len() / 2;
-    data[middle] ^= 0x40;
-    std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&pack, data).unwrap();
+    let key = env.corrupt_a_pack();
 
     // Structure only: records, indexes, manifests and the pack listing are intact.
     let out = env.radd(&["verify"]);
@@ -97,18 +89,7 @@ fn verify_read_data_finds_a_flipped_byte_in_a_pack() {
 #[test]
 fn verify_reports_a_missing_wal_segment_as_a_gap() {
     let env = env_with_backup(Backend::Local);
-    let wal_dir = env.local_object("wal/00000001");
-    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 24)
-        .collect();
-    segments.sort();
-    assert!(segments.len() >= 4, "need several archived segments, have {segments:?}");
-    // The newest-but-one: inside the archived range, after the backup's consistency point.
-    let victim = segments[segments.len() - 2].clone();
-    std::fs::remove_file(wal_dir.join(&victim)).unwrap();
+    let victim = env.delete_wal_before_last();
 
     let out = env.radd(&["verify"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

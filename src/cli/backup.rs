@@ -40,22 +40,6 @@ pub struct FsArgs {
     pub full_read: bool,
 }
 
-/// Resolves when SIGTERM or SIGINT arrives (the post-hook still runs).
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let (name, mut options) = match &a.job {
@@ -72,7 +56,7 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     options.tags.extend(a.tag.iter().cloned());
     options.full_read = a.full_read;
     let log = jobs::event_log(&config)?;
-    let report = jobs::backup_fs(&config, &log, &name, options, terminated()).await?;
+    let report = jobs::backup_fs(&config, &log, &name, options, radd::daemon::wait_for_signal()).await?;
     if args.json {
         return print_json(&report);
     }

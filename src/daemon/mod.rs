@@ -107,7 +107,9 @@ pub async fn run(config: Config, restore_command: String) -> Result<(), crate::E
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): the one shutdown signal of the daemon and of
+/// long CLI runs (a file-tree snapshot still runs its post-hook).
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

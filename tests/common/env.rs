@@ -187,6 +187,34 @@ impl TestEnv {
         cluster
     }
 
+    /// Deletes the newest-but-one archived segment of timeline 1 (inside the archived range,
+    /// after a backup's consistency point when several segments followed it); returns its name.
+    pub fn delete_wal_before_last(&self) -> String {
+        let wal_dir = self.local_object("wal/00000001");
+        let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)
+            .expect("wal dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 24)
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 4, "need several archived segments, have {segments:?}");
+        let victim = segments[segments.len() - 2].clone();
+        std::fs::remove_file(wal_dir.join(&victim)).expect("delete segment");
+        victim
+    }
+
+    /// Flips one bit in the middle of a pack object; returns the pack's repository key.
+    pub fn corrupt_a_pack(&self) -> String {
+        let pack = std::fs::read_dir(self.local_object("packs")).expect("packs dir").filter_map(Result::ok).next().expect("a pack").path();
+        let mut data = std::fs::read(&pack).expect("read pack");
+        let middle = data.len() / 2;
+        data[middle] ^= 0x10;
+        std::fs::set_permissions(&pack, std::fs::Permissions::from_mode(0o644)).expect("chmod pack");
+        std::fs::write(&pack, data).expect("write pack");
+        format!("packs/{}", pack.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+    }
+
     /// Removes the object at `key` from the repository (local backend only).
     pub fn local_object(&self, key: &str) -> PathBuf {
         assert_eq!(self.backend, Backend::Local);
