@@ -31,6 +31,7 @@ pub mod pg;
 pub mod repo;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 pub mod verify;
 

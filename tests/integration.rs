@@ -10,4 +10,5 @@ mod bad_input;
 mod daemon;
 mod drill;
 mod fs;
+mod retention;
 mod verify;

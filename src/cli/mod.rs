@@ -9,6 +9,7 @@ mod drill;
 mod events;
 mod keys;
 mod restore;
+mod retention;
 mod verify;
 mod wal;
 
@@ -55,6 +56,12 @@ pub enum Command {
     Snapshots,
     /// Restore a snapshot into a new directory (PostgreSQL: ready to recover to a target).
     Restore(restore::RestoreArgs),
+    /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
+    Forget(retention::ForgetArgs),
+    /// Keep a snapshot whatever the retention policy says.
+    Pin(retention::PinArgs),
+    /// Remove a pin.
+    Unpin(retention::PinArgs),
     /// List a snapshot's contents.
     Ls(browse::LsArgs),
     /// Compare two snapshots path by path.
@@ -113,6 +120,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Backup(c) => backup::run(args, c).await,
         Command::Snapshots => backup::snapshots(args).await,
         Command::Restore(a) => restore::run(args, a).await,
+        Command::Forget(a) => retention::forget(args, a).await,
+        Command::Pin(a) => retention::pin(args, a, true).await,
+        Command::Unpin(a) => retention::pin(args, a, false).await,
         Command::Ls(a) => browse::ls(args, a).await,
         Command::Diff(a) => browse::diff(args, a).await,
         Command::Verify(a) => verify::run(args, a).await,

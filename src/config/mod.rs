@@ -67,6 +67,9 @@ pub struct Config {
     /// WAL archiving and fetching.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Which snapshots `radd forget` keeps.
+    #[serde(default)]
+    pub retention: crate::retention::Policy,
     /// File-tree snapshot jobs (`[[fs]]`).
     #[serde(default)]
     pub fs: Vec<FsJobConfig>,
@@ -466,6 +469,11 @@ impl Config {
             {
                 problems.push(format!("fs[{i}] ({}).schedule: invalid cron expression {schedule:?}: {e}", job.name));
             }
+        }
+        if let Some(w) = &self.retention.keep_within
+            && humantime::parse_duration(w).is_err()
+        {
+            problems.push(format!("retention.keep_within: invalid duration {w:?}"));
         }
         let d = &self.daemon;
         if !d.backup_schedule.is_empty()

@@ -8,6 +8,7 @@
 //! index/<id>                 blob tables of packs written by one backup
 //! manifests/<snapshot>       encrypted manifest: files, modes, SHA-256, chunk lists
 //! snapshots/<snapshot>       snapshot record, written last: its presence commits the snapshot
+//! pins/<snapshot>            marker: the snapshot is kept whatever the retention policy says
 //! ```
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub enum ObjectKey {
     Manifest(String),
     /// A snapshot record.
     Snapshot(String),
+    /// A pin marker.
+    Pin(String),
 }
 
 impl ObjectKey {
@@ -47,6 +50,8 @@ impl ObjectKey {
     pub const SNAPSHOT_DIR: &'static str = "snapshots";
     /// Directory prefix for manifests.
     pub const MANIFEST_DIR: &'static str = "manifests";
+    /// Directory prefix for pins.
+    pub const PIN_DIR: &'static str = "pins";
 }
 
 impl fmt::Display for ObjectKey {
@@ -59,6 +64,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Index(id) => write!(f, "{}/{id}", Self::INDEX_DIR),
             ObjectKey::Manifest(id) => write!(f, "{}/{id}", Self::MANIFEST_DIR),
             ObjectKey::Snapshot(id) => write!(f, "{}/{id}", Self::SNAPSHOT_DIR),
+            ObjectKey::Pin(id) => write!(f, "{}/{id}", Self::PIN_DIR),
         }
     }
 }

@@ -115,7 +115,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let record = SnapshotRecord {
         id: snapshot_id.clone(),
         kind: SnapshotKind::Pg,
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())

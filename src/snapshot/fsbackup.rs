@@ -177,7 +177,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<(FsBac
     let record = SnapshotRecord {
         id: snapshot_id.clone(),
         kind: SnapshotKind::Fs,
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished: String::new(),
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         pg: None,

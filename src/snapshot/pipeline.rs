@@ -86,7 +86,6 @@ pub struct ReadPlan<'a> {
 }
 
 /// The chunking of a PostgreSQL data directory: fixed blocks for relation files, CDC otherwise.
-#[must_use]
 pub fn data_dir_chunking(options: &BackupConfig) -> impl Fn(&str) -> Chunking + Sync + use<> {
     let (block, chunk) = (options.block_size.as_usize(), options.chunk_size.as_usize());
     move |rel: &str| if is_relation_file(rel) { Chunking::Fixed(block) } else { Chunking::ContentDefined(chunk) }
@@ -326,10 +325,11 @@ pub async fn store_tree(
     Ok((read?, upload))
 }
 
-/// A new snapshot id: the UTC start time (sortable) and 8 random hex digits.
+/// A new snapshot id: the UTC start time to the millisecond (ids sort by time, also for
+/// snapshots taken within one second) and 8 random hex digits.
 #[must_use]
 pub fn new_snapshot_id(started: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), &IdKey::generate().digest(b"snapshot id").to_string()[..8])
+    format!("{}-{}", started.format("%Y%m%dT%H%M%S%3fZ"), &IdKey::generate().digest(b"snapshot id").to_string()[..8])
 }
 
 /// Writes the index (if any pack was new) and the encrypted manifest; returns the bytes

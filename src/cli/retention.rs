@@ -1,0 +1,100 @@
+//! `radd forget`, `radd pin`, `radd unpin`.
+
+use clap::Args as ClapArgs;
+use radd::events::{Event, Occurrence};
+use radd::jobs;
+use radd::retention::{self, Policy};
+
+use super::{Args, open_repo, print_json};
+
+/// Arguments of `radd forget`; flags override `[retention]` from the config.
+#[derive(Debug, ClapArgs)]
+pub struct ForgetArgs {
+    /// Show the plan, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the newest N snapshots (per group).
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    /// … days.
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    /// … ISO weeks.
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    /// … months.
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    /// Keep everything younger than this ("30d").
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Evaluate the policy as of this time (RFC 3339) instead of now.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+/// Arguments of `radd pin` / `radd unpin`.
+#[derive(Debug, ClapArgs)]
+pub struct PinArgs {
+    /// Snapshot id or prefix.
+    pub snapshot: String,
+}
+
+/// Applies the retention policy (or shows the plan).
+pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
+    let (config, repo) = open_repo(args, false).await?;
+    let mut policy: Policy = config.retention.clone();
+    let flags = [
+        (&mut policy.keep_last, a.keep_last),
+        (&mut policy.keep_hourly, a.keep_hourly),
+        (&mut policy.keep_daily, a.keep_daily),
+        (&mut policy.keep_weekly, a.keep_weekly),
+        (&mut policy.keep_monthly, a.keep_monthly),
+    ];
+    for (field, flag) in flags {
+        if flag.is_some() {
+            *field = flag;
+        }
+    }
+    if a.keep_within.is_some() {
+        policy.keep_within.clone_from(&a.keep_within);
+    }
+    let now = match &a.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let report = retention::forget(&repo, &policy, now, a.dry_run).await.map_err(radd::Error::from)?;
+    if report.applied && report.forgotten > 0 {
+        let log = jobs::event_log(&config)?;
+        let event = Event::from_occurrence(Occurrence::BackupSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", report.forgotten))
+            .details(serde_json::to_value(&report).unwrap_or_default());
+        jobs::record(&log, &event)?;
+    }
+    if args.json {
+        return print_json(&report);
+    }
+    println!("{:<26} {:<6} {:<21} REASONS", "ID", "ACTION", "TIME");
+    for d in &report.decisions {
+        println!("{:<26} {:<6} {:<21} {}", d.snapshot_id, if d.keep { "keep" } else { "forget" }, d.time, d.reasons.join(", "));
+    }
+    println!(
+        "{} snapshot(s) {}; chunks are reclaimed by prune",
+        report.forgotten,
+        if report.applied { "forgotten" } else { "would be forgotten (dry run)" }
+    );
+    Ok(())
+}
+
+/// Pins or unpins a snapshot.
+pub async fn pin(args: &Args, a: &PinArgs, pinned: bool) -> anyhow::Result<()> {
+    let (_, repo) = open_repo(args, false).await?;
+    let id = retention::set_pin(&repo, &a.snapshot, pinned).await.map_err(radd::Error::from)?;
+    if args.json {
+        return print_json(&serde_json::json!({ "snapshot_id": id, "pinned": pinned }));
+    }
+    println!("snapshot {id} {}", if pinned { "pinned: kept by every retention policy" } else { "unpinned" });
+    Ok(())
+}
