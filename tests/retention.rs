@@ -51,3 +51,96 @@ fn forget_keeps_exactly_the_policy_and_pins() {
     let events = json(&env.radd_push(&["--json", "events"]));
     assert!(events.as_array().unwrap().iter().any(|e| e["source"] == "retention.forget"), "{events:#}");
 }
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed * 2 + 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn repo_bytes(env: &TestEnv, dir: &str) -> u64 {
+    std::fs::read_dir(env.local_object(dir)).map(|d| d.filter_map(Result::ok).map(|e| e.metadata().unwrap().len()).sum()).unwrap_or(0)
+}
+
+/// Forgotten data is condemned first and deleted only after the grace period; a backup that
+/// reuses a condemned pack in between reprieves it, so it still restores.
+#[test]
+fn prune_deletes_after_grace_and_never_breaks_a_concurrent_backup() {
+    let env = TestEnv::new(Backend::Local);
+    let src = env.path().join("data");
+    std::fs::create_dir(&src).unwrap();
+    let path = src.to_str().unwrap();
+    let mut ids = Vec::new();
+    for v in 0..3u64 {
+        std::fs::write(src.join("blob"), noise(2 << 20, v + 1)).unwrap();
+        ids.push(json(&env.radd_push(&["--json", "backup", "fs", path]))["snapshot_id"].as_str().unwrap().to_owned());
+    }
+    let before = repo_bytes(&env, "packs");
+    assert_eq!(json(&env.radd_push(&["--json", "forget", "--keep-last", "1"]))["forgotten"], 2);
+
+    let first = json(&env.radd(&["--json", "prune"]));
+    assert!(first["packs_condemned"].as_u64().unwrap() >= 2, "{first:#}");
+    assert_eq!(first["packs_deleted"], 0, "nothing is deleted before the grace period: {first:#}");
+    assert_eq!(repo_bytes(&env, "packs"), before);
+
+    // A backup of version 0 again reuses the condemned chunks of the forgotten first snapshot.
+    std::fs::write(src.join("blob"), noise(2 << 20, 1)).unwrap();
+    let again = json(&env.radd_push(&["--json", "backup", "fs", path]));
+    assert_eq!(again["new_bytes"], 0, "the chunks were still there to reuse: {again:#}");
+
+    let later = (chrono::Utc::now() + chrono::Duration::hours(25)).to_rfc3339();
+    let second = json(&env.radd(&["--json", "prune", "--now", &later]));
+    assert!(second["packs_reprieved"].as_u64().unwrap() >= 1, "the reused pack is reprieved: {second:#}");
+    assert!(second["packs_deleted"].as_u64().unwrap() >= 1, "{second:#}");
+    assert!(second["bytes_reclaimed"].as_u64().unwrap() > 1 << 20, "{second:#}");
+    assert!(repo_bytes(&env, "packs") < before);
+
+    let verify = env.radd(&["verify", "--read-data"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    for (snapshot, seed) in [(ids[2].as_str(), 3), (again["snapshot_id"].as_str().unwrap(), 1)] {
+        let target = env.path().join(format!("r-{seed}"));
+        let out = env.radd(&["restore", snapshot, "--target", target.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("blob")).unwrap(), noise(2 << 20, seed));
+    }
+}
+
+/// PITR still works from the oldest retained base backup after prune; older WAL is gone.
+#[test]
+fn prune_keeps_the_pitr_window_of_the_oldest_retained_backup() {
+    use crate::common::env::{sql, switch_and_wait_archived};
+    let env = TestEnv::new(Backend::Local);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    assert!(env.radd_push(&["backup", "pg"]).status.success());
+    sql(&source, "INSERT INTO t SELECT g FROM generate_series(1001, 2000) g");
+    switch_and_wait_archived(&source);
+    let kept = json(&env.radd_push(&["--json", "backup", "pg"]));
+    sql(&source, "INSERT INTO t SELECT g FROM generate_series(2001, 3000) g");
+    switch_and_wait_archived(&source);
+    let wal_before = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().count();
+
+    assert_eq!(json(&env.radd_push(&["--json", "forget", "--keep-last", "1"]))["forgotten"], 1);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(25)).to_rfc3339();
+    // WAL needs no grace period: nothing new ever needs WAL older than the oldest retained backup.
+    let report = json(&env.radd(&["--json", "prune"]));
+    assert!(report["wal_deleted"].as_u64().unwrap() >= 1, "{report:#}");
+    json(&env.radd(&["--json", "prune", "--now", &later]));
+    let start: radd::pg::Lsn = kept["start_lsn"].as_str().unwrap().parse().unwrap();
+    let first_kept = radd::pg::WalFileName::segment_for(radd::pg::Timeline(1), start, radd::pg::SEGMENT_SIZE_DEFAULT).to_name(radd::pg::SEGMENT_SIZE_DEFAULT);
+    assert_eq!(report["wal_kept_from"]["00000001"], first_kept.as_str());
+    let remaining: Vec<String> = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(remaining.len() < wal_before);
+    assert!(remaining.iter().filter(|n| n.len() == 24).all(|n| *n >= first_kept), "WAL older than the oldest retained backup is gone: {remaining:?}");
+
+    let verify = env.radd(&["verify", "--read-data"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let restored = env.restore_and_start("latest", "after-prune", &[]);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "3000");
+}

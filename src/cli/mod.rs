@@ -58,6 +58,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
     Forget(retention::ForgetArgs),
+    /// Delete chunks no snapshot references (after a grace period) and WAL no retained backup needs.
+    Prune(retention::PruneArgs),
     /// Keep a snapshot whatever the retention policy says.
     Pin(retention::PinArgs),
     /// Remove a pin.
@@ -121,6 +123,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Snapshots => backup::snapshots(args).await,
         Command::Restore(a) => restore::run(args, a).await,
         Command::Forget(a) => retention::forget(args, a).await,
+        Command::Prune(a) => retention::prune(args, a).await,
         Command::Pin(a) => retention::pin(args, a, true).await,
         Command::Unpin(a) => retention::pin(args, a, false).await,
         Command::Ls(a) => browse::ls(args, a).await,

@@ -98,3 +98,56 @@ pub async fn pin(args: &Args, a: &PinArgs, pinned: bool) -> anyhow::Result<()> {
     println!("snapshot {id} {}", if pinned { "pinned: kept by every retention policy" } else { "unpinned" });
     Ok(())
 }
+
+/// Arguments of `radd prune`.
+#[derive(Debug, ClapArgs)]
+pub struct PruneArgs {
+    /// Show what would be condemned and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Unreferenced packs are deleted only by a prune at least this long after they were first
+    /// found unreferenced; must exceed the longest backup ("24h").
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+    /// Evaluate as of this time (RFC 3339) instead of now.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+/// Runs a prune and reports what it reclaimed.
+pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
+    let (config, repo) = open_repo(args, true).await?;
+    let grace = chrono::Duration::from_std(humantime::parse_duration(&a.grace)?)?;
+    let now = match &a.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let report = retention::prune(&repo, now, grace, a.dry_run).await.map_err(radd::Error::from)?;
+    if report.applied {
+        let log = jobs::event_log(&config)?;
+        let event = Event::from_occurrence(
+            Occurrence::BackupSucceeded,
+            "retention.prune",
+            format!("prune reclaimed {} bytes ({} packs, {} WAL files)", report.bytes_reclaimed, report.packs_deleted, report.wal_deleted),
+        )
+        .details(serde_json::to_value(&report).unwrap_or_default());
+        jobs::record(&log, &event)?;
+    }
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "{}: {} packs referenced, {} newly condemned, {} reprieved, {} deleted; {} WAL files deleted; {} reclaimed",
+        if report.applied { "prune" } else { "prune (dry run)" },
+        report.packs_referenced,
+        report.packs_condemned,
+        report.packs_reprieved,
+        report.packs_deleted,
+        report.wal_deleted,
+        super::human_bytes(report.bytes_reclaimed)
+    );
+    for (timeline, from) in &report.wal_kept_from {
+        println!("  timeline {timeline}: WAL kept from {from}");
+    }
+    Ok(())
+}

@@ -67,7 +67,7 @@ impl Metrics {
             last_failure: gauge_vec(&r, "radd_last_failure_timestamp_seconds", "Unix time of the last failed run of a job (from the event log).", &["job"]),
             job_duration: gauge_vec(&r, "radd_job_duration_seconds", "Duration of the last run of a job.", &["job"]),
             failures: int_gauge_vec(&r, "radd_job_failures", "Failed runs of a job recorded in the event log (all time).", &["job"]),
-            backup_bytes: int_gauge_vec(&r, "radd_backup_bytes", "Bytes of the last successful backup by kind: total, new, reused, uploaded.", &["job", "kind"]),
+            backup_bytes: int_gauge_vec(&r, "radd_backup_bytes", "Bytes of the last run of a job by kind: total, new, reused, uploaded (backups), reclaimed (prune).", &["job", "kind"]),
             drill_check: int_gauge_vec(&r, "radd_drill_check_passed", "Result of each check in the last run of a drill: 1 passed, 0 failed.", &["drill", "check"]),
             drill_success: int_gauge_vec(&r, "radd_drill_passed", "Whether the last run of a drill passed every check (1) or not (0).", &["drill"]),
             drill_rpo: gauge_vec(&r, "radd_drill_rpo_seconds", "Data-loss window measured by the last run of a drill.", &["drill"]),
@@ -108,6 +108,9 @@ impl Metrics {
                         self.backup_bytes.with_label_values(&[job, kind]).set(v);
                     }
                 }
+            }
+            if let Some(bytes) = details.get("bytes_reclaimed").and_then(serde_json::Value::as_i64) {
+                self.backup_bytes.with_label_values(&[job, "reclaimed"]).set(bytes);
             }
             if let Some(drill) = job.strip_prefix("drill.") {
                 self.observe_drill(drill, details);

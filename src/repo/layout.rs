@@ -9,6 +9,7 @@
 //! manifests/<snapshot>       encrypted manifest: files, modes, SHA-256, chunk lists
 //! snapshots/<snapshot>       snapshot record, written last: its presence commits the snapshot
 //! pins/<snapshot>            marker: the snapshot is kept whatever the retention policy says
+//! condemned/<pack>           marker: pack unreferenced since the time inside; prune deletes it after the grace period
 //! ```
 
 use std::fmt;
@@ -37,6 +38,8 @@ pub enum ObjectKey {
     Snapshot(String),
     /// A pin marker.
     Pin(String),
+    /// A condemned-pack marker.
+    Condemned(String),
 }
 
 impl ObjectKey {
@@ -50,6 +53,8 @@ impl ObjectKey {
     pub const SNAPSHOT_DIR: &'static str = "snapshots";
     /// Directory prefix for manifests.
     pub const MANIFEST_DIR: &'static str = "manifests";
+    /// Directory prefix for condemned-pack markers.
+    pub const CONDEMNED_DIR: &'static str = "condemned";
     /// Directory prefix for pins.
     pub const PIN_DIR: &'static str = "pins";
 }
@@ -65,6 +70,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Manifest(id) => write!(f, "{}/{id}", Self::MANIFEST_DIR),
             ObjectKey::Snapshot(id) => write!(f, "{}/{id}", Self::SNAPSHOT_DIR),
             ObjectKey::Pin(id) => write!(f, "{}/{id}", Self::PIN_DIR),
+            ObjectKey::Condemned(id) => write!(f, "{}/{id}", Self::CONDEMNED_DIR),
         }
     }
 }

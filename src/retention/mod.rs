@@ -8,10 +8,14 @@
 //! `keep_within` keeps everything younger than the duration; pinned snapshots are always kept.
 //! A group's newest snapshot is always kept, so a policy can never empty a group.
 
+mod prune;
+
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use prune::{PruneReport, prune};
 
 /// A retention policy (`[retention]` in radd.toml, or `radd forget` flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,8 @@ mod manifest;
 mod pack;
 mod parent;
 mod pipeline;
+
+pub use pipeline::new_snapshot_id;
 mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
@@ -19,7 +21,7 @@ pub use chunker::{Chunking, for_each_chunk};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
-pub use pack::{BlobIndex, BlobLocation};
+pub use pack::{BlobIndex, BlobLocation, IndexFile, IndexPack};
 pub use parent::{ParentFile, ParentFiles};
 
 use crate::codec::ObjectKind;

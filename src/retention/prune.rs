@@ -1,0 +1,202 @@
+//! Safe prune: deletes packs no remaining snapshot references and WAL no retained base backup
+//! needs, without ever breaking a snapshot that is being written at the same time.
+//!
+//! Packs are deleted in two phases (rustic-style): a prune *condemns* an unreferenced pack by
+//! writing `condemned/<pack>` with the time, and only a prune at least `grace` later deletes it
+//! if it is still unreferenced. A backup running meanwhile that reused one of its chunks has
+//! committed (so the pack is referenced again and the mark is dropped) long before the grace
+//! period — longer than any backup — ends. Deleting follows a fixed order, so a prune killed at
+//! any point leaves a repository that verifies: (1) a new index without the doomed packs is
+//! written, (2) the old index objects are deleted, (3) the packs, (4) their marks. WAL is
+//! deleted below the start segment of the oldest retained base backup on each timeline (all of
+//! a timeline older than every retained backup's); history files are always kept.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::repo::ObjectKey;
+use crate::repository::{self, Repository};
+use crate::snapshot::{self, EntryKind, IndexFile};
+
+/// What a prune did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Whether anything was changed.
+    pub applied: bool,
+    /// Packs still referenced by a snapshot.
+    pub packs_referenced: usize,
+    /// Unreferenced packs newly condemned (deleted by a prune after the grace period).
+    pub packs_condemned: usize,
+    /// Condemned packs referenced again (a backup reused them): reprieved.
+    pub packs_reprieved: usize,
+    /// Packs deleted.
+    pub packs_deleted: usize,
+    /// WAL files deleted.
+    pub wal_deleted: usize,
+    /// Bytes reclaimed (packs and WAL deleted).
+    pub bytes_reclaimed: u64,
+    /// The oldest WAL segment kept per timeline.
+    pub wal_kept_from: BTreeMap<String, String>,
+}
+
+fn name_of(key: &str) -> String {
+    key.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Runs a prune at `now` with the given grace period.
+pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool) -> Result<PruneReport, snapshot::Error> {
+    let mut report = PruneReport { applied: !dry_run, ..PruneReport::default() };
+    let records = snapshot::list(repo).await?;
+
+    // Chunks referenced by every remaining snapshot (manifests need the identity).
+    let mut referenced_blobs = HashSet::new();
+    for record in &records {
+        let manifest = snapshot::load_manifest(repo, record).await?;
+        for entry in manifest.entries {
+            if let EntryKind::File { chunks, .. } = entry.kind {
+                referenced_blobs.extend(chunks);
+            }
+        }
+    }
+
+    // Every index object, and which packs hold a referenced chunk.
+    let index_keys = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
+    let mut indexes: Vec<(String, IndexFile)> = Vec::new();
+    for item in &index_keys {
+        let name = name_of(&item.key);
+        let file: IndexFile = repo.get_record(&ObjectKey::Index(name.clone())).await?;
+        indexes.push((name, file));
+    }
+    let mut referenced_packs = HashSet::new();
+    for (_, file) in &indexes {
+        for pack in &file.packs {
+            if pack.blobs.iter().any(|(id, _, _)| referenced_blobs.contains(id)) {
+                referenced_packs.insert(pack.id.clone());
+            }
+        }
+    }
+    let stored: HashMap<String, u64> = repo
+        .store
+        .list(ObjectKey::PACK_DIR)
+        .await
+        .map_err(repository::Error::from)?
+        .into_iter()
+        .map(|l| (name_of(&l.key), l.size))
+        .collect();
+    report.packs_referenced = referenced_packs.len();
+
+    // Marks: reprieve the referenced, find the expired.
+    let marks: HashMap<String, DateTime<Utc>> = {
+        let mut m = HashMap::new();
+        for item in repo.store.list(ObjectKey::CONDEMNED_DIR).await.map_err(repository::Error::from)? {
+            let name = name_of(&item.key);
+            let text = repo.store.get(&ObjectKey::Condemned(name.clone())).await.map_err(repository::Error::from)?;
+            let at = std::str::from_utf8(&text).ok().and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok()).map_or(now, |t| t.with_timezone(&Utc));
+            m.insert(name, at);
+        }
+        m
+    };
+    // Every stored pack no snapshot references is a candidate, indexed or not (a backup that
+    // was interrupted leaves unindexed packs).
+    let unreferenced: Vec<&String> = stored.keys().filter(|p| !referenced_packs.contains(*p)).collect();
+    let mut expired: HashSet<String> = HashSet::new();
+    for pack in &unreferenced {
+        match marks.get(*pack) {
+            Some(at) if now - *at >= grace => {
+                expired.insert((*pack).clone());
+            }
+            Some(_) => {}
+            None => {
+                report.packs_condemned += 1;
+                if !dry_run {
+                    let body = bytes::Bytes::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    repo.store.put_new(&ObjectKey::Condemned((*pack).clone()), body).await.map_err(repository::Error::from)?;
+                }
+            }
+        }
+    }
+    for pack in marks.keys().filter(|p| referenced_packs.contains(*p) || !stored.contains_key(*p)) {
+        report.packs_reprieved += usize::from(referenced_packs.contains(pack));
+        if !dry_run {
+            repo.store.delete(&ObjectKey::Condemned(pack.clone())).await.map_err(repository::Error::from)?;
+        }
+    }
+
+    // (1) new index without the expired packs, (2) old indexes, (3) packs, (4) marks.
+    if !expired.is_empty() {
+        report.packs_deleted = expired.len();
+        report.bytes_reclaimed += expired.iter().filter_map(|p| stored.get(p)).sum::<u64>();
+        if !dry_run {
+            let mut touched = Vec::new();
+            let mut merged = IndexFile::default();
+            for (name, file) in indexes {
+                if file.packs.iter().any(|p| expired.contains(&p.id)) {
+                    merged.packs.extend(file.packs.into_iter().filter(|p| !expired.contains(&p.id)));
+                    touched.push(name);
+                }
+            }
+            if !merged.packs.is_empty() {
+                let id = format!("prune-{}", snapshot::new_snapshot_id(now));
+                repo.put_record(&ObjectKey::Index(id), &merged).await?;
+            }
+            for name in touched {
+                repo.store.delete(&ObjectKey::Index(name)).await.map_err(repository::Error::from)?;
+            }
+            for pack in &expired {
+                repo.store.delete(&ObjectKey::Pack(pack.clone())).await.map_err(repository::Error::from)?;
+                repo.store.delete(&ObjectKey::Condemned(pack.clone())).await.map_err(repository::Error::from)?;
+            }
+        }
+    }
+
+    prune_wal(repo, &records, dry_run, &mut report).await?;
+    Ok(report)
+}
+
+/// Deletes WAL below the oldest retained base backup's start segment on each timeline.
+async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+    let mut keep_from: BTreeMap<Timeline, u64> = BTreeMap::new();
+    for pg in records.iter().filter_map(|r| r.pg.as_ref()) {
+        let start = pg.start_lsn.segment_no(pg.segment_size);
+        keep_from.entry(pg.timeline).and_modify(|s| *s = (*s).min(start)).or_insert(start);
+    }
+    let Some(oldest_timeline) = keep_from.keys().next().copied() else {
+        return Ok(()); // no base backup retained: keep all WAL (nothing says what is needed)
+    };
+    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
+    for item in listed {
+        let name = name_of(&item.key);
+        let wal = match WalFileName::parse(&name, SEGMENT_SIZE_DEFAULT) {
+            Ok(w) => w,
+            Err(_) => continue,
+        };
+        let number = match &wal {
+            WalFileName::Segment { number, .. } => *number,
+            WalFileName::History(_) => continue,
+            // .backup and .partial files belong to the segment their name starts with.
+            WalFileName::Other { name, .. } => match WalFileName::parse(&name[..24.min(name.len())], SEGMENT_SIZE_DEFAULT) {
+                Ok(WalFileName::Segment { number, .. }) => number,
+                _ => continue,
+            },
+        };
+        let timeline = wal.timeline();
+        let doomed = match keep_from.get(&timeline) {
+            Some(from) => number < *from,
+            None => timeline < oldest_timeline,
+        };
+        if doomed {
+            report.wal_deleted += 1;
+            report.bytes_reclaimed += item.size;
+            if !dry_run {
+                repo.store.delete(&ObjectKey::Wal { dir: timeline.to_string(), name }).await.map_err(repository::Error::from)?;
+            }
+        }
+    }
+    for (timeline, from) in keep_from {
+        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(SEGMENT_SIZE_DEFAULT));
+    }
+    Ok(())
+}
