@@ -144,3 +144,34 @@ fn prune_keeps_the_pitr_window_of_the_oldest_retained_backup() {
     let restored = env.restore_and_start("latest", "after-prune", &[]);
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "3000");
 }
+
+/// A second prune is refused with the holder named; a dead holder's stale lock is removed by
+/// `radd unlock --stale`, a live one is not.
+#[test]
+fn prune_lock_names_its_holder_and_stale_locks_can_be_removed() {
+    let env = TestEnv::new(Backend::Local);
+    let src = env.path().join("d");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    assert!(env.radd_push(&["backup", "fs", src.to_str().unwrap()]).status.success());
+    let locks = env.local_object("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let write_lock = |id: &str, beat: chrono::DateTime<chrono::Utc>| {
+        let lock = serde_json::json!({"id": id, "host": "db-7", "pid": 4242, "command": "prune", "created": beat, "heartbeat": beat});
+        std::fs::write(locks.join(id), lock.to_string()).unwrap();
+    };
+    write_lock("20200101T000000000Z-4242", chrono::Utc::now() - chrono::Duration::hours(2));
+
+    let out = env.radd(&["prune"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("db-7") && err.contains("4242") && err.contains("prune") && err.contains("unlock --stale"), "{err}");
+
+    write_lock("29990101T000000000Z-1", chrono::Utc::now());
+    let removed = json(&env.radd(&["--json", "unlock", "--stale"]));
+    assert_eq!(removed.as_array().unwrap().len(), 1, "only the stale lock goes: {removed:#}");
+    std::fs::remove_file(locks.join("29990101T000000000Z-1")).unwrap();
+    let out = env.radd(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0, "prune releases its lock");
+}

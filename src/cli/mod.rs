@@ -60,6 +60,8 @@ pub enum Command {
     Forget(retention::ForgetArgs),
     /// Delete chunks no snapshot references (after a grace period) and WAL no retained backup needs.
     Prune(retention::PruneArgs),
+    /// List repository locks; --stale removes those of dead processes.
+    Unlock(retention::UnlockArgs),
     /// Keep a snapshot whatever the retention policy says.
     Pin(retention::PinArgs),
     /// Remove a pin.
@@ -124,6 +126,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Restore(a) => restore::run(args, a).await,
         Command::Forget(a) => retention::forget(args, a).await,
         Command::Prune(a) => retention::prune(args, a).await,
+        Command::Unlock(a) => retention::unlock(args, a).await,
         Command::Pin(a) => retention::pin(args, a, true).await,
         Command::Unpin(a) => retention::pin(args, a, false).await,
         Command::Ls(a) => browse::ls(args, a).await,

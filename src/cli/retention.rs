@@ -151,3 +151,44 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `radd unlock`.
+#[derive(Debug, ClapArgs)]
+pub struct UnlockArgs {
+    /// Remove locks whose holder stopped refreshing them (the process is gone).
+    #[arg(long)]
+    pub stale: bool,
+    /// Remove every lock, also live ones (only when sure no prune is running).
+    #[arg(long, conflicts_with = "stale")]
+    pub all: bool,
+}
+
+/// Lists locks, or removes stale (or all) ones.
+pub async fn unlock(args: &Args, a: &UnlockArgs) -> anyhow::Result<()> {
+    let (_, repo) = open_repo(args, false).await?;
+    let now = chrono::Utc::now();
+    let (verb, locks) = if a.stale || a.all {
+        ("removed", radd::repo::lock::unlock(&repo.store, a.all).await.map_err(radd::Error::from)?)
+    } else {
+        ("held", radd::repo::lock::list(&repo.store).await.map_err(radd::Error::from)?)
+    };
+    if args.json {
+        return print_json(&locks);
+    }
+    for l in &locks {
+        println!(
+            "{verb}: {} by `{}` on {} (pid {}), taken {}s ago, heartbeat {}s ago{}",
+            l.id,
+            l.command,
+            l.host,
+            l.pid,
+            (now - l.created).num_seconds(),
+            (now - l.heartbeat).num_seconds(),
+            if l.is_stale(now) { " (stale)" } else { "" }
+        );
+    }
+    if locks.is_empty() {
+        println!("no locks {verb}");
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 //! manifests/<snapshot>       encrypted manifest: files, modes, SHA-256, chunk lists
 //! snapshots/<snapshot>       snapshot record, written last: its presence commits the snapshot
 //! pins/<snapshot>            marker: the snapshot is kept whatever the retention policy says
+//! locks/<id>                 a process's lock: host, pid, command, heartbeat
 //! condemned/<pack>           marker: pack unreferenced since the time inside; prune deletes it after the grace period
 //! ```
 
@@ -40,6 +41,8 @@ pub enum ObjectKey {
     Pin(String),
     /// A condemned-pack marker.
     Condemned(String),
+    /// A lock object.
+    Lock(String),
 }
 
 impl ObjectKey {
@@ -53,6 +56,8 @@ impl ObjectKey {
     pub const SNAPSHOT_DIR: &'static str = "snapshots";
     /// Directory prefix for manifests.
     pub const MANIFEST_DIR: &'static str = "manifests";
+    /// Directory prefix for locks.
+    pub const LOCK_DIR: &'static str = "locks";
     /// Directory prefix for condemned-pack markers.
     pub const CONDEMNED_DIR: &'static str = "condemned";
     /// Directory prefix for pins.
@@ -71,6 +76,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Snapshot(id) => write!(f, "{}/{id}", Self::SNAPSHOT_DIR),
             ObjectKey::Pin(id) => write!(f, "{}/{id}", Self::PIN_DIR),
             ObjectKey::Condemned(id) => write!(f, "{}/{id}", Self::CONDEMNED_DIR),
+            ObjectKey::Lock(id) => write!(f, "{}/{id}", Self::LOCK_DIR),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! local backend), so an object, once visible, never changes and a crash never leaves a torn one.
 
 mod layout;
+pub mod lock;
 
 use std::sync::Arc;
 
@@ -185,6 +186,17 @@ impl Repo {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(self.backend_error("put", &key, e)),
         }
+    }
+
+    /// Replaces (or creates) a small mutable object atomically. Only for objects a single
+    /// process owns, such as its own lock with a heartbeat; repository data is never overwritten.
+    pub async fn put_overwrite(&self, key: &ObjectKey, data: Bytes) -> Result<(), Error> {
+        let key = key.to_string();
+        self.store
+            .put_opts(&self.path(&key), PutPayload::from_bytes(data), PutOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.backend_error("put", &key, e))
     }
 
     /// Reads a whole object.

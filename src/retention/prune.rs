@@ -49,6 +49,15 @@ fn name_of(key: &str) -> String {
 /// Runs a prune at `now` with the given grace period.
 pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool) -> Result<PruneReport, snapshot::Error> {
     let mut report = PruneReport { applied: !dry_run, ..PruneReport::default() };
+    let lock = if dry_run { None } else { Some(crate::repo::lock::exclusive(&repo.store, "prune").await?) };
+    let result = prune_locked(repo, now, grace, dry_run, &mut report).await;
+    if let Some(lock) = lock {
+        lock.release().await.map_err(repository::Error::from)?;
+    }
+    result.map(|()| report)
+}
+
+async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
     let records = snapshot::list(repo).await?;
 
     // Chunks referenced by every remaining snapshot (manifests need the identity).
@@ -152,8 +161,7 @@ pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duratio
         }
     }
 
-    prune_wal(repo, &records, dry_run, &mut report).await?;
-    Ok(report)
+    prune_wal(repo, &records, dry_run, report).await
 }
 
 /// Deletes WAL below the oldest retained base backup's start segment on each timeline.

@@ -79,6 +79,9 @@ pub enum Error {
         /// The post-hook's exit code, which ran anyway.
         post_exit_code: Option<i32>,
     },
+    /// Another process holds the repository's exclusive lock.
+    #[error(transparent)]
+    Locked(#[from] crate::repo::lock::Error),
     /// The snapshot was cancelled (SIGTERM); nothing was committed.
     #[error("snapshot cancelled before it was committed")]
     Cancelled,
@@ -97,6 +100,7 @@ impl Error {
             Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
+            Error::Locked(_) => ErrorKind::Conflict,
             Error::Repository(e) => e.kind(),
         }
     }
