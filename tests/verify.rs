@@ -107,3 +107,52 @@ fn verify_reports_a_missing_wal_segment_as_a_gap() {
     let gaps = r["timelines"][0]["gaps"].as_array().expect("gaps");
     assert_eq!((gaps.len(), &gaps[0]["first"], &gaps[0]["missing"]), (1, &serde_json::json!(victim), &serde_json::json!(1)), "{r}");
 }
+
+/// Issue 7: daily `verify --read-data-due` over 30 simulated days reads every data object
+/// exactly once, and a corrupted object is found within the period (exit 3, S1 incident).
+#[test]
+fn daily_verification_reads_each_object_once_per_period_and_finds_corruption() {
+    let env = TestEnv::new(Backend::Local);
+    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+    std::fs::write(&env.push_config, config).unwrap();
+    let src = env.path().join("files");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..12u64 {
+        let mut x = i * 2 + 1;
+        let data: Vec<u8> = (0..700_000).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+    }
+    assert!(env.radd_push(&["backup", "fs", src.to_str().unwrap()]).status.success());
+    let packs = std::fs::read_dir(env.local_object("packs")).unwrap().count();
+    assert!(packs >= 6, "want several packs, have {packs}");
+
+    let start = chrono::Utc::now();
+    let mut reads: std::collections::BTreeMap<String, u32> = Default::default();
+    for day in 0..30 {
+        let now = (start + chrono::Duration::days(day)).to_rfc3339();
+        let report = json(&env.radd(&["--json", "verify", "--read-data-due", "--now", &now]));
+        for key in report["data_objects_read"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            *reads.entry(key.as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    let pack_reads: Vec<_> = reads.iter().filter(|(k, _)| k.starts_with("packs/")).collect();
+    assert_eq!(pack_reads.len(), packs, "every pack read within the period: {reads:?}");
+    assert!(reads.values().all(|&n| n == 1), "each object exactly once: {reads:?}");
+
+    let damaged = env.corrupt_a_pack();
+    let mut found = None;
+    for day in 30..60 {
+        let now = (start + chrono::Duration::days(day)).to_rfc3339();
+        let out = env.radd(&["--json", "verify", "--read-data-due", "--now", &now]);
+        if out.status.code() == Some(3) {
+            found = Some((day, stderr(&out)));
+            break;
+        }
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (day, err) = found.expect("the corrupted pack is found within the next period");
+    assert!(err.contains(&damaged), "day {day}: {err}");
+    let events = json(&env.radd(&["--json", "events"]));
+    let last = events.as_array().unwrap().last().unwrap();
+    assert_eq!((last["source"].as_str(), last["severity"].as_str()), (Some("verify"), Some("S1")), "{last:#}");
+}

@@ -2,9 +2,10 @@
 //! an integrity error (exit 3) if any problem was found, so cron and scripts need not parse it.
 
 use clap::Args as ClapArgs;
-use radd::verify::{self, VerifyOptions, VerifyReport};
+use radd::jobs::{self, VerifyScope};
+use radd::verify::VerifyReport;
 
-use super::{Args, human_bytes, open_repo, print_json};
+use super::{Args, human_bytes, load_config, print_json};
 
 /// Arguments of `radd verify`.
 #[derive(Debug, ClapArgs)]
@@ -12,25 +13,58 @@ pub struct VerifyArgs {
     /// Also download, decrypt and check every pack and WAL object (reads the whole repository).
     #[arg(long)]
     pub read_data: bool,
+    /// Read only the N-th of M deterministic slices of the packs and WAL objects ("3/10").
+    #[arg(long, value_name = "N/M", conflicts_with = "read_data_due")]
+    pub read_data_subset: Option<String>,
+    /// Read today's share: a daily slice of the objects plus any not read within --period,
+    /// recorded in backup.state_dir; run daily, every object is read once per period.
+    #[arg(long)]
+    pub read_data_due: bool,
+    /// The period within which every object is read (with --read-data-due).
+    #[arg(long, default_value = "30d")]
+    pub period: String,
+    /// Evaluate as of this time (RFC 3339) instead of now.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+fn parse_slice(value: &str) -> anyhow::Result<(u64, u64)> {
+    let (n, m) = value.split_once('/').ok_or_else(|| anyhow::anyhow!("--read-data-subset {value:?}: expected N/M, e.g. 3/10"))?;
+    let (n, m): (u64, u64) = (n.trim().parse()?, m.trim().parse()?);
+    anyhow::ensure!(m >= 1 && (1..=m).contains(&n), "--read-data-subset {value:?}: need 1 <= N <= M");
+    Ok((n, m))
 }
 
 /// Verifies the repository, prints the report, and turns problems into exit code 3.
 pub async fn run(args: &Args, a: &VerifyArgs) -> anyhow::Result<()> {
-    let (_, repo) = open_repo(args, true).await?;
-    let options = VerifyOptions { read_data: a.read_data };
-    let report = verify::run(&repo, &options).await.map_err(radd::Error::from)?;
+    let config = load_config(args)?;
+    let now = match &a.now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let scope = match (&a.read_data_subset, a.read_data_due, a.read_data) {
+        (Some(slice), _, _) => {
+            let (n, m) = parse_slice(slice)?;
+            VerifyScope::Slice(n, m)
+        }
+        (None, true, _) => VerifyScope::Due { period_days: humantime::parse_duration(&a.period)?.as_secs() / 86_400 },
+        (None, false, true) => VerifyScope::All,
+        (None, false, false) => VerifyScope::Structure,
+    };
+    let report = jobs::verify(&config, &jobs::event_log(&config)?, scope, now).await?;
     if args.json {
         print_json(&report)?;
     } else {
         print_text(&report);
     }
-    report.into_result(repo.store.location()).map_err(radd::Error::from)?;
+    let location = radd::repo::Repo::open(&config.repository).map(|r| r.location().to_owned()).unwrap_or_default();
+    report.into_result(&location).map_err(radd::Error::from)?;
     Ok(())
 }
 
 fn print_text(report: &VerifyReport) {
     let scope = if report.read_data {
-        "every object read"
+        "data objects read"
     } else {
         "structure only; --read-data also reads every pack and WAL object"
     };

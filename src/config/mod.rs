@@ -297,6 +297,12 @@ pub struct DaemonConfig {
     /// Cron schedule (sec min hour day month weekday, UTC) of the base backup; "" disables it.
     #[serde(default = "default_backup_schedule")]
     pub backup_schedule: String,
+    /// Cron schedule of the daily incremental verification ("" disables it).
+    #[serde(default = "default_verify_schedule")]
+    pub verify_schedule: String,
+    /// Every data object is read in full at least once per this period.
+    #[serde(default = "default_verify_period")]
+    pub verify_period: String,
     /// How often the heartbeat row on the source is refreshed ("" or "0s" disables it).
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: String,
@@ -316,6 +322,8 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: default_listen(),
             backup_schedule: default_backup_schedule(),
+            verify_schedule: default_verify_schedule(),
+            verify_period: default_verify_period(),
             heartbeat_interval: default_heartbeat(),
             watch_interval: default_watch(),
             archive_stall: default_stall(),
@@ -338,6 +346,12 @@ fn default_listen() -> String {
 }
 fn default_backup_schedule() -> String {
     "0 30 1 * * *".into()
+}
+fn default_verify_schedule() -> String {
+    "0 0 4 * * *".into()
+}
+fn default_verify_period() -> String {
+    "30d".into()
 }
 fn default_heartbeat() -> String {
     "10s".into()
@@ -476,16 +490,19 @@ impl Config {
             problems.push(format!("retention.keep_within: invalid duration {w:?}"));
         }
         let d = &self.daemon;
-        if !d.backup_schedule.is_empty()
-            && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&d.backup_schedule)
-        {
-            problems.push(format!("daemon.backup_schedule: invalid cron expression {:?}: {e}", d.backup_schedule));
+        for (key, value) in [("daemon.backup_schedule", &d.backup_schedule), ("daemon.verify_schedule", &d.verify_schedule)] {
+            if !value.is_empty()
+                && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(value)
+            {
+                problems.push(format!("{key}: invalid cron expression {value:?}: {e}"));
+            }
         }
         for (key, value) in [
             ("daemon.heartbeat_interval", &d.heartbeat_interval),
             ("daemon.watch_interval", &d.watch_interval),
             ("daemon.archive_stall", &d.archive_stall),
             ("daemon.shutdown_grace", &d.shutdown_grace),
+            ("daemon.verify_period", &d.verify_period),
         ] {
             if !value.is_empty() && humantime::parse_duration(value).is_err() {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));

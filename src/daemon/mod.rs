@@ -141,6 +141,23 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
             }
         }));
     }
+    if !config.daemon.verify_schedule.is_empty() {
+        let schedule = cron::Schedule::from_str(&config.daemon.verify_schedule)
+            .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.verify_schedule: {e}"))))?;
+        let period_days = duration(&config.daemon.verify_period).map_or(30, |d| d.as_secs() / 86_400);
+        let st = state.clone();
+        tasks.spawn(cron_loop("verify".into(), schedule, stop.clone(), move || {
+            let st = st.clone();
+            async move {
+                let scope = jobs::VerifyScope::Due { period_days };
+                match jobs::verify(&st.config, &st.events, scope, Utc::now()).await {
+                    Ok(report) if report.ok => tracing::info!(objects = report.objects_checked, "scheduled verification ok"),
+                    Ok(report) => tracing::error!(problems = report.problems.len(), "scheduled verification found problems"),
+                    Err(error) => tracing::error!(error = %error, "scheduled verification could not run"),
+                }
+            }
+        }));
+    }
     for job in &config.fs {
         let Some(schedule) = &job.schedule else { continue };
         let schedule = cron::Schedule::from_str(schedule)

@@ -23,6 +23,8 @@ pub struct Metrics {
     drill_rpo: GaugeVec,
     drill_rto: GaugeVec,
     incidents: IntGaugeVec,
+    /// (event detail, gauge) for the last verify run.
+    verify: Vec<(&'static str, prometheus::Gauge)>,
     /// Age in seconds of the oldest WAL segment waiting to be archived (0 when none).
     pub archive_lag: prometheus::Gauge,
     /// WAL segments waiting to be archived (`.ready` files).
@@ -73,6 +75,19 @@ impl Metrics {
             drill_rpo: gauge_vec(&r, "radd_drill_rpo_seconds", "Data-loss window measured by the last run of a drill.", &["drill"]),
             drill_rto: gauge_vec(&r, "radd_drill_rto_seconds", "Time from drill start to a queryable restored instance in the last run.", &["drill"]),
             incidents: int_gauge_vec(&r, "radd_incidents", "Incidents in the event log by severity (all time).", &["severity"]),
+            verify: [
+                ("objects_checked", "radd_verify_objects", "Objects read in full by the last verify run."),
+                ("bytes_read", "radd_verify_bytes", "Bytes read by the last verify run."),
+                ("corruptions", "radd_verify_corruptions", "Problems (corrupt, missing, gap) found by the last verify run."),
+                ("oldest_verified_age_seconds", "radd_verify_oldest_unverified_age_seconds", "Time since the least recently verified data object was last read in full."),
+            ]
+            .into_iter()
+            .map(|(detail, name, help)| {
+                let g = prometheus::Gauge::new(name, help).expect("valid");
+                r.register(Box::new(g.clone())).expect("unique");
+                (detail, g)
+            })
+            .collect(),
             sink_backlog: int_gauge_vec(&r, "radd_event_sink_backlog", "Events not yet delivered to a sink.", &["sink"]),
             archive_lag,
             archive_pending,
@@ -111,6 +126,13 @@ impl Metrics {
             }
             if let Some(bytes) = details.get("bytes_reclaimed").and_then(serde_json::Value::as_i64) {
                 self.backup_bytes.with_label_values(&[job, "reclaimed"]).set(bytes);
+            }
+            if job == "verify" {
+                for (detail, gauge) in &self.verify {
+                    if let Some(v) = details.get(*detail).and_then(serde_json::Value::as_f64) {
+                        gauge.set(v);
+                    }
+                }
             }
             if let Some(drill) = job.strip_prefix("drill.") {
                 self.observe_drill(drill, details);

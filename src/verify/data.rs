@@ -55,6 +55,13 @@ pub(super) struct Job {
     blobs: Vec<BlobRef>,
 }
 
+impl Job {
+    /// The object's key as text.
+    pub(super) fn key_string(&self) -> String {
+        self.key.to_string()
+    }
+}
+
 /// A read of every stored pack, with the blobs snapshots use from it.
 pub(super) fn pack_jobs(
     packs: Vec<String>,
@@ -77,11 +84,17 @@ pub(super) async fn read_all(
     jobs: impl Iterator<Item = Job>,
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
-    let mut results = stream::iter(jobs).map(|job| read_one(repo, job)).buffered(CONCURRENCY);
+    let mut results = stream::iter(jobs)
+        .map(|job| async move {
+            let key = job.key_string();
+            read_one(repo, job).await.map(|(bytes, problem)| (key, bytes, problem))
+        })
+        .buffered(CONCURRENCY);
     while let Some(result) = results.next().await {
-        let (bytes, problem) = result?;
+        let (key, bytes, problem) = result?;
         if let Some(bytes) = bytes {
             report.read(bytes);
+            report.data_objects_read.push(key);
         }
         if let Some(problem) = problem {
             report.push(problem);

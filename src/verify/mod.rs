@@ -19,8 +19,11 @@
 //! report and decide what a problem costs.
 
 mod data;
+mod schedule;
 mod snapshots;
 mod wal;
+
+pub use schedule::VerifiedRecord;
 
 use std::fmt;
 use std::time::Instant;
@@ -93,10 +96,38 @@ impl Error {
 }
 
 /// What to check.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Also download and open every pack and WAL object (reads the whole repository once).
     pub read_data: bool,
+    /// With `read_data`: read only these packs and WAL objects (all when `None`).
+    pub subset: Option<Subset>,
+}
+
+/// A deterministic part of the data objects, for verification spread over time.
+#[derive(Debug, Clone, Default)]
+pub struct Subset {
+    /// `(n, m)`: objects whose key hashes to `n - 1` modulo `m` (the n-th of m slices).
+    pub slice: Option<(u64, u64)>,
+    /// Objects read in any case (e.g. overdue ones).
+    pub also: std::collections::HashSet<String>,
+}
+
+impl Subset {
+    /// Which slice (0-based, of `m`) an object key falls in: stable across runs and hosts.
+    #[must_use]
+    pub fn slice_of(key: &str, m: u64) -> u64 {
+        let digest = crate::crypto::Digest::sha256(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.0[..8]);
+        u64::from_le_bytes(first) % m.max(1)
+    }
+
+    /// Whether the object with this key is in the subset.
+    #[must_use]
+    pub fn contains(&self, key: &str) -> bool {
+        self.also.contains(key) || self.slice.is_some_and(|(n, m)| Self::slice_of(key, m) == n.saturating_sub(1))
+    }
 }
 
 /// What kind of damage a [`Problem`] is. Serialised lower-case (`corrupt`, `missing`, `gap`,
@@ -194,6 +225,9 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Wall time in seconds.
     pub duration_seconds: f64,
+    /// Keys of the packs and WAL objects read in full (for the record of what was verified when).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_objects_read: Vec<String>,
 }
 
 impl VerifyReport {
@@ -255,7 +289,10 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
     if options.read_data {
         tracing::info!(packs = packs.len(), wal_objects = wal_objects.len(), "reading every pack and WAL object");
         let wanted = chunks.into_wanted();
-        let jobs = data::pack_jobs(packs, wanted).chain(data::wal_jobs(wal_objects));
+        let subset = options.subset.clone();
+        let jobs = data::pack_jobs(packs, wanted)
+            .chain(data::wal_jobs(wal_objects))
+            .filter(move |job| subset.as_ref().is_none_or(|s| s.contains(&job.key_string())));
         data::read_all(repo, jobs, &mut report).await?;
     }
     report.ok = report.problems.is_empty();
