@@ -109,6 +109,22 @@ pub fn seal_with_digest(
     Ok(out)
 }
 
+/// Re-encrypts an object's age layer to `recipients`, keeping its header and its compressed
+/// payload byte for byte (not recompressed). The object is first opened and checked in full
+/// (digest), so only intact content is rewrapped — the identity doing it need not be among
+/// the new recipients.
+pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identity, recipients: &Recipients, object: &str) -> Result<Vec<u8>, Error> {
+    open(kind, stored, id_key, identity, object)?;
+    let inner = identity
+        .decrypt(&stored[HEADER_LEN..])
+        .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    out.extend_from_slice(&stored[..HEADER_LEN]);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
 /// Reads the keyed content digest from an object's header (the first [`HEADER_LEN`] bytes).
 pub fn header_digest(header: &[u8], object: &str) -> Result<Digest, Error> {
     if header.len() < HEADER_LEN || &header[..8] != MAGIC {

@@ -26,6 +26,7 @@ pub mod drill;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod keyset;
 pub mod metrics;
 pub mod pg;
 pub mod repo;

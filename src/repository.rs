@@ -200,10 +200,14 @@ impl Repository {
         if need_identity && identity.is_none() {
             return Err(Error::NoIdentity);
         }
+        let key_set = crate::keyset::latest(&store).await?;
         let id_key = match (&config.keys.id_key_file, &identity) {
             (Some(path), _) if path.exists() => IdKey::load(path)?,
             (_, Some(identity)) => {
-                let sealed = store.get(&ObjectKey::IdKey).await?;
+                let sealed = match &key_set {
+                    Some((_, set)) => set.sealed_id_key()?,
+                    None => store.get(&ObjectKey::IdKey).await?.to_vec(),
+                };
                 IdKey::from_bytes(&identity.decrypt(&sealed)?)?
             }
             _ => return Err(Error::NoIdentity),
@@ -213,10 +217,18 @@ impl Repository {
                 location: store.location().to_owned(),
             });
         }
+        // After `radd key add/remove`, the repository's key set decides the recipients.
+        let recipients = match &key_set {
+            Some((n, set)) => {
+                set.authenticate(&id_key, *n)?;
+                Recipients::parse(&set.recipients)?
+            }
+            None => Recipients::parse(&config.keys.recipients)?,
+        };
         Ok(Repository {
             store,
             id_key,
-            recipients: Recipients::parse(&config.keys.recipients)?,
+            recipients,
             identity,
             meta,
             compression_level: config.backup.compression_level,

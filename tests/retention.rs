@@ -175,3 +175,52 @@ fn prune_lock_names_its_holder_and_stale_locks_can_be_removed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0, "prune releases its lock");
 }
+
+/// Key rotation: after `key add B`, `key remove A` and `key rewrap`, A decrypts nothing and B
+/// restores and drills everything.
+#[test]
+fn key_rotation_locks_out_the_removed_identity() {
+    let env = TestEnv::new(Backend::Local);
+    let src = env.path().join("keys-data");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), noise(300_000, 5)).unwrap();
+    let first = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]));
+
+    let b_key = env.path().join("b.key");
+    let out = crate::common::env::run(std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&b_key), &[]);
+    let b = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let a = json(&env.radd_push(&["--json", "key", "list"]))[0].as_str().unwrap().to_owned();
+    assert_eq!(json(&env.radd_push(&["--json", "key", "add", &b]))["recipients"].as_array().unwrap().len(), 2);
+    std::fs::write(src.join("b"), noise(300_000, 6)).unwrap();
+    let second = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]));
+    let removed = json(&env.radd_push(&["--json", "key", "remove", &a]));
+    assert_eq!(removed["recipients"], serde_json::json!([b]));
+    let rewrap = json(&env.radd(&["--json", "key", "rewrap"]));
+    assert!(rewrap["rewrapped"].as_u64().unwrap() >= 4, "{rewrap:#}");
+
+    // A config holding only B (and no id key file: it comes from the key set, encrypted to B).
+    let b_config = env.path().join("b.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace("identity.key", "b.key").replace("id_key_file", "# id_key_file");
+    std::fs::write(&b_config, text).unwrap();
+    for (snap, name) in [(&first, "b1"), (&second, "b2")] {
+        let target = env.path().join(name);
+        let out = env.radd_with(&b_config, &["restore", snap["snapshot_id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+        assert!(out.status.success(), "B must restore everything: {}", stderr(&out));
+    }
+    let verify = env.radd_with(&b_config, &["verify", "--read-data"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    std::fs::write(env.path().join("drills/fs.toml"), "name = \"fs\"\nkind = \"fs\"\n").unwrap();
+    let drill = json(&env.radd_with(&b_config, &["--json", "drill", "run", "fs"]));
+    assert_eq!(drill["passed"], true, "{drill:#}");
+
+    // A can decrypt nothing: every pack, manifest and WAL object fails.
+    let verify = env.radd(&["--json", "verify", "--read-data"]);
+    assert_eq!(verify.status.code(), Some(3), "{}", stderr(&verify));
+    let target = env.path().join("a1");
+    let out = env.radd(&["restore", first["snapshot_id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let a_no_id_key = env.path().join("a.toml");
+    std::fs::write(&a_no_id_key, std::fs::read_to_string(&env.config).unwrap().replace("id_key_file", "# id_key_file")).unwrap();
+    let out = env.radd_with(&a_no_id_key, &["snapshots"]);
+    assert_ne!(out.status.code(), Some(0), "A cannot even recover the id key: {}", stderr(&out));
+}

@@ -16,6 +16,69 @@ pub struct KeygenArgs {
     pub identity: PathBuf,
 }
 
+/// `radd key …` commands: rotate the recipients of the repository.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Encrypt new objects also to this recipient.
+    Add {
+        /// age recipient (`age1…`).
+        recipient: String,
+    },
+    /// Stop encrypting new objects to this recipient (run `radd key rewrap` to re-encrypt old ones).
+    Remove {
+        /// age recipient (`age1…`).
+        recipient: String,
+    },
+    /// Re-encrypt every stored object to the current recipients (resumable; needs an identity
+    /// that can still decrypt every object).
+    Rewrap,
+    /// Show the current recipients.
+    List,
+}
+
+/// Runs a `radd key` command.
+pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
+    let need_identity = matches!(command, KeyCommand::Rewrap);
+    let (config, repo) = super::open_repo(args, need_identity).await?;
+    match command {
+        KeyCommand::Add { recipient } | KeyCommand::Remove { recipient } => {
+            let version = if matches!(command, KeyCommand::Add { .. }) {
+                radd::keyset::add(&repo, recipient).await
+            } else {
+                radd::keyset::remove(&repo, recipient).await
+            }
+            .map_err(radd::Error::from)?;
+            let reopened = radd::repository::Repository::open(&config, false).await.map_err(radd::Error::from)?;
+            let recipients = reopened.recipients.to_strings();
+            if args.json {
+                return print_json(&serde_json::json!({ "key_set": version, "recipients": recipients }));
+            }
+            println!("key set {version}: new objects are encrypted to {}", recipients.join(", "));
+            println!("run `radd key rewrap` to re-encrypt existing objects");
+        }
+        KeyCommand::Rewrap => {
+            let report = radd::keyset::rewrap(&repo, &config.backup.state_dir).await.map_err(radd::Error::from)?;
+            if args.json {
+                return print_json(&report);
+            }
+            println!(
+                "rewrapped {} objects to key set {} ({} already done by an earlier run); each verified",
+                report.rewrapped, report.key_set, report.resumed_past
+            );
+        }
+        KeyCommand::List => {
+            let recipients = repo.recipients.to_strings();
+            if args.json {
+                return print_json(&recipients);
+            }
+            for r in recipients {
+                println!("{r}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `radd repo …` commands.
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {

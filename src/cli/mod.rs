@@ -45,6 +45,9 @@ pub enum Command {
     /// Repository administration.
     #[command(subcommand)]
     Repo(keys::RepoCommand),
+    /// Key rotation: add or remove recipients, rewrap stored objects.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
     /// Archive one WAL file (archive_command = 'radd wal-push %p').
     WalPush(wal::PushArgs),
     /// Fetch one WAL file (restore_command = 'radd wal-fetch %f %p'). Exit 1: not in the archive.
@@ -119,6 +122,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     match &args.command {
         Command::Keygen(a) => keys::keygen(a),
         Command::Repo(c) => keys::repo(args, c).await,
+        Command::Key(c) => keys::key(args, c).await,
         Command::WalPush(a) => wal::push(args, a).await,
         Command::WalFetch(a) => wal::fetch(args, a).await,
         Command::Backup(c) => backup::run(args, c).await,

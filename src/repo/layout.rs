@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! config                     repository config (id, format version, id-key check)
-//! keys/id-key                the id key, age-encrypted to the recipients
+//! keys/id-key                the id key, age-encrypted to the recipients of `repo init`
+//! keys/set-<n>               after key add/remove: recipients and the id key encrypted to them
 //! wal/<dir>/<name>           one object per WAL file (segment, history, .backup, .partial)
 //! packs/<id>                 packs of chunks (id = keyed digest of the pack)
 //! index/<id>                 blob tables of packs written by one backup
@@ -22,6 +23,8 @@ pub enum ObjectKey {
     Config,
     /// The encrypted id key.
     IdKey,
+    /// A version of the recipient set.
+    KeySet(u32),
     /// A WAL file, grouped in a directory chosen by the caller (the timeline).
     Wal {
         /// Grouping directory.
@@ -69,6 +72,7 @@ impl fmt::Display for ObjectKey {
         match self {
             ObjectKey::Config => f.write_str("config"),
             ObjectKey::IdKey => f.write_str("keys/id-key"),
+            ObjectKey::KeySet(n) => write!(f, "keys/set-{n}"),
             ObjectKey::Wal { dir, name } => write!(f, "{}/{dir}/{name}", Self::WAL_DIR),
             ObjectKey::Pack(id) => write!(f, "{}/{id}", Self::PACK_DIR),
             ObjectKey::Index(id) => write!(f, "{}/{id}", Self::INDEX_DIR),
