@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod drill;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod jobs;
 pub mod keyset;
 pub mod metrics;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::faults::crash_point;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, EntryKind, IndexFile};
@@ -127,6 +128,7 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
             }
         }
     }
+    crash_point("prune:condemned");
     for pack in marks.keys().filter(|p| referenced_packs.contains(*p) || !stored.contains_key(*p)) {
         report.packs_reprieved += usize::from(referenced_packs.contains(pack));
         if !dry_run {
@@ -151,13 +153,17 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
                 let id = format!("prune-{}", snapshot::new_snapshot_id(now));
                 repo.put_record(&ObjectKey::Index(id), &merged).await?;
             }
+            crash_point("prune:new-index");
             for name in touched {
                 repo.store.delete(&ObjectKey::Index(name)).await.map_err(repository::Error::from)?;
+                crash_point("prune:old-index");
             }
             for pack in &expired {
                 repo.store.delete(&ObjectKey::Pack(pack.clone())).await.map_err(repository::Error::from)?;
+                crash_point("prune:pack");
                 repo.store.delete(&ObjectKey::Condemned(pack.clone())).await.map_err(repository::Error::from)?;
             }
+            crash_point("prune:packs-done");
         }
     }
 
@@ -200,6 +206,7 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
             report.bytes_reclaimed += item.size;
             if !dry_run {
                 repo.store.delete(&ObjectKey::Wal { dir: timeline.to_string(), name }).await.map_err(repository::Error::from)?;
+                crash_point("prune:wal");
             }
         }
     }
