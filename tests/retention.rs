@@ -278,3 +278,40 @@ fn prune_killed_at_any_point_leaves_a_repository_that_verifies_and_restores() {
     let restored = env.restore_and_start("latest", "after-crashes", &[]);
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "12100");
 }
+
+/// Issue 7: a prune started while a backup is uploading condemns the backup's not yet indexed
+/// packs, but never deletes them: once the backup commits they are referenced and reprieved.
+#[test]
+fn prune_during_a_running_backup_never_breaks_it() {
+    use crate::common::env::{radd_binary, sql, switch_and_wait_archived};
+    let env = TestEnv::new(Backend::Local);
+    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nupload_concurrency = 1\n", 1);
+    std::fs::write(&env.push_config, config).unwrap();
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 120000) g");
+    sql(&source, "CHECKPOINT");
+    let mut backup = std::process::Command::new(radd_binary());
+    backup.arg("--config").arg(&env.push_config).args(["--json", "backup", "pg"]);
+    backup.envs(env.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let child = backup.spawn().expect("start backup");
+    let packs = env.local_object("packs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&packs).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no packs uploaded within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let during = json(&env.radd(&["--json", "prune"]));
+    let out = child.wait_with_output().expect("backup finishes");
+    assert!(out.status.success(), "backup beside a prune must succeed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("prune during the backup: {during}");
+
+    let later = (chrono::Utc::now() + chrono::Duration::hours(25)).to_rfc3339();
+    let after = json(&env.radd(&["--json", "prune", "--now", &later]));
+    assert_eq!(after["packs_deleted"], 0, "every pack of the committed backup is referenced: {after:#}");
+    assert_eq!(after["packs_reprieved"], during["packs_condemned"], "{after:#}");
+    assert!(env.radd(&["verify", "--read-data"]).status.success());
+    switch_and_wait_archived(&source);
+    let restored = env.restore_and_start(report["snapshot_id"].as_str().unwrap(), "beside-prune", &[]);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM noise"), "120000");
+}
