@@ -142,6 +142,7 @@ pub async fn rewrap(repo: &Repository, state_dir: &Path) -> Result<RewrapReport,
         }
         std::fs::write(&progress_path, serde_json::to_vec(&done).expect("progress serialises"))
             .map_err(|e| crate::crypto::Error::KeyFileIo { path: progress_path.clone(), source: e })?;
+        crate::faults::crash_point("rewrap:object");
     }
     // Older encrypted copies of the id key would still open with a removed identity.
     repo.store.delete(&ObjectKey::IdKey).await?;

@@ -27,6 +27,12 @@ fn forget_keeps_exactly_the_policy_and_pins() {
     assert!(pinned["reasons"].as_array().unwrap().iter().any(|r| r == "pinned"), "{pinned:#}");
     assert_eq!(json(&env.radd_push(&["--json", "snapshots"])).as_array().unwrap().len(), 4, "a dry run deletes nothing");
 
+    // A job's own policy applies to its snapshots when no flag overrides it.
+    let job = format!("\n[[fs]]\nname = \"docs\"\npaths = [\"{}\"]\nretention = {{ keep_last = 1 }}\n", src.display());
+    std::fs::write(&env.push_config, std::fs::read_to_string(&env.push_config).unwrap() + &job).unwrap();
+    let by_job = json(&env.radd_push(&["--json", "forget", "--dry-run"]));
+    assert_eq!(by_job["forgotten"], 2, "keep_last = 1 of the job, plus the pinned one: {by_job:#}");
+
     let done = json(&env.radd_push(&["--json", "forget", "--keep-last", "2"]));
     assert_eq!(done["forgotten"], 1);
     let left: Vec<String> = json(&env.radd_push(&["--json", "snapshots"])).as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
@@ -195,8 +201,14 @@ fn key_rotation_locks_out_the_removed_identity() {
     let second = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]));
     let removed = json(&env.radd_push(&["--json", "key", "remove", &a]));
     assert_eq!(removed["recipients"], serde_json::json!([b]));
+    // Interrupted after its first object, a rewrap resumes where it stopped.
+    let mut cmd = std::process::Command::new(crate::common::env::radd_binary());
+    cmd.arg("--config").arg(&env.config).args(["key", "rewrap"]);
+    let out = crate::common::env::run(&mut cmd, &[("RADD_CRASH_AT".into(), "rewrap:object".into())]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     let rewrap = json(&env.radd(&["--json", "key", "rewrap"]));
-    assert!(rewrap["rewrapped"].as_u64().unwrap() >= 4, "{rewrap:#}");
+    assert_eq!(rewrap["resumed_past"], 1, "{rewrap:#}");
+    assert!(rewrap["rewrapped"].as_u64().unwrap() >= 3, "{rewrap:#}");
 
     // A config holding only B (and no id key file: it comes from the key set, encrypted to B).
     let b_config = env.path().join("b.toml");

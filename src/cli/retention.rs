@@ -47,6 +47,12 @@ pub struct PinArgs {
 pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, false).await?;
     let mut policy: Policy = config.retention.clone();
+    let flags_given = a.keep_last.is_some()
+        || a.keep_hourly.is_some()
+        || a.keep_daily.is_some()
+        || a.keep_weekly.is_some()
+        || a.keep_monthly.is_some()
+        || a.keep_within.is_some();
     let flags = [
         (&mut policy.keep_last, a.keep_last),
         (&mut policy.keep_hourly, a.keep_hourly),
@@ -66,7 +72,17 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
     };
-    let report = retention::forget(&repo, &policy, now, a.dry_run).await.map_err(radd::Error::from)?;
+    // Flags on the command line apply to every group; otherwise `[[fs]]` jobs' own policies.
+    let jobs: retention::JobPolicies = config
+        .fs
+        .iter()
+        .filter(|_| !flags_given)
+        .filter_map(|job| {
+            let paths = job.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+            job.retention.clone().map(|policy| (paths, policy))
+        })
+        .collect();
+    let report = retention::forget(&repo, &policy, &jobs, now, a.dry_run).await.map_err(radd::Error::from)?;
     if report.applied && report.forgotten > 0 {
         let log = jobs::event_log(&config)?;
         let event = Event::from_occurrence(Occurrence::BackupSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", report.forgotten))

@@ -267,6 +267,8 @@ pub struct FsJobConfig {
     pub post: Option<String>,
     /// Cron schedule for the daemon (sec min hour day month weekday, UTC).
     pub schedule: Option<String>,
+    /// Retention for this job's snapshots (default: `[retention]`).
+    pub retention: Option<crate::retention::Policy>,
 }
 
 /// `[drills]`.

@@ -173,11 +173,16 @@ pub async fn set_pin(repo: &crate::repository::Repository, snapshot: &str, pin: 
     Ok(record.id)
 }
 
+/// Per-job policies: file-tree snapshots of exactly these root paths use this policy instead
+/// of the default one.
+pub type JobPolicies = Vec<(Vec<String>, Policy)>;
+
 /// Computes the plan and, unless `dry_run`, forgets the snapshots it does not keep: the record
 /// goes first (the snapshot disappears atomically), then its manifest. Chunks stay until prune.
 pub async fn forget(
     repo: &crate::repository::Repository,
     policy: &Policy,
+    jobs: &JobPolicies,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<ForgetReport, crate::snapshot::Error> {
@@ -192,7 +197,19 @@ pub async fn forget(
             pinned: pins.contains(&r.id),
         })
         .collect();
-    let decisions = apply(policy, &candidates, now).map_err(crate::snapshot::Error::Internal)?;
+    // Each group under the policy of the job it belongs to (default: `policy`).
+    let mut decisions = Vec::new();
+    let mut by_policy: Vec<(&Policy, Vec<Candidate>)> = Vec::new();
+    for (record, candidate) in records.iter().zip(candidates) {
+        let chosen = jobs.iter().find(|(paths, _)| record.pg.is_none() && *paths == record.paths).map_or(policy, |(_, p)| p);
+        match by_policy.iter_mut().find(|(p, _)| std::ptr::eq(*p, chosen)) {
+            Some((_, list)) => list.push(candidate),
+            None => by_policy.push((chosen, vec![candidate])),
+        }
+    }
+    for (chosen, list) in by_policy {
+        decisions.extend(apply(chosen, &list, now).map_err(crate::snapshot::Error::Internal)?);
+    }
     let forgotten = decisions.iter().filter(|d| !d.keep).count();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
