@@ -132,6 +132,41 @@ pub async fn run_drill(config: &Config, log: &EventLog, definition: DrillDefinit
     result
 }
 
+/// The `[[fs]]` jobs' own retention policies (by their absolute root paths).
+#[must_use]
+pub fn job_policies(config: &Config) -> crate::retention::JobPolicies {
+    config
+        .fs
+        .iter()
+        .filter_map(|job| {
+            let paths = job.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+            job.retention.clone().map(|policy| (paths, policy))
+        })
+        .collect()
+}
+
+/// Scheduled retention: forget by the configured policies, then prune (grace `grace`), each
+/// recorded as an event (the prune's reclaimed bytes feed a metric).
+pub async fn retention(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
+    let repo = Repository::open(config, true).await?;
+    let now = chrono::Utc::now();
+    let forgotten = crate::retention::forget(&repo, &config.retention, &job_policies(config), now, false).await?;
+    if forgotten.forgotten > 0 {
+        let event = Event::from_occurrence(Occurrence::BackupSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", forgotten.forgotten))
+            .details(serde_json::to_value(&forgotten).unwrap_or_default());
+        record(log, &event)?;
+    }
+    let pruned = crate::retention::prune(&repo, now, grace, false).await?;
+    let event = Event::from_occurrence(
+        Occurrence::BackupSucceeded,
+        "retention.prune",
+        format!("prune reclaimed {} bytes ({} packs, {} WAL files)", pruned.bytes_reclaimed, pruned.packs_deleted, pruned.wal_deleted),
+    )
+    .details(serde_json::to_value(&pruned).unwrap_or_default());
+    record(log, &event)?;
+    Ok(pruned)
+}
+
 /// Which data objects a verify run reads.
 #[derive(Debug, Clone)]
 pub enum VerifyScope {

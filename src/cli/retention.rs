@@ -73,15 +73,7 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
         None => chrono::Utc::now(),
     };
     // Flags on the command line apply to every group; otherwise `[[fs]]` jobs' own policies.
-    let jobs: retention::JobPolicies = config
-        .fs
-        .iter()
-        .filter(|_| !flags_given)
-        .filter_map(|job| {
-            let paths = job.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
-            job.retention.clone().map(|policy| (paths, policy))
-        })
-        .collect();
+    let jobs = if flags_given { Vec::new() } else { jobs::job_policies(&config) };
     let report = retention::forget(&repo, &policy, &jobs, now, a.dry_run).await.map_err(radd::Error::from)?;
     if report.applied && report.forgotten > 0 {
         let log = jobs::event_log(&config)?;

@@ -299,6 +299,13 @@ pub struct DaemonConfig {
     /// Cron schedule (sec min hour day month weekday, UTC) of the base backup; "" disables it.
     #[serde(default = "default_backup_schedule")]
     pub backup_schedule: String,
+    /// Cron schedule of retention: forget by `[retention]` (and jobs' policies), then prune
+    /// ("" disables it).
+    #[serde(default = "default_retention_schedule")]
+    pub retention_schedule: String,
+    /// Grace period of scheduled prunes (longer than any backup).
+    #[serde(default = "default_prune_grace")]
+    pub prune_grace: String,
     /// Cron schedule of the daily incremental verification ("" disables it).
     #[serde(default = "default_verify_schedule")]
     pub verify_schedule: String,
@@ -324,6 +331,8 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: default_listen(),
             backup_schedule: default_backup_schedule(),
+            retention_schedule: default_retention_schedule(),
+            prune_grace: default_prune_grace(),
             verify_schedule: default_verify_schedule(),
             verify_period: default_verify_period(),
             heartbeat_interval: default_heartbeat(),
@@ -348,6 +357,12 @@ fn default_listen() -> String {
 }
 fn default_backup_schedule() -> String {
     "0 30 1 * * *".into()
+}
+fn default_retention_schedule() -> String {
+    "0 0 5 * * *".into()
+}
+fn default_prune_grace() -> String {
+    "24h".into()
 }
 fn default_verify_schedule() -> String {
     "0 0 4 * * *".into()
@@ -492,7 +507,11 @@ impl Config {
             problems.push(format!("retention.keep_within: invalid duration {w:?}"));
         }
         let d = &self.daemon;
-        for (key, value) in [("daemon.backup_schedule", &d.backup_schedule), ("daemon.verify_schedule", &d.verify_schedule)] {
+        for (key, value) in [
+            ("daemon.backup_schedule", &d.backup_schedule),
+            ("daemon.verify_schedule", &d.verify_schedule),
+            ("daemon.retention_schedule", &d.retention_schedule),
+        ] {
             if !value.is_empty()
                 && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(value)
             {
@@ -505,6 +524,7 @@ impl Config {
             ("daemon.archive_stall", &d.archive_stall),
             ("daemon.shutdown_grace", &d.shutdown_grace),
             ("daemon.verify_period", &d.verify_period),
+            ("daemon.prune_grace", &d.prune_grace),
         ] {
             if !value.is_empty() && humantime::parse_duration(value).is_err() {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));

@@ -141,6 +141,21 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
             }
         }));
     }
+    if !config.daemon.retention_schedule.is_empty() {
+        let schedule = cron::Schedule::from_str(&config.daemon.retention_schedule)
+            .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.retention_schedule: {e}"))))?;
+        let grace = duration(&config.daemon.prune_grace).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::hours(24));
+        let st = state.clone();
+        tasks.spawn(cron_loop("retention".into(), schedule, stop.clone(), move || {
+            let st = st.clone();
+            async move {
+                match jobs::retention(&st.config, &st.events, grace).await {
+                    Ok(report) => tracing::info!(bytes_reclaimed = report.bytes_reclaimed, "scheduled retention done"),
+                    Err(error) => tracing::error!(error = %error, "scheduled retention failed"),
+                }
+            }
+        }));
+    }
     if !config.daemon.verify_schedule.is_empty() {
         let schedule = cron::Schedule::from_str(&config.daemon.verify_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.verify_schedule: {e}"))))?;
