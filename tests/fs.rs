@@ -7,21 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::common::env::{Backend, TestEnv, json, stderr};
+use crate::common::env::{Backend, TestEnv, json, noise, stderr};
 
-/// Deterministic, incompressible bytes (xorshift), so dedup and upload sizes are honest.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn set_mtime(path: &Path, secs: i64, nsec: i64) {
     let t = nix::sys::time::TimeSpec::new(secs, nsec);

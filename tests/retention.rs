@@ -2,7 +2,7 @@
 //! still restores and verifies. Calendar rules are unit-tested with chosen times in
 //! src/retention; here "now" is injected with --now instead of waiting.
 
-use crate::common::env::{Backend, TestEnv, json, stderr};
+use crate::common::env::{Backend, TestEnv, json, noise, stderr};
 
 #[test]
 fn forget_keeps_exactly_the_policy_and_pins() {
@@ -58,17 +58,6 @@ fn forget_keeps_exactly_the_policy_and_pins() {
     assert!(events.as_array().unwrap().iter().any(|e| e["source"] == "retention.forget"), "{events:#}");
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed * 2 + 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn repo_bytes(env: &TestEnv, dir: &str) -> u64 {
     std::fs::read_dir(env.local_object(dir)).map(|d| d.filter_map(Result::ok).map(|e| e.metadata().unwrap().len()).sum()).unwrap_or(0)

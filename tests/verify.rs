@@ -118,9 +118,7 @@ fn daily_verification_reads_each_object_once_per_period_and_finds_corruption() {
     let src = env.path().join("files");
     std::fs::create_dir(&src).unwrap();
     for i in 0..12u64 {
-        let mut x = i * 2 + 1;
-        let data: Vec<u8> = (0..700_000).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();
-        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+        std::fs::write(src.join(format!("f{i}")), crate::common::env::noise(700_000, i)).unwrap();
     }
     assert!(env.radd_push(&["backup", "fs", src.to_str().unwrap()]).status.success());
     let packs = std::fs::read_dir(env.local_object("packs")).unwrap().count();

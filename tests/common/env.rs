@@ -277,3 +277,17 @@ pub fn switch_and_wait_archived(cluster: &ScratchCluster) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Deterministic, incompressible bytes (xorshift64): honest sizes for dedup and upload checks.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2).wrapping_add(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
