@@ -115,6 +115,14 @@ struct Progress {
 /// resuming after the last object a previous run of the same key set completed.
 pub async fn rewrap(repo: &Repository, state_dir: &Path) -> Result<RewrapReport, Error> {
     let identity = repo.identity()?;
+    // Exclusive with prune (and another rewrap): both replace or delete stored objects.
+    let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap").await?;
+    let result = rewrap_locked(repo, identity, state_dir).await;
+    lock.release().await?;
+    result
+}
+
+async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, state_dir: &Path) -> Result<RewrapReport, Error> {
     let key_set = latest(&repo.store).await?.map_or(0, |(n, _)| n);
     let progress_path: PathBuf = state_dir.join(format!("rewrap-{}.json", repo.meta.id));
     let progress: Progress = std::fs::read(&progress_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|p: &Progress| p.key_set == key_set).unwrap_or_default();

@@ -59,6 +59,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another process holds the repository's exclusive lock.
+    #[error(transparent)]
+    Locked(#[from] crate::repo::lock::Error),
     /// Key loading failed.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
@@ -81,6 +84,7 @@ impl Error {
                 ErrorKind::Config
             }
             Error::CorruptRecord { .. } => ErrorKind::Integrity,
+            Error::Locked(_) => ErrorKind::Conflict,
             Error::Crypto(e) => e.kind(),
             Error::Codec(e) => e.kind(),
             Error::Repo(e) => e.kind(),

@@ -195,6 +195,11 @@ fn key_rotation_locks_out_the_removed_identity() {
     cmd.arg("--config").arg(&env.config).args(["key", "rewrap"]);
     let out = crate::common::env::run(&mut cmd, &[("RADD_CRASH_AT".into(), "rewrap:object".into())]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    // The crashed rewrap left its lock behind, as a killed process would.
+    let blocked = env.radd(&["key", "rewrap"]);
+    assert_eq!(blocked.status.code(), Some(1), "{}", stderr(&blocked));
+    assert!(stderr(&blocked).contains("key rewrap"), "{}", stderr(&blocked));
+    assert!(env.radd(&["unlock", "--all"]).status.success());
     let rewrap = json(&env.radd(&["--json", "key", "rewrap"]));
     assert_eq!(rewrap["resumed_past"], 1, "{rewrap:#}");
     assert!(rewrap["rewrapped"].as_u64().unwrap() >= 3, "{rewrap:#}");
