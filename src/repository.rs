@@ -306,6 +306,17 @@ impl Repository {
         .expect("opening task does not panic")?)
     }
 
+    /// Reads and decrypts an object without recomputing its keyed digest: see
+    /// [`codec::open_unhashed`] for when that is sound (restore, which checks file SHA-256s).
+    pub async fn get_open_unhashed(&self, kind: ObjectKind, key: &ObjectKey) -> Result<Vec<u8>, Error> {
+        let stored = self.store.get(key).await?;
+        let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
+        let name = key.to_string();
+        Ok(tokio::task::spawn_blocking(move || codec::open_unhashed(kind, &stored, &identity, &name))
+            .await
+            .expect("opening task does not panic")?)
+    }
+
     /// Keyed digest stored in an object's header, read with a ranged GET.
     pub async fn object_digest(&self, key: &ObjectKey) -> Result<Digest, Error> {
         let header = self.store.get_prefix(key, codec::HEADER_LEN as u64).await?;
