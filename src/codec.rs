@@ -110,14 +110,17 @@ pub fn seal_with_digest(
 }
 
 /// Re-encrypts an object's age layer to `recipients`, keeping its header and its compressed
-/// payload byte for byte (not recompressed). The object is first opened and checked in full
-/// (digest), so only intact content is rewrapped — the identity doing it need not be among
-/// the new recipients.
+/// payload byte for byte (not recompressed). The decrypted payload is checked in full (kind,
+/// length, digest) before it is re-encrypted, so only intact content is rewrapped — the
+/// identity doing it need not be among the new recipients.
 pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identity, recipients: &Recipients, object: &str) -> Result<Vec<u8>, Error> {
-    open(kind, stored, id_key, identity, object)?;
+    let expected = header_digest(stored, object)?;
     let inner = identity
         .decrypt(&stored[HEADER_LEN..])
         .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let plaintext = read_payload(kind, &inner[..], object)?;
+    check_digest(id_key, kind, &plaintext, expected, object)?;
+    drop(plaintext);
     let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
     let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
     out.extend_from_slice(&stored[..HEADER_LEN]);
@@ -157,27 +160,15 @@ pub fn open_unhashed(kind: ObjectKind, stored: &[u8], identity: &Identity, objec
     open_checked(kind, stored, None, identity, object)
 }
 
-fn open_checked(
-    kind: ObjectKind,
-    stored: &[u8],
-    id_key: Option<&IdKey>,
-    identity: &Identity,
-    object: &str,
-) -> Result<Vec<u8>, Error> {
-    let corrupt = |reason: String| Error::Corrupt {
-        object: object.to_owned(),
-        reason,
-    };
-    let expected = header_digest(stored, object)?;
-    let mut reader = identity
-        .decrypting_reader(&stored[HEADER_LEN..])
-        .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
-    let decrypt_failed = |e: std::io::Error| Error::Crypto {
+/// Reads the decrypted payload — kind, length, zstd stream — and returns the plaintext, checking
+/// kind and length. A tampered ciphertext surfaces here as a read error from age, below zstd.
+fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str) -> Result<Vec<u8>, Error> {
+    let corrupt = |reason: String| Error::Corrupt { object: object.to_owned(), reason };
+    let mut head = [0u8; 9];
+    reader.read_exact(&mut head).map_err(|e| Error::Crypto {
         object: object.to_owned(),
         source: crate::crypto::Error::Decrypt(e.to_string()),
-    };
-    let mut head = [0u8; 9];
-    reader.read_exact(&mut head).map_err(decrypt_failed)?;
+    })?;
     if head[0] != kind as u8 {
         return Err(corrupt(format!("holds object kind {} where {kind:?} was expected", head[0])));
     }
@@ -186,7 +177,6 @@ fn open_checked(
     let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt("length out of range".into()))?;
     let mut plaintext = Vec::with_capacity(len);
     let decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| corrupt(format!("zstd: {e}")))?;
-    // A tampered ciphertext fails age's authentication while streaming, below zstd.
     decoder
         .take(len as u64 + 1)
         .read_to_end(&mut plaintext)
@@ -194,12 +184,33 @@ fn open_checked(
     if plaintext.len() != len {
         return Err(corrupt(format!("decompressed to {} bytes, header says {len}", plaintext.len())));
     }
-    if let Some(id_key) = id_key
-        && content_digest(id_key, kind, &plaintext) != expected
-    {
-        return Err(corrupt("content does not match its keyed digest".into()));
+    Ok(plaintext)
+}
+
+fn open_checked(
+    kind: ObjectKind,
+    stored: &[u8],
+    id_key: Option<&IdKey>,
+    identity: &Identity,
+    object: &str,
+) -> Result<Vec<u8>, Error> {
+    let expected = header_digest(stored, object)?;
+    let reader = identity
+        .decrypting_reader(&stored[HEADER_LEN..])
+        .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let plaintext = read_payload(kind, reader, object)?;
+    if let Some(id_key) = id_key {
+        check_digest(id_key, kind, &plaintext, expected, object)?;
     }
     Ok(plaintext)
+}
+
+fn check_digest(id_key: &IdKey, kind: ObjectKind, plaintext: &[u8], expected: Digest, object: &str) -> Result<(), Error> {
+    if content_digest(id_key, kind, plaintext) == expected {
+        Ok(())
+    } else {
+        Err(Error::Corrupt { object: object.to_owned(), reason: "content does not match its keyed digest".into() })
+    }
 }
 
 #[cfg(test)]

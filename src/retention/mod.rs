@@ -198,16 +198,14 @@ pub async fn forget(
         })
         .collect();
     // Each group under the policy of the job it belongs to (default: `policy`).
-    let mut decisions = Vec::new();
-    let mut by_policy: Vec<(&Policy, Vec<Candidate>)> = Vec::new();
+    let mut by_job: BTreeMap<Option<usize>, Vec<Candidate>> = BTreeMap::new();
     for (record, candidate) in records.iter().zip(candidates) {
-        let chosen = jobs.iter().find(|(paths, _)| record.pg.is_none() && *paths == record.paths).map_or(policy, |(_, p)| p);
-        match by_policy.iter_mut().find(|(p, _)| std::ptr::eq(*p, chosen)) {
-            Some((_, list)) => list.push(candidate),
-            None => by_policy.push((chosen, vec![candidate])),
-        }
+        let job = jobs.iter().position(|(paths, _)| record.pg.is_none() && *paths == record.paths);
+        by_job.entry(job).or_default().push(candidate);
     }
-    for (chosen, list) in by_policy {
+    let mut decisions = Vec::new();
+    for (job, list) in by_job {
+        let chosen = job.map_or(policy, |i| &jobs[i].1);
         decisions.extend(apply(chosen, &list, now).map_err(crate::snapshot::Error::Internal)?);
     }
     let forgotten = decisions.iter().filter(|d| !d.keep).count();

@@ -119,16 +119,28 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
     if let Some(post) = &options.post {
         hooks.push(run_hook("post", post).await);
     }
-    let (mut report, record) = result?;
+    let Pending { mut report, record, next_parent, parent_path } = result?;
     report.hooks.clone_from(&hooks);
     let record = SnapshotRecord { hooks, finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), ..record };
     repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await?;
+    // Only a committed snapshot may serve as the next one's parent.
+    if let Err(error) = next_parent.save(&parent_path) {
+        tracing::warn!(path = %parent_path.display(), error = %error, "cannot save the parent record: the next snapshot reads every file");
+    }
     report.duration_seconds = clock.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Reads, uploads and writes index and manifest; returns the report and the record to commit.
-async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<(FsBackupReport, SnapshotRecord), Error> {
+/// A snapshot written up to its record: what [`backup_fs`] commits after the post-hook.
+struct Pending {
+    report: FsBackupReport,
+    record: SnapshotRecord,
+    next_parent: ParentFiles,
+    parent_path: PathBuf,
+}
+
+/// Reads, uploads and writes index and manifest; returns what remains to commit.
+async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pending, Error> {
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
     let known = Arc::new(BlobIndex::load(repo).await?);
@@ -170,9 +182,6 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<(FsBac
     let mut next_parent = std::mem::take(&mut read.next_parent);
     next_parent.snapshot_id.clone_from(&snapshot_id);
     next_parent.started_ms = started.timestamp_millis();
-    if let Err(error) = next_parent.save(&parent_path) {
-        tracing::warn!(path = %parent_path.display(), error = %error, "cannot save the parent record: the next snapshot reads every file");
-    }
     let partial = !unreadable.is_empty();
     let record = SnapshotRecord {
         id: snapshot_id.clone(),
@@ -210,5 +219,5 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<(FsBac
         hooks: Vec::new(),
         duration_seconds: 0.0,
     };
-    Ok((report, record))
+    Ok(Pending { report, record, next_parent, parent_path })
 }
