@@ -164,8 +164,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         Some(pg) => check_wal(repo, &record.id, pg, options).await?,
         None => String::new(),
     };
-    let manifest = snapshot::load_manifest(repo, &record).await?;
     let index = BlobIndex::load(repo).await?;
+    let manifest = snapshot::load_manifest_with(repo, &record, &index).await?;
 
     let staging = staging_dir(&options.target)?;
     let result = async {

@@ -61,10 +61,13 @@ pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duratio
 async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
     let records = snapshot::list(repo).await?;
 
-    // Chunks referenced by every remaining snapshot (manifests need the identity).
+    // Chunks referenced by every remaining snapshot, file content and entry streams
+    // (manifests need the identity).
+    let index = snapshot::BlobIndex::load(repo).await?;
     let mut referenced_blobs = HashSet::new();
     for record in &records {
-        let manifest = snapshot::load_manifest(repo, record).await?;
+        let manifest = snapshot::load_manifest_with(repo, record, &index).await?;
+        referenced_blobs.extend(manifest.entry_chunks);
         for entry in manifest.entries {
             if let EntryKind::File { chunks, .. } = entry.kind {
                 referenced_blobs.extend(chunks);

@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::manifest::{EntryKind, Manifest, PgInfo, SnapshotKind, SnapshotRecord};
+use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 use super::pack::BlobIndex;
-use super::parent::ParentFiles;
-use super::pipeline;
-use super::walk::walk_data_dir;
+use super::parent::{ParentReader, ParentWriter, record_path as parent_record_path};
+use super::pipeline::{self, Walk};
+use super::walk::{Found, walk_data_dir};
 use super::Error;
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
@@ -80,16 +80,25 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
-    let parent_path = ParentFiles::path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
-    let parent = if options.full_read { None } else { ParentFiles::load(&parent_path) };
-    let parent_id = parent.as_ref().map(|p| p.snapshot_id.clone());
+    let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
+    let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
+    let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
+    let next_parent = match ParentWriter::create(&parent_path, &snapshot_id, started.timestamp_millis()) {
+        Ok(writer) => Some(writer),
+        Err(error) => {
+            tracing::warn!(path = %parent_path.display(), error = %error, "cannot write the parent record: the next backup reads every file");
+            None
+        }
+    };
 
-    let walk = move || walk_data_dir(&data_dir);
-    let (read, upload) = pipeline::store_tree(repo, Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, parent, &options.backup).await?;
-    let mut read = read;
-    read.next_parent.snapshot_id.clone_from(&snapshot_id);
-    read.next_parent.started_ms = started.timestamp_millis();
-    let next_parent = std::mem::take(&mut read.next_parent);
+    let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
+        for found in walk_data_dir(&data_dir)? {
+            emit(found)?;
+        }
+        Ok(())
+    });
+    let (mut read, upload) = pipeline::store_tree(repo, Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, (parent, next_parent), &options.backup).await?;
+    let next_parent = read.next_parent.take();
 
     let stop = session.stop().await?;
     let segment_size = start.segment_size;
@@ -101,10 +110,11 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             .map_err(Error::WalMissing)?;
     }
 
-    let files = read.entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. })).count() as u64;
+    let files = read.files;
     let manifest = Manifest {
         snapshot_id: snapshot_id.clone(),
-        entries: std::mem::take(&mut read.entries),
+        entries: Vec::new(),
+        entry_chunks: std::mem::take(&mut read.entry_chunks),
         backup_label: Some(stop.label_file.clone()),
         tablespace_map: Some(stop.tablespace_map.clone()),
         unreadable: Vec::new(),
@@ -141,7 +151,10 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         hooks: Vec::new(),
     };
     repo.put_record(&ObjectKey::Snapshot(snapshot_id.clone()), &record).await?;
-    if let Err(error) = next_parent.save(&parent_path) {
+    // Only a committed snapshot may serve as the next one's parent.
+    if let Some(next_parent) = next_parent
+        && let Err(error) = next_parent.commit()
+    {
         tracing::warn!(path = %parent_path.display(), error = %error, "cannot save the parent record: the next backup reads every file");
     }
     let report = BackupReport {

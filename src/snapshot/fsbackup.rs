@@ -13,9 +13,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::fswalk::{TreeOptions, walk_tree};
-use super::manifest::{EntryKind, HookRun, Manifest, SnapshotKind, SnapshotRecord};
+use super::manifest::{HookRun, Manifest, SnapshotKind, SnapshotRecord};
 use super::pack::BlobIndex;
-use super::parent::ParentFiles;
+use super::parent::{ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
+use super::pipeline::Walk;
+use super::walk::Found;
 use super::{Chunking, Error, pipeline};
 use crate::config::BackupConfig;
 use crate::repo::ObjectKey;
@@ -119,13 +121,16 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
     if let Some(post) = &options.post {
         hooks.push(run_hook("post", post).await);
     }
-    let Pending { mut report, record, next_parent, parent_path } = result?;
+    let Pending { mut report, record, next_parent } = result?;
     report.hooks.clone_from(&hooks);
     let record = SnapshotRecord { hooks, finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), ..record };
     repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await?;
     // Only a committed snapshot may serve as the next one's parent.
-    if let Err(error) = next_parent.save(&parent_path) {
-        tracing::warn!(path = %parent_path.display(), error = %error, "cannot save the parent record: the next snapshot reads every file");
+    if let Some(next_parent) = next_parent {
+        let path = next_parent.path().to_owned();
+        if let Err(error) = next_parent.commit() {
+            tracing::warn!(path = %path.display(), error = %error, "cannot save the parent record: the next snapshot reads every file");
+        }
     }
     report.duration_seconds = clock.elapsed().as_secs_f64();
     Ok(report)
@@ -135,8 +140,7 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
 struct Pending {
     report: FsBackupReport,
     record: SnapshotRecord,
-    next_parent: ParentFiles,
-    parent_path: PathBuf,
+    next_parent: Option<PendingParent>,
 }
 
 /// Reads, uploads and writes index and manifest; returns what remains to commit.
@@ -147,31 +151,39 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     let roots: Vec<PathBuf> = options.tree.roots.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
     let paths: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let source: Vec<u8> = paths.join("\n").into_bytes();
-    let parent_path = ParentFiles::path(&options.backup.state_dir, &repo.meta.id, &source);
-    let parent = if options.full_read { None } else { ParentFiles::load(&parent_path) };
-    let parent_id = parent.as_ref().map(|p| p.snapshot_id.clone());
+    let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, &source);
+    let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
+    let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
+    let next_parent = match ParentWriter::create(&parent_path, &snapshot_id, started.timestamp_millis()) {
+        Ok(writer) => Some(writer),
+        Err(error) => {
+            tracing::warn!(path = %parent_path.display(), error = %error, "cannot write the parent record: the next snapshot reads every file");
+            None
+        }
+    };
     tracing::info!(snapshot_id = %snapshot_id, roots = ?paths, "starting file-tree snapshot");
 
     let tree = TreeOptions { roots, ..options.tree.clone() };
     let unreadable_dirs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let walk = {
+    let walk: Box<Walk> = {
         let unreadable_dirs = Arc::clone(&unreadable_dirs);
-        move || {
-            let (found, unreadable) = walk_tree(&tree)?;
+        Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
+            let unreadable = walk_tree(&tree, emit)?;
             if let Ok(mut u) = unreadable_dirs.lock() {
                 *u = unreadable;
             }
-            Ok(found)
-        }
+            Ok(())
+        })
     };
     let chunk = options.backup.fs_chunk_size.as_usize();
-    let (mut read, upload) = pipeline::store_tree(repo, known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, parent, &options.backup).await?;
+    let (mut read, upload) = pipeline::store_tree(repo, known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, (parent, next_parent), &options.backup).await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
-    let files = read.entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. })).count() as u64;
+    let files = read.files;
     let manifest = Manifest {
         snapshot_id: snapshot_id.clone(),
-        entries: std::mem::take(&mut read.entries),
+        entries: Vec::new(),
+        entry_chunks: std::mem::take(&mut read.entry_chunks),
         backup_label: None,
         tablespace_map: None,
         unreadable: unreadable.clone(),
@@ -179,9 +191,6 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, &upload.index, &manifest).await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
-    let mut next_parent = std::mem::take(&mut read.next_parent);
-    next_parent.snapshot_id.clone_from(&snapshot_id);
-    next_parent.started_ms = started.timestamp_millis();
     let partial = !unreadable.is_empty();
     let record = SnapshotRecord {
         id: snapshot_id.clone(),
@@ -219,5 +228,5 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         hooks: Vec::new(),
         duration_seconds: 0.0,
     };
-    Ok(Pending { report, record, next_parent, parent_path })
+    Ok(Pending { report, record, next_parent: read.next_parent })
 }

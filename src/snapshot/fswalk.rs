@@ -2,7 +2,7 @@
 //! UTF-8), hard links are recognised by (device, inode), `--exclude` globs and
 //! `--one-file-system` are applied, and unreadable directories are reported, not skipped silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -34,31 +34,42 @@ pub fn glob_set(patterns: &[String]) -> Result<GlobSet, Error> {
     builder.build().map_err(|e| Error::Internal(format!("invalid globs: {e}")))
 }
 
-/// Walks every root; returns the entries (parents first, names sorted by bytes; relative
-/// paths are the absolute paths without the leading '/') and the directories that could not be
-/// read. Ancestors of each root are included as directories so a restore recreates them.
-pub fn walk_tree(options: &TreeOptions) -> Result<(Vec<Found>, Vec<String>), Error> {
+/// Walks every root, handing each entry to `emit` as it is found (parents first, names sorted
+/// by bytes; relative paths are the absolute paths without the leading '/'); returns the
+/// directories and files that could not be read. Roots are walked in [walk
+/// order](super::parent::walk_order), so the whole walk is in that order; ancestors of each
+/// root are included as directories so a restore recreates them. Memory is one directory
+/// listing per level plus the inodes of files with several names.
+pub fn walk_tree(options: &TreeOptions, emit: &mut dyn FnMut(Found) -> Result<(), Error>) -> Result<Vec<String>, Error> {
     let excludes = glob_set(&options.excludes)?;
-    let mut out = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut seen_dirs = std::collections::HashSet::new();
+    let mut roots = Vec::new();
     for root in &options.roots {
-        let root = std::path::absolute(root).map_err(|source| Error::Read { path: root.clone(), source })?;
+        roots.push(std::path::absolute(root).map_err(|source| Error::Read { path: root.clone(), source })?);
+    }
+    roots.sort_by(|a, b| super::parent::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes()));
+    let mut walker = Walker { excludes: &excludes, one_fs: None, emit, emitted: 0, unreadable: Vec::new(), inodes: HashMap::new() };
+    let mut walked: Vec<PathBuf> = Vec::new();
+    let mut ancestors_done = HashSet::new();
+    for root in roots {
+        // A root inside one walked before is already in the snapshot.
+        let inside_walked = |dir: &Path| walked.iter().any(|w| dir.starts_with(w));
+        if inside_walked(&root) {
+            continue;
+        }
         let mut ancestors: Vec<&Path> = root.ancestors().filter(|a| a.parent().is_some()).collect();
         ancestors.reverse();
         for dir in ancestors.iter().take(ancestors.len().saturating_sub(1)) {
-            if seen_dirs.insert(dir.to_path_buf()) {
+            if !inside_walked(dir) && ancestors_done.insert(dir.to_path_buf()) {
                 let meta = std::fs::metadata(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
-                out.push(found(dir, meta, None, None));
+                walker.send(found(dir, meta, None, None))?;
             }
         }
         let meta = std::fs::symlink_metadata(&root).map_err(|source| Error::Read { path: root.clone(), source })?;
-        let device = meta.dev();
-        let walker = Walker { excludes: &excludes, one_fs: options.one_file_system.then_some(device) };
-        walker.visit(&root, meta, &mut out, &mut unreadable, &mut inodes, &mut seen_dirs);
+        walker.one_fs = options.one_file_system.then_some(meta.dev());
+        walker.visit(&root, meta)?;
+        walked.push(root);
     }
-    Ok((out, unreadable))
+    Ok(walker.unreadable)
 }
 
 fn found(path: &Path, meta: std::fs::Metadata, link_target: Option<std::ffi::OsString>, hardlink_of: Option<usize>) -> Found {
@@ -70,6 +81,12 @@ fn found(path: &Path, meta: std::fs::Metadata, link_target: Option<std::ffi::OsS
 struct Walker<'a> {
     excludes: &'a GlobSet,
     one_fs: Option<u64>,
+    emit: &'a mut dyn FnMut(Found) -> Result<(), Error>,
+    /// Entries emitted so far (the walk position of the next one).
+    emitted: usize,
+    unreadable: Vec<String>,
+    /// First walk position of each (device, inode) with several names.
+    inodes: HashMap<(u64, u64), usize>,
 }
 
 impl Walker<'_> {
@@ -77,45 +94,39 @@ impl Walker<'_> {
         self.excludes.is_match(path) || path.file_name().is_some_and(|n| self.excludes.is_match(n))
     }
 
-    fn visit(
-        &self,
-        path: &Path,
-        meta: std::fs::Metadata,
-        out: &mut Vec<Found>,
-        unreadable: &mut Vec<String>,
-        inodes: &mut HashMap<(u64, u64), usize>,
-        seen_dirs: &mut std::collections::HashSet<PathBuf>,
-    ) {
+    fn send(&mut self, found: Found) -> Result<(), Error> {
+        self.emitted += 1;
+        (self.emit)(found)
+    }
+
+    fn visit(&mut self, path: &Path, meta: std::fs::Metadata) -> Result<(), Error> {
         if self.excluded(path) {
-            return;
+            return Ok(());
         }
         let kind = meta.file_type();
         if kind.is_symlink() {
             match std::fs::read_link(path) {
-                Ok(target) => out.push(found(path, meta, Some(target.into_os_string()), None)),
-                Err(e) => unreadable.push(format!("{}: {e}", path.display())),
+                Ok(target) => self.send(found(path, meta, Some(target.into_os_string()), None))?,
+                Err(e) => self.unreadable.push(format!("{}: {e}", path.display())),
             }
         } else if kind.is_file() {
             let key = (meta.dev(), meta.ino());
-            let first = (meta.nlink() > 1).then(|| inodes.get(&key).copied()).flatten();
+            let first = (meta.nlink() > 1).then(|| self.inodes.get(&key).copied()).flatten();
             if first.is_none() && meta.nlink() > 1 {
-                inodes.insert(key, out.len());
+                self.inodes.insert(key, self.emitted);
             }
-            out.push(found(path, meta, None, first));
+            self.send(found(path, meta, None, first))?;
         } else if kind.is_dir() {
-            if !seen_dirs.insert(path.to_path_buf()) {
-                return;
-            }
             let crosses = self.one_fs.is_some_and(|dev| dev != meta.dev());
-            out.push(found(path, meta, None, None));
+            self.send(found(path, meta, None, None))?;
             if crosses {
-                return;
+                return Ok(());
             }
             let entries = match std::fs::read_dir(path) {
                 Ok(e) => e,
                 Err(e) => {
-                    unreadable.push(format!("{}: {e}", path.display()));
-                    return;
+                    self.unreadable.push(format!("{}: {e}", path.display()));
+                    return Ok(());
                 }
             };
             let mut names: Vec<std::ffi::OsString> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
@@ -123,12 +134,13 @@ impl Walker<'_> {
             for name in names {
                 let child = path.join(&name);
                 match std::fs::symlink_metadata(&child) {
-                    Ok(meta) => self.visit(&child, meta, out, unreadable, inodes, seen_dirs),
+                    Ok(meta) => self.visit(&child, meta)?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => unreadable.push(format!("{}: {e}", child.display())),
+                    Err(e) => self.unreadable.push(format!("{}: {e}", child.display())),
                 }
             }
         }
         // Sockets, FIFOs and devices are not backed up (they hold no data).
+        Ok(())
     }
 }

@@ -178,8 +178,13 @@ impl Entry {
 pub struct Manifest {
     /// Snapshot id this manifest belongs to.
     pub snapshot_id: String,
-    /// Entries in walk order (parents before children).
+    /// Entries in walk order (parents before children). Stored manifests keep them in
+    /// `entry_chunks` instead; [`load_manifest`](super::load_manifest) fills this in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<Entry>,
+    /// The chunks of the entry stream (see `entry_stream`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_chunks: Vec<Digest>,
     /// `backup_label` content returned by pg_backup_stop.
     pub backup_label: Option<String>,
     /// `tablespace_map` content returned by pg_backup_stop (empty: none).

@@ -6,6 +6,7 @@
 
 mod backup;
 mod chunker;
+mod entry_stream;
 mod fsbackup;
 mod fswalk;
 mod manifest;
@@ -22,7 +23,7 @@ pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation, IndexFile, IndexPack};
-pub use parent::{ParentFile, ParentFiles};
+pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 
 use crate::codec::ObjectKind;
 use crate::error::ErrorKind;
@@ -150,8 +151,29 @@ pub async fn resolve_kind(repo: &Repository, wanted: &str, kind: Option<Snapshot
     }
 }
 
-/// Reads and decrypts a snapshot's manifest, checking it is the one the record committed.
+/// Reads and decrypts a snapshot's manifest with all its entries, checking it is the one the
+/// record committed.
 pub async fn load_manifest(repo: &Repository, record: &SnapshotRecord) -> Result<Manifest, Error> {
+    let mut manifest = load_manifest_head(repo, record).await?;
+    if !manifest.entry_chunks.is_empty() {
+        let index = BlobIndex::load(repo).await?;
+        manifest.entries = entry_stream::load(repo, &index, &manifest.entry_chunks, &ObjectKey::Manifest(record.id.clone()).to_string()).await?;
+    }
+    Ok(manifest)
+}
+
+/// Like [`load_manifest`], with the blob index already loaded.
+pub async fn load_manifest_with(repo: &Repository, record: &SnapshotRecord, index: &BlobIndex) -> Result<Manifest, Error> {
+    let mut manifest = load_manifest_head(repo, record).await?;
+    if !manifest.entry_chunks.is_empty() {
+        manifest.entries = entry_stream::load(repo, index, &manifest.entry_chunks, &ObjectKey::Manifest(record.id.clone()).to_string()).await?;
+    }
+    Ok(manifest)
+}
+
+/// The manifest object alone: for current snapshots, the entry stream's chunk ids, not the
+/// entries.
+pub async fn load_manifest_head(repo: &Repository, record: &SnapshotRecord) -> Result<Manifest, Error> {
     let key = ObjectKey::Manifest(record.id.clone());
     if repo.object_digest(&key).await? != record.manifest_digest {
         return Err(repository::Error::CorruptRecord {

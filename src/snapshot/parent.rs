@@ -1,18 +1,28 @@
-//! The backup host's record of its last committed backup of a data directory: path, size,
-//! mtime, inode, SHA-256 and chunk list of every file. An incremental backup reuses an entry
-//! without reading the file when size, mtime (to the nanosecond) and inode are unchanged and the
-//! file was last modified more than a second before the parent backup started (so a change made
-//! while the parent was being read is never missed — pgBackRest's timestamp rule), and every
-//! chunk is still in the repository. Like bupstash's send log it lives on the backup host,
-//! which has no identity to read the encrypted manifests; losing it only means a full read.
+//! The backup host's record of its last committed backup of a data directory or file tree:
+//! path, size, mtime, ctime, inode, SHA-256 and chunk list of every file. An incremental backup
+//! reuses an entry without reading the file when size, mtime and ctime (to the nanosecond) and
+//! inode are unchanged and the file was last modified more than a second before the parent
+//! backup started (so a change made while the parent was being read is never missed —
+//! pgBackRest's timestamp rule), and every chunk is still in the repository. Like bupstash's
+//! send log it lives on the backup host, which has no identity to read the encrypted manifests;
+//! losing it only means a full read.
+//!
+//! The record is a JSON-lines file in walk order (a header line, then one line per file), read
+//! with a cursor that moves forward in step with the walk (a merge join) and written line by
+//! line as entries are finished: memory stays constant whatever the number of files.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::pack::BlobIndex;
 use crate::crypto::Digest;
+
+/// Format version written in the header line; another version means "no parent".
+const FORMAT: u32 = 2;
 
 /// One file as last backed up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,8 +31,7 @@ pub struct ParentFile {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
-    /// Status-change time, nanoseconds since the epoch (0 in records written before it was kept).
-    #[serde(default)]
+    /// Status-change time, nanoseconds since the epoch.
     pub ctime_ns: i128,
     /// Inode number.
     pub ino: u64,
@@ -32,59 +41,228 @@ pub struct ParentFile {
     pub chunks: Vec<Digest>,
 }
 
-/// The last committed backup of one data directory into one repository.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ParentFiles {
-    /// Snapshot the entries belong to.
-    pub snapshot_id: String,
-    /// Unix time (milliseconds) the parent backup started.
-    pub started_ms: i64,
-    /// Files by relative path.
-    pub files: HashMap<String, ParentFile>,
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    snapshot_id: String,
+    started_ms: i64,
 }
 
-impl ParentFiles {
-    /// Where the record for `repo_id` and the backed-up `source` (a data directory, or the
-    /// list of fs roots) lives under `state_dir`.
-    #[must_use]
-    pub fn path(state_dir: &Path, repo_id: &str, source: &[u8]) -> PathBuf {
-        let source_id = &Digest::sha256(source).to_string()[..16];
-        state_dir.join(format!("parent-{repo_id}-{source_id}.json"))
-    }
+#[derive(Serialize, Deserialize)]
+struct Line {
+    /// Relative path; hex of its bytes when they are not UTF-8 (`raw`).
+    path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    raw: bool,
+    file: ParentFile,
+}
 
-    /// Loads the record; a missing or unreadable one means "no parent" (a full read).
+/// The order of a walk (parents before children, names sorted by bytes): paths compared
+/// component by component, so that `a/b` sorts before `a.txt` as the walk emits them.
+#[must_use]
+pub fn walk_order(a: &[u8], b: &[u8]) -> Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
+}
+
+/// Where the record for `repo_id` and the backed-up `source` (a data directory, or the list of
+/// fs roots) lives under `state_dir`.
+#[must_use]
+pub fn record_path(state_dir: &Path, repo_id: &str, source: &[u8]) -> PathBuf {
+    let source_id = &Digest::sha256(source).to_string()[..16];
+    state_dir.join(format!("parent-{repo_id}-{source_id}.jsonl"))
+}
+
+/// Reads the last backup's record in walk order, in step with the current walk.
+pub struct ParentReader {
+    snapshot_id: String,
+    started_ms: i64,
+    lines: BufReader<File>,
+    buffer: String,
+    current: Option<(Vec<u8>, ParentFile)>,
+    exhausted: bool,
+    path: PathBuf,
+}
+
+impl ParentReader {
+    /// Opens the record; a missing or unreadable one means "no parent" (a full read).
     #[must_use]
-    pub fn load(path: &Path) -> Option<Self> {
-        let text = std::fs::read(path).ok()?;
-        match serde_json::from_slice(&text) {
-            Ok(parent) => Some(parent),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), error = %error, "ignoring an unreadable parent record: full read");
+    pub fn open(path: &Path) -> Option<Self> {
+        let file = File::open(path).ok()?;
+        let mut lines = BufReader::with_capacity(1 << 16, file);
+        let mut buffer = String::new();
+        let header = lines.read_line(&mut buffer).ok().and_then(|_| serde_json::from_str::<Header>(&buffer).ok());
+        match header {
+            Some(h) if h.format == FORMAT => Some(Self {
+                snapshot_id: h.snapshot_id,
+                started_ms: h.started_ms,
+                lines,
+                buffer,
+                current: None,
+                exhausted: false,
+                path: path.to_owned(),
+            }),
+            _ => {
+                tracing::warn!(path = %path.display(), "ignoring an unreadable parent record: every file is read");
                 None
             }
         }
     }
 
-    /// Writes the record atomically (temporary file, fsync, rename).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let file = std::fs::File::create(&tmp)?;
-        let mut writer = std::io::BufWriter::new(file);
-        serde_json::to_writer(&mut writer, self).map_err(std::io::Error::other)?;
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
+    /// The snapshot the record describes.
+    #[must_use]
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot_id
     }
 
-    /// The parent's entry for `rel`, if the file is provably unchanged since it was read.
-    #[must_use]
-    pub fn unchanged(&self, rel: &str, size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> Option<&ParentFile> {
-        let p = self.files.get(rel)?;
+    fn advance(&mut self) -> Option<&(Vec<u8>, ParentFile)> {
+        if self.current.is_none() && !self.exhausted {
+            self.buffer.clear();
+            let parsed = match self.lines.read_line(&mut self.buffer) {
+                Ok(0) => None,
+                Ok(_) => match serde_json::from_str::<Line>(&self.buffer) {
+                    Ok(line) => {
+                        let path = if line.raw { hex::decode(&line.path).ok() } else { Some(line.path.into_bytes()) };
+                        path.map(|p| (p, line.file))
+                    }
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            if parsed.is_none() && !self.buffer.is_empty() {
+                tracing::warn!(path = %self.path.display(), "parent record is damaged: the remaining files are read");
+            }
+            self.exhausted = parsed.is_none();
+            self.current = parsed;
+        }
+        self.current.as_ref()
+    }
+
+    /// The parent's entry for the file at `rel` (its exact bytes), if the file is provably
+    /// unchanged since it was read. Calls must come in walk order; paths the walk skipped are
+    /// passed over.
+    pub fn unchanged(&mut self, rel: &[u8], size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> Option<ParentFile> {
+        loop {
+            let (path, _) = self.advance()?;
+            match walk_order(path, rel) {
+                Ordering::Less => self.current = None,
+                Ordering::Greater => return None,
+                Ordering::Equal => break,
+            }
+        }
+        let (_, p) = self.current.take()?;
         let settled = mtime_ns.max(ctime_ns) < (i128::from(self.started_ms) - 1000) * 1_000_000;
         let same = p.size == size && p.mtime_ns == mtime_ns && p.ctime_ns == ctime_ns && p.ino == ino;
         (same && settled && p.chunks.iter().all(|c| known.contains(c))).then_some(p)
+    }
+}
+
+/// Writes the next record line by line into a temporary file; it replaces the current record
+/// only once the snapshot is committed ([`PendingParent::commit`]).
+pub struct ParentWriter {
+    out: BufWriter<File>,
+    pending: PendingParent,
+}
+
+impl ParentWriter {
+    /// Starts the record of snapshot `snapshot_id` (started at `started_ms`) for `path`.
+    pub fn create(path: &Path, snapshot_id: &str, started_ms: i64) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!("{name}.{snapshot_id}.tmp"));
+        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let pending = PendingParent { tmp, path: path.to_owned(), committed: false };
+        serde_json::to_writer(&mut out, &Header { format: FORMAT, snapshot_id: snapshot_id.to_owned(), started_ms })?;
+        out.write_all(b"\n")?;
+        Ok(Self { out, pending })
+    }
+
+    /// Appends a file (calls in walk order).
+    pub fn add(&mut self, rel: &[u8], file: &ParentFile) -> std::io::Result<()> {
+        let (path, raw) = match std::str::from_utf8(rel) {
+            Ok(s) => (s.to_owned(), false),
+            Err(_) => (hex::encode(rel), true),
+        };
+        serde_json::to_writer(&mut self.out, &Line { path, raw, file: file.clone() })?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Flushes and fsyncs the temporary file.
+    pub fn finish(self) -> std::io::Result<PendingParent> {
+        let Self { out, pending } = self;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(pending)
+    }
+}
+
+/// A complete record waiting for its snapshot to commit; dropped uncommitted, it is removed.
+pub struct PendingParent {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl PendingParent {
+    /// Makes the record the parent of the next backup (rename, then fsync of the directory).
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Where the record goes.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PendingParent {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_compares_components() {
+        assert_eq!(walk_order(b"a/b", b"a.txt"), Ordering::Less);
+        assert_eq!(walk_order(b"", b"a"), Ordering::Less);
+        assert_eq!(walk_order(b"a", b"a/b"), Ordering::Less);
+        assert_eq!(walk_order(b"b", b"a/z"), Ordering::Greater);
+        assert_eq!(walk_order(b"x/y", b"x/y"), Ordering::Equal);
+    }
+
+    #[test]
+    fn reader_merges_with_the_walk_and_skips_vanished_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = record_path(dir.path(), "repo", b"/src");
+        let file = |size| ParentFile { size, mtime_ns: 1, ctime_ns: 1, ino: size, sha256: Digest::sha256(b"x"), chunks: Vec::new() };
+        let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
+        for (rel, size) in [(&b"a"[..], 1), (b"a/b", 2), (b"a/\xff", 3), (b"a.txt", 4), (b"c", 5)] {
+            writer.add(rel, &file(size)).unwrap();
+        }
+        let pending = writer.finish().unwrap();
+        assert!(ParentReader::open(&path).is_none(), "not committed yet");
+        pending.commit().unwrap();
+        let mut reader = ParentReader::open(&path).unwrap();
+        assert_eq!(reader.snapshot_id(), "snap");
+        let known = BlobIndex::default();
+        assert_eq!(reader.unchanged(b"a/b", 2, 1, 1, 2, &known).map(|p| p.size), Some(2));
+        assert_eq!(reader.unchanged(b"a/\xff", 3, 1, 1, 3, &known).map(|p| p.size), Some(3));
+        assert!(reader.unchanged(b"a/zz", 9, 1, 1, 9, &known).is_none(), "not in the parent");
+        assert!(reader.unchanged(b"a.txt", 4, 1, 1, 99, &known).is_none(), "other inode");
+        assert_eq!(reader.unchanged(b"c", 5, 1, 1, 5, &known).map(|p| p.size), Some(5));
+        assert!(reader.unchanged(b"d", 5, 1, 1, 5, &known).is_none());
     }
 }

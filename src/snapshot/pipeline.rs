@@ -2,14 +2,18 @@
 //!
 //! ```text
 //! reader (1 thread): walk, read, cut chunks, file SHA-256 ──batches──► hashers (1 per core):
-//! keyed chunk ids (HMAC) ──► packer (1 thread): dedup, fill packs ──► uploader (async: seal, put)
+//! keyed chunk ids (HMAC) ──► packer (1 thread): back in walk order, dedup, fill packs, finish
+//! entries ──► entry stream (1 thread): manifest entries as chunks in packs
+//!                                   ──► uploader (async: seal, put)
 //! ```
 //! Batches carry up to ~1 MiB of chunks, so the blocks of one large file are hashed by all
-//! hashers at once, and reads overlap with hashing and sealing. Every channel is bounded:
-//! memory is a few batches plus the packs in flight, whatever the size of the cluster. A stage
+//! hashers at once, and reads overlap with hashing and sealing. Every channel is bounded and
+//! the walk, the entries and the parent record all stream: memory is a few batches plus the
+//! packs in flight (and the blob index), whatever the number or size of the files. A stage
 //! that fails closes its channels, which stops the others; the first error is returned.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -18,26 +22,34 @@ use tokio::sync::mpsc;
 
 use super::Error;
 use super::chunker::{Chunking, for_each_chunk};
-use super::manifest::{Entry, EntryKind, encode_os};
+use super::entry_stream;
+use super::manifest::{Entry, EntryKind, decode_os, encode_os};
 use super::pack::{BlobIndex, PackBuilder, PendingPack};
-use super::parent::{ParentFile, ParentFiles};
+use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, attrs, is_relation_file};
 use crate::config::BackupConfig;
 use crate::crypto::{Digest, IdKey, Sha256Stream};
 
 /// Bytes of chunks per batch handed from the reader to the hashers.
 const BATCH_BYTES: usize = 1 << 20;
+/// Most steps per batch (many small files make many steps with few bytes).
+const BATCH_STEPS: usize = 512;
 /// Batches queued between stages.
 const QUEUE: usize = 4;
 
-/// What the reading stages produced.
+/// What the reading stages produced. The entries themselves went into the manifest's entry
+/// stream as they were finished.
 #[derive(Default)]
 pub struct ReadOutcome {
-    /// Manifest entries in walk order.
-    pub entries: Vec<Entry>,
+    /// Number of manifest entries.
+    pub entries: u64,
+    /// Entries that are files or further names of files.
+    pub files: u64,
+    /// The entry stream's chunk ids, for the manifest.
+    pub entry_chunks: Vec<Digest>,
     /// Logical bytes of all files.
     pub total_bytes: u64,
-    /// Bytes of chunks new to the repository.
+    /// Bytes of file content new to the repository (entry-stream chunks count only as uploaded).
     pub new_bytes: u64,
     /// Bytes of chunks already stored (or reused unchanged files).
     pub reused_bytes: u64,
@@ -47,36 +59,47 @@ pub struct ReadOutcome {
     pub files_read: u64,
     /// Files reused from the parent without reading.
     pub files_unchanged: u64,
-    /// The record the next backup will use as its parent.
-    pub next_parent: ParentFiles,
+    /// The record the next backup will use as its parent, once this snapshot is committed
+    /// (`None` when it could not be written).
+    pub next_parent: Option<PendingParent>,
     /// Files and directories that could not be read (consistently), with the reason.
     pub unreadable: Vec<String>,
 }
 
+/// One thing the reader hands down the pipeline, in walk order.
+enum Step {
+    /// Content of the file being read (hashed by the hashers).
+    Chunks { chunks: Vec<Vec<u8>>, ids: Vec<Digest> },
+    /// The chunks since the last `Done` belong to an abandoned read: they are not the entry's.
+    Discard,
+    /// A finished entry.
+    Done(Box<Finished>),
+}
+
+/// An entry ready for the manifest. When `read`, its chunk list is the chunks since the last
+/// `Done`.
+struct Finished {
+    entry: Entry,
+    parent: Option<ParentFile>,
+    read: bool,
+}
+
 struct Batch {
-    entry: usize,
-    seq: u32,
-    chunks: Vec<Vec<u8>>,
+    seq: u64,
+    steps: Vec<Step>,
 }
 
-struct Hashed {
-    entry: usize,
-    seq: u32,
-    chunks: Vec<Vec<u8>>,
-    ids: Vec<Digest>,
-}
-
-#[derive(Default)]
-struct PackerOut {
-    ids: HashMap<usize, Vec<(u32, Vec<Digest>)>>,
+/// What the packer stage produced.
+struct Assembled {
     new_bytes: u64,
     reused_bytes: u64,
+    entries: u64,
+    files: u64,
+    next_parent: Option<PendingParent>,
 }
 
-/// What the reader stage reads.
+/// How the reader stage reads.
 pub struct ReadPlan<'a> {
-    /// Entries from a walk, parents first.
-    pub found: Vec<Found>,
     /// How each file (by relative path) is cut into chunks.
     pub chunking: &'a (dyn Fn(&str) -> Chunking + Sync),
     /// Re-check each file's metadata after reading it; a file that changed meanwhile is read
@@ -85,91 +108,163 @@ pub struct ReadPlan<'a> {
     pub stable_reads: bool,
 }
 
+/// A walk: calls its argument with every entry, parents first, in walk order (see
+/// [`walk_order`](super::parent::walk_order)); stops at the first error it returns.
+pub type Walk = dyn FnOnce(&mut dyn FnMut(Found) -> Result<(), Error>) -> Result<(), Error> + Send;
+
 /// The chunking of a PostgreSQL data directory: fixed blocks for relation files, CDC otherwise.
 pub fn data_dir_chunking(options: &BackupConfig) -> impl Fn(&str) -> Chunking + Sync + use<> {
     let (block, chunk) = (options.block_size.as_usize(), options.chunk_size.as_usize());
     move |rel: &str| if is_relation_file(rel) { Chunking::Fixed(block) } else { Chunking::ContentDefined(chunk) }
 }
 
-/// Runs the reader, hasher and packer stages over the walked entries of `plan`.
-pub fn read_tree(
-    plan: ReadPlan<'_>,
-    known: &BlobIndex,
-    parent: Option<&ParentFiles>,
-    id_key: &IdKey,
-    options: &BackupConfig,
-    packs: &mpsc::Sender<PendingPack>,
-) -> Result<ReadOutcome, Error> {
+/// The shared parts of a backup the reading stages need.
+pub struct Stages<'a> {
+    /// Every blob already in the repository.
+    pub known: &'a BlobIndex,
+    /// The keyed-id key.
+    pub id_key: &'a IdKey,
+    /// Chunking and packing settings.
+    pub options: &'a BackupConfig,
+    /// Where full packs go (the uploader).
+    pub packs: &'a mpsc::Sender<PendingPack>,
+}
+
+/// Runs the walk and the reader, hasher, packer and entry-stream stages.
+pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, parent: Option<ParentReader>, next_parent: Option<ParentWriter>) -> Result<ReadOutcome, Error> {
     let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let Stages { known, id_key, options, packs } = *stages;
+    let pack_size = options.pack_size.as_usize();
     std::thread::scope(|scope| {
         let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE);
         let batch_rx = Arc::new(Mutex::new(batch_rx));
-        let (hashed_tx, hashed_rx) = sync_channel::<Hashed>(QUEUE);
+        let (hashed_tx, hashed_rx) = sync_channel::<Batch>(QUEUE);
         for _ in 0..hashers {
             let batch_rx = Arc::clone(&batch_rx);
             let hashed_tx = hashed_tx.clone();
             scope.spawn(move || hash_batches(&batch_rx, &hashed_tx, id_key));
         }
         drop(hashed_tx);
-        let packer = scope.spawn(move || pack_chunks(hashed_rx, known, options.pack_size.as_usize(), packs));
-        let read = read_files(plan, known, parent, batch_tx);
+        let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
+        let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs));
+        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, known, pack_size, packs, &line_tx, next_parent));
+        let mut reader = Reader::new(plan, known, parent, batch_tx);
+        let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
+        let mut out = reader.finish();
         let packed = packer.join().map_err(|_| Error::Internal("packer thread panicked".into()))?;
-        // A packer failure (uploader gone) makes the reader fail too: report the cause.
-        let mut packed = packed?;
-        let (mut out, slots) = read?;
+        let stored = stream.join().map_err(|_| Error::Internal("entry stream thread panicked".into()))?;
+        // A failing later stage makes the earlier ones fail too: report the cause first.
+        let stored = stored?;
+        let packed = packed?;
+        walked?;
         out.new_bytes = packed.new_bytes;
         out.reused_bytes += packed.reused_bytes;
-        for (slot, index) in slots {
-            let Some(mut parts) = packed.ids.remove(&slot) else { continue };
-            let entry = &mut out.entries[index];
-            parts.sort_by_key(|(seq, _)| *seq);
-            let ids: Vec<Digest> = parts.into_iter().flat_map(|(_, ids)| ids).collect();
-            if let EntryKind::File { chunks, .. } = &mut entry.kind {
-                *chunks = ids;
-            }
-            if let (EntryKind::File { chunks, .. }, Some(p)) = (&entry.kind, out.next_parent.files.get_mut(&entry.path)) {
-                p.chunks.clone_from(chunks);
-            }
-        }
+        out.entries = packed.entries;
+        out.files = packed.files;
+        out.next_parent = packed.next_parent;
+        out.entry_chunks = stored.chunks;
         Ok(out)
     })
 }
 
-fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Hashed>, id_key: &IdKey) {
+fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id_key: &IdKey) {
     loop {
         let batch = match batches.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(Batch { entry, seq, chunks }) = batch else { return };
-        let ids = chunks.iter().map(|c| id_key.digest(c)).collect();
-        if hashed.send(Hashed { entry, seq, chunks, ids }).is_err() {
+        let Ok(mut batch) = batch else { return };
+        for step in &mut batch.steps {
+            if let Step::Chunks { chunks, ids } = step {
+                *ids = chunks.iter().map(|c| id_key.digest(c)).collect();
+            }
+        }
+        if hashed.send(batch).is_err() {
             return;
         }
     }
 }
 
-fn pack_chunks(hashed: Receiver<Hashed>, known: &BlobIndex, pack_size: usize, packs: &mpsc::Sender<PendingPack>) -> Result<PackerOut, Error> {
+/// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
+/// each entry with its chunk list and writes it to the entry stream and the next parent record.
+fn pack_and_assemble(
+    hashed: Receiver<Batch>,
+    known: &BlobIndex,
+    pack_size: usize,
+    packs: &mpsc::Sender<PendingPack>,
+    lines: &SyncSender<Vec<u8>>,
+    mut next_parent: Option<ParentWriter>,
+) -> Result<Assembled, Error> {
     let mut pack = PackBuilder::default();
-    let mut out = PackerOut::default();
+    let mut out = Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None };
     let send = |pack: &mut PackBuilder| packs.blocking_send(pack.take()).map_err(|_| Error::Internal("pack uploader stopped".into()));
+    let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
+    let mut next_seq = 0u64;
+    let mut current: Vec<Digest> = Vec::new();
+    let mut buffer: Vec<u8> = Vec::with_capacity(entry_stream::LINE_BUFFER + 4096);
     for batch in hashed {
-        for (data, id) in batch.chunks.iter().zip(&batch.ids) {
-            if known.contains(id) || pack.has(id) {
-                out.reused_bytes += data.len() as u64;
-            } else {
-                pack.add(*id, data);
-                out.new_bytes += data.len() as u64;
-                if pack.len() >= pack_size {
-                    send(&mut pack)?;
+        waiting.insert(batch.seq, batch);
+        while let Some(batch) = waiting.remove(&next_seq) {
+            next_seq += 1;
+            for step in batch.steps {
+                match step {
+                    Step::Chunks { chunks, ids } => {
+                        for (data, id) in chunks.iter().zip(&ids) {
+                            if known.contains(id) || pack.has(id) {
+                                out.reused_bytes += data.len() as u64;
+                            } else {
+                                pack.add(*id, data);
+                                out.new_bytes += data.len() as u64;
+                                if pack.len() >= pack_size {
+                                    send(&mut pack)?;
+                                }
+                            }
+                        }
+                        current.extend(ids);
+                    }
+                    Step::Discard => current.clear(),
+                    Step::Done(finished) => {
+                        let Finished { mut entry, parent, read } = *finished;
+                        let ids = std::mem::take(&mut current);
+                        if let (EntryKind::File { chunks, .. }, true) = (&mut entry.kind, read) {
+                            *chunks = ids;
+                        }
+                        if let (Some(mut file), Some(writer)) = (parent, next_parent.as_mut()) {
+                            if let (EntryKind::File { chunks, .. }, true) = (&entry.kind, read) {
+                                file.chunks.clone_from(chunks);
+                            }
+                            let rel = decode_os(&entry.path, entry.raw_path.as_ref());
+                            if let Err(error) = writer.add(rel.as_bytes(), &file) {
+                                tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file");
+                                next_parent = None;
+                            }
+                        }
+                        out.entries += 1;
+                        out.files += u64::from(matches!(entry.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. }));
+                        entry_stream::push_line(&mut buffer, &entry);
+                        if buffer.len() >= entry_stream::LINE_BUFFER {
+                            lines.send(std::mem::take(&mut buffer)).map_err(|_| Error::Internal("entry stream stopped".into()))?;
+                        }
+                    }
                 }
             }
         }
-        out.ids.entry(batch.entry).or_default().push((batch.seq, batch.ids));
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Internal("a hashing stage stopped early".into()));
+    }
+    if !buffer.is_empty() {
+        lines.send(buffer).map_err(|_| Error::Internal("entry stream stopped".into()))?;
     }
     if !pack.is_empty() {
         send(&mut pack)?;
     }
+    out.next_parent = next_parent.and_then(|writer| {
+        writer
+            .finish()
+            .map_err(|error| tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file"))
+            .ok()
+    });
     Ok(out)
 }
 
@@ -182,118 +277,169 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
     i128::from(secs) * 1_000_000_000 + i128::from(nsec)
 }
 
-/// The reader stage: entries in walk order; file chunks go to the hashers in batches tagged
-/// with a slot (one per read attempt). Returns the entries and which slot filled which entry.
-fn read_files(plan: ReadPlan<'_>, known: &BlobIndex, parent: Option<&ParentFiles>, batches: SyncSender<Batch>) -> Result<(ReadOutcome, Vec<(usize, usize)>), Error> {
-    let mut out = ReadOutcome::default();
-    let mut slots = Vec::new();
-    let mut next_slot = 0usize;
-    let mut entry_of_found: Vec<Option<usize>> = Vec::with_capacity(plan.found.len());
-    let stopped = || Error::Internal("hashing stage stopped".into());
-    let attempts = if plan.stable_reads { 3 } else { 1 };
-    'found: for found in plan.found {
-        entry_of_found.push(None);
+/// Gathers steps into batches for the hashers.
+struct Feeder {
+    tx: SyncSender<Batch>,
+    seq: u64,
+    steps: Vec<Step>,
+    bytes: usize,
+}
+
+impl Feeder {
+    fn push(&mut self, step: Step, bytes: usize) -> Result<(), Error> {
+        self.steps.push(step);
+        self.bytes += bytes;
+        if self.bytes >= BATCH_BYTES || self.steps.len() >= BATCH_STEPS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if self.steps.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch { seq: self.seq, steps: std::mem::take(&mut self.steps) };
+        self.seq += 1;
+        self.bytes = 0;
+        self.tx.send(batch).map_err(|_| Error::Internal("hashing stage stopped".into()))
+    }
+}
+
+/// The reader stage: turns each walked entry into steps (file content, then the entry).
+struct Reader<'a> {
+    plan: ReadPlan<'a>,
+    known: &'a BlobIndex,
+    parent: Option<ParentReader>,
+    feeder: Feeder,
+    out: ReadOutcome,
+    /// Walk position of the next entry.
+    found: usize,
+    /// Entries sent so far (the index the next one gets in the manifest).
+    entries: usize,
+    /// Files with further names: walk position → manifest index.
+    first_names: HashMap<usize, usize>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>) -> Self {
+        let feeder = Feeder { tx, seq: 0, steps: Vec::new(), bytes: 0 };
+        Self { plan, known, parent, feeder, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
+    }
+
+    fn finish(self) -> ReadOutcome {
+        self.out
+    }
+
+    fn done(&mut self, entry: Entry, parent: Option<ParentFile>, read: bool, first_name_at: Option<usize>) -> Result<(), Error> {
+        if let Some(position) = first_name_at {
+            self.first_names.insert(position, self.entries);
+        }
+        self.entries += 1;
+        self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read })), 0)
+    }
+
+    fn visit(&mut self, found: Found) -> Result<(), Error> {
+        let position = self.found;
+        self.found += 1;
         let mut meta = found.meta;
         let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
         let mut entry = Entry { path: found.rel.clone(), raw_path: found.raw.clone(), kind: EntryKind::Dir, mode, uid, gid, mtime, mtime_nsec, size: 0 };
         if let Some(target) = &found.link_target {
             let (target, raw_target) = encode_os(target);
             entry.kind = EntryKind::Symlink { target, raw_target };
-        } else if meta.is_file() {
-            if let Some(first) = found.hardlink_of.and_then(|f| entry_of_found.get(f).copied().flatten()) {
-                entry.kind = EntryKind::Hardlink { entry: first };
-                entry.size = meta.len();
-                *entry_of_found.last_mut().expect("pushed above") = Some(out.entries.len());
-                out.entries.push(entry);
-                continue;
-            }
-            let ino = meta.ino();
-            let mtime_ns = nanos(meta.mtime(), meta.mtime_nsec());
-            let ctime_ns = nanos(meta.ctime(), meta.ctime_nsec());
-            if let Some(p) = parent.and_then(|p| p.unchanged(&found.rel, meta.len(), mtime_ns, ctime_ns, ino, known)) {
-                out.files_unchanged += 1;
-                out.total_bytes += p.size;
-                out.reused_bytes += p.size;
-                entry.size = p.size;
-                entry.kind = EntryKind::File { sha256: p.sha256, chunks: p.chunks.clone() };
-                out.next_parent.files.insert(found.rel.clone(), p.clone());
-                *entry_of_found.last_mut().expect("pushed above") = Some(out.entries.len());
-                out.entries.push(entry);
-                continue;
-            }
-            let chunking = (plan.chunking)(&found.rel);
-            let mut attempt = 0;
-            let (sha256, size, slot) = loop {
-                attempt += 1;
-                let file = match std::fs::File::open(&found.path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'found, // deleted meanwhile
-                    Err(e) if plan.stable_reads => {
-                        tracing::warn!(path = %found.path.display(), error = %e, "cannot read file: snapshot will be partial");
-                        out.unreadable.push(format!("{}: {e}", found.path.display()));
-                        continue 'found;
-                    }
-                    Err(source) => return Err(Error::Read { path: found.path, source }),
-                };
-                let slot = next_slot;
-                next_slot += 1;
-                let mut sha = Sha256Stream::default();
-                let mut size = 0u64;
-                let mut batch = Batch { entry: slot, seq: 0, chunks: Vec::new() };
-                let mut batch_bytes = 0;
-                for_each_chunk(
-                    std::io::BufReader::with_capacity(1 << 20, file),
-                    chunking,
-                    |data| {
-                        sha.update(data);
-                        size += data.len() as u64;
-                        batch.chunks.push(data.to_vec());
-                        batch_bytes += data.len();
-                        if batch_bytes >= BATCH_BYTES {
-                            let seq = batch.seq;
-                            let full = std::mem::replace(&mut batch, Batch { entry: slot, seq: seq + 1, chunks: Vec::new() });
-                            batch_bytes = 0;
-                            batches.send(full).map_err(|_| stopped())?;
-                        }
-                        Ok(())
-                    },
-                    |source| Error::Read { path: found.path.clone(), source },
-                )?;
-                if !batch.chunks.is_empty() {
-                    batches.send(batch).map_err(|_| stopped())?;
-                }
-                out.read_bytes += size;
-                if !plan.stable_reads {
-                    break (sha.finish(), size, slot);
-                }
-                match std::fs::symlink_metadata(&found.path) {
-                    Ok(after) if !changed(&meta, &after) && after.len() == size => break (sha.finish(), size, slot),
-                    Ok(after) if attempt < attempts => {
-                        tracing::warn!(path = %found.path.display(), attempt, "file changed while being read; reading it again");
-                        meta = after;
-                    }
-                    Ok(_) => {
-                        tracing::warn!(path = %found.path.display(), "file kept changing while being read: snapshot will be partial");
-                        out.unreadable.push(format!("{}: changed while being read ({attempts} attempts)", found.path.display()));
-                        continue 'found;
-                    }
-                    Err(_) => continue 'found, // deleted meanwhile
-                }
-            };
-            let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
-            (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec) = (mode, uid, gid, mtime, mtime_nsec);
-            out.total_bytes += size;
-            out.files_read += 1;
-            entry.size = size;
-            slots.push((slot, out.entries.len()));
-            let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
-            out.next_parent.files.insert(found.rel.clone(), ParentFile { size, mtime_ns, ctime_ns, ino, sha256, chunks: Vec::new() });
-            entry.kind = EntryKind::File { sha256, chunks: Vec::new() };
+            return self.done(entry, None, false, None);
         }
-        *entry_of_found.last_mut().expect("pushed above") = Some(out.entries.len());
-        out.entries.push(entry);
+        if !meta.is_file() {
+            return self.done(entry, None, false, None);
+        }
+        if let Some(first) = found.hardlink_of.and_then(|f| self.first_names.get(&f).copied()) {
+            entry.kind = EntryKind::Hardlink { entry: first };
+            entry.size = meta.len();
+            return self.done(entry, None, false, None);
+        }
+        let first_name_at = (meta.nlink() > 1).then_some(position);
+        let ino = meta.ino();
+        let mtime_ns = nanos(meta.mtime(), meta.mtime_nsec());
+        let ctime_ns = nanos(meta.ctime(), meta.ctime_nsec());
+        let rel = decode_os(&found.rel, found.raw.as_ref());
+        let known = self.known;
+        if let Some(p) = self.parent.as_mut().and_then(|p| p.unchanged(rel.as_bytes(), meta.len(), mtime_ns, ctime_ns, ino, known)) {
+            self.out.files_unchanged += 1;
+            self.out.total_bytes += p.size;
+            self.out.reused_bytes += p.size;
+            entry.size = p.size;
+            entry.kind = EntryKind::File { sha256: p.sha256, chunks: p.chunks.clone() };
+            return self.done(entry, Some(p), false, first_name_at);
+        }
+        let chunking = (self.plan.chunking)(&found.rel);
+        let attempts = if self.plan.stable_reads { 3 } else { 1 };
+        let mut attempt = 0;
+        let (sha256, size) = loop {
+            attempt += 1;
+            let file = match std::fs::File::open(&found.path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // deleted meanwhile
+                Err(e) if self.plan.stable_reads => {
+                    tracing::warn!(path = %found.path.display(), error = %e, "cannot read file: snapshot will be partial");
+                    self.out.unreadable.push(format!("{}: {e}", found.path.display()));
+                    return Ok(());
+                }
+                Err(source) => return Err(Error::Read { path: found.path, source }),
+            };
+            let mut sha = Sha256Stream::default();
+            let mut size = 0u64;
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            let mut chunk_bytes = 0;
+            let feeder = &mut self.feeder;
+            for_each_chunk(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                chunking,
+                |data| {
+                    sha.update(data);
+                    size += data.len() as u64;
+                    chunks.push(data.to_vec());
+                    chunk_bytes += data.len();
+                    if chunk_bytes >= BATCH_BYTES {
+                        let full = std::mem::take(&mut chunks);
+                        feeder.push(Step::Chunks { chunks: full, ids: Vec::new() }, std::mem::take(&mut chunk_bytes))?;
+                    }
+                    Ok(())
+                },
+                |source| Error::Read { path: found.path.clone(), source },
+            )?;
+            if !chunks.is_empty() {
+                self.feeder.push(Step::Chunks { chunks, ids: Vec::new() }, chunk_bytes)?;
+            }
+            self.out.read_bytes += size;
+            if !self.plan.stable_reads {
+                break (sha.finish(), size);
+            }
+            match std::fs::symlink_metadata(&found.path) {
+                Ok(after) if !changed(&meta, &after) && after.len() == size => break (sha.finish(), size),
+                Ok(after) if attempt < attempts => {
+                    tracing::warn!(path = %found.path.display(), attempt, "file changed while being read; reading it again");
+                    self.feeder.push(Step::Discard, 0)?;
+                    meta = after;
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %found.path.display(), "file kept changing while being read: snapshot will be partial");
+                    self.out.unreadable.push(format!("{}: changed while being read ({attempts} attempts)", found.path.display()));
+                    return self.feeder.push(Step::Discard, 0);
+                }
+                Err(_) => return self.feeder.push(Step::Discard, 0), // deleted meanwhile
+            }
+        };
+        let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
+        (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec) = (mode, uid, gid, mtime, mtime_nsec);
+        self.out.total_bytes += size;
+        self.out.files_read += 1;
+        entry.size = size;
+        entry.kind = EntryKind::File { sha256, chunks: Vec::new() };
+        let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
+        let parent = ParentFile { size, mtime_ns, ctime_ns, ino, sha256, chunks: Vec::new() };
+        self.done(entry, Some(parent), true, first_name_at)
     }
-    Ok((out, slots))
 }
 
 /// Runs the whole write side of a snapshot up to (not including) its index: the walk and the
@@ -302,10 +448,10 @@ fn read_files(plan: ReadPlan<'_>, known: &BlobIndex, parent: Option<&ParentFiles
 pub async fn store_tree(
     repo: &crate::repository::Repository,
     known: Arc<BlobIndex>,
-    walk: impl FnOnce() -> Result<Vec<Found>, Error> + Send + 'static,
+    walk: Box<Walk>,
     chunking: impl Fn(&str) -> Chunking + Send + Sync + 'static,
     stable_reads: bool,
-    parent: Option<ParentFiles>,
+    parents: (Option<ParentReader>, Option<ParentWriter>),
     options: &BackupConfig,
 ) -> Result<(ReadOutcome, super::pack::UploadReport), Error> {
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
@@ -314,8 +460,9 @@ pub async fn store_tree(
         let id_key = repo.id_key.clone();
         let options = options.clone();
         tokio::task::spawn_blocking(move || {
-            let plan = ReadPlan { found: walk()?, chunking: &chunking, stable_reads };
-            read_tree(plan, &known, parent.as_ref(), &id_key, &options, &tx)
+            let plan = ReadPlan { chunking: &chunking, stable_reads };
+            let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx };
+            read_tree(walk, plan, &stages, parents.0, parents.1)
         })
     };
     let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;
@@ -342,8 +489,13 @@ pub async fn write_index_and_manifest(
     manifest: &super::manifest::Manifest,
 ) -> Result<(u64, Digest), Error> {
     use crate::repo::ObjectKey;
-    if !index.packs.is_empty() {
-        repo.put_record(&ObjectKey::Index(snapshot_id.to_owned()), index).await?;
+    #[derive(serde::Serialize)]
+    struct Shard<'a> {
+        packs: &'a [super::pack::IndexPack],
+    }
+    for (n, packs) in index.shards().into_iter().enumerate() {
+        let name = if n == 0 { snapshot_id.to_owned() } else { format!("{snapshot_id}.{n}") };
+        repo.put_record(&ObjectKey::Index(name), &Shard { packs }).await?;
     }
     let json = serde_json::to_vec(manifest).expect("manifest serialises");
     let (_, digest, bytes) = repo

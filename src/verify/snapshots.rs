@@ -100,6 +100,16 @@ impl<'a> ChunkCheck<'a> {
     fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) {
         let Some(index) = self.index else { return };
         let (mut missing, mut files, mut first) = (0u64, 0u64, None);
+        // The entry stream's chunks were read to load the manifest; --read-data reads their
+        // packs again like any other.
+        for chunk in &manifest.entry_chunks {
+            if let (Some(wanted), Some(location)) = (&mut self.wanted, index.get(chunk))
+                && let Some(pack) = index.packs.get(location.pack as usize)
+                && wanted.seen.insert(*chunk)
+            {
+                wanted.by_pack.entry(pack.as_str()).or_default().push((*chunk, location));
+            }
+        }
         for entry in &manifest.entries {
             let EntryKind::File { chunks, .. } = &entry.kind else { continue };
             let before = missing;
@@ -144,7 +154,11 @@ pub(super) async fn check_all(
         .collect();
     for record in records {
         let key = ObjectKey::Manifest(record.id.clone()).to_string();
-        match snapshot::load_manifest(repo, record).await {
+        let loaded = match chunks.index {
+            Some(index) => snapshot::load_manifest_with(repo, record, index).await,
+            None => snapshot::load_manifest(repo, record).await,
+        };
+        match loaded {
             Ok(manifest) => {
                 report.read(sizes.get(&key).copied().unwrap_or(0));
                 chunks.check(&record.id, &manifest, report);

@@ -204,9 +204,15 @@ impl TestEnv {
         victim
     }
 
-    /// Flips one bit in the middle of a pack object; returns the pack's repository key.
+    /// Flips one bit in the middle of the largest pack object; returns the pack's repository key.
     pub fn corrupt_a_pack(&self) -> String {
-        let pack = std::fs::read_dir(self.local_object("packs")).expect("packs dir").filter_map(Result::ok).next().expect("a pack").path();
+        // The largest pack holds file content (entry streams make small packs of their own).
+        let pack = std::fs::read_dir(self.local_object("packs"))
+            .expect("packs dir")
+            .filter_map(Result::ok)
+            .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .expect("a pack")
+            .path();
         let mut data = std::fs::read(&pack).expect("read pack");
         let middle = data.len() / 2;
         data[middle] ^= 0x10;
