@@ -219,3 +219,34 @@ fn fs_drill_passes_then_names_the_path_of_a_corrupt_chunk() {
     assert_eq!(events.as_array().unwrap().last().unwrap()["kind"], "incident");
     assert!(std::fs::read_dir(env.path().join("scratch")).map(|d| d.count()).unwrap_or(0) == 0, "scratch left behind");
 }
+
+/// The manifest's entries live in packs of their own: damage there is reported naming that
+/// pack, never read as an empty or shorter snapshot.
+#[test]
+fn a_damaged_entry_stream_is_an_integrity_error_naming_its_pack() {
+    let env = TestEnv::new(Backend::Local);
+    let src = env.path().join("tree");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..50u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(64 << 10, i)).unwrap();
+    }
+    let snap = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"].as_str().unwrap().to_owned();
+    let listed = json(&env.radd(&["--json", "ls", &snap]));
+    assert_eq!(listed.as_array().unwrap().iter().filter(|e| e["path"].as_str().unwrap().contains("/tree/f")).count(), 50, "{listed:#}");
+
+    // The entry stream is the small pack beside the 3 MiB of file content.
+    let smallest = std::fs::read_dir(env.local_object("packs")).unwrap().filter_map(Result::ok).min_by_key(|e| e.metadata().unwrap().len()).unwrap().path();
+    let mut data = std::fs::read(&smallest).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x01;
+    std::fs::set_permissions(&smallest, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&smallest, data).unwrap();
+    let pack = format!("packs/{}", smallest.file_name().unwrap().to_str().unwrap());
+
+    let ls = env.radd(&["ls", &snap]);
+    assert_eq!(ls.status.code(), Some(3), "{}", stderr(&ls));
+    assert!(stderr(&ls).contains(&pack), "the damaged pack is named: {}", stderr(&ls));
+    let verify = env.radd(&["verify"]);
+    assert_eq!(verify.status.code(), Some(3), "{}", stderr(&verify));
+    assert!(stderr(&verify).contains(&pack), "{}", stderr(&verify));
+}
