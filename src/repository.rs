@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, ObjectKind};
 use crate::config::Config;
-use crate::crypto::{self, Digest, IdKey, Identity, Recipients};
+use crate::crypto::{self, Digest, IdKey, IdScheme, Identity, Recipients};
 use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
 const RECORD_MAGIC: &[u8; 8] = b"RADDREC1";
-const FORMAT_VERSION: u32 = 1;
+/// Format of new repositories: 2 = keyed BLAKE3 ids and digests. Format 1 (HMAC-SHA256) is
+/// still read and written; only the keyed hash differs.
+const FORMAT_VERSION: u32 = 2;
 const ID_KEY_CHECK: &[u8] = b"radd id key check v1";
 
 /// Errors opening or initialising a repository, or reading its records.
@@ -35,7 +37,7 @@ pub enum Error {
         location: String,
     },
     /// The repository was written by an incompatible radd.
-    #[error("repository {location} has format version {found}; this radd reads version {FORMAT_VERSION}")]
+    #[error("repository {location} has format version {found}; this radd reads versions 1 to {FORMAT_VERSION}: upgrade radd")]
     Version {
         /// Where.
         location: String,
@@ -90,6 +92,11 @@ impl Error {
             Error::Repo(e) => e.kind(),
         }
     }
+}
+
+/// The keyed hash a repository format uses.
+fn id_scheme(format: u32) -> IdScheme {
+    if format >= 2 { IdScheme::Blake3 } else { IdScheme::HmacSha256 }
 }
 
 /// The `config` object at the repository root.
@@ -149,6 +156,7 @@ impl Repository {
                 location: store.location().to_owned(),
             });
         }
+        let id_key = id_key.with_scheme(id_scheme(FORMAT_VERSION));
         let meta = RepoMeta {
             format: FORMAT_VERSION,
             id: hex::encode(IdKey::generate().digest(b"repository id").0)[..16].to_owned(),
@@ -189,7 +197,7 @@ impl Repository {
                 key: ObjectKey::Config.to_string(),
                 reason: e.to_string(),
             })?;
-        if meta.format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&meta.format) {
             return Err(Error::Version {
                 location: store.location().to_owned(),
                 found: meta.format,
@@ -216,6 +224,7 @@ impl Repository {
             }
             _ => return Err(Error::NoIdentity),
         };
+        let id_key = id_key.with_scheme(id_scheme(meta.format));
         if id_key.digest(ID_KEY_CHECK) != meta.id_key_check {
             return Err(Error::WrongIdKey {
                 location: store.location().to_owned(),

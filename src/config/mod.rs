@@ -200,6 +200,22 @@ pub struct BackupConfig {
     /// Backup-host state: the record of the last backup, so unchanged files are not re-read.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// How long a base backup waits, after `pg_backup_stop`, for the WAL it needs to reach the
+    /// repository (radd polls the repository itself instead of PostgreSQL's 1-second poll).
+    #[serde(default = "default_archive_wait")]
+    pub archive_wait: String,
+}
+
+fn default_archive_wait() -> String {
+    "120s".to_owned()
+}
+
+impl BackupConfig {
+    /// [`BackupConfig::archive_wait`] as a duration (validated with the config).
+    #[must_use]
+    pub fn archive_wait(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.archive_wait).unwrap_or(std::time::Duration::from_secs(120))
+    }
 }
 
 impl Default for BackupConfig {
@@ -212,6 +228,7 @@ impl Default for BackupConfig {
             compression_level: default_level(),
             upload_concurrency: default_uploads(),
             state_dir: default_state_dir(),
+            archive_wait: default_archive_wait(),
         }
     }
 }
@@ -525,6 +542,7 @@ impl Config {
             ("daemon.shutdown_grace", &d.shutdown_grace),
             ("daemon.verify_period", &d.verify_period),
             ("daemon.prune_grace", &d.prune_grace),
+            ("backup.archive_wait", &self.backup.archive_wait),
         ] {
             if !value.is_empty() && humantime::parse_duration(value).is_err() {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));

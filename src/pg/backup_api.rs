@@ -106,12 +106,14 @@ impl BackupSession {
         })
     }
 
-    /// Stops the backup, waiting until the server has archived the WAL it needs.
+    /// Stops the backup (the server switches to a new WAL segment). It does not wait for the
+    /// archiver: PostgreSQL checks only once a second, so the caller waits for the WAL in the
+    /// repository itself.
     pub async fn stop(self) -> Result<BackupStop, Error> {
         let sql = if self.start.server_version_num >= 150_000 {
-            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)"
+            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)"
         } else {
-            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, true)"
+            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_stop_backup(false, false)"
         };
         let row = self
             .client

@@ -78,6 +78,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 
     let client = pg::connect(&options.postgres).await?;
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
@@ -100,11 +101,14 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let (mut read, upload) = pipeline::store_tree(repo, Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, (parent, next_parent), &options.backup).await?;
     let next_parent = read.next_parent.take();
 
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
     let stop = session.stop().await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup stopped in PostgreSQL (WAL switched)");
     let segment_size = start.segment_size;
     let first = WalFileName::segment_for(stop.timeline, start.lsn, segment_size);
     let last = WalFileName::segment_for(stop.timeline, stop.lsn, segment_size);
     if let (WalFileName::Segment { number: a, .. }, WalFileName::Segment { number: b, .. }) = (&first, &last) {
+        wait_for_wal(repo, &last, segment_size, options.backup.archive_wait()).await;
         crate::archive::check_chain(repo, stop.timeline, *a, Some(*b), segment_size)
             .await
             .map_err(Error::WalMissing)?;
@@ -119,6 +123,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         tablespace_map: Some(stop.tablespace_map.clone()),
         unreadable: Vec::new(),
     };
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain checked");
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, &upload.index, &manifest).await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
@@ -181,4 +186,30 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         "base backup committed"
     );
     Ok(report)
+}
+
+/// Waits until the segment holding the backup's stop LSN is in the repository (the archiver
+/// pushes it right after `pg_backup_stop` switched WAL), polling from 10 ms up to 250 ms, for at
+/// most `limit`. The chain check that follows decides; this only avoids checking too early.
+async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: u64, limit: std::time::Duration) {
+    let WalFileName::Segment { timeline, .. } = last else { return };
+    let key = ObjectKey::Wal { dir: timeline.to_string(), name: last.to_name(segment_size) };
+    let deadline = Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match repo.store.exists(&key).await {
+            Ok(true) => return,
+            Ok(false) if Instant::now() < deadline => {}
+            Ok(false) => {
+                tracing::warn!(segment = %key, "WAL needed by the backup has not been archived in time; check archive_command");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(segment = %key, error = %error, "cannot check the WAL archive");
+                return;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(std::time::Duration::from_millis(250));
+    }
 }

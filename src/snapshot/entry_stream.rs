@@ -64,9 +64,8 @@ impl Read for ChannelReader {
 
 /// Cuts the entry lines arriving on `lines` into chunks and packs the new ones (sent to the
 /// uploader on `packs`). Runs on its own thread until the senders of `lines` are dropped.
-pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_size: usize, packs: &mpsc::Sender<PendingPack>) -> Result<StoredStream, Error> {
+pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_size: usize, packs: &mpsc::Sender<PendingPack>, mut pack: PackBuilder) -> Result<StoredStream, Error> {
     let reader = ChannelReader { rx: lines, buffer: Vec::new(), position: 0 };
-    let mut pack = PackBuilder::default();
     let mut out = StoredStream::default();
     let send = |pack: &mut PackBuilder| packs.blocking_send(pack.take()).map_err(|_| Error::Internal("pack uploader stopped".into()));
     for_each_chunk(

@@ -139,15 +139,58 @@ impl BlobIndex {
     }
 }
 
+/// Pack buffers recycled between the packers and the uploader: a backup allocates a handful of
+/// pack-sized buffers once instead of one per pack, so memory neither grows by reallocation
+/// (no doubling copies) nor stays behind in the allocator's per-thread arenas.
+#[derive(Debug, Clone, Default)]
+pub struct BufferPool {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    capacity: usize,
+}
+
+/// Buffers kept for reuse; more in flight at once are freed when they come back.
+const POOLED_BUFFERS: usize = 8;
+
+impl BufferPool {
+    /// A pool of buffers of `capacity` bytes (a pack's target size plus room for its last chunk).
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self { free: Arc::default(), capacity }
+    }
+
+    /// An empty buffer.
+    #[must_use]
+    pub fn get(&self) -> Vec<u8> {
+        self.free.lock().ok().and_then(|mut free| free.pop()).unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn put(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < POOLED_BUFFERS
+        {
+            free.push(buffer);
+        }
+    }
+}
+
 /// A pack being filled.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
     data: Vec<u8>,
     blobs: Vec<(Digest, u32, u32)>,
     pending: HashSet<Digest>,
+    pool: BufferPool,
 }
 
 impl PackBuilder {
+    /// A builder taking its buffers from `pool`.
+    #[must_use]
+    pub fn new(pool: BufferPool) -> Self {
+        Self { pool, ..Self::default() }
+    }
+
     /// Whether `id` was already added during this backup (possibly in a pack still uploading).
     #[must_use]
     pub fn has(&self, id: &Digest) -> bool {
@@ -158,6 +201,9 @@ impl PackBuilder {
     pub fn add(&mut self, id: Digest, data: &[u8]) {
         let offset = u32::try_from(self.data.len()).expect("packs stay below 4 GiB");
         let length = u32::try_from(data.len()).expect("chunks stay below 4 GiB");
+        if self.data.capacity() == 0 {
+            self.data = self.pool.get();
+        }
         self.data.extend_from_slice(data);
         self.blobs.push((id, offset, length));
         self.pending.insert(id);
@@ -201,11 +247,13 @@ pub struct UploadReport {
 }
 
 /// Seals and uploads packs from `rx` with at most `concurrency` in flight; returns once every
-/// pack is durably stored, or with the first error (later packs are abandoned).
+/// pack is durably stored, or with the first error (later packs are abandoned). Pack buffers go
+/// back to `pool`.
 pub async fn upload_packs(
     repo: Repository,
     mut rx: mpsc::Receiver<PendingPack>,
     concurrency: usize,
+    pool: BufferPool,
 ) -> Result<UploadReport, Error> {
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
@@ -227,9 +275,10 @@ pub async fn upload_packs(
             collect(done, &mut report)?;
         }
         let repo = repo.clone();
+        let pool = pool.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            store_pack(&repo, pack).await
+            store_pack(&repo, pack, &pool).await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -238,8 +287,17 @@ pub async fn upload_packs(
     Ok(report)
 }
 
-async fn store_pack(repo: &Repository, pack: PendingPack) -> Result<(IndexPack, u64), Error> {
-    let (sealed, digest) = repo.seal(ObjectKind::Pack, pack.data, "new pack".into()).await?;
+async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> Result<(IndexPack, u64), Error> {
+    let PendingPack { data, blobs } = pack;
+    let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
+    let (sealed, data) = tokio::task::spawn_blocking(move || {
+        let sealed = crate::codec::seal(ObjectKind::Pack, &data, &id_key, &recipients, level, "new pack");
+        (sealed, data)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    pool.put(data);
+    let (sealed, digest) = sealed.map_err(crate::repository::Error::from)?;
     let id = digest.to_string();
     let key = ObjectKey::Pack(id.clone());
     let stored = sealed.len() as u64;
@@ -252,5 +310,5 @@ async fn store_pack(repo: &Repository, pack: PendingPack) -> Result<(IndexPack, 
         return Err(Error::PackConflict { key: key.to_string() });
     }
     let uploaded = if outcome == PutOutcome::Created { stored } else { 0 };
-    Ok((IndexPack { id, blobs: pack.blobs }, uploaded))
+    Ok((IndexPack { id, blobs }, uploaded))
 }

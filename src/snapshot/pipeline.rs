@@ -24,7 +24,7 @@ use super::Error;
 use super::chunker::{Chunking, for_each_chunk};
 use super::entry_stream;
 use super::manifest::{Entry, EntryKind, decode_os, encode_os};
-use super::pack::{BlobIndex, PackBuilder, PendingPack};
+use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, attrs, is_relation_file};
 use crate::config::BackupConfig;
@@ -128,12 +128,14 @@ pub struct Stages<'a> {
     pub options: &'a BackupConfig,
     /// Where full packs go (the uploader).
     pub packs: &'a mpsc::Sender<PendingPack>,
+    /// Pack buffers, recycled by the uploader.
+    pub pool: &'a BufferPool,
 }
 
 /// Runs the walk and the reader, hasher, packer and entry-stream stages.
 pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, parent: Option<ParentReader>, next_parent: Option<ParentWriter>) -> Result<ReadOutcome, Error> {
     let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let Stages { known, id_key, options, packs } = *stages;
+    let Stages { known, id_key, options, packs, pool } = *stages;
     let pack_size = options.pack_size.as_usize();
     std::thread::scope(|scope| {
         let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUE);
@@ -146,8 +148,8 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
         }
         drop(hashed_tx);
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
-        let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs));
-        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, known, pack_size, packs, &line_tx, next_parent));
+        let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
+        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, known, (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
         let mut reader = Reader::new(plan, known, parent, batch_tx);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
@@ -190,12 +192,11 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
 fn pack_and_assemble(
     hashed: Receiver<Batch>,
     known: &BlobIndex,
-    pack_size: usize,
+    (mut pack, pack_size): (PackBuilder, usize),
     packs: &mpsc::Sender<PendingPack>,
     lines: &SyncSender<Vec<u8>>,
     mut next_parent: Option<ParentWriter>,
 ) -> Result<Assembled, Error> {
-    let mut pack = PackBuilder::default();
     let mut out = Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None };
     let send = |pack: &mut PackBuilder| packs.blocking_send(pack.take()).map_err(|_| Error::Internal("pack uploader stopped".into()));
     let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
@@ -455,13 +456,14 @@ pub async fn store_tree(
     options: &BackupConfig,
 ) -> Result<(ReadOutcome, super::pack::UploadReport), Error> {
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
-    let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, options.upload_concurrency));
+    let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
+    let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, options.upload_concurrency, pool.clone()));
     let reader = {
         let id_key = repo.id_key.clone();
         let options = options.clone();
         tokio::task::spawn_blocking(move || {
             let plan = ReadPlan { chunking: &chunking, stable_reads };
-            let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx };
+            let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
             read_tree(walk, plan, &stages, parents.0, parents.1)
         })
     };
