@@ -166,14 +166,17 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     };
     let index = BlobIndex::load(repo).await?;
     let manifest = snapshot::load_manifest_with(repo, &record, &index).await?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain, index and manifest loaded");
 
     let staging = staging_dir(&options.target)?;
     let result = async {
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
+        tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if record.pg.is_some() {
             recovery::write_settings(&staging, &manifest, options, &record.id)?;
         }
         writer::sync_tree(&staging)?;
+        tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files and directories fsync'd");
         Ok::<_, Error>(written)
     }
     .await;

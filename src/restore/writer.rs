@@ -2,13 +2,17 @@
 //! digest: every byte written is checked against its file's SHA-256 from the authenticated
 //! manifest instead, so the content is hashed once, not twice.
 //!
-//! Packs are fetched, decrypted and decompressed ahead of the writer (two at a time, in the
-//! order the manifest first needs them) while the writer hashes and writes the previous ones;
-//! a small cache serves chunks that later files share. Every file is hashed while written and
-//! compared with its manifest SHA-256; all-zero blocks become holes (sparse files). Files and
-//! directories are fsync'd once, at the end, in parallel, so the kernel writes back meanwhile.
+//! Three stages run at once: packs are fetched, decrypted and decompressed ahead of the writer
+//! (two at a time, in the order the manifest first needs them); the writer writes the chunks
+//! (all-zero blocks become holes: sparse files); a verifier thread hashes the same bytes in
+//! the same order (no copy: the decrypted packs are shared) and compares every file with its
+//! manifest SHA-256. A small cache serves chunks that later files share. A mismatch fails the
+//! restore before anything leaves the staging directory. Files and directories are fsync'd
+//! once, at the end, in parallel, so the kernel writes back meanwhile.
 
 use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,55 @@ use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 const PACK_CACHE: usize = 2;
 /// Packs fetched and decrypted ahead of the writer.
 const PACKS_AHEAD: usize = 2;
+/// Chunks queued for the verifier (they hold their pack alive: memory is bounded by packs).
+const VERIFY_QUEUE: usize = 256;
+
+/// Work for the verifier thread, in write order.
+enum Verify {
+    /// Bytes of the current file.
+    Data(Arc<Vec<u8>>, Range<usize>),
+    /// The current file is complete: compare with its manifest SHA-256.
+    End { name: String, expected: crate::crypto::Digest },
+}
+
+/// The verifier: hashes each file's bytes on its own thread and checks its SHA-256.
+struct Verifier {
+    tx: SyncSender<Verify>,
+    thread: std::thread::JoinHandle<Result<(), Error>>,
+}
+
+impl Verifier {
+    fn start() -> Self {
+        let (tx, rx) = sync_channel::<Verify>(VERIFY_QUEUE);
+        let thread = std::thread::spawn(move || {
+            let mut sha = Sha256Stream::default();
+            for work in rx {
+                match work {
+                    Verify::Data(pack, range) => sha.update(&pack[range]),
+                    Verify::End { name, expected } => {
+                        let actual = std::mem::take(&mut sha).finish();
+                        if actual != expected {
+                            return Err(Error::Checksum { path: name, expected: expected.to_string(), actual: actual.to_string() });
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        Self { tx, thread }
+    }
+
+    fn send(&self, work: Verify) -> Result<(), Error> {
+        // A closed channel means the verifier stopped at a mismatch; `finish` reports it.
+        self.tx.send(work).map_err(|_| Error::Io { what: "restore: verifier stopped", path: PathBuf::new(), source: std::io::Error::other("checksum mismatch") })
+    }
+
+    /// Waits for every queued file; the first mismatch, if any.
+    fn finish(self) -> Result<(), Error> {
+        drop(self.tx);
+        self.thread.join().unwrap_or_else(|_| Err(Error::Io { what: "restore: verifier thread panicked", path: PathBuf::new(), source: std::io::Error::other("panic") }))
+    }
+}
 
 type Pack = (u32, Arc<Vec<u8>>);
 
@@ -131,8 +184,11 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
         })
     };
     let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new() };
-    let written = write_all(&mut packs, manifest, root, &wanted).await;
+    let verifier = Verifier::start();
+    let written = write_all(&mut packs, &verifier, manifest, root, &wanted).await;
     prefetch.abort();
+    // A checksum mismatch is the cause of any write failure that follows it.
+    verifier.finish()?;
     written
 }
 
@@ -160,7 +216,7 @@ fn wanted(manifest: &Manifest, include: Option<&globset::GlobSet>) -> Vec<bool> 
     manifest.entries.iter().zip(matched).map(|(e, m)| m || needed_dirs.contains(&e.os_path())).collect()
 }
 
-async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<(u64, u64), Error> {
+async fn write_all(packs: &mut Packs<'_>, verifier: &Verifier, manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<(u64, u64), Error> {
     let as_root = nix::unistd::geteuid().is_root();
     let mut written: Vec<Option<PathBuf>> = vec![None; manifest.entries.len()];
     let mut dirs = Vec::new();
@@ -188,7 +244,8 @@ async fn write_all(packs: &mut Packs<'_>, manifest: &Manifest, root: &Path, want
             EntryKind::File { .. } => {}
         }
         if let Some((sha256, chunks)) = content(manifest, wanted, index) {
-            write_file(packs, &path, &entry.path, entry.size, sha256, chunks).await?;
+            write_file(packs, verifier, &path, entry.size, chunks).await?;
+            verifier.send(Verify::End { name: entry.path.clone(), expected: *sha256 })?;
             files += 1;
             bytes += entry.size;
         }
@@ -221,18 +278,19 @@ fn set_mtime(path: &Path, secs: i64, nsec: u32) -> Result<(), Error> {
         .map_err(|e| Error::Io { what: "set mtime of", path: path.to_owned(), source: e.into() })
 }
 
-/// Writes one file from its chunks, holes for all-zero blocks, and checks its SHA-256.
-async fn write_file(packs: &mut Packs<'_>, path: &Path, name: &str, size: u64, sha256: &crate::crypto::Digest, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
+/// Writes one file from its chunks, holes for all-zero blocks, handing every chunk to the
+/// verifier.
+async fn write_file(packs: &mut Packs<'_>, verifier: &Verifier, path: &Path, size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
+    let name = path.display().to_string();
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
-    let mut sha = Sha256Stream::default();
     let mut hole = false;
+    let (mut position, mut flushed) = (0u64, 0u64);
     for chunk in chunks {
-        let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.to_owned() };
+        let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.clone() };
         let location = packs.index.get(chunk).ok_or_else(missing)?;
-        let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.to_owned(), source: Box::new(e) })?;
-        let start = location.offset as usize;
-        let data = pack.get(start..start + location.length as usize).ok_or_else(missing)?;
-        sha.update(data);
+        let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.clone(), source: Box::new(e) })?;
+        let range = location.offset as usize..location.offset as usize + location.length as usize;
+        let data = pack.get(range.clone()).ok_or_else(missing)?;
         if data.iter().all(|&b| b == 0) {
             file.seek(SeekFrom::Current(data.len() as i64)).map_err(io_err("seek in", path))?;
             hole = true;
@@ -240,15 +298,33 @@ async fn write_file(packs: &mut Packs<'_>, path: &Path, name: &str, size: u64, s
             file.write_all(data).map_err(io_err("write", path))?;
             hole = false;
         }
+        let length = data.len() as u64;
+        verifier.send(Verify::Data(pack, range))?;
+        position += length;
+        if position - flushed >= WRITEBACK_EVERY {
+            start_writeback(&file, flushed, position - flushed);
+            flushed = position;
+        }
     }
     if hole {
         file.set_len(size).map_err(io_err("extend", path))?;
     }
-    let actual = sha.finish();
-    if actual != *sha256 {
-        return Err(Error::Checksum { path: name.to_owned(), expected: sha256.to_string(), actual: actual.to_string() });
-    }
+    start_writeback(&file, flushed, position - flushed);
     Ok(())
+}
+
+/// Bytes written to a file between requests to start writing them back.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+/// Asks the kernel to start writing a range back now (`POSIX_FADV_DONTNEED` queues dirty pages
+/// for writeback without waiting), so the disk works while later files are decrypted and the
+/// final fsync finds little left to write. Only a hint: failures are ignored.
+fn start_writeback(file: &std::fs::File, offset: u64, length: u64) {
+    if length == 0 {
+        return;
+    }
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else { return };
+    let _ = nix::fcntl::posix_fadvise(file, offset, length, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// fsyncs one directory, making the names in it durable.
