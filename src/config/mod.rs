@@ -419,10 +419,10 @@ fn default_fs_chunk_size() -> ByteSize {
     ByteSize(128 << 10)
 }
 fn default_block_size() -> ByteSize {
-    ByteSize(64 << 10)
+    ByteSize(8 << 10)
 }
 fn default_pack_size() -> ByteSize {
-    ByteSize(8 << 20)
+    ByteSize(4 << 20)
 }
 fn default_level() -> i32 {
     3
@@ -606,6 +606,6 @@ mod example_tests {
     fn shipped_example_config_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/radd.toml");
         let config = super::Config::load(&path).expect("config/radd.toml loads");
-        assert_eq!(config.backup.block_size.0, 64 << 10);
+        assert_eq!(config.backup.block_size.0, 8 << 10);
     }
 }

@@ -29,9 +29,9 @@ use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
 /// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
-const PACK_CACHE: usize = 2;
+const PACK_CACHE: usize = 4;
 /// Packs fetched and decrypted ahead of the writer.
-const PACKS_AHEAD: usize = 2;
+const PACKS_AHEAD: usize = 4;
 /// Chunks queued for the verifier (they hold their pack alive: memory is bounded by packs).
 const VERIFY_QUEUE: usize = 256;
 
@@ -130,9 +130,9 @@ async fn fetch_pack(repo: &Repository, index: &BlobIndex, pack: u32) -> Result<V
 /// not restored, the first name's.
 fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m crate::crypto::Digest, &'m [crate::crypto::Digest])> {
     match &manifest.entries[index].kind {
-        EntryKind::File { sha256, chunks } => Some((sha256, chunks)),
+        EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
         EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => match &manifest.entries.get(*entry)?.kind {
-            EntryKind::File { sha256, chunks } => Some((sha256, chunks)),
+            EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
             _ => None,
         },
         _ => None,

@@ -69,8 +69,9 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
         let manifest = snapshot::load_manifest_with(repo, record, &index).await?;
         referenced_blobs.extend(manifest.entry_chunks);
         for entry in manifest.entries {
-            if let EntryKind::File { chunks, .. } = entry.kind {
+            if let EntryKind::File { chunks, list, .. } = entry.kind {
                 referenced_blobs.extend(chunks);
+                referenced_blobs.extend(list.map(|l| l.base));
             }
         }
     }

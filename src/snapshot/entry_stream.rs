@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::Error;
 use super::chunker::{Chunking, for_each_chunk};
-use super::manifest::Entry;
+use super::manifest::{ChunkList, Entry, EntryKind};
 use super::pack::{BlobIndex, PackBuilder, PendingPack};
 use crate::codec::ObjectKind;
 use crate::crypto::{Digest, IdKey};
@@ -97,37 +97,65 @@ pub fn push_line(buffer: &mut Vec<u8>, entry: &Entry) {
     buffer.push(b'\n');
 }
 
-/// Reads the entries of a stream back, in order, checking every chunk against its keyed id.
-pub async fn load(repo: &Repository, index: &BlobIndex, chunks: &[Digest], manifest: &str) -> Result<Vec<Entry>, Error> {
-    let corrupt = |reason: String| -> Error { repository::Error::CorruptRecord { key: manifest.to_owned(), reason }.into() };
-    let mut entries = Vec::new();
-    let mut carry: Vec<u8> = Vec::new();
-    let mut cached: Option<(u32, Vec<u8>)> = None;
-    for id in chunks {
-        let location = index.get(id).ok_or_else(|| corrupt(format!("entry chunk {id} is not in any pack; run `radd verify`")))?;
-        if cached.as_ref().is_none_or(|(pack, _)| *pack != location.pack) {
-            let key = ObjectKey::Pack(index.packs[location.pack as usize].clone());
-            let data = repo
+/// Reads blobs out of packs for manifest loading, checking each against its keyed id and
+/// keeping the last pack opened (entry and list blobs of one snapshot sit together).
+struct BlobReader<'a> {
+    repo: &'a Repository,
+    index: &'a BlobIndex,
+    manifest: &'a str,
+    cached: Option<(u32, Vec<u8>)>,
+}
+
+impl BlobReader<'_> {
+    fn corrupt(&self, reason: String) -> Error {
+        repository::Error::CorruptRecord { key: self.manifest.to_owned(), reason }.into()
+    }
+
+    async fn read(&mut self, id: &Digest, what: &str) -> Result<&[u8], Error> {
+        let location = self.index.get(id).ok_or_else(|| self.corrupt(format!("{what} {id} is not in any pack; run `radd verify`")))?;
+        if self.cached.as_ref().is_none_or(|(pack, _)| *pack != location.pack) {
+            let key = ObjectKey::Pack(self.index.packs[location.pack as usize].clone());
+            let data = self
+                .repo
                 .get_open_unhashed(ObjectKind::Pack, &key)
                 .await
-                .map_err(|e| corrupt(format!("its entries are in {key}, which cannot be read ({e}); run `radd verify --read-data`")))?;
-            cached = Some((location.pack, data));
+                .map_err(|e| self.corrupt(format!("its {what}s are in {key}, which cannot be read ({e}); run `radd verify --read-data`")))?;
+            self.cached = Some((location.pack, data));
         }
-        let pack = cached.as_ref().map(|(_, data)| data.as_slice()).unwrap_or_default();
         let (start, end) = (location.offset as usize, location.offset as usize + location.length as usize);
-        let data = pack.get(start..end).ok_or_else(|| corrupt(format!("entry chunk {id} lies outside its pack")))?;
-        if repo.id_key.digest(data) != *id {
-            return Err(corrupt(format!("entry chunk {id} does not match its id; run `radd verify`")));
+        let data = self.cached.as_ref().and_then(|(_, pack)| pack.get(start..end));
+        match data {
+            Some(data) if self.repo.id_key.digest(data) == *id => Ok(data),
+            Some(_) => Err(self.corrupt(format!("{what} {id} does not match its id; run `radd verify`"))),
+            None => Err(self.corrupt(format!("{what} {id} lies outside its pack"))),
         }
-        carry.extend_from_slice(data);
+    }
+}
+
+/// Reads the entries of a stream back, in order, checking every chunk against its keyed id,
+/// and fills in the chunk ids of files stored as a [`ChunkList`].
+pub async fn load(repo: &Repository, index: &BlobIndex, chunks: &[Digest], manifest: &str) -> Result<Vec<Entry>, Error> {
+    let mut reader = BlobReader { repo, index, manifest, cached: None };
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut carry: Vec<u8> = Vec::new();
+    for id in chunks {
+        carry.extend_from_slice(reader.read(id, "entry chunk").await?);
         let complete = carry.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         for line in carry[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            entries.push(serde_json::from_slice(line).map_err(|e| corrupt(format!("entry {}: {e}", entries.len())))?);
+            let entry = serde_json::from_slice(line).map_err(|e| reader.corrupt(format!("entry {}: {e}", entries.len())))?;
+            entries.push(entry);
         }
         carry.drain(..complete);
     }
     if !carry.is_empty() {
-        return Err(corrupt("the entry stream ends inside an entry".into()));
+        return Err(reader.corrupt("the entry stream ends inside an entry".into()));
+    }
+    for entry in &mut entries {
+        if let EntryKind::File { chunks, list: Some(list), .. } = &mut entry.kind {
+            let base = reader.read(&list.base, "chunk list").await?;
+            let ids = ChunkList::decode(base).and_then(|base_ids| list.apply(&base_ids));
+            *chunks = ids.ok_or_else(|| reader.corrupt(format!("the chunk list of {} does not fit its base {}", entry.path, list.base)))?;
+        }
     }
     Ok(entries)
 }

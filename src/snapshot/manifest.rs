@@ -101,8 +101,14 @@ pub enum EntryKind {
     File {
         /// SHA-256 of the content.
         sha256: Digest,
-        /// Chunk ids in order.
+        /// Chunk ids in order (in a stored manifest: empty when `list` is set; loading fills
+        /// them in from the list).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         chunks: Vec<Digest>,
+        /// For files of many blocks: the chunk ids stored out of line, as a patch of a list
+        /// blob.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        list: Option<ChunkList>,
     },
     /// A symbolic link.
     Symlink {
@@ -117,6 +123,69 @@ pub enum EntryKind {
         /// Index in `entries` of the first name, which holds the content.
         entry: usize,
     },
+}
+
+/// The chunk ids of a large file, kept out of the entry stream: a *base* list stored as a blob
+/// (the ids, 32 bytes each, like any chunk: keyed id, dedup, packs) and a patch of the places
+/// where this snapshot's ids differ. An incremental backup of a 1 GB relation file with a
+/// thousand changed pages then stores a thousand (index, id) pairs, not 131 072 ids. The base
+/// is a blob, not another snapshot: forgetting snapshots never breaks a list (prune keeps every
+/// base a remaining snapshot names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    /// Blob id of the base list.
+    pub base: Digest,
+    /// Number of chunks of the file.
+    pub count: u32,
+    /// (position, id) where the file differs from the base (positions past the base's end
+    /// extend it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patch: Vec<(u32, Digest)>,
+}
+
+impl ChunkList {
+    /// Files with at least this many chunks keep them in a list blob.
+    pub const MIN_CHUNKS: usize = 256;
+
+    /// The list for `ids` given a stored base list: a patch when few ids differ (at most an
+    /// eighth), otherwise `None` (store `ids` as a new base).
+    #[must_use]
+    pub fn patch_of(base: Digest, base_ids: &[Digest], ids: &[Digest]) -> Option<Self> {
+        let count = u32::try_from(ids.len()).ok()?;
+        let patch: Vec<(u32, Digest)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| base_ids.get(*i) != Some(*id))
+            .filter_map(|(i, id)| Some((u32::try_from(i).ok()?, *id)))
+            .collect();
+        (patch.len() <= ids.len() / 8).then_some(ChunkList { base, count, patch })
+    }
+
+    /// The file's ids from its base list's ids; `None` if the list does not fit the base.
+    #[must_use]
+    pub fn apply(&self, base_ids: &[Digest]) -> Option<Vec<Digest>> {
+        let count = self.count as usize;
+        let mut ids: Vec<Option<Digest>> = (0..count).map(|i| base_ids.get(i).copied()).collect();
+        for (position, id) in &self.patch {
+            *ids.get_mut(*position as usize)? = Some(*id);
+        }
+        ids.into_iter().collect()
+    }
+
+    /// A base list's blob content.
+    #[must_use]
+    pub fn encode(ids: &[Digest]) -> Vec<u8> {
+        ids.iter().flat_map(|id| id.0).collect()
+    }
+
+    /// Ids from a base list's blob content.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<Vec<Digest>> {
+        if !bytes.len().is_multiple_of(32) {
+            return None;
+        }
+        Some(bytes.chunks_exact(32).map(|c| Digest(c.try_into().unwrap_or([0; 32]))).collect())
+    }
 }
 
 /// One entry of the manifest; paths are relative to the backed-up root, '/'-separated.
@@ -192,4 +261,32 @@ pub struct Manifest {
     /// Files that could not be read consistently (fs snapshots): the snapshot is partial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u8) -> Vec<Digest> {
+        (0..n).map(|i| Digest::sha256(&[i])).collect()
+    }
+
+    #[test]
+    fn chunk_lists_patch_few_changes_and_round_trip() {
+        let base_ids = ids(64);
+        let base = Digest::sha256(&ChunkList::encode(&base_ids));
+        assert_eq!(ChunkList::decode(&ChunkList::encode(&base_ids)).unwrap(), base_ids);
+        let mut changed = base_ids.clone();
+        changed[3] = Digest::sha256(b"new");
+        changed.push(Digest::sha256(b"grown"));
+        let list = ChunkList::patch_of(base, &base_ids, &changed).expect("two changes fit a patch");
+        assert_eq!(list.patch.len(), 2);
+        assert_eq!(list.apply(&base_ids).unwrap(), changed);
+        let shrunk = &base_ids[..10];
+        assert_eq!(ChunkList::patch_of(base, &base_ids, shrunk).unwrap().apply(&base_ids).unwrap(), shrunk);
+        let rewritten: Vec<Digest> = ids(64).iter().map(|d| Digest::sha256(&d.0)).collect();
+        assert!(ChunkList::patch_of(base, &base_ids, &rewritten).is_none(), "a rewritten file gets a new base");
+        let short = ChunkList { base, count: 80, patch: Vec::new() };
+        assert!(short.apply(&base_ids).is_none(), "a list longer than its base without a patch is corrupt");
+    }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::manifest::ChunkList;
 use super::pack::BlobIndex;
 use crate::crypto::Digest;
 
@@ -39,6 +40,13 @@ pub struct ParentFile {
     pub sha256: Digest,
     /// Chunk ids.
     pub chunks: Vec<Digest>,
+    /// How the manifest stores the ids of a large file (base list blob and patch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ChunkList>,
+    /// The ids in `list`'s base blob, to patch against next time (the backup host cannot read
+    /// the blob back: it holds no identity); empty when they are `chunks` themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_chunks: Vec<Digest>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,22 +145,27 @@ impl ParentReader {
         self.current.as_ref()
     }
 
-    /// The parent's entry for the file at `rel` (its exact bytes), if the file is provably
-    /// unchanged since it was read. Calls must come in walk order; paths the walk skipped are
-    /// passed over.
-    pub fn unchanged(&mut self, rel: &[u8], size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> Option<ParentFile> {
+    /// The parent's entry for the file at `rel` (its exact bytes), if it had one. Calls must
+    /// come in walk order; paths the walk skipped are passed over.
+    pub fn find(&mut self, rel: &[u8]) -> Option<ParentFile> {
         loop {
             let (path, _) = self.advance()?;
             match walk_order(path, rel) {
                 Ordering::Less => self.current = None,
                 Ordering::Greater => return None,
-                Ordering::Equal => break,
+                Ordering::Equal => return self.current.take().map(|(_, p)| p),
             }
         }
-        let (_, p) = self.current.take()?;
+    }
+
+    /// Whether the file is provably unchanged since the parent read it: same size, mtime,
+    /// ctime and inode, last changed over a second before the parent started, every chunk
+    /// (and list blob) still stored.
+    #[must_use]
+    pub fn unchanged(&self, p: &ParentFile, size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> bool {
         let settled = mtime_ns.max(ctime_ns) < (i128::from(self.started_ms) - 1000) * 1_000_000;
         let same = p.size == size && p.mtime_ns == mtime_ns && p.ctime_ns == ctime_ns && p.ino == ino;
-        (same && settled && p.chunks.iter().all(|c| known.contains(c))).then_some(p)
+        same && settled && p.chunks.iter().all(|c| known.contains(c)) && p.list.as_ref().is_none_or(|l| known.contains(&l.base))
     }
 }
 
@@ -247,7 +260,7 @@ mod tests {
     fn reader_merges_with_the_walk_and_skips_vanished_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = record_path(dir.path(), "repo", b"/src");
-        let file = |size| ParentFile { size, mtime_ns: 1, ctime_ns: 1, ino: size, sha256: Digest::sha256(b"x"), chunks: Vec::new() };
+        let file = |size| ParentFile { size, mtime_ns: 1, ctime_ns: 1, ino: size, sha256: Digest::sha256(b"x"), chunks: Vec::new(), list: None, base_chunks: Vec::new() };
         let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
         for (rel, size) in [(&b"a"[..], 1), (b"a/b", 2), (b"a/\xff", 3), (b"a.txt", 4), (b"c", 5)] {
             writer.add(rel, &file(size)).unwrap();
@@ -258,11 +271,12 @@ mod tests {
         let mut reader = ParentReader::open(&path).unwrap();
         assert_eq!(reader.snapshot_id(), "snap");
         let known = BlobIndex::default();
-        assert_eq!(reader.unchanged(b"a/b", 2, 1, 1, 2, &known).map(|p| p.size), Some(2));
-        assert_eq!(reader.unchanged(b"a/\xff", 3, 1, 1, 3, &known).map(|p| p.size), Some(3));
-        assert!(reader.unchanged(b"a/zz", 9, 1, 1, 9, &known).is_none(), "not in the parent");
-        assert!(reader.unchanged(b"a.txt", 4, 1, 1, 99, &known).is_none(), "other inode");
-        assert_eq!(reader.unchanged(b"c", 5, 1, 1, 5, &known).map(|p| p.size), Some(5));
-        assert!(reader.unchanged(b"d", 5, 1, 1, 5, &known).is_none());
+        let mut unchanged = |rel: &[u8], size, ino| reader.find(rel).filter(|p| reader.unchanged(p, size, 1, 1, ino, &known)).map(|p| p.size);
+        assert_eq!(unchanged(b"a/b", 2, 2), Some(2));
+        assert_eq!(unchanged(b"a/\xff", 3, 3), Some(3));
+        assert_eq!(unchanged(b"a/zz", 9, 9), None, "not in the parent");
+        assert_eq!(unchanged(b"a.txt", 4, 99), None, "other inode");
+        assert_eq!(unchanged(b"c", 5, 5), Some(5));
+        assert_eq!(unchanged(b"d", 5, 5), None);
     }
 }

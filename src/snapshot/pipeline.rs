@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::Error;
 use super::chunker::{Chunking, for_each_chunk};
 use super::entry_stream;
-use super::manifest::{Entry, EntryKind, decode_os, encode_os};
+use super::manifest::{ChunkList, Entry, EntryKind, decode_os, encode_os};
 use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, attrs, is_relation_file};
@@ -69,7 +69,7 @@ pub struct ReadOutcome {
 /// One thing the reader hands down the pipeline, in walk order.
 enum Step {
     /// Content of the file being read (hashed by the hashers).
-    Chunks { chunks: Vec<Vec<u8>>, ids: Vec<Digest> },
+    Chunks(Chunks),
     /// The chunks since the last `Done` belong to an abandoned read: they are not the entry's.
     Discard,
     /// A finished entry.
@@ -82,6 +82,30 @@ struct Finished {
     entry: Entry,
     parent: Option<ParentFile>,
     read: bool,
+    /// For a file read again: the list blob its previous version was stored against, and
+    /// that blob's ids (to store the new version as a patch).
+    prior_base: Option<(Digest, Vec<Digest>)>,
+}
+
+/// Consecutive chunks of one file in one buffer (one allocation per ~1 MiB, not per 8 KiB
+/// page), with their ids once hashed.
+#[derive(Default)]
+struct Chunks {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+    ids: Vec<Digest>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: &[u8]) {
+        self.data.extend_from_slice(chunk);
+        self.ends.push(u32::try_from(self.data.len()).expect("batches stay below 4 GiB"));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.data[start as usize..end as usize])
+    }
 }
 
 struct Batch {
@@ -149,7 +173,7 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
         drop(hashed_tx);
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
         let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
-        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, known, (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
+        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
         let mut reader = Reader::new(plan, known, parent, batch_tx);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
@@ -177,8 +201,8 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
         };
         let Ok(mut batch) = batch else { return };
         for step in &mut batch.steps {
-            if let Step::Chunks { chunks, ids } = step {
-                *ids = chunks.iter().map(|c| id_key.digest(c)).collect();
+            if let Step::Chunks(chunks) = step {
+                chunks.ids = chunks.iter().map(|c| id_key.digest(c)).collect();
             }
         }
         if hashed.send(batch).is_err() {
@@ -191,7 +215,7 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
 /// each entry with its chunk list and writes it to the entry stream and the next parent record.
 fn pack_and_assemble(
     hashed: Receiver<Batch>,
-    known: &BlobIndex,
+    (known, id_key): (&BlobIndex, &IdKey),
     (mut pack, pack_size): (PackBuilder, usize),
     packs: &mpsc::Sender<PendingPack>,
     lines: &SyncSender<Vec<u8>>,
@@ -209,8 +233,8 @@ fn pack_and_assemble(
             next_seq += 1;
             for step in batch.steps {
                 match step {
-                    Step::Chunks { chunks, ids } => {
-                        for (data, id) in chunks.iter().zip(&ids) {
+                    Step::Chunks(chunks) => {
+                        for (data, id) in chunks.iter().zip(&chunks.ids) {
                             if known.contains(id) || pack.has(id) {
                                 out.reused_bytes += data.len() as u64;
                             } else {
@@ -221,19 +245,48 @@ fn pack_and_assemble(
                                 }
                             }
                         }
-                        current.extend(ids);
+                        current.extend(chunks.ids);
                     }
                     Step::Discard => current.clear(),
                     Step::Done(finished) => {
-                        let Finished { mut entry, parent, read } = *finished;
+                        let Finished { mut entry, mut parent, read, prior_base } = *finished;
                         let ids = std::mem::take(&mut current);
-                        if let (EntryKind::File { chunks, .. }, true) = (&mut entry.kind, read) {
-                            *chunks = ids;
-                        }
-                        if let (Some(mut file), Some(writer)) = (parent, next_parent.as_mut()) {
-                            if let (EntryKind::File { chunks, .. }, true) = (&entry.kind, read) {
-                                file.chunks.clone_from(chunks);
+                        if let (EntryKind::File { chunks, list, .. }, true) = (&mut entry.kind, read) {
+                            if ids.len() >= ChunkList::MIN_CHUNKS {
+                                // Large files: the ids go out of line, as a patch of the list
+                                // the previous version used when few changed, else a new list.
+                                let patched = prior_base
+                                    .filter(|(base, _)| known.contains(base) || pack.has(base))
+                                    .and_then(|(base, base_ids)| ChunkList::patch_of(base, &base_ids, &ids).map(|l| (l, base_ids)));
+                                let (chunk_list, base_ids) = match patched {
+                                    Some(found) => found,
+                                    None => {
+                                        let bytes = ChunkList::encode(&ids);
+                                        let base = id_key.digest(&bytes);
+                                        if !known.contains(&base) && !pack.has(&base) {
+                                            pack.add(base, &bytes);
+                                            if pack.len() >= pack_size {
+                                                send(&mut pack)?;
+                                            }
+                                        }
+                                        (ChunkList { base, count: u32::try_from(ids.len()).unwrap_or(u32::MAX), patch: Vec::new() }, ids.clone())
+                                    }
+                                };
+                                if let Some(file) = parent.as_mut() {
+                                    // A fresh base is the file itself: kept once.
+                                    file.base_chunks = if chunk_list.patch.is_empty() && base_ids.len() == ids.len() { Vec::new() } else { base_ids };
+                                    file.list = Some(chunk_list.clone());
+                                    file.chunks.clone_from(&ids);
+                                }
+                                *list = Some(chunk_list);
+                            } else {
+                                if let Some(file) = parent.as_mut() {
+                                    file.chunks.clone_from(&ids);
+                                }
+                                *chunks = ids;
                             }
+                        }
+                        if let (Some(file), Some(writer)) = (parent, next_parent.as_mut()) {
                             let rel = decode_os(&entry.path, entry.raw_path.as_ref());
                             if let Err(error) = writer.add(rel.as_bytes(), &file) {
                                 tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file");
@@ -332,12 +385,12 @@ impl<'a> Reader<'a> {
         self.out
     }
 
-    fn done(&mut self, entry: Entry, parent: Option<ParentFile>, read: bool, first_name_at: Option<usize>) -> Result<(), Error> {
+    fn done(&mut self, entry: Entry, parent: Option<ParentFile>, read: bool, first_name_at: Option<usize>, prior_base: Option<(Digest, Vec<Digest>)>) -> Result<(), Error> {
         if let Some(position) = first_name_at {
             self.first_names.insert(position, self.entries);
         }
         self.entries += 1;
-        self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read })), 0)
+        self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read, prior_base })), 0)
     }
 
     fn visit(&mut self, found: Found) -> Result<(), Error> {
@@ -349,15 +402,15 @@ impl<'a> Reader<'a> {
         if let Some(target) = &found.link_target {
             let (target, raw_target) = encode_os(target);
             entry.kind = EntryKind::Symlink { target, raw_target };
-            return self.done(entry, None, false, None);
+            return self.done(entry, None, false, None, None);
         }
         if !meta.is_file() {
-            return self.done(entry, None, false, None);
+            return self.done(entry, None, false, None, None);
         }
         if let Some(first) = found.hardlink_of.and_then(|f| self.first_names.get(&f).copied()) {
             entry.kind = EntryKind::Hardlink { entry: first };
             entry.size = meta.len();
-            return self.done(entry, None, false, None);
+            return self.done(entry, None, false, None, None);
         }
         let first_name_at = (meta.nlink() > 1).then_some(position);
         let ino = meta.ino();
@@ -365,14 +418,21 @@ impl<'a> Reader<'a> {
         let ctime_ns = nanos(meta.ctime(), meta.ctime_nsec());
         let rel = decode_os(&found.rel, found.raw.as_ref());
         let known = self.known;
-        if let Some(p) = self.parent.as_mut().and_then(|p| p.unchanged(rel.as_bytes(), meta.len(), mtime_ns, ctime_ns, ino, known)) {
+        let prior = self.parent.as_mut().and_then(|p| p.find(rel.as_bytes()));
+        let unchanged = match (&prior, &self.parent) {
+            (Some(p), Some(reader)) => reader.unchanged(p, meta.len(), mtime_ns, ctime_ns, ino, known),
+            _ => false,
+        };
+        if let (Some(p), true) = (prior.as_ref(), unchanged) {
             self.out.files_unchanged += 1;
             self.out.total_bytes += p.size;
             self.out.reused_bytes += p.size;
             entry.size = p.size;
-            entry.kind = EntryKind::File { sha256: p.sha256, chunks: p.chunks.clone() };
-            return self.done(entry, Some(p), false, first_name_at);
+            let chunks = if p.list.is_some() { Vec::new() } else { p.chunks.clone() };
+            entry.kind = EntryKind::File { sha256: p.sha256, chunks, list: p.list.clone() };
+            return self.done(entry, prior, false, first_name_at, None);
         }
+        let prior_base = prior.and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
         let chunking = (self.plan.chunking)(&found.rel);
         let attempts = if self.plan.stable_reads { 3 } else { 1 };
         let mut attempt = 0;
@@ -389,29 +449,38 @@ impl<'a> Reader<'a> {
                 Err(source) => return Err(Error::Read { path: found.path, source }),
             };
             let mut sha = Sha256Stream::default();
-            let mut size = 0u64;
-            let mut chunks: Vec<Vec<u8>> = Vec::new();
-            let mut chunk_bytes = 0;
-            let feeder = &mut self.feeder;
-            for_each_chunk(
-                std::io::BufReader::with_capacity(1 << 20, file),
-                chunking,
-                |data| {
-                    sha.update(data);
-                    size += data.len() as u64;
-                    chunks.push(data.to_vec());
-                    chunk_bytes += data.len();
-                    if chunk_bytes >= BATCH_BYTES {
-                        let full = std::mem::take(&mut chunks);
-                        feeder.push(Step::Chunks { chunks: full, ids: Vec::new() }, std::mem::take(&mut chunk_bytes))?;
+            let size = match chunking {
+                Chunking::ContentDefined(_) | Chunking::Fixed(_) => {
+                    let mut size = 0u64;
+                    let mut chunks = Chunks::default();
+                    let expected = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(BATCH_BYTES);
+                    let feeder = &mut self.feeder;
+                    for_each_chunk(
+                        std::io::BufReader::with_capacity(1 << 20, file),
+                        chunking,
+                        |data| {
+                            sha.update(data);
+                            size += data.len() as u64;
+                            if chunks.data.capacity() == 0 {
+                                chunks.data.reserve(expected.max(data.len()));
+                            }
+                            chunks.push(data);
+                            if chunks.data.len() >= BATCH_BYTES {
+                                let full = std::mem::take(&mut chunks);
+                                let bytes = full.data.len();
+                                feeder.push(Step::Chunks(full), bytes)?;
+                            }
+                            Ok(())
+                        },
+                        |source| Error::Read { path: found.path.clone(), source },
+                    )?;
+                    if !chunks.ends.is_empty() {
+                        let bytes = chunks.data.len();
+                        self.feeder.push(Step::Chunks(chunks), bytes)?;
                     }
-                    Ok(())
-                },
-                |source| Error::Read { path: found.path.clone(), source },
-            )?;
-            if !chunks.is_empty() {
-                self.feeder.push(Step::Chunks { chunks, ids: Vec::new() }, chunk_bytes)?;
-            }
+                    size
+                }
+            };
             self.out.read_bytes += size;
             if !self.plan.stable_reads {
                 break (sha.finish(), size);
@@ -436,10 +505,10 @@ impl<'a> Reader<'a> {
         self.out.total_bytes += size;
         self.out.files_read += 1;
         entry.size = size;
-        entry.kind = EntryKind::File { sha256, chunks: Vec::new() };
+        entry.kind = EntryKind::File { sha256, chunks: Vec::new(), list: None };
         let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
-        let parent = ParentFile { size, mtime_ns, ctime_ns, ino, sha256, chunks: Vec::new() };
-        self.done(entry, Some(parent), true, first_name_at)
+        let parent = ParentFile { size, mtime_ns, ctime_ns, ino, sha256, chunks: Vec::new(), list: None, base_chunks: Vec::new() };
+        self.done(entry, Some(parent), true, first_name_at, prior_base)
     }
 }
 

@@ -100,9 +100,13 @@ impl<'a> ChunkCheck<'a> {
     fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) {
         let Some(index) = self.index else { return };
         let (mut missing, mut files, mut first) = (0u64, 0u64, None);
-        // The entry stream's chunks were read to load the manifest; --read-data reads their
-        // packs again like any other.
-        for chunk in &manifest.entry_chunks {
+        // The entry stream's chunks and the chunk lists were read to load the manifest;
+        // --read-data reads their packs again like any other.
+        let list_bases = manifest.entries.iter().filter_map(|e| match &e.kind {
+            EntryKind::File { list: Some(list), .. } => Some(&list.base),
+            _ => None,
+        });
+        for chunk in manifest.entry_chunks.iter().chain(list_bases) {
             if let (Some(wanted), Some(location)) = (&mut self.wanted, index.get(chunk))
                 && let Some(pack) = index.packs.get(location.pack as usize)
                 && wanted.seen.insert(*chunk)
