@@ -11,7 +11,9 @@
 //! keyed digest, so a returned payload is exactly what was sealed. Knows crypto and zstd; not
 //! where the bytes are stored or what they mean.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
 use crate::error::ErrorKind;
@@ -20,6 +22,10 @@ const MAGIC: &[u8; 8] = b"RADDOBJ1";
 /// Bytes before the age ciphertext: magic and keyed digest. A ranged read of this many bytes
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
+/// Bytes a streamed plaintext is read, digested and compressed in at a time ([`seal_stream`]).
+const STREAM_BLOCK: usize = 1 << 20;
+/// Blocks [`seal_stream`] keeps (reused): bounds its memory and lets the digest thread lag a little.
+const STREAM_BUFFERS: usize = 4;
 
 /// What an object holds; sealed into the ciphertext so one kind cannot be passed off as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +58,25 @@ pub enum Error {
         /// What check failed.
         reason: String,
     },
+    /// The plaintext could not be read or the sealed object not written (a streamed seal), or
+    /// the input changed length while it was read.
+    #[error("cannot seal object {object}: {source}")]
+    Io {
+        /// The object's key in the repository.
+        object: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
-    /// Crypto failures are key problems; everything else is integrity.
+    /// Crypto failures are key problems, I/O failures are I/O; everything else is integrity.
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Crypto { source, .. } => source.kind(),
             Error::Corrupt { .. } => ErrorKind::Integrity,
+            Error::Io { .. } => ErrorKind::Io,
         }
     }
 }
@@ -107,6 +123,149 @@ pub fn seal_with_digest(
     compressor.finish().map_err(io)?;
     encrypted.finish().map_err(io)?;
     Ok(out)
+}
+
+/// How [`seal_stream`] compresses.
+#[derive(Debug, Clone, Copy)]
+pub struct SealOptions {
+    /// zstd level.
+    pub level: i32,
+    /// zstd worker threads (the stream is compressed in overlapping jobs, still one zstd frame);
+    /// 0 compresses on the calling thread.
+    pub workers: u32,
+}
+
+/// Seals exactly `len` bytes read from `input` into `output`: the same object [`seal`] makes,
+/// but streamed. The input is read in 1 MiB blocks into a few reused buffers (no whole-file
+/// copy in memory); each block goes to a second thread for the keyed digest while this thread
+/// feeds zstd (`options.workers` threads) and age, whose output is written to `output` as it is
+/// produced. The header's digest is written as zeros first and patched in place at the end, so
+/// `output` must be seekable; an `output` that fails half way holds an incomplete object and must
+/// not be published. Fails if `input` yields more or fewer than `len` bytes (the file changed).
+pub fn seal_stream<R: Read, W: Write + Seek>(
+    kind: ObjectKind,
+    input: R,
+    len: u64,
+    id_key: &IdKey,
+    recipients: &Recipients,
+    options: SealOptions,
+    output: &mut W,
+    object: &str,
+) -> Result<Digest, Error> {
+    let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
+    let digest = std::thread::scope(|scope| {
+        let (to_hasher, blocks) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(STREAM_BUFFERS);
+        let (to_pool, pool) = mpsc::channel::<Arc<Vec<u8>>>();
+        let mut mac = id_key.stream();
+        mac.update(&[kind as u8]);
+        let hasher = scope.spawn(move || {
+            for (block, n) in blocks {
+                mac.update(&block[..n]);
+                // The reader may be done and gone: then the buffer is simply freed.
+                let _ = to_pool.send(block);
+            }
+            mac.finish()
+        });
+        let sealed = seal_blocks(kind, input, len, recipients, options, &mut *output, &to_hasher, &pool, object);
+        drop(to_hasher);
+        let digest = hasher.join().map_err(|_| io(std::io::Error::other("digest thread panicked")))?;
+        sealed.map(|()| digest)
+    })?;
+    output.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+    output.write_all(&digest.0).map_err(io)?;
+    output.seek(SeekFrom::End(0)).map_err(io)?;
+    Ok(digest)
+}
+
+/// The sealing half of [`seal_stream`]: reads blocks, hands each to the digest thread, and
+/// streams header, zstd and age into `output`.
+#[allow(clippy::too_many_arguments)]
+fn seal_blocks<R: Read, W: Write>(
+    kind: ObjectKind,
+    mut input: R,
+    len: u64,
+    recipients: &Recipients,
+    options: SealOptions,
+    output: &mut W,
+    to_hasher: &mpsc::SyncSender<(Arc<Vec<u8>>, usize)>,
+    pool: &mpsc::Receiver<Arc<Vec<u8>>>,
+    object: &str,
+) -> Result<(), Error> {
+    let crypto = |source| Error::Crypto { object: object.to_owned(), source };
+    let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
+    output.write_all(MAGIC).and_then(|()| output.write_all(&[0u8; 32])).map_err(io)?;
+    let mut encrypted = recipients.encrypting_writer(output).map_err(crypto)?;
+    encrypted.write_all(&[kind as u8]).map_err(io)?;
+    encrypted.write_all(&len.to_le_bytes()).map_err(io)?;
+    let mut compressor = zstd::stream::Encoder::new(&mut encrypted, options.level).map_err(io)?;
+    compressor.set_pledged_src_size(Some(len)).map_err(io)?;
+    if options.workers > 0 {
+        compressor.multithread(options.workers).map_err(io)?;
+    }
+    let (mut allocated, mut total) = (0, 0u64);
+    loop {
+        let mut buffer = if allocated < STREAM_BUFFERS {
+            allocated += 1;
+            vec![0u8; STREAM_BLOCK]
+        } else {
+            let block = pool.recv().map_err(|_| io(std::io::Error::other("digest thread ended early")))?;
+            // The digest thread returned it after this thread dropped its handle: unshared.
+            Arc::try_unwrap(block).unwrap_or_else(|shared| shared.to_vec())
+        };
+        let n = read_full(&mut input, &mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > len {
+            break;
+        }
+        let block = Arc::new(buffer);
+        to_hasher.send((Arc::clone(&block), n)).map_err(|_| io(std::io::Error::other("digest thread ended early")))?;
+        compressor.write_all(&block[..n]).map_err(io)?;
+    }
+    if total != len {
+        return Err(io(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived"))));
+    }
+    compressor.finish().map_err(io)?;
+    encrypted.finish().map_err(io)?;
+    Ok(())
+}
+
+/// The keyed content digest of exactly `len` bytes read from `input`, as [`content_digest`]
+/// computes it, reading 1 MiB at a time into one reused buffer.
+pub fn digest_stream<R: Read>(kind: ObjectKind, mut input: R, len: u64, id_key: &IdKey, object: &str) -> Result<Digest, Error> {
+    let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
+    let mut mac = id_key.stream();
+    mac.update(&[kind as u8]);
+    let mut buffer = vec![0u8; STREAM_BLOCK];
+    let mut total = 0u64;
+    loop {
+        let n = read_full(&mut input, &mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        mac.update(&buffer[..n]);
+    }
+    if total != len {
+        return Err(io(std::io::Error::other(format!("read {total} bytes where {len} were expected: the file changed while it was read"))));
+    }
+    Ok(mac.finish())
+}
+
+/// Reads until `buffer` is full or the input ends; returns the bytes read.
+fn read_full<R: Read>(input: &mut R, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Re-encrypts an object's age layer to `recipients`, keeping its header and its compressed
@@ -229,5 +388,32 @@ mod tests {
         let last = stored.len() - 1;
         stored[last] ^= 1;
         assert!(open(ObjectKind::Wal, &stored, &key, &id, "w").is_err());
+    }
+
+    #[test]
+    fn streamed_seal_opens_like_a_sealed_object() {
+        let key = IdKey::generate();
+        let id = Identity::generate();
+        // Several blocks and a partial last one, compressible and not.
+        let mut plaintext = vec![5u8; STREAM_BLOCK * 5 + 123];
+        for (i, b) in plaintext.iter_mut().enumerate().skip(STREAM_BLOCK) {
+            *b = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) as u8;
+        }
+        for workers in [0, 2] {
+            let mut out = std::io::Cursor::new(Vec::new());
+            let options = SealOptions { level: 1, workers };
+            let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, &key, &id.recipients(), options, &mut out, "w").unwrap();
+            let stored = out.into_inner();
+            assert_eq!(digest, content_digest(&key, ObjectKind::Wal, &plaintext));
+            assert_eq!(header_digest(&stored, "w").unwrap(), digest);
+            assert_eq!(open(ObjectKind::Wal, &stored, &key, &id, "w").unwrap(), plaintext);
+            let streamed = digest_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, &key, "w").unwrap();
+            assert_eq!(streamed, digest);
+        }
+        // A file that is shorter or longer than announced is refused, not sealed.
+        let mut out = std::io::Cursor::new(Vec::new());
+        let options = SealOptions { level: 1, workers: 0 };
+        assert!(seal_stream(ObjectKind::Wal, &plaintext[..], 100, &key, &id.recipients(), options, &mut out, "w").is_err());
+        assert!(seal_stream(ObjectKind::Wal, &plaintext[..10], 100, &key, &id.recipients(), options, &mut out, "w").is_err());
     }
 }

@@ -299,12 +299,18 @@ impl IdKey {
     /// HMAC-SHA256 of the concatenation of `parts`, without concatenating them in memory.
     #[must_use]
     pub fn digest_parts(&self, parts: &[&[u8]]) -> Digest {
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.0[..])
-            .expect("HMAC-SHA256 accepts keys of any length");
+        let mut mac = self.stream();
         for part in parts {
             mac.update(part);
         }
-        Digest(mac.finalize().into_bytes().into())
+        mac.finish()
+    }
+
+    /// An incremental HMAC-SHA256 under this key, for data that arrives in pieces (a WAL file
+    /// read block by block, digested on one thread while another compresses it).
+    #[must_use]
+    pub fn stream(&self) -> KeyedStream {
+        KeyedStream(hmac::Hmac::<Sha256>::new_from_slice(&self.0[..]).expect("HMAC-SHA256 accepts keys of any length"))
     }
 }
 
@@ -360,6 +366,30 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// Incremental keyed digest (HMAC-SHA256 under the id key); see [`IdKey::stream`]. Equal to
+/// [`IdKey::digest_parts`] of everything fed.
+#[derive(Clone)]
+pub struct KeyedStream(hmac::Hmac<Sha256>);
+
+impl KeyedStream {
+    /// Feeds more bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The keyed digest of everything fed so far.
+    #[must_use]
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into_bytes().into())
+    }
+}
+
+impl fmt::Debug for KeyedStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyedStream(<redacted>)")
+    }
+}
+
 /// Incremental SHA-256 for streams (file contents during backup and restore).
 #[derive(Default, Clone)]
 pub struct Sha256Stream(Sha256);
@@ -396,6 +426,9 @@ mod tests {
         let b = IdKey::generate();
         assert_eq!(a.digest(b"x"), a.digest(b"x"));
         assert_ne!(a.digest(b"x"), b.digest(b"x"));
+        let mut stream = a.stream();
+        stream.update(b"x");
+        assert_eq!(stream.finish(), a.digest_parts(&[b"", b"x"]));
         let d = a.digest(b"x");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }
