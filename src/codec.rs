@@ -2,11 +2,14 @@
 //! compressed payload.
 //!
 //! ```text
-//! "RADDOBJ1"  (8 bytes magic)
-//! digest      (32 bytes) HMAC-SHA256(id key, kind ‖ plaintext): lets a writer without the age
-//!             identity decide "same content?" (idempotent wal-push) and leaks nothing unkeyed
+//! "RADDOBJ1"  (8 bytes magic)                       or "RADDOBJ2"
+//! digest      (32 bytes) HMAC-SHA256(id key, kind ‖ plaintext)   BLAKE3-keyed(derived key, kind ‖ plaintext)
+//!             lets a writer without the age identity decide "same content?" (idempotent
+//!             wal-push) and leaks nothing unkeyed
 //! age(        kind (1 byte) ‖ plaintext length (u64 LE) ‖ zstd(plaintext) )
 //! ```
+//! Version 2 differs only in the digest algorithm (see [`DigestAlg`]); [`seal_stream`] (WAL)
+//! writes it, [`seal`] (packs, manifests) still writes version 1, and both open everywhere.
 //! Opening checks magic, decrypts (age authenticates), checks kind and length, and recomputes the
 //! keyed digest, so a returned payload is exactly what was sealed. Knows crypto and zstd; not
 //! where the bytes are stored or what they mean.
@@ -15,10 +18,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+pub use crate::crypto::DigestAlg;
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
 use crate::error::ErrorKind;
 
 const MAGIC: &[u8; 8] = b"RADDOBJ1";
+/// Version 2: the same layout with a BLAKE3-keyed digest.
+const MAGIC_V2: &[u8; 8] = b"RADDOBJ2";
 /// Bytes before the age ciphertext: magic and keyed digest. A ranged read of this many bytes
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
@@ -81,10 +87,19 @@ impl Error {
     }
 }
 
-/// Keyed digest of an object's content, as stored in its header.
+/// Keyed digest of an object's content, as stored in a version 1 header (HMAC-SHA256).
 #[must_use]
 pub fn content_digest(id_key: &IdKey, kind: ObjectKind, plaintext: &[u8]) -> Digest {
     id_key.digest_parts(&[&[kind as u8], plaintext])
+}
+
+/// Keyed digest of an object's content with `alg`, as stored in a header of that version.
+#[must_use]
+pub fn content_digest_with(id_key: &IdKey, alg: DigestAlg, kind: ObjectKind, plaintext: &[u8]) -> Digest {
+    let mut mac = id_key.stream_with(alg);
+    mac.update(&[kind as u8]);
+    mac.update(plaintext);
+    mac.finish()
 }
 
 /// Compresses, encrypts and frames `plaintext`. Returns the stored bytes and the content digest.
@@ -135,8 +150,8 @@ pub struct SealOptions {
     pub workers: u32,
 }
 
-/// Seals exactly `len` bytes read from `input` into `output`: the same object [`seal`] makes,
-/// but streamed. The input is read in 1 MiB blocks into a few reused buffers (no whole-file
+/// Seals exactly `len` bytes read from `input` into `output`: the object [`seal`] makes, but
+/// streamed and with a version 2 header (BLAKE3-keyed digest). The input is read in 1 MiB blocks into a few reused buffers (no whole-file
 /// copy in memory); each block goes to a second thread for the keyed digest while this thread
 /// feeds zstd (`options.workers` threads) and age, whose output is written to `output` as it is
 /// produced. The header's digest is written as zeros first and patched in place at the end, so
@@ -156,7 +171,7 @@ pub fn seal_stream<R: Read, W: Write + Seek>(
     let digest = std::thread::scope(|scope| {
         let (to_hasher, blocks) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(STREAM_BUFFERS);
         let (to_pool, pool) = mpsc::channel::<Arc<Vec<u8>>>();
-        let mut mac = id_key.stream();
+        let mut mac = id_key.stream_with(DigestAlg::Blake3);
         mac.update(&[kind as u8]);
         let hasher = scope.spawn(move || {
             for (block, n) in blocks {
@@ -171,7 +186,7 @@ pub fn seal_stream<R: Read, W: Write + Seek>(
         let digest = hasher.join().map_err(|_| io(std::io::Error::other("digest thread panicked")))?;
         sealed.map(|()| digest)
     })?;
-    output.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+    output.seek(SeekFrom::Start(MAGIC_V2.len() as u64)).map_err(io)?;
     output.write_all(&digest.0).map_err(io)?;
     output.seek(SeekFrom::End(0)).map_err(io)?;
     Ok(digest)
@@ -193,7 +208,7 @@ fn seal_blocks<R: Read, W: Write>(
 ) -> Result<(), Error> {
     let crypto = |source| Error::Crypto { object: object.to_owned(), source };
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
-    output.write_all(MAGIC).and_then(|()| output.write_all(&[0u8; 32])).map_err(io)?;
+    output.write_all(MAGIC_V2).and_then(|()| output.write_all(&[0u8; 32])).map_err(io)?;
     let mut encrypted = recipients.encrypting_writer(output).map_err(crypto)?;
     encrypted.write_all(&[kind as u8]).map_err(io)?;
     encrypted.write_all(&len.to_le_bytes()).map_err(io)?;
@@ -232,11 +247,11 @@ fn seal_blocks<R: Read, W: Write>(
     Ok(())
 }
 
-/// The keyed content digest of exactly `len` bytes read from `input`, as [`content_digest`]
-/// computes it, reading 1 MiB at a time into one reused buffer.
-pub fn digest_stream<R: Read>(kind: ObjectKind, mut input: R, len: u64, id_key: &IdKey, object: &str) -> Result<Digest, Error> {
+/// The keyed content digest with `alg` of exactly `len` bytes read from `input`, as
+/// [`content_digest_with`] computes it, reading 1 MiB at a time into one reused buffer.
+pub fn digest_stream<R: Read>(kind: ObjectKind, alg: DigestAlg, mut input: R, len: u64, id_key: &IdKey, object: &str) -> Result<Digest, Error> {
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
-    let mut mac = id_key.stream();
+    let mut mac = id_key.stream_with(alg);
     mac.update(&[kind as u8]);
     let mut buffer = vec![0u8; STREAM_BLOCK];
     let mut total = 0u64;
@@ -273,12 +288,12 @@ fn read_full<R: Read>(input: &mut R, buffer: &mut [u8]) -> std::io::Result<usize
 /// length, digest) before it is re-encrypted, so only intact content is rewrapped — the
 /// identity doing it need not be among the new recipients.
 pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identity, recipients: &Recipients, object: &str) -> Result<Vec<u8>, Error> {
-    let expected = header_digest(stored, object)?;
+    let (alg, expected) = header(stored, object)?;
     let inner = identity
         .decrypt(&stored[HEADER_LEN..])
         .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
     let plaintext = read_payload(kind, &inner[..], object)?;
-    check_digest(id_key, kind, &plaintext, expected, object)?;
+    check_digest(id_key, alg, kind, &plaintext, expected, object)?;
     drop(plaintext);
     let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
     let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
@@ -287,17 +302,23 @@ pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identi
     Ok(out)
 }
 
-/// Reads the keyed content digest from an object's header (the first [`HEADER_LEN`] bytes).
-pub fn header_digest(header: &[u8], object: &str) -> Result<Digest, Error> {
-    if header.len() < HEADER_LEN || &header[..8] != MAGIC {
-        return Err(Error::Corrupt {
-            object: object.to_owned(),
-            reason: "missing radd object header".into(),
-        });
-    }
+/// Reads the keyed content digest from an object's header (the first [`HEADER_LEN`] bytes),
+/// whatever its algorithm; see [`header`] to learn which.
+pub fn header_digest(stored: &[u8], object: &str) -> Result<Digest, Error> {
+    header(stored, object).map(|(_, digest)| digest)
+}
+
+/// Reads an object's header (the first [`HEADER_LEN`] bytes): its digest algorithm and keyed
+/// content digest.
+pub fn header(stored: &[u8], object: &str) -> Result<(DigestAlg, Digest), Error> {
+    let alg = match stored.get(..8) {
+        Some(m) if m == MAGIC => DigestAlg::HmacSha256,
+        Some(m) if m == MAGIC_V2 => DigestAlg::Blake3,
+        _ => return Err(Error::Corrupt { object: object.to_owned(), reason: "missing radd object header".into() }),
+    };
     let mut d = [0u8; 32];
-    d.copy_from_slice(&header[8..HEADER_LEN]);
-    Ok(Digest(d))
+    d.copy_from_slice(stored.get(8..HEADER_LEN).ok_or_else(|| Error::Corrupt { object: object.to_owned(), reason: "truncated radd object header".into() })?);
+    Ok((alg, Digest(d)))
 }
 
 /// Decrypts, decompresses and verifies an object; returns its plaintext.
@@ -353,19 +374,19 @@ fn open_checked(
     identity: &Identity,
     object: &str,
 ) -> Result<Vec<u8>, Error> {
-    let expected = header_digest(stored, object)?;
+    let (alg, expected) = header(stored, object)?;
     let reader = identity
         .decrypting_reader(&stored[HEADER_LEN..])
         .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
     let plaintext = read_payload(kind, reader, object)?;
     if let Some(id_key) = id_key {
-        check_digest(id_key, kind, &plaintext, expected, object)?;
+        check_digest(id_key, alg, kind, &plaintext, expected, object)?;
     }
     Ok(plaintext)
 }
 
-fn check_digest(id_key: &IdKey, kind: ObjectKind, plaintext: &[u8], expected: Digest, object: &str) -> Result<(), Error> {
-    if content_digest(id_key, kind, plaintext) == expected {
+fn check_digest(id_key: &IdKey, alg: DigestAlg, kind: ObjectKind, plaintext: &[u8], expected: Digest, object: &str) -> Result<(), Error> {
+    if content_digest_with(id_key, alg, kind, plaintext) == expected {
         Ok(())
     } else {
         Err(Error::Corrupt { object: object.to_owned(), reason: "content does not match its keyed digest".into() })
@@ -403,12 +424,17 @@ mod tests {
             let mut out = std::io::Cursor::new(Vec::new());
             let options = SealOptions { level: 1, workers };
             let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, &key, &id.recipients(), options, &mut out, "w").unwrap();
-            let stored = out.into_inner();
-            assert_eq!(digest, content_digest(&key, ObjectKind::Wal, &plaintext));
-            assert_eq!(header_digest(&stored, "w").unwrap(), digest);
+            let mut stored = out.into_inner();
+            assert_eq!(digest, content_digest_with(&key, DigestAlg::Blake3, ObjectKind::Wal, &plaintext));
+            assert_eq!(header(&stored, "w").unwrap(), (DigestAlg::Blake3, digest));
             assert_eq!(open(ObjectKind::Wal, &stored, &key, &id, "w").unwrap(), plaintext);
-            let streamed = digest_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, &key, "w").unwrap();
+            let streamed = digest_stream(ObjectKind::Wal, DigestAlg::Blake3, &plaintext[..], plaintext.len() as u64, &key, "w").unwrap();
             assert_eq!(streamed, digest);
+            let rewrapped = rewrap(ObjectKind::Wal, &stored, &key, &id, &id.recipients(), "w").unwrap();
+            assert_eq!(open(ObjectKind::Wal, &rewrapped, &key, &id, "w").unwrap(), plaintext);
+            // The digest is checked: a wrong one (or a version 1 magic on it) fails to open.
+            stored[..8].copy_from_slice(MAGIC);
+            assert!(matches!(open(ObjectKind::Wal, &stored, &key, &id, "w"), Err(Error::Corrupt { .. })));
         }
         // A file that is shorter or longer than announced is refused, not sealed.
         let mut out = std::io::Cursor::new(Vec::new());

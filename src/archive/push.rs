@@ -16,7 +16,7 @@ use futures::StreamExt;
 
 use super::{Error, parse_name, wal_key};
 use crate::codec::{self, ObjectKind, SealOptions};
-use crate::crypto::Digest;
+use crate::crypto::{Digest, DigestAlg};
 use crate::pg::SEGMENT_SIZE_DEFAULT;
 use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
 use crate::repository::{self, Repository};
@@ -58,6 +58,7 @@ impl PushOptions {
 /// published.
 #[derive(Debug)]
 pub struct Prepared {
+    path: PathBuf,
     file_name: String,
     key: ObjectKey,
     digest: Digest,
@@ -123,23 +124,18 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
     let segment_size = segment_size_of(&file_name, len);
     let key = wal_key(&parse_name(&file_name, segment_size)?, segment_size);
     let object = key.to_string();
-    match repo.object_digest(&key).await {
-        Ok(existing) => {
+    match stored_header(repo, &key).await {
+        Ok((alg, existing)) => {
             if marker_digest(path, &file_name, &meta) == Some(existing) {
-                return Ok(Prepared { file_name, key, digest: existing, object: None });
+                return Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None });
             }
-            let id_key = repo.id_key.clone();
-            let digest = tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, file, len, &id_key, &object))
-                .await
-                .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
-                .map_err(repository::Error::from)?;
-            if digest == existing {
-                Ok(Prepared { file_name, key, digest, object: None })
+            if digest_file(repo, path, file, len, alg).await? == existing {
+                Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None })
             } else {
                 Err(Error::Mismatch { name: file_name })
             }
         }
-        Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {
+        Err(Error::Repository(repository::Error::Repo(repo::Error::NotFound { .. }))) => {
             let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
             let key2 = key.clone();
@@ -152,10 +148,29 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
             .await
             .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
             let (staged, digest) = sealed?;
-            Ok(Prepared { file_name, key, digest, object: Some(staged) })
+            Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged) })
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
+}
+
+/// The digest algorithm and keyed digest in the header of the stored object `key` (one small
+/// ranged read).
+async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(DigestAlg, Digest), Error> {
+    let name = key.to_string();
+    let header = repo.store.get_prefix(key, codec::HEADER_LEN as u64).await.map_err(repository::Error::from)?;
+    Ok(codec::header(&header, &name).map_err(repository::Error::from)?)
+}
+
+/// The keyed digest with `alg` of the WAL file `path` (already open as `file`, `len` bytes).
+async fn digest_file(repo: &Repository, path: &Path, file: std::fs::File, len: u64, alg: DigestAlg) -> Result<Digest, Error> {
+    let id_key = repo.id_key.clone();
+    let object = path.display().to_string();
+    let digest = tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, alg, file, len, &id_key, &object))
+        .await
+        .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
+        .map_err(repository::Error::from)?;
+    Ok(digest)
 }
 
 /// Publishes a prepared WAL file create-only; returns once it is durable. A concurrent push of
@@ -164,11 +179,19 @@ pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome
     let Some(object) = prepared.object else {
         return Ok(PushOutcome::AlreadyArchived);
     };
-    match repo.store.publish(object).await.map_err(repository::Error::from)? {
-        PutOutcome::Created => Ok(PushOutcome::Stored),
-        PutOutcome::AlreadyExists if repo.object_digest(&prepared.key).await? == prepared.digest => Ok(PushOutcome::AlreadyArchived),
-        PutOutcome::AlreadyExists => Err(Error::Mismatch { name: prepared.file_name }),
+    if repo.store.publish(object).await.map_err(repository::Error::from)? == PutOutcome::Created {
+        return Ok(PushOutcome::Stored);
     }
+    // Pushed concurrently by another process, perhaps an older radd (other digest algorithm).
+    let (alg, existing) = stored_header(repo, &prepared.key).await?;
+    let ours = if alg == DigestAlg::Blake3 {
+        prepared.digest
+    } else {
+        let file = std::fs::File::open(&prepared.path).map_err(|e| io_error("read", &prepared.path, e))?;
+        let len = file.metadata().map_err(|e| io_error("read", &prepared.path, e))?.len();
+        digest_file(repo, &prepared.path, file, len, alg).await?
+    };
+    if ours == existing { Ok(PushOutcome::AlreadyArchived) } else { Err(Error::Mismatch { name: prepared.file_name }) }
 }
 
 /// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.

@@ -25,12 +25,56 @@ pub struct NewObject {
     sink: Option<Sink>,
 }
 
+/// Bytes written to a staging file after which its writeback to disk is started (on another
+/// thread), so that the final fsync only waits for the tail.
+const WRITEBACK_EVERY: u64 = 4 << 20;
+
 #[derive(Debug)]
 enum Sink {
-    /// Local backend: the open staging file, its path and the final path.
-    File { file: File, staging: PathBuf, dest: PathBuf },
+    /// Local backend: the open staging file, its path, the final path and the early writeback.
+    File { file: File, staging: PathBuf, dest: PathBuf, writeback: Writeback },
     /// Other backends: the bytes so far.
     Memory(Cursor<Vec<u8>>),
+}
+
+/// Early writeback of a staging file: every [`WRITEBACK_EVERY`] bytes, an `fdatasync` on a
+/// clone of the file runs on its own thread while writing goes on. Its result is kept and
+/// reported by [`Writeback::finish`]: an fsync error is reported only once by the kernel, so it
+/// must not be lost.
+#[derive(Debug, Default)]
+struct Writeback {
+    unsynced: u64,
+    running: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    failed: Option<std::io::Error>,
+}
+
+impl Writeback {
+    fn wrote(&mut self, file: &File, n: usize) {
+        self.unsynced += n as u64;
+        if self.unsynced < WRITEBACK_EVERY || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        self.collect();
+        if let Ok(clone) = file.try_clone() {
+            self.unsynced = 0;
+            self.running = Some(std::thread::spawn(move || clone.sync_data()));
+        }
+    }
+
+    fn collect(&mut self) {
+        if let Some(running) = self.running.take() {
+            let result = running.join().unwrap_or_else(|_| Err(std::io::Error::other("writeback thread panicked")));
+            if let Err(e) = result {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Waits for a running writeback; the first error any of them met.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.collect();
+        self.failed.take().map_or(Ok(()), Err)
+    }
 }
 
 impl NewObject {
@@ -38,7 +82,10 @@ impl NewObject {
     /// [`Repo::publish`] is left with only the link and the directory fsync.
     pub fn sync(&mut self) -> std::io::Result<()> {
         match self.sink()? {
-            Sink::File { file, .. } => file.sync_all(),
+            Sink::File { file, writeback, .. } => {
+                writeback.finish()?;
+                file.sync_all()
+            }
             Sink::Memory(_) => Ok(()),
         }
     }
@@ -51,7 +98,11 @@ impl NewObject {
 impl Write for NewObject {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self.sink()? {
-            Sink::File { file, .. } => file.write(buf),
+            Sink::File { file, writeback, .. } => {
+                let n = file.write(buf)?;
+                writeback.wrote(file, n);
+                Ok(n)
+            }
             Sink::Memory(bytes) => bytes.write(buf),
         }
     }
@@ -75,7 +126,8 @@ impl Seek for NewObject {
 
 impl Drop for NewObject {
     fn drop(&mut self) {
-        if let Some(Sink::File { staging, .. }) = &self.sink {
+        if let Some(Sink::File { staging, writeback, .. }) = &mut self.sink {
+            writeback.collect();
             let _ = std::fs::remove_file(staging);
         }
     }
@@ -93,7 +145,7 @@ impl Repo {
         let name = key.to_string();
         let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
         let (file, staging) = create_staging(&dest).map_err(|e| self.io_error("put", &name, e))?;
-        Ok(NewObject { key: key.clone(), sink: Some(Sink::File { file, staging, dest }) })
+        Ok(NewObject { key: key.clone(), sink: Some(Sink::File { file, staging, dest, writeback: Writeback::default() }) })
     }
 
     /// Publishes a written object create-only and durably: on `Created` its content and name are
@@ -105,7 +157,13 @@ impl Repo {
         let name = object.key.to_string();
         match object.sink.take() {
             Some(Sink::Memory(bytes)) => self.put_new(&object.key, Bytes::from(bytes.into_inner())).await,
-            Some(Sink::File { file, staging, dest }) => tokio::task::spawn_blocking(move || publish_file(file, &staging, &dest))
+            Some(Sink::File { file, staging, dest, mut writeback }) => tokio::task::spawn_blocking(move || {
+                if let Err(e) = writeback.finish() {
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(e);
+                }
+                publish_file(file, &staging, &dest)
+            })
                 .await
                 .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
                 .map_err(|e| self.io_error("put", &name, e)),
