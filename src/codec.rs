@@ -140,6 +140,15 @@ pub fn seal_with_digest(
     Ok(out)
 }
 
+/// The keys [`seal_stream`] needs: the id key for the digest, the recipients to encrypt to.
+#[derive(Debug, Clone, Copy)]
+pub struct SealKeys<'a> {
+    /// Keys the content digest.
+    pub id_key: &'a IdKey,
+    /// Who can decrypt.
+    pub recipients: &'a Recipients,
+}
+
 /// How [`seal_stream`] compresses.
 #[derive(Debug, Clone, Copy)]
 pub struct SealOptions {
@@ -161,13 +170,13 @@ pub fn seal_stream<R: Read, W: Write + Seek>(
     kind: ObjectKind,
     input: R,
     len: u64,
-    id_key: &IdKey,
-    recipients: &Recipients,
+    keys: SealKeys<'_>,
     options: SealOptions,
     output: &mut W,
     object: &str,
 ) -> Result<Digest, Error> {
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
+    let SealKeys { id_key, recipients } = keys;
     let digest = std::thread::scope(|scope| {
         let (to_hasher, blocks) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(STREAM_BUFFERS);
         let (to_pool, pool) = mpsc::channel::<Arc<Vec<u8>>>();
@@ -415,6 +424,8 @@ mod tests {
     fn streamed_seal_opens_like_a_sealed_object() {
         let key = IdKey::generate();
         let id = Identity::generate();
+        let recipients = id.recipients();
+        let keys = SealKeys { id_key: &key, recipients: &recipients };
         // Several blocks and a partial last one, compressible and not.
         let mut plaintext = vec![5u8; STREAM_BLOCK * 5 + 123];
         for (i, b) in plaintext.iter_mut().enumerate().skip(STREAM_BLOCK) {
@@ -423,7 +434,7 @@ mod tests {
         for workers in [0, 2] {
             let mut out = std::io::Cursor::new(Vec::new());
             let options = SealOptions { level: 1, workers };
-            let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, &key, &id.recipients(), options, &mut out, "w").unwrap();
+            let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "w").unwrap();
             let mut stored = out.into_inner();
             assert_eq!(digest, content_digest_with(&key, DigestAlg::Blake3, ObjectKind::Wal, &plaintext));
             assert_eq!(header(&stored, "w").unwrap(), (DigestAlg::Blake3, digest));
@@ -439,7 +450,7 @@ mod tests {
         // A file that is shorter or longer than announced is refused, not sealed.
         let mut out = std::io::Cursor::new(Vec::new());
         let options = SealOptions { level: 1, workers: 0 };
-        assert!(seal_stream(ObjectKind::Wal, &plaintext[..], 100, &key, &id.recipients(), options, &mut out, "w").is_err());
-        assert!(seal_stream(ObjectKind::Wal, &plaintext[..10], 100, &key, &id.recipients(), options, &mut out, "w").is_err());
+        assert!(seal_stream(ObjectKind::Wal, &plaintext[..], 100, keys, options, &mut out, "w").is_err());
+        assert!(seal_stream(ObjectKind::Wal, &plaintext[..10], 100, keys, options, &mut out, "w").is_err());
     }
 }

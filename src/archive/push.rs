@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 
 use super::{Error, parse_name, wal_key};
-use crate::codec::{self, ObjectKind, SealOptions};
+use crate::codec::{self, ObjectKind, SealKeys, SealOptions};
 use crate::crypto::{Digest, DigestAlg};
 use crate::pg::SEGMENT_SIZE_DEFAULT;
 use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
@@ -141,7 +141,7 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
             let key2 = key.clone();
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, repository::Error> {
                 let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
-                let digest = codec::seal_stream(ObjectKind::Wal, file, len, &id_key, &recipients, seal, &mut staged, &object)?;
+                let digest = codec::seal_stream(ObjectKind::Wal, file, len, SealKeys { id_key: &id_key, recipients: &recipients }, seal, &mut staged, &object)?;
                 staged.sync().map_err(|e| codec::Error::Io { object, source: e })?;
                 Ok((staged, digest))
             })
