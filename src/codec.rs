@@ -29,7 +29,7 @@ const MAGIC_V2: &[u8; 8] = b"RADDOBJ2";
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
 /// Bytes a streamed plaintext is read, digested and compressed in at a time ([`seal_stream`]).
-const STREAM_BLOCK: usize = 1 << 20;
+const STREAM_BLOCK: usize = 256 << 10;
 /// Blocks [`seal_stream`] keeps (reused): bounds its memory and lets the digest thread lag a little.
 const STREAM_BUFFERS: usize = 4;
 
