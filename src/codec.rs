@@ -160,13 +160,15 @@ pub struct SealOptions {
 }
 
 /// Seals exactly `len` bytes read from `input` into `output`: the object [`seal`] makes, but
-/// streamed and with a version 2 header (BLAKE3-keyed digest). The input is read in 1 MiB blocks into a few reused buffers (no whole-file
-/// copy in memory); each block goes to a second thread for the keyed digest while this thread
-/// feeds zstd (`options.workers` threads) and age, whose output is written to `output` as it is
-/// produced. The header's digest is written as zeros first and patched in place at the end, so
-/// `output` must be seekable; an `output` that fails half way holds an incomplete object and must
-/// not be published. Fails if `input` yields more or fewer than `len` bytes (the file changed).
-pub fn seal_stream<R: Read, W: Write + Seek>(
+/// streamed and with a version 2 header (BLAKE3-keyed digest), as a pipeline of three threads:
+/// this one reads 256 KiB blocks into a few reused buffers and compresses them (with
+/// `options.workers` extra zstd threads, or none), a second computes the keyed digest of each
+/// block, a third encrypts the compressed stream (age) and writes it to `output` as it comes. No
+/// copy of the whole input or output is ever held in memory. The header's digest is written as
+/// zeros first and patched in place at the end, so `output` must be seekable; an `output` that
+/// fails half way holds an incomplete object and must not be published. Fails if `input`
+/// yields more or fewer than `len` bytes (the file changed).
+pub fn seal_stream<R: Read, W: Write + Seek + Send>(
     kind: ObjectKind,
     input: R,
     len: u64,
@@ -190,10 +192,17 @@ pub fn seal_stream<R: Read, W: Write + Seek>(
             }
             mac.finish()
         });
-        let sealed = seal_blocks(kind, input, len, recipients, options, &mut *output, &to_hasher, &pool, object);
+        let (to_writer, chunks) = mpsc::sync_channel::<Vec<u8>>(STREAM_BUFFERS);
+        let (to_compressor, spent) = mpsc::channel::<Vec<u8>>();
+        let out = &mut *output;
+        let writer = scope.spawn(move || encrypt_chunks(kind, len, recipients, out, &chunks, &to_compressor, object));
+        let compressed = compress_blocks(input, len, options, ChunkSender { to_writer, spent, allocated: 0 }, &to_hasher, &pool, object);
         drop(to_hasher);
         let digest = hasher.join().map_err(|_| io(std::io::Error::other("digest thread panicked")))?;
-        sealed.map(|()| digest)
+        let written = writer.join().map_err(|_| io(std::io::Error::other("encryption thread panicked")))?;
+        // A failed writer makes the compressor fail too ("ended early"): report the cause.
+        written?;
+        compressed.map(|()| digest)
     })?;
     output.seek(SeekFrom::Start(MAGIC_V2.len() as u64)).map_err(io)?;
     output.write_all(&digest.0).map_err(io)?;
@@ -201,27 +210,48 @@ pub fn seal_stream<R: Read, W: Write + Seek>(
     Ok(digest)
 }
 
-/// The sealing half of [`seal_stream`]: reads blocks, hands each to the digest thread, and
-/// streams header, zstd and age into `output`.
-#[allow(clippy::too_many_arguments)]
-fn seal_blocks<R: Read, W: Write>(
-    kind: ObjectKind,
+/// Compressed output on its way to the encryption thread, in reused buffers.
+struct ChunkSender {
+    to_writer: mpsc::SyncSender<Vec<u8>>,
+    spent: mpsc::Receiver<Vec<u8>>,
+    allocated: usize,
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let ended = || std::io::Error::other("encryption thread ended early");
+        let mut chunk = match self.spent.try_recv() {
+            Ok(chunk) => chunk,
+            Err(_) if self.allocated < STREAM_BUFFERS => {
+                self.allocated += 1;
+                Vec::with_capacity(STREAM_BLOCK)
+            }
+            Err(_) => self.spent.recv().map_err(|_| ended())?,
+        };
+        chunk.clear();
+        chunk.extend_from_slice(buf);
+        self.to_writer.send(chunk).map_err(|_| ended())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading and compressing stage of [`seal_stream`]: reads blocks, hands each to the digest
+/// thread, and compresses it into `sink`.
+fn compress_blocks<R: Read>(
     mut input: R,
     len: u64,
-    recipients: &Recipients,
     options: SealOptions,
-    output: &mut W,
+    sink: ChunkSender,
     to_hasher: &mpsc::SyncSender<(Arc<Vec<u8>>, usize)>,
     pool: &mpsc::Receiver<Arc<Vec<u8>>>,
     object: &str,
 ) -> Result<(), Error> {
-    let crypto = |source| Error::Crypto { object: object.to_owned(), source };
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
-    output.write_all(MAGIC_V2).and_then(|()| output.write_all(&[0u8; 32])).map_err(io)?;
-    let mut encrypted = recipients.encrypting_writer(output).map_err(crypto)?;
-    encrypted.write_all(&[kind as u8]).map_err(io)?;
-    encrypted.write_all(&len.to_le_bytes()).map_err(io)?;
-    let mut compressor = zstd::stream::Encoder::new(&mut encrypted, options.level).map_err(io)?;
+    let mut compressor = zstd::stream::Encoder::new(sink, options.level).map_err(io)?;
     compressor.set_pledged_src_size(Some(len)).map_err(io)?;
     if options.workers > 0 {
         compressor.multithread(options.workers).map_err(io)?;
@@ -252,6 +282,30 @@ fn seal_blocks<R: Read, W: Write>(
         return Err(io(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived"))));
     }
     compressor.finish().map_err(io)?;
+    Ok(())
+}
+
+/// The encrypting stage of [`seal_stream`]: writes the header (digest zeroed), then age of kind,
+/// length and every compressed chunk received, returning each buffer for reuse.
+fn encrypt_chunks<W: Write>(
+    kind: ObjectKind,
+    len: u64,
+    recipients: &Recipients,
+    output: &mut W,
+    chunks: &mpsc::Receiver<Vec<u8>>,
+    spent: &mpsc::Sender<Vec<u8>>,
+    object: &str,
+) -> Result<(), Error> {
+    let crypto = |source| Error::Crypto { object: object.to_owned(), source };
+    let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
+    output.write_all(MAGIC_V2).and_then(|()| output.write_all(&[0u8; 32])).map_err(io)?;
+    let mut encrypted = recipients.encrypting_writer(output).map_err(crypto)?;
+    encrypted.write_all(&[kind as u8]).map_err(io)?;
+    encrypted.write_all(&len.to_le_bytes()).map_err(io)?;
+    for chunk in chunks {
+        encrypted.write_all(&chunk).map_err(io)?;
+        let _ = spent.send(chunk);
+    }
     encrypted.finish().map_err(io)?;
     Ok(())
 }
