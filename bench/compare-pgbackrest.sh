@@ -254,7 +254,12 @@ elif mode == "drain":  # drain W TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's
                 try:
                     with open(f"/proc/{pid}/comm") as c:
                         comm = c.read().strip()
+                    # Only this run's processes: other radd/pgbackrest processes on the machine
+                    # (another benchmark, a test suite) have the same comm.
                     if comm in peak:
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            if w.encode() not in c.read():
+                                continue
                         with open(f"/proc/{pid}/status") as s:
                             for line in s:
                                 if line.startswith("VmHWM:"):
