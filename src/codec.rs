@@ -15,8 +15,7 @@
 //! where the bytes are stored or what they mean.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 pub use crate::crypto::DigestAlg;
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
@@ -28,10 +27,10 @@ const MAGIC_V2: &[u8; 8] = b"RADDOBJ2";
 /// Bytes before the age ciphertext: magic and keyed digest. A ranged read of this many bytes
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
-/// Bytes a streamed plaintext is read, digested and compressed in at a time ([`seal_stream`]).
-const STREAM_BLOCK: usize = 256 << 10;
-/// Blocks [`seal_stream`] keeps (reused): bounds its memory and lets the digest thread lag a little.
-const STREAM_BUFFERS: usize = 4;
+/// Bytes a streamed plaintext is read, digested and compressed (as one zstd frame) in at a time
+/// ([`seal_stream`]). zstd level 1-3 windows are at most 1-2 MiB, so frames this large lose
+/// almost nothing (0.02% on WAL) to starting afresh.
+const STREAM_BLOCK: usize = 1 << 20;
 
 /// What an object holds; sealed into the ciphertext so one kind cannot be passed off as another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,23 +153,24 @@ pub struct SealKeys<'a> {
 pub struct SealOptions {
     /// zstd level.
     pub level: i32,
-    /// zstd worker threads (the stream is compressed in overlapping jobs, still one zstd frame);
-    /// 0 compresses on the calling thread.
+    /// Threads compressing blocks in parallel (0 counts as 1).
     pub workers: u32,
 }
 
 /// Seals exactly `len` bytes read from `input` into `output`: the object [`seal`] makes, but
-/// streamed and with a version 2 header (BLAKE3-keyed digest), as a pipeline of three threads:
-/// this one reads 256 KiB blocks into a few reused buffers and compresses them (with
-/// `options.workers` extra zstd threads, or none), a second computes the keyed digest of each
-/// block, a third encrypts the compressed stream (age) and writes it to `output` as it comes. No
-/// copy of the whole input or output is ever held in memory. The header's digest is written as
-/// zeros first and patched in place at the end, so `output` must be seekable; an `output` that
-/// fails half way holds an incomplete object and must not be published. Fails if `input`
-/// yields more or fewer than `len` bytes (the file changed).
+/// streamed and with a version 2 header (BLAKE3-keyed digest). This thread reads 1 MiB blocks
+/// into a few reused buffers and digests them; `options.workers` threads (at least one) compress
+/// each block as its own zstd frame (a zstd stream may hold several frames, and every reader
+/// decodes them as one; independent frames let blocks compress in parallel, straight from the
+/// read buffer, ~15% faster than one streamed frame); one more thread puts the frames back in
+/// order, encrypts them (age) and writes them to `output` as they come. Neither the input nor the
+/// output is ever held in memory whole. The header's digest is written as zeros first and patched
+/// in place at the end, so `output` must be seekable; an `output` that fails half way holds an
+/// incomplete object and must not be published. Fails if `input` yields more or fewer than `len`
+/// bytes (the file changed).
 pub fn seal_stream<R: Read, W: Write + Seek + Send>(
     kind: ObjectKind,
-    input: R,
+    mut input: R,
     len: u64,
     keys: SealKeys<'_>,
     options: SealOptions,
@@ -179,30 +179,38 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
 ) -> Result<Digest, Error> {
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
     let SealKeys { id_key, recipients } = keys;
+    let threads = usize::try_from(options.workers).unwrap_or(1).max(1);
+    let (to_compress, blocks) = mpsc::sync_channel::<Block>(threads);
+    // Shared by the compressors and dropped with the last of them, so that the reader's send
+    // fails instead of blocking if they all stopped.
+    let blocks = Arc::new(Mutex::new(blocks));
+    let (to_reader, free_blocks) = mpsc::channel::<Vec<u8>>();
+    let (to_writer, frames) = mpsc::sync_channel::<Block>(threads + 1);
+    let (to_compressors, free_frames) = mpsc::channel::<Vec<u8>>();
+    let free_frames = Mutex::new(free_frames);
     let digest = std::thread::scope(|scope| {
-        let (to_hasher, blocks) = mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(STREAM_BUFFERS);
-        let (to_pool, pool) = mpsc::channel::<Arc<Vec<u8>>>();
-        let mut mac = id_key.stream_with(DigestAlg::Blake3);
-        mac.update(&[kind as u8]);
-        let hasher = scope.spawn(move || {
-            for (block, n) in blocks {
-                mac.update(&block[..n]);
-                // The reader may be done and gone: then the buffer is simply freed.
-                let _ = to_pool.send(block);
-            }
-            mac.finish()
-        });
-        let (to_writer, chunks) = mpsc::sync_channel::<Vec<u8>>(STREAM_BUFFERS);
-        let (to_compressor, spent) = mpsc::channel::<Vec<u8>>();
+        let compressors: Vec<_> = (0..threads)
+            .map(|_| {
+                let (blocks, free_frames, to_reader, to_writer) = (Arc::clone(&blocks), &free_frames, to_reader.clone(), to_writer.clone());
+                scope.spawn(move || compress_blocks(options.level, &blocks, free_frames, &to_reader, &to_writer))
+            })
+            .collect();
+        drop((to_reader, to_writer, blocks));
         let out = &mut *output;
-        let writer = scope.spawn(move || encrypt_chunks(kind, len, recipients, out, &chunks, &to_compressor, object));
-        let compressed = compress_blocks(input, len, options, ChunkSender { to_writer, spent, allocated: 0 }, &to_hasher, &pool, object);
-        drop(to_hasher);
-        let digest = hasher.join().map_err(|_| io(std::io::Error::other("digest thread panicked")))?;
+        let writer = scope.spawn(move || encrypt_frames(kind, len, recipients, out, &frames, &to_compressors, object));
+        let read = read_blocks(kind, &mut input, len, id_key, threads + 3, &to_compress, &free_blocks);
+        drop(to_compress);
+        let mut compressed = Ok(());
+        for compressor in compressors {
+            let result = compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
+            compressed = compressed.and(result);
+        }
         let written = writer.join().map_err(|_| io(std::io::Error::other("encryption thread panicked")))?;
-        // A failed writer makes the compressor fail too ("ended early"): report the cause.
+        // A stage that fails makes the others fail with "ended early": report the cause first.
+        let digest = read.map_err(io)?;
+        compressed.map_err(io)?;
         written?;
-        compressed.map(|()| digest)
+        Ok(digest)
     })?;
     output.seek(SeekFrom::Start(MAGIC_V2.len() as u64)).map_err(io)?;
     output.write_all(&digest.0).map_err(io)?;
@@ -210,90 +218,90 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
     Ok(digest)
 }
 
-/// Compressed output on its way to the encryption thread, in reused buffers.
-struct ChunkSender {
-    to_writer: mpsc::SyncSender<Vec<u8>>,
-    spent: mpsc::Receiver<Vec<u8>>,
-    allocated: usize,
+/// A block of a streamed plaintext (or its compressed frame): sequence number, buffer, length.
+type Block = (u64, Vec<u8>, usize);
+
+fn ended(stage: &str) -> std::io::Error {
+    std::io::Error::other(format!("{stage} ended early"))
 }
 
-impl Write for ChunkSender {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let ended = || std::io::Error::other("encryption thread ended early");
-        let mut chunk = match self.spent.try_recv() {
-            Ok(chunk) => chunk,
-            Err(_) if self.allocated < STREAM_BUFFERS => {
-                self.allocated += 1;
-                Vec::with_capacity(STREAM_BLOCK)
-            }
-            Err(_) => self.spent.recv().map_err(|_| ended())?,
-        };
-        chunk.clear();
-        chunk.extend_from_slice(buf);
-        self.to_writer.send(chunk).map_err(|_| ended())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The reading and compressing stage of [`seal_stream`]: reads blocks, hands each to the digest
-/// thread, and compresses it into `sink`.
-fn compress_blocks<R: Read>(
-    mut input: R,
+/// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers,
+/// digests them in order and hands them to the compressors; returns the keyed digest.
+fn read_blocks<R: Read>(
+    kind: ObjectKind,
+    input: &mut R,
     len: u64,
-    options: SealOptions,
-    sink: ChunkSender,
-    to_hasher: &mpsc::SyncSender<(Arc<Vec<u8>>, usize)>,
-    pool: &mpsc::Receiver<Arc<Vec<u8>>>,
-    object: &str,
-) -> Result<(), Error> {
-    let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
-    let mut compressor = zstd::stream::Encoder::new(sink, options.level).map_err(io)?;
-    compressor.set_pledged_src_size(Some(len)).map_err(io)?;
-    if options.workers > 0 {
-        compressor.multithread(options.workers).map_err(io)?;
-    }
-    let (mut allocated, mut total) = (0, 0u64);
+    id_key: &IdKey,
+    buffers: usize,
+    to_compress: &mpsc::SyncSender<Block>,
+    free_blocks: &mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<Digest> {
+    let mut mac = id_key.stream_with(DigestAlg::Blake3);
+    mac.update(&[kind as u8]);
+    let (mut allocated, mut total, mut seq) = (0, 0u64, 0u64);
     loop {
-        let mut buffer = if allocated < STREAM_BUFFERS {
-            allocated += 1;
-            vec![0u8; STREAM_BLOCK]
-        } else {
-            let block = pool.recv().map_err(|_| io(std::io::Error::other("digest thread ended early")))?;
-            // The digest thread returned it after this thread dropped its handle: unshared.
-            Arc::try_unwrap(block).unwrap_or_else(|shared| shared.to_vec())
+        let mut buffer = match free_blocks.try_recv() {
+            Ok(buffer) => buffer,
+            Err(_) if allocated < buffers => {
+                allocated += 1;
+                vec![0u8; STREAM_BLOCK]
+            }
+            Err(_) => free_blocks.recv().map_err(|_| ended("compression"))?,
         };
-        let n = read_full(&mut input, &mut buffer).map_err(io)?;
-        if n == 0 {
-            break;
-        }
+        let n = read_full(input, &mut buffer)?;
         total += n as u64;
         if total > len {
             break;
         }
-        let block = Arc::new(buffer);
-        to_hasher.send((Arc::clone(&block), n)).map_err(|_| io(std::io::Error::other("digest thread ended early")))?;
-        compressor.write_all(&block[..n]).map_err(io)?;
+        // An empty input still gets one (empty) frame.
+        if n == 0 && seq > 0 {
+            break;
+        }
+        mac.update(&buffer[..n]);
+        to_compress.send((seq, buffer, n)).map_err(|_| ended("compression"))?;
+        seq += 1;
+        if n == 0 {
+            break;
+        }
     }
     if total != len {
-        return Err(io(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived"))));
+        return Err(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived")));
     }
-    compressor.finish().map_err(io)?;
-    Ok(())
+    Ok(mac.finish())
+}
+
+/// A compressing thread of [`seal_stream`]: compresses blocks into frames (reused buffers),
+/// returns each block to the reader and sends its frame to the writer.
+fn compress_blocks(
+    level: i32,
+    blocks: &Mutex<mpsc::Receiver<Block>>,
+    free_frames: &Mutex<mpsc::Receiver<Vec<u8>>>,
+    to_reader: &mpsc::Sender<Vec<u8>>,
+    to_writer: &mpsc::SyncSender<Block>,
+) -> std::io::Result<()> {
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    loop {
+        let next = blocks.lock().map_err(|_| ended("compression"))?.recv();
+        let Ok((seq, block, n)) = next else { return Ok(()) };
+        let recycled = free_frames.lock().map_err(|_| ended("compression"))?.try_recv();
+        let mut frame = recycled.unwrap_or_else(|_| Vec::with_capacity(zstd::zstd_safe::compress_bound(STREAM_BLOCK)));
+        frame.clear();
+        let size = compressor.compress_to_buffer(&block[..n], &mut frame)?;
+        // The reader may be done and gone: then the buffer is simply freed.
+        let _ = to_reader.send(block);
+        to_writer.send((seq, frame, size)).map_err(|_| ended("encryption"))?;
+    }
 }
 
 /// The encrypting stage of [`seal_stream`]: writes the header (digest zeroed), then age of kind,
-/// length and every compressed chunk received, returning each buffer for reuse.
-fn encrypt_chunks<W: Write>(
+/// length and every frame in sequence order, returning each buffer for reuse.
+fn encrypt_frames<W: Write>(
     kind: ObjectKind,
     len: u64,
     recipients: &Recipients,
     output: &mut W,
-    chunks: &mpsc::Receiver<Vec<u8>>,
-    spent: &mpsc::Sender<Vec<u8>>,
+    frames: &mpsc::Receiver<Block>,
+    free_frames: &mpsc::Sender<Vec<u8>>,
     object: &str,
 ) -> Result<(), Error> {
     let crypto = |source| Error::Crypto { object: object.to_owned(), source };
@@ -302,9 +310,17 @@ fn encrypt_chunks<W: Write>(
     let mut encrypted = recipients.encrypting_writer(output).map_err(crypto)?;
     encrypted.write_all(&[kind as u8]).map_err(io)?;
     encrypted.write_all(&len.to_le_bytes()).map_err(io)?;
-    for chunk in chunks {
-        encrypted.write_all(&chunk).map_err(io)?;
-        let _ = spent.send(chunk);
+    let (mut pending, mut next) = (std::collections::BTreeMap::new(), 0u64);
+    for (seq, frame, size) in frames {
+        pending.insert(seq, (frame, size));
+        while let Some((frame, size)) = pending.remove(&next) {
+            encrypted.write_all(&frame[..size]).map_err(io)?;
+            let _ = free_frames.send(frame);
+            next += 1;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(io(ended("compression")));
     }
     encrypted.finish().map_err(io)?;
     Ok(())
@@ -485,7 +501,7 @@ mod tests {
         for (i, b) in plaintext.iter_mut().enumerate().skip(STREAM_BLOCK) {
             *b = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) as u8;
         }
-        for workers in [0, 2] {
+        for workers in [0, 1, 3] {
             let mut out = std::io::Cursor::new(Vec::new());
             let options = SealOptions { level: 1, workers };
             let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "w").unwrap();
@@ -501,6 +517,10 @@ mod tests {
             stored[..8].copy_from_slice(MAGIC);
             assert!(matches!(open(ObjectKind::Wal, &stored, &key, &id, "w"), Err(Error::Corrupt { .. })));
         }
+        // An empty file seals and opens too.
+        let mut out = std::io::Cursor::new(Vec::new());
+        seal_stream(ObjectKind::Wal, &b""[..], 0, keys, SealOptions { level: 1, workers: 2 }, &mut out, "w").unwrap();
+        assert_eq!(open(ObjectKind::Wal, &out.into_inner(), &key, &id, "w").unwrap(), b"");
         // A file that is shorter or longer than announced is refused, not sealed.
         let mut out = std::io::Cursor::new(Vec::new());
         let options = SealOptions { level: 1, workers: 0 };

@@ -1,7 +1,8 @@
 //! `wal-push`: archive one WAL file, and drain a `.ready` backlog beside it.
 //!
-//! A file is streamed through [`codec::seal_stream`] (keyed digest on one thread, zstd and age
-//! on others) straight into a staging object, fsync'd, and only then published create-only
+//! A file is streamed through [`codec::seal_stream`] (read and keyed digest on one thread, 1 MiB
+//! blocks compressed in parallel, age on another) straight into a staging object, fsync'd, and
+//! only then published create-only
 //! ([`crate::repo::Repo::publish`]): the call returns — and PostgreSQL gets its acknowledgement —
 //! only once the object is durable. Backlog files are sealed in parallel but published strictly
 //! in name order after the requested one, so the archive never shows a later segment without the
@@ -42,15 +43,15 @@ pub struct PushOptions {
     pub ahead: usize,
     /// zstd level.
     pub level: i32,
-    /// zstd worker threads per file being sealed (0: on the sealing thread).
+    /// Threads compressing the blocks of one file in parallel (0 counts as 1).
     pub compress_workers: u32,
 }
 
 impl PushOptions {
-    /// One file at a time, nothing ahead, compression on the sealing thread.
+    /// One file at a time, nothing ahead, one compressing thread.
     #[must_use]
     pub fn single(level: i32) -> Self {
-        PushOptions { parallel: 1, ahead: 0, level, compress_workers: 0 }
+        PushOptions { parallel: 1, ahead: 0, level, compress_workers: 1 }
     }
 }
 
@@ -213,9 +214,9 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOpti
         files.extend(not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead).await);
     }
     let parallel = options.parallel.max(1);
-    // With several files in flight, both cores are busy sealing different files: compressing
-    // each on its sealing thread saves zstd's multi-threading overhead (~10% CPU per file).
-    let options = if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 0, ..options } } else { options };
+    // With several files in flight, the cores are busy sealing different files: one
+    // compressing thread per file is enough.
+    let options = if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
     let mut prepared = futures::stream::iter(files)
         .map(|p| {
             let repo = repo.clone();

@@ -229,9 +229,9 @@ pub struct ArchiveConfig {
     /// name order (0 = only the requested one; `push_parallel = 1` also means none).
     #[serde(default = "default_push_ahead")]
     pub push_ahead: usize,
-    /// Extra zstd worker threads per WAL file being sealed (0, the default: compress on the
-    /// reading thread, while digest and encryption already run on two others — measured as fast
-    /// on 2 cores and ~10-25% less CPU). The output is one zstd frame either way.
+    /// Threads compressing the 1 MiB blocks of one WAL file in parallel (each block is its own
+    /// zstd frame); default: the number of CPUs. A backlog uses one per file, since several
+    /// files are sealed at once.
     #[serde(default = "default_compress_workers")]
     pub compress_workers: u32,
     /// Segments `wal-fetch` prefetches into `pg_wal/radd-spool` (0 disables prefetching).
@@ -257,7 +257,7 @@ fn default_push_ahead() -> usize {
     16
 }
 fn default_compress_workers() -> u32 {
-    0
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
 }
 fn default_prefetch() -> u64 {
     4
@@ -508,8 +508,8 @@ impl Config {
         if self.archive.push_ahead > 1024 {
             problems.push("archive.push_ahead: must be 0..=1024".to_owned());
         }
-        if self.archive.compress_workers > 64 {
-            problems.push("archive.compress_workers: must be 0..=64".to_owned());
+        if !(1..=64).contains(&self.archive.compress_workers) {
+            problems.push("archive.compress_workers: must be 1..=64".to_owned());
         }
         if self.archive.fetch_prefetch > 64 {
             problems.push("archive.fetch_prefetch: must be 0..=64".to_owned());
