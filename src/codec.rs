@@ -159,7 +159,7 @@ pub struct SealOptions {
 
 /// Seals exactly `len` bytes read from `input` into `output`: the object [`seal`] makes, but
 /// streamed and with a version 2 header (BLAKE3-keyed digest). This thread reads 1 MiB blocks
-/// into a few reused buffers and digests them; `options.workers` threads (at least one) compress
+/// into a few reused buffers, a second digests them in order; `options.workers` threads (at least one) compress
 /// each block as its own zstd frame (a zstd stream may hold several frames, and every reader
 /// decodes them as one; independent frames let blocks compress in parallel, straight from the
 /// read buffer, ~15% faster than one streamed frame); one more thread puts the frames back in
@@ -198,8 +198,11 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
         drop((to_reader, to_writer, blocks));
         let out = &mut *output;
         let writer = scope.spawn(move || encrypt_frames(kind, len, recipients, out, &frames, &to_compressors, object));
-        let read = read_blocks(kind, &mut input, len, id_key, threads + 3, &to_compress, &free_blocks);
-        drop(to_compress);
+        let (to_hasher, unhashed) = mpsc::sync_channel::<Block>(2);
+        let hasher = scope.spawn(move || digest_blocks(kind, id_key, &unhashed, &to_compress));
+        let read = read_blocks(&mut input, len, threads + 2, &to_hasher, &free_blocks);
+        drop(to_hasher);
+        let hashed = hasher.join().unwrap_or_else(|_| Err(std::io::Error::other("digest thread panicked")));
         let mut compressed = Ok(());
         for compressor in compressors {
             let result = compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
@@ -207,7 +210,8 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
         }
         let written = writer.join().map_err(|_| io(std::io::Error::other("encryption thread panicked")))?;
         // A stage that fails makes the others fail with "ended early": report the cause first.
-        let digest = read.map_err(io)?;
+        read.map_err(io)?;
+        let digest = hashed.map_err(io)?;
         compressed.map_err(io)?;
         written?;
         Ok(digest)
@@ -225,19 +229,9 @@ fn ended(stage: &str) -> std::io::Error {
     std::io::Error::other(format!("{stage} ended early"))
 }
 
-/// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers,
-/// digests them in order and hands them to the compressors; returns the keyed digest.
-fn read_blocks<R: Read>(
-    kind: ObjectKind,
-    input: &mut R,
-    len: u64,
-    id_key: &IdKey,
-    buffers: usize,
-    to_compress: &mpsc::SyncSender<Block>,
-    free_blocks: &mpsc::Receiver<Vec<u8>>,
-) -> std::io::Result<Digest> {
-    let mut mac = id_key.stream_with(DigestAlg::Blake3);
-    mac.update(&[kind as u8]);
+/// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers and
+/// hands them, in order, to the digest thread.
+fn read_blocks<R: Read>(input: &mut R, len: u64, buffers: usize, to_hasher: &mpsc::SyncSender<Block>, free_blocks: &mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
     let (mut allocated, mut total, mut seq) = (0, 0u64, 0u64);
     loop {
         let mut buffer = match free_blocks.try_recv() {
@@ -257,8 +251,7 @@ fn read_blocks<R: Read>(
         if n == 0 && seq > 0 {
             break;
         }
-        mac.update(&buffer[..n]);
-        to_compress.send((seq, buffer, n)).map_err(|_| ended("compression"))?;
+        to_hasher.send((seq, buffer, n)).map_err(|_| ended("digest"))?;
         seq += 1;
         if n == 0 {
             break;
@@ -266,6 +259,18 @@ fn read_blocks<R: Read>(
     }
     if total != len {
         return Err(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived")));
+    }
+    Ok(())
+}
+
+/// The digest stage of [`seal_stream`]: the keyed digest of the blocks in order, each passed on
+/// to the compressors once digested.
+fn digest_blocks(kind: ObjectKind, id_key: &IdKey, blocks: &mpsc::Receiver<Block>, to_compress: &mpsc::SyncSender<Block>) -> std::io::Result<Digest> {
+    let mut mac = id_key.stream_with(DigestAlg::Blake3);
+    mac.update(&[kind as u8]);
+    for (seq, block, n) in blocks {
+        mac.update(&block[..n]);
+        to_compress.send((seq, block, n)).map_err(|_| ended("compression"))?;
     }
     Ok(mac.finish())
 }
