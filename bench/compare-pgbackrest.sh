@@ -314,6 +314,10 @@ rm -rf "$W/restore-pgbr"
 
 # --- 4. WAL push latency: each tool pushes the same 40 segments one by one (synchronous
 #        pgBackRest, as with archive_command = 'pgbackrest archive-push %p'); warm cache ----------
+# Warm cache for real: the restore step above dropped the page cache, so without this the first
+# tool to push each pool segment (radd) would read it from disk and the second (pgBackRest) from
+# memory. PostgreSQL archives a segment it has just written, i.e. from the page cache.
+cat "$W"/pool/* > /dev/null
 as_pg mkdir "$W/push"
 files=()
 for i in $(seq "$PUSH_SAMPLES"); do
