@@ -254,7 +254,12 @@ elif mode == "drain":  # drain W TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's
                 try:
                     with open(f"/proc/{pid}/comm") as c:
                         comm = c.read().strip()
+                    # Only this run's processes: other radd/pgbackrest processes on the machine
+                    # (another benchmark, a test suite) have the same comm.
                     if comm in peak:
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            if w.encode() not in c.read():
+                                continue
                         with open(f"/proc/{pid}/status") as s:
                             for line in s:
                                 if line.startswith("VmHWM:"):
@@ -309,6 +314,10 @@ rm -rf "$W/restore-pgbr"
 
 # --- 4. WAL push latency: each tool pushes the same 40 segments one by one (synchronous
 #        pgBackRest, as with archive_command = 'pgbackrest archive-push %p'); warm cache ----------
+# Warm cache for real: the restore step above dropped the page cache, so without this the first
+# tool to push each pool segment (radd) would read it from disk and the second (pgBackRest) from
+# memory. PostgreSQL archives a segment it has just written, i.e. from the page cache.
+cat "$W"/pool/* > /dev/null
 as_pg mkdir "$W/push"
 files=()
 for i in $(seq "$PUSH_SAMPLES"); do

@@ -122,3 +122,156 @@ fn wal_push_drains_the_ready_backlog_and_fetch_prefetches() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!spool.exists(), "spool must be removed at the end of recovery");
 }
+
+// --- Streamed pushes, backlog drain, markers (issue 5) ------------------------------------------
+
+/// A fake `pg_wal` with `n` segments 1..=n marked `.ready` (distinct contents); their names.
+fn ready_backlog(env: &TestEnv, n: u32) -> (std::path::PathBuf, Vec<String>) {
+    let wal = env.path().join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    let names: Vec<String> = (1..=n).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut data = crate::common::env::noise(16 << 20, i as u64);
+        data[..(8 << 20)].fill(i as u8); // half compressible, half not
+        std::fs::write(wal.join(name), data).unwrap();
+        std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
+    }
+    (wal, names)
+}
+
+fn set_archive(env: &TestEnv, settings: &str) {
+    let config = std::fs::read_to_string(&env.push_config).unwrap();
+    std::fs::write(&env.push_config, format!("{config}\n[archive]\n{settings}\n")).unwrap();
+}
+
+/// PostgreSQL's archiver: one call per `.ready` segment, oldest first, `.ready` → `.done` on
+/// exit 0. Panics on a failed call.
+fn archive_like_postgres(env: &TestEnv, wal: &Path, names: &[String]) {
+    for name in names {
+        let out = env.radd_push(&["wal-push", wal.join(name).to_str().unwrap()]);
+        assert!(out.status.success(), "wal-push {name}: {}", stderr(&out));
+        let status = wal.join("archive_status");
+        std::fs::rename(status.join(format!("{name}.ready")), status.join(format!("{name}.done"))).unwrap();
+    }
+}
+
+fn backlog_drains_in_order_and_round_trips(backend: Backend) {
+    let env = TestEnv::new(backend);
+    set_archive(&env, "push_parallel = 3\npush_ahead = 4\ncompress_workers = 2");
+    let (wal, names) = ready_backlog(&env, 11);
+    archive_like_postgres(&env, &wal, &names);
+    // Every segment reads back exactly (streamed objects open with the identity, digest checked).
+    for name in &names {
+        let dest = env.path().join("fetched");
+        let out = env.radd(&["wal-fetch", name, dest.to_str().unwrap()]);
+        assert!(out.status.success(), "fetch {name}: {}", stderr(&out));
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(wal.join(name)).unwrap(), "{name} differs");
+    }
+    // The markers of segments archived ahead were all used up, and the chain is complete.
+    let markers = wal.join(radd::archive::MARKER_DIR);
+    let left: Vec<_> = std::fs::read_dir(&markers).map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "markers left behind: {left:?}");
+    let out = env.radd(&["verify"]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+}
+
+#[test]
+fn wal_push_backlog_drain_local() {
+    backlog_drains_in_order_and_round_trips(Backend::Local);
+}
+
+#[test]
+fn wal_push_backlog_drain_s3() {
+    backlog_drains_in_order_and_round_trips(Backend::S3);
+}
+
+#[test]
+fn wal_push_backlog_stops_at_a_failure_without_leaving_a_gap() {
+    let env = TestEnv::new(Backend::Local);
+    set_archive(&env, "push_parallel = 2\npush_ahead = 5");
+    let (wal, names) = ready_backlog(&env, 6);
+    // Segment 3 cannot be read (a directory where the file should be).
+    std::fs::remove_file(wal.join(&names[2])).unwrap();
+    std::fs::create_dir(wal.join(&names[2])).unwrap();
+    let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
+    assert!(out.status.success(), "the requested segment alone decides: {}", stderr(&out));
+    let archived = |name: &str| env.local_object(&format!("wal/00000001/{name}")).exists();
+    assert!(archived(&names[0]) && archived(&names[1]), "segments before the failure are archived");
+    for name in &names[2..] {
+        assert!(!archived(name), "{name} published after a failed segment: the archive would show a gap");
+    }
+    let staged: Vec<_> = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().filter_map(Result::ok).map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains('#')).collect();
+    assert!(staged.is_empty(), "staging files left behind: {staged:?}");
+    // PostgreSQL's own call for the broken one fails loudly, and nothing after it is archived.
+    let out = env.radd_push(&["wal-push", wal.join(&names[2]).to_str().unwrap()]);
+    assert!(!out.status.success(), "an unreadable segment must not be acknowledged");
+    assert!(!archived(&names[3]));
+}
+
+#[test]
+fn wal_push_marker_is_no_acknowledgement_without_the_stored_object() {
+    let env = TestEnv::new(Backend::Local);
+    set_archive(&env, "push_parallel = 2\npush_ahead = 3");
+    let (wal, names) = ready_backlog(&env, 4);
+    let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let markers = wal.join(radd::archive::MARKER_DIR);
+    assert!(markers.join(&names[1]).exists(), "a segment archived ahead gets a marker");
+
+    // The object vanished from the repository: the marker alone does not acknowledge it, the
+    // call archives the segment again (durably) before exit 0.
+    std::fs::remove_file(env.local_object(&format!("wal/00000001/{}", names[1]))).unwrap();
+    let out = env.radd_push(&["wal-push", wal.join(&names[1]).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.local_object(&format!("wal/00000001/{}", names[1])).exists(), "re-archived");
+
+    // The file changed after it was archived ahead (new content, new mtime): its marker no longer
+    // matches, so the file is read and compared, and the difference is refused loudly.
+    std::fs::write(wal.join(&names[2]), vec![0xA5u8; 16 << 20]).unwrap();
+    let out = env.radd_push(&["wal-push", wal.join(&names[2]).to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("different checksum"), "{}", stderr(&out));
+
+    // An unchanged file with its marker is acknowledged from the marker, and the marker is used up.
+    let out = env.radd_push(&["wal-push", wal.join(&names[3]).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!markers.join(&names[3]).exists(), "marker must be removed once used");
+}
+
+#[test]
+fn wal_objects_of_the_previous_format_still_open_and_compare() {
+    use radd::codec::{self, ObjectKind};
+    let env = TestEnv::new(Backend::Local);
+    let wal = env.path().join("pg_wal");
+    std::fs::create_dir(&wal).unwrap();
+    let name = "000000010000000000000007";
+    let seg = segment_file(&wal, name, 42);
+    let data = std::fs::read(&seg).unwrap();
+    // A version 1 object (HMAC-SHA256 digest), as radd wrote WAL before the streamed format, in
+    // a repository of that time (format 1).
+    let id_key = env.make_format_1();
+    let recipients = radd::crypto::Identity::load(&env.path().join("identity.key")).unwrap().recipients();
+    let (stored, _) = codec::seal(ObjectKind::Wal, &data, &id_key, &recipients, 1, name).unwrap();
+    assert_eq!(&stored[..8], b"RADDOBJ1");
+    let object = env.local_object(&format!("wal/00000001/{name}"));
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(&object, &stored).unwrap();
+
+    let out = env.radd_push(&["wal-push", &seg]);
+    assert!(out.status.success(), "identical content under a version 1 object: {}", stderr(&out));
+    assert_eq!(std::fs::read(&object).unwrap(), stored, "the old object is never rewritten");
+    let other = env.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let changed = segment_file(&other, name, 43);
+    let out = env.radd_push(&["wal-push", &changed]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let dest = env.path().join("fetched");
+    let out = env.radd(&["wal-fetch", name, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == data);
+    // New pushes write version 2.
+    let next = segment_file(&wal, "000000010000000000000008", 44);
+    assert!(env.radd_push(&["wal-push", &next]).status.success());
+    let stored = std::fs::read(env.local_object("wal/00000001/000000010000000000000008")).unwrap();
+    assert_eq!(&stored[..8], b"RADDOBJ2");
+}

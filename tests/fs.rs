@@ -256,14 +256,7 @@ fn a_damaged_entry_stream_is_an_integrity_error_naming_its_pack() {
 #[test]
 fn a_format_1_repository_still_backs_up_restores_and_verifies() {
     let env = TestEnv::new(Backend::Local);
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key")).unwrap();
-    let config_path = env.local_object("config");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
-    assert_eq!(config["format"], 2, "new repositories use keyed BLAKE3");
-    config["format"] = 1.into();
-    config["id_key_check"] = id_key.digest(b"radd id key check v1").to_string().into();
-    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    env.make_format_1();
 
     let src = env.path().join("old");
     std::fs::create_dir(&src).unwrap();

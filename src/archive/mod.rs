@@ -12,11 +12,15 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
-use crate::codec::{self, ObjectKind};
+mod push;
+
+pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push, push_with_backlog};
+
+use crate::codec::ObjectKind;
 use crate::crypto::Digest;
 use crate::error::ErrorKind;
 use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
-use crate::repo::{self, ObjectKey, PutOutcome};
+use crate::repo::{self, ObjectKey};
 use crate::repository::{self, Repository};
 
 /// Errors archiving or fetching WAL.
@@ -75,15 +79,6 @@ impl Error {
     }
 }
 
-/// Outcome of a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOutcome {
-    /// Newly stored.
-    Stored,
-    /// Already archived with identical content.
-    AlreadyArchived,
-}
-
 /// The repository key of a WAL file: grouped by timeline.
 #[must_use]
 pub fn wal_key(name: &WalFileName, segment_size: u64) -> ObjectKey {
@@ -95,132 +90,6 @@ pub fn wal_key(name: &WalFileName, segment_size: u64) -> ObjectKey {
 
 fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
     WalFileName::parse(name, segment_size).map_err(Error::BadName)
-}
-
-/// A WAL file read, digested and (unless already archived) sealed, ready to be stored.
-pub struct Prepared {
-    file_name: String,
-    key: ObjectKey,
-    digest: crate::crypto::Digest,
-    /// `None` when the archive already holds identical content.
-    sealed: Option<Vec<u8>>,
-}
-
-/// Reads a WAL file and seals it; recognises an already archived file (same keyed digest) from
-/// one small ranged read without compressing or encrypting anything, and refuses a different
-/// file under the same name.
-pub async fn prepare(repo: &Repository, path: &Path) -> Result<Prepared, Error> {
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::BadName(format!("{} has no WAL file name", path.display())))?
-        .to_owned();
-    let data = tokio::fs::read(path).await.map_err(|source| Error::Io { what: "read", path: path.to_owned(), source })?;
-    let segment_size = segment_size_of(&file_name, data.len() as u64);
-    let key = wal_key(&parse_name(&file_name, segment_size)?, segment_size);
-    let (digest, data) = {
-        let id_key = repo.id_key.clone();
-        tokio::task::spawn_blocking(move || (codec::content_digest(&id_key, ObjectKind::Wal, &data), data))
-            .await
-            .map_err(|e| Error::BadName(format!("digest task failed: {e}")))?
-    };
-    match repo.object_digest(&key).await {
-        Ok(existing) if existing == digest => return Ok(Prepared { file_name, key, digest, sealed: None }),
-        Ok(_) => return Err(Error::Mismatch { name: file_name }),
-        Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sealed = repo.seal_known(ObjectKind::Wal, data, digest, key.to_string()).await?;
-    Ok(Prepared { file_name, key, digest, sealed: Some(sealed) })
-}
-
-/// Stores a prepared WAL file create-only; returns once it is durable.
-pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome, Error> {
-    let Some(sealed) = prepared.sealed else {
-        return Ok(PushOutcome::AlreadyArchived);
-    };
-    match repo.store.put_new(&prepared.key, sealed.into()).await.map_err(repository::Error::from)? {
-        PutOutcome::Created => Ok(PushOutcome::Stored),
-        PutOutcome::AlreadyExists if repo.object_digest(&prepared.key).await? == prepared.digest => Ok(PushOutcome::AlreadyArchived),
-        PutOutcome::AlreadyExists => Err(Error::Mismatch { name: prepared.file_name }),
-    }
-}
-
-/// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
-pub async fn push(repo: &Repository, path: &Path) -> Result<PushOutcome, Error> {
-    commit(repo, prepare(repo, path).await?).await
-}
-
-/// Archives `path` and, so that a backlog drains fast, up to `parallel - 1` other WAL files
-/// waiting in `archive_status/*.ready` beside it (oldest first). Files are read and sealed in
-/// parallel but stored strictly in name order, the requested one first, so the archive never
-/// shows a later segment before an earlier one (a reader would take that for a gap). Only the
-/// requested file decides success: PostgreSQL acknowledges the others itself when it asks for
-/// them, which is then a cheap "already archived" check. Returns how many extras were stored.
-pub async fn push_with_backlog(repo: &Repository, path: &Path, parallel: usize) -> Result<(PushOutcome, usize), Error> {
-    let mut files = vec![path.to_owned()];
-    files.extend(not_yet_archived(repo, ready_files(path, 4 * parallel), parallel.saturating_sub(1)).await);
-    let mut prepared = futures::stream::iter(files).map(|p| async move { (prepare(repo, &p).await, p) }).buffered(parallel.max(1));
-    let own = match prepared.next().await {
-        Some((result, _)) => commit(repo, result?).await?,
-        None => return Err(Error::BadName(format!("{} has no WAL file name", path.display()))),
-    };
-    let mut stored = 0;
-    while let Some((result, p)) = prepared.next().await {
-        match async { commit(repo, result?).await }.await {
-            Ok(PushOutcome::Stored) => stored += 1,
-            Ok(PushOutcome::AlreadyArchived) => {}
-            Err(error) => {
-                // Stop here: storing later files would leave a hole before them.
-                tracing::warn!(path = %p.display(), error = %error, "could not archive a backlog segment ahead of time; PostgreSQL will retry it");
-                break;
-            }
-        }
-    }
-    Ok((own, stored))
-}
-
-/// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
-/// at the first one it cannot tell: segments an earlier call already archived ahead are
-/// skipped, so each call moves the backlog forward by `parallel` segments.
-async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for path in candidates {
-        if out.len() >= limit {
-            break;
-        }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
-        let Ok(wal) = parse_name(name, SEGMENT_SIZE_DEFAULT) else { break };
-        match repo.store.exists(&wal_key(&wal, SEGMENT_SIZE_DEFAULT)).await {
-            Ok(true) => {}
-            Ok(false) => out.push(path),
-            Err(_) => break,
-        }
-    }
-    out
-}
-
-/// Up to `limit` other segments PostgreSQL has marked ready, oldest name first.
-fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
-    let (Some(dir), Some(own)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
-        .filter(|n| n != own && n.len() == 24)
-        .collect();
-    names.sort();
-    names.into_iter().take(limit).map(|n| dir.join(n)).collect()
-}
-
-/// Segment files are named by their size; anything else uses the default for parsing.
-fn segment_size_of(name: &str, len: u64) -> u64 {
-    let plausible = len.is_power_of_two() && (1 << 20..=1 << 30).contains(&len);
-    if name.len() == 24 && plausible { len } else { SEGMENT_SIZE_DEFAULT }
 }
 
 /// Fetches one WAL file into `dest` (written to a temporary name, then renamed).

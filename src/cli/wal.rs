@@ -26,7 +26,14 @@ pub struct FetchArgs {
 /// Archives one WAL file; needs only the recipients and id key.
 pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, false).await?;
-    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, config.archive.push_parallel)
+    let archive = &config.archive;
+    let options = archive::PushOptions {
+        parallel: archive.push_parallel.max(1),
+        ahead: if archive.push_parallel > 1 { archive.push_ahead } else { 0 },
+        level: repo.compression_level,
+        compress_workers: archive.compress_workers,
+    };
+    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, options)
         .await
         .map_err(radd::Error::from)?;
     tracing::info!(path = %a.path.display(), ?outcome, backlog_archived = ahead, "WAL file archived");

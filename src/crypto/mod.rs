@@ -326,48 +326,37 @@ impl IdKey {
     /// The keyed hash of the concatenation of `parts`, without concatenating them in memory.
     #[must_use]
     pub fn digest_parts(&self, parts: &[&[u8]]) -> Digest {
-        let mut hasher = self.hasher();
+        let mut stream = self.stream();
         for part in parts {
-            hasher.update(part);
+            stream.update(part);
         }
-        hasher.finish()
+        stream.finish()
     }
 
-    /// An incremental keyed hash, for data that arrives in pieces.
+    /// An incremental keyed hash under this key with the repository's scheme (equal to
+    /// [`IdKey::digest_parts`] of everything fed), for data that arrives in pieces.
     #[must_use]
-    pub fn hasher(&self) -> KeyedHasher {
+    pub fn stream(&self) -> KeyedStream {
         match self.scheme {
-            IdScheme::HmacSha256 => KeyedHasher::Hmac(Box::new(hmac::Hmac::<Sha256>::new_from_slice(&self.key[..]).expect("HMAC-SHA256 accepts keys of any length"))),
-            IdScheme::Blake3 => KeyedHasher::Blake3(Box::new(blake3::Hasher::new_keyed(&self.key))),
-        }
-    }
-}
-
-/// An incremental [`IdKey`] hash.
-pub enum KeyedHasher {
-    /// HMAC-SHA256 state.
-    Hmac(Box<hmac::Hmac<Sha256>>),
-    /// Keyed BLAKE3 state.
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl KeyedHasher {
-    /// Adds data.
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            KeyedHasher::Hmac(mac) => mac.update(data),
-            KeyedHasher::Blake3(hasher) => {
-                hasher.update(data);
-            }
+            IdScheme::HmacSha256 => KeyedStream(Keyed::Hmac(
+                hmac::Hmac::<Sha256>::new_from_slice(&self.key[..]).expect("HMAC-SHA256 accepts keys of any length"),
+            )),
+            IdScheme::Blake3 => KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&self.key)))),
         }
     }
 
-    /// The digest of everything added.
+    /// An incremental keyed digest with `alg` under this key, for data that arrives in pieces
+    /// (a WAL file read block by block, digested on one thread while another compresses it).
+    /// BLAKE3 runs in its keyed mode under a key derived from this one (BLAKE3's key derivation,
+    /// own context string), so it never shares a key with the ids of a format-2 repository.
     #[must_use]
-    pub fn finish(self) -> Digest {
-        match self {
-            KeyedHasher::Hmac(mac) => Digest(mac.finalize().into_bytes().into()),
-            KeyedHasher::Blake3(hasher) => Digest(*hasher.finalize().as_bytes()),
+    pub fn stream_with(&self, alg: DigestAlg) -> KeyedStream {
+        match alg {
+            DigestAlg::IdHash => self.stream(),
+            DigestAlg::Blake3 => {
+                let key = Zeroizing::new(blake3::derive_key("radd 2026-11 keyed object digest v2", &self.key[..]));
+                KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&key))))
+            }
         }
     }
 }
@@ -424,6 +413,55 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// A keyed digest algorithm under the id key. Objects say in their header which one they use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlg {
+    /// The repository's keyed id hash, [`IdKey::digest_parts`] (version 1 headers: packs,
+    /// manifests, records, older WAL): HMAC-SHA256 in format-1 repositories, keyed BLAKE3 in
+    /// format 2.
+    IdHash,
+    /// BLAKE3 in keyed mode under a derived key (version 2 headers: streamed WAL objects).
+    Blake3,
+}
+
+/// Incremental keyed digest under the id key; see [`IdKey::stream_with`]. With HMAC-SHA256,
+/// equal to [`IdKey::digest_parts`] of everything fed.
+#[derive(Clone)]
+pub struct KeyedStream(Keyed);
+
+#[derive(Clone)]
+enum Keyed {
+    Hmac(hmac::Hmac<Sha256>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl KeyedStream {
+    /// Feeds more bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            Keyed::Hmac(mac) => mac.update(data),
+            Keyed::Blake3(hasher) => {
+                hasher.update(data);
+            }
+        }
+    }
+
+    /// The keyed digest of everything fed so far.
+    #[must_use]
+    pub fn finish(self) -> Digest {
+        match self.0 {
+            Keyed::Hmac(mac) => Digest(mac.finalize().into_bytes().into()),
+            Keyed::Blake3(hasher) => Digest(*hasher.finalize().as_bytes()),
+        }
+    }
+}
+
+impl fmt::Debug for KeyedStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyedStream(<redacted>)")
+    }
+}
+
 /// Incremental SHA-256 for streams (file contents during backup and restore).
 #[derive(Default, Clone)]
 pub struct Sha256Stream(Sha256);
@@ -460,6 +498,16 @@ mod tests {
         let b = IdKey::generate();
         assert_eq!(a.digest(b"x"), a.digest(b"x"));
         assert_ne!(a.digest(b"x"), b.digest(b"x"));
+        let mut stream = a.stream();
+        stream.update(b"x");
+        assert_eq!(stream.finish(), a.digest_parts(&[b"", b"x"]));
+        let mut fast = a.stream_with(DigestAlg::Blake3);
+        fast.update(b"x");
+        let fast = fast.finish();
+        assert_ne!(fast, a.digest(b"x"), "the algorithms must differ");
+        let mut other = b.stream_with(DigestAlg::Blake3);
+        other.update(b"x");
+        assert_ne!(fast, other.finish(), "BLAKE3 digests must depend on the key");
         let d = a.digest(b"x");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }
@@ -476,7 +524,7 @@ mod tests {
         mac.update(b"block");
         assert_eq!(hmac_id.0, <[u8; 32]>::from(mac.finalize().into_bytes()));
         for k in [&key, &blake] {
-            let mut h = k.hasher();
+            let mut h = k.stream();
             h.update(b"bl");
             h.update(b"ock");
             assert_eq!(h.finish(), k.digest_parts(&[b"b", b"lock"]));

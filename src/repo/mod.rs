@@ -7,6 +7,7 @@
 
 mod layout;
 pub mod lock;
+mod staged;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 pub use layout::ObjectKey;
+pub use staged::NewObject;
 
 use crate::config::{Backend, RepositoryConfig};
 use crate::error::ErrorKind;
@@ -88,6 +90,8 @@ pub struct Listed {
 #[derive(Debug, Clone)]
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
+    /// The local backend, for objects written in pieces straight to their staging file.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
     prefix: String,
     location: String,
 }
@@ -109,8 +113,10 @@ impl Repo {
                         message: e.to_string(),
                     })?
                     .with_fsync(true);
+                let store = Arc::new(store);
                 Ok(Repo {
-                    store: Arc::new(store),
+                    local: Some(Arc::clone(&store)),
+                    store,
                     prefix: String::new(),
                     location,
                 })
@@ -134,6 +140,7 @@ impl Repo {
                 })?;
                 Ok(Repo {
                     store: Arc::new(store),
+                    local: None,
                     prefix,
                     location,
                 })

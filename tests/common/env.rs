@@ -204,6 +204,21 @@ impl TestEnv {
         victim
     }
 
+    /// Turns the fresh repository into one of format 1 (HMAC-SHA256 ids and digests, as radd
+    /// created them before keyed BLAKE3); returns its id key.
+    pub fn make_format_1(&self) -> radd::crypto::IdKey {
+        use std::os::unix::fs::PermissionsExt;
+        let id_key = radd::crypto::IdKey::load(&self.path().join("id.key")).expect("id key");
+        let path = self.local_object("config");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read config")).expect("config is JSON");
+        assert_eq!(config["format"], 2, "new repositories use keyed BLAKE3");
+        config["format"] = 1.into();
+        config["id_key_check"] = id_key.digest(b"radd id key check v1").to_string().into();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod config");
+        std::fs::write(&path, serde_json::to_vec(&config).expect("serialise")).expect("write config");
+        id_key
+    }
+
     /// Flips one bit in the middle of the largest pack object; returns the pack's repository key.
     pub fn corrupt_a_pack(&self) -> String {
         // The largest pack holds file content (entry streams make small packs of their own).

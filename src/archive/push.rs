@@ -1,0 +1,317 @@
+//! `wal-push`: archive one WAL file, and drain a `.ready` backlog beside it.
+//!
+//! A file is streamed through [`codec::seal_stream`] (read and keyed digest on one thread, 1 MiB
+//! blocks compressed in parallel, age on another) straight into a staging object, fsync'd, and
+//! only then published create-only
+//! ([`crate::repo::Repo::publish`]): the call returns — and PostgreSQL gets its acknowledgement —
+//! only once the object is durable. Backlog files are sealed in parallel but published strictly
+//! in name order after the requested one, so the archive never shows a later segment without the
+//! earlier ones. A backlog file archived ahead leaves a marker (`<pg_wal>/radd-archived/<name>`:
+//! the file's identity and keyed digest) so that PostgreSQL's own call for it later checks the
+//! stored object's header against the marker instead of reading and hashing 16 MiB again.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+
+use super::{Error, parse_name, wal_key};
+use crate::codec::{self, ObjectKind, SealKeys, SealOptions};
+use crate::crypto::{Digest, DigestAlg};
+use crate::pg::SEGMENT_SIZE_DEFAULT;
+use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
+use crate::repository::{self, Repository};
+
+/// Directory beside the WAL files holding markers of files archived ahead of PostgreSQL's call.
+pub const MARKER_DIR: &str = "radd-archived";
+
+/// Outcome of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Newly stored.
+    Stored,
+    /// Already archived with identical content.
+    AlreadyArchived,
+}
+
+/// How `wal-push` works (from `[archive]`).
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// WAL files sealed at the same time (at least 1).
+    pub parallel: usize,
+    /// Other `.ready` files one call may archive after the requested one (0: only that one).
+    pub ahead: usize,
+    /// zstd level.
+    pub level: i32,
+    /// Threads compressing the blocks of one file in parallel (0 counts as 1).
+    pub compress_workers: u32,
+}
+
+impl PushOptions {
+    /// One file at a time, nothing ahead, one compressing thread.
+    #[must_use]
+    pub fn single(level: i32) -> Self {
+        PushOptions { parallel: 1, ahead: 0, level, compress_workers: 1 }
+    }
+}
+
+/// A WAL file digested and (unless already archived) sealed into a staging object, ready to be
+/// published.
+#[derive(Debug)]
+pub struct Prepared {
+    path: PathBuf,
+    file_name: String,
+    key: ObjectKey,
+    digest: Digest,
+    /// `None` when the archive already holds identical content.
+    object: Option<NewObject>,
+}
+
+/// The identity of a file as PostgreSQL left it: device, inode, size, mtime (ns).
+fn identity(meta: &std::fs::Metadata) -> String {
+    format!("{} {} {} {}", meta.dev(), meta.ino(), meta.size(), i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()))
+}
+
+fn marker_path(path: &Path, file_name: &str) -> Option<PathBuf> {
+    path.parent().map(|dir| dir.join(MARKER_DIR).join(file_name))
+}
+
+/// The digest a marker records for this very file (same identity), if any.
+fn marker_digest(path: &Path, file_name: &str, meta: &std::fs::Metadata) -> Option<Digest> {
+    let text = std::fs::read_to_string(marker_path(path, file_name)?).ok()?;
+    let (id, digest) = text.trim_end().rsplit_once(' ')?;
+    (id == identity(meta)).then(|| digest.parse().ok()).flatten()
+}
+
+/// Records that `path` (with this identity and digest) is durably archived. Best effort: without
+/// a marker, PostgreSQL's call for the file verifies it by reading it.
+fn write_marker(path: &Path, file_name: &str, meta: &std::fs::Metadata, digest: Digest) {
+    let Some(marker) = marker_path(path, file_name) else { return };
+    let tmp = marker.with_extension("tmp");
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, format!("{} {digest}\n", identity(meta))))
+        .and_then(|()| std::fs::rename(&tmp, &marker));
+    if let Err(error) = written {
+        tracing::debug!(marker = %marker.display(), error = %error, "cannot record a segment archived ahead");
+    }
+}
+
+/// Removes the marker of `file_name`, if any.
+fn remove_marker(path: &Path, file_name: &str) {
+    if let Some(marker) = marker_path(path, file_name) {
+        let _ = std::fs::remove_file(marker);
+    }
+}
+
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io { what, path: path.to_owned(), source }
+}
+
+/// Reads a WAL file and seals it into a staging object (synced, not yet visible); recognises an
+/// already archived file from its marker (identity unchanged and the stored header's digest
+/// equal to the recorded one) or by digesting it and comparing with the stored header, without
+/// compressing or encrypting anything, and refuses a different file under the same name.
+pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Result<Prepared, Error> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::BadName(format!("{} has no WAL file name", path.display())))?
+        .to_owned();
+    let file = std::fs::File::open(path).map_err(|e| io_error("read", path, e))?;
+    let meta = file.metadata().map_err(|e| io_error("read", path, e))?;
+    let len = meta.len();
+    let segment_size = segment_size_of(&file_name, len);
+    let key = wal_key(&parse_name(&file_name, segment_size)?, segment_size);
+    let object = key.to_string();
+    match stored_header(repo, &key).await {
+        Ok((alg, existing)) => {
+            if marker_digest(path, &file_name, &meta) == Some(existing) {
+                return Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None });
+            }
+            if digest_file(repo, path, file, len, alg).await? == existing {
+                Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None })
+            } else {
+                Err(Error::Mismatch { name: file_name })
+            }
+        }
+        Err(Error::Repository(repository::Error::Repo(repo::Error::NotFound { .. }))) => {
+            let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
+            let seal = SealOptions { level: options.level, workers: options.compress_workers };
+            let key2 = key.clone();
+            let sealed = tokio::task::spawn_blocking(move || -> Result<_, repository::Error> {
+                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
+                let digest = codec::seal_stream(ObjectKind::Wal, file, len, SealKeys { id_key: &id_key, recipients: &recipients }, seal, &mut staged, &object)?;
+                staged.sync().map_err(|e| codec::Error::Io { object, source: e })?;
+                Ok((staged, digest))
+            })
+            .await
+            .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
+            let (staged, digest) = sealed?;
+            Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The digest algorithm and keyed digest in the header of the stored object `key` (one small
+/// ranged read).
+async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(DigestAlg, Digest), Error> {
+    let name = key.to_string();
+    let header = repo.store.get_prefix(key, codec::HEADER_LEN as u64).await.map_err(repository::Error::from)?;
+    Ok(codec::header(&header, &name).map_err(repository::Error::from)?)
+}
+
+/// The keyed digest with `alg` of the WAL file `path` (already open as `file`, `len` bytes).
+async fn digest_file(repo: &Repository, path: &Path, file: std::fs::File, len: u64, alg: DigestAlg) -> Result<Digest, Error> {
+    let id_key = repo.id_key.clone();
+    let object = path.display().to_string();
+    let digest = tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, alg, file, len, &id_key, &object))
+        .await
+        .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
+        .map_err(repository::Error::from)?;
+    Ok(digest)
+}
+
+/// Publishes a prepared WAL file create-only; returns once it is durable. A concurrent push of
+/// the same name is accepted only if its content is identical.
+pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome, Error> {
+    let Some(object) = prepared.object else {
+        return Ok(PushOutcome::AlreadyArchived);
+    };
+    if repo.store.publish(object).await.map_err(repository::Error::from)? == PutOutcome::Created {
+        return Ok(PushOutcome::Stored);
+    }
+    // Pushed concurrently by another process, perhaps an older radd (other digest algorithm).
+    let (alg, existing) = stored_header(repo, &prepared.key).await?;
+    let ours = if alg == DigestAlg::Blake3 {
+        prepared.digest
+    } else {
+        let file = std::fs::File::open(&prepared.path).map_err(|e| io_error("read", &prepared.path, e))?;
+        let len = file.metadata().map_err(|e| io_error("read", &prepared.path, e))?.len();
+        digest_file(repo, &prepared.path, file, len, alg).await?
+    };
+    if ours == existing { Ok(PushOutcome::AlreadyArchived) } else { Err(Error::Mismatch { name: prepared.file_name }) }
+}
+
+/// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
+pub async fn push(repo: &Repository, path: &Path, options: PushOptions) -> Result<PushOutcome, Error> {
+    commit(repo, prepare(repo, path, options).await?).await
+}
+
+/// Archives `path` and, so that a backlog drains fast, up to `options.ahead` other WAL segments
+/// waiting in `archive_status/*.ready` after it (oldest first). Up to `options.parallel` files
+/// are sealed at once, but they are published strictly in name order, the requested one first,
+/// so the archive never shows a later segment before an earlier one (a reader would take that
+/// for a gap). Only the requested file decides success: PostgreSQL acknowledges the others itself
+/// when it asks for them, which their markers make a cheap check. Returns how many extras were
+/// stored.
+pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOptions) -> Result<(PushOutcome, usize), Error> {
+    let own_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let mut files = vec![path.to_owned()];
+    if options.ahead > 0 {
+        files.extend(not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead).await);
+    }
+    let parallel = options.parallel.max(1);
+    // With several files in flight, the cores are busy sealing different files: one
+    // compressing thread per file is enough.
+    let options = if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
+    let mut prepared = futures::stream::iter(files)
+        .map(|p| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                let result = prepare(&repo, &p, options).await;
+                (result, p)
+            })
+        })
+        .buffered(parallel);
+    let own = match prepared.next().await {
+        Some(Ok((result, _))) => commit(repo, result?).await?,
+        Some(Err(e)) => return Err(io_error("archive", path, std::io::Error::other(e))),
+        None => return Err(Error::BadName(format!("{} has no WAL file name", path.display()))),
+    };
+    remove_marker(path, &own_name);
+    let mut stored = 0;
+    while let Some(joined) = prepared.next().await {
+        let Ok((result, p)) = joined else { break };
+        let digest = result.as_ref().map(|r| r.digest).ok();
+        match async { commit(repo, result?).await }.await {
+            Ok(outcome) => {
+                stored += usize::from(outcome == PushOutcome::Stored);
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let (Some(digest), Ok(meta)) = (digest, std::fs::metadata(&p)) {
+                    write_marker(&p, name, &meta, digest);
+                }
+            }
+            Err(error) => {
+                // Stop here: publishing later files would leave a hole before them. Their
+                // staging objects are removed when dropped.
+                tracing::warn!(path = %p.display(), error = %error, "could not archive a backlog segment ahead of time; PostgreSQL will retry it");
+                break;
+            }
+        }
+    }
+    Ok((own, stored))
+}
+
+/// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
+/// at the first one it cannot tell: segments an earlier call already archived ahead are
+/// skipped.
+async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for path in candidates {
+        if out.len() >= limit {
+            break;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
+        let Ok(wal) = parse_name(name, SEGMENT_SIZE_DEFAULT) else { break };
+        match repo.store.exists(&wal_key(&wal, SEGMENT_SIZE_DEFAULT)).await {
+            Ok(true) => {}
+            Ok(false) => out.push(path),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Up to `limit` segments PostgreSQL has marked ready whose names sort after the requested one
+/// and that no earlier call archived ahead (no marker), oldest first. Also removes markers whose segment is no longer waiting (PostgreSQL has
+/// acknowledged it): they can never be used.
+fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
+    let (Some(dir), Some(own)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
+        return Vec::new();
+    };
+    let ready: std::collections::BTreeSet<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
+        .collect();
+    let mut marked = std::collections::BTreeSet::new();
+    if let Ok(markers) = std::fs::read_dir(dir.join(MARKER_DIR)) {
+        for marker in markers.filter_map(Result::ok) {
+            let name = marker.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if name != own && !ready.contains(name) {
+                let _ = std::fs::remove_file(marker.path());
+            } else {
+                marked.insert(name.to_owned());
+            }
+        }
+    }
+    // Segments with a marker were archived ahead by an earlier call: no need to ask the store.
+    ready
+        .into_iter()
+        .filter(|n| n.len() == 24 && n.as_str() > own && !marked.contains(n))
+        .take(limit)
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+/// Segment files are named by their size; anything else uses the default for parsing.
+fn segment_size_of(name: &str, len: u64) -> u64 {
+    let plausible = len.is_power_of_two() && (1 << 20..=1 << 30).contains(&len);
+    if name.len() == 24 && plausible { len } else { SEGMENT_SIZE_DEFAULT }
+}

@@ -1,0 +1,239 @@
+//! Objects written in pieces, as they are produced (a WAL file while it is compressed and
+//! encrypted), then published create-only.
+//!
+//! On the local backend the bytes go straight into a staging file beside the final path, under a
+//! name the listing ignores (`<name>#<digits>`, as `object_store` names its own staging files);
+//! publishing fsyncs the file, hard-links it into place (which fails if the name exists, so
+//! nothing is overwritten), fsyncs the directory and removes the staging name. A sealed object is
+//! thus never held in memory whole and never copied twice. Other backends buffer the bytes and
+//! publish them with one create-only PUT.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+
+use super::{Error, ObjectKey, PutOutcome, Repo};
+
+/// An object being written; see the module documentation. Dropping it unpublished removes its
+/// staging file.
+#[derive(Debug)]
+pub struct NewObject {
+    key: ObjectKey,
+    sink: Option<Sink>,
+}
+
+/// Bytes written to a staging file after which its writeback to disk is started (on another
+/// thread), so that the final fsync only waits for the tail.
+const WRITEBACK_EVERY: u64 = 4 << 20;
+
+#[derive(Debug)]
+enum Sink {
+    /// Local backend: the open staging file, its path, the final path and the early writeback.
+    File { file: File, staging: PathBuf, dest: PathBuf, writeback: Writeback },
+    /// Other backends: the bytes so far.
+    Memory(Cursor<Vec<u8>>),
+}
+
+/// Early writeback of a staging file: every [`WRITEBACK_EVERY`] bytes, an `fdatasync` on a
+/// clone of the file runs on its own thread while writing goes on. Its result is kept and
+/// reported by [`Writeback::finish`]: an fsync error is reported only once by the kernel, so it
+/// must not be lost.
+#[derive(Debug, Default)]
+struct Writeback {
+    unsynced: u64,
+    running: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    failed: Option<std::io::Error>,
+}
+
+impl Writeback {
+    fn wrote(&mut self, file: &File, n: usize) {
+        self.unsynced += n as u64;
+        if self.unsynced < WRITEBACK_EVERY || self.running.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        self.collect();
+        if let Ok(clone) = file.try_clone() {
+            self.unsynced = 0;
+            self.running = Some(std::thread::spawn(move || clone.sync_data()));
+        }
+    }
+
+    fn collect(&mut self) {
+        if let Some(running) = self.running.take() {
+            let result = running.join().unwrap_or_else(|_| Err(std::io::Error::other("writeback thread panicked")));
+            if let Err(e) = result {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Waits for a running writeback; the first error any of them met.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.collect();
+        self.failed.take().map_or(Ok(()), Err)
+    }
+}
+
+impl NewObject {
+    /// Flushes what was written to disk (local backend; a no-op otherwise), so that
+    /// [`Repo::publish`] is left with only the link and the directory fsync.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        match self.sink()? {
+            Sink::File { file, writeback, .. } => {
+                writeback.finish()?;
+                file.sync_all()
+            }
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+
+    fn sink(&mut self) -> std::io::Result<&mut Sink> {
+        self.sink.as_mut().ok_or_else(|| std::io::Error::other("object already published"))
+    }
+}
+
+impl Write for NewObject {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.sink()? {
+            Sink::File { file, writeback, .. } => {
+                let n = file.write(buf)?;
+                writeback.wrote(file, n);
+                Ok(n)
+            }
+            Sink::Memory(bytes) => bytes.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.sink()? {
+            Sink::File { file, .. } => file.flush(),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+}
+
+impl Seek for NewObject {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self.sink()? {
+            Sink::File { file, .. } => file.seek(pos),
+            Sink::Memory(bytes) => bytes.seek(pos),
+        }
+    }
+}
+
+impl Drop for NewObject {
+    fn drop(&mut self) {
+        if let Some(Sink::File { staging, writeback, .. }) = &mut self.sink {
+            writeback.collect();
+            let _ = std::fs::remove_file(staging);
+        }
+    }
+}
+
+impl Repo {
+    /// Starts a new object under `key`, to be written with [`Write`]/[`Seek`] and published with
+    /// [`Repo::publish`]. Blocking (creates the staging file and any missing directories,
+    /// durably): call it where blocking is allowed. `size_hint` sizes the buffer of non-local
+    /// backends.
+    pub fn new_object(&self, key: &ObjectKey, size_hint: usize) -> Result<NewObject, Error> {
+        let Some(local) = &self.local else {
+            return Ok(NewObject { key: key.clone(), sink: Some(Sink::Memory(Cursor::new(Vec::with_capacity(size_hint)))) });
+        };
+        let name = key.to_string();
+        let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
+        let (file, staging) = create_staging(&dest).map_err(|e| self.io_error("put", &name, e))?;
+        Ok(NewObject { key: key.clone(), sink: Some(Sink::File { file, staging, dest, writeback: Writeback::default() }) })
+    }
+
+    /// Publishes a written object create-only and durably: on `Created` its content and name are
+    /// on disk (local: file fsync, hard link, directory fsync) or acknowledged by the store. On
+    /// `AlreadyExists` the existing object is left untouched (and, locally, its directory entry
+    /// is made durable too, in case its writer has not done so yet): the caller decides whether
+    /// it is acceptable.
+    pub async fn publish(&self, mut object: NewObject) -> Result<PutOutcome, Error> {
+        let name = object.key.to_string();
+        match object.sink.take() {
+            Some(Sink::Memory(bytes)) => self.put_new(&object.key, Bytes::from(bytes.into_inner())).await,
+            Some(Sink::File { file, staging, dest, mut writeback }) => tokio::task::spawn_blocking(move || {
+                if let Err(e) = writeback.finish() {
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(e);
+                }
+                publish_file(file, &staging, &dest)
+            })
+                .await
+                .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
+                .map_err(|e| self.io_error("put", &name, e)),
+            None => Err(self.io_error("put", &name, std::io::Error::other("object already published"))),
+        }
+    }
+
+    fn io_error(&self, op: &'static str, key: &str, source: std::io::Error) -> Error {
+        let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
+        self.backend_error(op, key, source)
+    }
+}
+
+/// Creates a staging file `<dest>#<pid><n>` (digits only: hidden from listings), creating
+/// missing parent directories durably.
+fn create_staging(dest: &Path) -> std::io::Result<(File, PathBuf)> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let mut created_dirs = false;
+    loop {
+        let mut staging = dest.as_os_str().to_owned();
+        staging.push(format!("#{}{:06}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let staging = PathBuf::from(staging);
+        match OpenOptions::new().write(true).create_new(true).open(&staging) {
+            Ok(file) => return Ok((file, staging)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !created_dirs => {
+                create_dirs_durably(dest.parent().unwrap_or(Path::new(".")))?;
+                created_dirs = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates `dir` and its missing ancestors, then fsyncs each new directory and the existing
+/// ancestor that gained an entry, so the new path survives a crash.
+fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        missing.push(d.to_owned());
+        match d.parent() {
+            Some(parent) => d = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for new in missing.iter().rev() {
+        fsync_dir(new)?;
+        fsync_dir(new.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// fsync, hard-link into place (create-only), fsync the directory, drop the staging name.
+fn publish_file(file: File, staging: &Path, dest: &Path) -> std::io::Result<PutOutcome> {
+    let result = file.sync_all().and_then(|()| {
+        drop(file);
+        match std::fs::hard_link(staging, dest) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    });
+    let _ = std::fs::remove_file(staging);
+    let outcome = result?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+    Ok(outcome)
+}
