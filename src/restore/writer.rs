@@ -29,9 +29,9 @@ use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
 /// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
-const PACK_CACHE: usize = 4;
+const PACK_CACHE: usize = 2;
 /// Packs fetched and decrypted ahead of the writer.
-const PACKS_AHEAD: usize = 4;
+const PACKS_AHEAD: usize = 2;
 /// Chunks queued for the verifier (they hold their pack alive: memory is bounded by packs).
 const VERIFY_QUEUE: usize = 256;
 
