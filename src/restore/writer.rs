@@ -282,36 +282,77 @@ fn set_mtime(path: &Path, secs: i64, nsec: u32) -> Result<(), Error> {
 /// verifier.
 async fn write_file(packs: &mut Packs<'_>, verifier: &Verifier, path: &Path, size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
     let name = path.display().to_string();
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
+    let mut run = Run { file, path, pending: None, position: 0, flushed: 0 };
     let mut hole = false;
-    let (mut position, mut flushed) = (0u64, 0u64);
     for chunk in chunks {
         let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.clone() };
         let location = packs.index.get(chunk).ok_or_else(missing)?;
         let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.clone(), source: Box::new(e) })?;
         let range = location.offset as usize..location.offset as usize + location.length as usize;
         let data = pack.get(range.clone()).ok_or_else(missing)?;
-        if data.iter().all(|&b| b == 0) {
-            file.seek(SeekFrom::Current(data.len() as i64)).map_err(io_err("seek in", path))?;
-            hole = true;
+        hole = data.iter().all(|&b| b == 0);
+        if hole {
+            run.flush(verifier)?;
+            let length = data.len() as u64;
+            verifier.send(Verify::Data(pack, range))?;
+            run.file.seek(SeekFrom::Current(i64::try_from(length).unwrap_or(i64::MAX))).map_err(io_err("seek in", path))?;
+            run.position += length;
         } else {
-            file.write_all(data).map_err(io_err("write", path))?;
-            hole = false;
-        }
-        let length = data.len() as u64;
-        verifier.send(Verify::Data(pack, range))?;
-        position += length;
-        if position - flushed >= WRITEBACK_EVERY {
-            start_writeback(&file, flushed, position - flushed);
-            flushed = position;
+            run.push(pack, range, verifier)?;
         }
     }
+    run.flush(verifier)?;
     if hole {
-        file.set_len(size).map_err(io_err("extend", path))?;
+        run.file.set_len(size).map_err(io_err("extend", path))?;
     }
-    start_writeback(&file, flushed, position - flushed);
+    start_writeback(&run.file, run.flushed, run.position - run.flushed);
     Ok(())
 }
+
+/// Consecutive chunks that lie back to back in one pack (as a file's blocks usually do) are
+/// written with one call and handed to the verifier as one range: an 8 KiB-block file costs a
+/// few large writes, not one system call per page.
+struct Run<'p> {
+    file: std::fs::File,
+    path: &'p Path,
+    pending: Option<(Arc<Vec<u8>>, Range<usize>)>,
+    /// Bytes of the file written or skipped so far.
+    position: u64,
+    /// Bytes already handed to writeback.
+    flushed: u64,
+}
+
+impl Run<'_> {
+    fn push(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>, verifier: &Verifier) -> Result<(), Error> {
+        if let Some((current, pending)) = &mut self.pending
+            && Arc::ptr_eq(current, &pack)
+            && pending.end == range.start
+            && pending.len() < RUN_BYTES
+        {
+            pending.end = range.end;
+            return Ok(());
+        }
+        self.flush(verifier)?;
+        self.pending = Some((pack, range));
+        Ok(())
+    }
+
+    fn flush(&mut self, verifier: &Verifier) -> Result<(), Error> {
+        let Some((pack, range)) = self.pending.take() else { return Ok(()) };
+        self.file.write_all(&pack[range.clone()]).map_err(io_err("write", self.path))?;
+        self.position += range.len() as u64;
+        verifier.send(Verify::Data(pack, range))?;
+        if self.position - self.flushed >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.flushed, self.position - self.flushed);
+            self.flushed = self.position;
+        }
+        Ok(())
+    }
+}
+
+/// Most bytes written with one call.
+const RUN_BYTES: usize = 1 << 20;
 
 /// Bytes written to a file between requests to start writing them back.
 const WRITEBACK_EVERY: u64 = 16 << 20;
