@@ -1,9 +1,10 @@
-//! The reading side of a backup as three concurrent stages, so every core works:
+//! The reading side of a backup as concurrent stages, so every core works:
 //!
 //! ```text
 //! reader (1 thread): walk, read, cut chunks, file SHA-256 ──batches──► hashers (1 per core):
-//! keyed chunk ids (HMAC) ──► packer (1 thread): back in walk order, dedup, fill packs, finish
-//! entries ──► entry stream (1 thread): manifest entries as chunks in packs
+//! keyed chunk ids (BLAKE3, or HMAC-SHA256 in format-1 repositories) ──► packer (1 thread): back
+//! in walk order, dedup, fill packs, chunk lists of large files, finish entries ──► entry
+//! stream (1 thread): manifest entries as chunks in packs
 //!                                   ──► uploader (async: seal, put)
 //! ```
 //! Batches carry up to ~1 MiB of chunks, so the blocks of one large file are hashed by all
