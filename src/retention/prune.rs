@@ -61,9 +61,18 @@ pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duratio
 async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
     let records = snapshot::list(repo).await?;
 
+    // Every index object (read once: it also locates the manifests' entry streams).
+    let index_keys = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
+    let mut indexes: Vec<(String, IndexFile)> = Vec::new();
+    for item in &index_keys {
+        let name = name_of(&item.key);
+        let file: IndexFile = repo.get_record(&ObjectKey::Index(name.clone())).await?;
+        indexes.push((name, file));
+    }
+    let index = snapshot::BlobIndex::from_files(indexes.iter().map(|(_, file)| file));
+
     // Chunks referenced by every remaining snapshot, file content and entry streams
     // (manifests need the identity).
-    let index = snapshot::BlobIndex::load(repo).await?;
     let mut referenced_blobs = HashSet::new();
     for record in &records {
         let manifest = snapshot::load_manifest_with(repo, record, &index).await?;
@@ -76,14 +85,7 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
         }
     }
 
-    // Every index object, and which packs hold a referenced chunk.
-    let index_keys = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
-    let mut indexes: Vec<(String, IndexFile)> = Vec::new();
-    for item in &index_keys {
-        let name = name_of(&item.key);
-        let file: IndexFile = repo.get_record(&ObjectKey::Index(name.clone())).await?;
-        indexes.push((name, file));
-    }
+    // Which packs hold a referenced chunk.
     let mut referenced_packs = HashSet::new();
     for (_, file) in &indexes {
         for pack in &file.packs {

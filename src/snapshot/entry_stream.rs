@@ -67,17 +67,15 @@ impl Read for ChannelReader {
 pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_size: usize, packs: &mpsc::Sender<PendingPack>, mut pack: PackBuilder) -> Result<StoredStream, Error> {
     let reader = ChannelReader { rx: lines, buffer: Vec::new(), position: 0 };
     let mut out = StoredStream::default();
-    let send = |pack: &mut PackBuilder| packs.blocking_send(pack.take()).map_err(|_| Error::Internal("pack uploader stopped".into()));
     for_each_chunk(
         reader,
         Chunking::ContentDefined(ENTRY_CHUNK),
         |data| {
             let id = id_key.digest(data);
-            if !known.contains(&id) && !pack.has(&id) {
-                pack.add(id, data);
+            if pack.add_if_new(known, id, data) {
                 out.new_bytes += data.len() as u64;
                 if pack.len() >= pack_size {
-                    send(&mut pack)?;
+                    pack.send_to(packs)?;
                 }
             }
             out.chunks.push(id);
@@ -86,7 +84,7 @@ pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_s
         |e| Error::Internal(format!("entry stream: {e}")),
     )?;
     if !pack.is_empty() {
-        send(&mut pack)?;
+        pack.send_to(packs)?;
     }
     Ok(out)
 }

@@ -154,19 +154,25 @@ pub async fn resolve_kind(repo: &Repository, wanted: &str, kind: Option<Snapshot
 /// Reads and decrypts a snapshot's manifest with all its entries, checking it is the one the
 /// record committed.
 pub async fn load_manifest(repo: &Repository, record: &SnapshotRecord) -> Result<Manifest, Error> {
-    let mut manifest = load_manifest_head(repo, record).await?;
-    if !manifest.entry_chunks.is_empty() {
-        let index = BlobIndex::load(repo).await?;
-        manifest.entries = entry_stream::load(repo, &index, &manifest.entry_chunks, &ObjectKey::Manifest(record.id.clone()).to_string()).await?;
+    let manifest = load_manifest_head(repo, record).await?;
+    if manifest.entry_chunks.is_empty() {
+        return Ok(manifest);
     }
-    Ok(manifest)
+    let index = BlobIndex::load(repo).await?;
+    with_entries(repo, record, &index, manifest).await
 }
 
 /// Like [`load_manifest`], with the blob index already loaded.
 pub async fn load_manifest_with(repo: &Repository, record: &SnapshotRecord, index: &BlobIndex) -> Result<Manifest, Error> {
-    let mut manifest = load_manifest_head(repo, record).await?;
+    let manifest = load_manifest_head(repo, record).await?;
+    with_entries(repo, record, index, manifest).await
+}
+
+/// Fills in the entries of a manifest head from its entry stream (if it has one).
+async fn with_entries(repo: &Repository, record: &SnapshotRecord, index: &BlobIndex, mut manifest: Manifest) -> Result<Manifest, Error> {
     if !manifest.entry_chunks.is_empty() {
-        manifest.entries = entry_stream::load(repo, index, &manifest.entry_chunks, &ObjectKey::Manifest(record.id.clone()).to_string()).await?;
+        let key = ObjectKey::Manifest(record.id.clone()).to_string();
+        manifest.entries = entry_stream::load(repo, index, &manifest.entry_chunks, &key).await?;
     }
     Ok(manifest)
 }

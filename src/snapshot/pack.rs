@@ -108,10 +108,14 @@ impl BlobIndex {
         self.blobs.shrink_to_fit();
     }
 
-    /// Adds the blobs of one index object.
-    pub fn add(&mut self, file: &IndexFile) {
-        self.append(file);
-        self.sort();
+    /// The index of index objects already read (prune reads them anyway).
+    pub fn from_files<'a>(files: impl IntoIterator<Item = &'a IndexFile>) -> Self {
+        let mut index = BlobIndex::default();
+        for file in files {
+            index.append(file);
+        }
+        index.sort();
+        index
     }
 
     /// Location of a blob, if stored.
@@ -197,6 +201,21 @@ impl PackBuilder {
         self.pending.contains(id)
     }
 
+    /// Whether `id` is stored already or added during this backup.
+    #[must_use]
+    pub fn knows(&self, known: &BlobIndex, id: &Digest) -> bool {
+        known.contains(id) || self.has(id)
+    }
+
+    /// Appends a blob unless [`PackBuilder::knows`] it; returns whether it was added.
+    pub fn add_if_new(&mut self, known: &BlobIndex, id: Digest, data: &[u8]) -> bool {
+        let new = !self.knows(known, &id);
+        if new {
+            self.add(id, data);
+        }
+        new
+    }
+
     /// Appends a blob.
     pub fn add(&mut self, id: Digest, data: &[u8]) {
         let offset = u32::try_from(self.data.len()).expect("packs stay below 4 GiB");
@@ -219,6 +238,11 @@ impl PackBuilder {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()
+    }
+
+    /// Hands the current pack to the uploader (from a pipeline thread), leaving an empty one.
+    pub fn send_to(&mut self, packs: &mpsc::Sender<PendingPack>) -> Result<(), Error> {
+        packs.blocking_send(self.take()).map_err(|_| Error::Internal("pack uploader stopped".into()))
     }
 
     /// Takes the current pack's content, leaving an empty one (the pending set is kept).

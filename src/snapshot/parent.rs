@@ -56,13 +56,15 @@ struct Header {
     started_ms: i64,
 }
 
+/// One file's line: read as `Line<ParentFile>`, written from a borrow (`Line<&ParentFile>`) so
+/// the chunk lists of large files are not copied to be written.
 #[derive(Serialize, Deserialize)]
-struct Line {
+struct Line<F> {
     /// Relative path; hex of its bytes when they are not UTF-8 (`raw`).
     path: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     raw: bool,
-    file: ParentFile,
+    file: F,
 }
 
 /// The order of a walk (parents before children, names sorted by bytes): paths compared
@@ -127,7 +129,7 @@ impl ParentReader {
             self.buffer.clear();
             let parsed = match self.lines.read_line(&mut self.buffer) {
                 Ok(0) => None,
-                Ok(_) => match serde_json::from_str::<Line>(&self.buffer) {
+                Ok(_) => match serde_json::from_str::<Line<ParentFile>>(&self.buffer) {
                     Ok(line) => {
                         let path = if line.raw { hex::decode(&line.path).ok() } else { Some(line.path.into_bytes()) };
                         path.map(|p| (p, line.file))
@@ -197,7 +199,7 @@ impl ParentWriter {
             Ok(s) => (s.to_owned(), false),
             Err(_) => (hex::encode(rel), true),
         };
-        serde_json::to_writer(&mut self.out, &Line { path, raw, file: file.clone() })?;
+        serde_json::to_writer(&mut self.out, &Line { path, raw, file })?;
         self.out.write_all(b"\n")
     }
 

@@ -223,7 +223,6 @@ fn pack_and_assemble(
     mut next_parent: Option<ParentWriter>,
 ) -> Result<Assembled, Error> {
     let mut out = Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None };
-    let send = |pack: &mut PackBuilder| packs.blocking_send(pack.take()).map_err(|_| Error::Internal("pack uploader stopped".into()));
     let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
     let mut next_seq = 0u64;
     let mut current: Vec<Digest> = Vec::new();
@@ -236,14 +235,13 @@ fn pack_and_assemble(
                 match step {
                     Step::Chunks(chunks) => {
                         for (data, id) in chunks.iter().zip(&chunks.ids) {
-                            if known.contains(id) || pack.has(id) {
-                                out.reused_bytes += data.len() as u64;
-                            } else {
-                                pack.add(*id, data);
+                            if pack.add_if_new(known, *id, data) {
                                 out.new_bytes += data.len() as u64;
                                 if pack.len() >= pack_size {
-                                    send(&mut pack)?;
+                                    pack.send_to(packs)?;
                                 }
+                            } else {
+                                out.reused_bytes += data.len() as u64;
                             }
                         }
                         current.extend(chunks.ids);
@@ -257,25 +255,24 @@ fn pack_and_assemble(
                                 // Large files: the ids go out of line, as a patch of the list
                                 // the previous version used when few changed, else a new list.
                                 let patched = prior_base
-                                    .filter(|(base, _)| known.contains(base) || pack.has(base))
+                                    .filter(|(base, _)| pack.knows(known, base))
                                     .and_then(|(base, base_ids)| ChunkList::patch_of(base, &base_ids, &ids).map(|l| (l, base_ids)));
+                                // The parent record keeps the base's ids only where they differ
+                                // from the file's (empty: the same).
                                 let (chunk_list, base_ids) = match patched {
+                                    Some((l, base_ids)) if l.patch.is_empty() && base_ids.len() == ids.len() => (l, Vec::new()),
                                     Some(found) => found,
                                     None => {
                                         let bytes = ChunkList::encode(&ids);
                                         let base = id_key.digest(&bytes);
-                                        if !known.contains(&base) && !pack.has(&base) {
-                                            pack.add(base, &bytes);
-                                            if pack.len() >= pack_size {
-                                                send(&mut pack)?;
-                                            }
+                                        if pack.add_if_new(known, base, &bytes) && pack.len() >= pack_size {
+                                            pack.send_to(packs)?;
                                         }
-                                        (ChunkList { base, count: u32::try_from(ids.len()).unwrap_or(u32::MAX), patch: Vec::new() }, ids.clone())
+                                        (ChunkList { base, count: u32::try_from(ids.len()).unwrap_or(u32::MAX), patch: Vec::new() }, Vec::new())
                                     }
                                 };
                                 if let Some(file) = parent.as_mut() {
-                                    // A fresh base is the file itself: kept once.
-                                    file.base_chunks = if chunk_list.patch.is_empty() && base_ids.len() == ids.len() { Vec::new() } else { base_ids };
+                                    file.base_chunks = base_ids;
                                     file.list = Some(chunk_list.clone());
                                     file.chunks.clone_from(&ids);
                                 }
@@ -312,7 +309,7 @@ fn pack_and_assemble(
         lines.send(buffer).map_err(|_| Error::Internal("entry stream stopped".into()))?;
     }
     if !pack.is_empty() {
-        send(&mut pack)?;
+        pack.send_to(packs)?;
     }
     out.next_parent = next_parent.and_then(|writer| {
         writer
