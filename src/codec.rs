@@ -115,7 +115,9 @@ pub fn seal(
 }
 
 /// [`seal`] for a caller that already computed the content digest (e.g. to check whether the
-/// object is already stored). Streams zstd into age into the output: no intermediate copies.
+/// object is already stored). Compresses in one shot with this thread's reused zstd context
+/// (no copy into a streaming window, no context allocated per object), then encrypts the
+/// compressed bytes into the output.
 pub fn seal_with_digest(
     kind: ObjectKind,
     plaintext: &[u8],
@@ -126,17 +128,56 @@ pub fn seal_with_digest(
 ) -> Result<Vec<u8>, Error> {
     let crypto = |source| Error::Crypto { object: object.to_owned(), source };
     let io = |e: std::io::Error| crypto(crate::crypto::Error::Encrypt(e.to_string()));
-    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() / 2 + 4096);
+    let compressed = compress(plaintext, level).map_err(io)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + compressed.len() + compressed.len() / 4096 + 4096);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&digest.0);
     let mut encrypted = recipients.encrypting_writer(&mut out).map_err(crypto)?;
     encrypted.write_all(&[kind as u8]).map_err(io)?;
     encrypted.write_all(&(plaintext.len() as u64).to_le_bytes()).map_err(io)?;
-    let mut compressor = zstd::stream::Encoder::new(&mut encrypted, level).map_err(io)?;
-    compressor.write_all(plaintext).map_err(io)?;
-    compressor.finish().map_err(io)?;
+    encrypted.write_all(&compressed).map_err(io)?;
     encrypted.finish().map_err(io)?;
     Ok(out)
+}
+
+thread_local! {
+    /// This thread's zstd compression context and its level: a context costs about a megabyte
+    /// of tables, allocated (and page-faulted in) once per thread rather than once per object.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    /// This thread's zstd decompression context.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// One zstd frame of `plaintext` at `level`.
+fn compress(plaintext: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some((current, compressor)) if *current == level => compressor,
+            other => &mut other.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()));
+        compressor.compress_to_buffer(plaintext, &mut compressed)?;
+        Ok(compressed)
+    })
+}
+
+/// Decompresses `compressed` (one or more zstd frames) into exactly `len` bytes, straight into
+/// the returned buffer (no zero-fill, no window copy); more or fewer bytes is an error.
+fn decompress_exact(compressed: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(decompressor) => decompressor,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        let mut plaintext = Vec::with_capacity(len);
+        let written = decompressor.decompress_to_buffer(compressed, &mut plaintext)?;
+        if written != len {
+            return Err(std::io::Error::other(format!("decompressed to {written} bytes, header says {len}")));
+        }
+        Ok(plaintext)
+    })
 }
 
 /// The keys [`seal_stream`] needs: the id key for the digest, the recipients to encrypt to.
@@ -439,16 +480,10 @@ fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str) -> Result
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&head[1..9]);
     let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt("length out of range".into()))?;
-    let mut plaintext = Vec::with_capacity(len);
-    let decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| corrupt(format!("zstd: {e}")))?;
-    decoder
-        .take(len as u64 + 1)
-        .read_to_end(&mut plaintext)
-        .map_err(|e| corrupt(format!("authentication or decompression failed: {e}")))?;
-    if plaintext.len() != len {
-        return Err(corrupt(format!("decompressed to {} bytes, header says {len}", plaintext.len())));
-    }
-    Ok(plaintext)
+    // Decrypt all of the (small) compressed payload first, then decompress it in one shot.
+    let mut compressed = Vec::with_capacity(len / 2);
+    reader.read_to_end(&mut compressed).map_err(|e| corrupt(format!("authentication failed: {e}")))?;
+    decompress_exact(&compressed, len).map_err(|e| corrupt(format!("decompression failed: {e}")))
 }
 
 fn open_checked(

@@ -32,13 +32,18 @@ use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 const PACK_CACHE: usize = 2;
 /// Packs fetched and decrypted ahead of the writer.
 const PACKS_AHEAD: usize = 2;
-/// Chunks queued for the verifier (they hold their pack alive: memory is bounded by packs).
+/// Chunks queued for the verifier.
 const VERIFY_QUEUE: usize = 256;
+/// Runs of queued chunks from one pack (each holds its pack alive) the verifier may lag behind
+/// the writer by. Counting entries alone let a slow verifier pin dozens of packs.
+const VERIFY_PACK_RUNS: usize = 3;
 
 /// Work for the verifier thread, in write order.
 enum Verify {
     /// Bytes of the current file.
     Data(Arc<Vec<u8>>, Range<usize>),
+    /// Chunks queued so far came from an earlier pack than what follows: one pack run done.
+    RunDone,
     /// The current file is complete: compare with its manifest SHA-256.
     End { name: String, expected: crate::crypto::Digest },
 }
@@ -46,17 +51,28 @@ enum Verify {
 /// The verifier: hashes each file's bytes on its own thread and checks its SHA-256.
 struct Verifier {
     tx: SyncSender<Verify>,
+    /// Free pack-run slots, handed back by the verifier as it finishes runs.
+    runs: std::sync::mpsc::Receiver<()>,
+    /// Address of the pack the last queued chunk came from (compared, never dereferenced).
+    last_pack: usize,
     thread: std::thread::JoinHandle<Result<(), Error>>,
 }
 
 impl Verifier {
     fn start() -> Self {
         let (tx, rx) = sync_channel::<Verify>(VERIFY_QUEUE);
+        let (free_runs, runs) = sync_channel::<()>(VERIFY_PACK_RUNS);
+        for _ in 0..VERIFY_PACK_RUNS {
+            let _ = free_runs.send(());
+        }
         let thread = std::thread::spawn(move || {
             let mut sha = Sha256Stream::default();
             for work in rx {
                 match work {
                     Verify::Data(pack, range) => sha.update(&pack[range]),
+                    Verify::RunDone => {
+                        let _ = free_runs.send(());
+                    }
                     Verify::End { name, expected } => {
                         let actual = std::mem::take(&mut sha).finish();
                         if actual != expected {
@@ -67,12 +83,30 @@ impl Verifier {
             }
             Ok(())
         });
-        Self { tx, thread }
+        Self { tx, runs, last_pack: 0, thread }
+    }
+
+    /// Queues bytes of the current file; waits while the verifier still holds
+    /// [`VERIFY_PACK_RUNS`] earlier runs of packs, so memory stays bounded by packs.
+    fn data(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>) -> Result<(), Error> {
+        let address = Arc::as_ptr(&pack) as usize;
+        if address != self.last_pack {
+            if self.last_pack != 0 {
+                self.send(Verify::RunDone)?;
+            }
+            self.runs.recv().map_err(|_| Self::stopped())?;
+            self.last_pack = address;
+        }
+        self.send(Verify::Data(pack, range))
     }
 
     fn send(&self, work: Verify) -> Result<(), Error> {
         // A closed channel means the verifier stopped at a mismatch; `finish` reports it.
-        self.tx.send(work).map_err(|_| Error::Io { what: "restore: verifier stopped", path: PathBuf::new(), source: std::io::Error::other("checksum mismatch") })
+        self.tx.send(work).map_err(|_| Self::stopped())
+    }
+
+    fn stopped() -> Error {
+        Error::Io { what: "restore: verifier stopped", path: PathBuf::new(), source: std::io::Error::other("checksum mismatch") }
     }
 
     /// Waits for every queued file; the first mismatch, if any.
@@ -184,8 +218,8 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
         })
     };
     let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new() };
-    let verifier = Verifier::start();
-    let written = write_all(&mut packs, &verifier, manifest, root, &wanted).await;
+    let mut verifier = Verifier::start();
+    let written = write_all(&mut packs, &mut verifier, manifest, root, &wanted).await;
     prefetch.abort();
     // A checksum mismatch is the cause of any write failure that follows it.
     verifier.finish()?;
@@ -216,7 +250,7 @@ fn wanted(manifest: &Manifest, include: Option<&globset::GlobSet>) -> Vec<bool> 
     manifest.entries.iter().zip(matched).map(|(e, m)| m || needed_dirs.contains(&e.os_path())).collect()
 }
 
-async fn write_all(packs: &mut Packs<'_>, verifier: &Verifier, manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<(u64, u64), Error> {
+async fn write_all(packs: &mut Packs<'_>, verifier: &mut Verifier, manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<(u64, u64), Error> {
     let as_root = nix::unistd::geteuid().is_root();
     let mut written: Vec<Option<PathBuf>> = vec![None; manifest.entries.len()];
     let mut dirs = Vec::new();
@@ -280,7 +314,7 @@ fn set_mtime(path: &Path, secs: i64, nsec: u32) -> Result<(), Error> {
 
 /// Writes one file from its chunks, holes for all-zero blocks, handing every chunk to the
 /// verifier.
-async fn write_file(packs: &mut Packs<'_>, verifier: &Verifier, path: &Path, size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
+async fn write_file(packs: &mut Packs<'_>, verifier: &mut Verifier, path: &Path, size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
     let name = path.display().to_string();
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
     let mut run = Run { file, path, pending: None, position: 0, flushed: 0 };
@@ -295,7 +329,7 @@ async fn write_file(packs: &mut Packs<'_>, verifier: &Verifier, path: &Path, siz
         if hole {
             run.flush(verifier)?;
             let length = data.len() as u64;
-            verifier.send(Verify::Data(pack, range))?;
+            verifier.data(pack, range)?;
             run.file.seek(SeekFrom::Current(i64::try_from(length).unwrap_or(i64::MAX))).map_err(io_err("seek in", path))?;
             run.position += length;
         } else {
@@ -324,7 +358,7 @@ struct Run<'p> {
 }
 
 impl Run<'_> {
-    fn push(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>, verifier: &Verifier) -> Result<(), Error> {
+    fn push(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>, verifier: &mut Verifier) -> Result<(), Error> {
         if let Some((current, pending)) = &mut self.pending
             && Arc::ptr_eq(current, &pack)
             && pending.end == range.start
@@ -338,11 +372,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn flush(&mut self, verifier: &Verifier) -> Result<(), Error> {
+    fn flush(&mut self, verifier: &mut Verifier) -> Result<(), Error> {
         let Some((pack, range)) = self.pending.take() else { return Ok(()) };
         self.file.write_all(&pack[range.clone()]).map_err(io_err("write", self.path))?;
         self.position += range.len() as u64;
-        verifier.send(Verify::Data(pack, range))?;
+        verifier.data(pack, range)?;
         if self.position - self.flushed >= WRITEBACK_EVERY {
             start_writeback(&self.file, self.flushed, self.position - self.flushed);
             self.flushed = self.position;

@@ -28,12 +28,18 @@ pub struct BlobLocation {
 }
 
 /// All blobs known to the repository: built from every index object. Kept as one sorted
-/// vector (44 bytes a blob, no hash-table slack): a million blobs take 44 MB.
+/// vector (44 bytes a blob, no hash-table slack): a million blobs take 44 MB. A fan-out table
+/// on the leading bits of the id (ids are keyed hashes, so uniform) narrows each lookup to a
+/// few neighbouring entries: one cache miss instead of the ~20 of a binary search over the
+/// whole vector, which made lookups a tenth of a restore's CPU.
 #[derive(Debug, Default)]
 pub struct BlobIndex {
     /// Pack ids, referenced by position.
     pub packs: Vec<String>,
     blobs: Vec<(Digest, BlobLocation)>,
+    /// `fanout[p]` is the position of the first blob whose leading `fanout_bits` bits are `>= p`.
+    fanout: Vec<u32>,
+    fanout_bits: u32,
 }
 
 /// The stored form of an index object.
@@ -106,6 +112,26 @@ impl BlobIndex {
         self.blobs.sort_unstable_by_key(|blob| blob.0);
         self.blobs.dedup_by(|a, b| a.0 == b.0);
         self.blobs.shrink_to_fit();
+        // About two blobs a bucket: the table costs 2 bytes a blob.
+        self.fanout_bits = (usize::BITS - (self.blobs.len() / 2).leading_zeros()).min(24);
+        let buckets = 1usize << self.fanout_bits;
+        self.fanout = Vec::with_capacity(buckets + 1);
+        let mut position = 0usize;
+        for bucket in 0..buckets {
+            while position < self.blobs.len() && Self::bucket_of(&self.blobs[position].0, self.fanout_bits) < bucket {
+                position += 1;
+            }
+            self.fanout.push(u32::try_from(position).expect("fewer than 4 billion blobs"));
+        }
+        self.fanout.push(u32::try_from(self.blobs.len()).expect("fewer than 4 billion blobs"));
+    }
+
+    fn bucket_of(id: &Digest, bits: u32) -> usize {
+        if bits == 0 {
+            return 0;
+        }
+        let lead = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+        (lead >> (32 - bits)) as usize
     }
 
     /// The index of index objects already read (prune reads them anyway).
@@ -121,7 +147,13 @@ impl BlobIndex {
     /// Location of a blob, if stored.
     #[must_use]
     pub fn get(&self, id: &Digest) -> Option<BlobLocation> {
-        self.blobs.binary_search_by(|(probe, _)| probe.cmp(id)).ok().map(|i| self.blobs[i].1)
+        let bucket = Self::bucket_of(id, self.fanout_bits);
+        let (start, end) = match (self.fanout.get(bucket), self.fanout.get(bucket + 1)) {
+            (Some(&start), Some(&end)) => (start as usize, end as usize),
+            _ => return None,
+        };
+        let slice = &self.blobs[start..end];
+        slice.binary_search_by(|(probe, _)| probe.cmp(id)).ok().map(|i| slice[i].1)
     }
 
     /// Whether a blob is stored.
@@ -335,4 +367,29 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     }
     let uploaded = if outcome == PutOutcome::Created { stored } else { 0 };
     Ok((IndexPack { id, blobs }, uploaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize, salt: u8) -> Vec<Digest> {
+        (0..n).map(|i| Digest::sha256(&[&i.to_le_bytes()[..], &[salt]].concat())).collect()
+    }
+
+    #[test]
+    fn fanout_lookup_finds_every_blob_and_nothing_else() {
+        for n in [0, 1, 2, 3, 17, 1000, 70_000] {
+            let stored = ids(n, 1);
+            let blobs = stored.iter().enumerate().map(|(i, id)| (*id, u32::try_from(i).unwrap(), 1)).collect();
+            let file = IndexFile { packs: vec![IndexPack { id: "p".into(), blobs }] };
+            let index = BlobIndex::from_files([&file]);
+            assert_eq!(index.len(), n);
+            for (i, id) in stored.iter().enumerate() {
+                assert_eq!(index.get(id).map(|l| l.offset), Some(u32::try_from(i).unwrap()), "blob {i} of {n}");
+            }
+            assert!(ids(200, 2).iter().all(|id| !index.contains(id)), "foreign ids are unknown with {n} blobs");
+        }
+        assert!(!BlobIndex::default().contains(&Digest([0; 32])));
+    }
 }
