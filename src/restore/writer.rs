@@ -10,7 +10,7 @@
 //! restore before anything leaves the staging directory. Files and directories are fsync'd
 //! once, at the end, in parallel, so the kernel writes back meanwhile.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::io::{Seek, SeekFrom, Write};
@@ -29,49 +29,74 @@ use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
 /// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
-const PACK_CACHE: usize = 2;
+const PACK_CACHE: usize = 3;
 /// Packs fetched and decrypted ahead of the writer.
 const PACKS_AHEAD: usize = 2;
 /// Chunks queued for the verifier.
 const VERIFY_QUEUE: usize = 256;
-/// Runs of queued chunks from one pack (each holds its pack alive) the verifier may lag behind
-/// the writer by. Counting entries alone let a slow verifier pin dozens of packs.
-const VERIFY_PACK_RUNS: usize = 3;
+/// Distinct packs the chunks queued for the verifier may come from (each queued chunk holds its
+/// pack alive). Counting entries alone let a slow verifier pin dozens of packs; counting runs
+/// of one pack stalled incrementals, whose files alternate between parent and new packs.
+const VERIFY_PINNED_PACKS: usize = 4;
 
 /// Work for the verifier thread, in write order.
 enum Verify {
     /// Bytes of the current file.
     Data(Arc<Vec<u8>>, Range<usize>),
-    /// Chunks queued so far came from an earlier pack than what follows: one pack run done.
-    RunDone,
     /// The current file is complete: compare with its manifest SHA-256.
     End { name: String, expected: crate::crypto::Digest },
+}
+
+/// How many `Data` items the verifier has hashed; `u64::MAX` once it stopped.
+#[derive(Default)]
+struct Progress {
+    done: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Progress {
+    fn set(&self, update: impl FnOnce(&mut u64)) {
+        if let Ok(mut done) = self.done.lock() {
+            update(&mut done);
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the verifier stopped however its thread ends, so a waiting writer wakes up.
+struct StopGuard(Arc<Progress>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.set(|done| *done = u64::MAX);
+    }
 }
 
 /// The verifier: hashes each file's bytes on its own thread and checks its SHA-256.
 struct Verifier {
     tx: SyncSender<Verify>,
-    /// Free pack-run slots, handed back by the verifier as it finishes runs.
-    runs: std::sync::mpsc::Receiver<()>,
-    /// Address of the pack the last queued chunk came from (compared, never dereferenced).
-    last_pack: usize,
+    progress: Arc<Progress>,
+    /// `Data` items queued so far.
+    sent: u64,
+    /// Packs with queued items: (address, compared and never dereferenced; number of the last
+    /// item from it).
+    pinned: VecDeque<(usize, u64)>,
     thread: std::thread::JoinHandle<Result<(), Error>>,
 }
 
 impl Verifier {
     fn start() -> Self {
         let (tx, rx) = sync_channel::<Verify>(VERIFY_QUEUE);
-        let (free_runs, runs) = sync_channel::<()>(VERIFY_PACK_RUNS);
-        for _ in 0..VERIFY_PACK_RUNS {
-            let _ = free_runs.send(());
-        }
+        let progress = Arc::new(Progress::default());
+        let guard = StopGuard(Arc::clone(&progress));
         let thread = std::thread::spawn(move || {
             let mut sha = Sha256Stream::default();
             for work in rx {
                 match work {
-                    Verify::Data(pack, range) => sha.update(&pack[range]),
-                    Verify::RunDone => {
-                        let _ = free_runs.send(());
+                    Verify::Data(pack, range) => {
+                        sha.update(&pack[range]);
+                        drop(pack);
+                        guard.0.set(|done| *done += 1);
                     }
                     Verify::End { name, expected } => {
                         let actual = std::mem::take(&mut sha).finish();
@@ -83,19 +108,31 @@ impl Verifier {
             }
             Ok(())
         });
-        Self { tx, runs, last_pack: 0, thread }
+        Self { tx, progress, sent: 0, pinned: VecDeque::new(), thread }
     }
 
-    /// Queues bytes of the current file; waits while the verifier still holds
-    /// [`VERIFY_PACK_RUNS`] earlier runs of packs, so memory stays bounded by packs.
+    /// Queues bytes of the current file; from a pack not yet queued, first waits until the
+    /// verifier holds fewer than [`VERIFY_PINNED_PACKS`] packs, so memory stays bounded by packs.
     fn data(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>) -> Result<(), Error> {
         let address = Arc::as_ptr(&pack) as usize;
-        if address != self.last_pack {
-            if self.last_pack != 0 {
-                self.send(Verify::RunDone)?;
+        self.sent += 1;
+        if let Some(pinned) = self.pinned.iter_mut().find(|(a, _)| *a == address) {
+            pinned.1 = self.sent;
+        } else {
+            let mut done = self.progress.done.lock().map_err(|_| Self::stopped())?;
+            loop {
+                if *done == u64::MAX {
+                    return Err(Self::stopped());
+                }
+                let hashed = *done;
+                self.pinned.retain(|&(_, last)| last > hashed);
+                if self.pinned.len() < VERIFY_PINNED_PACKS {
+                    break;
+                }
+                done = self.progress.changed.wait(done).map_err(|_| Self::stopped())?;
             }
-            self.runs.recv().map_err(|_| Self::stopped())?;
-            self.last_pack = address;
+            drop(done);
+            self.pinned.push_back((address, self.sent));
         }
         self.send(Verify::Data(pack, range))
     }
@@ -125,12 +162,25 @@ struct Packs<'a> {
     ahead: mpsc::Receiver<Result<Pack, Error>>,
     received: HashSet<u32>,
     cache: VecDeque<Pack>,
+    /// Position, in write order, of the last chunk each pack serves: past it the pack is
+    /// dropped from the cache at once, so the cache holds only packs still to be used.
+    last_use: HashMap<u32, u64>,
+    /// Chunks served so far.
+    served: u64,
 }
 
 impl Packs<'_> {
     async fn get(&mut self, pack: u32) -> Result<Arc<Vec<u8>>, Error> {
-        if let Some((_, data)) = self.cache.iter().find(|(p, _)| *p == pack) {
-            return Ok(Arc::clone(data));
+        let position = self.served;
+        self.served += 1;
+        // Least recently used goes first among packs still needed: an incremental's few packs
+        // of changed pages are needed between every pack of its parent's.
+        if let Some(position) = self.cache.iter().position(|(p, _)| *p == pack)
+            && let Some(hit) = self.cache.remove(position)
+        {
+            let data = Arc::clone(&hit.1);
+            self.cache.push_back(hit);
+            return Ok(data);
         }
         // The first use of a pack is the head of the prefetch stream (it is in first-use
         // order); a pack evicted from the cache and needed again is fetched directly.
@@ -147,10 +197,15 @@ impl Packs<'_> {
         } else {
             Arc::new(fetch_pack(self.repo, self.index, pack).await?)
         };
-        if self.cache.len() == PACK_CACHE {
+        let last_use = &self.last_use;
+        let live = |p: u32| last_use.get(&p).is_some_and(|&last| last > position);
+        self.cache.retain(|(p, _)| live(*p));
+        if self.cache.len() >= PACK_CACHE {
             self.cache.pop_front();
         }
-        self.cache.push_back((pack, Arc::clone(&data)));
+        if live(pack) {
+            self.cache.push_back((pack, Arc::clone(&data)));
+        }
         Ok(data)
     }
 }
@@ -173,28 +228,31 @@ fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<
     }
 }
 
-/// Packs in the order the restore first needs them.
-fn first_use_order(index: &BlobIndex, manifest: &Manifest, wanted: &[bool]) -> Vec<u32> {
-    let mut seen = HashSet::new();
+/// Packs in the order the restore first needs them, and the position (counting chunks in write
+/// order) at which each is needed for the last time.
+fn first_use_order(index: &BlobIndex, manifest: &Manifest, wanted: &[bool]) -> (Vec<u32>, HashMap<u32, u64>) {
+    let mut last_use = HashMap::new();
     let mut order = Vec::new();
+    let mut position = 0u64;
     for i in (0..manifest.entries.len()).filter(|&i| wanted[i]) {
         if let Some((_, chunks)) = content(manifest, wanted, i) {
             for chunk in chunks {
                 if let Some(location) = index.get(chunk)
-                    && seen.insert(location.pack)
+                    && last_use.insert(location.pack, position).is_none()
                 {
                     order.push(location.pack);
                 }
+                position += 1;
             }
         }
     }
-    order
+    (order, last_use)
 }
 
 /// Writes every entry under `root`; returns (files, bytes).
 pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Manifest, root: &Path, include: Option<&globset::GlobSet>) -> Result<(u64, u64), Error> {
     let wanted = wanted(manifest, include);
-    let order = first_use_order(index, manifest, &wanted);
+    let (order, last_use) = first_use_order(index, manifest, &wanted);
     let (tx, rx) = mpsc::channel(1);
     let prefetch = {
         let repo = repo.clone();
@@ -217,7 +275,7 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
             }
         })
     };
-    let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new() };
+    let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new(), last_use, served: 0 };
     let mut verifier = Verifier::start();
     let written = write_all(&mut packs, &mut verifier, manifest, root, &wanted).await;
     prefetch.abort();
