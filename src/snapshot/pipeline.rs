@@ -37,6 +37,10 @@ const BATCH_BYTES: usize = 1 << 20;
 const BATCH_STEPS: usize = 512;
 /// Batches queued between stages.
 const QUEUE: usize = 4;
+/// Batches between the reader and the packer at once, counting those queued, being hashed
+/// and waiting to be put back in order: hashers finish out of order, and without this bound a
+/// hasher stalled on one batch let the others pile finished batches up behind it.
+const BATCH_WINDOW: usize = 2 * QUEUE + 4;
 
 /// What the reading stages produced. The entries themselves went into the manifest's entry
 /// stream as they were finished.
@@ -98,6 +102,14 @@ struct Chunks {
 }
 
 impl Chunks {
+    /// Cuts `data` into blocks of `block` bytes (the last may be shorter).
+    fn blocks(data: Vec<u8>, block: usize) -> Self {
+        let len = u32::try_from(data.len()).expect("batches stay below 4 GiB");
+        let step = u32::try_from(block.max(1)).unwrap_or(u32::MAX);
+        let ends = (1..=len.div_ceil(step)).map(|i| (i * step).min(len)).collect();
+        Self { data, ends, ids: Vec::new() }
+    }
+
     fn push(&mut self, chunk: &[u8]) {
         self.data.extend_from_slice(chunk);
         self.ends.push(u32::try_from(self.data.len()).expect("batches stay below 4 GiB"));
@@ -172,10 +184,14 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
             scope.spawn(move || hash_batches(&batch_rx, &hashed_tx, id_key));
         }
         drop(hashed_tx);
+        let (free_tx, window) = sync_channel::<()>(BATCH_WINDOW);
+        for _ in 0..BATCH_WINDOW {
+            let _ = free_tx.send(());
+        }
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
         let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
-        let packer = scope.spawn(move || pack_and_assemble(hashed_rx, (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
-        let mut reader = Reader::new(plan, known, parent, batch_tx);
+        let packer = scope.spawn(move || pack_and_assemble((hashed_rx, free_tx), (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
+        let mut reader = Reader::new(plan, known, parent, batch_tx, window);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
         let packed = packer.join().map_err(|_| Error::Internal("packer thread panicked".into()))?;
@@ -215,7 +231,7 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
 /// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
 /// each entry with its chunk list and writes it to the entry stream and the next parent record.
 fn pack_and_assemble(
-    hashed: Receiver<Batch>,
+    (hashed, window): (Receiver<Batch>, SyncSender<()>),
     (known, id_key): (&BlobIndex, &IdKey),
     (mut pack, pack_size): (PackBuilder, usize),
     packs: &mpsc::Sender<PendingPack>,
@@ -231,6 +247,7 @@ fn pack_and_assemble(
         waiting.insert(batch.seq, batch);
         while let Some(batch) = waiting.remove(&next_seq) {
             next_seq += 1;
+            let _ = window.send(());
             for step in batch.steps {
                 match step {
                     Step::Chunks(chunks) => {
@@ -332,6 +349,8 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
 /// Gathers steps into batches for the hashers.
 struct Feeder {
     tx: SyncSender<Batch>,
+    /// Free places in the [`BATCH_WINDOW`], handed back by the packer.
+    window: Receiver<()>,
     seq: u64,
     steps: Vec<Step>,
     bytes: usize,
@@ -354,6 +373,7 @@ impl Feeder {
         let batch = Batch { seq: self.seq, steps: std::mem::take(&mut self.steps) };
         self.seq += 1;
         self.bytes = 0;
+        self.window.recv().map_err(|_| Error::Internal("packing stage stopped".into()))?;
         self.tx.send(batch).map_err(|_| Error::Internal("hashing stage stopped".into()))
     }
 }
@@ -374,8 +394,8 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>) -> Self {
-        let feeder = Feeder { tx, seq: 0, steps: Vec::new(), bytes: 0 };
+    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, window: Receiver<()>) -> Self {
+        let feeder = Feeder { tx, window, seq: 0, steps: Vec::new(), bytes: 0 };
         Self { plan, known, parent, feeder, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
     }
 
@@ -389,6 +409,32 @@ impl<'a> Reader<'a> {
         }
         self.entries += 1;
         self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read, prior_base })), 0)
+    }
+
+    /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
+    /// hashing each batch with SHA-256 as one piece; returns the bytes read.
+    fn read_blocks(&mut self, mut file: std::fs::File, expected: u64, block: usize, sha: &mut Sha256Stream, path: &std::path::Path) -> Result<u64, Error> {
+        use std::io::Read;
+        // Whole blocks per batch, so blocks never straddle two batches.
+        let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
+        let mut size = 0u64;
+        loop {
+            // Sized for what is left of the file (a file that grew meanwhile grows the buffer).
+            let left = usize::try_from(expected.saturating_sub(size)).unwrap_or(usize::MAX);
+            let mut data = Vec::with_capacity(batch.min(left.max(1)));
+            // `File` reads into spare capacity directly: no zero-fill, no intermediate buffer.
+            (&mut file).take(batch as u64).read_to_end(&mut data).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+            let n = data.len();
+            if n == 0 {
+                return Ok(size);
+            }
+            sha.update(&data);
+            size += n as u64;
+            self.feeder.push(Step::Chunks(Chunks::blocks(data, block)), n)?;
+            if n < batch {
+                return Ok(size);
+            }
+        }
     }
 
     fn visit(&mut self, found: Found) -> Result<(), Error> {
@@ -448,7 +494,8 @@ impl<'a> Reader<'a> {
             };
             let mut sha = Sha256Stream::default();
             let size = match chunking {
-                Chunking::ContentDefined(_) | Chunking::Fixed(_) => {
+                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut sha, &found.path)?,
+                Chunking::ContentDefined(_) => {
                     let mut size = 0u64;
                     let mut chunks = Chunks::default();
                     let expected = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(BATCH_BYTES);
@@ -571,4 +618,21 @@ pub async fn write_index_and_manifest(
         .seal_put(crate::codec::ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.to_owned()), json)
         .await?;
     Ok((bytes, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_blocks_cover_a_batch_exactly() {
+        for (len, block) in [(0usize, 8192usize), (1, 8192), (8192, 8192), (8193, 8192), (3 * 8192 + 5, 8192), (100, 1)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let chunks = Chunks::blocks(data.clone(), block);
+            let pieces: Vec<&[u8]> = chunks.iter().collect();
+            assert_eq!(pieces.concat(), data, "{len} bytes in blocks of {block}");
+            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= block));
+            assert_eq!(pieces.len(), len.div_ceil(block));
+        }
+    }
 }
