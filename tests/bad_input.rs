@@ -126,6 +126,51 @@ fn missing_wal_segment_is_a_gap_not_the_end() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Issue 5: a large backup writes index objects while it runs (memory must not grow with it);
+/// ending abruptly right after one leaves index entries for packs no snapshot references: the
+/// repository still verifies, nothing is recorded, and the next backup reuses those packs and
+/// restores.
+#[test]
+fn backup_ended_after_an_early_index_object_leaves_a_consistent_repository() {
+    let env = TestEnv::new(Backend::Local);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 30000) g");
+    sql(&source, "CHECKPOINT");
+    // Index objects of at most 100 blobs, packs of 1 MiB (128 blocks): the backup writes index
+    // objects long before it ends.
+    for config in [&env.push_config, &env.config] {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(config, text.replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nindex_shard_blobs = 100\n", 1)).unwrap();
+    }
+    let mut cmd = std::process::Command::new(crate::common::env::radd_binary());
+    cmd.arg("--config").arg(&env.push_config).args(["backup", "pg"]);
+    let mut vars = env.env.clone();
+    vars.push(("RADD_CRASH_AT".into(), "backup:index-object".into()));
+    let out = crate::common::env::run(&mut cmd, &vars);
+    assert_eq!(out.status.code(), Some(137), "the backup should have ended at its first early index object: {}", stderr(&out));
+    let early = std::fs::read_dir(env.local_object("index")).unwrap().count();
+    assert!(early >= 1, "an index object was written before the backup ended");
+
+    let snapshots = json(&env.radd(&["--json", "snapshots"]));
+    assert_eq!(snapshots.as_array().unwrap().len(), 0, "nothing recorded: {snapshots}");
+    let verify = env.radd(&["--json", "verify", "--read-data"]);
+    assert!(verify.status.success(), "repository must verify: {}", stderr(&verify));
+
+    let again = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let objects = std::fs::read_dir(env.local_object("index")).unwrap().count();
+    assert!(objects > early + 2, "the full backup wrote its index in many objects of 100 blobs: {objects}");
+    switch_and_wait_archived(&source);
+    let restored = env.restore_and_start(again["snapshot_id"].as_str().unwrap(), "after-early-index", &[]);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM noise"), "30000");
+
+    // The retry reused what the ended backup had indexed; prune leaves it all alone.
+    assert!(again["reused_bytes"].as_u64().unwrap() > 0, "the retry reuses the ended backup's indexed packs: {again}");
+    let pruned = json(&env.radd(&["--json", "prune", "--grace", "0s"]));
+    assert_eq!(pruned["packs_condemned"], 0, "every pack is referenced: {pruned}");
+    let verify = env.radd(&["--json", "verify", "--read-data"]);
+    assert!(verify.status.success(), "repository must verify after prune: {}", stderr(&verify));
+}
+
 /// Issue 5: killing a backup mid-upload leaves a repository that verifies, with no snapshot
 /// recorded; the next backup succeeds and restores.
 #[test]

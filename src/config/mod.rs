@@ -197,6 +197,11 @@ pub struct BackupConfig {
     /// Packs uploaded concurrently.
     #[serde(default = "default_uploads")]
     pub upload_concurrency: usize,
+    /// Most blobs in one index object. A backup writes an index object as soon as it has this
+    /// many blobs of stored packs (twice as many collected), so its memory for the index does
+    /// not grow with the size of the backup.
+    #[serde(default = "default_index_shard_blobs")]
+    pub index_shard_blobs: usize,
     /// Backup-host state: the record of the last backup, so unchanged files are not re-read.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -204,6 +209,10 @@ pub struct BackupConfig {
     /// repository (radd polls the repository itself instead of PostgreSQL's 1-second poll).
     #[serde(default = "default_archive_wait")]
     pub archive_wait: String,
+}
+
+fn default_index_shard_blobs() -> usize {
+    50_000
 }
 
 fn default_archive_wait() -> String {
@@ -227,6 +236,7 @@ impl Default for BackupConfig {
             pack_size: default_pack_size(),
             compression_level: default_level(),
             upload_concurrency: default_uploads(),
+            index_shard_blobs: default_index_shard_blobs(),
             state_dir: default_state_dir(),
             archive_wait: default_archive_wait(),
         }
@@ -530,6 +540,9 @@ impl Config {
         }
         if self.archive.fetch_prefetch > 64 {
             problems.push("archive.fetch_prefetch: must be 0..=64".to_owned());
+        }
+        if b.index_shard_blobs == 0 {
+            problems.push("backup.index_shard_blobs: must be at least 1".to_owned());
         }
         if b.upload_concurrency == 0 {
             problems.push("backup.upload_concurrency: must be at least 1".to_owned());

@@ -98,7 +98,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         }
         Ok(())
     });
-    let (mut read, upload) = pipeline::store_tree(repo, Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, (parent, next_parent), &options.backup).await?;
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
@@ -124,7 +124,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         unreadable: Vec::new(),
     };
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain checked");
-    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, &upload.index, &manifest).await?;
+    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let record = SnapshotRecord {

@@ -176,7 +176,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         })
     };
     let chunk = options.backup.fs_chunk_size.as_usize();
-    let (mut read, upload) = pipeline::store_tree(repo, known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, (parent, next_parent), &options.backup).await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
     let files = read.files;
@@ -188,7 +188,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         tablespace_map: None,
         unreadable: unreadable.clone(),
     };
-    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, &upload.index, &manifest).await?;
+    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let partial = !unreadable.is_empty();

@@ -1,7 +1,8 @@
-//! Packs and indexes. New chunks are appended to a pack (~16 MiB), each pack is sealed as one
-//! object (one age header, one zstd stream) and uploaded create-only; the blob table of every
-//! pack a backup wrote goes into one index object, written only after all its packs are stored,
-//! so an index never points at a pack that is not durable.
+//! Packs and indexes. New chunks are appended to a pack (`backup.pack_size`), each pack is
+//! sealed as one object (one age header, one zstd frame) and uploaded create-only; the blob
+//! tables of the packs a backup wrote go into index objects of at most `backup.index_shard_blobs`
+//! blobs, each written only after all its packs are stored (so an index never points at a pack
+//! that is not durable) and as soon as it is full (so memory does not grow with the backup).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -58,18 +59,16 @@ pub struct IndexPack {
     pub blobs: Vec<(Digest, u32, u32)>,
 }
 
-/// Most blobs written into one index object, so that no reader or writer holds a huge one.
-pub const INDEX_SHARD_BLOBS: usize = 50_000;
 
 impl IndexFile {
-    /// Splits the blob tables into index objects of at most [`INDEX_SHARD_BLOBS`] blobs (a
-    /// pack is never split).
+    /// Splits the blob tables into index objects of at most `limit` blobs (a pack is never
+    /// split).
     #[must_use]
-    pub fn shards(&self) -> Vec<&[IndexPack]> {
+    pub fn shards(&self, limit: usize) -> Vec<&[IndexPack]> {
         let mut out = Vec::new();
         let (mut start, mut blobs) = (0, 0);
         for (i, pack) in self.packs.iter().enumerate() {
-            if blobs > 0 && blobs + pack.blobs.len() > INDEX_SHARD_BLOBS {
+            if blobs > 0 && blobs + pack.blobs.len() > limit {
                 out.push(&self.packs[start..i]);
                 (start, blobs) = (i, 0);
             }
@@ -296,29 +295,71 @@ pub struct PendingPack {
 /// What the uploader produced.
 #[derive(Debug, Default)]
 pub struct UploadReport {
-    /// The blob tables of every stored pack.
+    /// Blob tables of stored packs not yet written to an index object.
     pub index: IndexFile,
+    /// Index objects already written for this snapshot.
+    pub index_objects: usize,
     /// Bytes written to storage.
     pub uploaded_bytes: u64,
 }
 
+/// The name of a snapshot's `n`th index object.
+#[must_use]
+pub fn index_name(snapshot_id: &str, n: usize) -> String {
+    if n == 0 { snapshot_id.to_owned() } else { format!("{snapshot_id}.{n}") }
+}
+
+/// One index object as written: the blob tables of some packs.
+#[derive(Serialize)]
+struct Shard<'a> {
+    packs: &'a [IndexPack],
+}
+
+impl UploadReport {
+    /// Writes the blob tables collected so far as index objects: every full shard, or with
+    /// `all` the rest too. Called only with tables of durable packs, so an index never points
+    /// at a pack that is not stored; the tables then leave memory, which no longer grows with
+    /// the size of the backup. (Index objects of a backup that then fails point at packs no
+    /// snapshot references: prune condemns and removes them like any unreferenced pack.)
+    pub async fn write_index(&mut self, repo: &Repository, snapshot_id: &str, shard_blobs: usize, all: bool) -> Result<(), Error> {
+        let shards = self.index.shards(shard_blobs);
+        let write = if all { shards.len() } else { shards.len().saturating_sub(1) };
+        let mut written_packs = 0;
+        for packs in &shards[..write] {
+            repo.put_record(&ObjectKey::Index(index_name(snapshot_id, self.index_objects)), &Shard { packs }).await?;
+            self.index_objects += 1;
+            written_packs += packs.len();
+            if !all {
+                crate::faults::crash_point("backup:index-object");
+            }
+        }
+        self.index.packs.drain(..written_packs);
+        Ok(())
+    }
+}
+
 /// Seals and uploads packs from `rx` with at most `concurrency` in flight; returns once every
 /// pack is durably stored, or with the first error (later packs are abandoned). Pack buffers go
-/// back to `pool`.
+/// back to `pool`. Full index objects of stored packs (`shard_blobs` blobs) are written under
+/// `snapshot_id` on the way.
 pub async fn upload_packs(
     repo: Repository,
     mut rx: mpsc::Receiver<PendingPack>,
-    concurrency: usize,
+    (concurrency, shard_blobs): (usize, usize),
     pool: BufferPool,
+    snapshot_id: String,
 ) -> Result<UploadReport, Error> {
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
     let mut report = UploadReport::default();
+    let mut pending_blobs = 0usize;
     let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
-                       report: &mut UploadReport|
+                       report: &mut UploadReport,
+                       pending_blobs: &mut usize|
      -> Result<(), Error> {
         let (pack, bytes) = done.map_err(|e| Error::Internal(e.to_string()))??;
         report.uploaded_bytes += bytes;
+        *pending_blobs += pack.blobs.len();
         report.index.packs.push(pack);
         Ok(())
     };
@@ -328,7 +369,11 @@ pub async fn upload_packs(
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         while let Some(done) = tasks.try_join_next() {
-            collect(done, &mut report)?;
+            collect(done, &mut report, &mut pending_blobs)?;
+        }
+        if pending_blobs >= 2 * shard_blobs {
+            report.write_index(&repo, &snapshot_id, shard_blobs, false).await?;
+            pending_blobs = report.index.packs.iter().map(|p| p.blobs.len()).sum();
         }
         let repo = repo.clone();
         let pool = pool.clone();
@@ -338,7 +383,7 @@ pub async fn upload_packs(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        collect(done, &mut report)?;
+        collect(done, &mut report, &mut pending_blobs)?;
     }
     Ok(report)
 }

@@ -557,11 +557,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Runs the whole write side of a snapshot up to (not including) its index: the walk and the
-/// reading stages on blocking threads, sealing and uploading on the async runtime. Returns the
-/// read outcome and what was uploaded once every pack is durable.
+/// Runs the whole write side of snapshot `snapshot_id` up to (not including) its last index
+/// object: the walk and the reading stages on blocking threads, sealing, uploading and full
+/// index objects on the async runtime. Returns the read outcome and what was uploaded once
+/// every pack is durable.
 pub async fn store_tree(
-    repo: &crate::repository::Repository,
+    (repo, snapshot_id): (&crate::repository::Repository, &str),
     known: Arc<BlobIndex>,
     walk: Box<Walk>,
     chunking: impl Fn(&str) -> Chunking + Send + Sync + 'static,
@@ -571,7 +572,7 @@ pub async fn store_tree(
 ) -> Result<(ReadOutcome, super::pack::UploadReport), Error> {
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
     let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
-    let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, options.upload_concurrency, pool.clone()));
+    let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, (options.upload_concurrency, options.index_shard_blobs), pool.clone(), snapshot_id.to_owned()));
     let reader = {
         let id_key = repo.id_key.clone();
         let options = options.clone();
@@ -595,24 +596,17 @@ pub fn new_snapshot_id(started: chrono::DateTime<chrono::Utc>) -> String {
     format!("{}-{}", started.format("%Y%m%dT%H%M%S%3fZ"), &IdKey::generate().digest(b"snapshot id").to_string()[..8])
 }
 
-/// Writes the index (if any pack was new) and the encrypted manifest; returns the bytes
-/// uploaded for them and the manifest's digest. The snapshot record, written after this by the
-/// caller, is what commits the snapshot.
+/// Writes the rest of the index (if any pack was new) and the encrypted manifest; returns the
+/// bytes uploaded for them and the manifest's digest. The snapshot record, written after this by
+/// the caller, is what commits the snapshot.
 pub async fn write_index_and_manifest(
     repo: &crate::repository::Repository,
     snapshot_id: &str,
-    index: &super::pack::IndexFile,
+    (upload, shard_blobs): (&mut super::pack::UploadReport, usize),
     manifest: &super::manifest::Manifest,
 ) -> Result<(u64, Digest), Error> {
     use crate::repo::ObjectKey;
-    #[derive(serde::Serialize)]
-    struct Shard<'a> {
-        packs: &'a [super::pack::IndexPack],
-    }
-    for (n, packs) in index.shards().into_iter().enumerate() {
-        let name = if n == 0 { snapshot_id.to_owned() } else { format!("{snapshot_id}.{n}") };
-        repo.put_record(&ObjectKey::Index(name), &Shard { packs }).await?;
-    }
+    upload.write_index(repo, snapshot_id, shard_blobs, true).await?;
     let json = serde_json::to_vec(manifest).expect("manifest serialises");
     let (_, digest, bytes) = repo
         .seal_put(crate::codec::ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.to_owned()), json)
