@@ -163,15 +163,17 @@ fn compress(plaintext: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 }
 
 /// Decompresses `compressed` (one or more zstd frames) into exactly `len` bytes, straight into
-/// the returned buffer (no zero-fill, no window copy); more or fewer bytes is an error.
-fn decompress_exact(compressed: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+/// `plaintext` (cleared; no zero-fill, no window copy), which is returned; more or fewer bytes
+/// is an error.
+fn decompress_exact(compressed: &[u8], len: usize, mut plaintext: Vec<u8>) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let decompressor = match &mut *slot {
             Some(decompressor) => decompressor,
             empty => empty.insert(zstd::bulk::Decompressor::new()?),
         };
-        let mut plaintext = Vec::with_capacity(len);
+        plaintext.clear();
+        plaintext.reserve(len);
         let written = decompressor.decompress_to_buffer(compressed, &mut plaintext)?;
         if written != len {
             return Err(std::io::Error::other(format!("decompressed to {written} bytes, header says {len}")));
@@ -417,7 +419,7 @@ pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identi
     let inner = identity
         .decrypt(&stored[HEADER_LEN..])
         .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
-    let plaintext = read_payload(kind, &inner[..], object)?;
+    let plaintext = read_payload(kind, &inner[..], object, Vec::new())?;
     check_digest(id_key, alg, kind, &plaintext, expected, object)?;
     drop(plaintext);
     let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
@@ -454,7 +456,7 @@ pub fn open(
     identity: &Identity,
     object: &str,
 ) -> Result<Vec<u8>, Error> {
-    open_checked(kind, stored, Some(id_key), identity, object)
+    open_checked(kind, stored, Some(id_key), identity, (object, Vec::new()))
 }
 
 /// Like [`open`], but without recomputing the keyed digest of the content (age still
@@ -462,12 +464,19 @@ pub fn open(
 /// check every byte they use against an authenticated checksum anyway — restore checks each
 /// file's SHA-256 from the (digest-checked) manifest — so the content is not hashed twice.
 pub fn open_unhashed(kind: ObjectKind, stored: &[u8], identity: &Identity, object: &str) -> Result<Vec<u8>, Error> {
-    open_checked(kind, stored, None, identity, object)
+    open_checked(kind, stored, None, identity, (object, Vec::new()))
+}
+
+/// [`open_unhashed`] into a reused buffer (its content is replaced): restore recycles its pack
+/// buffers instead of allocating one per pack, which the allocator's per-thread arenas would
+/// keep long after.
+pub fn open_unhashed_into(kind: ObjectKind, stored: &[u8], identity: &Identity, object: &str, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+    open_checked(kind, stored, None, identity, (object, buffer))
 }
 
 /// Reads the decrypted payload — kind, length, zstd stream — and returns the plaintext, checking
 /// kind and length. A tampered ciphertext surfaces here as a read error from age, below zstd.
-fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str) -> Result<Vec<u8>, Error> {
+fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
     let corrupt = |reason: String| Error::Corrupt { object: object.to_owned(), reason };
     let mut head = [0u8; 9];
     reader.read_exact(&mut head).map_err(|e| Error::Crypto {
@@ -483,7 +492,7 @@ fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str) -> Result
     // Decrypt all of the (small) compressed payload first, then decompress it in one shot.
     let mut compressed = Vec::with_capacity(len / 2);
     reader.read_to_end(&mut compressed).map_err(|e| corrupt(format!("authentication failed: {e}")))?;
-    decompress_exact(&compressed, len).map_err(|e| corrupt(format!("decompression failed: {e}")))
+    decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}")))
 }
 
 fn open_checked(
@@ -491,13 +500,13 @@ fn open_checked(
     stored: &[u8],
     id_key: Option<&IdKey>,
     identity: &Identity,
-    object: &str,
+    (object, buffer): (&str, Vec<u8>),
 ) -> Result<Vec<u8>, Error> {
     let (alg, expected) = header(stored, object)?;
     let reader = identity
         .decrypting_reader(&stored[HEADER_LEN..])
         .map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
-    let plaintext = read_payload(kind, reader, object)?;
+    let plaintext = read_payload(kind, reader, object, buffer)?;
     if let Some(id_key) = id_key {
         check_digest(id_key, alg, kind, &plaintext, expected, object)?;
     }

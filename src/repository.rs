@@ -318,10 +318,15 @@ impl Repository {
     /// Reads and decrypts an object without recomputing its keyed digest: see
     /// [`codec::open_unhashed`] for when that is sound (restore, which checks file SHA-256s).
     pub async fn get_open_unhashed(&self, kind: ObjectKind, key: &ObjectKey) -> Result<Vec<u8>, Error> {
+        self.get_open_unhashed_into(kind, key, Vec::new()).await
+    }
+
+    /// [`Repository::get_open_unhashed`] into a reused buffer (see [`codec::open_unhashed_into`]).
+    pub async fn get_open_unhashed_into(&self, kind: ObjectKind, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
         let stored = self.store.get(key).await?;
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
         let name = key.to_string();
-        Ok(tokio::task::spawn_blocking(move || codec::open_unhashed(kind, &stored, &identity, &name))
+        Ok(tokio::task::spawn_blocking(move || codec::open_unhashed_into(kind, &stored, &identity, &name, buffer))
             .await
             .expect("opening task does not panic")?)
     }

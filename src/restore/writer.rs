@@ -26,7 +26,7 @@ use crate::codec::ObjectKind;
 use crate::crypto::Sha256Stream;
 use crate::repo::ObjectKey;
 use crate::repository::Repository;
-use crate::snapshot::{BlobIndex, EntryKind, Manifest};
+use crate::snapshot::{BlobIndex, BufferPool, EntryKind, Manifest};
 
 /// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
 const PACK_CACHE: usize = 3;
@@ -42,7 +42,7 @@ const VERIFY_PINNED_PACKS: usize = 4;
 /// Work for the verifier thread, in write order.
 enum Verify {
     /// Bytes of the current file.
-    Data(Arc<Vec<u8>>, Range<usize>),
+    Data(Arc<PackData>, Range<usize>),
     /// The current file is complete: compare with its manifest SHA-256.
     End { name: String, expected: crate::crypto::Digest },
 }
@@ -113,7 +113,7 @@ impl Verifier {
 
     /// Queues bytes of the current file; from a pack not yet queued, first waits until the
     /// verifier holds fewer than [`VERIFY_PINNED_PACKS`] packs, so memory stays bounded by packs.
-    fn data(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>) -> Result<(), Error> {
+    fn data(&mut self, pack: Arc<PackData>, range: Range<usize>) -> Result<(), Error> {
         let address = Arc::as_ptr(&pack) as usize;
         self.sent += 1;
         if let Some(pinned) = self.pinned.iter_mut().find(|(a, _)| *a == address) {
@@ -153,11 +153,34 @@ impl Verifier {
     }
 }
 
-type Pack = (u32, Arc<Vec<u8>>);
+type Pack = (u32, Arc<PackData>);
+
+/// A decrypted pack. Its buffer goes back to the pool when the last chunk using it is written
+/// and verified: restore reuses a handful of pack buffers instead of allocating one per pack
+/// (freed buffers linger in the allocator's per-thread arenas and inflate the process).
+struct PackData {
+    data: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl std::ops::Deref for PackData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for PackData {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.data));
+    }
+}
 
 /// Decrypted packs: the prefetched stream (in first-use order) plus a small cache.
 struct Packs<'a> {
     repo: &'a Repository,
+    pool: BufferPool,
     index: &'a BlobIndex,
     ahead: mpsc::Receiver<Result<Pack, Error>>,
     received: HashSet<u32>,
@@ -170,7 +193,7 @@ struct Packs<'a> {
 }
 
 impl Packs<'_> {
-    async fn get(&mut self, pack: u32) -> Result<Arc<Vec<u8>>, Error> {
+    async fn get(&mut self, pack: u32) -> Result<Arc<PackData>, Error> {
         let position = self.served;
         self.served += 1;
         // Least recently used goes first among packs still needed: an incremental's few packs
@@ -195,7 +218,9 @@ impl Packs<'_> {
                 }),
             }
         } else {
-            Arc::new(fetch_pack(self.repo, self.index, pack).await?)
+            let key = ObjectKey::Pack(self.index.packs[pack as usize].clone());
+            let data = self.repo.get_open_unhashed_into(ObjectKind::Pack, &key, self.pool.get()).await?;
+            Arc::new(PackData { data, pool: self.pool.clone() })
         };
         let last_use = &self.last_use;
         let live = |p: u32| last_use.get(&p).is_some_and(|&last| last > position);
@@ -210,10 +235,6 @@ impl Packs<'_> {
     }
 }
 
-async fn fetch_pack(repo: &Repository, index: &BlobIndex, pack: u32) -> Result<Vec<u8>, Error> {
-    let key = ObjectKey::Pack(index.packs[pack as usize].clone());
-    Ok(repo.get_open_unhashed(ObjectKind::Pack, &key).await?)
-}
 
 /// The content an entry is restored with: its own, or, for a hard link whose first name is
 /// not restored, the first name's.
@@ -254,16 +275,18 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
     let wanted = wanted(manifest, include);
     let (order, last_use) = first_use_order(index, manifest, &wanted);
     let (tx, rx) = mpsc::channel(1);
+    let pool = BufferPool::new(0);
     let prefetch = {
         let repo = repo.clone();
+        let pool = pool.clone();
         let packs: Vec<(u32, String)> = order.iter().map(|&p| (p, index.packs[p as usize].clone())).collect();
         tokio::spawn(async move {
             let mut stream = futures::stream::iter(packs)
                 .map(|(number, id)| {
-                    let repo = repo.clone();
+                    let (repo, pool) = (repo.clone(), pool.clone());
                     async move {
-                        let data = repo.get_open_unhashed(ObjectKind::Pack, &ObjectKey::Pack(id)).await?;
-                        Ok::<_, Error>((number, Arc::new(data)))
+                        let data = repo.get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(id), pool.get()).await?;
+                        Ok::<_, Error>((number, Arc::new(PackData { data, pool })))
                     }
                 })
                 .buffered(PACKS_AHEAD);
@@ -275,7 +298,7 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
             }
         })
     };
-    let mut packs = Packs { repo, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new(), last_use, served: 0 };
+    let mut packs = Packs { repo, pool, index, ahead: rx, received: HashSet::new(), cache: VecDeque::new(), last_use, served: 0 };
     let mut verifier = Verifier::start();
     let written = write_all(&mut packs, &mut verifier, manifest, root, &wanted).await;
     prefetch.abort();
@@ -408,7 +431,7 @@ async fn write_file(packs: &mut Packs<'_>, verifier: &mut Verifier, path: &Path,
 struct Run<'p> {
     file: std::fs::File,
     path: &'p Path,
-    pending: Option<(Arc<Vec<u8>>, Range<usize>)>,
+    pending: Option<(Arc<PackData>, Range<usize>)>,
     /// Bytes of the file written or skipped so far.
     position: u64,
     /// Bytes already handed to writeback.
@@ -416,7 +439,7 @@ struct Run<'p> {
 }
 
 impl Run<'_> {
-    fn push(&mut self, pack: Arc<Vec<u8>>, range: Range<usize>, verifier: &mut Verifier) -> Result<(), Error> {
+    fn push(&mut self, pack: Arc<PackData>, range: Range<usize>, verifier: &mut Verifier) -> Result<(), Error> {
         if let Some((current, pending)) = &mut self.pending
             && Arc::ptr_eq(current, &pack)
             && pending.end == range.start

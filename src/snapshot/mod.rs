@@ -22,7 +22,7 @@ pub use chunker::{Chunking, for_each_chunk};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
-pub use pack::{BlobIndex, BlobLocation, IndexFile, IndexPack};
+pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack};
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 
 use crate::codec::ObjectKind;
