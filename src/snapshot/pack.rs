@@ -202,6 +202,12 @@ impl BufferPool {
     /// Returns a buffer for reuse.
     pub fn put(&self, mut buffer: Vec<u8>) {
         buffer.clear();
+        self.put_filled(buffer);
+    }
+
+    /// Returns a buffer for reuse with its content: a user that resizes it before use (reads
+    /// into it) then zero-fills only what lies beyond that content.
+    pub fn put_filled(&self, buffer: Vec<u8>) {
         if let Ok(mut free) = self.free.lock()
             && free.len() < POOLED_BUFFERS
         {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::Error;
-use super::chunker::{Chunking, for_each_chunk};
+use super::chunker::{Chunking, for_each_chunk, read_full};
 use super::entry_stream;
 use super::manifest::{ChunkList, Entry, EntryKind, decode_os, encode_os};
 use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
@@ -185,13 +185,15 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
         }
         drop(hashed_tx);
         let (free_tx, window) = sync_channel::<()>(BATCH_WINDOW);
+        let buffers = BufferPool::new(BATCH_BYTES);
+        let returned = buffers.clone();
         for _ in 0..BATCH_WINDOW {
             let _ = free_tx.send(());
         }
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
         let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
-        let packer = scope.spawn(move || pack_and_assemble((hashed_rx, free_tx), (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
-        let mut reader = Reader::new(plan, known, parent, batch_tx, window);
+        let packer = scope.spawn(move || pack_and_assemble((hashed_rx, free_tx, returned), (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
+        let mut reader = Reader::new(plan, known, parent, batch_tx, (window, buffers));
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
         let packed = packer.join().map_err(|_| Error::Internal("packer thread panicked".into()))?;
@@ -231,7 +233,7 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
 /// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
 /// each entry with its chunk list and writes it to the entry stream and the next parent record.
 fn pack_and_assemble(
-    (hashed, window): (Receiver<Batch>, SyncSender<()>),
+    (hashed, window, buffers): (Receiver<Batch>, SyncSender<()>, BufferPool),
     (known, id_key): (&BlobIndex, &IdKey),
     (mut pack, pack_size): (PackBuilder, usize),
     packs: &mpsc::Sender<PendingPack>,
@@ -262,6 +264,9 @@ fn pack_and_assemble(
                             }
                         }
                         current.extend(chunks.ids);
+                        if chunks.data.capacity() >= BATCH_BYTES {
+                            buffers.put_filled(chunks.data);
+                        }
                     }
                     Step::Discard => current.clear(),
                     Step::Done(finished) => {
@@ -351,6 +356,9 @@ struct Feeder {
     tx: SyncSender<Batch>,
     /// Free places in the [`BATCH_WINDOW`], handed back by the packer.
     window: Receiver<()>,
+    /// Full-size batch buffers, handed back by the packer: fresh ones would each be mapped and
+    /// page-faulted in anew (the allocator maps buffers this large).
+    buffers: BufferPool,
     seq: u64,
     steps: Vec<Step>,
     bytes: usize,
@@ -394,8 +402,8 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, window: Receiver<()>) -> Self {
-        let feeder = Feeder { tx, window, seq: 0, steps: Vec::new(), bytes: 0 };
+    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, (window, buffers): (Receiver<()>, BufferPool)) -> Self {
+        let feeder = Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0 };
         Self { plan, known, parent, feeder, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
     }
 
@@ -414,24 +422,28 @@ impl<'a> Reader<'a> {
     /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
     /// hashing each batch with SHA-256 as one piece; returns the bytes read.
     fn read_blocks(&mut self, mut file: std::fs::File, expected: u64, block: usize, sha: &mut Sha256Stream, path: &std::path::Path) -> Result<u64, Error> {
-        use std::io::Read;
         // Whole blocks per batch, so blocks never straddle two batches.
         let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
         let mut size = 0u64;
         loop {
-            // Sized for what is left of the file (a file that grew meanwhile grows the buffer).
+            // Sized for what is left of the file; once that is read, a full batch more (a file
+            // that grew meanwhile is read to its end; one that did not gives end of file).
             let left = usize::try_from(expected.saturating_sub(size)).unwrap_or(usize::MAX);
-            let mut data = Vec::with_capacity(batch.min(left.max(1)));
-            // `File` reads into spare capacity directly: no zero-fill, no intermediate buffer.
-            (&mut file).take(batch as u64).read_to_end(&mut data).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-            let n = data.len();
+            let want = if left == 0 { batch } else { batch.min(left) };
+            // Full batches reuse buffers the packer handed back, still initialised from their
+            // last use: no zero-fill and no fresh mapping (only a shorter last batch's tail is
+            // zeroed again).
+            let mut data = if want == batch { self.feeder.buffers.get() } else { Vec::new() };
+            data.resize(want, 0);
+            let n = read_full(&mut file, &mut data).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+            data.truncate(n);
             if n == 0 {
                 return Ok(size);
             }
             sha.update(&data);
             size += n as u64;
             self.feeder.push(Step::Chunks(Chunks::blocks(data, block)), n)?;
-            if n < batch {
+            if n < want {
                 return Ok(size);
             }
         }
