@@ -144,6 +144,9 @@ thread_local! {
     /// This thread's zstd compression context and its level: a context costs about a megabyte
     /// of tables, allocated (and page-faulted in) once per thread rather than once per object.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    /// This thread's buffer for a decrypted, still compressed payload (allocating one per
+    /// object on whichever pool thread opens it spreads them over every allocator arena).
+    static DECRYPTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// This thread's zstd decompression context.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
@@ -489,11 +492,25 @@ fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: V
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&head[1..9]);
     let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt("length out of range".into()))?;
-    // Decrypt all of the (small) compressed payload first, then decompress it in one shot.
-    let mut compressed = Vec::with_capacity(len / 2);
-    reader.read_to_end(&mut compressed).map_err(|e| corrupt(format!("authentication failed: {e}")))?;
-    decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}")))
+    // Decrypt all of the (small) compressed payload first, into this thread's reused buffer,
+    // then decompress it in one shot.
+    DECRYPTED.with(|cell| {
+        let mut compressed = cell.take();
+        compressed.clear();
+        let result = reader
+            .read_to_end(&mut compressed)
+            .map_err(|e| corrupt(format!("authentication failed: {e}")))
+            .and_then(|_| decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}"))));
+        if compressed.capacity() <= KEPT_DECRYPTED {
+            cell.replace(compressed);
+        }
+        result
+    })
 }
+
+/// Largest decryption buffer a thread keeps for the next object (a pack's compressed size is
+/// a few MiB; an incompressible WAL segment's 16 MiB is not kept).
+const KEPT_DECRYPTED: usize = 8 << 20;
 
 fn open_checked(
     kind: ObjectKind,

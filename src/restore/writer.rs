@@ -29,7 +29,7 @@ use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, BufferPool, EntryKind, Manifest};
 
 /// Decrypted packs kept for reuse; bounds restore memory to a few packs plus those in flight.
-const PACK_CACHE: usize = 3;
+const PACK_CACHE: usize = 2;
 /// Packs fetched and decrypted ahead of the writer.
 const PACKS_AHEAD: usize = 2;
 /// Chunks queued for the verifier.
@@ -37,7 +37,7 @@ const VERIFY_QUEUE: usize = 256;
 /// Distinct packs the chunks queued for the verifier may come from (each queued chunk holds its
 /// pack alive). Counting entries alone let a slow verifier pin dozens of packs; counting runs
 /// of one pack stalled incrementals, whose files alternate between parent and new packs.
-const VERIFY_PINNED_PACKS: usize = 4;
+const VERIFY_PINNED_PACKS: usize = 2;
 
 /// Work for the verifier thread, in write order.
 enum Verify {

@@ -90,6 +90,11 @@ impl BlobIndex {
             .list(ObjectKey::INDEX_DIR)
             .await
             .map_err(crate::repository::Error::from)?;
+        // Every blob takes at least 72 bytes of an index object (`["<64 hex digits>",0,0]`),
+        // so this is an upper bound on the blob count: one allocation, no doubling as shards
+        // are appended (which briefly held twice the index).
+        let bound = listed.iter().map(|item| item.size).sum::<u64>() / 72;
+        index.blobs.reserve_exact(usize::try_from(bound).unwrap_or(0).min(1 << 30));
         for item in listed {
             let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
             let file: IndexFile = repo.get_record(&ObjectKey::Index(name)).await?;
@@ -110,7 +115,10 @@ impl BlobIndex {
     fn sort(&mut self) {
         self.blobs.sort_unstable_by_key(|blob| blob.0);
         self.blobs.dedup_by(|a, b| a.0 == b.0);
-        self.blobs.shrink_to_fit();
+        // Shrinking copies the vector (briefly twice the memory): only worth it for much slack.
+        if self.blobs.capacity() > self.blobs.len() + self.blobs.len() / 4 {
+            self.blobs.shrink_to_fit();
+        }
         // About two blobs a bucket: the table costs 2 bytes a blob.
         self.fanout_bits = (usize::BITS - (self.blobs.len() / 2).leading_zeros()).min(24);
         let buckets = 1usize << self.fanout_bits;
