@@ -399,8 +399,9 @@ pub fn digest_stream<R: Read>(kind: ObjectKind, alg: DigestAlg, mut input: R, le
     Ok(mac.finish())
 }
 
-/// Reads until `buffer` is full or the input ends; returns the bytes read.
-fn read_full<R: Read>(input: &mut R, buffer: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buffer` is full or the input ends; returns the bytes read (short only at the
+/// end of the input).
+pub fn read_full<R: Read>(input: &mut R, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match input.read(&mut buffer[filled..]) {

@@ -198,8 +198,8 @@ impl Packs<'_> {
         self.served += 1;
         // Least recently used goes first among packs still needed: an incremental's few packs
         // of changed pages are needed between every pack of its parent's.
-        if let Some(position) = self.cache.iter().position(|(p, _)| *p == pack)
-            && let Some(hit) = self.cache.remove(position)
+        if let Some(slot) = self.cache.iter().position(|(p, _)| *p == pack)
+            && let Some(hit) = self.cache.remove(slot)
         {
             let data = Arc::clone(&hit.1);
             self.cache.push_back(hit);
@@ -359,7 +359,7 @@ async fn write_all(packs: &mut Packs<'_>, verifier: &mut Verifier, manifest: &Ma
             EntryKind::File { .. } => {}
         }
         if let Some((sha256, chunks)) = content(manifest, wanted, index) {
-            write_file(packs, verifier, &path, entry.size, chunks).await?;
+            write_file(packs, verifier, (&path, &entry.path), entry.size, chunks).await?;
             verifier.send(Verify::End { name: entry.path.clone(), expected: *sha256 })?;
             files += 1;
             bytes += entry.size;
@@ -393,17 +393,16 @@ fn set_mtime(path: &Path, secs: i64, nsec: u32) -> Result<(), Error> {
         .map_err(|e| Error::Io { what: "set mtime of", path: path.to_owned(), source: e.into() })
 }
 
-/// Writes one file from its chunks, holes for all-zero blocks, handing every chunk to the
-/// verifier.
-async fn write_file(packs: &mut Packs<'_>, verifier: &mut Verifier, path: &Path, size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
-    let name = path.display().to_string();
+/// Writes one file from its chunks (at `path`; `name` is its path in the manifest, for errors),
+/// holes for all-zero blocks, handing every chunk to the verifier.
+async fn write_file(packs: &mut Packs<'_>, verifier: &mut Verifier, (path, name): (&Path, &str), size: u64, chunks: &[crate::crypto::Digest]) -> Result<(), Error> {
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
     let mut run = Run { file, path, pending: None, position: 0, flushed: 0 };
     let mut hole = false;
     for chunk in chunks {
-        let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.clone() };
+        let missing = || Error::MissingChunk { chunk: chunk.to_string(), path: name.to_owned() };
         let location = packs.index.get(chunk).ok_or_else(missing)?;
-        let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.clone(), source: Box::new(e) })?;
+        let pack = packs.get(location.pack).await.map_err(|e| Error::File { path: name.to_owned(), source: Box::new(e) })?;
         let range = location.offset as usize..location.offset as usize + location.length as usize;
         let data = pack.get(range.clone()).ok_or_else(missing)?;
         hole = data.iter().all(|&b| b == 0);

@@ -13,7 +13,7 @@ use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc;
 
 use super::Error;
-use super::chunker::{Chunking, for_each_chunk};
+use super::chunker::for_each_chunk;
 use super::manifest::{ChunkList, Entry, EntryKind};
 use super::pack::{BlobIndex, PackBuilder, PendingPack};
 use crate::codec::ObjectKind;
@@ -69,7 +69,7 @@ pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_s
     let mut out = StoredStream::default();
     for_each_chunk(
         reader,
-        Chunking::ContentDefined(ENTRY_CHUNK),
+        ENTRY_CHUNK,
         |data| {
             let id = id_key.digest(data);
             if pack.add_if_new(known, id, data) {

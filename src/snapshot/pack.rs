@@ -61,6 +61,12 @@ pub struct IndexPack {
 
 
 impl IndexFile {
+    /// Blobs in all the blob tables.
+    #[must_use]
+    pub fn blob_count(&self) -> usize {
+        self.packs.iter().map(|p| p.blobs.len()).sum()
+    }
+
     /// Splits the blob tables into index objects of at most `limit` blobs (a pack is never
     /// split).
     #[must_use]
@@ -182,9 +188,10 @@ impl BlobIndex {
     }
 }
 
-/// Pack buffers recycled (between the packers and the uploader; between restore stages): a backup or restore allocates a handful of
-/// pack-sized buffers once instead of one per pack, so memory neither grows by reallocation
-/// (no doubling copies) nor stays behind in the allocator's per-thread arenas.
+/// Large buffers recycled between pipeline stages (packs between packers and uploader, batches
+/// between reader and packer, decrypted packs in a restore): a handful are allocated once
+/// instead of one per pack or batch, so memory neither grows by reallocation (no doubling
+/// copies) nor stays behind in the allocator's per-thread arenas.
 #[derive(Debug, Clone, Default)]
 pub struct BufferPool {
     free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
@@ -195,7 +202,8 @@ pub struct BufferPool {
 const POOLED_BUFFERS: usize = 8;
 
 impl BufferPool {
-    /// A pool of buffers of `capacity` bytes (a pack's target size plus room for its last chunk).
+    /// A pool of buffers allocated with `capacity` bytes (e.g. a pack's target size plus room
+    /// for its last chunk; 0 leaves sizing to the user).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self { free: Arc::default(), capacity }
@@ -374,14 +382,11 @@ pub async fn upload_packs(
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
     let mut report = UploadReport::default();
-    let mut pending_blobs = 0usize;
     let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
-                       report: &mut UploadReport,
-                       pending_blobs: &mut usize|
+                       report: &mut UploadReport|
      -> Result<(), Error> {
         let (pack, bytes) = done.map_err(|e| Error::Internal(e.to_string()))??;
         report.uploaded_bytes += bytes;
-        *pending_blobs += pack.blobs.len();
         report.index.packs.push(pack);
         Ok(())
     };
@@ -391,11 +396,10 @@ pub async fn upload_packs(
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         while let Some(done) = tasks.try_join_next() {
-            collect(done, &mut report, &mut pending_blobs)?;
+            collect(done, &mut report)?;
         }
-        if pending_blobs >= 2 * shard_blobs {
+        if report.index.blob_count() >= 2 * shard_blobs {
             report.write_index(&repo, &snapshot_id, shard_blobs, false).await?;
-            pending_blobs = report.index.packs.iter().map(|p| p.blobs.len()).sum();
         }
         let repo = repo.clone();
         let pool = pool.clone();
@@ -405,7 +409,7 @@ pub async fn upload_packs(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        collect(done, &mut report, &mut pending_blobs)?;
+        collect(done, &mut report)?;
     }
     Ok(report)
 }

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::Error;
-use super::chunker::{Chunking, for_each_chunk, read_full};
+use super::chunker::{Chunking, for_each_chunk};
+use crate::codec::read_full;
 use super::entry_stream;
 use super::manifest::{ChunkList, Entry, EntryKind, decode_os, encode_os};
 use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
@@ -426,10 +427,10 @@ impl<'a> Reader<'a> {
         let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
         let mut size = 0u64;
         loop {
-            // Sized for what is left of the file; once that is read, a full batch more (a file
-            // that grew meanwhile is read to its end; one that did not gives end of file).
+            // Sized for what is left of the file; once that is read, one block more: end of file
+            // for a file that did not grow, the next block of one that did (read to its end).
             let left = usize::try_from(expected.saturating_sub(size)).unwrap_or(usize::MAX);
-            let want = if left == 0 { batch } else { batch.min(left) };
+            let want = if left == 0 { block.max(1) } else { batch.min(left) };
             // Full batches reuse buffers the packer handed back, still initialised from their
             // last use: no zero-fill and no fresh mapping (only a shorter last batch's tail is
             // zeroed again).
@@ -507,14 +508,14 @@ impl<'a> Reader<'a> {
             let mut sha = Sha256Stream::default();
             let size = match chunking {
                 Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut sha, &found.path)?,
-                Chunking::ContentDefined(_) => {
+                Chunking::ContentDefined(avg) => {
                     let mut size = 0u64;
                     let mut chunks = Chunks::default();
                     let expected = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(BATCH_BYTES);
                     let feeder = &mut self.feeder;
                     for_each_chunk(
                         std::io::BufReader::with_capacity(1 << 20, file),
-                        chunking,
+                        avg,
                         |data| {
                             sha.update(data);
                             size += data.len() as u64;
