@@ -71,7 +71,7 @@ fn backup_and_restore_s3() {
 fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
-    let pgbench = std::process::Command::new(format!("{}/pgbench", crate::common::env::PG_BIN))
+    let pgbench = std::process::Command::new(env.pg.program("pgbench"))
         .args(["-i", "-s", "7", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &source.port().to_string(), "postgres"])
         .output()
         .expect("run pgbench");
@@ -112,7 +112,7 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
 
     // Scattered page changes in the 90 MB accounts table: the incremental stores the changed
     // 8 KiB pages and a patch of the table's block list, not the whole list again.
-    let bench = std::process::Command::new(format!("{}/pgbench", crate::common::env::PG_BIN))
+    let bench = std::process::Command::new(env.pg.program("pgbench"))
         .args(["-n", "-t", "300", "-h", "127.0.0.1", "-U", "postgres", "-p", &source.port().to_string(), "postgres"])
         .output()
         .expect("run pgbench");

@@ -170,12 +170,19 @@ impl ScratchCluster {
 
     /// Creates the cluster with data checksums, trust auth on loopback only.
     pub fn initdb(&self) -> Result<(), Error> {
+        self.initdb_with(&[])
+    }
+
+    /// Like [`initdb`](Self::initdb) with extra arguments (e.g. `--wal-segsize=1`), so tests and
+    /// demos can build the cluster layouts production runs.
+    pub fn initdb_with(&self, extra: &[&str]) -> Result<(), Error> {
         hand_over(&self.work_dir)?;
         let mut cmd = self.program("initdb");
         cmd.arg("-D")
             .arg(&self.data_dir)
             .args(["-U", "postgres", "--auth=trust", "--data-checksums", "-E", "UTF8"])
-            .args(["--locale=C.UTF-8", "--no-sync"]);
+            .args(["--locale=C.UTF-8", "--no-sync"])
+            .args(extra);
         self.run(cmd, "initdb")
     }
 

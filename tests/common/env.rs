@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use radd::pg::ScratchCluster;
 use tempfile::TempDir;
 
+use super::pg::PgVersion;
 use super::s3;
 
-/// PostgreSQL binaries (Debian's PostgreSQL 15).
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Storage backend of a test repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +56,20 @@ pub struct TestEnv {
     pub push_config: PathBuf,
     /// Environment for radd processes (S3 credentials).
     pub env: Vec<(String, String)>,
+    /// PostgreSQL version of the clusters this environment starts.
+    pub pg: PgVersion,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl TestEnv {
-    /// Creates keys, configs and the repository.
+    /// Creates keys, configs and the repository; clusters run the default PostgreSQL version.
     pub fn new(backend: Backend) -> Self {
+        Self::with_pg(backend, PgVersion::default())
+    }
+
+    /// Creates keys, configs and the repository; clusters run PostgreSQL `pg`.
+    pub fn with_pg(backend: Backend, pg: PgVersion) -> Self {
         let dir = tempfile::Builder::new().prefix("radd-test-").tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         let root = dir.path();
@@ -106,7 +112,7 @@ impl TestEnv {
         std::fs::write(&config, format!("{common}[keys]\n{keys}identity_file = \"{}\"\n", identity.display()))
             .expect("write config");
         std::fs::create_dir(root.join("drills")).expect("create drills dir");
-        let env = TestEnv { dir, backend, config, push_config, env };
+        let env = TestEnv { dir, backend, config, push_config, env, pg };
         let init = env.radd_push(&["repo", "init"]);
         assert!(init.status.success(), "repo init failed: {}", stderr(&init));
         radd::pg::hand_over(env.dir.path()).expect("hand temp dir to postgres");
@@ -135,12 +141,23 @@ impl TestEnv {
         run(&mut cmd, &self.env)
     }
 
+    /// The PostgreSQL binaries of this environment's version.
+    pub fn pg_bin(&self) -> &'static Path {
+        self.pg.bin()
+    }
+
     /// Starts a source cluster archiving into this repository through `radd wal-push`.
     pub fn source_cluster(&self) -> ScratchCluster {
+        self.source_cluster_with(&[], &[])
+    }
+
+    /// Like [`source_cluster`](Self::source_cluster) with extra `initdb` arguments (e.g.
+    /// `--wal-segsize=1`) and extra server settings.
+    pub fn source_cluster_with(&self, initdb_args: &[&str], settings: &[(&str, String)]) -> ScratchCluster {
         let work = self.path().join("source");
         std::fs::create_dir(&work).expect("create source dir");
-        let mut cluster = ScratchCluster::new(Path::new(PG_BIN), &work).expect("scratch cluster");
-        cluster.initdb().expect("initdb");
+        let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster");
+        cluster.initdb_with(initdb_args).expect("initdb");
         let archive_command = format!(
             "'{}' --config '{}' wal-push %p",
             radd_binary().display(),
@@ -153,7 +170,10 @@ impl TestEnv {
                     ("archive_mode", "on".into()),
                     ("archive_command", archive_command),
                     ("fsync", "off".into()),
-                ],
+                ]
+                .into_iter()
+                .chain(settings.iter().cloned())
+                .collect::<Vec<_>>(),
                 &self.env,
             )
             .expect("start source cluster");
@@ -163,7 +183,10 @@ impl TestEnv {
             std::fs::write(
                 config,
                 std::fs::read_to_string(config).expect("read config")
-                    + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{data}\"\n"),
+                    + &format!(
+                        "\n[postgres]\nhost = \"127.0.0.1\"\nport = {port}\ndata_dir = \"{data}\"\nbin_dir = \"{}\"\n",
+                        self.pg_bin().display()
+                    ),
             )
             .expect("append [postgres] to config");
         }
@@ -181,7 +204,7 @@ impl TestEnv {
         assert!(out.status.success(), "restore failed: {}", stderr(&out));
         let work = self.path().join(format!("{name}-run"));
         std::fs::create_dir(&work).expect("create run dir");
-        let mut cluster = ScratchCluster::new(Path::new(PG_BIN), &work).expect("scratch cluster").with_data_dir(&target);
+        let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster").with_data_dir(&target);
         cluster.start(&[], &self.env).expect("start restored cluster");
         block_on(cluster.wait_promoted(Duration::from_secs(120))).expect("restored cluster promotes");
         cluster

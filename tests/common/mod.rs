@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod env;
+pub mod pg;
 pub mod s3;
