@@ -7,8 +7,8 @@ fn rows(cluster: &radd::pg::ScratchCluster, phase: i32) -> i64 {
 }
 
 /// The flow the issue asks for: every row written before the target is restored, none after.
-fn backup_then_restore_latest_and_pitr(backend: Backend) {
-    let env = TestEnv::new(backend);
+fn backup_then_restore_latest_and_pitr(env: TestEnv) {
+    let backend = env.backend;
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int, payload text)");
     sql(&source, "INSERT INTO t (phase, payload) SELECT 1, md5(g::text) FROM generate_series(1, 5000) g");
@@ -56,14 +56,16 @@ fn backup_start_segment(env: &TestEnv, snapshot: &str) -> String {
     radd::pg::WalFileName::segment_for(tli, lsn, radd::pg::SEGMENT_SIZE_DEFAULT).to_name(radd::pg::SEGMENT_SIZE_DEFAULT)
 }
 
-#[test]
-fn backup_and_restore_local() {
-    backup_then_restore_latest_and_pitr(Backend::Local);
+crate::pg_matrix! {
+    /// Backup, restore to latest, to an LSN and to a time on every PostgreSQL version.
+    fn backup_and_restore_local(pg) {
+        backup_then_restore_latest_and_pitr(TestEnv::with_pg(Backend::Local, pg));
+    }
 }
 
 #[test]
 fn backup_and_restore_s3() {
-    backup_then_restore_latest_and_pitr(Backend::S3);
+    backup_then_restore_latest_and_pitr(TestEnv::new(Backend::S3));
 }
 
 /// Acceptance: a second backup of an unchanged ~100 MB cluster uploads < 5% of the first.

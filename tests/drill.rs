@@ -29,7 +29,10 @@ max_age = "10m"
 
 /// A source with data, heartbeat, a backup and archived WAL after it, plus the drill file.
 fn prepared(backend: Backend) -> (TestEnv, radd::pg::ScratchCluster) {
-    let env = TestEnv::new(backend);
+    prepared_on(TestEnv::new(backend))
+}
+
+fn prepared_on(env: TestEnv) -> (TestEnv, radd::pg::ScratchCluster) {
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
     let beat = env.radd_push(&["heartbeat"]);
@@ -85,12 +88,15 @@ fn drill_fails(env: &TestEnv, check: &str) -> serde_json::Value {
     report
 }
 
-#[test]
-fn drill_local_passes_then_fails_on_a_corrupt_chunk() {
-    let (env, _source) = prepared(Backend::Local);
-    drill_passes(&env);
-    env.corrupt_a_pack();
-    drill_fails(&env, "checksums");
+crate::pg_matrix! {
+    /// Every check passes on a good repository, on every PostgreSQL version; a flipped bit in a
+    /// pack fails `checksums`.
+    fn drill_local_passes_then_fails_on_a_corrupt_chunk(pg) {
+        let (env, _source) = prepared_on(TestEnv::with_pg(Backend::Local, pg));
+        drill_passes(&env);
+        env.corrupt_a_pack();
+        drill_fails(&env, "checksums");
+    }
 }
 
 #[test]
