@@ -10,5 +10,6 @@ mod bad_input;
 mod daemon;
 mod drill;
 mod fs;
+mod restore_safety;
 mod retention;
 mod verify;

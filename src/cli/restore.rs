@@ -30,8 +30,14 @@ pub struct RestoreArgs {
     /// Accept a gap in the archived WAL after the backup's consistency point.
     #[arg(long)]
     pub allow_gap: bool,
-    /// Write archive_mode = off, so the restored cluster does not archive into this repository.
+    /// Keep the source's archive_mode and archive_command, so the restored cluster archives into
+    /// this repository: only for a restore that becomes the new primary. Without it radd writes
+    /// `archive_mode = off`, so a copy started beside production can never push its timeline
+    /// into production's archive.
     #[arg(long)]
+    pub archive: bool,
+    /// The default (archiving off); kept so existing scripts still parse.
+    #[arg(long, conflicts_with = "archive", hide = true)]
     pub no_archive: bool,
     /// Fs snapshots: restore only paths matching this glob (and everything below); repeatable.
     #[arg(long)]
@@ -53,7 +59,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         recovery,
         allow_gap: a.allow_gap,
         restore_command: jobs::restore_command(&config.source)?,
-        disable_archiving: a.no_archive,
+        disable_archiving: !a.archive,
         include: a.include.clone(),
     };
     let log = jobs::event_log(&config)?;

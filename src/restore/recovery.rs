@@ -78,6 +78,8 @@ pub fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions,
         settings.push_str("recovery_target_action = 'promote'\n");
     }
     if options.disable_archiving {
+        // A copy must never archive into the repository it came from: its new timeline would be
+        // followed by the next `restore latest` of production (issue 12, item 3).
         settings.push_str("archive_mode = 'off'\n");
     }
     let auto_conf = dir.join("postgresql.auto.conf");

@@ -198,7 +198,7 @@ impl TestEnv {
     pub fn restore_and_start(&self, snapshot: &str, name: &str, extra: &[&str]) -> ScratchCluster {
         let target = self.path().join(name);
         let target_s = target.display().to_string();
-        let mut args = vec!["restore", snapshot, "--target", &target_s, "--no-archive"];
+        let mut args = vec!["restore", snapshot, "--target", &target_s];
         args.extend_from_slice(extra);
         let out = self.radd(&args);
         assert!(out.status.success(), "restore failed: {}", stderr(&out));
@@ -309,6 +309,9 @@ pub fn sql(cluster: &ScratchCluster, query: &str) -> String {
 
 /// Switches WAL and waits until the cluster reports the switched segment archived.
 pub fn switch_and_wait_archived(cluster: &ScratchCluster) -> String {
+    // A switch with nothing written since the last one is a no-op that archives nothing (seen on
+    // PostgreSQL 17 and 18 right after a backup), so write a WAL record first.
+    sql(cluster, "SELECT pg_logical_emit_message(false, 'radd-test', 'switch')");
     let wal = sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
