@@ -61,7 +61,7 @@ crate::pg_matrix! {
         assert!(!auto_conf.contains("archive_mode"), "--archive keeps the source's archiving: {auto_conf}");
         // The harness's source archives through command-line settings; a new primary is started the same way.
         let archive_command = format!("'{}' --config '{}' wal-push %p", crate::common::env::radd_binary().display(), env.push_config.display());
-        let new_primary = start_copy(&env, &primary, "new-primary", &[("archive_mode", "on".into()), ("archive_command", archive_command)]);
+        let _new_primary = start_copy(&env, &primary, "new-primary", &[("archive_mode", "on".into()), ("archive_command", archive_command)]);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while history_files(&env).is_empty() {
             assert!(std::time::Instant::now() < deadline, "--archive: the promoted copy archived no history file");
@@ -72,5 +72,83 @@ crate::pg_matrix! {
         let both = env.radd(&["restore", "latest", "--archive", "--no-archive", "--target", "/nonexistent/x"]);
         assert_eq!(both.status.code(), Some(2), "--archive with --no-archive is a usage error: {}", stderr(&both));
         let _ = json;
+    }
+}
+
+const TIMELINE_DRILL: &str = r#"
+name = "timelines"
+snapshot = "latest"
+[target]
+recovery = "latest"
+[scratch]
+timeout = "3m"
+[checks]
+page_integrity = false
+"#;
+
+fn row_ids(cluster: &radd::pg::ScratchCluster) -> String {
+    sql(cluster, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t WHERE id < 0 OR id > 1000")
+}
+
+crate::pg_matrix! {
+    /// A copy restored with `--archive` beside a production that keeps running: the copy archives
+    /// its timeline 2 (history file and a segment), production goes on archiving timeline 1. The
+    /// fork diverged: `verify` reports it, `restore latest` refuses to follow it (nothing
+    /// written), `--timeline 1` gives production's rows and `--timeline 2` the copy's, and a
+    /// drill fails its `timeline` check with an incident.
+    fn a_diverged_timeline_is_reported_and_not_followed(pg) {
+        let env = TestEnv::with_pg(Backend::Local, pg);
+        let source = env.source_cluster();
+        sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+        let backup = env.radd_push(&["backup", "pg"]);
+        assert!(backup.status.success(), "backup: {}", stderr(&backup));
+        switch_and_wait_archived(&source);
+
+        let copy_dir = env.path().join("copy");
+        let out = env.radd(&["restore", "latest", "--archive", "--target", copy_dir.to_str().unwrap()]);
+        assert!(out.status.success(), "restore --archive: {}", stderr(&out));
+        let archive_command = format!("'{}' --config '{}' wal-push %p", crate::common::env::radd_binary().display(), env.push_config.display());
+        let copy = start_copy(&env, &copy_dir, "copy", &[("archive_mode", "on".into()), ("archive_command", archive_command)]);
+        sql(&copy, "INSERT INTO t VALUES (-1)");
+        switch_and_wait_archived(&copy);
+        assert_eq!(history_files(&env), vec!["00000002.history".to_owned()]);
+        drop(copy);
+        // Production did not stop: a later commit, archived on timeline 1 after the fork.
+        sql(&source, "INSERT INTO t VALUES (2001)");
+        switch_and_wait_archived(&source);
+        switch_and_wait_archived(&source);
+
+        let verify = env.radd(&["--json", "verify"]);
+        assert_eq!(verify.status.code(), Some(3), "verify must fail on a diverged timeline: {}", stderr(&verify));
+        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).expect("verify JSON");
+        let problems = report["problems"].as_array().expect("problems");
+        let timeline = problems.iter().find(|p| p["kind"] == "timeline").unwrap_or_else(|| panic!("no timeline problem: {report:#}"));
+        assert_eq!(timeline["object"], "wal/00000002/00000002.history");
+        assert!(timeline["detail"].as_str().unwrap().contains("timeline 2 branched off timeline 1"), "{timeline}");
+
+        let refused = env.path().join("refused");
+        let out = env.radd(&["restore", "latest", "--target", refused.to_str().unwrap()]);
+        assert!(!out.status.success(), "restore latest must refuse a diverged timeline");
+        assert!(stderr(&out).contains("--timeline 1"), "{}", stderr(&out));
+        assert!(!refused.exists(), "a refused restore wrote its target");
+
+        let production = env.restore_and_start("latest", "tl1", &["--timeline", "1"]);
+        assert_eq!(row_ids(&production), "2001", "timeline 1 has production's later commit and not the copy's row");
+        drop(production);
+        let fork = env.restore_and_start("latest", "tl2", &["--timeline", "2"]);
+        assert_eq!(row_ids(&fork), "-1", "timeline 2 is the copy's");
+        drop(fork);
+        let out = env.radd(&["restore", "latest", "--timeline", "7", "--target", env.path().join("tl7").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "an unknown timeline is a usage error: {}", stderr(&out));
+
+        std::fs::write(env.path().join("drills/timelines.toml"), TIMELINE_DRILL).expect("write drill");
+        let out = env.radd(&["--json", "drill", "run", "timelines"]);
+        assert_eq!(out.status.code(), Some(4), "the drill fails: {}", stderr(&out));
+        let drill: serde_json::Value = serde_json::from_slice(&out.stdout).expect("drill JSON");
+        let check = drill["checks"].as_array().unwrap().iter().find(|c| c["check"] == "timeline").cloned().expect("timeline check");
+        assert_eq!(check["status"], "failed", "{drill:#}");
+        let events = json(&env.radd(&["--json", "events"]));
+        let last = events.as_array().and_then(|e| e.last()).cloned().expect("drill event");
+        assert_eq!(last["kind"], "incident", "{last:#}");
     }
 }

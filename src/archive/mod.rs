@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
+mod bound;
 mod push;
+mod timeline;
 
+pub use bound::{drop_spool, is_past_end};
+pub use timeline::{Divergence, Fork, Timelines, parse_history};
 pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push, push_with_backlog};
 
 use crate::codec::ObjectKind;

@@ -138,6 +138,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             target: target.clone(),
             recovery: RecoveryTarget::Latest,
             allow_gap: false,
+            timeline: None,
             restore_command,
             disable_archiving: true,
             include: Vec::new(),

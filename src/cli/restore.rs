@@ -18,18 +18,24 @@ pub struct RestoreArgs {
     /// Data directory to create (must be absent or empty).
     #[arg(long)]
     pub target: PathBuf,
-    /// Recover to this time (PostgreSQL timestamp, e.g. "2026-11-26 05:00:00+00").
-    #[arg(long, group = "recovery")]
-    pub time: Option<String>,
+    /// Recover to this time: RFC 3339 or PostgreSQL's "2026-11-26 05:00:00+00" (UTC when no
+    /// offset is given). With `latest`, radd picks the newest snapshot consistent before it.
+    #[arg(long, group = "recovery", value_parser = restore::parse_time)]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Recover to this LSN (e.g. 0/3000060).
     #[arg(long, group = "recovery")]
     pub lsn: Option<Lsn>,
     /// Stop as soon as the backup is consistent.
     #[arg(long, group = "recovery")]
     pub immediate: bool,
-    /// Accept a gap in the archived WAL after the backup's consistency point.
+    /// Accept a gap in the archived WAL after the backup's consistency point: recovery ends
+    /// before the gap and promotes; the WAL from the gap on is lost (recorded in the event).
     #[arg(long)]
     pub allow_gap: bool,
+    /// Recover along this timeline (a number, as in 00000002.history): needed to follow, or to
+    /// stay off, a timeline that diverged. Default: the newest, unless it diverged.
+    #[arg(long)]
+    pub timeline: Option<u32>,
     /// Keep the source's archive_mode and archive_command, so the restored cluster archives into
     /// this repository: only for a restore that becomes the new primary. Without it radd writes
     /// `archive_mode = off`, so a copy started beside production can never push its timeline
@@ -48,7 +54,7 @@ pub struct RestoreArgs {
 pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
     let recovery = match (&a.time, a.lsn, a.immediate) {
-        (Some(t), _, _) => RecoveryTarget::Time(t.clone()),
+        (Some(t), _, _) => RecoveryTarget::Time(*t),
         (_, Some(l), _) => RecoveryTarget::Lsn(l),
         (_, _, true) => RecoveryTarget::Immediate,
         _ => RecoveryTarget::Latest,
@@ -58,6 +64,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         target: std::path::absolute(&a.target)?,
         recovery,
         allow_gap: a.allow_gap,
+        timeline: a.timeline.map(radd::pg::Timeline),
         restore_command: jobs::restore_command(&config.source)?,
         disable_archiving: !a.archive,
         include: a.include.clone(),

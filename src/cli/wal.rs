@@ -21,6 +21,10 @@ pub struct FetchArgs {
     pub name: String,
     /// Destination path (%p).
     pub dest: PathBuf,
+    /// Answer "not in the archive" for this segment and every later one of its timeline:
+    /// written by `radd restore --allow-gap`, so recovery ends before the accepted gap.
+    #[arg(long, value_name = "SEGMENT")]
+    pub end_before: Option<String>,
 }
 
 /// Archives one WAL file; needs only the recipients and id key.
@@ -43,6 +47,11 @@ pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
 /// Fetches one WAL file; needs the identity.
 pub async fn fetch(args: &Args, a: &FetchArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
+    if let Some(end) = a.end_before.as_deref().filter(|end| archive::is_past_end(&a.name, end)) {
+        archive::drop_spool(&a.dest);
+        tracing::info!(name = %a.name, end_before = end, "past the accepted gap: reported as not in the archive");
+        return Err(radd::Error::from(archive::Error::NotInArchive { name: a.name.clone() }).into());
+    }
     match archive::fetch_with_prefetch(&repo, &a.name, &a.dest, config.archive.fetch_prefetch).await {
         Ok(()) => Ok(()),
         Err(e @ archive::Error::NotInArchive { .. }) => {

@@ -120,6 +120,10 @@ pub struct ChecksSpec {
     /// No gap in the WAL chain from backup start to the target.
     #[serde(default = "yes")]
     pub wal_chain: bool,
+    /// No timeline in the archive diverged (a parent that kept archiving after a fork: a
+    /// restored copy archiving into this repository, or a split brain).
+    #[serde(default = "yes")]
+    pub timeline: bool,
     /// The scratch instance reaches consistency and is promoted within the timeout.
     #[serde(default = "yes")]
     pub starts: bool,
@@ -138,7 +142,7 @@ pub struct ChecksSpec {
 
 impl Default for ChecksSpec {
     fn default() -> Self {
-        ChecksSpec { checksums: true, wal_chain: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
+        ChecksSpec { checksums: true, wal_chain: true, timeline: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
     }
 }
 

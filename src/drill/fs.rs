@@ -30,6 +30,7 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
         target: target.clone(),
         recovery: RecoveryTarget::Latest,
         allow_gap: false,
+        timeline: None,
         restore_command: String::new(),
         disable_archiving: false,
         include: Vec::new(),

@@ -140,6 +140,11 @@ async fn steps(
     }
 
     let t = Instant::now();
+    // A diverged timeline fails the drill; the restore then stays on the backup's timeline so the
+    // remaining checks still say whether that one restores.
+    let timeline = if def.checks.timeline { check_timelines(repo, &pg_info, progress, t).await } else { None };
+
+    let t = Instant::now();
     let data = scratch.dir.join("data");
     let restored = restore::run(
         repo,
@@ -148,6 +153,7 @@ async fn steps(
             target: data.clone(),
             recovery,
             allow_gap: !chain_ok,
+            timeline,
             restore_command: options.restore_command.clone(),
             disable_archiving: true,
             include: Vec::new(),
@@ -202,6 +208,24 @@ async fn steps(
     super::run_checks::after_start(options, cluster, progress_sink(progress), started, &record_snap).await;
 }
 
+/// Records the `timeline` check; returns the timeline to restore along when it failed.
+async fn check_timelines(repo: &Repository, pg_info: &snapshot::PgInfo, progress: &Shared, t: Instant) -> Option<pg::Timeline> {
+    match archive::Timelines::load(repo, pg_info.segment_size).await {
+        Ok(timelines) => {
+            let diverged = timelines.divergences();
+            if diverged.is_empty() {
+                let newest = timelines.newest_from(pg_info.timeline);
+                record(progress, "timeline", CheckStatus::Passed, format!("no diverged timeline; recovery follows timeline {}", newest.0), t);
+                return None;
+            }
+            let detail = diverged.iter().map(archive::Divergence::describe).collect::<Vec<_>>().join("; ");
+            record(progress, "timeline", CheckStatus::Failed, format!("{detail}; the drill restores along timeline {}", pg_info.timeline.0), t);
+        }
+        Err(e) => record(progress, "timeline", CheckStatus::Failed, format!("cannot read the archive's timelines: {e}"), t),
+    }
+    Some(pg_info.timeline)
+}
+
 fn progress_sink(progress: &Shared) -> impl Fn(&str, CheckStatus, String, Instant, Option<f64>) + '_ {
     move |check, status, detail, since, rpo| {
         if let Some(rpo) = rpo
@@ -237,7 +261,7 @@ fn recovery_target(def: &super::DrillDefinition, snap: &SnapshotRecord) -> Resul
             let offset = parse_duration("target.offset", def.target.offset.as_deref().unwrap_or("0s")).map_err(|e| e.to_string())?;
             let end = DateTime::parse_from_rfc3339(&snap.finished).map_err(|e| format!("snapshot end time: {e}"))?;
             let at = end.with_timezone(&Utc) + chrono::Duration::from_std(offset).map_err(|e| e.to_string())?;
-            RecoveryTarget::Time(at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+            RecoveryTarget::Time(at)
         }
     })
 }

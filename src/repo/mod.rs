@@ -84,6 +84,8 @@ pub struct Listed {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When the store last wrote the object (its creation time: objects are never rewritten).
+    pub modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// A handle on the repository's object store. Cheap to clone.
@@ -254,6 +256,7 @@ impl Repo {
             .map_ok(|meta| Listed {
                 key: meta.location.as_ref()[strip..].to_owned(),
                 size: meta.size,
+                modified: meta.last_modified,
             })
             .try_collect()
             .await

@@ -8,6 +8,7 @@
 //! that looks like a data directory.
 
 mod recovery;
+mod target;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -15,11 +16,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use recovery::RecoveryTarget;
+pub use recovery::{RecoveryTarget, parse_time};
 
 use crate::archive;
 use crate::error::ErrorKind;
-use crate::pg::WalFileName;
+use crate::archive::Timelines;
+use crate::pg::{Lsn, Timeline, WalFileName};
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, BlobIndex};
 
@@ -81,6 +83,39 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The recovery target lies outside what the repository can restore.
+    #[error("cannot restore to {target}: {reason}")]
+    OutsideWindow {
+        /// The target asked for.
+        target: String,
+        /// Why, with the restorable window.
+        reason: String,
+    },
+    /// The newest timeline branched off a timeline that went on archiving: following it would
+    /// silently drop what the parent committed after the fork.
+    #[error(
+        "refusing to follow timeline {newest} from the backup's timeline {backup}: {detail}. \
+         Restore with `--timeline {backup}` to stay on the timeline that kept archiving (production, in the usual case), \
+         or `--timeline {newest}` to follow the fork; `radd verify` lists every diverged timeline"
+    )]
+    Diverged {
+        /// Each diverged fork on the way.
+        detail: String,
+        /// The backup's timeline.
+        backup: u32,
+        /// The timeline `latest` would pick.
+        newest: u32,
+    },
+    /// `--timeline` names a timeline the backup cannot reach.
+    #[error("timeline {wanted} does not descend from the backup's timeline {backup} in this archive; choose one of {backup}..={newest} that has a history file, or omit --timeline")]
+    BadTimeline {
+        /// Asked for.
+        wanted: u32,
+        /// The backup's.
+        backup: u32,
+        /// Newest reachable.
+        newest: u32,
+    },
     /// Reading the snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] snapshot::Error),
@@ -94,7 +129,8 @@ impl Error {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::TargetNotEmpty { .. } => ErrorKind::Conflict,
+            Error::TargetNotEmpty { .. } | Error::Diverged { .. } => ErrorKind::Conflict,
+            Error::OutsideWindow { .. } | Error::BadTimeline { .. } => ErrorKind::Config,
             Error::File { source, .. } => source.kind(),
             Error::NotPg(_) => ErrorKind::Config,
             Error::Wal { source, .. } => source.kind(),
@@ -117,6 +153,8 @@ pub struct RestoreOptions {
     pub recovery: RecoveryTarget,
     /// Accept a WAL gap after the consistency point (recovery then stops at the gap).
     pub allow_gap: bool,
+    /// Timeline to recover along (`None`: the newest, unless it diverged).
+    pub timeline: Option<Timeline>,
     /// `restore_command` to write (normally `radd … wal-fetch %f %p`).
     pub restore_command: String,
     /// Write `archive_mode = off` so the restored cluster does not archive into the repository.
@@ -140,10 +178,39 @@ pub struct RestoreReport {
     pub wal_chain_end: String,
     /// Recovery target written (PostgreSQL snapshots).
     pub recovery_target: String,
+    /// Timeline recovery follows (PostgreSQL snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// WAL accepted as lost with `--allow-gap`: recovery stops before `from_lsn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted_loss: Option<AcceptedLoss>,
     /// What was restored: `pg` or `fs`.
     pub kind: snapshot::SnapshotKind,
     /// Wall time in seconds.
     pub duration_seconds: f64,
+}
+
+/// The WAL a restore with `--allow-gap` gives up: everything from the first missing segment to
+/// the end of the archive on that timeline. Recorded in the restore event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedLoss {
+    /// The first missing segment.
+    pub first_missing: String,
+    /// Recovery stops before this position (the start of the first missing segment).
+    pub from_lsn: Lsn,
+    /// End of the archived WAL that cannot be replayed (end of the newest archived segment).
+    pub to_lsn: Lsn,
+}
+
+/// What the checks before writing decided; the recovery settings are written from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Where recovery stops.
+    recovery: RecoveryTarget,
+    /// `recovery_target_timeline`.
+    timeline: Option<Timeline>,
+    /// wal-fetch answers "not in the archive" from this segment on (an accepted gap).
+    end_before: Option<String>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -153,15 +220,35 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 /// Restores a snapshot into `options.target`.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
-    let record = snapshot::resolve(repo, &options.snapshot).await?;
+    let record = target::choose_snapshot(repo, &options.snapshot, &options.recovery).await?;
     check_target(&options.target)?;
     let include = if options.include.is_empty() {
         None
     } else {
         Some(snapshot::glob_set(&options.include)?)
     };
+    let mut plan = Plan { recovery: options.recovery.clone(), timeline: None, end_before: None };
+    let mut accepted_loss = None;
     let wal_chain_end = match &record.pg {
-        Some(pg) => check_wal(repo, &record.id, pg, options).await?,
+        Some(pg) => {
+            let timelines = Timelines::load(repo, pg.segment_size).await.map_err(|source| Error::Wal { snapshot: record.id.clone(), source, hint: "" })?;
+            let follow = target::timeline(&timelines, pg, options.timeline)?;
+            target::check_end(&timelines, &record, pg, follow, &options.recovery)?;
+            plan.timeline = Some(follow);
+            let (end, loss) = check_wal(repo, &record.id, pg, options).await?;
+            if let Some(loss) = &loss {
+                // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
+                // first missing segment on, and a target beyond the gap (which PostgreSQL would
+                // never reach, stopping with an error) becomes the end of the archived WAL.
+                plan.end_before = Some(loss.first_missing.clone());
+                plan.timeline = Some(pg.timeline);
+                if matches!(plan.recovery, RecoveryTarget::Lsn(l) if l >= loss.from_lsn) {
+                    plan.recovery = RecoveryTarget::Latest;
+                }
+            }
+            accepted_loss = loss;
+            end
+        }
         None => String::new(),
     };
     let index = BlobIndex::load(repo).await?;
@@ -173,7 +260,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if record.pg.is_some() {
-            recovery::write_settings(&staging, &manifest, options, &record.id)?;
+            recovery::write_settings(&staging, &manifest, options, &plan, &record.id)?;
         }
         writer::sync_tree(&staging)?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files and directories fsync'd");
@@ -200,7 +287,9 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         files,
         bytes,
         wal_chain_end,
-        recovery_target: if record.pg.is_some() { options.recovery.to_string() } else { String::new() },
+        recovery_target: if record.pg.is_some() { plan.recovery.to_string() } else { String::new() },
+        timeline: plan.timeline.map(|t| t.0),
+        accepted_loss,
         kind: record.kind,
         duration_seconds: clock.elapsed().as_secs_f64(),
     })
@@ -222,17 +311,19 @@ fn check_target(target: &Path) -> Result<(), Error> {
     }
 }
 
-/// Verifies the archived WAL chain from backup start to the target; returns its last segment.
+/// Verifies the archived WAL chain from backup start to the target; returns its last segment,
+/// and with `--allow-gap` the WAL given up at a gap after the consistency point.
 async fn check_wal(
     repo: &Repository,
     snapshot_id: &str,
     pg: &snapshot::PgInfo,
     options: &RestoreOptions,
-) -> Result<String, Error> {
+) -> Result<(String, Option<AcceptedLoss>), Error> {
     let size = pg.segment_size;
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
     let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
+    let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);
     archive::check_chain(repo, pg.timeline, first, Some(consistent), size)
         .await
         .map_err(|e| wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot"))?;
@@ -241,17 +332,23 @@ async fn check_wal(
         RecoveryTarget::Lsn(lsn) => Some(lsn.segment_no(size).max(consistent)),
         RecoveryTarget::Latest | RecoveryTarget::Time(_) | RecoveryTarget::Name(_) => None,
     };
-    let last = match archive::check_chain(repo, pg.timeline, first, wanted, size).await {
-        Ok(last) => last,
+    match archive::check_chain(repo, pg.timeline, first, wanted, size).await {
+        Ok(last) => Ok((name(last), None)),
         Err(archive::Error::Gap { .. }) if options.allow_gap => {
-            tracing::warn!(snapshot_id, "WAL gap accepted with --allow-gap; recovery will stop at the gap");
-            consistent
+            let archived = archive::archived_segments(repo, pg.timeline, size).await.map_err(|e| wal_err(e, ""))?;
+            let missing = (consistent..).find(|n| !archived.contains(n)).unwrap_or(consistent);
+            let newest = archived.last().copied().unwrap_or(missing).max(missing);
+            let loss = AcceptedLoss {
+                first_missing: name(missing),
+                from_lsn: Lsn(missing * size),
+                to_lsn: Lsn((newest + 1) * size),
+            };
+            tracing::warn!(snapshot_id, first_missing = %loss.first_missing, from = %loss.from_lsn, to = %loss.to_lsn,
+                "WAL gap accepted with --allow-gap: recovery stops before the gap and the WAL after it is lost");
+            Ok((name(missing - 1), Some(loss)))
         }
-        Err(e) => {
-            return Err(wal_err(e, "; pass --allow-gap to accept recovery stopping at the gap"));
-        }
-    };
-    Ok(WalFileName::Segment { timeline: pg.timeline, number: last }.to_name(size))
+        Err(e) => Err(wal_err(e, "; pass --allow-gap to accept recovery stopping at the gap")),
+    }
 }
 
 /// A fresh, private directory beside the target, on the same file system for the final rename.

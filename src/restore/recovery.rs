@@ -6,7 +6,9 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{Error, RestoreOptions, io_err};
+use super::{Error, Plan, RestoreOptions, io_err};
+use chrono::{DateTime, Utc};
+
 use crate::pg::Lsn;
 use crate::snapshot::Manifest;
 
@@ -17,8 +19,9 @@ pub enum RecoveryTarget {
     Latest,
     /// Stop as soon as the backup is consistent.
     Immediate,
-    /// Stop at a time (PostgreSQL timestamp syntax, e.g. `2026-11-26 05:00:00+00`).
-    Time(String),
+    /// Stop at a time (written for PostgreSQL with an explicit UTC offset, so the restored
+    /// server's `timezone` setting cannot shift it).
+    Time(DateTime<Utc>),
     /// Stop at an LSN.
     Lsn(Lsn),
     /// Stop at a named restore point (`pg_create_restore_point`).
@@ -30,11 +33,52 @@ impl fmt::Display for RecoveryTarget {
         match self {
             RecoveryTarget::Latest => f.write_str("latest"),
             RecoveryTarget::Immediate => f.write_str("immediate"),
-            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Time(t) => write!(f, "time {}", pg_time(t)),
             RecoveryTarget::Lsn(l) => write!(f, "lsn {l}"),
             RecoveryTarget::Name(n) => write!(f, "restore point {n}"),
         }
     }
+}
+
+/// A time as PostgreSQL reads it, in UTC with microseconds.
+fn pg_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// Parses a recovery target time: RFC 3339 (`2026-11-30T14:05:00Z`), or PostgreSQL's
+/// `2026-11-30 14:05:00[.ffffff][+HH[:MM]]`; without an offset the time is UTC.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let iso = text.replacen(' ', "T", 1);
+    // PostgreSQL writes offsets as +00 or +0530; chrono's %:z wants +00:00.
+    let split = iso.rfind(['+', '-']).filter(|&i| i > 10);
+    if let Some(i) = split {
+        let (local, offset) = iso.split_at(i);
+        let digits: String = offset[1..].chars().filter(char::is_ascii_digit).collect();
+        let offset = match digits.len() {
+            2 => format!("{}{digits}:00", &offset[..1]),
+            4 => format!("{}{}:{}", &offset[..1], &digits[..2], &digits[2..]),
+            _ => String::new(),
+        };
+        if let Ok(t) = DateTime::parse_from_rfc3339(&format!("{local}{offset}")) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    } else {
+        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&iso, format) {
+                return Ok(t.and_utc());
+            }
+        }
+    }
+    Err(format!(
+        "cannot read the time {text:?}: use RFC 3339 (2026-11-30T14:05:00Z) or `2026-11-30 14:05:00+00` (UTC when no offset is given)"
+    ))
 }
 
 fn quote(value: &str) -> String {
@@ -42,7 +86,7 @@ fn quote(value: &str) -> String {
 }
 
 /// Writes backup_label, tablespace_map, recovery settings and recovery.signal into `dir`.
-pub fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions, snapshot_id: &str) -> Result<(), Error> {
+pub(super) fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions, plan: &Plan, snapshot_id: &str) -> Result<(), Error> {
     let owner = std::fs::metadata(dir.join("PG_VERSION")).ok().map(|m| (m.uid(), m.gid()));
     let write_new = |name: &str, content: &str| -> Result<(), Error> {
         let path = dir.join(name);
@@ -62,19 +106,27 @@ pub fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions,
             hand_to(&path, owner)?;
         }
     }
+    let restore_command = match &plan.end_before {
+        // An accepted gap is the end of the archive for this restore: wal-fetch says "not in the
+        // archive" from the first missing segment on, so PostgreSQL ends recovery there and
+        // promotes instead of aborting at the gap.
+        Some(name) => options.restore_command.replacen(" %f %p", &format!(" --end-before {name} %f %p"), 1),
+        None => options.restore_command.clone(),
+    };
+    let timeline = plan.timeline.map_or_else(|| "latest".to_owned(), |t| t.0.to_string());
     let mut settings = format!(
-        "\n# Added by radd restore of snapshot {snapshot_id} at {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        "\n# Added by radd restore of snapshot {snapshot_id} at {}\nrestore_command = {}\nrecovery_target_timeline = '{timeline}'\n",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        quote(&options.restore_command),
+        quote(&restore_command),
     );
-    match &options.recovery {
+    match &plan.recovery {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Immediate => settings.push_str("recovery_target = 'immediate'\n"),
-        RecoveryTarget::Time(t) => settings.push_str(&format!("recovery_target_time = {}\n", quote(t))),
+        RecoveryTarget::Time(t) => settings.push_str(&format!("recovery_target_time = {}\n", quote(&pg_time(t)))),
         RecoveryTarget::Lsn(l) => settings.push_str(&format!("recovery_target_lsn = '{l}'\n")),
         RecoveryTarget::Name(n) => settings.push_str(&format!("recovery_target_name = {}\n", quote(n))),
     }
-    if options.recovery != RecoveryTarget::Latest {
+    if plan.recovery != RecoveryTarget::Latest {
         settings.push_str("recovery_target_action = 'promote'\n");
     }
     if options.disable_archiving {

@@ -103,6 +103,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
     let stop = session.stop().await?;
+    let consistent_at = chrono::Utc::now();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup stopped in PostgreSQL (WAL switched)");
     let segment_size = start.segment_size;
     let first = WalFileName::segment_for(stop.timeline, start.lsn, segment_size);
@@ -143,6 +144,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             server_version: start.server_version.clone(),
             server_version_num: start.server_version_num,
             data_dir: start.data_dir.display().to_string(),
+            consistent_at: Some(consistent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         }),
         files,
         total_bytes: read.total_bytes,

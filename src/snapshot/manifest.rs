@@ -33,6 +33,10 @@ pub struct PgInfo {
     pub server_version_num: u32,
     /// The server's data directory at backup time.
     pub data_dir: String,
+    /// When `pg_backup_stop` returned (RFC 3339, ms): the earliest time a point-in-time restore
+    /// from this backup can target. Absent in older snapshots (then `finished` is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_at: Option<String>,
 }
 
 /// The small, plaintext record whose presence commits a snapshot. Contains no file names or

@@ -31,7 +31,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::ErrorKind;
-use crate::repo;
+use crate::repo::{self, ObjectKey};
 use crate::repository::{self, Repository};
 use crate::snapshot;
 use crate::{archive, codec, crypto};
@@ -131,7 +131,7 @@ impl Subset {
 }
 
 /// What kind of damage a [`Problem`] is. Serialised lower-case (`corrupt`, `missing`, `gap`,
-/// `decrypt`): a stable wire value for scripts reading `--json`.
+/// `decrypt`, `timeline`): a stable wire value for scripts reading `--json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProblemKind {
@@ -143,6 +143,9 @@ pub enum ProblemKind {
     Gap,
     /// The object cannot be decrypted: tampered ciphertext, or encrypted to another key.
     Decrypt,
+    /// A timeline's history file shows a fork whose parent kept archiving after it: two
+    /// servers wrote into this repository at once (`restore latest` refuses to follow it).
+    Timeline,
 }
 
 impl fmt::Display for ProblemKind {
@@ -152,6 +155,7 @@ impl fmt::Display for ProblemKind {
             ProblemKind::Missing => "missing",
             ProblemKind::Gap => "gap",
             ProblemKind::Decrypt => "decrypt",
+            ProblemKind::Timeline => "timeline",
         })
     }
 }
@@ -285,6 +289,11 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         .find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size))
         .unwrap_or(crate::pg::SEGMENT_SIZE_DEFAULT);
     let wal_objects = wal::check(repo, segment_size, &mut report).await?;
+    for diverged in archive::Timelines::load(repo, segment_size).await?.divergences() {
+        let child = diverged.fork.child;
+        let key = ObjectKey::Wal { dir: child.to_string(), name: format!("{child}.history") };
+        report.problem(ProblemKind::Timeline, key.to_string(), diverged.describe());
+    }
 
     if options.read_data {
         tracing::info!(packs = packs.len(), wal_objects = wal_objects.len(), "reading every pack and WAL object");

@@ -202,11 +202,18 @@ impl TestEnv {
         args.extend_from_slice(extra);
         let out = self.radd(&args);
         assert!(out.status.success(), "restore failed: {}", stderr(&out));
+        self.restore_and_start_dir(&target, name)
+    }
+
+    /// Starts a data directory radd restored (run files in `<dir>/<name>-run`); returns it once
+    /// recovery has ended and it was promoted.
+    pub fn restore_and_start_dir(&self, target: &Path, name: &str) -> ScratchCluster {
         let work = self.path().join(format!("{name}-run"));
         std::fs::create_dir(&work).expect("create run dir");
-        let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster").with_data_dir(&target);
+        let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster").with_data_dir(target);
         cluster.start(&[], &self.env).expect("start restored cluster");
-        block_on(cluster.wait_promoted(Duration::from_secs(120))).expect("restored cluster promotes");
+        block_on(cluster.wait_promoted(Duration::from_secs(120)))
+            .unwrap_or_else(|e| panic!("restored cluster {name} does not promote: {e}; see {}", cluster.log_file().display()));
         cluster
     }
 
