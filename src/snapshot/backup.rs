@@ -92,8 +92,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         }
     };
 
+    let version_dir = pg::version_dir_prefix(start.server_version_num);
     let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
-        for found in walk_data_dir(&data_dir)? {
+        for found in walk_data_dir(&data_dir, &version_dir)? {
             emit(found)?;
         }
         Ok(())
@@ -102,6 +103,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
+    let tablespaces = session.tablespaces().await?;
     let stop = session.stop().await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup stopped in PostgreSQL (WAL switched)");
     let segment_size = start.segment_size;
@@ -143,6 +145,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             server_version: start.server_version.clone(),
             server_version_num: start.server_version_num,
             data_dir: start.data_dir.display().to_string(),
+            tablespaces,
         }),
         files,
         total_bytes: read.total_bytes,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Digest;
-use crate::pg::{Lsn, Timeline};
+use crate::pg::{Lsn, Tablespace, Timeline};
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,11 @@ pub struct PgInfo {
     pub server_version_num: u32,
     /// The server's data directory at backup time.
     pub data_dir: String,
+    /// User tablespaces at backup time (OID, name, location), so `radd snapshots` shows them and
+    /// a restore can remap them by name without reading the manifest; empty in snapshots taken
+    /// before radd recorded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
 }
 
 /// The small, plaintext record whose presence commits a snapshot. Contains no file names or
