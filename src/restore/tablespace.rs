@@ -143,11 +143,13 @@ fn tablespaces_of(manifest: &Manifest) -> Vec<(usize, u32, PathBuf)> {
         .filter_map(|(index, entry)| {
             let oid: u32 = entry.path.strip_prefix("pg_tblspc/")?.parse().ok()?;
             let location = match &entry.kind {
+                // A relative link (not made by CREATE TABLESPACE) must be mapped: `plan` refuses
+                // to restore it as it is.
                 EntryKind::Symlink { target, raw_target } => PathBuf::from(decode_os(target, raw_target.as_ref())),
-                EntryKind::Dir => PathBuf::from(&map.iter().find(|(o, _)| *o == oid)?.1),
+                EntryKind::Dir => Some(PathBuf::from(&map.iter().find(|(o, _)| *o == oid)?.1)).filter(|l| l.is_absolute())?,
                 _ => return None,
             };
-            location.is_absolute().then_some((index, oid, location))
+            Some((index, oid, location))
         })
         .collect()
 }
@@ -209,8 +211,7 @@ pub(super) fn plan(manifest: &Manifest, recorded: &[Tablespace], mapping: &Table
 fn check_empty(plan: &TablespaceRestore) -> Result<(), Error> {
     let not_empty = || Error::TargetNotEmpty { tablespace: plan.label(), oid: plan.oid, path: plan.target.clone() };
     match std::fs::read_dir(&plan.target) {
-        Ok(mut entries) if entries.next().is_some() => Err(not_empty()),
-        Ok(_) => Ok(()),
+        Ok(mut entries) => entries.next().map_or(Ok(()), |_| Err(not_empty())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(_) => Err(not_empty()),
     }
