@@ -134,7 +134,7 @@ crate::pg_matrix! {
 crate::pg_matrix! {
     /// A tablespace target in use (the original location while the source runs, or a non-empty
     /// map target) is refused before anything is written; an unknown name is a usage error that
-    /// names the tablespaces of the backup.
+    /// names the tablespaces of the backup. A restore failing midway leaves nothing behind.
     fn tablespace_target_in_use_is_refused(pg) {
         let p = prepared(pg);
         let before = tree(&p.location);
@@ -163,6 +163,15 @@ crate::pg_matrix! {
         assert!(!target.exists(), "the data directory was never created");
         assert!(leftovers(p.env.path()).is_empty(), "{:?}", leftovers(p.env.path()));
         assert_eq!(tree(&p.location), before, "production tablespace untouched");
+
+        // A restore that fails while writing (a damaged pack) leaves no data directory, no
+        // tablespace and no staging directory behind.
+        p.env.corrupt_a_pack();
+        let mapped = p.env.path().join("ts-failed");
+        let out = p.env.radd(&["restore", "latest", "--target", &target_s, "--tablespace-map", &format!("ts1={}", mapped.display())]);
+        assert_eq!(out.status.code(), Some(3), "damaged pack: {}", stderr(&out));
+        assert!(!target.exists() && !mapped.exists(), "a failed restore leaves nothing behind");
+        assert!(leftovers(p.env.path()).is_empty(), "{:?}", leftovers(p.env.path()));
     }
 }
 
