@@ -1,7 +1,8 @@
 //! Restore: snapshot → data directory, every file checked against its manifest SHA-256, then
 //! recovery settings so that `pg_ctl start` replays archived WAL to the chosen target.
 //!
-//! Checks before writing anything: the target is empty or absent, and the archive holds an
+//! Checks before writing anything: the target (and every tablespace's target, see
+//! `tablespace`) is empty or absent, and the archive holds an
 //! unbroken WAL chain from the backup start to the target (DESIGN.md "WAL gaps are never the
 //! end of the archive"). Writes into a staging directory beside the target and renames it into
 //! place only when everything is written, verified and fsync'd: a failed restore leaves nothing
