@@ -13,4 +13,5 @@ mod fs;
 mod pitr;
 mod restore_safety;
 mod retention;
+mod tablespace;
 mod verify;

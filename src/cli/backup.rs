@@ -125,6 +125,10 @@ pub async fn snapshots(args: &Args) -> anyhow::Result<()> {
             snapshot::SnapshotKind::Fs => "fs",
         };
         let mut what = s.paths.join(" ");
+        if let Some(pg) = s.pg.as_ref().filter(|pg| !pg.tablespaces.is_empty()) {
+            let names: Vec<String> = pg.tablespaces.iter().map(|t| format!("{}={}", t.name, t.location)).collect();
+            what.push_str(&format!("tablespaces {}", names.join(" ")));
+        }
         if !s.tags.is_empty() {
             what.push_str(&format!(" [{}]", s.tags.join(",")));
         }

@@ -41,6 +41,9 @@ struct Listed<'a> {
     mtime: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    /// For a tablespace's link `pg_tblspc/<oid>`: the tablespace (oid, name, location).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tablespace: Option<&'a radd::pg::Tablespace>,
 }
 
 fn kind_name(kind: &EntryKind) -> &'static str {
@@ -64,6 +67,11 @@ pub async fn ls(args: &Args, a: &LsArgs) -> anyhow::Result<()> {
     let (_, repo) = open_repo(args, true).await?;
     let record = snapshot::resolve(&repo, &a.snapshot).await.map_err(radd::Error::from)?;
     let manifest = snapshot::load_manifest(&repo, &record).await.map_err(radd::Error::from)?;
+    let tablespaces = record.pg.as_ref().map(|pg| pg.tablespaces.as_slice()).unwrap_or_default();
+    let tablespace_of = |e: &Entry| {
+        let oid: u32 = e.path.strip_prefix("pg_tblspc/")?.parse().ok()?;
+        tablespaces.iter().find(|t| t.oid == oid)
+    };
     let listed: Vec<Listed> = manifest
         .entries
         .iter()
@@ -82,6 +90,7 @@ pub async fn ls(args: &Args, a: &LsArgs) -> anyhow::Result<()> {
                 EntryKind::Hardlink { entry } => manifest.entries.get(*entry).map(|f| f.path.clone()),
                 _ => None,
             },
+            tablespace: tablespace_of(e),
         })
         .collect();
     if args.json {
@@ -89,7 +98,10 @@ pub async fn ls(args: &Args, a: &LsArgs) -> anyhow::Result<()> {
     }
     for l in listed {
         let time = chrono::DateTime::from_timestamp(l.mtime, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        let arrow = l.target.map(|t| format!(" -> {t}")).unwrap_or_default();
+        let mut arrow = l.target.map(|t| format!(" -> {t}")).unwrap_or_default();
+        if let Some(t) = l.tablespace {
+            arrow.push_str(&format!(" [tablespace {:?}]", t.name));
+        }
         println!("{:<8} {} {:>5}:{:<5} {:>10} {} {:?}{arrow}", l.kind, l.mode, l.uid, l.gid, human_bytes(l.size), time, l.path);
     }
     Ok(())

@@ -142,6 +142,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             restore_command,
             disable_archiving: true,
             include: Vec::new(),
+            tablespaces: restore::TablespaceMapping::default(),
         },
     )
     .await?;

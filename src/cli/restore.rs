@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 use radd::events::{Event, Occurrence};
 use radd::jobs;
 use radd::pg::Lsn;
-use radd::restore::{self, RecoveryTarget, RestoreOptions};
+use radd::restore::{self, RecoveryTarget, RestoreOptions, TablespaceMapping};
 
 use super::{Args, human_bytes, open_repo, print_json};
 
@@ -48,6 +48,13 @@ pub struct RestoreArgs {
     /// Fs snapshots: restore only paths matching this glob (and everything below); repeatable.
     #[arg(long)]
     pub include: Vec<String>,
+    /// Restore a tablespace into DIR instead of its location at backup time: `OID=DIR` or
+    /// `NAME=DIR`; repeatable. DIR must be absent or empty.
+    #[arg(long, value_name = "OID|NAME=DIR", value_parser = TablespaceMapping::parse_entry)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Restore every tablespace not given a --tablespace-map into DIR/<oid>.
+    #[arg(long, value_name = "DIR")]
+    pub tablespace_map_all: Option<PathBuf>,
 }
 
 /// Restores and prints the report.
@@ -68,6 +75,10 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         restore_command: jobs::restore_command(&config.source)?,
         disable_archiving: !a.archive,
         include: a.include.clone(),
+        tablespaces: TablespaceMapping {
+            map: a.tablespace_map.iter().map(|(k, d)| Ok((k.clone(), std::path::absolute(d)?))).collect::<std::io::Result<_>>()?,
+            all: a.tablespace_map_all.as_deref().map(std::path::absolute).transpose()?,
+        },
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;
@@ -107,5 +118,9 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         report.duration_seconds,
         report.target.display()
     );
+    for t in &report.tablespaces {
+        let name = t.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        println!("tablespace {}{name} (was {}) restored into {}", t.oid, t.location.display(), t.target.display());
+    }
     Ok(())
 }

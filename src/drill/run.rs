@@ -157,6 +157,9 @@ async fn steps(
             restore_command: options.restore_command.clone(),
             disable_archiving: true,
             include: Vec::new(),
+            // Never the production locations: every tablespace goes into the scratch directory
+            // (removed with it).
+            tablespaces: restore::TablespaceMapping { map: Vec::new(), all: Some(scratch.dir.join("tablespaces")) },
         },
     )
     .await;

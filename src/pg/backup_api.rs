@@ -64,7 +64,7 @@ pub struct BackupStop {
 /// A running non-exclusive backup. Dropping it without [`BackupSession::stop`] closes the
 /// session, which makes the server abort the backup: no half-finished backup survives.
 pub struct BackupSession {
-    client: Client,
+    pub(super) client: Client,
     /// What the server reported at start.
     pub start: BackupStart,
 }

@@ -6,10 +6,12 @@
 mod backup_api;
 pub mod heartbeat;
 mod scratch;
+mod tablespace;
 mod wal;
 
 pub use backup_api::{BackupSession, BackupStart, BackupStop, connect};
 pub use scratch::{ScratchCluster, free_port, hand_over};
+pub use tablespace::{Tablespace, format_tablespace_map, parse_tablespace_map, version_dir_prefix};
 pub use wal::{Lsn, SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
 
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! Restore: snapshot → data directory, every file checked against its manifest SHA-256, then
 //! recovery settings so that `pg_ctl start` replays archived WAL to the chosen target.
 //!
-//! Checks before writing anything: the target is empty or absent, and the archive holds an
+//! Checks before writing anything: the target (and every tablespace's target, see
+//! `tablespace`) is empty or absent, and the archive holds an
 //! unbroken WAL chain from the backup start to the target (DESIGN.md "WAL gaps are never the
 //! end of the archive"). Writes into a staging directory beside the target and renames it into
 //! place only when everything is written, verified and fsync'd: a failed restore leaves nothing
@@ -9,6 +10,7 @@
 
 mod recovery;
 mod target;
+mod tablespace;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use recovery::{RecoveryTarget, parse_time};
+pub use tablespace::{TablespaceMapping, TablespaceRestore};
 
 use crate::archive;
 use crate::error::ErrorKind;
@@ -122,6 +125,9 @@ pub enum Error {
     /// Repository failure (storage, decryption, integrity).
     #[error(transparent)]
     Repository(#[from] repository::Error),
+    /// A tablespace cannot be restored where it was asked to go.
+    #[error(transparent)]
+    Tablespace(#[from] tablespace::Error),
 }
 
 impl Error {
@@ -138,6 +144,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Snapshot(e) => e.kind(),
             Error::Repository(e) => e.kind(),
+            Error::Tablespace(e) => e.kind(),
         }
     }
 }
@@ -161,6 +168,8 @@ pub struct RestoreOptions {
     pub disable_archiving: bool,
     /// Fs snapshots: restore only paths matching these globs (and everything below them).
     pub include: Vec<String>,
+    /// PostgreSQL snapshots: where tablespaces go (default: their locations at backup time).
+    pub tablespaces: TablespaceMapping,
 }
 
 /// The result of a restore, printed by the CLI (text or `--json`).
@@ -186,6 +195,9 @@ pub struct RestoreReport {
     pub accepted_loss: Option<AcceptedLoss>,
     /// What was restored: `pg` or `fs`.
     pub kind: snapshot::SnapshotKind,
+    /// Tablespaces restored, and where.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<TablespaceRestore>,
     /// Wall time in seconds.
     pub duration_seconds: f64,
 }
@@ -252,18 +264,33 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         None => String::new(),
     };
     let index = BlobIndex::load(repo).await?;
-    let manifest = snapshot::load_manifest_with(repo, &record, &index).await?;
+    let mut manifest = snapshot::load_manifest_with(repo, &record, &index).await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain, index and manifest loaded");
+    let mut tablespaces = match &record.pg {
+        Some(pg) => tablespace::plan(&manifest, &pg.tablespaces, &options.tablespaces, &options.target)?,
+        None if !options.tablespaces.is_empty() => return Err(Error::NotPg(record.id.clone())),
+        None => Vec::new(),
+    };
 
     let staging = staging_dir(&options.target)?;
     let result = async {
+        if record.pg.is_some() {
+            tablespace::stage(&mut tablespaces, &mut manifest)?;
+        }
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if record.pg.is_some() {
             recovery::write_settings(&staging, &manifest, options, &plan, &record.id)?;
+            tablespace::point_links(&staging, &tablespaces)?;
         }
         writer::sync_tree(&staging)?;
+        tablespace::sync(&tablespaces)?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files and directories fsync'd");
+        tablespace::move_into_place(&mut tablespaces)?;
+        if options.target.exists() {
+            std::fs::remove_dir(&options.target).map_err(io_err("replace empty directory", &options.target))?;
+        }
+        std::fs::rename(&staging, &options.target).map_err(io_err("move restored data into", &options.target))?;
         Ok::<_, Error>(written)
     }
     .await;
@@ -271,13 +298,10 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
+            tablespace::discard(&tablespaces);
             return Err(e);
         }
     };
-    if options.target.exists() {
-        std::fs::remove_dir(&options.target).map_err(io_err("replace empty directory", &options.target))?;
-    }
-    std::fs::rename(&staging, &options.target).map_err(io_err("move restored data into", &options.target))?;
     if let Some(parent) = options.target.parent() {
         writer::sync_dir(parent)?;
     }
@@ -291,6 +315,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         timeline: plan.timeline.map(|t| t.0),
         accepted_loss,
         kind: record.kind,
+        tablespaces,
         duration_seconds: clock.elapsed().as_secs_f64(),
     })
 }

@@ -92,8 +92,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         }
     };
 
+    let version_dir = pg::version_dir_prefix(start.server_version_num);
     let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
-        for found in walk_data_dir(&data_dir)? {
+        for found in walk_data_dir(&data_dir, &version_dir)? {
             emit(found)?;
         }
         Ok(())
@@ -102,6 +103,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
+    let tablespaces = session.tablespaces().await?;
     let stop = session.stop().await?;
     let consistent_at = chrono::Utc::now();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup stopped in PostgreSQL (WAL switched)");
@@ -145,6 +147,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             server_version_num: start.server_version_num,
             data_dir: start.data_dir.display().to_string(),
             consistent_at: Some(consistent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            tablespaces,
         }),
         files,
         total_bytes: read.total_bytes,

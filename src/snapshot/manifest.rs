@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Digest;
-use crate::pg::{Lsn, Timeline};
+use crate::pg::{Lsn, Tablespace, Timeline};
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,11 @@ pub struct PgInfo {
     /// from this backup can target. Absent in older snapshots (then `finished` is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_at: Option<String>,
+    /// User tablespaces at backup time (OID, name, location), so `radd snapshots` shows them and
+    /// a restore can remap them by name without reading the manifest; empty in snapshots taken
+    /// before radd recorded them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
 }
 
 /// The small, plaintext record whose presence commits a snapshot. Contains no file names or
