@@ -10,6 +10,7 @@ mod bad_input;
 mod daemon;
 mod drill;
 mod fs;
+mod interrupted;
 mod pitr;
 mod restore_safety;
 mod retention;

@@ -461,6 +461,17 @@ fn default_uploads() -> usize {
     2
 }
 
+/// A TOML error as "line L, column C: message", without the snippet of the offending line that
+/// toml's own message quotes: that line may hold a secret (a token written inline), and config
+/// errors reach logs — PostgreSQL's, when `wal-push` reads the config.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else { return error.message().to_owned() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {}", error.message())
+}
+
 impl Config {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -470,7 +481,7 @@ impl Config {
         })?;
         let mut config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: parse_message(&text, &e),
         })?;
         let source = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = source.parent().map(Path::to_owned).unwrap_or_default();
@@ -514,8 +525,10 @@ impl Config {
             problems.push(format!("keys.recipients: {e}"));
         }
         let b = &self.backup;
-        if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) {
-            problems.push("backup.block_size: must be a non-zero multiple of 8KiB".to_owned());
+        if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) || b.block_size.0 > MAX_BLOCK_SIZE {
+            problems.push("backup.block_size: must be a multiple of 8KiB between 8KiB and 16MiB".to_owned());
+        } else if b.block_size.0 > b.pack_size.0 {
+            problems.push("backup.block_size: must not exceed backup.pack_size (a block is stored whole in one pack)".to_owned());
         }
         if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {
             problems.push("backup.chunk_size: must be between 64KiB and 64MiB".to_owned());
@@ -541,11 +554,11 @@ impl Config {
         if self.archive.fetch_prefetch > 64 {
             problems.push("archive.fetch_prefetch: must be 0..=64".to_owned());
         }
-        if b.index_shard_blobs == 0 {
-            problems.push("backup.index_shard_blobs: must be at least 1".to_owned());
+        if !(1..=10_000_000).contains(&b.index_shard_blobs) {
+            problems.push("backup.index_shard_blobs: must be 1..=10000000".to_owned());
         }
-        if b.upload_concurrency == 0 {
-            problems.push("backup.upload_concurrency: must be at least 1".to_owned());
+        if !(1..=64).contains(&b.upload_concurrency) {
+            problems.push("backup.upload_concurrency: must be 1..=64".to_owned());
         }
         for (i, job) in self.fs.iter().enumerate() {
             if job.paths.is_empty() {
@@ -601,9 +614,33 @@ impl Config {
     }
 }
 
+/// Largest `backup.block_size`: blocks are read, hashed and sealed whole, several per thread.
+const MAX_BLOCK_SIZE: u64 = 16 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_beyond_what_the_code_can_honour_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        std::fs::write(&path, "[repository]\npath = \"r\"\n[backup]\nblock_size = \"64GiB\"\nupload_concurrency = 100000\nindex_shard_blobs = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        for key in ["backup.block_size", "backup.upload_concurrency", "backup.index_shard_blobs"] {
+            assert!(err.contains(key), "{key} not refused: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        std::fs::write(&path, "[events.gitlab]\ntoken = glpat-SECRET123\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(!err.contains("SECRET123"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
 
     #[test]
     fn validation_reports_every_problem() {

@@ -381,7 +381,9 @@ fn staging_dir(target: &Path) -> Result<PathBuf, Error> {
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let staging = parent.join(format!(".{name}.radd-restore-{}", std::process::id()));
+    let prefix = format!(".{name}.radd-restore-");
+    remove_stale_staging(parent, &prefix);
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_err("remove stale", &staging))?;
     }
@@ -390,6 +392,34 @@ fn staging_dir(target: &Path) -> Result<PathBuf, Error> {
         .create(&staging)
         .map_err(io_err("create", &staging))?;
     Ok(staging)
+}
+
+/// Removes staging directories `<prefix><pid>` left by restores that were killed: their process
+/// is gone (or the pid now belongs to something that is not radd). Without this every killed
+/// restore leaves a hidden copy of the data directory beside the target forever.
+fn remove_stale_staging(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid == i32::try_from(std::process::id()).unwrap_or(0) || radd_is_running(pid) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::warn!(path = %path.display(), pid, "removed the staging directory of an interrupted restore"),
+            Err(error) => tracing::warn!(path = %path.display(), error = %error, "cannot remove the staging directory of an interrupted restore"),
+        }
+    }
+}
+
+/// Whether `pid` is a live radd process (a reused pid running something else does not count).
+fn radd_is_running(pid: i32) -> bool {
+    let alive = match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    };
+    alive && std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |comm| comm.trim_end().starts_with("radd"))
 }
 
 use std::os::unix::fs::DirBuilderExt;
