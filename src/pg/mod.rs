@@ -6,6 +6,7 @@
 mod backup_api;
 pub mod heartbeat;
 mod scratch;
+pub mod standby;
 mod wal;
 
 pub use backup_api::{BackupSession, BackupStart, BackupStop, connect};

@@ -33,6 +33,9 @@ pub struct PgInfo {
     pub server_version_num: u32,
     /// The server's data directory at backup time.
     pub data_dir: String,
+    /// Taken from a streaming standby (absent in records of older versions: from a primary).
+    #[serde(default)]
+    pub from_standby: bool,
 }
 
 /// The small, plaintext record whose presence commits a snapshot. Contains no file names or
