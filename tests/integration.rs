@@ -15,4 +15,5 @@ mod pitr;
 mod restore_safety;
 mod retention;
 mod tablespace;
+mod standby;
 mod verify;

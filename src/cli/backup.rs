@@ -91,7 +91,7 @@ pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
                 return print_json(&report);
             }
             println!(
-                "snapshot {}: {} files ({} unchanged since {}), {} total, {} read, {} new, {} reused, {} uploaded, LSN {}..{} on timeline {}, {:.1}s",
+                "snapshot {}: {} files ({} unchanged since {}), {} total, {} read, {} new, {} reused, {} uploaded, LSN {}..{} on timeline {}{}, {:.1}s",
                 report.snapshot_id,
                 report.files,
                 report.files_unchanged,
@@ -104,6 +104,7 @@ pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
                 report.start_lsn,
                 report.stop_lsn,
                 report.timeline,
+                if report.from_standby { " (from a standby)" } else { "" },
                 report.duration_seconds
             );
             Ok(())

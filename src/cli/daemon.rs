@@ -15,7 +15,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 /// Writes the heartbeat once.
 pub async fn heartbeat(args: &Args) -> anyhow::Result<()> {
     let config = load_config(args)?;
-    let client = pg::connect(&config.postgres).await.map_err(radd::Error::from)?;
+    // A standby is read-only: with [postgres.primary] the heartbeat goes to the primary.
+    let client = pg::connect(&config.postgres.writable()).await.map_err(radd::Error::from)?;
     let at = pg::heartbeat::beat(&client).await.map_err(radd::Error::from)?;
     if args.json {
         return super::print_json(&serde_json::json!({ "heartbeat": at.to_rfc3339() }));

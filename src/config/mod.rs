@@ -4,12 +4,14 @@
 //! validation reports every problem at once with its key path. Opens no connection and touches
 //! no repository. Secrets are never inline: keys live in files named here (mode 0600).
 
+mod primary;
 mod size;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use primary::PrimaryConfig;
 pub use size::ByteSize;
 
 /// Errors loading configuration.
@@ -158,6 +160,9 @@ pub struct PostgresConfig {
     /// Directory of initdb/pg_ctl/postgres (scratch instances and `radd demo`).
     #[serde(default = "default_bin_dir")]
     pub bin_dir: PathBuf,
+    /// `[postgres.primary]`: the primary, when `[postgres]` is a standby (backups from a standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryConfig>,
 }
 
 impl Default for PostgresConfig {
@@ -170,6 +175,7 @@ impl Default for PostgresConfig {
             password_env: None,
             data_dir: None,
             bin_dir: default_bin_dir(),
+            primary: None,
         }
     }
 }
@@ -524,6 +530,7 @@ impl Config {
         if let Err(e) = crate::crypto::Recipients::parse(&self.keys.recipients) {
             problems.push(format!("keys.recipients: {e}"));
         }
+        problems.extend(self.postgres.primary_problems());
         let b = &self.backup;
         if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) || b.block_size.0 > MAX_BLOCK_SIZE {
             problems.push("backup.block_size: must be a multiple of 8KiB between 8KiB and 16MiB".to_owned());

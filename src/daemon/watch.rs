@@ -14,7 +14,8 @@ pub async fn heartbeat_loop(state: State, every: Duration, mut stop: watch::Rece
     let mut client = None;
     loop {
         if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            client = match pg::connect(&state.config.postgres).await {
+            // A standby is read-only: with [postgres.primary] the heartbeat goes to the primary.
+            client = match pg::connect(&state.config.postgres.writable()).await {
                 Ok(c) => Some(c),
                 Err(error) => {
                     tracing::warn!(error = %error, "heartbeat: cannot connect to the source");

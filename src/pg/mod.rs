@@ -7,6 +7,7 @@ mod backup_api;
 pub mod heartbeat;
 mod scratch;
 mod tablespace;
+pub mod standby;
 mod wal;
 
 pub use backup_api::{BackupSession, BackupStart, BackupStop, connect};

@@ -186,6 +186,23 @@ impl ScratchCluster {
         self.run(cmd, "initdb")
     }
 
+    /// Copies this running cluster into a new one under `work_dir` (data in `work_dir/data`)
+    /// with `pg_basebackup -R`, which writes `standby.signal` and `primary_conninfo`: once
+    /// started, the copy is a streaming standby of this cluster, as production runs them for
+    /// backups from a standby. initdb's pg_hba allows replication from 127.0.0.1.
+    pub fn base_backup(&self, work_dir: &Path) -> Result<ScratchCluster, Error> {
+        let standby = ScratchCluster::new(&self.bin_dir, work_dir)?;
+        hand_over(work_dir)?;
+        let mut cmd = standby.program("pg_basebackup");
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(&standby.data_dir)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        standby.run(cmd, "pg_basebackup")?;
+        Ok(standby)
+    }
+
     /// Starts the server with extra `-c name=value` settings and environment, waiting until it
     /// accepts connections.
     pub fn start(&mut self, settings: &[(&str, String)], env: &[(String, String)]) -> Result<(), Error> {

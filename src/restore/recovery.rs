@@ -134,6 +134,11 @@ pub(super) fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreO
         // followed by the next `restore latest` of production (issue 12, item 3).
         settings.push_str("archive_mode = 'off'\n");
     }
+    if manifest.backup_label.as_deref().is_some_and(crate::snapshot::is_standby_label) {
+        // A standby's postgresql.auto.conf names production's primary (pg_basebackup -R writes
+        // primary_conninfo there): a restored copy must never stream from it or hold its slot.
+        settings.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n");
+    }
     let auto_conf = dir.join("postgresql.auto.conf");
     std::fs::OpenOptions::new()
         .append(true)

@@ -14,6 +14,7 @@ use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 use super::pack::BlobIndex;
 use super::parent::{ParentReader, ParentWriter, record_path as parent_record_path};
 use super::pipeline::{self, Walk};
+use super::standby;
 use super::walk::{Found, walk_data_dir};
 use super::Error;
 use crate::config::{BackupConfig, PostgresConfig};
@@ -61,6 +62,8 @@ pub struct BackupReport {
     pub stop_lsn: String,
     /// Timeline.
     pub timeline: u32,
+    /// Taken from a streaming standby (its primary switched WAL).
+    pub from_standby: bool,
     /// Wall time in seconds.
     pub duration_seconds: f64,
 }
@@ -73,10 +76,11 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let clock = Instant::now();
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
+    let client = pg::connect(&options.postgres).await?;
+    let primary = standby::primary_for(&client, &options.postgres).await?;
     let known = Arc::new(BlobIndex::load(repo).await?);
     tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "starting base backup");
 
-    let client = pg::connect(&options.postgres).await?;
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
@@ -94,7 +98,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 
     let version_dir = pg::version_dir_prefix(start.server_version_num);
     let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
-        for found in walk_data_dir(&data_dir, &version_dir)? {
+        let mut found = walk_data_dir(&data_dir, &version_dir)?;
+        standby::pg_control_last(&mut found);
+        for found in found {
             emit(found)?;
         }
         Ok(())
@@ -107,6 +113,9 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let stop = session.stop().await?;
     let consistent_at = chrono::Utc::now();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup stopped in PostgreSQL (WAL switched)");
+    if let Some(primary) = &primary {
+        primary.switch_wal_past(stop.lsn).await?;
+    }
     let segment_size = start.segment_size;
     let first = WalFileName::segment_for(stop.timeline, start.lsn, segment_size);
     let last = WalFileName::segment_for(stop.timeline, stop.lsn, segment_size);
@@ -148,6 +157,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
             data_dir: start.data_dir.display().to_string(),
             consistent_at: Some(consistent_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
             tablespaces,
+            from_standby: primary.is_some(),
         }),
         files,
         total_bytes: read.total_bytes,
@@ -181,6 +191,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         start_lsn: start.lsn.to_string(),
         stop_lsn: stop.lsn.to_string(),
         timeline: stop.timeline.0,
+        from_standby: primary.is_some(),
         duration_seconds: clock.elapsed().as_secs_f64(),
     };
     tracing::info!(

@@ -42,6 +42,9 @@ pub struct PgInfo {
     /// before radd recorded them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<Tablespace>,
+    /// Taken from a streaming standby (absent in records of older versions: from a primary).
+    #[serde(default)]
+    pub from_standby: bool,
 }
 
 /// The small, plaintext record whose presence commits a snapshot. Contains no file names or

@@ -15,6 +15,7 @@ mod parent;
 mod pipeline;
 
 pub use pipeline::new_snapshot_id;
+mod standby;
 mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
@@ -23,6 +24,7 @@ pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack};
+pub use standby::is_standby_label;
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 
 use crate::codec::ObjectKind;
@@ -64,6 +66,22 @@ pub enum Error {
     /// The WAL needed to make the backup consistent is not in the archive.
     #[error("backup is not usable: {0}; check archive_command and `radd wal-push` logs")]
     WalMissing(crate::archive::Error),
+    /// The server to back up is a standby and no primary is configured to switch WAL.
+    #[error("{server} is a standby (pg_is_in_recovery() is true): a backup from a standby needs its primary to switch WAL, \
+             or the backup's last segment is not archived; add a [postgres.primary] section with the primary's host \
+             (and port, user, dbname, password_env where they differ from [postgres]) to the config, or point [postgres] at the primary")]
+    StandbyWithoutPrimary {
+        /// `host:port` of the standby.
+        server: String,
+    },
+    /// `[postgres.primary]` does not name the primary of the standby being backed up.
+    #[error("[postgres.primary] {server} cannot serve the backup from the standby: {reason}")]
+    NotPrimary {
+        /// `host:port` of the configured primary.
+        server: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// PostgreSQL failed.
     #[error(transparent)]
     Pg(#[from] crate::pg::Error),
@@ -97,7 +115,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound(_) | Error::Empty => ErrorKind::NotFound,
-            Error::Ambiguous { .. } => ErrorKind::Config,
+            Error::Ambiguous { .. } | Error::StandbyWithoutPrimary { .. } | Error::NotPrimary { .. } => ErrorKind::Config,
             Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
