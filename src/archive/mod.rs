@@ -19,7 +19,7 @@ pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, 
 use crate::codec::ObjectKind;
 use crate::crypto::Digest;
 use crate::error::ErrorKind;
-use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::pg::{SegmentSize, Timeline, WalFileName};
 use crate::repo::{self, ObjectKey};
 use crate::repository::{self, Repository};
 
@@ -81,21 +81,21 @@ impl Error {
 
 /// The repository key of a WAL file: grouped by timeline.
 #[must_use]
-pub fn wal_key(name: &WalFileName, segment_size: u64) -> ObjectKey {
+pub fn wal_key(name: &WalFileName, segment_size: SegmentSize) -> ObjectKey {
     ObjectKey::Wal {
         dir: name.timeline().to_string(),
         name: name.to_name(segment_size),
     }
 }
 
-fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
+fn parse_name(name: &str, segment_size: SegmentSize) -> Result<WalFileName, Error> {
     WalFileName::parse(name, segment_size).map_err(Error::BadName)
 }
 
 /// Fetches one WAL file into `dest` (written to a temporary name, then renamed).
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest, Error> {
-    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
-    let key = wal_key(&wal, SEGMENT_SIZE_DEFAULT);
+    let wal = parse_name(name, SegmentSize::DEFAULT)?;
+    let key = wal_key(&wal, SegmentSize::DEFAULT);
     let plaintext = match repo.get_open(ObjectKind::Wal, &key).await {
         Ok(p) => p,
         Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {
@@ -128,7 +128,7 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest,
 /// Prefetched segments are decrypted and verified before they enter the spool. The spool is
 /// emptied of other timelines on a timeline switch and entirely at the end of the archive.
 pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, prefetch: u64) -> Result<(), Error> {
-    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
+    let wal = parse_name(name, SegmentSize::DEFAULT)?;
     let WalFileName::Segment { timeline, number } = wal else {
         return fetch(repo, name, dest).await.map(|_| ());
     };
@@ -147,7 +147,7 @@ pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, pre
         return fetch(repo, name, dest).await.map(|_| ());
     }
     let ahead = (number + 1..=number + prefetch)
-        .map(|n| WalFileName::Segment { timeline, number: n }.to_name(SEGMENT_SIZE_DEFAULT))
+        .map(|n| WalFileName::Segment { timeline, number: n }.to_name(SegmentSize::DEFAULT))
         .filter(|n| !spool.join(n).exists())
         .collect::<Vec<_>>();
     let prefetched = futures::stream::iter(ahead)
@@ -187,7 +187,7 @@ async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str) -> Erro
     let WalFileName::Segment { timeline, number } = wal else {
         return Error::NotInArchive { name: name.to_owned() };
     };
-    match archived_segments(repo, *timeline, SEGMENT_SIZE_DEFAULT).await {
+    match archived_segments(repo, *timeline, SegmentSize::DEFAULT).await {
         Ok(segments) if segments.range(number + 1..).next().is_some() => Error::Gap {
             missing: name.to_owned(),
             timeline: *timeline,
@@ -201,7 +201,7 @@ async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str) -> Erro
 pub async fn archived_segments(
     repo: &Repository,
     timeline: Timeline,
-    segment_size: u64,
+    segment_size: SegmentSize,
 ) -> Result<BTreeSet<u64>, Error> {
     let dir = format!("{}/{timeline}/", ObjectKey::WAL_DIR);
     let listed = repo
@@ -226,7 +226,7 @@ pub async fn check_chain(
     timeline: Timeline,
     first: u64,
     last: Option<u64>,
-    segment_size: u64,
+    segment_size: SegmentSize,
 ) -> Result<u64, Error> {
     let segments = archived_segments(repo, timeline, segment_size).await?;
     let last = last

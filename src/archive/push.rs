@@ -18,7 +18,7 @@ use futures::StreamExt;
 use super::{Error, parse_name, wal_key};
 use crate::codec::{self, ObjectKind, SealKeys, SealOptions};
 use crate::crypto::{Digest, DigestAlg};
-use crate::pg::SEGMENT_SIZE_DEFAULT;
+use crate::pg::SegmentSize;
 use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
 use crate::repository::{self, Repository};
 
@@ -265,8 +265,8 @@ async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: us
             break;
         }
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
-        let Ok(wal) = parse_name(name, SEGMENT_SIZE_DEFAULT) else { break };
-        match repo.store.exists(&wal_key(&wal, SEGMENT_SIZE_DEFAULT)).await {
+        let Ok(wal) = parse_name(name, SegmentSize::DEFAULT) else { break };
+        match repo.store.exists(&wal_key(&wal, SegmentSize::DEFAULT)).await {
             Ok(true) => {}
             Ok(false) => out.push(path),
             Err(_) => break,
@@ -311,7 +311,9 @@ fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
 }
 
 /// Segment files are named by their size; anything else uses the default for parsing.
-fn segment_size_of(name: &str, len: u64) -> u64 {
-    let plausible = len.is_power_of_two() && (1 << 20..=1 << 30).contains(&len);
-    if name.len() == 24 && plausible { len } else { SEGMENT_SIZE_DEFAULT }
+fn segment_size_of(name: &str, len: u64) -> SegmentSize {
+    match SegmentSize::from_bytes(len) {
+        Ok(size) if name.len() == 24 => size,
+        _ => SegmentSize::DEFAULT,
+    }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::pg::{SegmentSize, Timeline, WalFileName};
 use crate::faults::crash_point;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
@@ -189,7 +189,7 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
     for item in listed {
         let name = name_of(&item.key);
-        let wal = match WalFileName::parse(&name, SEGMENT_SIZE_DEFAULT) {
+        let wal = match WalFileName::parse(&name, SegmentSize::DEFAULT) {
             Ok(w) => w,
             Err(_) => continue,
         };
@@ -197,7 +197,7 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
             WalFileName::Segment { number, .. } => *number,
             WalFileName::History(_) => continue,
             // .backup and .partial files belong to the segment their name starts with.
-            WalFileName::Other { name, .. } => match WalFileName::parse(&name[..24.min(name.len())], SEGMENT_SIZE_DEFAULT) {
+            WalFileName::Other { name, .. } => match WalFileName::parse(&name[..24.min(name.len())], SegmentSize::DEFAULT) {
                 Ok(WalFileName::Segment { number, .. }) => number,
                 _ => continue,
             },
@@ -217,7 +217,7 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
         }
     }
     for (timeline, from) in keep_from {
-        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(SEGMENT_SIZE_DEFAULT));
+        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(SegmentSize::DEFAULT));
     }
     Ok(())
 }

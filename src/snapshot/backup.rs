@@ -191,7 +191,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 /// Waits until the segment holding the backup's stop LSN is in the repository (the archiver
 /// pushes it right after `pg_backup_stop` switched WAL), polling from 10 ms up to 250 ms, for at
 /// most `limit`. The chain check that follows decides; this only avoids checking too early.
-async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: u64, limit: std::time::Duration) {
+async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: pg::SegmentSize, limit: std::time::Duration) {
     let WalFileName::Segment { timeline, .. } = last else { return };
     let key = ObjectKey::Wal { dir: timeline.to_string(), name: last.to_name(segment_size) };
     let deadline = Instant::now() + limit;

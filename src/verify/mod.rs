@@ -283,7 +283,7 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
     let segment_size = records
         .iter()
         .find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size))
-        .unwrap_or(crate::pg::SEGMENT_SIZE_DEFAULT);
+        .unwrap_or(crate::pg::SegmentSize::DEFAULT);
     let wal_objects = wal::check(repo, segment_size, &mut report).await?;
 
     if options.read_data {
