@@ -214,6 +214,34 @@ impl WalFileName {
     /// # Errors
     /// Anything but a segment, history, `.backup` or `.partial` name.
     pub fn parse(name: &str, segment_size: SegmentSize) -> Result<Self, String> {
+        if !Self::is_segment_name(name) {
+            return Self::parse_auxiliary(name);
+        }
+        let err = || format!("{name:?} is not a WAL segment name for {segment_size} segments");
+        let per_id = segment_size.segments_per_id();
+        let tli = u32::from_str_radix(&name[..8], 16).map_err(|_| err())?;
+        let hi = u64::from_str_radix(&name[8..16], 16).map_err(|_| err())?;
+        let lo = u64::from_str_radix(&name[16..24], 16).map_err(|_| err())?;
+        if lo >= per_id {
+            return Err(err());
+        }
+        Ok(WalFileName::Segment { timeline: Timeline(tli), number: hi * per_id + lo })
+    }
+
+    /// Whether `name` is a bare segment name (24 upper-case hex digits): the only names whose
+    /// meaning depends on the segment size.
+    #[must_use]
+    pub fn is_segment_name(name: &str) -> bool {
+        name.len() == 24 && is_hex(name)
+    }
+
+    /// Parses a WAL file name that is not a bare segment (a timeline history file, a `.backup`
+    /// or a `.partial` file), which needs no segment size: archiving and fetching them works
+    /// before the size is known.
+    ///
+    /// # Errors
+    /// Anything else, bare segment names included.
+    pub fn parse_auxiliary(name: &str) -> Result<Self, String> {
         let err = || format!("{name:?} is not a WAL segment, history, .backup or .partial file name");
         let timeline = |s: &str| u32::from_str_radix(s, 16).map(Timeline).map_err(|_| err());
         if let Some(tli) = name.strip_suffix(".history") {
@@ -222,33 +250,18 @@ impl WalFileName {
             }
             return Err(err());
         }
-        let base = &name[..name.len().min(24)];
-        if base.len() != 24 || !is_hex(base) {
+        let (Some(base), Some(rest)) = (name.get(..24), name.get(24..)) else {
             return Err(err());
-        }
-        let rest = &name[24..];
-        let tli = timeline(&base[..8])?;
-        if rest.is_empty() {
-            let per_id = segment_size.segments_per_id();
-            let hi = u64::from_str_radix(&base[8..16], 16).map_err(|_| err())?;
-            let lo = u64::from_str_radix(&base[16..24], 16).map_err(|_| err())?;
-            if lo >= per_id {
-                return Err(err());
-            }
-            return Ok(WalFileName::Segment {
-                timeline: tli,
-                number: hi * per_id + lo,
-            });
+        };
+        if !is_hex(base) {
+            return Err(err());
         }
         let backup_suffix = rest
             .strip_prefix('.')
             .and_then(|r| r.strip_suffix(".backup"))
             .is_some_and(|off| off.len() == 8 && is_hex(off));
         if rest == ".partial" || backup_suffix {
-            return Ok(WalFileName::Other {
-                timeline: tli,
-                name: name.to_owned(),
-            });
+            return Ok(WalFileName::Other { timeline: timeline(&base[..8])?, name: name.to_owned() });
         }
         Err(err())
     }
@@ -309,6 +322,9 @@ mod tests {
         assert!(WalFileName::parse("000000010000000000000003.partial", s).is_ok());
         assert!(WalFileName::parse("../../etc/passwd", s).is_err());
         assert!(WalFileName::parse("000000010000000000000300", s).is_err());
+        assert!(WalFileName::parse("00000001000000000000000é", s).is_err());
+        assert!(WalFileName::parse_auxiliary("000000010000000000000003").is_err());
+        assert!(WalFileName::parse_auxiliary("000000010000000000000003.partial").is_ok());
         let lsn: Lsn = "1/2000028".parse().unwrap();
         assert_eq!(WalFileName::segment_for(Timeline(1), lsn, s).to_name(s), "000000010000000100000002");
     }

@@ -229,10 +229,10 @@ async fn check_wal(
     pg: &snapshot::PgInfo,
     options: &RestoreOptions,
 ) -> Result<String, Error> {
-    let size = pg.segment_size;
+    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
+    let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {snapshot_id}")).await.map_err(|e| wal_err(e, ""))?;
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
-    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
     archive::check_chain(repo, pg.timeline, first, Some(consistent), size)
         .await
         .map_err(|e| wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot"))?;

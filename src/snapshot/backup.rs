@@ -81,6 +81,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
+    crate::archive::claim_segment_size(repo, start.segment_size, &format!("backup of {}", data_dir.display())).await?;
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
     let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());

@@ -64,6 +64,9 @@ pub enum Error {
     /// The WAL needed to make the backup consistent is not in the archive.
     #[error("backup is not usable: {0}; check archive_command and `radd wal-push` logs")]
     WalMissing(crate::archive::Error),
+    /// WAL archive failure (e.g. a backup of another segment size than the repository's WAL).
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
     /// PostgreSQL failed.
     #[error(transparent)]
     Pg(#[from] crate::pg::Error),
@@ -101,6 +104,7 @@ impl Error {
             Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
+            Error::Archive(e) => e.kind(),
             Error::Locked(_) => ErrorKind::Conflict,
             Error::Repository(e) => e.kind(),
         }

@@ -13,7 +13,7 @@ use crate::repository::{self, Repository};
 /// WAL object for `--read-data`.
 pub(super) async fn check(
     repo: &Repository,
-    segment_size: SegmentSize,
+    segment_size: Option<SegmentSize>,
     report: &mut VerifyReport,
 ) -> Result<Vec<ObjectKey>, Error> {
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
@@ -27,7 +27,8 @@ pub(super) async fn check(
             tracing::warn!(key, "ignoring an object outside wal/<timeline>/ in the WAL area");
             continue;
         };
-        let parsed = match WalFileName::parse(name, segment_size) {
+        // Without a size the repository holds no segment: every name is of another kind.
+        let parsed = match segment_size.map_or_else(|| WalFileName::parse_auxiliary(name), |size| WalFileName::parse(name, size)) {
             Ok(parsed) => parsed,
             Err(reason) => {
                 tracing::warn!(key, reason, "ignoring an object that is not a WAL file name");
@@ -45,6 +46,7 @@ pub(super) async fn check(
         }
         objects.push(ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() });
     }
+    let Some(segment_size) = segment_size else { return Ok(objects) };
     for (&timeline, segments) in &timelines {
         report.wal_segments += segments.len() as u64;
         for (first, last) in holes(segments) {
@@ -119,7 +121,7 @@ mod tests {
 
     #[test]
     fn gaps_are_named_like_postgres_names_segments() {
-        let size = SegmentSize::DEFAULT;
+        let size: SegmentSize = "16MB".parse().unwrap();
         let segments: BTreeSet<u64> = [0xFE, 0x101].into_iter().collect();
         let report = timeline_report(Timeline(2), &segments, size);
         assert_eq!(report.first, "0000000200000000000000FE");
