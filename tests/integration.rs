@@ -12,4 +12,5 @@ mod drill;
 mod fs;
 mod restore_safety;
 mod retention;
+mod segsize;
 mod verify;

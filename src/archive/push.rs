@@ -253,6 +253,7 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             .await
             .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
             let (staged, digest) = sealed?;
+            crate::faults::crash_point("wal-push:staged");
             Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged), _pushing: pushing })
         }
         Err(e) => Err(e),

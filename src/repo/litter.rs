@@ -4,12 +4,12 @@
 //! nothing else would ever remove them.
 //!
 //! Two sweeps: the objects of one key whose writing process is gone (cheap, for the next
-//! writer of that key), and every staging file older than an age (for prune, with its grace
+//! writer of that key), and every staging file older than a cutoff (for prune, its grace
 //! period: no writer stays silent on a staging file that long). Other backends write objects in
 //! one request and leave no staging files: both sweeps find nothing there.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::{Error, ObjectKey, Repo};
 
@@ -66,12 +66,11 @@ impl Repo {
         Ok(removed)
     }
 
-    /// Removes (unless `dry_run`) every staging file in the repository last written more than
-    /// `age` ago; returns how many there were. Blocking (walks the repository directory).
-    pub fn remove_stale_staging(&self, age: Duration, dry_run: bool) -> Result<usize, Error> {
+    /// Removes (unless `dry_run`) every staging file in the repository last written before
+    /// `cutoff`; returns how many there were. Blocking (walks the repository directory).
+    pub fn remove_stale_staging(&self, cutoff: SystemTime, dry_run: bool) -> Result<usize, Error> {
         let Some(config) = self.local_file(&ObjectKey::Config.to_string())? else { return Ok(0) };
         let Some(root) = config.parent() else { return Ok(0) };
-        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut removed = 0;
         self.sweep(root, cutoff, dry_run, &mut removed)?;
         Ok(removed)

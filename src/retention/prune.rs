@@ -180,8 +180,8 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
     }
 
     prune_wal(repo, &records, dry_run, report).await?;
-    let (store, age) = (repo.store.clone(), grace.to_std().unwrap_or_default());
-    report.staging_removed = tokio::task::spawn_blocking(move || store.remove_stale_staging(age, dry_run))
+    let (store, cutoff) = (repo.store.clone(), std::time::SystemTime::from(now - grace));
+    report.staging_removed = tokio::task::spawn_blocking(move || store.remove_stale_staging(cutoff, dry_run))
         .await
         .map_err(|e| snapshot::Error::Internal(format!("staging sweep: {e}")))?
         .map_err(repository::Error::from)?;
