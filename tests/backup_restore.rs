@@ -53,7 +53,7 @@ fn backup_start_segment(env: &TestEnv, snapshot: &str) -> String {
     let record = listed.as_array().unwrap().iter().find(|s| s["id"] == snapshot).expect("snapshot listed").clone();
     let lsn: radd::pg::Lsn = record["pg"]["start_lsn"].as_str().unwrap().parse().unwrap();
     let tli = radd::pg::Timeline(record["pg"]["timeline"].as_u64().unwrap() as u32);
-    radd::pg::WalFileName::segment_for(tli, lsn, radd::pg::SEGMENT_SIZE_DEFAULT).to_name(radd::pg::SEGMENT_SIZE_DEFAULT)
+    radd::pg::WalFileName::segment_for(tli, lsn, radd::pg::SegmentSize::DEFAULT).to_name(radd::pg::SegmentSize::DEFAULT)
 }
 
 crate::pg_matrix! {

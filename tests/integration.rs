@@ -16,4 +16,5 @@ mod restore_safety;
 mod retention;
 mod tablespace;
 mod standby;
+mod segsize;
 mod verify;

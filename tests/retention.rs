@@ -128,7 +128,7 @@ fn prune_keeps_the_pitr_window_of_the_oldest_retained_backup() {
     assert!(report["wal_deleted"].as_u64().unwrap() >= 1, "{report:#}");
     json(&env.radd(&["--json", "prune", "--now", &later]));
     let start: radd::pg::Lsn = kept["start_lsn"].as_str().unwrap().parse().unwrap();
-    let first_kept = radd::pg::WalFileName::segment_for(radd::pg::Timeline(1), start, radd::pg::SEGMENT_SIZE_DEFAULT).to_name(radd::pg::SEGMENT_SIZE_DEFAULT);
+    let first_kept = radd::pg::WalFileName::segment_for(radd::pg::Timeline(1), start, radd::pg::SegmentSize::DEFAULT).to_name(radd::pg::SegmentSize::DEFAULT);
     assert_eq!(report["wal_kept_from"]["00000001"], first_kept.as_str());
     let remaining: Vec<String> = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(remaining.len() < wal_before);

@@ -15,15 +15,17 @@ use futures::StreamExt;
 mod bound;
 mod push;
 mod timeline;
+mod segsize;
 
 pub use bound::{drop_spool, is_past_end};
 pub use timeline::{Divergence, Fork, Timelines, parse_history};
 pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push, push_with_backlog};
+pub use segsize::{SegmentSizeRecord, claim as claim_segment_size, for_snapshot as segment_size_for_snapshot, recorded as recorded_segment_size, segment_size};
 
 use crate::codec::ObjectKind;
 use crate::crypto::Digest;
 use crate::error::ErrorKind;
-use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::pg::{SegmentSize, Timeline, WalFileName};
 use crate::repo::{self, ObjectKey};
 use crate::repository::{self, Repository};
 
@@ -63,9 +65,36 @@ pub enum Error {
         /// Its timeline.
         timeline: Timeline,
     },
+    /// A segment or backup of another segment size than the repository's: a second cluster
+    /// archiving here. Nothing of it is stored.
+    #[error("two clusters in one repository: {} holds WAL of {} segments (first stored by {}), but {} has {} segments; nothing was stored — give each cluster its own repository", .0.location, .0.recorded, .0.recorded_by, .0.what, .0.found)]
+    TwoClusters(Box<TwoClusters>),
+    /// A WAL file that cannot be a segment of any cluster (its length or page header).
+    #[error("{name} is not a WAL segment PostgreSQL wrote: {reason}")]
+    BadSegment {
+        /// The file or object.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Repository-level failure (storage, decryption, integrity).
     #[error(transparent)]
     Repository(#[from] repository::Error),
+}
+
+/// What [`Error::TwoClusters`] reports: the repository's segment size and what was refused.
+#[derive(Debug)]
+pub struct TwoClusters {
+    /// Where the repository is.
+    pub location: String,
+    /// The repository's segment size.
+    pub recorded: SegmentSize,
+    /// What stored the first WAL of that size.
+    pub recorded_by: String,
+    /// The size of what was refused.
+    pub found: SegmentSize,
+    /// What was refused ("segment …", "backup of …", "snapshot …").
+    pub what: String,
 }
 
 impl Error {
@@ -75,7 +104,8 @@ impl Error {
         match self {
             Error::BadName(_) => ErrorKind::Config,
             Error::Io { .. } => ErrorKind::Io,
-            Error::Mismatch { .. } => ErrorKind::Conflict,
+            Error::Mismatch { .. } | Error::TwoClusters(_) => ErrorKind::Conflict,
+            Error::BadSegment { .. } => ErrorKind::Integrity,
             Error::NotInArchive { .. } => ErrorKind::NotFound,
             Error::Gap { .. } => ErrorKind::Integrity,
             Error::Repository(e) => e.kind(),
@@ -83,27 +113,48 @@ impl Error {
     }
 }
 
-/// The repository key of a WAL file: grouped by timeline.
-#[must_use]
-pub fn wal_key(name: &WalFileName, segment_size: u64) -> ObjectKey {
-    ObjectKey::Wal {
-        dir: name.timeline().to_string(),
-        name: name.to_name(segment_size),
+/// The repository key of a WAL file, grouped by timeline, by the name it was parsed from
+/// (parsing accepts only the canonical spelling).
+fn key_of(wal: &WalFileName, name: &str) -> ObjectKey {
+    ObjectKey::Wal { dir: wal.timeline().to_string(), name: name.to_owned() }
+}
+
+/// Parses `name`: a bare segment name with the segment size, any other WAL name without.
+fn parse_name(name: &str, segment_size: Option<SegmentSize>) -> Result<WalFileName, Error> {
+    match segment_size {
+        Some(size) => WalFileName::parse(name, size),
+        None => WalFileName::parse_auxiliary(name),
+    }
+    .map_err(Error::BadName)
+}
+
+/// What a segment name needs to be read: the repository's segment size (`Ok(None)` for other
+/// WAL names). A repository that holds no segment has none of any name: not in the archive.
+async fn size_for_name(repo: &Repository, name: &str) -> Result<Option<SegmentSize>, Error> {
+    if !WalFileName::is_segment_name(name) {
+        return Ok(None);
+    }
+    match segment_size(repo).await? {
+        Some(size) => Ok(Some(size)),
+        None => Err(Error::NotInArchive { name: name.to_owned() }),
     }
 }
 
-fn parse_name(name: &str, segment_size: u64) -> Result<WalFileName, Error> {
-    WalFileName::parse(name, segment_size).map_err(Error::BadName)
+/// Fetches one WAL file into `dest` (written to a temporary name, then renamed); a segment
+/// name is read with the repository's segment size.
+pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest, Error> {
+    let size = size_for_name(repo, name).await?;
+    fetch_sized(repo, name, size, dest).await
 }
 
-/// Fetches one WAL file into `dest` (written to a temporary name, then renamed).
-pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest, Error> {
-    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
-    let key = wal_key(&wal, SEGMENT_SIZE_DEFAULT);
+/// [`fetch`] with the segment size already known (`None` for names that need none).
+async fn fetch_sized(repo: &Repository, name: &str, size: Option<SegmentSize>, dest: &Path) -> Result<Digest, Error> {
+    let wal = parse_name(name, size)?;
+    let key = key_of(&wal, name);
     let plaintext = match repo.get_open(ObjectKind::Wal, &key).await {
         Ok(p) => p,
         Err(repository::Error::Repo(repo::Error::NotFound { .. })) => {
-            return Err(missing_error(repo, &wal, name).await);
+            return Err(missing_error(repo, &wal, name, size).await);
         }
         Err(e) => return Err(e.into()),
     };
@@ -132,10 +183,12 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest,
 /// Prefetched segments are decrypted and verified before they enter the spool. The spool is
 /// emptied of other timelines on a timeline switch and entirely at the end of the archive.
 pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, prefetch: u64) -> Result<(), Error> {
-    let wal = parse_name(name, SEGMENT_SIZE_DEFAULT)?;
-    let WalFileName::Segment { timeline, number } = wal else {
-        return fetch(repo, name, dest).await.map(|_| ());
+    let size = size_for_name(repo, name).await?;
+    let wal = parse_name(name, size)?;
+    let (WalFileName::Segment { timeline, number }, Some(size)) = (&wal, size) else {
+        return fetch_sized(repo, name, size, dest).await.map(|_| ());
     };
+    let (timeline, number) = (*timeline, *number);
     let spool = dest.parent().unwrap_or(Path::new(".")).join("radd-spool");
     clean_spool(&spool, |n| !n.starts_with(&timeline.to_string()));
     let spooled = spool.join(name);
@@ -144,28 +197,28 @@ pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, pre
         return Ok(());
     }
     if prefetch == 0 {
-        return fetch(repo, name, dest).await.map(|_| ());
+        return fetch_sized(repo, name, Some(size), dest).await.map(|_| ());
     }
     if let Err(source) = std::fs::create_dir_all(&spool) {
         tracing::warn!(spool = %spool.display(), error = %source, "cannot create the prefetch spool; fetching without prefetch");
-        return fetch(repo, name, dest).await.map(|_| ());
+        return fetch_sized(repo, name, Some(size), dest).await.map(|_| ());
     }
     let ahead = (number + 1..=number + prefetch)
-        .map(|n| WalFileName::Segment { timeline, number: n }.to_name(SEGMENT_SIZE_DEFAULT))
+        .map(|n| WalFileName::Segment { timeline, number: n }.to_name(size))
         .filter(|n| !spool.join(n).exists())
         .collect::<Vec<_>>();
     let prefetched = futures::stream::iter(ahead)
         .map(|n| {
             let target = spool.join(&n);
             async move {
-                if let Err(error) = fetch(repo, &n, &target).await {
+                if let Err(error) = fetch_sized(repo, &n, Some(size), &target).await {
                     tracing::debug!(name = %n, error = %error, "not prefetched");
                 }
             }
         })
         .buffer_unordered(2)
         .collect::<Vec<()>>();
-    let (own, _) = tokio::join!(fetch(repo, name, dest), prefetched);
+    let (own, _) = tokio::join!(fetch_sized(repo, name, Some(size), dest), prefetched);
     match own {
         Err(e @ Error::NotInArchive { .. }) => {
             clean_spool(&spool, |_| true);
@@ -187,11 +240,11 @@ fn clean_spool(spool: &Path, remove: impl Fn(&str) -> bool) {
 }
 
 /// A missing segment is the end of the archive only if nothing later exists on its timeline.
-async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str) -> Error {
-    let WalFileName::Segment { timeline, number } = wal else {
+async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str, size: Option<SegmentSize>) -> Error {
+    let (WalFileName::Segment { timeline, number }, Some(size)) = (wal, size) else {
         return Error::NotInArchive { name: name.to_owned() };
     };
-    match archived_segments(repo, *timeline, SEGMENT_SIZE_DEFAULT).await {
+    match archived_segments(repo, *timeline, size).await {
         Ok(segments) if segments.range(number + 1..).next().is_some() => Error::Gap {
             missing: name.to_owned(),
             timeline: *timeline,
@@ -205,7 +258,7 @@ async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str) -> Erro
 pub async fn archived_segments(
     repo: &Repository,
     timeline: Timeline,
-    segment_size: u64,
+    segment_size: SegmentSize,
 ) -> Result<BTreeSet<u64>, Error> {
     let dir = format!("{}/{timeline}/", ObjectKey::WAL_DIR);
     let listed = repo
@@ -230,7 +283,7 @@ pub async fn check_chain(
     timeline: Timeline,
     first: u64,
     last: Option<u64>,
-    segment_size: u64,
+    segment_size: SegmentSize,
 ) -> Result<u64, Error> {
     let segments = archived_segments(repo, timeline, segment_size).await?;
     let last = last

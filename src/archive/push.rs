@@ -8,17 +8,24 @@
 //! in name order after the requested one, so the archive never shows a later segment without the
 //! earlier ones. A backlog file archived ahead leaves a marker (`<pg_wal>/radd-archived/<name>`:
 //! the file's identity and keyed digest) so that PostgreSQL's own call for it later checks the
-//! stored object's header against the marker instead of reading and hashing 16 MiB again.
+//! stored object's header against the marker instead of reading and hashing the segment again.
+//!
+//! The segment size comes from the file itself (its length, checked against the long page
+//! header) and is claimed in the repository before anything is stored: a segment of another
+//! size than the repository's is refused (two clusters in one repository). A push killed while
+//! staging leaves `<pg_wal>/radd-archived/<name>.pushing` (its pid) beside the staging object it
+//! could not remove; the next push of that name sees the marker and removes what the dead
+//! writer left in the repository, so that only a crash costs a directory scan.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
-use super::{Error, parse_name, wal_key};
+use super::{Error, key_of, parse_name, segsize};
 use crate::codec::{self, ObjectKind, SealKeys, SealOptions};
 use crate::crypto::{Digest, DigestAlg};
-use crate::pg::SEGMENT_SIZE_DEFAULT;
+use crate::pg::{SegmentSize, WalFileName};
 use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
 use crate::repository::{self, Repository};
 
@@ -65,6 +72,89 @@ pub struct Prepared {
     digest: Digest,
     /// `None` when the archive already holds identical content.
     object: Option<NewObject>,
+    /// Present while a staging object exists: says so on disk in case we are killed.
+    _pushing: Option<Pushing>,
+}
+
+/// `<pg_wal>/radd-archived/<name>.pushing` while a staging object of `<name>` exists; removed
+/// when the push ends either way, left behind only by a push that was killed.
+#[derive(Debug)]
+struct Pushing(PathBuf);
+
+impl Drop for Pushing {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const PUSHING_SUFFIX: &str = ".pushing";
+
+fn pushing_path(path: &Path, file_name: &str) -> Option<PathBuf> {
+    marker_path(path, &format!("{file_name}{PUSHING_SUFFIX}"))
+}
+
+/// When an earlier push of this file was killed (its `.pushing` marker names a pid that is not
+/// ours), removes the staging objects dead writers left for `key`. Best effort.
+async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str, key: &ObjectKey) {
+    let Some(marker) = pushing_path(path, file_name) else { return };
+    let Ok(text) = std::fs::read_to_string(&marker) else { return };
+    if text.trim().parse::<u32>().ok() == Some(std::process::id()) {
+        return;
+    }
+    let (store, key) = (repo.store.clone(), key.clone());
+    match tokio::task::spawn_blocking(move || store.remove_abandoned_staging(&key)).await {
+        Ok(Ok(removed)) => {
+            tracing::info!(segment = file_name, removed, "an earlier push of this file was killed; removed its staging objects");
+            let _ = std::fs::remove_file(&marker);
+        }
+        Ok(Err(error)) => tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push; prune removes them after its grace period"),
+        Err(error) => tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push"),
+    }
+}
+
+/// Writes the `.pushing` marker of `file_name` (best effort: without it, a killed push's
+/// staging object waits for prune).
+fn start_pushing(path: &Path, file_name: &str) -> Option<Pushing> {
+    let marker = pushing_path(path, file_name)?;
+    let written = marker.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&marker, format!("{}\n", std::process::id())));
+    match written {
+        Ok(()) => Some(Pushing(marker)),
+        Err(error) => {
+            tracing::debug!(marker = %marker.display(), error = %error, "cannot mark a push in progress");
+            None
+        }
+    }
+}
+
+/// Files whose length is the cluster's segment size: segments and `.partial` segments.
+fn is_sized(file_name: &str) -> bool {
+    WalFileName::is_segment_name(file_name) || file_name.strip_suffix(".partial").is_some_and(WalFileName::is_segment_name)
+}
+
+/// The segment size of the WAL file at `path` (`None` for history and `.backup` files), from
+/// its length and the long page header at its start.
+fn file_segment_size(path: &Path, file_name: &str, file: &std::fs::File, len: u64) -> Result<Option<SegmentSize>, Error> {
+    use std::os::unix::fs::FileExt;
+    if !is_sized(file_name) {
+        return Ok(None);
+    }
+    // Positioned read: the file is then streamed from its start.
+    let mut start = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(SegmentSize::HEADER_LEN)];
+    file.read_exact_at(&mut start, 0).map_err(|e| io_error("read", path, e))?;
+    SegmentSize::of_segment_file(&start, len)
+        .map(Some)
+        .map_err(|reason| Error::BadSegment { name: path.display().to_string(), reason })
+}
+
+/// The segment size of the file at `path`, for [`push_with_backlog`] to claim before anything.
+fn segment_size_at(path: &Path) -> Result<Option<SegmentSize>, Error> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if !is_sized(file_name) {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(|e| io_error("read", path, e))?;
+    let len = file.metadata().map_err(|e| io_error("read", path, e))?.len();
+    file_segment_size(path, file_name, &file, len)
 }
 
 /// The identity of a file as PostgreSQL left it: device, inode, size, mtime (ns).
@@ -112,8 +202,15 @@ fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
 /// Reads a WAL file and seals it into a staging object (synced, not yet visible); recognises an
 /// already archived file from its marker (identity unchanged and the stored header's digest
 /// equal to the recorded one) or by digesting it and comparing with the stored header, without
-/// compressing or encrypting anything, and refuses a different file under the same name.
+/// compressing or encrypting anything, and refuses a different file under the same name. A
+/// segment's size (from the file) is claimed in the repository first: a segment of another size
+/// than the repository's is refused before anything is stored.
 pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Result<Prepared, Error> {
+    prepare_claimed(repo, path, options, None).await
+}
+
+/// [`prepare`] when the caller already claimed segment size `claimed` for this repository.
+async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, claimed: Option<SegmentSize>) -> Result<Prepared, Error> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -122,21 +219,28 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
     let file = std::fs::File::open(path).map_err(|e| io_error("read", path, e))?;
     let meta = file.metadata().map_err(|e| io_error("read", path, e))?;
     let len = meta.len();
-    let segment_size = segment_size_of(&file_name, len);
-    let key = wal_key(&parse_name(&file_name, segment_size)?, segment_size);
+    let segment_size = file_segment_size(path, &file_name, &file, len)?;
+    let wal = parse_name(&file_name, segment_size.filter(|_| WalFileName::is_segment_name(&file_name)))?;
+    if let Some(size) = segment_size.filter(|s| claimed != Some(*s)) {
+        segsize::claim(repo, size, &format!("segment {file_name}")).await?;
+    }
+    let key = key_of(&wal, &file_name);
     let object = key.to_string();
+    clean_after_killed_push(repo, path, &file_name, &key).await;
     match stored_header(repo, &key).await {
         Ok((alg, existing)) => {
+            let done = |digest| Prepared { path: path.to_owned(), file_name: file_name.clone(), key: key.clone(), digest, object: None, _pushing: None };
             if marker_digest(path, &file_name, &meta) == Some(existing) {
-                return Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None });
+                return Ok(done(existing));
             }
             if digest_file(repo, path, file, len, alg).await? == existing {
-                Ok(Prepared { path: path.to_owned(), file_name, key, digest: existing, object: None })
+                Ok(done(existing))
             } else {
                 Err(Error::Mismatch { name: file_name })
             }
         }
         Err(Error::Repository(repository::Error::Repo(repo::Error::NotFound { .. }))) => {
+            let pushing = start_pushing(path, &file_name);
             let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
             let key2 = key.clone();
@@ -149,7 +253,8 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
             .await
             .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
             let (staged, digest) = sealed?;
-            Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged) })
+            crate::faults::crash_point("wal-push:staged");
+            Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged), _pushing: pushing })
         }
         Err(e) => Err(e),
     }
@@ -209,9 +314,14 @@ pub async fn push(repo: &Repository, path: &Path, options: PushOptions) -> Resul
 /// stored.
 pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOptions) -> Result<(PushOutcome, usize), Error> {
     let own_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    // Claimed once for the whole batch: the segments beside this one are the same cluster's.
+    let claimed = segment_size_at(path)?;
+    if let Some(size) = claimed {
+        segsize::claim(repo, size, &format!("segment {own_name}")).await?;
+    }
     let mut files = vec![path.to_owned()];
-    if options.ahead > 0 {
-        files.extend(not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead).await);
+    if let Some(size) = claimed.filter(|_| options.ahead > 0) {
+        files.extend(not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead, size).await);
     }
     let parallel = options.parallel.max(1);
     // With several files in flight, the cores are busy sealing different files: one
@@ -221,7 +331,7 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOpti
         .map(|p| {
             let repo = repo.clone();
             tokio::spawn(async move {
-                let result = prepare(&repo, &p, options).await;
+                let result = prepare_claimed(&repo, &p, options, claimed).await;
                 (result, p)
             })
         })
@@ -258,15 +368,15 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOpti
 /// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
 /// at the first one it cannot tell: segments an earlier call already archived ahead are
 /// skipped.
-async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize) -> Vec<PathBuf> {
+async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize, size: SegmentSize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for path in candidates {
         if out.len() >= limit {
             break;
         }
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
-        let Ok(wal) = parse_name(name, SEGMENT_SIZE_DEFAULT) else { break };
-        match repo.store.exists(&wal_key(&wal, SEGMENT_SIZE_DEFAULT)).await {
+        let Ok(wal) = parse_name(name, Some(size)) else { break };
+        match repo.store.exists(&key_of(&wal, name)).await {
             Ok(true) => {}
             Ok(false) => out.push(path),
             Err(_) => break,
@@ -294,7 +404,8 @@ fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
         for marker in markers.filter_map(Result::ok) {
             let name = marker.file_name();
             let name = name.to_str().unwrap_or_default();
-            if name != own && !ready.contains(name) {
+            // `.pushing` markers are not acknowledgements: they stay until that file is pushed.
+            if name != own && !ready.contains(name) && !name.ends_with(PUSHING_SUFFIX) {
                 let _ = std::fs::remove_file(marker.path());
             } else {
                 marked.insert(name.to_owned());
@@ -308,10 +419,4 @@ fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
         .take(limit)
         .map(|n| dir.join(n))
         .collect()
-}
-
-/// Segment files are named by their size; anything else uses the default for parsing.
-fn segment_size_of(name: &str, len: u64) -> u64 {
-    let plausible = len.is_power_of_two() && (1 << 20..=1 << 30).contains(&len);
-    if name.len() == 24 && plausible { len } else { SEGMENT_SIZE_DEFAULT }
 }

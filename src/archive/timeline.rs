@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::Error;
 use crate::codec::ObjectKind;
-use crate::pg::{Lsn, Timeline, WalFileName};
+use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 
@@ -82,11 +82,11 @@ pub fn parse_history(timeline: Timeline, text: &str) -> Result<Vec<Fork>, String
 }
 
 /// What the archive holds per timeline: history files (decrypted) and segment store times.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Timelines {
     histories: BTreeMap<Timeline, (Vec<Fork>, DateTime<Utc>)>,
     segments: BTreeMap<Timeline, BTreeMap<u64, DateTime<Utc>>>,
-    segment_size: u64,
+    segment_size: SegmentSize,
 }
 
 impl Timelines {
@@ -94,9 +94,9 @@ impl Timelines {
     ///
     /// # Errors
     /// Listing or reading fails, or a history file cannot be parsed.
-    pub async fn load(repo: &Repository, segment_size: u64) -> Result<Self, Error> {
+    pub async fn load(repo: &Repository, segment_size: SegmentSize) -> Result<Self, Error> {
         let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
-        let mut out = Timelines { segment_size, ..Timelines::default() };
+        let mut out = Timelines { segment_size, histories: BTreeMap::new(), segments: BTreeMap::new() };
         for object in listed {
             let Some(name) = object.key.rsplit('/').next() else { continue };
             match WalFileName::parse(name, segment_size) {
@@ -199,9 +199,9 @@ mod tests {
     }
 
     fn archive(parent_segments: &[(u64, i64)]) -> Timelines {
-        let size = 16 << 20;
-        let mut t = Timelines { segment_size: size, ..Timelines::default() };
-        let fork = Fork { parent: Timeline(1), child: Timeline(2), switchpoint: Lsn(5 * size + 0x28) };
+        let size = SegmentSize::DEFAULT;
+        let mut t = Timelines { segment_size: size, histories: BTreeMap::new(), segments: BTreeMap::new() };
+        let fork = Fork { parent: Timeline(1), child: Timeline(2), switchpoint: Lsn(5 * size.bytes() + 0x28) };
         t.histories.insert(Timeline(2), (vec![fork], at(100)));
         t.segments.insert(Timeline(1), parent_segments.iter().map(|&(n, s)| (n, at(s))).collect());
         t

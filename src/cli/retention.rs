@@ -145,13 +145,14 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     println!(
-        "{}: {} packs referenced, {} newly condemned, {} reprieved, {} deleted; {} WAL files deleted; {} reclaimed",
+        "{}: {} packs referenced, {} newly condemned, {} reprieved, {} deleted; {} WAL files deleted; {} stale staging files removed; {} reclaimed",
         if report.applied { "prune" } else { "prune (dry run)" },
         report.packs_referenced,
         report.packs_condemned,
         report.packs_reprieved,
         report.packs_deleted,
         report.wal_deleted,
+        report.staging_removed,
         super::human_bytes(report.bytes_reclaimed)
     );
     for (timeline, from) in &report.wal_kept_from {

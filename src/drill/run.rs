@@ -125,7 +125,10 @@ async fn steps(
     };
 
     let t = Instant::now();
-    let size = pg_info.segment_size;
+    let size = match archive::segment_size_for_snapshot(repo, pg_info.segment_size, &format!("snapshot {}", record_snap.id)).await {
+        Ok(size) => size,
+        Err(e) => return record(progress, "wal_chain", CheckStatus::Failed, e.to_string(), t),
+    };
     let last = match &recovery {
         RecoveryTarget::Immediate => Some(pg_info.stop_lsn.segment_no(size)),
         _ => None,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{Error, Lsn, Timeline};
+use super::{Error, Lsn, SegmentSize, Timeline};
 use crate::config::PostgresConfig;
 
 /// Opens a connection; the connection task runs on the current tokio runtime.
@@ -44,8 +44,8 @@ pub struct BackupStart {
     pub server_version: String,
     /// The server's data directory.
     pub data_dir: PathBuf,
-    /// WAL segment size in bytes.
-    pub segment_size: u64,
+    /// The cluster's WAL segment size (`wal_segment_size`).
+    pub segment_size: SegmentSize,
 }
 
 /// What the server reports when a backup stops.
@@ -80,7 +80,7 @@ impl BackupSession {
             .map_err(|source| Error::Query { query: "SELECT current_setting(…)", source })?;
         let server_version_num = u32::try_from(row.get::<_, i32>(0))
             .map_err(|_| Error::Unexpected("negative server_version_num".into()))?;
-        let segment_size = parse_size(row.get::<_, &str>(3))?;
+        let segment_size = row.get::<_, &str>(3).parse::<SegmentSize>().map_err(Error::Unexpected)?;
         let start_sql = if server_version_num >= 150_000 {
             "SELECT pg_backup_start($1, true)::text"
         } else {
@@ -134,20 +134,4 @@ impl BackupSession {
             timeline,
         })
     }
-}
-
-/// Parses PostgreSQL size settings such as "16MB" (as `wal_segment_size` is shown).
-fn parse_size(s: &str) -> Result<u64, Error> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..split]
-        .parse()
-        .map_err(|_| Error::Unexpected(format!("size setting {s:?}")))?;
-    let mult = match &s[split..] {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        other => return Err(Error::Unexpected(format!("size unit {other:?}"))),
-    };
-    Ok(n * mult)
 }

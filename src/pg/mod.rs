@@ -13,7 +13,7 @@ mod wal;
 pub use backup_api::{BackupSession, BackupStart, BackupStop, connect};
 pub use scratch::{ScratchCluster, free_port, hand_over};
 pub use tablespace::{Tablespace, format_tablespace_map, parse_tablespace_map, version_dir_prefix};
-pub use wal::{Lsn, SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+pub use wal::{Lsn, SegmentSize, Timeline, WalFileName};
 
 use std::path::PathBuf;
 

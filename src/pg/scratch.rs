@@ -203,6 +203,15 @@ impl ScratchCluster {
         Ok(standby)
     }
 
+    /// Runs `pg_resetwal -l <next_wal_file>` on the stopped cluster, so that it writes its WAL
+    /// from that file on: tests and demos start a cluster just below a log id boundary (or
+    /// past segment 0x100) instead of writing gigabytes of WAL to get there.
+    pub fn reset_wal(&self, next_wal_file: &str) -> Result<(), Error> {
+        let mut cmd = self.program("pg_resetwal");
+        cmd.arg("-l").arg(next_wal_file).arg("-D").arg(&self.data_dir);
+        self.run(cmd, "pg_resetwal")
+    }
+
     /// Starts the server with extra `-c name=value` settings and environment, waiting until it
     /// accepts connections.
     pub fn start(&mut self, settings: &[(&str, String)], env: &[(String, String)]) -> Result<(), Error> {

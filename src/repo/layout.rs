@@ -4,6 +4,7 @@
 //! config                     repository config (id, format version, id-key check)
 //! keys/id-key                the id key, age-encrypted to the recipients of `repo init`
 //! keys/set-<n>               after key add/remove: recipients and the id key encrypted to them
+//! wal-segment-size           record: the WAL segment size of the cluster archiving here (first push or backup)
 //! wal/<dir>/<name>           one object per WAL file (segment, history, .backup, .partial)
 //! packs/<id>                 packs of chunks (id = keyed digest of the pack)
 //! index/<id>                 blob tables of packs written by one backup
@@ -25,6 +26,9 @@ pub enum ObjectKey {
     IdKey,
     /// A version of the recipient set.
     KeySet(u32),
+    /// The record of the WAL segment size the repository's names are spelled with (outside
+    /// `wal/`, so WAL listings never see it).
+    SegmentSize,
     /// A WAL file, grouped in a directory chosen by the caller (the timeline).
     Wal {
         /// Grouping directory.
@@ -73,6 +77,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Config => f.write_str("config"),
             ObjectKey::IdKey => f.write_str("keys/id-key"),
             ObjectKey::KeySet(n) => write!(f, "keys/set-{n}"),
+            ObjectKey::SegmentSize => f.write_str("wal-segment-size"),
             ObjectKey::Wal { dir, name } => write!(f, "{}/{dir}/{name}", Self::WAL_DIR),
             ObjectKey::Pack(id) => write!(f, "{}/{id}", Self::PACK_DIR),
             ObjectKey::Index(id) => write!(f, "{}/{id}", Self::INDEX_DIR),

@@ -6,6 +6,7 @@
 //! local backend), so an object, once visible, never changes and a crash never leaves a torn one.
 
 mod layout;
+mod litter;
 pub mod lock;
 mod staged;
 

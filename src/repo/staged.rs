@@ -171,7 +171,7 @@ impl Repo {
         }
     }
 
-    fn io_error(&self, op: &'static str, key: &str, source: std::io::Error) -> Error {
+    pub(super) fn io_error(&self, op: &'static str, key: &str, source: std::io::Error) -> Error {
         let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
         self.backend_error(op, key, source)
     }

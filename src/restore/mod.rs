@@ -344,10 +344,10 @@ async fn check_wal(
     pg: &snapshot::PgInfo,
     options: &RestoreOptions,
 ) -> Result<(String, Option<AcceptedLoss>), Error> {
-    let size = pg.segment_size;
+    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
+    let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {snapshot_id}")).await.map_err(|e| wal_err(e, ""))?;
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
-    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
     let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);
     archive::check_chain(repo, pg.timeline, first, Some(consistent), size)
         .await
@@ -365,8 +365,8 @@ async fn check_wal(
             let newest = archived.last().copied().unwrap_or(missing).max(missing);
             let loss = AcceptedLoss {
                 first_missing: name(missing),
-                from_lsn: Lsn(missing * size),
-                to_lsn: Lsn((newest + 1) * size),
+                from_lsn: Lsn(missing * size.bytes()),
+                to_lsn: Lsn((newest + 1) * size.bytes()),
             };
             tracing::warn!(snapshot_id, first_missing = %loss.first_missing, from = %loss.from_lsn, to = %loss.to_lsn,
                 "WAL gap accepted with --allow-gap: recovery stops before the gap and the WAL after it is lost");

@@ -114,7 +114,7 @@ pub(super) fn check_end(timelines: &Timelines, record: &SnapshotRecord, pg: &PgI
     let (past, end) = match recovery {
         RecoveryTarget::Time(t) => (*t > stored, format!("{} (when segment {name} was archived)", stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
         RecoveryTarget::Lsn(l) => {
-            let end = Lsn((number + 1) * size);
+            let end = Lsn((number + 1) * size.bytes());
             (*l > end, format!("LSN {end} (end of segment {name})"))
         }
         _ => (false, String::new()),

@@ -9,14 +9,18 @@
 //! any point leaves a repository that verifies: (1) a new index without the doomed packs is
 //! written, (2) the old index objects are deleted, (3) the packs, (4) their marks. WAL is
 //! deleted below the start segment of the oldest retained base backup on each timeline (all of
-//! a timeline older than every retained backup's); history files are always kept.
+//! a timeline older than every retained backup's); history files are always kept. WAL names
+//! are read with the repository's segment size, never an assumed one: read with another size,
+//! a name means another position, and the WAL a retained backup needs would be deleted. Staging
+//! files that writers killed mid-write left behind are removed once older than the grace period.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::pg::{SEGMENT_SIZE_DEFAULT, Timeline, WalFileName};
+use crate::pg::{Timeline, WalFileName};
+use crate::archive;
 use crate::faults::crash_point;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
@@ -41,6 +45,8 @@ pub struct PruneReport {
     pub bytes_reclaimed: u64,
     /// The oldest WAL segment kept per timeline.
     pub wal_kept_from: BTreeMap<String, String>,
+    /// Staging files (left by writers killed mid-write) older than the grace period, removed.
+    pub staging_removed: usize,
 }
 
 fn name_of(key: &str) -> String {
@@ -173,23 +179,47 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
         }
     }
 
-    prune_wal(repo, &records, dry_run, report).await
+    prune_wal(repo, &records, dry_run, report).await?;
+    let (store, cutoff) = (repo.store.clone(), std::time::SystemTime::from(now - grace));
+    report.staging_removed = tokio::task::spawn_blocking(move || store.remove_stale_staging(cutoff, dry_run))
+        .await
+        .map_err(|e| snapshot::Error::Internal(format!("staging sweep: {e}")))?
+        .map_err(repository::Error::from)?;
+    Ok(())
 }
 
 /// Deletes WAL below the oldest retained base backup's start segment on each timeline.
+/// Every retained backup must be of the repository's segment size (else two clusters share
+/// the repository, and no WAL is deleted).
 async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+    let Some(first) = records.iter().find_map(|r| r.pg.as_ref()) else {
+        return Ok(()); // no base backup retained: keep all WAL (nothing says what is needed)
+    };
+    // Without a record and without any segment archived, the backups' own size spells names.
+    let size = archive::segment_size(repo).await?.unwrap_or(first.segment_size);
     let mut keep_from: BTreeMap<Timeline, u64> = BTreeMap::new();
-    for pg in records.iter().filter_map(|r| r.pg.as_ref()) {
-        let start = pg.start_lsn.segment_no(pg.segment_size);
+    for record in records {
+        let Some(pg) = &record.pg else { continue };
+        if pg.segment_size != size {
+            return Err(archive::Error::TwoClusters(Box::new(archive::TwoClusters {
+                location: repo.store.location().to_owned(),
+                recorded: size,
+                recorded_by: "the WAL archived".into(),
+                found: pg.segment_size,
+                what: format!("snapshot {}", record.id),
+            }))
+            .into());
+        }
+        let start = pg.start_lsn.segment_no(size);
         keep_from.entry(pg.timeline).and_modify(|s| *s = (*s).min(start)).or_insert(start);
     }
     let Some(oldest_timeline) = keep_from.keys().next().copied() else {
-        return Ok(()); // no base backup retained: keep all WAL (nothing says what is needed)
+        return Ok(());
     };
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
     for item in listed {
         let name = name_of(&item.key);
-        let wal = match WalFileName::parse(&name, SEGMENT_SIZE_DEFAULT) {
+        let wal = match WalFileName::parse(&name, size) {
             Ok(w) => w,
             Err(_) => continue,
         };
@@ -197,8 +227,8 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
             WalFileName::Segment { number, .. } => *number,
             WalFileName::History(_) => continue,
             // .backup and .partial files belong to the segment their name starts with.
-            WalFileName::Other { name, .. } => match WalFileName::parse(&name[..24.min(name.len())], SEGMENT_SIZE_DEFAULT) {
-                Ok(WalFileName::Segment { number, .. }) => number,
+            WalFileName::Other { name, .. } => match name.get(..24).map(|base| WalFileName::parse(base, size)) {
+                Some(Ok(WalFileName::Segment { number, .. })) => number,
                 _ => continue,
             },
         };
@@ -217,7 +247,7 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
         }
     }
     for (timeline, from) in keep_from {
-        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(SEGMENT_SIZE_DEFAULT));
+        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(size));
     }
     Ok(())
 }

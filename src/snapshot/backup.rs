@@ -85,6 +85,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
+    crate::archive::claim_segment_size(repo, start.segment_size, &format!("backup of {}", data_dir.display())).await?;
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
     let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
@@ -207,7 +208,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 /// Waits until the segment holding the backup's stop LSN is in the repository (the archiver
 /// pushes it right after `pg_backup_stop` switched WAL), polling from 10 ms up to 250 ms, for at
 /// most `limit`. The chain check that follows decides; this only avoids checking too early.
-async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: u64, limit: std::time::Duration) {
+async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: pg::SegmentSize, limit: std::time::Duration) {
     let WalFileName::Segment { timeline, .. } = last else { return };
     let key = ObjectKey::Wal { dir: timeline.to_string(), name: last.to_name(segment_size) };
     let deadline = Instant::now() + limit;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Digest;
-use crate::pg::{Lsn, Tablespace, Timeline};
+use crate::pg::{Lsn, SegmentSize, Tablespace, Timeline};
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +25,8 @@ pub struct PgInfo {
     pub stop_lsn: Lsn,
     /// Timeline at backup start.
     pub timeline: Timeline,
-    /// WAL segment size in bytes.
-    pub segment_size: u64,
+    /// WAL segment size (stored as the byte count).
+    pub segment_size: SegmentSize,
     /// `server_version`.
     pub server_version: String,
     /// `server_version_num`.

@@ -82,6 +82,9 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// WAL archive failure (e.g. a backup of another segment size than the repository's WAL).
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
     /// PostgreSQL failed.
     #[error(transparent)]
     Pg(#[from] crate::pg::Error),
@@ -119,6 +122,7 @@ impl Error {
             Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
+            Error::Archive(e) => e.kind(),
             Error::Locked(_) => ErrorKind::Conflict,
             Error::Repository(e) => e.kind(),
         }

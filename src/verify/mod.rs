@@ -284,12 +284,23 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
     snapshots::check_all(repo, &records, &mut chunks, &mut report).await?;
     let packs = data::check_packs(repo, index.as_ref(), &mut report).await?;
 
-    let segment_size = records
-        .iter()
-        .find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size))
-        .unwrap_or(crate::pg::SEGMENT_SIZE_DEFAULT);
+    let segment_size = match archive::segment_size(repo).await {
+        Ok(size) => size,
+        Err(e) if e.kind() == ErrorKind::Storage => return Err(e.into()),
+        // A damaged size record (or, without one, a damaged segment to learn it from): reported,
+        // and the WAL is read with the size the snapshots record.
+        Err(e) => {
+            report.problem(ProblemKind::Corrupt, repo::ObjectKey::SegmentSize.to_string(), format!("cannot tell the WAL segment size: {e}"));
+            records.iter().find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size))
+        }
+    };
     let wal_objects = wal::check(repo, segment_size, &mut report).await?;
-    for diverged in archive::Timelines::load(repo, segment_size).await?.divergences() {
+    // Without a known segment size the archive holds no segment, so no fork can have diverged.
+    let timelines = match segment_size {
+        Some(size) => Some(archive::Timelines::load(repo, size).await?),
+        None => None,
+    };
+    for diverged in timelines.iter().flat_map(archive::Timelines::divergences) {
         let child = diverged.fork.child;
         let key = ObjectKey::Wal { dir: child.to_string(), name: format!("{child}.history") };
         report.problem(ProblemKind::Timeline, key.to_string(), diverged.describe());

@@ -179,7 +179,14 @@ pub(super) async fn check_all(
 /// checked exactly as restore checks it.
 async fn check_wal_range(repo: &Repository, record: &SnapshotRecord, report: &mut VerifyReport) -> Result<(), Error> {
     let Some(pg) = &record.pg else { return Ok(()) };
-    let size = pg.segment_size;
+    let size = match archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await {
+        Ok(size) => size,
+        Err(e @ archive::Error::TwoClusters(_)) => {
+            report.problem(ProblemKind::Corrupt, ObjectKey::Snapshot(record.id.clone()).to_string(), format!("{e}; its WAL cannot be read with this repository's segment size"));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (first, last) = (pg.start_lsn.segment_no(size), pg.stop_lsn.segment_no(size));
     match archive::check_chain(repo, pg.timeline, first, Some(last), size).await {
         Ok(_) => Ok(()),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Error, Gap, ProblemKind, TimelineReport, VerifyReport};
-use crate::pg::{Timeline, WalFileName};
+use crate::pg::{SegmentSize, Timeline, WalFileName};
 use crate::repo::{Listed, ObjectKey};
 use crate::repository::{self, Repository};
 
@@ -13,7 +13,7 @@ use crate::repository::{self, Repository};
 /// WAL object for `--read-data`.
 pub(super) async fn check(
     repo: &Repository,
-    segment_size: u64,
+    segment_size: Option<SegmentSize>,
     report: &mut VerifyReport,
 ) -> Result<Vec<ObjectKey>, Error> {
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
@@ -27,7 +27,8 @@ pub(super) async fn check(
             tracing::warn!(key, "ignoring an object outside wal/<timeline>/ in the WAL area");
             continue;
         };
-        let parsed = match WalFileName::parse(name, segment_size) {
+        // Without a size the repository holds no segment: every name is of another kind.
+        let parsed = match segment_size.map_or_else(|| WalFileName::parse_auxiliary(name), |size| WalFileName::parse(name, size)) {
             Ok(parsed) => parsed,
             Err(reason) => {
                 tracing::warn!(key, reason, "ignoring an object that is not a WAL file name");
@@ -45,6 +46,7 @@ pub(super) async fn check(
         }
         objects.push(ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() });
     }
+    let Some(segment_size) = segment_size else { return Ok(objects) };
     for (&timeline, segments) in &timelines {
         report.wal_segments += segments.len() as u64;
         for (first, last) in holes(segments) {
@@ -58,7 +60,7 @@ pub(super) async fn check(
 
 /// The problem for segments `first..=last` missing on `timeline`: the object is the first
 /// missing segment's key, the detail names the whole run and the archived segments around it.
-fn gap_problem(timeline: Timeline, first: u64, last: u64, segment_size: u64) -> (String, String) {
+fn gap_problem(timeline: Timeline, first: u64, last: u64, segment_size: SegmentSize) -> (String, String) {
     let name = |number| WalFileName::Segment { timeline, number }.to_name(segment_size);
     let what = if first == last {
         format!("segment {} is missing", name(first))
@@ -76,7 +78,7 @@ fn gap_problem(timeline: Timeline, first: u64, last: u64, segment_size: u64) -> 
 }
 
 /// Summarises one timeline's archived segments (a non-empty set) and its gaps.
-fn timeline_report(timeline: Timeline, segments: &BTreeSet<u64>, segment_size: u64) -> TimelineReport {
+fn timeline_report(timeline: Timeline, segments: &BTreeSet<u64>, segment_size: SegmentSize) -> TimelineReport {
     let name = |number| WalFileName::Segment { timeline, number }.to_name(segment_size);
     TimelineReport {
         timeline: timeline.to_string(),
@@ -119,7 +121,7 @@ mod tests {
 
     #[test]
     fn gaps_are_named_like_postgres_names_segments() {
-        let size = crate::pg::SEGMENT_SIZE_DEFAULT;
+        let size: SegmentSize = "16MB".parse().unwrap();
         let segments: BTreeSet<u64> = [0xFE, 0x101].into_iter().collect();
         let report = timeline_report(Timeline(2), &segments, size);
         assert_eq!(report.first, "0000000200000000000000FE");

@@ -154,10 +154,17 @@ impl TestEnv {
     /// Like [`source_cluster`](Self::source_cluster) with extra `initdb` arguments (e.g.
     /// `--wal-segsize=1`) and extra server settings.
     pub fn source_cluster_with(&self, initdb_args: &[&str], settings: &[(&str, String)]) -> ScratchCluster {
+        self.source_cluster_prepared(initdb_args, settings, |_| {})
+    }
+
+    /// Like [`source_cluster_with`](Self::source_cluster_with), running `prepare` on the fresh,
+    /// stopped cluster before its first start (e.g. `pg_resetwal -l` to start its WAL elsewhere).
+    pub fn source_cluster_prepared(&self, initdb_args: &[&str], settings: &[(&str, String)], prepare: impl FnOnce(&ScratchCluster)) -> ScratchCluster {
         let work = self.path().join("source");
         std::fs::create_dir(&work).expect("create source dir");
         let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster");
         cluster.initdb_with(initdb_args).expect("initdb");
+        prepare(&cluster);
         let archive_command = format!(
             "'{}' --config '{}' wal-push %p",
             radd_binary().display(),
