@@ -14,6 +14,31 @@ use std::path::{Path, PathBuf};
 
 use super::Error;
 
+/// Where a server's configuration files are, from `current_setting(…)` (absolute paths).
+#[derive(Debug, Clone)]
+pub struct ConfigPaths {
+    /// `config_file`.
+    pub config_file: PathBuf,
+    /// `hba_file`.
+    pub hba_file: PathBuf,
+    /// `ident_file`.
+    pub ident_file: PathBuf,
+}
+
+/// Asks the server where its configuration files are. Needs a superuser or a role with
+/// `pg_read_all_settings`.
+pub async fn config_paths(client: &tokio_postgres::Client) -> Result<ConfigPaths, Error> {
+    let row = client
+        .query_one("SELECT current_setting('config_file'), current_setting('hba_file'), current_setting('ident_file')", &[])
+        .await
+        .map_err(|source| Error::Query { query: "SELECT current_setting('config_file'), …('hba_file'), …('ident_file')", source })?;
+    Ok(ConfigPaths {
+        config_file: PathBuf::from(row.get::<_, String>(0)),
+        hba_file: PathBuf::from(row.get::<_, String>(1)),
+        ident_file: PathBuf::from(row.get::<_, String>(2)),
+    })
+}
+
 /// Nesting limit of includes (PostgreSQL's CONF_FILE_MAX_DEPTH).
 const MAX_DEPTH: usize = 10;
 
