@@ -141,6 +141,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             restore_command,
             disable_archiving: true,
             include: Vec::new(),
+            config_dir: None,
         },
     )
     .await?;

@@ -42,6 +42,12 @@ pub struct RestoreArgs {
     /// Fs snapshots: restore only paths matching this glob (and everything below); repeatable.
     #[arg(long)]
     pub include: Vec<String>,
+    /// Base backups: write the configuration files that lived outside the source's data
+    /// directory (Debian: /etc/postgresql/<ver>/<name>) into DIR (absent or empty) instead of the
+    /// data directory; DIR/postgresql.conf then names the target as data_directory, so
+    /// `pg_ctl -D DIR start` works as on Debian.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Restores and prints the report.
@@ -61,6 +67,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         restore_command: jobs::restore_command(&config.source)?,
         disable_archiving: !a.archive,
         include: a.include.clone(),
+        config_dir: a.config_dir.as_deref().map(std::path::absolute).transpose()?,
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;

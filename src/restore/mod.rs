@@ -8,6 +8,7 @@
 //! that looks like a data directory.
 
 mod recovery;
+mod server_config;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -123,6 +124,9 @@ pub struct RestoreOptions {
     pub disable_archiving: bool,
     /// Fs snapshots: restore only paths matching these globs (and everything below them).
     pub include: Vec<String>,
+    /// Base backups: where the server's configuration files that lived outside the source's
+    /// data directory go (default: into the restored data directory).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// The result of a restore, printed by the CLI (text or `--json`).
@@ -155,6 +159,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let clock = Instant::now();
     let record = snapshot::resolve(repo, &options.snapshot).await?;
     check_target(&options.target)?;
+    server_config::check_config_dir(options)?;
     let include = if options.include.is_empty() {
         None
     } else {
@@ -172,7 +177,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let result = async {
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
-        if record.pg.is_some() {
+        if let Some(pg) = &record.pg {
+            server_config::prepare(&staging, &manifest, pg, options)?;
             recovery::write_settings(&staging, &manifest, options, &record.id)?;
         }
         writer::sync_tree(&staging)?;
@@ -193,6 +199,9 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     std::fs::rename(&staging, &options.target).map_err(io_err("move restored data into", &options.target))?;
     if let Some(parent) = options.target.parent() {
         writer::sync_dir(parent)?;
+    }
+    if record.pg.is_some() {
+        server_config::finish(options)?;
     }
     Ok(RestoreReport {
         snapshot_id: record.id,
