@@ -159,7 +159,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let clock = Instant::now();
     let record = snapshot::resolve(repo, &options.snapshot).await?;
     check_target(&options.target)?;
-    server_config::check_config_dir(options)?;
+    server_config::check_config_dir(options.config_dir.as_deref())?;
+    let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
     let include = if options.include.is_empty() {
         None
     } else {
@@ -178,7 +179,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if let Some(pg) = &record.pg {
-            server_config::prepare(&staging, &manifest, pg, options)?;
+            server_config::prepare(&staging, manifest.server_files.as_ref(), Path::new(&pg.data_dir), destination)?;
             recovery::write_settings(&staging, &manifest, options, &record.id)?;
         }
         writer::sync_tree(&staging)?;
@@ -201,7 +202,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         writer::sync_dir(parent)?;
     }
     if record.pg.is_some() {
-        server_config::finish(options)?;
+        server_config::finish(destination)?;
     }
     Ok(RestoreReport {
         snapshot_id: record.id,

@@ -13,9 +13,18 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Error, RestoreOptions, io_err};
+use super::{Error, io_err};
 use crate::pg::conf::{self, Edit, normalize};
-use crate::snapshot::{Manifest, PgInfo, SERVER_FILES_DIR, ServerFiles};
+use crate::snapshot::{SERVER_FILES_DIR, ServerFiles};
+
+/// Where a restore puts the data directory and, if apart, the configuration files.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The restored data directory (final path).
+    pub target: &'a Path,
+    /// `--config-dir`: where the configuration from outside the source's data directory goes.
+    pub config_dir: Option<&'a Path>,
+}
 
 /// Where source paths go: (source prefix, restored prefix), longest source first.
 struct Places(Vec<(PathBuf, PathBuf)>);
@@ -50,12 +59,10 @@ impl Places {
 /// Rewrites the configuration files in `staging` (the data directory being restored) for their
 /// final places; without `--config-dir` also moves the stored ones into it. Runs before the
 /// recovery settings are appended to postgresql.auto.conf.
-pub fn prepare(staging: &Path, manifest: &Manifest, pg: &PgInfo, options: &RestoreOptions) -> Result<(), Error> {
-    let files = manifest.server_files.as_ref();
-    let config_root = options.config_dir.clone().unwrap_or_else(|| options.target.clone());
-    let finals = Places::new(files, Path::new(&pg.data_dir), &config_root, &options.target);
-    let staged = Places::new(files, Path::new(&pg.data_dir), &staging.join(SERVER_FILES_DIR), staging);
-    let source_data = Path::new(&pg.data_dir);
+pub fn prepare(staging: &Path, files: Option<&ServerFiles>, source_data: &Path, options: Destination<'_>) -> Result<(), Error> {
+    let config_root = options.config_dir.unwrap_or(options.target);
+    let finals = Places::new(files, source_data, config_root, options.target);
+    let staged = Places::new(files, source_data, &staging.join(SERVER_FILES_DIR), staging);
     let config_file = files.map_or_else(|| source_data.join("postgresql.conf"), |f| PathBuf::from(&f.config_file));
     let relocated = files.is_some_and(|f| f.stored.iter().any(|s| s.path == "postgresql.conf"));
     let mut originals: Vec<PathBuf> = files.map(|f| f.files.iter().map(PathBuf::from).collect()).unwrap_or_default();
@@ -68,7 +75,7 @@ pub fn prepare(staging: &Path, manifest: &Manifest, pg: &PgInfo, options: &Resto
         let Ok(text) = std::fs::read(&staged_path) else { continue };
         let text = String::from_utf8_lossy(&text);
         let top = normalize(original) == normalize(&config_file);
-        let mut edit = FileEdit { finals: &finals, original, final_path: &final_path, top_of_moved_config: top && relocated && options.config_dir.is_some(), target: &options.target, set: Vec::new() };
+        let mut edit = FileEdit { finals: &finals, original, final_path: &final_path, top_of_moved_config: top && relocated && options.config_dir.is_some(), target: options.target, set: Vec::new() };
         let (mut new, mut changed) = conf::rewrite(&text, |s| edit.edit(s));
         if top && files.is_some() {
             changed |= append_own_paths(&mut new, &edit, files, options);
@@ -103,7 +110,7 @@ impl FileEdit<'_> {
             "data_directory" if self.top_of_moved_config => Edit::Set(self.target.display().to_string()),
             "data_directory" => Edit::Disable("disabled by radd restore: it named the source's data directory".into()),
             "external_pid_file" => Edit::Disable("disabled by radd restore: it named the source's pid file".into()),
-            _ if conf::is_include(name) || matches!(name, "hba_file" | "ident_file") || setting.value.starts_with('/') => {
+            _ if conf::is_include(name) || matches!(name, "hba_file" | "ident_file") || is_path(&setting.value) => {
                 let source = conf::resolve(&setting.value, self.original);
                 match self.finals.map(&source) {
                     Some(mapped) if conf::resolve(&setting.value, self.final_path) == mapped => Edit::Keep,
@@ -121,9 +128,15 @@ impl FileEdit<'_> {
     }
 }
 
+/// Whether a value of another setting is one absolute path (not a command line such as an
+/// `archive_command`, nor a list such as `unix_socket_directories`).
+fn is_path(value: &str) -> bool {
+    value.starts_with('/') && !value.contains(|c: char| c.is_whitespace() || c == '%' || c == ',')
+}
+
 /// Appends `data_directory`, `hba_file` and `ident_file` to the restored postgresql.conf where
 /// the copy would not find its own otherwise; returns whether anything was appended.
-fn append_own_paths(text: &mut String, edit: &FileEdit<'_>, files: Option<&ServerFiles>, options: &RestoreOptions) -> bool {
+fn append_own_paths(text: &mut String, edit: &FileEdit<'_>, files: Option<&ServerFiles>, options: Destination<'_>) -> bool {
     let Some(files) = files else { return false };
     let mut lines = Vec::new();
     if edit.top_of_moved_config && !edit.set.iter().any(|n| n == "data_directory") {
@@ -173,8 +186,8 @@ fn move_children(from: &Path, into: &Path) -> Result<(), Error> {
 
 /// With `--config-dir`: moves the stored configuration files out of the restored data
 /// directory into that directory (copied when it is on another file system).
-pub fn finish(options: &RestoreOptions) -> Result<(), Error> {
-    let Some(dir) = &options.config_dir else { return Ok(()) };
+pub fn finish(options: Destination<'_>) -> Result<(), Error> {
+    let Some(dir) = options.config_dir else { return Ok(()) };
     let stored = options.target.join(SERVER_FILES_DIR);
     if !stored.exists() {
         return Ok(());
@@ -209,9 +222,88 @@ fn copy_tree(from: &Path, into: &Path) -> Result<(), Error> {
 }
 
 /// Refuses a `--config-dir` that exists and is not empty, before anything is written.
-pub fn check_config_dir(options: &RestoreOptions) -> Result<(), Error> {
-    match &options.config_dir {
-        Some(dir) => super::check_target(dir),
-        None => Ok(()),
+pub fn check_config_dir(config_dir: Option<&Path>) -> Result<(), Error> {
+    config_dir.map_or(Ok(()), super::check_target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::StoredFile;
+
+    fn stored(original: &str, path: &str) -> StoredFile {
+        StoredFile { original: original.into(), path: path.into() }
+    }
+
+    /// A Debian cluster (/etc/pg/main, data in /src/data) restored into `target` of a staging dir.
+    fn restore_debian(config_dir: Option<&Path>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let kept = staging.join(SERVER_FILES_DIR);
+        std::fs::create_dir_all(kept.join("conf.d")).unwrap();
+        std::fs::write(
+            kept.join("postgresql.conf"),
+            "data_directory = '/src/data'\nhba_file = '/etc/pg/main/pg_hba.conf'\nexternal_pid_file = '/run/pg/main.pid'\n\
+             include_dir = 'conf.d'\nlog_directory = '/src/data/pg_log'\nssl_cert_file = '/etc/ssl/certs/snakeoil.pem'\n\
+             archive_command = '/src/data/archive.sh %p'\nwork_mem = 4MB\n",
+        )
+        .unwrap();
+        std::fs::write(kept.join("pg_hba.conf"), "local all all peer\n").unwrap();
+        std::fs::write(kept.join("conf.d/x.conf"), "include_if_exists = '/etc/pg/main/conf.d/y.conf'\ndata_directory = '/elsewhere'\n").unwrap();
+        std::fs::write(staging.join("postgresql.auto.conf"), "ident_file = '/etc/pg/main/pg_ident.conf'\n").unwrap();
+        let files = ServerFiles {
+            config_file: "/etc/pg/main/postgresql.conf".into(),
+            hba_file: "/etc/pg/main/pg_hba.conf".into(),
+            ident_file: "/etc/pg/main/pg_ident.conf".into(),
+            files: vec!["/etc/pg/main/postgresql.conf".into(), "/etc/pg/main/conf.d/x.conf".into()],
+            stored: vec![
+                stored("/etc/pg/main/postgresql.conf", "postgresql.conf"),
+                stored("/etc/pg/main/pg_hba.conf", "pg_hba.conf"),
+                stored("/etc/pg/main/conf.d", "conf.d"),
+                stored("/etc/pg/main/conf.d/x.conf", "conf.d/x.conf"),
+            ],
+        };
+        let target = dir.path().join("target");
+        prepare(&staging, Some(&files), Path::new("/src/data"), Destination { target: &target, config_dir }).unwrap();
+        (dir, staging)
+    }
+
+    #[test]
+    fn restored_configuration_names_only_the_copy() {
+        let (dir, staging) = restore_debian(None);
+        let target = dir.path().join("target");
+        assert!(!staging.join(SERVER_FILES_DIR).exists(), "stored files moved into the data directory");
+        let conf = std::fs::read_to_string(staging.join("postgresql.conf")).unwrap();
+        let paths: String = conf.lines().filter(|l| !l.starts_with("archive_command")).collect();
+        assert!(!paths.contains("/src/data") && !paths.contains("/etc/pg") && !paths.contains("main.pid"), "{conf}");
+        let settings: Vec<_> = conf.lines().filter_map(conf::parse_line).map(|s| (s.name, s.value)).collect();
+        let get = |name: &str| settings.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(get("data_directory"), None);
+        assert_eq!(get("external_pid_file"), None);
+        assert_eq!(get("hba_file"), Some(target.join("pg_hba.conf").display().to_string()));
+        assert_eq!(get("include_dir").as_deref(), Some("conf.d"), "a relative include that resolves in the copy is kept");
+        assert_eq!(get("log_directory"), Some(target.join("pg_log").display().to_string()));
+        assert_eq!(get("ssl_cert_file").as_deref(), Some("/etc/ssl/certs/snakeoil.pem"), "system files are not the source's");
+        assert_eq!(get("archive_command").as_deref(), Some("/src/data/archive.sh %p"), "commands are not paths");
+        assert_eq!(get("ident_file"), None, "set where the copy finds it by default: nothing appended");
+        let included = std::fs::read_to_string(staging.join("conf.d/x.conf")).unwrap();
+        assert!(included.contains(&format!("include_if_exists = '{}'", target.join("conf.d/y.conf").display())), "{included}");
+        assert!(!included.lines().filter_map(conf::parse_line).any(|s| s.name == "data_directory"), "{included}");
+        let auto = std::fs::read_to_string(staging.join("postgresql.auto.conf")).unwrap();
+        assert_eq!(auto.trim(), format!("ident_file = '{}'", target.join("pg_ident.conf").display()));
+    }
+
+    #[test]
+    fn with_a_config_dir_postgresql_conf_names_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("etc-restored");
+        let (dir2, staging) = restore_debian(Some(&config_dir));
+        let target = dir2.path().join("target");
+        let conf = std::fs::read_to_string(staging.join(SERVER_FILES_DIR).join("postgresql.conf")).unwrap();
+        let settings: Vec<_> = conf.lines().filter_map(conf::parse_line).map(|s| (s.name, s.value)).collect();
+        let get = |name: &str| settings.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        assert_eq!(get("data_directory"), Some(target.display().to_string()));
+        assert_eq!(get("hba_file"), Some(config_dir.join("pg_hba.conf").display().to_string()));
+        assert_eq!(get("ident_file"), Some(config_dir.join("pg_ident.conf").display().to_string()), "explicit: the copy may start with -D <target>");
     }
 }
