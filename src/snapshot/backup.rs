@@ -100,7 +100,8 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
 
     let (config_found, server_files) = match &config_paths {
         Ok(paths) => {
-            let (found, record) = server_files::collect(&data_dir, paths)?;
+            // The server names its configuration files by its own data_directory.
+            let (found, record) = server_files::collect(&start.data_dir, paths)?;
             (found, Some(record))
         }
         Err(error) => {
