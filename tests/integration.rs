@@ -8,6 +8,7 @@ mod archive;
 mod backup_restore;
 mod bad_input;
 mod daemon;
+mod debian_layout;
 mod drill;
 mod fs;
 mod interrupted;

@@ -143,6 +143,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             disable_archiving: true,
             include: Vec::new(),
             tablespaces: restore::TablespaceMapping::default(),
+            config_dir: None,
         },
     )
     .await?;

@@ -55,6 +55,12 @@ pub struct RestoreArgs {
     /// Restore every tablespace not given a --tablespace-map into DIR/<oid>.
     #[arg(long, value_name = "DIR")]
     pub tablespace_map_all: Option<PathBuf>,
+    /// Base backups: write the configuration files that lived outside the source's data
+    /// directory (Debian: /etc/postgresql/<ver>/<name>) into DIR (absent or empty) instead of the
+    /// data directory; DIR/postgresql.conf then names the target as data_directory, so
+    /// `pg_ctl -D DIR start` works as on Debian.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Restores and prints the report.
@@ -79,6 +85,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
             map: a.tablespace_map.iter().map(|(k, d)| Ok((k.clone(), std::path::absolute(d)?))).collect::<std::io::Result<_>>()?,
             all: a.tablespace_map_all.as_deref().map(std::path::absolute).transpose()?,
         },
+        config_dir: a.config_dir.as_deref().map(std::path::absolute).transpose()?,
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;

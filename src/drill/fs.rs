@@ -35,6 +35,7 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
         disable_archiving: false,
         include: Vec::new(),
         tablespaces: restore::TablespaceMapping::default(),
+        config_dir: None,
     };
     match restore::run(repo, &restore_options).await {
         Ok(r) => record(progress, "checksums", CheckStatus::Passed, format!("{} files, {} bytes match their manifest SHA-256", r.files, r.bytes), t),

@@ -7,6 +7,7 @@
 
 mod definition;
 mod fs;
+mod instance;
 mod run;
 mod run_checks;
 

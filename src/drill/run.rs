@@ -163,6 +163,7 @@ async fn steps(
             // Never the production locations: every tablespace goes into the scratch directory
             // (removed with it).
             tablespaces: restore::TablespaceMapping { map: Vec::new(), all: Some(scratch.dir.join("tablespaces")) },
+            config_dir: None,
         },
     )
     .await;
@@ -184,13 +185,17 @@ async fn steps(
     if let Err(e) = std::fs::create_dir(&run_dir).map_err(|e| e.to_string()).and_then(|()| pg::hand_over(&run_dir).map_err(|e| e.to_string())) {
         return record(progress, "starts", CheckStatus::Failed, e, t);
     }
+    let settings = match super::instance::own_settings(&run_dir, &data) {
+        Ok(s) => s,
+        Err(e) => return record(progress, "starts", CheckStatus::Failed, format!("cannot write the scratch instance's configuration into {}: {e}", run_dir.display()), t),
+    };
     let cluster = match ScratchCluster::new(&options.bin_dir, &run_dir) {
         Ok(c) => c.with_data_dir(&data).with_port(port),
         Err(e) => return record(progress, "starts", CheckStatus::Failed, e.to_string(), t),
     };
     let cluster = scratch.cluster.insert(cluster);
     let remaining = def.timeout().saturating_sub(clock.elapsed());
-    let start = cluster.start(&[], &[]);
+    let start = cluster.start(&settings, &[]);
     let promoted = match start {
         Ok(()) => cluster.wait_promoted(remaining).await,
         Err(e) => Err(e),

@@ -4,6 +4,7 @@
 //! Knows nothing of the repository or of crypto.
 
 mod backup_api;
+pub mod conf;
 pub mod heartbeat;
 mod scratch;
 mod tablespace;

@@ -11,6 +11,7 @@
 mod recovery;
 mod target;
 mod tablespace;
+mod server_config;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -170,6 +171,9 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// PostgreSQL snapshots: where tablespaces go (default: their locations at backup time).
     pub tablespaces: TablespaceMapping,
+    /// Base backups: where the server's configuration files that lived outside the source's
+    /// data directory go (default: into the restored data directory).
+    pub config_dir: Option<PathBuf>,
 }
 
 /// The result of a restore, printed by the CLI (text or `--json`).
@@ -234,6 +238,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let clock = Instant::now();
     let record = target::choose_snapshot(repo, &options.snapshot, &options.recovery).await?;
     check_target(&options.target)?;
+    server_config::check_config_dir(options.config_dir.as_deref())?;
+    let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
     let include = if options.include.is_empty() {
         None
     } else {
@@ -279,7 +285,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         }
         let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
-        if record.pg.is_some() {
+        if let Some(pg) = &record.pg {
+            server_config::prepare(&staging, manifest.server_files.as_ref(), Path::new(&pg.data_dir), destination)?;
             recovery::write_settings(&staging, &manifest, options, &plan, &record.id)?;
             tablespace::point_links(&staging, &tablespaces)?;
         }
@@ -304,6 +311,9 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     };
     if let Some(parent) = options.target.parent() {
         writer::sync_dir(parent)?;
+    }
+    if record.pg.is_some() {
+        server_config::finish(destination)?;
     }
     Ok(RestoreReport {
         snapshot_id: record.id,

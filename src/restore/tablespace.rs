@@ -317,6 +317,7 @@ mod tests {
             // 16390: an old snapshot's followed link; 16391: an in-place tablespace.
             tablespace_map: Some(format!("16384 {}\n16390 {}\n16391 pg_tblspc/16391\n", dir.join("ts1").display(), dir.join("old").display())),
             unreadable: Vec::new(),
+            server_files: None,
         }
     }
 

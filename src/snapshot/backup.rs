@@ -14,6 +14,7 @@ use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 use super::pack::BlobIndex;
 use super::parent::{ParentReader, ParentWriter, record_path as parent_record_path};
 use super::pipeline::{self, Walk};
+use super::server_files;
 use super::standby;
 use super::walk::{Found, walk_data_dir};
 use super::Error;
@@ -81,6 +82,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
     let known = Arc::new(BlobIndex::load(repo).await?);
     tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "starting base backup");
 
+    let config_paths = pg::conf::config_paths(&client).await;
     let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
@@ -97,9 +99,21 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         }
     };
 
+    let (config_found, server_files) = match &config_paths {
+        Ok(paths) => {
+            // The server names its configuration files by its own data_directory.
+            let (found, record) = server_files::collect(&start.data_dir, paths)?;
+            (found, Some(record))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot ask where the server's configuration files are (grant pg_read_all_settings); files outside the data directory are not in the backup");
+            (Vec::new(), None)
+        }
+    };
     let version_dir = pg::version_dir_prefix(start.server_version_num);
     let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
         let mut found = walk_data_dir(&data_dir, &version_dir)?;
+        server_files::merge(&mut found, config_found);
         standby::pg_control_last(&mut found);
         for found in found {
             emit(found)?;
@@ -135,6 +149,7 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         backup_label: Some(stop.label_file.clone()),
         tablespace_map: Some(stop.tablespace_map.clone()),
         unreadable: Vec::new(),
+        server_files,
     };
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain checked");
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;

@@ -187,6 +187,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         backup_label: None,
         tablespace_map: None,
         unreadable: unreadable.clone(),
+        server_files: None,
     };
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;
     drop(manifest);

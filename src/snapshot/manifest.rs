@@ -273,6 +273,10 @@ pub struct Manifest {
     /// Files that could not be read consistently (fs snapshots): the snapshot is partial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+    /// Base backups: where the server's configuration files were (those outside the data
+    /// directory are stored under `.radd-config/`); absent in older snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_files: Option<super::server_files::ServerFiles>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod manifest;
 mod pack;
 mod parent;
 mod pipeline;
+mod server_files;
 
 pub use pipeline::new_snapshot_id;
 mod standby;
@@ -24,6 +25,7 @@ pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack};
+pub use server_files::{PREFIX as SERVER_FILES_DIR, ServerFiles, StoredFile};
 pub use standby::is_standby_label;
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 
