@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use radd::pg::ScratchCluster;
 
-use crate::common::env::{Backend, TestEnv, block_on, json, radd_binary, sql, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, block_on, json, sql, stderr, switch_and_wait_archived};
 
 fn rows(cluster: &ScratchCluster) -> i64 {
     sql(cluster, "SELECT count(*) FROM t").parse().expect("count")
@@ -39,7 +39,7 @@ fn debian_source(env: &TestEnv) -> (ScratchCluster, PathBuf) {
     std::fs::write(&conf, std::fs::read_to_string(&conf).expect("read postgresql.conf") + &debian).expect("write postgresql.conf");
     std::fs::write(etc.join("conf.d/tuning.conf"), "work_mem = '7MB'\n").expect("write conf.d");
     radd::pg::hand_over(&env.path().join("etc")).expect("hand config to postgres");
-    let archive_command = format!("'{}' --config '{}' wal-push %p", radd_binary().display(), env.push_config.display());
+    let archive_command = env.archive_command();
     cluster
         .start(
             &[

@@ -30,16 +30,22 @@ fn history_files(env: &TestEnv) -> Vec<String> {
     found
 }
 
+/// A source with 1000 rows in `t`, a base backup, and the WAL after it archived.
+fn source_with_backup(env: &TestEnv) -> radd::pg::ScratchCluster {
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let backup = env.radd_push(&["backup", "pg"]);
+    assert!(backup.status.success(), "backup: {}", stderr(&backup));
+    switch_and_wait_archived(&source);
+    source
+}
+
 crate::pg_matrix! {
     /// A copy restored without flags writes and switches WAL: nothing of its timeline reaches the
     /// repository. With `--archive` the copy's timeline history is archived (it became a primary).
     fn restored_copy_does_not_archive_by_default(pg) {
         let env = TestEnv::with_pg(Backend::Local, pg);
-        let source = env.source_cluster();
-        sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
-        let backup = env.radd_push(&["backup", "pg"]);
-        assert!(backup.status.success(), "backup: {}", stderr(&backup));
-        switch_and_wait_archived(&source);
+        let _source = source_with_backup(&env);
 
         let target = env.path().join("copy");
         let out = env.radd(&["restore", "latest", "--target", target.to_str().unwrap()]);
@@ -60,7 +66,7 @@ crate::pg_matrix! {
         let auto_conf = std::fs::read_to_string(primary.join("postgresql.auto.conf")).expect("auto conf");
         assert!(!auto_conf.contains("archive_mode"), "--archive keeps the source's archiving: {auto_conf}");
         // The harness's source archives through command-line settings; a new primary is started the same way.
-        let archive_command = format!("'{}' --config '{}' wal-push %p", crate::common::env::radd_binary().display(), env.push_config.display());
+        let archive_command = env.archive_command();
         let _new_primary = start_copy(&env, &primary, "new-primary", &[("archive_mode", "on".into()), ("archive_command", archive_command)]);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while history_files(&env).is_empty() {
@@ -71,7 +77,6 @@ crate::pg_matrix! {
 
         let both = env.radd(&["restore", "latest", "--archive", "--no-archive", "--target", "/nonexistent/x"]);
         assert_eq!(both.status.code(), Some(2), "--archive with --no-archive is a usage error: {}", stderr(&both));
-        let _ = json;
     }
 }
 
@@ -98,16 +103,12 @@ crate::pg_matrix! {
     /// drill fails its `timeline` check with an incident.
     fn a_diverged_timeline_is_reported_and_not_followed(pg) {
         let env = TestEnv::with_pg(Backend::Local, pg);
-        let source = env.source_cluster();
-        sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
-        let backup = env.radd_push(&["backup", "pg"]);
-        assert!(backup.status.success(), "backup: {}", stderr(&backup));
-        switch_and_wait_archived(&source);
+        let source = source_with_backup(&env);
 
         let copy_dir = env.path().join("copy");
         let out = env.radd(&["restore", "latest", "--archive", "--target", copy_dir.to_str().unwrap()]);
         assert!(out.status.success(), "restore --archive: {}", stderr(&out));
-        let archive_command = format!("'{}' --config '{}' wal-push %p", crate::common::env::radd_binary().display(), env.push_config.display());
+        let archive_command = env.archive_command();
         let copy = start_copy(&env, &copy_dir, "copy", &[("archive_mode", "on".into()), ("archive_command", archive_command)]);
         sql(&copy, "INSERT INTO t VALUES (-1)");
         switch_and_wait_archived(&copy);

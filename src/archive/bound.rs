@@ -18,7 +18,7 @@ pub fn is_past_end(name: &str, end_before: &str) -> bool {
 /// Empties the prefetch spool beside `dest`: segments prefetched past the end must not linger
 /// in the restored cluster's `pg_wal`.
 pub fn drop_spool(dest: &Path) {
-    let spool = dest.parent().unwrap_or(Path::new(".")).join("radd-spool");
+    let spool = super::spool_dir(dest);
     super::clean_spool(&spool, |_| true);
     let _ = std::fs::remove_dir(&spool);
 }

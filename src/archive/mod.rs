@@ -189,7 +189,7 @@ pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, pre
         return fetch_sized(repo, name, size, dest).await.map(|_| ());
     };
     let (timeline, number) = (*timeline, *number);
-    let spool = dest.parent().unwrap_or(Path::new(".")).join("radd-spool");
+    let spool = spool_dir(dest);
     clean_spool(&spool, |n| !n.starts_with(&timeline.to_string()));
     let spooled = spool.join(name);
     if std::fs::rename(&spooled, dest).is_ok() {
@@ -230,6 +230,11 @@ pub async fn fetch_with_prefetch(repo: &Repository, name: &str, dest: &Path, pre
 }
 
 /// Removes spooled files whose names match `remove`.
+/// The prefetch spool for segments fetched into `dest`'s directory (`<pg_wal>/radd-spool`).
+fn spool_dir(dest: &Path) -> PathBuf {
+    dest.parent().unwrap_or(Path::new(".")).join("radd-spool")
+}
+
 fn clean_spool(spool: &Path, remove: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(spool) else { return };
     for entry in entries.filter_map(Result::ok) {
@@ -286,6 +291,18 @@ pub async fn check_chain(
     segment_size: SegmentSize,
 ) -> Result<u64, Error> {
     let segments = archived_segments(repo, timeline, segment_size).await?;
+    chain_end(&segments, timeline, first, last, segment_size)
+}
+
+/// [`check_chain`] over segment numbers of `timeline` the caller already listed (e.g. from
+/// [`Timelines::segment_numbers`]), so one listing serves several checks.
+pub fn chain_end(
+    segments: &BTreeSet<u64>,
+    timeline: Timeline,
+    first: u64,
+    last: Option<u64>,
+    segment_size: SegmentSize,
+) -> Result<u64, Error> {
     let last = last
         .or_else(|| segments.last().copied())
         .unwrap_or(first)

@@ -11,7 +11,7 @@
 //! file appeared (failover, or a point-in-time restore that became the new primary while the old
 //! one was stopped) is the normal case and is followed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::Error;
 use crate::codec::ObjectKind;
 use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
-use crate::repo::ObjectKey;
+use crate::repo::{Listed, ObjectKey};
 use crate::repository::{self, Repository};
 
 /// One branch point: `child` starts where `parent` was at `switchpoint`.
@@ -96,6 +96,14 @@ impl Timelines {
     /// Listing or reading fails, or a history file cannot be parsed.
     pub async fn load(repo: &Repository, segment_size: SegmentSize) -> Result<Self, Error> {
         let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
+        Self::from_listed(repo, &listed, segment_size).await
+    }
+
+    /// Like [`Timelines::load`] from a listing of `wal/` the caller already has.
+    ///
+    /// # Errors
+    /// Reading a history file fails, or it cannot be parsed.
+    pub async fn from_listed(repo: &Repository, listed: &[Listed], segment_size: SegmentSize) -> Result<Self, Error> {
         let mut out = Timelines { segment_size, histories: BTreeMap::new(), segments: BTreeMap::new() };
         for object in listed {
             let Some(name) = object.key.rsplit('/').next() else { continue };
@@ -136,6 +144,12 @@ impl Timelines {
         let (forks, _) = self.histories.get(&to)?;
         let start = forks.iter().position(|f| f.parent == from)?;
         Some(forks[start..].to_vec())
+    }
+
+    /// Numbers of the segments archived on `timeline`.
+    #[must_use]
+    pub fn segment_numbers(&self, timeline: Timeline) -> BTreeSet<u64> {
+        self.segments.get(&timeline).map(|s| s.keys().copied().collect()).unwrap_or_default()
     }
 
     /// The newest archived segment of `timeline` and when it was stored.

@@ -145,7 +145,7 @@ async fn steps(
     let t = Instant::now();
     // A diverged timeline fails the drill; the restore then stays on the backup's timeline so the
     // remaining checks still say whether that one restores.
-    let timeline = if def.checks.timeline { check_timelines(repo, &pg_info, progress, t).await } else { None };
+    let timeline = if def.checks.timeline { check_timelines(repo, &pg_info, size, progress, t).await } else { None };
 
     let t = Instant::now();
     let data = scratch.dir.join("data");
@@ -220,8 +220,8 @@ async fn steps(
 }
 
 /// Records the `timeline` check; returns the timeline to restore along when it failed.
-async fn check_timelines(repo: &Repository, pg_info: &snapshot::PgInfo, progress: &Shared, t: Instant) -> Option<pg::Timeline> {
-    match archive::Timelines::load(repo, pg_info.segment_size).await {
+async fn check_timelines(repo: &Repository, pg_info: &snapshot::PgInfo, size: pg::SegmentSize, progress: &Shared, t: Instant) -> Option<pg::Timeline> {
+    match archive::Timelines::load(repo, size).await {
         Ok(timelines) => {
             let diverged = timelines.divergences();
             if diverged.is_empty() {

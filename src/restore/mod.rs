@@ -14,6 +14,7 @@ mod tablespace;
 mod server_config;
 mod writer;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ pub use tablespace::{TablespaceMapping, TablespaceRestore};
 use crate::archive;
 use crate::error::ErrorKind;
 use crate::archive::Timelines;
-use crate::pg::{Lsn, Timeline, WalFileName};
+use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, BlobIndex};
 
@@ -249,11 +250,14 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let mut accepted_loss = None;
     let wal_chain_end = match &record.pg {
         Some(pg) => {
-            let timelines = Timelines::load(repo, pg.segment_size).await.map_err(|source| Error::Wal { snapshot: record.id.clone(), source, hint: "" })?;
+            let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source, hint: "" };
+            let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await.map_err(wal_err)?;
+            // One listing of the archive serves the timeline, window and chain checks.
+            let timelines = Timelines::load(repo, size).await.map_err(wal_err)?;
             let follow = target::timeline(&timelines, pg, options.timeline)?;
             target::check_end(&timelines, &record, pg, follow, &options.recovery)?;
             plan.timeline = Some(follow);
-            let (end, loss) = check_wal(repo, &record.id, pg, options).await?;
+            let (end, loss) = check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, options)?;
             if let Some(loss) = &loss {
                 // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
                 // first missing segment on, and a target beyond the gap (which PostgreSQL would
@@ -346,31 +350,30 @@ fn check_target(target: &Path) -> Result<(), Error> {
     }
 }
 
-/// Verifies the archived WAL chain from backup start to the target; returns its last segment,
-/// and with `--allow-gap` the WAL given up at a gap after the consistency point.
-async fn check_wal(
-    repo: &Repository,
+/// Verifies the archived WAL chain (`archived`: the segments of the backup's timeline) from
+/// backup start to the target; returns its last segment, and with `--allow-gap` the WAL given up
+/// at a gap after the consistency point.
+fn check_wal(
+    archived: &BTreeSet<u64>,
     snapshot_id: &str,
     pg: &snapshot::PgInfo,
+    size: SegmentSize,
     options: &RestoreOptions,
 ) -> Result<(String, Option<AcceptedLoss>), Error> {
     let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
-    let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {snapshot_id}")).await.map_err(|e| wal_err(e, ""))?;
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
     let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);
-    archive::check_chain(repo, pg.timeline, first, Some(consistent), size)
-        .await
+    archive::chain_end(archived, pg.timeline, first, Some(consistent), size)
         .map_err(|e| wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot"))?;
     let wanted = match &options.recovery {
         RecoveryTarget::Immediate => Some(consistent),
         RecoveryTarget::Lsn(lsn) => Some(lsn.segment_no(size).max(consistent)),
         RecoveryTarget::Latest | RecoveryTarget::Time(_) | RecoveryTarget::Name(_) => None,
     };
-    match archive::check_chain(repo, pg.timeline, first, wanted, size).await {
+    match archive::chain_end(archived, pg.timeline, first, wanted, size) {
         Ok(last) => Ok((name(last), None)),
         Err(archive::Error::Gap { .. }) if options.allow_gap => {
-            let archived = archive::archived_segments(repo, pg.timeline, size).await.map_err(|e| wal_err(e, ""))?;
             let missing = (consistent..).find(|n| !archived.contains(n)).unwrap_or(consistent);
             let newest = archived.last().copied().unwrap_or(missing).max(missing);
             let loss = AcceptedLoss {

@@ -56,24 +56,15 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         return Ok(t.with_timezone(&Utc));
     }
     let iso = text.replacen(' ', "T", 1);
-    // PostgreSQL writes offsets as +00 or +0530; chrono's %:z wants +00:00.
-    let split = iso.rfind(['+', '-']).filter(|&i| i > 10);
-    if let Some(i) = split {
-        let (local, offset) = iso.split_at(i);
-        let digits: String = offset[1..].chars().filter(char::is_ascii_digit).collect();
-        let offset = match digits.len() {
-            2 => format!("{}{digits}:00", &offset[..1]),
-            4 => format!("{}{}:{}", &offset[..1], &digits[..2], &digits[2..]),
-            _ => String::new(),
-        };
-        if let Ok(t) = DateTime::parse_from_rfc3339(&format!("{local}{offset}")) {
+    // %#z takes PostgreSQL's offsets: +00, +0530 and +05:30.
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(&iso, format) {
             return Ok(t.with_timezone(&Utc));
         }
-    } else {
-        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
-            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&iso, format) {
-                return Ok(t.and_utc());
-            }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&iso, format) {
+            return Ok(t.and_utc());
         }
     }
     Err(format!(
@@ -157,5 +148,24 @@ fn hand_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("set owner of", path))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_rfc_3339_and_postgresql_forms_parse_to_utc() {
+        let utc = |t: &str| parse_time(t).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        assert_eq!(utc("2026-11-30T14:05:00Z"), "2026-11-30T14:05:00.000000Z");
+        assert_eq!(utc("2026-12-02 07:59:01.123456+00"), "2026-12-02T07:59:01.123456Z");
+        assert_eq!(utc("2026-11-30 14:05:00+0530"), "2026-11-30T08:35:00.000000Z");
+        assert_eq!(utc("2026-11-30 14:05:00-05:30"), "2026-11-30T19:35:00.000000Z");
+        assert_eq!(utc("2026-11-30 14:05:00"), "2026-11-30T14:05:00.000000Z");
+        assert_eq!(utc("2026-11-30 14:05"), "2026-11-30T14:05:00.000000Z");
+        assert_eq!(pg_time(&parse_time("2026-11-30 14:05:00.5+01").unwrap()), "2026-11-30 13:05:00.500000+00");
+        assert!(parse_time("yesterday-ish").unwrap_err().contains("cannot read the time"));
+        assert!(parse_time("2026-11-30 14:05:00+5").is_err());
     }
 }

@@ -72,13 +72,7 @@ pub fn walk_data_dir(root: &Path, version_dir: &str) -> Result<Vec<Found>, Error
 /// The contents of one tablespace (through its link `pg_tblspc/<oid>` at `link`): the server's
 /// version directory and everything below it.
 fn walk_tablespace(link: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> Result<(), Error> {
-    let mut names: Vec<_> = std::fs::read_dir(link)
-        .map_err(read_err(link))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
+    for name in sorted_names(link)? {
         let Some(name) = name.to_str().filter(|n| n.starts_with(version_dir)) else {
             tracing::debug!(tablespace = %link.display(), name = ?name, "not this server's tablespace directory; skipped");
             continue;
@@ -97,6 +91,17 @@ fn walk_tablespace(link: &Path, rel: &str, version_dir: &str, out: &mut Vec<Foun
     Ok(())
 }
 
+/// The names in `dir`, sorted: walks visit entries in a stable order.
+fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>, Error> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read_err(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Read {
         path: path.to_owned(),
@@ -105,13 +110,7 @@ fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 fn walk_dir(dir: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> Result<(), Error> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(read_err(dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
+    for name in sorted_names(dir)? {
         let Some(name) = name.to_str().map(str::to_owned) else {
             tracing::warn!(dir = %dir.display(), "skipping a file whose name is not UTF-8");
             continue;

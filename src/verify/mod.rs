@@ -31,7 +31,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::ErrorKind;
-use crate::repo::{self, ObjectKey};
+use crate::repo;
 use crate::repository::{self, Repository};
 use crate::snapshot;
 use crate::{archive, codec, crypto};
@@ -295,16 +295,6 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         }
     };
     let wal_objects = wal::check(repo, segment_size, &mut report).await?;
-    // Without a known segment size the archive holds no segment, so no fork can have diverged.
-    let timelines = match segment_size {
-        Some(size) => Some(archive::Timelines::load(repo, size).await?),
-        None => None,
-    };
-    for diverged in timelines.iter().flat_map(archive::Timelines::divergences) {
-        let child = diverged.fork.child;
-        let key = ObjectKey::Wal { dir: child.to_string(), name: format!("{child}.history") };
-        report.problem(ProblemKind::Timeline, key.to_string(), diverged.describe());
-    }
 
     if options.read_data {
         tracing::info!(packs = packs.len(), wal_objects = wal_objects.len(), "reading every pack and WAL object");

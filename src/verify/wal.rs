@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Error, Gap, ProblemKind, TimelineReport, VerifyReport};
+use crate::archive;
 use crate::pg::{SegmentSize, Timeline, WalFileName};
 use crate::repo::{Listed, ObjectKey};
 use crate::repository::{self, Repository};
 
-/// Lists the WAL archive, reports per-timeline gaps and misplaced objects, and returns every
-/// WAL object for `--read-data`.
+/// Lists the WAL archive, reports per-timeline gaps, misplaced objects and diverged timelines
+/// (see [`archive::Timelines`]), and returns every WAL object for `--read-data`.
 pub(super) async fn check(
     repo: &Repository,
     segment_size: Option<SegmentSize>,
@@ -19,7 +20,7 @@ pub(super) async fn check(
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
     let mut timelines: BTreeMap<Timeline, BTreeSet<u64>> = BTreeMap::new();
     let mut objects = Vec::with_capacity(listed.len());
-    for Listed { key, .. } in listed {
+    for Listed { key, .. } in &listed {
         let Some((dir, name)) = key
             .strip_prefix(ObjectKey::WAL_DIR)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -46,7 +47,13 @@ pub(super) async fn check(
         }
         objects.push(ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() });
     }
+    // Without a known segment size the archive holds no segment, so no fork can have diverged.
     let Some(segment_size) = segment_size else { return Ok(objects) };
+    for diverged in archive::Timelines::from_listed(repo, &listed, segment_size).await?.divergences() {
+        let child = diverged.fork.child;
+        let key = ObjectKey::Wal { dir: child.to_string(), name: format!("{child}.history") };
+        report.problem(ProblemKind::Timeline, key.to_string(), diverged.describe());
+    }
     for (&timeline, segments) in &timelines {
         report.wal_segments += segments.len() as u64;
         for (first, last) in holes(segments) {

@@ -141,6 +141,11 @@ impl TestEnv {
         run(&mut cmd, &self.env)
     }
 
+    /// The `archive_command` that archives into this repository with the archiving-side config.
+    pub fn archive_command(&self) -> String {
+        format!("'{}' --config '{}' wal-push %p", radd_binary().display(), self.push_config.display())
+    }
+
     /// The PostgreSQL binaries of this environment's version.
     pub fn pg_bin(&self) -> &'static Path {
         self.pg.bin()
@@ -165,11 +170,7 @@ impl TestEnv {
         let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster");
         cluster.initdb_with(initdb_args).expect("initdb");
         prepare(&cluster);
-        let archive_command = format!(
-            "'{}' --config '{}' wal-push %p",
-            radd_binary().display(),
-            self.push_config.display()
-        );
+        let archive_command = self.archive_command();
         cluster
             .start(
                 &[
