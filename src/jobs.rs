@@ -156,7 +156,8 @@ pub async fn retention(config: &Config, log: &EventLog, grace: chrono::Duration)
             .details(serde_json::to_value(&forgotten).unwrap_or_default());
         record(log, &event)?;
     }
-    let pruned = crate::retention::prune(&repo, now, grace, false).await?;
+    let lock_wait = humantime::parse_duration(&config.daemon.prune_lock_wait).unwrap_or(std::time::Duration::from_secs(3600));
+    let pruned = crate::retention::prune(&repo, crate::retention::PruneOptions { now, grace, dry_run: false, lock_wait }).await?;
     let event = Event::from_occurrence(
         Occurrence::BackupSucceeded,
         "retention.prune",

@@ -116,7 +116,7 @@ struct Progress {
 pub async fn rewrap(repo: &Repository, state_dir: &Path) -> Result<RewrapReport, Error> {
     let identity = repo.identity()?;
     // Exclusive with prune (and another rewrap): both replace or delete stored objects.
-    let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap").await?;
+    let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap", std::time::Duration::ZERO).await?;
     let result = rewrap_locked(repo, identity, state_dir).await;
     lock.release().await?;
     result

@@ -86,7 +86,7 @@ impl Error {
                 ErrorKind::Config
             }
             Error::CorruptRecord { .. } => ErrorKind::Integrity,
-            Error::Locked(_) => ErrorKind::Conflict,
+            Error::Locked(e) => e.kind(),
             Error::Crypto(e) => e.kind(),
             Error::Codec(e) => e.kind(),
             Error::Repo(e) => e.kind(),

@@ -165,7 +165,7 @@ fn backup_ended_after_an_early_index_object_leaves_a_consistent_repository() {
 
     // The retry reused what the ended backup had indexed; prune leaves it all alone.
     assert!(again["reused_bytes"].as_u64().unwrap() > 0, "the retry reuses the ended backup's indexed packs: {again}");
-    let pruned = json(&env.radd(&["--json", "prune", "--grace", "0s"]));
+    let pruned = json(&env.radd(&["--json", "prune", "--grace", "0s", "--force"]));
     assert_eq!(pruned["packs_condemned"], 0, "every pack is referenced: {pruned}");
     let verify = env.radd(&["--json", "verify", "--read-data"]);
     assert!(verify.status.success(), "repository must verify after prune: {}", stderr(&verify));

@@ -100,6 +100,24 @@ impl std::fmt::Display for CheckFailed {
 
 impl std::error::Error for CheckFailed {}
 
+/// A command-line usage mistake the library cannot see (a flag's value refused by the CLI
+/// itself): exit code 2, never an incident.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A [`UsageError`] as the CLI's error type.
+pub fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message))
+}
+
 /// Logs go to stderr; wal-push/wal-fetch stay silent on success (PostgreSQL logs their stderr).
 pub fn init_logging(args: &Args) {
     let quiet = matches!(args.command, Command::WalPush(_) | Command::WalFetch(_));
@@ -156,6 +174,9 @@ pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
     }
     if error.downcast_ref::<CheckFailed>().is_some() {
         return 4;
+    }
+    if error.downcast_ref::<UsageError>().is_some() {
+        return 2;
     }
     kind.map_or(1, radd::ErrorKind::exit_code)
 }

@@ -117,6 +117,12 @@ pub struct PruneArgs {
     /// found unreferenced; must exceed the longest backup ("24h").
     #[arg(long, default_value = "24h")]
     pub grace: String,
+    /// Accept a grace period below the safe minimum (1h).
+    #[arg(long)]
+    pub force: bool,
+    /// How long to wait for running backups to finish (prune never runs beside one).
+    #[arg(long, default_value = "0s")]
+    pub lock_wait: String,
     /// Evaluate as of this time (RFC 3339) instead of now.
     #[arg(long, hide = true)]
     pub now: Option<String>,
@@ -125,12 +131,21 @@ pub struct PruneArgs {
 /// Runs a prune and reports what it reclaimed.
 pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
-    let grace = chrono::Duration::from_std(humantime::parse_duration(&a.grace)?)?;
+    let grace_std = humantime::parse_duration(&a.grace).map_err(|e| super::usage(format!("--grace {:?}: {e}", a.grace)))?;
+    if grace_std < radd::config::MIN_PRUNE_GRACE && !a.force {
+        return Err(super::usage(format!(
+            "--grace {} is below the safe minimum of {}: packs younger than the grace period may belong to a backup of an older radd (which takes no lock) still being written; pass --force to prune anyway",
+            a.grace,
+            humantime::format_duration(radd::config::MIN_PRUNE_GRACE)
+        )));
+    }
+    let lock_wait = humantime::parse_duration(&a.lock_wait).map_err(|e| super::usage(format!("--lock-wait {:?}: {e}", a.lock_wait)))?;
+    let grace = chrono::Duration::from_std(grace_std)?;
     let now = match &a.now {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
     };
-    let report = retention::prune(&repo, now, grace, a.dry_run).await.map_err(radd::Error::from)?;
+    let report = retention::prune(&repo, retention::PruneOptions { now, grace, dry_run: a.dry_run, lock_wait }).await.map_err(radd::Error::from)?;
     if report.applied {
         let log = jobs::event_log(&config)?;
         let event = Event::from_occurrence(

@@ -215,6 +215,10 @@ pub struct BackupConfig {
     /// repository (radd polls the repository itself instead of PostgreSQL's 1-second poll).
     #[serde(default = "default_archive_wait")]
     pub archive_wait: String,
+    /// How long a backup waits for a running prune (which holds the repository's exclusive
+    /// lock) to finish before failing.
+    #[serde(default = "default_lock_wait")]
+    pub lock_wait: String,
 }
 
 fn default_index_shard_blobs() -> usize {
@@ -225,11 +229,27 @@ fn default_archive_wait() -> String {
     "120s".to_owned()
 }
 
+fn default_lock_wait() -> String {
+    "1h".to_owned()
+}
+
+/// The shortest prune grace period accepted without `--force`: packs a backup is uploading
+/// are unreferenced until it commits, and a backup's lock, not the grace period, is what
+/// protects them — but a grace period shorter than this also removes the safety net for
+/// writers of older radd versions, which take no lock.
+pub const MIN_PRUNE_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl BackupConfig {
     /// [`BackupConfig::archive_wait`] as a duration (validated with the config).
     #[must_use]
     pub fn archive_wait(&self) -> std::time::Duration {
         humantime::parse_duration(&self.archive_wait).unwrap_or(std::time::Duration::from_secs(120))
+    }
+
+    /// [`BackupConfig::lock_wait`] as a duration (validated with the config).
+    #[must_use]
+    pub fn lock_wait(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.lock_wait).unwrap_or(std::time::Duration::from_secs(3600))
     }
 }
 
@@ -245,6 +265,7 @@ impl Default for BackupConfig {
             index_shard_blobs: default_index_shard_blobs(),
             state_dir: default_state_dir(),
             archive_wait: default_archive_wait(),
+            lock_wait: default_lock_wait(),
         }
     }
 }
@@ -359,6 +380,9 @@ pub struct DaemonConfig {
     /// Grace period of scheduled prunes (longer than any backup).
     #[serde(default = "default_prune_grace")]
     pub prune_grace: String,
+    /// How long the scheduled prune waits for running backups (their shared locks) to finish.
+    #[serde(default = "default_lock_wait")]
+    pub prune_lock_wait: String,
     /// Cron schedule of the daily incremental verification ("" disables it).
     #[serde(default = "default_verify_schedule")]
     pub verify_schedule: String,
@@ -386,6 +410,7 @@ impl Default for DaemonConfig {
             backup_schedule: default_backup_schedule(),
             retention_schedule: default_retention_schedule(),
             prune_grace: default_prune_grace(),
+            prune_lock_wait: default_lock_wait(),
             verify_schedule: default_verify_schedule(),
             verify_period: default_verify_period(),
             heartbeat_interval: default_heartbeat(),
@@ -601,11 +626,20 @@ impl Config {
             ("daemon.shutdown_grace", &d.shutdown_grace),
             ("daemon.verify_period", &d.verify_period),
             ("daemon.prune_grace", &d.prune_grace),
+            ("daemon.prune_lock_wait", &d.prune_lock_wait),
             ("backup.archive_wait", &self.backup.archive_wait),
+            ("backup.lock_wait", &self.backup.lock_wait),
         ] {
             if !value.is_empty() && humantime::parse_duration(value).is_err() {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));
             }
+        }
+        if humantime::parse_duration(&d.prune_grace).is_ok_and(|g| g < MIN_PRUNE_GRACE) {
+            problems.push(format!(
+                "daemon.prune_grace: {:?} is below the safe minimum of {}; packs younger than the grace period may belong to a backup still being written",
+                d.prune_grace,
+                humantime::format_duration(MIN_PRUNE_GRACE)
+            ));
         }
         if d.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("daemon.listen: {:?} is not an address like 127.0.0.1:9187", d.listen));

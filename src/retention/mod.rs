@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use prune::{PruneReport, prune};
+pub use prune::{PruneOptions, PruneReport, prune};
 
 /// A retention policy (`[retention]` in radd.toml, or `radd forget` flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,18 +53,33 @@ fn name_of(key: &str) -> String {
     key.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
-/// Runs a prune at `now` with the given grace period.
-pub async fn prune(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool) -> Result<PruneReport, snapshot::Error> {
-    let mut report = PruneReport { applied: !dry_run, ..PruneReport::default() };
-    let lock = if dry_run { None } else { Some(crate::repo::lock::exclusive(&repo.store, "prune").await?) };
-    let result = prune_locked(repo, now, grace, dry_run, &mut report).await;
+/// How a prune runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// The time the prune judges ages by (now, except in tests).
+    pub now: DateTime<Utc>,
+    /// Unreferenced packs are deleted only this long after a prune first condemned them.
+    pub grace: chrono::Duration,
+    /// Report what would change; change nothing (and take no lock).
+    pub dry_run: bool,
+    /// How long to wait for running backups (shared locks) to finish.
+    pub lock_wait: std::time::Duration,
+}
+
+/// Runs a prune. Takes the repository's exclusive lock, so it never runs beside a backup
+/// (whose uploads are unreferenced until it commits) or another prune.
+pub async fn prune(repo: &Repository, options: PruneOptions) -> Result<PruneReport, snapshot::Error> {
+    let mut report = PruneReport { applied: !options.dry_run, ..PruneReport::default() };
+    let lock = if options.dry_run { None } else { Some(crate::repo::lock::exclusive(&repo.store, "prune", options.lock_wait).await?) };
+    let result = prune_locked(repo, options, lock.as_ref(), &mut report).await;
     if let Some(lock) = lock {
         lock.release().await.map_err(repository::Error::from)?;
     }
     result.map(|()| report)
 }
 
-async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration, dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&crate::repo::lock::ExclusiveLock>, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+    let PruneOptions { now, grace, dry_run, .. } = options;
     let records = snapshot::list(repo).await?;
 
     // Every index object (read once: it also locates the manifests' entry streams).
@@ -141,6 +156,7 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
         }
     }
     crash_point("prune:condemned");
+    crate::faults::pause_point("prune:condemned").await;
     for pack in marks.keys().filter(|p| referenced_packs.contains(*p) || !stored.contains_key(*p)) {
         report.packs_reprieved += usize::from(referenced_packs.contains(pack));
         if !dry_run {
@@ -150,6 +166,10 @@ async fn prune_locked(repo: &Repository, now: DateTime<Utc>, grace: chrono::Dura
 
     // (1) new index without the expired packs, (2) old indexes, (3) packs, (4) marks.
     if !expired.is_empty() {
+        // Nothing is deleted unless the lock held all along (no backup can have started).
+        if let Some(lock) = lock {
+            lock.check().await?;
+        }
         report.packs_deleted = expired.len();
         report.bytes_reclaimed += expired.iter().filter_map(|p| stored.get(p)).sum::<u64>();
         if !dry_run {

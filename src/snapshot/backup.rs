@@ -20,7 +20,7 @@ use super::walk::{Found, walk_data_dir};
 use super::Error;
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
-use crate::repo::ObjectKey;
+use crate::repo::{ObjectKey, lock};
 use crate::repository::Repository;
 
 /// How to take a base backup.
@@ -73,7 +73,24 @@ pub struct BackupReport {
 /// Takes a base backup of the configured cluster into the repository and commits a snapshot.
 /// Nothing is committed unless every pack, the index, the manifest and the WAL from backup
 /// start to stop are stored.
+///
+/// Holds a shared repository lock from before it reads the blob index until the snapshot is
+/// committed, so no prune deletes what it reuses or uploads meanwhile.
 pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<BackupReport, Error> {
+    let lock = lock::shared(&repo.store, "backup pg", options.backup.lock_wait()).await?;
+    let result = backup_pg_locked(repo, options, &lock).await;
+    release(lock).await;
+    result
+}
+
+/// Deletes a backup's lock; a lock that cannot be deleted goes stale and is then ignored.
+pub(crate) async fn release(lock: lock::SharedLock) {
+    if let Err(error) = lock.release().await {
+        tracing::warn!(error = %error, "cannot remove the backup's repository lock; prunes ignore it once it is stale");
+    }
+}
+
+async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &lock::SharedLock) -> Result<BackupReport, Error> {
     let clock = Instant::now();
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
@@ -186,6 +203,8 @@ pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<Bac
         partial: false,
         hooks: Vec::new(),
     };
+    crate::faults::pause_point("backup:before-commit").await;
+    lock.check().await?;
     repo.put_record(&ObjectKey::Snapshot(snapshot_id.clone()), &record).await?;
     // Only a committed snapshot may serve as the next one's parent.
     if let Some(next_parent) = next_parent

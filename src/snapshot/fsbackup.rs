@@ -20,7 +20,7 @@ use super::pipeline::Walk;
 use super::walk::Found;
 use super::{Chunking, Error, pipeline};
 use crate::config::BackupConfig;
-use crate::repo::ObjectKey;
+use crate::repo::{ObjectKey, lock};
 use crate::repository::Repository;
 
 /// How to take a file-tree snapshot.
@@ -114,17 +114,32 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
             return Err(Error::Hook { phase: "pre", exit_code: hooks[0].exit_code, post_exit_code: post.and_then(|p| p.exit_code) });
         }
     }
+    // The shared lock keeps prune away from what the snapshot reuses or uploads until commit.
     let result = tokio::select! {
-        r = snapshot(repo, options) => r,
+        r = async {
+            let lock = lock::shared(&repo.store, "backup fs", options.backup.lock_wait()).await?;
+            match snapshot(repo, options).await {
+                Ok(pending) => Ok((pending, lock)),
+                Err(error) => {
+                    super::backup::release(lock).await;
+                    Err(error)
+                }
+            }
+        } => r,
         () = cancel => Err(Error::Cancelled),
     };
     if let Some(post) = &options.post {
         hooks.push(run_hook("post", post).await);
     }
-    let Pending { mut report, record, next_parent } = result?;
+    let (Pending { mut report, record, next_parent }, lock) = result?;
     report.hooks.clone_from(&hooks);
     let record = SnapshotRecord { hooks, finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), ..record };
-    repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await?;
+    let committed = match lock.check().await {
+        Ok(()) => repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await.map_err(Error::from),
+        Err(error) => Err(error.into()),
+    };
+    super::backup::release(lock).await;
+    committed?;
     // Only a committed snapshot may serve as the next one's parent.
     if let Some(next_parent) = next_parent {
         let path = next_parent.path().to_owned();

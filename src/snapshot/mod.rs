@@ -125,7 +125,7 @@ impl Error {
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
             Error::Archive(e) => e.kind(),
-            Error::Locked(_) => ErrorKind::Conflict,
+            Error::Locked(e) => e.kind(),
             Error::Repository(e) => e.kind(),
         }
     }
