@@ -3,51 +3,14 @@
 //! deletes what a running backup reuses or uploads. Each process is paused at an exact point
 //! (`RADD_PAUSE_AT`, src/faults.rs) so the overlap is certain, not a matter of timing.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
-use crate::common::env::{Backend, TestEnv, json, radd_binary, sql, stderr, switch_and_wait_archived};
-
-/// A radd process started in the background, paused at `point` once it gets there.
-fn spawn_paused(env: &TestEnv, config: &Path, args: &[&str], point: &str) -> Child {
-    let mut cmd = Command::new(radd_binary());
-    cmd.arg("--config").arg(config).args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("RADD_") || key.starts_with("AWS_") || key.starts_with("PG") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.env.iter().map(|(k, v)| (k, v)))
-        .env("RADD_PAUSE_AT", point)
-        .env("RADD_PAUSE_DIR", env.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("start radd")
-}
-
-fn marker(env: &TestEnv, point: &str, suffix: &str) -> PathBuf {
-    env.path().join(format!("{}.{suffix}", point.replace(':', "-")))
-}
-
-/// Waits until the paused process reached `point` (fails the test after 120 s).
-fn wait_reached(env: &TestEnv, child: &mut Child, point: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !marker(env, point, "reached").exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("process ended ({status}) before reaching {point}");
-        }
-        assert!(Instant::now() < deadline, "{point} not reached within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn resume(env: &TestEnv, point: &str) {
-    std::fs::write(marker(env, point, "go"), b"").unwrap();
-}
+use crate::common::env::{Backend, TestEnv, find_file, json, sql, stderr, switch_and_wait_archived};
+use crate::common::pause::{background, finish_within, resume, spawn_paused, wait_reached};
 
 fn finish(child: Child) -> std::process::Output {
-    child.wait_with_output().expect("process finishes")
+    finish_within(child, Duration::from_secs(300))
 }
 
 /// Config with small packs, so a backup writes many packs.
@@ -82,10 +45,7 @@ fn prune_never_deletes_what_a_running_backup_references() {
     assert_eq!(std::fs::read_dir(env.local_object("condemned")).map(|d| d.count()).unwrap_or(0), 0, "a refused prune condemned nothing");
 
     // A prune that waits starts only once the backup committed.
-    let mut waiting = Command::new(radd_binary());
-    waiting.arg("--config").arg(&env.config).args(["--json", "prune", "--grace", "0s", "--force", "--lock-wait", "120s"]);
-    waiting.envs(env.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let waiting = waiting.spawn().unwrap();
+    let waiting = background(&env, &env.config, &["--json", "prune", "--grace", "0s", "--force", "--lock-wait", "120s"]).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     resume(&env, point);
     let out = finish(backup);
@@ -123,10 +83,7 @@ fn a_backup_waits_for_a_running_prune() {
     let point = "prune:condemned";
     let mut prune = spawn_paused(&env, &env.config, &["--json", "prune", "--grace", "0s", "--force"], point);
     wait_reached(&env, &mut prune, point);
-    let mut backup = Command::new(radd_binary());
-    backup.arg("--config").arg(&env.push_config).args(["--json", "backup", "fs", src.to_str().unwrap()]);
-    backup.envs(env.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let backup = backup.spawn().unwrap();
+    let backup = background(&env, &env.push_config, &["--json", "backup", "fs", src.to_str().unwrap()]).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     resume(&env, point);
     assert!(finish(prune).status.success());
@@ -139,7 +96,7 @@ fn a_backup_waits_for_a_running_prune() {
     let target = env.path().join("restored");
     let restored = env.radd(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(restored.status.success(), "{}", stderr(&restored));
-    let restored = walk_find(&target, "a").expect("file a restored");
+    let restored = find_file(&target, "a").expect("file a restored");
     assert_eq!(std::fs::read(restored).unwrap(), crate::common::env::noise(3 << 20, 2));
 }
 
@@ -175,20 +132,4 @@ fn a_short_grace_period_needs_force() {
     let out = env.radd(&["snapshots"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("daemon.prune_grace"), "{}", stderr(&out));
-}
-
-/// The first file named `name` under `dir` (restored trees keep their absolute paths).
-fn walk_find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| n == name) && path.is_file() {
-            return Some(path);
-        }
-        if path.is_dir()
-            && let Some(found) = walk_find(&path, name)
-        {
-            return Some(found);
-        }
-    }
-    None
 }

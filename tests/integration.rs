@@ -11,6 +11,7 @@ mod concurrency;
 mod daemon;
 mod debian_layout;
 mod drill;
+mod drill_safety;
 mod fs;
 mod interrupted;
 mod pitr;

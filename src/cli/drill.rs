@@ -4,7 +4,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use radd::drill::{self, CheckStatus, DrillReport};
 use radd::jobs;
 
-use super::{Args, CheckFailed, load_config, print_json};
+use super::{Args, CheckFailed, Interrupted, load_config, print_json};
 
 /// `radd drill …` commands.
 #[derive(Debug, Subcommand)]
@@ -45,7 +45,15 @@ pub async fn run(args: &Args, command: &DrillCommand) -> anyhow::Result<()> {
             let (_, definition) = drill::find(&config.drills.dir, &a.drill).map_err(radd::Error::from)?;
             let log = jobs::event_log(&config)?;
             let restore_command = jobs::restore_command(&config.source)?;
-            let report = jobs::run_drill(&config, &log, definition, a.keep, restore_command).await?;
+            // SIGTERM/SIGINT drops the drill: its scratch instance is stopped and its directory
+            // removed before radd exits (no event: the operator stopped it, nothing failed).
+            let name = definition.name.clone();
+            let report = tokio::select! {
+                report = jobs::run_drill(&config, &log, definition, a.keep, restore_command) => report?,
+                () = radd::daemon::wait_for_signal() => {
+                    return Err(Interrupted(format!("drill {name} interrupted by a signal: its scratch instance was stopped and removed")).into());
+                }
+            };
             if args.json {
                 print_json(&report)?;
             } else {

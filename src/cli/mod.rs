@@ -100,6 +100,18 @@ impl std::fmt::Display for CheckFailed {
 
 impl std::error::Error for CheckFailed {}
 
+/// A long command stopped by SIGTERM or SIGINT after cleaning up: exit code 130.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// A command-line usage mistake the library cannot see (a flag's value refused by the CLI
 /// itself): exit code 2, never an incident.
 #[derive(Debug)]
@@ -177,6 +189,9 @@ pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
     }
     if error.downcast_ref::<UsageError>().is_some() {
         return 2;
+    }
+    if error.downcast_ref::<Interrupted>().is_some() {
+        return 130;
     }
     kind.map_or(1, radd::ErrorKind::exit_code)
 }

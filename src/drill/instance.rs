@@ -8,7 +8,8 @@
 //! (memory, `max_connections` — which recovery checks against the WAL —, extensions), included
 //! from the restored postgresql.conf when there is one, and overrides on the command line (which
 //! wins over every file, postgresql.auto.conf too) what ties the instance to a place: its data
-//! directory, pg_hba.conf/pg_ident.conf (loopback trust for the drill's own checks), no pid file
+//! directory, pg_hba.conf/pg_ident.conf (trust on the instance's private socket, nothing on TCP:
+//! the drill never waits on a password it does not have, and no one else can log in), no pid file
 //! outside the scratch directory, logging to the scratch log, no TLS.
 
 use std::path::Path;
@@ -30,7 +31,7 @@ pub fn own_settings(run_dir: &Path, data_dir: &Path) -> std::io::Result<Vec<(&'s
             quote(&data_dir.join("postgresql.conf").display().to_string())
         ),
     )?;
-    std::fs::write(&hba, "# radd drill scratch instance: loopback only, for the drill's checks\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n")?;
+    std::fs::write(&hba, "# radd drill scratch instance: its private Unix socket only (no TCP), for the drill's checks\nlocal all all trust\n")?;
     std::fs::write(&ident, "")?;
     Ok(vec![
         ("config_file", conf.display().to_string()),
@@ -40,5 +41,8 @@ pub fn own_settings(run_dir: &Path, data_dir: &Path) -> std::io::Result<Vec<(&'s
         ("external_pid_file", String::new()),
         ("logging_collector", "off".into()),
         ("ssl", "off".into()),
+        // The source's socket group may not exist here; the socket directory is private anyway.
+        ("unix_socket_group", String::new()),
+        ("unix_socket_permissions", "0700".into()),
     ])
 }

@@ -190,7 +190,7 @@ async fn steps(
         Err(e) => return record(progress, "starts", CheckStatus::Failed, format!("cannot write the scratch instance's configuration into {}: {e}", run_dir.display()), t),
     };
     let cluster = match ScratchCluster::new(&options.bin_dir, &run_dir) {
-        Ok(c) => c.with_data_dir(&data).with_port(port),
+        Ok(c) => c.with_data_dir(&data).with_port(port).socket_only(),
         Err(e) => return record(progress, "starts", CheckStatus::Failed, e.to_string(), t),
     };
     let cluster = scratch.cluster.insert(cluster);
@@ -214,8 +214,9 @@ async fn steps(
         record(progress, "checksums", CheckStatus::Passed, format!("{files} files match their manifest SHA-256; every replayed WAL segment decrypted and matched its digest"), restore_took);
     }
     if def.checks.starts {
-        record(progress, "starts", CheckStatus::Passed, format!("consistent and promoted on port {port}; queryable {rto:.1}s after drill start (RTO)"), t);
+        record(progress, "starts", CheckStatus::Passed, format!("consistent and promoted (socket {}, port {port}); queryable {rto:.1}s after drill start (RTO)", cluster.host()), t);
     }
+    crate::faults::pause_point("drill:started").await;
     super::run_checks::after_start(options, cluster, progress_sink(progress), started, &record_snap).await;
 }
 

@@ -32,7 +32,13 @@ pub struct ScratchCluster {
     data_dir: PathBuf,
     port: u16,
     running: bool,
+    /// Listen only on the Unix socket in `work_dir` (no TCP): a restored copy of production
+    /// data must not be reachable by every local user.
+    socket_only: bool,
 }
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the terminating NUL on Linux).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// The user programs run as: `postgres` when we are root, ourselves otherwise.
 fn run_as() -> Option<(u32, u32)> {
@@ -80,6 +86,7 @@ impl ScratchCluster {
             data_dir: work_dir.join("data"),
             port: free_port()?,
             running: false,
+            socket_only: false,
         })
     }
 
@@ -97,13 +104,28 @@ impl ScratchCluster {
         self
     }
 
+    /// Listens only on its Unix socket in the work directory (made private, 0700): for
+    /// restored copies of production data (drills, scratch restores), reachable by radd and the
+    /// PostgreSQL user only, whatever the source's pg_hba.conf allowed.
+    #[must_use]
+    pub fn socket_only(mut self) -> Self {
+        self.socket_only = true;
+        self
+    }
+
+    /// Where clients connect: the socket directory when socket-only, else 127.0.0.1.
+    #[must_use]
+    pub fn host(&self) -> String {
+        if self.socket_only { self.work_dir.display().to_string() } else { "127.0.0.1".into() }
+    }
+
     /// The data directory.
     #[must_use]
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// The port the cluster listens on (127.0.0.1).
+    /// The port the cluster listens on (127.0.0.1), or its socket's number when socket-only.
     #[must_use]
     pub fn port(&self) -> u16 {
         self.port
@@ -119,7 +141,7 @@ impl ScratchCluster {
     #[must_use]
     pub fn connection(&self) -> PostgresConfig {
         PostgresConfig {
-            host: "127.0.0.1".into(),
+            host: self.host(),
             port: self.port,
             data_dir: Some(self.data_dir.clone()),
             bin_dir: self.bin_dir.clone(),
@@ -216,11 +238,28 @@ impl ScratchCluster {
     /// accepts connections.
     pub fn start(&mut self, settings: &[(&str, String)], env: &[(String, String)]) -> Result<(), Error> {
         hand_over(&self.work_dir)?;
-        let mut options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
-            self.port,
-            self.work_dir.display()
-        );
+        let socket = self.work_dir.join(format!(".s.PGSQL.{}", self.port));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Program {
+                program: self.bin_dir.join("postgres"),
+                message: format!(
+                    "the socket path {} is longer than {MAX_SOCKET_PATH} bytes, which Unix sockets cannot be; choose a shorter scratch directory",
+                    socket.display()
+                ),
+            });
+        }
+        let listen = if self.socket_only {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.work_dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| Error::Io {
+                what: "cannot make private",
+                path: self.work_dir.clone(),
+                source,
+            })?;
+            "''"
+        } else {
+            "127.0.0.1"
+        };
+        let mut options = format!("-c listen_addresses={listen} -p {} -k {}", self.port, self.work_dir.display());
         for (name, value) in settings {
             options.push_str(&format!(" -c {name}='{}'", value.replace('\'', "'\\''")));
         }
@@ -274,7 +313,7 @@ impl ScratchCluster {
     /// extension where missing; the error carries what it found.
     pub fn amcheck(&self) -> Result<(), Error> {
         let mut cmd = self.program("pg_amcheck");
-        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "--all", "--install-missing", "-p"])
+        cmd.args(["-h", &self.host(), "-U", "postgres", "--all", "--install-missing", "-p"])
             .arg(self.port.to_string());
         self.run(cmd, "pg_amcheck")
     }
