@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             let code = cli::exit_code(&args, &error);
             // "Not in the archive" is how PostgreSQL probes for the end of WAL: not an error.
             if !(code == 1 && matches!(args.command, cli::Command::WalFetch(_))) {
-                eprintln!("radd: {error:#}");
+                eprintln!("radd: {}", cli::error_chain(&error));
             }
             ExitCode::from(code)
         }

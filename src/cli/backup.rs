@@ -60,7 +60,7 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    println!(
+    outln!(
         "snapshot {} of {}: {} files ({} unchanged), {} total, {} read, {} new, {} uploaded, {:.1}s{}",
         report.snapshot_id,
         report.paths.join(" "),
@@ -74,7 +74,7 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
         if report.partial { " — PARTIAL" } else { "" }
     );
     for problem in &report.unreadable {
-        println!("  unreadable: {problem}");
+        outln!("  unreadable: {problem}");
     }
     Ok(())
 }
@@ -90,7 +90,7 @@ pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&report);
             }
-            println!(
+            outln!(
                 "snapshot {}: {} files ({} unchanged since {}), {} total, {} read, {} new, {} reused, {} uploaded, LSN {}..{} on timeline {}{}, {:.1}s",
                 report.snapshot_id,
                 report.files,
@@ -119,7 +119,7 @@ pub async fn snapshots(args: &Args) -> anyhow::Result<()> {
     if args.json {
         return print_json(&list);
     }
-    println!("{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}  PATHS / TAGS", "ID", "KIND", "FINISHED", "HOST", "SIZE", "NEW");
+    outln!("{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}  PATHS / TAGS", "ID", "KIND", "FINISHED", "HOST", "SIZE", "NEW");
     for s in &list {
         let kind = match s.kind {
             snapshot::SnapshotKind::Pg => "pg",
@@ -136,7 +136,7 @@ pub async fn snapshots(args: &Args) -> anyhow::Result<()> {
         if s.partial {
             what.push_str(" PARTIAL");
         }
-        println!(
+        outln!(
             "{:<26} {:<4} {:<21} {:<14} {:>10} {:>10}  {}",
             s.id,
             kind,

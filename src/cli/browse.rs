@@ -102,7 +102,7 @@ pub async fn ls(args: &Args, a: &LsArgs) -> anyhow::Result<()> {
         if let Some(t) = l.tablespace {
             arrow.push_str(&format!(" [tablespace {:?}]", t.name));
         }
-        println!("{:<8} {} {:>5}:{:<5} {:>10} {} {:?}{arrow}", l.kind, l.mode, l.uid, l.gid, human_bytes(l.size), time, l.path);
+        outln!("{:<8} {} {:>5}:{:<5} {:>10} {} {:?}{arrow}", l.kind, l.mode, l.uid, l.gid, human_bytes(l.size), time, l.path);
     }
     Ok(())
 }
@@ -169,7 +169,7 @@ pub async fn diff(args: &Args, a: &DiffArgs) -> anyhow::Result<()> {
             "modified" => "M",
             _ => "m",
         };
-        println!("{mark} {:?}", c.path);
+        outln!("{mark} {:?}", c.path);
     }
     Ok(())
 }

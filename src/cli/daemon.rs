@@ -21,6 +21,6 @@ pub async fn heartbeat(args: &Args) -> anyhow::Result<()> {
     if args.json {
         return super::print_json(&serde_json::json!({ "heartbeat": at.to_rfc3339() }));
     }
-    println!("heartbeat written: {}", at.to_rfc3339());
+    outln!("heartbeat written: {}", at.to_rfc3339());
     Ok(())
 }

@@ -58,7 +58,7 @@ pub async fn run(args: &Args, a: &DemoArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    println!(
+    outln!(
         "demo passed: snapshot {} ({} backed up, {} uploaded encrypted), restored and recovered {} of {} rows in {:.1}s",
         report.snapshot_id,
         human_bytes(report.backup_bytes),

@@ -35,9 +35,9 @@ pub async fn run(args: &Args, command: &DrillCommand) -> anyhow::Result<()> {
                 let list: Vec<_> = drills.iter().map(|(path, d)| serde_json::json!({ "name": d.name, "schedule": d.schedule, "snapshot": d.snapshot, "file": path })).collect();
                 return print_json(&list);
             }
-            println!("{:<24} {:<20} {:<10} FILE", "NAME", "SCHEDULE (UTC)", "SNAPSHOT");
+            outln!("{:<24} {:<20} {:<10} FILE", "NAME", "SCHEDULE (UTC)", "SNAPSHOT");
             for (path, d) in drills {
-                println!("{:<24} {:<20} {:<10} {}", d.name, d.schedule, d.snapshot, path.display());
+                outln!("{:<24} {:<20} {:<10} {}", d.name, d.schedule, d.snapshot, path.display());
             }
             Ok(())
         }
@@ -69,7 +69,7 @@ pub async fn run(args: &Args, command: &DrillCommand) -> anyhow::Result<()> {
 }
 
 fn print_report(report: &DrillReport) {
-    println!(
+    outln!(
         "drill {} on snapshot {}: {}",
         report.drill,
         report.snapshot_id.as_deref().unwrap_or("-"),
@@ -81,11 +81,11 @@ fn print_report(report: &DrillReport) {
             CheckStatus::Failed => "FAIL",
             CheckStatus::Skipped => "skip",
         };
-        println!("  {mark} {:<22} {:>6.1}s  {}", c.check, c.seconds, c.detail);
+        outln!("  {mark} {:<22} {:>6.1}s  {}", c.check, c.seconds, c.detail);
     }
     let secs = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1}s"));
-    println!("  RPO {}  RTO {}  total {:.1}s", secs(report.rpo_seconds), secs(report.rto_seconds), report.duration_seconds);
+    outln!("  RPO {}  RTO {}  total {:.1}s", secs(report.rpo_seconds), secs(report.rto_seconds), report.duration_seconds);
     if let Some(dir) = &report.kept_dir {
-        println!("  scratch directory kept: {}", dir.display());
+        outln!("  scratch directory kept: {}", dir.display());
     }
 }

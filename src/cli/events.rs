@@ -53,11 +53,11 @@ pub async fn run(args: &Args, a: &EventsArgs) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&events);
             }
-            println!("{:<24} {:<8} {:<4} {:<22} TITLE", "TIME", "KIND", "SEV", "SOURCE");
+            outln!("{:<24} {:<8} {:<4} {:<22} TITLE", "TIME", "KIND", "SEV", "SOURCE");
             for e in events {
                 let kind = if e.kind == EventKind::Incident { "incident" } else { "change" };
                 let sev = e.severity.map_or("-", |s| s.as_str());
-                println!("{:<24} {:<8} {:<4} {:<22} {}", e.time, kind, sev, e.source, e.title);
+                outln!("{:<24} {:<8} {:<4} {:<22} {}", e.time, kind, sev, e.source, e.title);
             }
             Ok(())
         }
@@ -71,8 +71,8 @@ pub async fn run(args: &Args, a: &EventsArgs) -> anyhow::Result<()> {
             }
             let pct = |v: f64| format!("{:.2}%", v * 100.0);
             let d = &report.drills;
-            println!("error budget {} … {}", report.window_start, report.window_end);
-            println!(
+            outln!("error budget {} … {}", report.window_start, report.window_end);
+            outln!(
                 "  drills     {} passed, {} failed; success {} (objective {}), budget remaining {}",
                 d.passed,
                 d.failed,
@@ -81,7 +81,7 @@ pub async fn run(args: &Args, a: &EventsArgs) -> anyhow::Result<()> {
                 d.budget_remaining.map_or("n/a".into(), pct)
             );
             let f = &report.freshness;
-            println!(
+            outln!(
                 "  freshness  backups younger than {}s for {} of the window (objective {}), budget remaining {}; newest backup {}",
                 f.max_age_seconds,
                 pct(f.fresh_ratio),
@@ -90,7 +90,7 @@ pub async fn run(args: &Args, a: &EventsArgs) -> anyhow::Result<()> {
                 f.newest_backup.as_deref().unwrap_or("none")
             );
             let i = &report.incidents;
-            println!("  incidents  S1 {}  S2 {}  S3 {}  S4 {}  unrated {}", i.s1, i.s2, i.s3, i.s4, i.unrated);
+            outln!("  incidents  S1 {}  S2 {}  S3 {}  S4 {}  unrated {}", i.s1, i.s2, i.s3, i.s4, i.unrated);
             Ok(())
         }
     }

@@ -53,15 +53,15 @@ pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&serde_json::json!({ "key_set": version, "recipients": recipients }));
             }
-            println!("key set {version}: new objects are encrypted to {}", recipients.join(", "));
-            println!("run `radd key rewrap` to re-encrypt existing objects");
+            outln!("key set {version}: new objects are encrypted to {}", recipients.join(", "));
+            outln!("run `radd key rewrap` to re-encrypt existing objects");
         }
         KeyCommand::Rewrap => {
             let report = radd::keyset::rewrap(&repo, &config.backup.state_dir).await.map_err(radd::Error::from)?;
             if args.json {
                 return print_json(&report);
             }
-            println!(
+            outln!(
                 "rewrapped {} objects to key set {} ({} already done by an earlier run); each verified",
                 report.rewrapped, report.key_set, report.resumed_past
             );
@@ -72,7 +72,7 @@ pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
                 return print_json(&recipients);
             }
             for r in recipients {
-                println!("{r}");
+                outln!("{r}");
             }
         }
     }
@@ -91,7 +91,7 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     let identity = Identity::generate();
     identity.save(&args.identity).map_err(radd::Error::from)?;
     for recipient in identity.recipients().to_strings() {
-        println!("{recipient}");
+        outln!("{recipient}");
     }
     eprintln!(
         "identity written to {} (keep it only where restores run; put the recipient above in keys.recipients)",
@@ -112,7 +112,7 @@ pub async fn repo(args: &Args, command: &RepoCommand) -> anyhow::Result<()> {
                     "id": repo.meta.id,
                 }))?;
             } else {
-                println!("initialised repository {} at {}", repo.meta.id, repo.store.location());
+                outln!("initialised repository {} at {}", repo.meta.id, repo.store.location());
             }
             Ok(())
         }

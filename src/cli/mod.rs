@@ -1,6 +1,14 @@
 //! Command-line interface: clap structs, one file per command group, text and `--json`
 //! rendering. Handlers build options from config + arguments, call the library, render.
 
+/// `println!` for results on stdout that ends the process quietly (exit 0) when the reader has
+/// gone (`radd ls latest | head`): a closed pipe is the reader's choice, not a failure.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod backup;
 mod browse;
 mod daemon;
@@ -32,6 +40,10 @@ pub struct Args {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log format on stderr: `text` (colour only on a terminal, never with NO_COLOR) or `json`
+    /// (one object per line, for journald/Loki).
+    #[arg(long, global = true, env = "RADD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -140,11 +152,14 @@ pub fn init_logging(args: &Args) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if args.log_format == "json" {
+        builder.json().with_ansi(false).init();
+    } else {
+        use std::io::IsTerminal;
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        builder.with_ansi(colour).init();
+    }
 }
 
 /// Runs the parsed command.
@@ -208,9 +223,37 @@ pub async fn open_repo(args: &Args, need_identity: bool) -> Result<(Config, Repo
     Ok((config, repo))
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text the message already
+/// holds (library errors often quote their source, so `{:#}` printed an OS error twice).
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
+/// Writes one line of results to stdout; a closed pipe ends the process with exit 0, any other
+/// write error with exit 1 (there is no one left to tell but stderr).
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("radd: cannot write the results to stdout: {error}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints a result as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

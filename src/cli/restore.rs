@@ -104,7 +104,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     if report.kind == radd::snapshot::SnapshotKind::Fs {
-        println!(
+        outln!(
             "restored snapshot {} into {}: {} files, {} verified against the manifest; {:.1}s",
             report.snapshot_id,
             report.target.display(),
@@ -114,7 +114,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "restored snapshot {} into {}: {} files, {} verified against the manifest; WAL chain checked through {}; recovery target {}; {:.1}s\nstart it with: pg_ctl -D {} start",
         report.snapshot_id,
         report.target.display(),
@@ -127,7 +127,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     );
     for t in &report.tablespaces {
         let name = t.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-        println!("tablespace {}{name} (was {}) restored into {}", t.oid, t.location.display(), t.target.display());
+        outln!("tablespace {}{name} (was {}) restored into {}", t.oid, t.location.display(), t.target.display());
     }
     Ok(())
 }

@@ -84,11 +84,11 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    println!("{:<26} {:<6} {:<21} REASONS", "ID", "ACTION", "TIME");
+    outln!("{:<26} {:<6} {:<21} REASONS", "ID", "ACTION", "TIME");
     for d in &report.decisions {
-        println!("{:<26} {:<6} {:<21} {}", d.snapshot_id, if d.keep { "keep" } else { "forget" }, d.time, d.reasons.join(", "));
+        outln!("{:<26} {:<6} {:<21} {}", d.snapshot_id, if d.keep { "keep" } else { "forget" }, d.time, d.reasons.join(", "));
     }
-    println!(
+    outln!(
         "{} snapshot(s) {}; chunks are reclaimed by prune",
         report.forgotten,
         if report.applied { "forgotten" } else { "would be forgotten (dry run)" }
@@ -103,7 +103,7 @@ pub async fn pin(args: &Args, a: &PinArgs, pinned: bool) -> anyhow::Result<()> {
     if args.json {
         return print_json(&serde_json::json!({ "snapshot_id": id, "pinned": pinned }));
     }
-    println!("snapshot {id} {}", if pinned { "pinned: kept by every retention policy" } else { "unpinned" });
+    outln!("snapshot {id} {}", if pinned { "pinned: kept by every retention policy" } else { "unpinned" });
     Ok(())
 }
 
@@ -159,7 +159,7 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    println!(
+    outln!(
         "{}: {} packs referenced, {} newly condemned, {} reprieved, {} deleted; {} WAL files deleted; {} stale staging files removed; {} reclaimed",
         if report.applied { "prune" } else { "prune (dry run)" },
         report.packs_referenced,
@@ -171,7 +171,7 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
         super::human_bytes(report.bytes_reclaimed)
     );
     for (timeline, from) in &report.wal_kept_from {
-        println!("  timeline {timeline}: WAL kept from {from}");
+        outln!("  timeline {timeline}: WAL kept from {from}");
     }
     Ok(())
 }
@@ -200,7 +200,7 @@ pub async fn unlock(args: &Args, a: &UnlockArgs) -> anyhow::Result<()> {
         return print_json(&locks);
     }
     for l in &locks {
-        println!(
+        outln!(
             "{verb}: {} by `{}` on {} (pid {}), taken {}s ago, heartbeat {}s ago{}",
             l.id,
             l.command,
@@ -212,7 +212,7 @@ pub async fn unlock(args: &Args, a: &UnlockArgs) -> anyhow::Result<()> {
         );
     }
     if locks.is_empty() {
-        println!("no locks {verb}");
+        outln!("no locks {verb}");
     }
     Ok(())
 }

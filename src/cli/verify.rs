@@ -68,7 +68,7 @@ fn print_text(report: &VerifyReport) {
     } else {
         "structure only; --read-data also reads every pack and WAL object"
     };
-    println!(
+    outln!(
         "{}: {} snapshots, {} packs ({} unreferenced), {} WAL segments on {} timeline(s); {} objects checked, {} read, {:.1}s ({scope})",
         if report.ok { "verify ok" } else { "verify FAILED" },
         report.snapshots,
@@ -81,7 +81,7 @@ fn print_text(report: &VerifyReport) {
         report.duration_seconds,
     );
     for timeline in &report.timelines {
-        println!(
+        outln!(
             "  timeline {}: {} segments, {} .. {}, {} gap(s)",
             timeline.timeline,
             timeline.segments,
@@ -91,9 +91,9 @@ fn print_text(report: &VerifyReport) {
         );
     }
     if !report.problems.is_empty() {
-        println!("{} problem(s):", report.problems.len());
+        outln!("{} problem(s):", report.problems.len());
         for problem in &report.problems {
-            println!("  {problem}");
+            outln!("  {problem}");
         }
     }
 }

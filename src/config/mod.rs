@@ -53,7 +53,6 @@ pub enum Error {
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where backups are stored.
     pub repository: RepositoryConfig,
@@ -102,7 +101,6 @@ pub enum Backend {
 
 /// `[repository]`: the object store holding the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// `local` (default) or `s3`.
     #[serde(default)]
@@ -126,7 +124,6 @@ pub struct RepositoryConfig {
 /// `[keys]`: capability-split keys. Backup hosts need `recipients` + `id_key_file`; restore
 /// hosts need `identity_file` (the id key is then recovered from the repository if absent).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeysConfig {
     /// age X25519 recipients (`age1…`) every object is encrypted to.
     #[serde(default)]
@@ -139,7 +136,6 @@ pub struct KeysConfig {
 
 /// `[postgres]`: connection and paths of the cluster to back up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Host name, IP address, or socket directory.
     #[serde(default = "default_host")]
@@ -182,7 +178,6 @@ impl Default for PostgresConfig {
 
 /// `[backup]`: how data is cut, packed and compressed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BackupConfig {
     /// Average content-defined chunk size for non-relation files.
     #[serde(default = "default_chunk_size")]
@@ -272,7 +267,6 @@ impl Default for BackupConfig {
 
 /// `[archive]`: how wal-push drains a backlog and wal-fetch reads ahead.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
     /// WAL files one `wal-push` seals at the same time: the requested one and others already
     /// marked `.ready` (see `push_ahead`); 1 = one after the other. They are streamed from disk
@@ -319,7 +313,6 @@ fn default_prefetch() -> u64 {
 
 /// `[[fs]]`: a file-tree snapshot job, run by `radd backup fs --job NAME` and by the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FsJobConfig {
     /// Job name (events: `backup.fs.<name>`).
     pub name: String,
@@ -347,7 +340,6 @@ pub struct FsJobConfig {
 
 /// `[drills]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DrillsConfig {
     /// Directory of `*.toml` drill definitions (relative to this file; default `drills`).
     #[serde(default = "default_drills_dir")]
@@ -365,7 +357,6 @@ impl Default for DrillsConfig {
 
 /// `[daemon]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// Address of the HTTP server for `/metrics` and `/healthz`.
     #[serde(default = "default_listen")]
@@ -503,6 +494,20 @@ fn parse_message(text: &str, error: &toml::de::Error) -> String {
     format!("line {line}, column {column}: {}", error.message())
 }
 
+/// A key's path as the operator writes it: `events.gitlab.token`, `fs[1].paths`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
 impl Config {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -510,15 +515,28 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Parse {
+        let parse_error = |e: toml::de::Error| Error::Parse {
             path: path.to_owned(),
             message: parse_message(&text, &e),
-        })?;
+        };
+        // Every unknown key is reported at once (a misspelt key silently means its default).
+        let mut unknown = Vec::new();
+        let deserializer = toml::Deserializer::parse(&text).map_err(parse_error)?;
+        let mut config: Config = serde_ignored::deserialize(deserializer, |key| unknown.push(key_path(&key))).map_err(parse_error)?;
         let source = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = source.parent().map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
         config.source = source;
-        config.validate()?;
+        let mut problems: Vec<String> = unknown.into_iter().map(|key| format!("{key}: unknown key (misspelt, or from another radd version?)")).collect();
+        match config.validate() {
+            Ok(()) => {}
+            Err(Error::Invalid { problems: more, .. }) => problems.extend(more),
+            Err(other) if problems.is_empty() => return Err(other),
+            Err(other) => problems.push(other.to_string()),
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid { path: config.source.clone(), problems });
+        }
         Ok(config)
     }
 
@@ -597,7 +615,7 @@ impl Config {
                 problems.push(format!("fs[{i}] ({}): paths must not be empty", job.name));
             }
             if let Some(schedule) = &job.schedule
-                && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(schedule)
+                && let Err(e) = parse_cron(schedule)
             {
                 problems.push(format!("fs[{i}] ({}).schedule: invalid cron expression {schedule:?}: {e}", job.name));
             }
@@ -614,7 +632,7 @@ impl Config {
             ("daemon.retention_schedule", &d.retention_schedule),
         ] {
             if !value.is_empty()
-                && let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(value)
+                && let Err(e) = parse_cron(value)
             {
                 problems.push(format!("{key}: invalid cron expression {value:?}: {e}"));
             }
@@ -655,12 +673,44 @@ impl Config {
     }
 }
 
+/// Parses a cron schedule in UTC: the standard five fields (minute hour day month weekday, as
+/// crontab and most SRE runbooks write them) or the six or seven of the `cron` crate (seconds
+/// first, optional year). Five fields run at second 0.
+pub fn parse_cron(expression: &str) -> Result<cron::Schedule, cron::error::Error> {
+    let expression = expression.trim();
+    if expression.split_whitespace().count() == 5 {
+        format!("0 {expression}").parse()
+    } else {
+        expression.parse()
+    }
+}
+
 /// Largest `backup.block_size`: blocks are read, hashed and sealed whole, several per thread.
 const MAX_BLOCK_SIZE: u64 = 16 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_unknown_key_is_reported_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        std::fs::write(&path, "[repository]\npath = \"r\"\nbakend = \"s3\"\n[backup]\nblock_sise = \"8KiB\"\n[events.gitlab]\nurl = \"https://gitlab.example\"\nproject_id = \"sre/prod\"\ntoken = \"glpat-SECRET\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        for key in ["repository.bakend", "backup.block_sise", "events.gitlab.token"] {
+            assert!(err.contains(key), "{key} not reported: {err}");
+        }
+        assert!(!err.contains("glpat-SECRET"), "a value is never echoed: {err}");
+    }
+
+    #[test]
+    fn five_field_cron_expressions_run_at_second_zero() {
+        let five = parse_cron("30 2 * * *").unwrap();
+        let six = parse_cron("0 30 2 * * *").unwrap();
+        assert_eq!(five.upcoming(chrono::Utc).next(), six.upcoming(chrono::Utc).next());
+        assert!(parse_cron("61 * * * *").is_err());
+    }
 
     #[test]
     fn sizes_beyond_what_the_code_can_honour_are_refused_by_key() {

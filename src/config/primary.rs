@@ -14,7 +14,6 @@ use super::PostgresConfig;
 /// but `host` defaults to the value of the same key in `[postgres]` (usually the same role and
 /// database on another host).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PrimaryConfig {
     /// Host name, IP address, or socket directory of the primary (required).
     pub host: String,

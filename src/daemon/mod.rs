@@ -10,7 +10,6 @@ mod http;
 mod watch;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,7 +128,7 @@ pub async fn wait_for_signal() {
 fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut JoinSet<()>) -> Result<(), crate::Error> {
     let config = &state.config;
     if !config.daemon.backup_schedule.is_empty() {
-        let schedule = cron::Schedule::from_str(&config.daemon.backup_schedule)
+        let schedule = crate::config::parse_cron(&config.daemon.backup_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.backup_schedule: {e}"))))?;
         let st = state.clone();
         tasks.spawn(cron_loop("backup.pg".into(), schedule, stop.clone(), move || {
@@ -142,7 +141,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         }));
     }
     if !config.daemon.retention_schedule.is_empty() {
-        let schedule = cron::Schedule::from_str(&config.daemon.retention_schedule)
+        let schedule = crate::config::parse_cron(&config.daemon.retention_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.retention_schedule: {e}"))))?;
         let grace = duration(&config.daemon.prune_grace).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::hours(24));
         let st = state.clone();
@@ -157,7 +156,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         }));
     }
     if !config.daemon.verify_schedule.is_empty() {
-        let schedule = cron::Schedule::from_str(&config.daemon.verify_schedule)
+        let schedule = crate::config::parse_cron(&config.daemon.verify_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.verify_schedule: {e}"))))?;
         let period_days = duration(&config.daemon.verify_period).map_or(30, |d| d.as_secs() / 86_400);
         let st = state.clone();
@@ -175,7 +174,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
     }
     for job in &config.fs {
         let Some(schedule) = &job.schedule else { continue };
-        let schedule = cron::Schedule::from_str(schedule)
+        let schedule = crate::config::parse_cron(schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("fs job {}: schedule: {e}", job.name))))?;
         let st = state.clone();
         let job = job.clone();
@@ -203,7 +202,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         Vec::new()
     };
     for (path, definition) in drills {
-        let schedule = cron::Schedule::from_str(&definition.schedule)
+        let schedule = crate::config::parse_cron(&definition.schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{}: schedule: {e}", path.display()))))?;
         let st = state.clone();
         let name = format!("drill.{}", definition.name);

@@ -18,7 +18,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -213,7 +212,7 @@ impl DrillDefinition {
 
     fn validate(&self, path: &Path) -> Result<(), Error> {
         let mut problems = Vec::new();
-        if let Err(e) = cron::Schedule::from_str(&self.schedule) {
+        if let Err(e) = crate::config::parse_cron(&self.schedule) {
             problems.push(format!("schedule: invalid cron expression {:?}: {e}", self.schedule));
         }
         if let Err(e) = humantime::parse_duration(&self.scratch.timeout) {

@@ -16,14 +16,17 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, Error> {
         .user(&config.user)
         .dbname(&config.dbname)
         .application_name("radd");
-    if let Some(var) = &config.password_env
-        && let Ok(password) = std::env::var(var)
-    {
-        pg.password(password);
+    if let Some(var) = &config.password_env {
+        match std::env::var(var) {
+            Ok(password) => {
+                pg.password(password);
+            }
+            Err(_) => return Err(Error::PasswordUnset { key: "postgres.password_env", var: var.clone() }),
+        }
     }
     let (client, connection) = pg.connect(NoTls).await.map_err(|source| Error::Connect {
         target: format!("{}:{}", config.host, config.port),
-        source,
+        driver: source,
     })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -77,7 +80,7 @@ impl BackupSession {
         let row = client
             .query_one(q, &[])
             .await
-            .map_err(|source| Error::Query { query: "SELECT current_setting(…)", source })?;
+            .map_err(|source| Error::Query { query: "SELECT current_setting(…)", driver: source })?;
         let server_version_num = u32::try_from(row.get::<_, i32>(0))
             .map_err(|_| Error::Unexpected("negative server_version_num".into()))?;
         let segment_size = row.get::<_, &str>(3).parse::<SegmentSize>().map_err(Error::Unexpected)?;
@@ -89,7 +92,7 @@ impl BackupSession {
         let lsn_row = client
             .query_one(start_sql, &[&label])
             .await
-            .map_err(|source| Error::Query { query: "pg_backup_start", source })?;
+            .map_err(|source| Error::Query { query: "pg_backup_start", driver: source })?;
         let lsn = lsn_row
             .get::<_, &str>(0)
             .parse()
@@ -119,7 +122,7 @@ impl BackupSession {
             .client
             .query_one(sql, &[])
             .await
-            .map_err(|source| Error::Query { query: "pg_backup_stop", source })?;
+            .map_err(|source| Error::Query { query: "pg_backup_stop", driver: source })?;
         let label_file: String = row.get(1);
         let timeline = label_file
             .lines()

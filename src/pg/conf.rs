@@ -31,7 +31,7 @@ pub async fn config_paths(client: &tokio_postgres::Client) -> Result<ConfigPaths
     let row = client
         .query_one("SELECT current_setting('config_file'), current_setting('hba_file'), current_setting('ident_file')", &[])
         .await
-        .map_err(|source| Error::Query { query: "SELECT current_setting('config_file'), …('hba_file'), …('ident_file')", source })?;
+        .map_err(|source| Error::Query { query: "SELECT current_setting('config_file'), …('hba_file'), …('ident_file')", driver: source })?;
     Ok(ConfigPaths {
         config_file: PathBuf::from(row.get::<_, String>(0)),
         hba_file: PathBuf::from(row.get::<_, String>(1)),

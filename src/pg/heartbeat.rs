@@ -15,7 +15,7 @@ pub async fn beat(client: &Client) -> Result<DateTime<Utc>, Error> {
              CREATE TABLE IF NOT EXISTS radd.heartbeat (id int PRIMARY KEY CHECK (id = 1), at timestamptz NOT NULL);",
         )
         .await
-        .map_err(|source| Error::Query { query: "CREATE TABLE radd.heartbeat", source })?;
+        .map_err(|source| Error::Query { query: "CREATE TABLE radd.heartbeat", driver: source })?;
     let row = client
         .query_one(
             "INSERT INTO radd.heartbeat VALUES (1, clock_timestamp())
@@ -23,7 +23,7 @@ pub async fn beat(client: &Client) -> Result<DateTime<Utc>, Error> {
             &[],
         )
         .await
-        .map_err(|source| Error::Query { query: "INSERT INTO radd.heartbeat", source })?;
+        .map_err(|source| Error::Query { query: "INSERT INTO radd.heartbeat", driver: source })?;
     Ok(row.get(0))
 }
 
@@ -32,7 +32,7 @@ pub async fn read(client: &Client) -> Result<Option<DateTime<Utc>>, Error> {
     let exists: bool = client
         .query_one("SELECT to_regclass('radd.heartbeat') IS NOT NULL", &[])
         .await
-        .map_err(|source| Error::Query { query: "to_regclass('radd.heartbeat')", source })?
+        .map_err(|source| Error::Query { query: "to_regclass('radd.heartbeat')", driver: source })?
         .get(0);
     if !exists {
         return Ok(None);
@@ -40,6 +40,6 @@ pub async fn read(client: &Client) -> Result<Option<DateTime<Utc>>, Error> {
     let row = client
         .query_opt("SELECT at FROM radd.heartbeat WHERE id = 1", &[])
         .await
-        .map_err(|source| Error::Query { query: "SELECT radd.heartbeat", source })?;
+        .map_err(|source| Error::Query { query: "SELECT radd.heartbeat", driver: source })?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -18,24 +18,54 @@ pub use wal::{Lsn, SegmentSize, Timeline, WalFileName};
 
 use std::path::PathBuf;
 
+/// A driver error as the server said it: SQLSTATE, message, detail and hint (tokio-postgres's
+/// own Display says only "db error"), or the driver's text for errors not from the server.
+#[must_use]
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    let Some(db) = error.as_db_error() else {
+        use std::error::Error as _;
+        return match error.source() {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        };
+    };
+    let mut text = format!("{} (SQLSTATE {}): {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        text.push_str(&format!("; DETAIL: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        text.push_str(&format!("; HINT: {hint}"));
+    }
+    text
+}
+
 /// Errors talking to or running PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Could not connect.
-    #[error("cannot connect to PostgreSQL at {target}: {source}; check [postgres] host/port/user and that the server is running")]
+    #[error("cannot connect to PostgreSQL at {target}: {}; check [postgres] host/port/user and that the server is running", describe(.driver))]
     Connect {
         /// host:port.
         target: String,
-        /// Driver error.
-        source: tokio_postgres::Error,
+        /// Driver error (described in the message, not a separate cause: its own text is
+        /// only "db error").
+        driver: tokio_postgres::Error,
     },
     /// A query failed.
-    #[error("PostgreSQL query `{query}` failed: {source}")]
+    #[error("PostgreSQL query `{query}` failed: {}", describe(.driver))]
     Query {
         /// The SQL (never contains secrets).
         query: &'static str,
-        /// Driver error.
-        source: tokio_postgres::Error,
+        /// Driver error (described in the message).
+        driver: tokio_postgres::Error,
+    },
+    /// `password_env` names an environment variable that is not set.
+    #[error("{key} = {var:?}, but the environment variable {var} is not set; set it in radd's environment (e.g. the unit's EnvironmentFile=) or remove {key} to connect without a password")]
+    PasswordUnset {
+        /// The config key (`postgres.password_env`).
+        key: &'static str,
+        /// The variable's name (never its value).
+        var: String,
     },
     /// The server answered something radd cannot interpret.
     #[error("unexpected answer from PostgreSQL: {0}")]

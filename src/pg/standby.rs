@@ -24,7 +24,7 @@ pub async fn role(client: &Client) -> Result<ServerRole, Error> {
     let row = client
         .query_one("SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()", &[])
         .await
-        .map_err(|source| Error::Query { query: "SELECT pg_is_in_recovery(), system_identifier", source })?;
+        .map_err(|source| Error::Query { query: "SELECT pg_is_in_recovery(), system_identifier", driver: source })?;
     let id: &str = row.get(1);
     Ok(ServerRole {
         in_recovery: row.get(0),
@@ -41,10 +41,10 @@ pub async fn switch_wal(primary: &Client) -> Result<Lsn, Error> {
     primary
         .query_one("SELECT pg_logical_emit_message(false, 'radd', 'base backup from a standby stopped')::text", &[])
         .await
-        .map_err(|source| Error::Query { query: "SELECT pg_logical_emit_message(…)", source })?;
+        .map_err(|source| Error::Query { query: "SELECT pg_logical_emit_message(…)", driver: source })?;
     let row = primary
         .query_one("SELECT pg_switch_wal()::text", &[])
         .await
-        .map_err(|source| Error::Query { query: "SELECT pg_switch_wal()", source })?;
+        .map_err(|source| Error::Query { query: "SELECT pg_switch_wal()", driver: source })?;
     row.get::<_, &str>(0).parse().map_err(Error::Unexpected)
 }

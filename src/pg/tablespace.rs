@@ -35,7 +35,7 @@ impl BackupSession {
             .client
             .query(q, &[])
             .await
-            .map_err(|source| Error::Query { query: "SELECT … FROM pg_tablespace", source })?;
+            .map_err(|source| Error::Query { query: "SELECT … FROM pg_tablespace", driver: source })?;
         rows.iter()
             .map(|row| {
                 let oid = u32::try_from(row.get::<_, i64>(0)).map_err(|_| Error::Unexpected("tablespace oid out of range".into()))?;

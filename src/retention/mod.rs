@@ -19,7 +19,6 @@ pub use prune::{PruneOptions, PruneReport, prune};
 
 /// A retention policy (`[retention]` in radd.toml, or `radd forget` flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Keep the newest N snapshots.
     pub keep_last: Option<u32>,

@@ -181,12 +181,16 @@ pub struct ParentWriter {
 impl ParentWriter {
     /// Starts the record of snapshot `snapshot_id` (started at `started_ms`) for `path`.
     pub fn create(path: &Path, snapshot_id: &str, started_ms: i64) -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        // The record holds every file's path and digest: readable by radd's user only.
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!("{name}.{snapshot_id}.tmp"));
-        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
         let pending = PendingParent { tmp, path: path.to_owned(), committed: false };
         serde_json::to_writer(&mut out, &Header { format: FORMAT, snapshot_id: snapshot_id.to_owned(), started_ms })?;
         out.write_all(b"\n")?;
