@@ -148,18 +148,29 @@ pub fn job_policies(config: &Config) -> crate::retention::JobPolicies {
 /// Scheduled retention: forget by the configured policies, then prune (grace `grace`), each
 /// recorded as an event (the prune's reclaimed bytes feed a metric).
 pub async fn retention(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
+    let result = retention_steps(config, log, grace).await;
+    if let Err(error) = &result {
+        let event = Event::from_occurrence(Occurrence::MaintenanceFailed, "retention", format!("scheduled retention failed: {error}"))
+            .label("error_type", error.kind().label())
+            .details(json!({ "error": error.to_string() }));
+        record(log, &event)?;
+    }
+    result
+}
+
+async fn retention_steps(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
     let repo = Repository::open(config, true).await?;
     let now = chrono::Utc::now();
     let forgotten = crate::retention::forget(&repo, &config.retention, &job_policies(config), now, false).await?;
     if forgotten.forgotten > 0 {
-        let event = Event::from_occurrence(Occurrence::BackupSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", forgotten.forgotten))
+        let event = Event::from_occurrence(Occurrence::MaintenanceSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", forgotten.forgotten))
             .details(serde_json::to_value(&forgotten).unwrap_or_default());
         record(log, &event)?;
     }
     let lock_wait = humantime::parse_duration(&config.daemon.prune_lock_wait).unwrap_or(std::time::Duration::from_secs(3600));
     let pruned = crate::retention::prune(&repo, crate::retention::PruneOptions { now, grace, dry_run: false, lock_wait }).await?;
     let event = Event::from_occurrence(
-        Occurrence::BackupSucceeded,
+        Occurrence::MaintenanceSucceeded,
         "retention.prune",
         format!("prune reclaimed {} bytes ({} packs, {} WAL files)", pruned.bytes_reclaimed, pruned.packs_deleted, pruned.wal_deleted),
     )
@@ -187,6 +198,20 @@ pub enum VerifyScope {
 /// Runs a verify at `now`, keeps the record of what was read when (so daily runs spread the
 /// reading over the period), and records the event the verification metrics come from.
 pub async fn verify(config: &Config, log: &EventLog, scope: VerifyScope, now: chrono::DateTime<chrono::Utc>) -> Result<crate::verify::VerifyReport, crate::Error> {
+    let result = verify_steps(config, log, scope, now).await;
+    if let Err(error) = &result {
+        // Could not run to its end: what it did not read is unproven (an integrity error is
+        // corruption found, S1).
+        let occurrence = if error.kind() == crate::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::VerifyFailed };
+        let event = Event::from_occurrence(occurrence, "verify", format!("verify could not run: {error}"))
+            .label("error_type", error.kind().label())
+            .details(json!({ "error": error.to_string() }));
+        record(log, &event)?;
+    }
+    result
+}
+
+async fn verify_steps(config: &Config, log: &EventLog, scope: VerifyScope, now: chrono::DateTime<chrono::Utc>) -> Result<crate::verify::VerifyReport, crate::Error> {
     use crate::verify::{Subset, VerifiedRecord, VerifyOptions};
     let repo = Repository::open(config, true).await?;
     let record_path = VerifiedRecord::path(&config.backup.state_dir, &repo.meta.id);
@@ -221,7 +246,7 @@ pub fn verify_event(report: &crate::verify::VerifyReport, oldest_verified_age_se
         "problems": report.problems,
     });
     if report.problems.is_empty() {
-        Event::from_occurrence(Occurrence::BackupSucceeded, "verify", format!("verify ok: {} objects, {} bytes read", report.objects_checked, report.bytes_read)).details(details)
+        Event::from_occurrence(Occurrence::VerifySucceeded, "verify", format!("verify ok: {} objects, {} bytes read", report.objects_checked, report.bytes_read)).details(details)
     } else {
         Event::from_occurrence(Occurrence::CorruptionFound, "verify", format!("verify found {} problem(s), first: {}", report.problems.len(), report.problems[0])).details(details)
     }

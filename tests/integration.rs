@@ -13,6 +13,7 @@ mod daemon;
 mod debian_layout;
 mod drill;
 mod drill_safety;
+mod event_rules;
 mod fs;
 mod interrupted;
 mod pitr;

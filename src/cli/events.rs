@@ -71,7 +71,14 @@ pub async fn run(args: &Args, a: &EventsArgs) -> anyhow::Result<()> {
             }
             let pct = |v: f64| format!("{:.2}%", v * 100.0);
             let d = &report.drills;
-            outln!("error budget {} … {}", report.window_start, report.window_end);
+            let days = |secs: i64| format!("{:.1} days", secs as f64 / 86_400.0);
+            outln!(
+                "error budget {} … {} ({} of history; window {})",
+                report.window_start,
+                report.window_end,
+                days(report.history_seconds),
+                days(report.window_requested_seconds)
+            );
             outln!(
                 "  drills     {} passed, {} failed; success {} (objective {}), budget remaining {}",
                 d.passed,

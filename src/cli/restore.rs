@@ -90,15 +90,20 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;
     let event = match &result {
-        Ok(r) => Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))
-            .details(serde_json::to_value(r).unwrap_or_default()),
+        Ok(r) => Some(
+            Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))
+                .details(serde_json::to_value(r).unwrap_or_default()),
+        ),
+        // A wrong request is the operator's to fix (exit code), not an incident.
+        Err(e) if e.is_usage() => None,
         Err(e) => {
             let occurrence = if e.kind() == radd::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::RestoreFailed };
-            Event::from_occurrence(occurrence, "restore", format!("restore of {} failed: {e}", a.snapshot))
-                .label("error_type", e.kind().label())
+            Some(Event::from_occurrence(occurrence, "restore", format!("restore of {} failed: {e}", a.snapshot)).label("error_type", e.kind().label()))
         }
     };
-    jobs::record(&log, &event)?;
+    if let Some(event) = event {
+        jobs::record(&log, &event)?;
+    }
     let report = result.map_err(radd::Error::from)?;
     if args.json {
         return print_json(&report);

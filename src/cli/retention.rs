@@ -77,7 +77,7 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
     let report = retention::forget(&repo, &policy, &jobs, now, a.dry_run).await.map_err(radd::Error::from)?;
     if report.applied && report.forgotten > 0 {
         let log = jobs::event_log(&config)?;
-        let event = Event::from_occurrence(Occurrence::BackupSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", report.forgotten))
+        let event = Event::from_occurrence(Occurrence::MaintenanceSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", report.forgotten))
             .details(serde_json::to_value(&report).unwrap_or_default());
         jobs::record(&log, &event)?;
     }
@@ -149,7 +149,7 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
     if report.applied {
         let log = jobs::event_log(&config)?;
         let event = Event::from_occurrence(
-            Occurrence::BackupSucceeded,
+            Occurrence::MaintenanceSucceeded,
             "retention.prune",
             format!("prune reclaimed {} bytes ({} packs, {} WAL files)", report.bytes_reclaimed, report.packs_deleted, report.wal_deleted),
         )

@@ -24,8 +24,13 @@ pub const DEFAULT_WINDOW_DAYS: i64 = 30;
 /// The error budget over one window. Serialised as `radd events budget --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetReport {
-    /// Start of the window, RFC 3339 UTC.
+    /// Start of the window, RFC 3339 UTC: the requested window's start, or the first
+    /// recorded event when the log is younger (time before radd ran is not downtime).
     pub window_start: String,
+    /// The window asked for, in seconds.
+    pub window_requested_seconds: i64,
+    /// How much history the numbers rest on: from `window_start` to `window_end`, in seconds.
+    pub history_seconds: i64,
     /// End of the window (`now`), RFC 3339 UTC.
     pub window_end: String,
     /// Drill results in the window.
@@ -91,8 +96,10 @@ pub struct IncidentCounts {
     pub unrated: usize,
 }
 
-/// Computes the error budget for the window `[now - window, now]` from `events` (any order).
-/// A non-positive `window` yields freshness 1 or 0 depending on the backup age at `now`.
+/// Computes the error budget for the window `[now - window, now]` from `events` (any order),
+/// starting no earlier than the first recorded event: on day one the window is that day. A
+/// window of no length (no events, or a non-positive `window`) yields freshness 1 or 0
+/// depending on the backup age at `now`.
 #[must_use]
 pub fn budget(
     events: &[Event],
@@ -100,8 +107,9 @@ pub fn budget(
     window: TimeDelta,
     freshness: TimeDelta,
 ) -> BudgetReport {
-    let start = now - window;
     let timed = || events.iter().filter_map(|e| e.timestamp().map(|t| (t, e)));
+    let first = timed().map(|(t, _)| t).min();
+    let start = first.map_or(now, |first| first.max(now - window)).min(now);
     let in_window = || timed().filter(|(t, _)| *t >= start && *t <= now);
 
     let (mut passed, mut failed) = (0, 0);
@@ -146,6 +154,8 @@ pub fn budget(
 
     BudgetReport {
         window_start: rfc3339(start),
+        window_requested_seconds: window.num_seconds(),
+        history_seconds: (now - start).num_seconds(),
         window_end: rfc3339(now),
         drills: DrillBudget {
             passed,
@@ -282,12 +292,28 @@ mod tests {
     }
 
     #[test]
-    fn no_backup_at_all_is_fully_stale() {
+    fn no_history_means_no_window() {
         let report = budget(&[], now(), TimeDelta::days(30), h(26));
+        assert_eq!(report.history_seconds, 0);
+        assert_eq!(report.window_requested_seconds, 30 * 24 * 3600);
         assert_eq!(report.freshness.fresh_ratio, 0.0);
-        assert_eq!(report.freshness.stale_seconds, 30 * 24 * 3600);
-        assert!((report.freshness.budget_remaining - -99.0).abs() < 1e-9);
+        assert_eq!(report.freshness.stale_seconds, 0);
         assert_eq!(report.freshness.newest_backup, None);
+    }
+
+    #[test]
+    fn the_window_starts_at_the_first_event() {
+        // Day one: the first backup 2 h ago keeps the whole budget (the 30 days before radd
+        // ran are not downtime).
+        let report = budget(&[backup(now() - h(2))], now(), TimeDelta::days(30), h(26));
+        assert_eq!(report.history_seconds, 2 * 3600);
+        assert_eq!(report.freshness.fresh_ratio, 1.0);
+        assert_eq!(report.freshness.budget_remaining, 1.0);
+        // A failed first backup 3 h ago: all of those 3 h are stale.
+        let failed = Event::incident(Severity::S2, "backup.pg", "failed").at(now() - h(3));
+        let report = budget(&[failed], now(), TimeDelta::days(30), h(26));
+        assert_eq!(report.history_seconds, 3 * 3600);
+        assert_eq!(report.freshness.stale_seconds, 3 * 3600);
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub enum Occurrence {
     SnapshotPartial,
     /// A sink refused events permanently (they stay queued in the log).
     SinkUndeliverable,
+    /// Retention (forget) or prune completed.
+    MaintenanceSucceeded,
+    /// Retention (forget) or prune could not run or failed: the repository grows, or WAL
+    /// nobody needs piles up, until fixed.
+    MaintenanceFailed,
+    /// A verification ran and found nothing wrong.
+    VerifySucceeded,
+    /// A verification could not run to its end (storage, keys): nothing is known about the
+    /// objects it did not read.
+    VerifyFailed,
 }
 
 /// The severity rules, in one place:
@@ -99,8 +109,8 @@ pub enum Occurrence {
 /// | severity | occurrences | why |
 /// |---|---|---|
 /// | S1 | `ArchiveStalled`, `CorruptionFound` | data written now, or already stored, is at risk |
-/// | S2 | `BackupFailed`, `DrillFailed`, `RestoreFailed`, `ArchiveFailed` | recoverability is unproven until fixed; older backups and retries still cover it |
-/// | S3 | `SnapshotPartial` | the snapshot is usable except for the files named |
+/// | S2 | `BackupFailed`, `DrillFailed`, `RestoreFailed`, `ArchiveFailed`, `VerifyFailed` | recoverability is unproven until fixed; older backups and retries still cover it |
+/// | S3 | `SnapshotPartial`, `MaintenanceFailed` | the snapshot is usable except for the files named; the repository keeps what it should delete |
 /// | S4 | `SinkUndeliverable` | nothing is lost: events stay in the local log |
 ///
 /// Successes are `change` events without severity. A single failed WAL push is S2 rather than
@@ -109,12 +119,12 @@ pub enum Occurrence {
 pub fn classify(occurrence: Occurrence) -> (EventKind, Option<Severity>) {
     use Occurrence as O;
     let severity = match occurrence {
-        O::BackupSucceeded | O::DrillPassed | O::RestoreSucceeded => {
+        O::BackupSucceeded | O::DrillPassed | O::RestoreSucceeded | O::MaintenanceSucceeded | O::VerifySucceeded => {
             return (EventKind::Change, None);
         }
         O::ArchiveStalled | O::CorruptionFound => Severity::S1,
-        O::BackupFailed | O::DrillFailed | O::RestoreFailed | O::ArchiveFailed => Severity::S2,
-        O::SnapshotPartial => Severity::S3,
+        O::BackupFailed | O::DrillFailed | O::RestoreFailed | O::ArchiveFailed | O::VerifyFailed => Severity::S2,
+        O::SnapshotPartial | O::MaintenanceFailed => Severity::S3,
         O::SinkUndeliverable => Severity::S4,
     };
     (EventKind::Incident, Some(severity))
@@ -318,6 +328,10 @@ mod tests {
             (O::RestoreFailed, EventKind::Incident, Some(Severity::S2)),
             (O::ArchiveFailed, EventKind::Incident, Some(Severity::S2)),
             (O::SnapshotPartial, EventKind::Incident, Some(Severity::S3)),
+            (O::MaintenanceSucceeded, EventKind::Change, None),
+            (O::VerifySucceeded, EventKind::Change, None),
+            (O::MaintenanceFailed, EventKind::Incident, Some(Severity::S3)),
+            (O::VerifyFailed, EventKind::Incident, Some(Severity::S2)),
             (
                 O::SinkUndeliverable,
                 EventKind::Incident,

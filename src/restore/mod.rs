@@ -151,6 +151,20 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the request itself was wrong (unknown snapshot, a target that is not empty, a
+    /// time outside the window, a timeline that does not exist): an exit code for the operator,
+    /// not an incident — nothing is wrong with the repository.
+    #[must_use]
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::TargetNotEmpty { .. } | Error::OutsideWindow { .. } | Error::BadTimeline { .. } | Error::NotPg(_) => true,
+            Error::Snapshot(e) => matches!(e, crate::snapshot::Error::NotFound(_) | crate::snapshot::Error::Ambiguous { .. }),
+            _ => false,
+        }
+    }
+}
+
 /// What to restore and how.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
