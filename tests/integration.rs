@@ -11,6 +11,7 @@ mod cli_edges;
 mod concurrency;
 mod daemon;
 mod debian_layout;
+mod deploy;
 mod drill;
 mod drill_safety;
 mod event_rules;

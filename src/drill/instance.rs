@@ -41,6 +41,8 @@ pub fn own_settings(run_dir: &Path, data_dir: &Path) -> std::io::Result<Vec<(&'s
         ("external_pid_file", String::new()),
         ("logging_collector", "off".into()),
         ("ssl", "off".into()),
+        // No JIT: a short-lived check needs none, and radd's systemd unit denies W+X memory.
+        ("jit", "off".into()),
         // The source's socket group may not exist here; the socket directory is private anyway.
         ("unix_socket_group", String::new()),
         ("unix_socket_permissions", "0700".into()),
