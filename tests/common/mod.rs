@@ -4,3 +4,4 @@
 pub mod env;
 pub mod pg;
 pub mod s3;
+pub mod wal;
