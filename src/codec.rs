@@ -121,7 +121,7 @@ pub fn seal(
 }
 
 /// Seals `plaintext` as version 3 for storing under the repository key `key` (as
-/// [`crate::repo::ObjectKey`] displays it): the digest covers kind, key and content, so the
+/// `ObjectKey` displays it): the digest covers kind, key and content, so the
 /// object opens only under that name. Returns the stored bytes and the digest.
 pub fn seal_at(
     kind: ObjectKind,

@@ -20,7 +20,7 @@ pub enum Version {
     /// version 3.
     V2,
     /// `RADDOBJ3`: keyed BLAKE3 (its own derived key) over kind ‖ len(key) as u64 LE ‖ key ‖
-    /// plaintext, where key is the object's repository key as [`crate::repo::ObjectKey`]
+    /// plaintext, where key is the object's repository key as `ObjectKey`
     /// displays it (`wal/00000001/000000010000000000000003`, `manifests/<snapshot>`): WAL and
     /// manifests.
     V3,

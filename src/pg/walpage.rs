@@ -205,7 +205,7 @@ impl PageCheck {
         if pageaddr != expected {
             let page = if at == 0 { "its first page".to_owned() } else { format!("its page at offset {at}") };
             return mismatch(format!(
-                "{page} holds WAL position {}, but the name says {}: this is the WAL of another segment (moved or copied from another name)",
+                "{page} holds WAL position {}, but the name says {}: it is another segment's WAL, moved or copied to this name",
                 Lsn(pageaddr),
                 Lsn(expected)
             ));
