@@ -182,6 +182,11 @@ fn swapped_objects_of_the_previous_format_are_caught_by_their_page_headers() {
         assert!(detail.contains(&position), "{detail}");
     }
     assert_eq!(report["problems"].as_array().expect("problems").len(), 2, "{report:#}");
+    // The verify run recorded an S1 incident naming the damage.
+    let events = json(&env.radd(&["--json", "events"]));
+    let last = events.as_array().and_then(|e| e.last()).cloned().expect("a verify event");
+    assert_eq!((last["source"].as_str(), last["kind"].as_str(), last["severity"].as_str()), (Some("verify"), Some("incident"), Some("S1")), "{last:#}");
+    assert!(last["title"].as_str().expect("title").contains(&wal_key(names[1])), "{last:#}");
 }
 
 #[test]
