@@ -4,13 +4,13 @@
 //! ```text
 //! PostgreSQL ─archive_command─► archive::push ─┐   CLI ─► snapshot::backup_pg ◄─ pg (backup API)
 //!                                              ▼                  ▼ chunks (blocks | CDC), id = HMAC
-//!                      codec::seal: HMAC digest → zstd → age   (no age identity on this host)
+//!                      codec::seal: keyed digest → zstd → age  (no age identity on this host)
 //!                                              ▼
 //!                      repo::put_new (create-only) ──► object_store: local fs | S3
 //!                                              ▼
-//!                      repo::get → codec::open (identity) → digest check
+//!                      repo::get → codec::open (identity) → digest check (kind, key, content)
 //!                         ├─► restore::run (snapshot → data dir, SHA-256 per file)
-//!                         └─► archive::fetch (restore_command = radd wal-fetch)
+//!                         └─► archive::fetch (restore_command = radd wal-fetch; page headers vs name)
 //! ```
 //! Dependencies point one way: cli → restore → snapshot/archive → repository → codec → crypto,
 //! with `repo` (storage) and `pg` as leaves.

@@ -94,6 +94,24 @@ impl Error {
     }
 }
 
+/// A pack's name is the digest in its (version 1) header, so a pack moved or copied to another
+/// pack's name is refused here, before it is decrypted: its content digest still matches its
+/// header, only the name it was read from does not. Other objects pass (version 3 objects bind
+/// their key in the digest itself).
+fn check_content_address(key: &ObjectKey, stored: &[u8]) -> Result<(), Error> {
+    let ObjectKey::Pack(id) = key else { return Ok(()) };
+    let name = key.to_string();
+    let digest = codec::header_digest(stored, &name)?;
+    if digest.to_string() == *id {
+        return Ok(());
+    }
+    Err(codec::Error::Corrupt {
+        object: name,
+        reason: format!("its header says it is pack {digest}: moved or copied here from another name"),
+    }
+    .into())
+}
+
 /// The keyed hash a repository format uses.
 fn id_scheme(format: u32) -> IdScheme {
     if format >= 2 { IdScheme::Blake3 } else { IdScheme::HmacSha256 }
@@ -277,16 +295,20 @@ impl Repository {
         .expect("sealing task does not panic")?)
     }
 
-    /// Seals `plaintext` as an object of `kind` and writes it create-only under `key`.
-    /// Returns the outcome, the keyed content digest and the stored size; on `AlreadyExists`
-    /// the caller decides whether the existing object is acceptable.
+    /// Seals `plaintext` as an object of `kind` bound to `key` (format version 3: the digest
+    /// covers the key, so the object opens only under it) and writes it create-only there.
+    /// Returns the outcome, the keyed digest and the stored size; on `AlreadyExists` the caller
+    /// decides whether the existing object is acceptable.
     pub async fn seal_put(
         &self,
         kind: ObjectKind,
         key: &ObjectKey,
         plaintext: Vec<u8>,
     ) -> Result<(PutOutcome, Digest, u64), Error> {
-        let (sealed, digest) = self.seal(kind, plaintext, key.to_string()).await?;
+        let (id_key, recipients, level, name) = (self.id_key.clone(), self.recipients.clone(), self.compression_level, key.to_string());
+        let (sealed, digest) = tokio::task::spawn_blocking(move || codec::seal_at(kind, &plaintext, &id_key, &recipients, level, &name))
+            .await
+            .expect("sealing task does not panic")?;
         let stored = sealed.len() as u64;
         let outcome = self.store.put_new(key, sealed.into()).await?;
         Ok((outcome, digest, stored))
@@ -306,6 +328,7 @@ impl Repository {
         stored: Bytes,
     ) -> Result<Vec<u8>, Error> {
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
+        check_content_address(key, &stored)?;
         let id_key = self.id_key.clone();
         let name = key.to_string();
         Ok(tokio::task::spawn_blocking(move || {
@@ -325,6 +348,7 @@ impl Repository {
     pub async fn get_open_unhashed_into(&self, kind: ObjectKind, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
         let stored = self.store.get(key).await?;
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
+        check_content_address(key, &stored)?;
         let name = key.to_string();
         Ok(tokio::task::spawn_blocking(move || codec::open_unhashed_into(kind, &stored, &identity, &name, buffer))
             .await

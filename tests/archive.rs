@@ -6,9 +6,7 @@ use crate::common::env::{Backend, TestEnv, stderr};
 
 fn segment_file(dir: &Path, name: &str, fill: u8) -> String {
     let path = dir.join(name);
-    let mut data = vec![fill; 16 << 20];
-    data[..8].copy_from_slice(&[fill; 8]);
-    std::fs::write(&path, data).expect("write fake segment");
+    std::fs::write(&path, crate::common::wal::segment(vec![fill; 16 << 20], name)).expect("write fake segment");
     path.display().to_string()
 }
 
@@ -133,7 +131,7 @@ fn ready_backlog(env: &TestEnv, n: u32) -> (std::path::PathBuf, Vec<String>) {
     for (i, name) in names.iter().enumerate() {
         let mut data = crate::common::env::noise(16 << 20, i as u64);
         data[..(8 << 20)].fill(i as u8); // half compressible, half not
-        std::fs::write(wal.join(name), data).unwrap();
+        std::fs::write(wal.join(name), crate::common::wal::segment(data, name)).unwrap();
         std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
     }
     (wal, names)
@@ -227,7 +225,7 @@ fn wal_push_marker_is_no_acknowledgement_without_the_stored_object() {
 
     // The file changed after it was archived ahead (new content, new mtime): its marker no longer
     // matches, so the file is read and compared, and the difference is refused loudly.
-    std::fs::write(wal.join(&names[2]), vec![0xA5u8; 16 << 20]).unwrap();
+    std::fs::write(wal.join(&names[2]), crate::common::wal::segment(vec![0xA5u8; 16 << 20], &names[2])).unwrap();
     let out = env.radd_push(&["wal-push", wal.join(&names[2]).to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("different checksum"), "{}", stderr(&out));
@@ -269,9 +267,9 @@ fn wal_objects_of_the_previous_format_still_open_and_compare() {
     let out = env.radd(&["wal-fetch", name, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == data);
-    // New pushes write version 2.
+    // New pushes write version 3 (the digest covers the object's key).
     let next = segment_file(&wal, "000000010000000000000008", 44);
     assert!(env.radd_push(&["wal-push", &next]).status.success());
     let stored = std::fs::read(env.local_object("wal/00000001/000000010000000000000008")).unwrap();
-    assert_eq!(&stored[..8], b"RADDOBJ2");
+    assert_eq!(&stored[..8], b"RADDOBJ3");
 }

@@ -24,3 +24,4 @@ mod tablespace;
 mod standby;
 mod segsize;
 mod verify;
+mod wal_swap;

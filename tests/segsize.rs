@@ -306,7 +306,7 @@ fn killed_pushes_leave_no_litter() {
     std::fs::create_dir(&wal).expect("create pg_wal");
     let name = "000000010000000000000007";
     let segment = wal.join(name);
-    std::fs::write(&segment, noise(1 << 20, 7)).expect("write segment");
+    std::fs::write(&segment, crate::common::wal::segment(noise(1 << 20, 7), name)).expect("write segment");
 
     killed_push(&env, &segment);
     assert_eq!(staging_files(&env, "wal/00000001", name).len(), 1, "a killed push leaves its staging object");
@@ -320,7 +320,7 @@ fn killed_pushes_leave_no_litter() {
     // Another killed push, whose litter is two days old, and a fresh staging object (a writer
     // that may still be running): prune removes the old one only.
     let next = "000000010000000000000008";
-    std::fs::write(wal.join(next), noise(1 << 20, 8)).expect("write segment");
+    std::fs::write(wal.join(next), crate::common::wal::segment(noise(1 << 20, 8), next)).expect("write segment");
     killed_push(&env, &wal.join(next));
     let old = staging_files(&env, "wal/00000001", next);
     assert_eq!(old.len(), 1);

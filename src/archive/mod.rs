@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 
 mod bound;
+mod pages;
 mod push;
 mod timeline;
 mod segsize;
@@ -77,6 +78,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A WAL file or object whose page headers hold another position, timeline or cluster than
+    /// its name says: a segment moved or copied to another name, or not WAL at all. Never
+    /// archived, never handed to PostgreSQL.
+    #[error("WAL file {name} does not hold the WAL its name says: {reason}; {action}")]
+    Misnamed {
+        /// The file's path or the object's key.
+        name: String,
+        /// Which header contradicts the name, and how.
+        reason: String,
+        /// What radd does about it.
+        action: &'static str,
+    },
     /// Repository-level failure (storage, decryption, integrity).
     #[error(transparent)]
     Repository(#[from] repository::Error),
@@ -105,7 +118,7 @@ impl Error {
             Error::BadName(_) => ErrorKind::Config,
             Error::Io { .. } => ErrorKind::Io,
             Error::Mismatch { .. } | Error::TwoClusters(_) => ErrorKind::Conflict,
-            Error::BadSegment { .. } => ErrorKind::Integrity,
+            Error::BadSegment { .. } | Error::Misnamed { .. } => ErrorKind::Integrity,
             Error::NotInArchive { .. } => ErrorKind::NotFound,
             Error::Gap { .. } => ErrorKind::Integrity,
             Error::Repository(e) => e.kind(),
@@ -141,7 +154,8 @@ async fn size_for_name(repo: &Repository, name: &str) -> Result<Option<SegmentSi
 }
 
 /// Fetches one WAL file into `dest` (written to a temporary name, then renamed); a segment
-/// name is read with the repository's segment size.
+/// name is read with the repository's segment size. A segment whose page headers contradict
+/// its name ([`crate::pg::PageCheck`]) is refused ([`Error::Misnamed`]) and nothing is written.
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path) -> Result<Digest, Error> {
     let size = size_for_name(repo, name).await?;
     fetch_sized(repo, name, size, dest).await
@@ -158,6 +172,11 @@ async fn fetch_sized(repo: &Repository, name: &str, size: Option<SegmentSize>, d
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(size) = size
+        && let Err(mismatch) = crate::pg::check_pages(&wal, size, &plaintext)
+    {
+        return Err(pages::misnamed(&key.to_string(), &mismatch, pages::FETCH_ACTION));
+    }
     let digest = Digest::sha256(&plaintext);
     let tmp = dest.with_extension("radd-partial");
     let write = || -> std::io::Result<()> {

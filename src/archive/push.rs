@@ -12,7 +12,10 @@
 //!
 //! The segment size comes from the file itself (its length, checked against the long page
 //! header) and is claimed in the repository before anything is stored: a segment of another
-//! size than the repository's is refused (two clusters in one repository). A push killed while
+//! size than the repository's is refused (two clusters in one repository). Before that, the first
+//! page header must match the file's name (position, timeline, magic), and every later page is
+//! checked as the file streams ([`super::pages`]): a file whose pages hold other WAL than its
+//! name says is never archived, and its staging object is never published. A push killed while
 //! staging leaves `<pg_wal>/radd-archived/<name>.pushing` (its pid) beside the staging object it
 //! could not remove; the next push of that name sees the marker and removes what the dead
 //! writer left in the repository, so that only a crash costs a directory scan.
@@ -22,9 +25,10 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
+use super::pages::{self, CheckedReader};
 use super::{Error, key_of, parse_name, segsize};
-use crate::codec::{self, ObjectKind, SealKeys, SealOptions};
-use crate::crypto::{Digest, DigestAlg};
+use crate::codec::{self, ObjectKind, SealKeys, SealOptions, Version};
+use crate::crypto::Digest;
 use crate::pg::{SegmentSize, WalFileName};
 use crate::repo::{self, NewObject, ObjectKey, PutOutcome};
 use crate::repository::{self, Repository};
@@ -68,6 +72,9 @@ impl PushOptions {
 pub struct Prepared {
     path: PathBuf,
     file_name: String,
+    /// The parsed name, and the segment size its pages were checked with (`None`: no pages).
+    wal: WalFileName,
+    segment_size: Option<SegmentSize>,
     key: ObjectKey,
     digest: Digest,
     /// `None` when the archive already holds identical content.
@@ -132,7 +139,7 @@ fn is_sized(file_name: &str) -> bool {
 }
 
 /// The segment size of the WAL file at `path` (`None` for history and `.backup` files), from
-/// its length and the long page header at its start.
+/// its length and the long page header at its start, which must also match the file's name.
 fn file_segment_size(path: &Path, file_name: &str, file: &std::fs::File, len: u64) -> Result<Option<SegmentSize>, Error> {
     use std::os::unix::fs::FileExt;
     if !is_sized(file_name) {
@@ -141,9 +148,10 @@ fn file_segment_size(path: &Path, file_name: &str, file: &std::fs::File, len: u6
     // Positioned read: the file is then streamed from its start.
     let mut start = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(SegmentSize::HEADER_LEN)];
     file.read_exact_at(&mut start, 0).map_err(|e| io_error("read", path, e))?;
-    SegmentSize::of_segment_file(&start, len)
-        .map(Some)
-        .map_err(|reason| Error::BadSegment { name: path.display().to_string(), reason })
+    let size = SegmentSize::of_segment_file(&start, len).map_err(|reason| Error::BadSegment { name: path.display().to_string(), reason })?;
+    let segment = WalFileName::is_segment_name(file_name).then_some(size);
+    pages::check_start(&path.display().to_string(), &parse_name(file_name, segment)?, size, &start)?;
+    Ok(Some(size))
 }
 
 /// The segment size of the file at `path`, for [`push_with_backlog`] to claim before anything.
@@ -228,12 +236,12 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
     let object = key.to_string();
     clean_after_killed_push(repo, path, &file_name, &key).await;
     match stored_header(repo, &key).await {
-        Ok((alg, existing)) => {
-            let done = |digest| Prepared { path: path.to_owned(), file_name: file_name.clone(), key: key.clone(), digest, object: None, _pushing: None };
+        Ok((version, existing)) => {
+            let done = |digest| Prepared { path: path.to_owned(), file_name: file_name.clone(), wal: wal.clone(), segment_size, key: key.clone(), digest, object: None, _pushing: None };
             if marker_digest(path, &file_name, &meta) == Some(existing) {
                 return Ok(done(existing));
             }
-            if digest_file(repo, path, file, len, alg).await? == existing {
+            if digest_file(repo, path, (&wal, segment_size), file, version).await? == existing {
                 Ok(done(existing))
             } else {
                 Err(Error::Mismatch { name: file_name })
@@ -243,40 +251,42 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             let pushing = start_pushing(path, &file_name);
             let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
-            let key2 = key.clone();
-            let sealed = tokio::task::spawn_blocking(move || -> Result<_, repository::Error> {
-                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
-                let digest = codec::seal_stream(ObjectKind::Wal, file, len, SealKeys { id_key: &id_key, recipients: &recipients }, seal, &mut staged, &object)?;
-                staged.sync().map_err(|e| codec::Error::Io { object, source: e })?;
+            let (key2, input, shown) = (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
+            let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0)).map_err(repository::Error::from)?;
+                let keys = SealKeys { id_key: &id_key, recipients: &recipients };
+                let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object).map_err(|e| pages::from_read_error(e, &shown))?;
+                staged.sync().map_err(|e| repository::Error::from(codec::Error::Io { object, source: e }))?;
                 Ok((staged, digest))
             })
             .await
             .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
             let (staged, digest) = sealed?;
             crate::faults::crash_point("wal-push:staged");
-            Ok(Prepared { path: path.to_owned(), file_name, key, digest, object: Some(staged), _pushing: pushing })
+            Ok(Prepared { path: path.to_owned(), file_name, wal, segment_size, key, digest, object: Some(staged), _pushing: pushing })
         }
         Err(e) => Err(e),
     }
 }
 
-/// The digest algorithm and keyed digest in the header of the stored object `key` (one small
+/// The format version and keyed digest in the header of the stored object `key` (one small
 /// ranged read).
-async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(DigestAlg, Digest), Error> {
+async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(Version, Digest), Error> {
     let name = key.to_string();
     let header = repo.store.get_prefix(key, codec::HEADER_LEN as u64).await.map_err(repository::Error::from)?;
     Ok(codec::header(&header, &name).map_err(repository::Error::from)?)
 }
 
-/// The keyed digest with `alg` of the WAL file `path` (already open as `file`, `len` bytes).
-async fn digest_file(repo: &Repository, path: &Path, file: std::fs::File, len: u64, alg: DigestAlg) -> Result<Digest, Error> {
-    let id_key = repo.id_key.clone();
-    let object = path.display().to_string();
-    let digest = tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, alg, file, len, &id_key, &object))
+/// The keyed digest of `version` the WAL file `path` (already open as `file`) would have as the
+/// object of its name (`wal`, read with `size`), its pages checked against that name on the way.
+async fn digest_file(repo: &Repository, path: &Path, (wal, size): (&WalFileName, Option<SegmentSize>), file: std::fs::File, version: Version) -> Result<Digest, Error> {
+    let len = file.metadata().map_err(|e| io_error("read", path, e))?.len();
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (id_key, object, shown) = (repo.id_key.clone(), key_of(wal, file_name).to_string(), path.display().to_string());
+    let input = CheckedReader::new(file, wal, size);
+    tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, version, input, len, &id_key, &object).map_err(|e| pages::from_read_error(e, &shown)))
         .await
         .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
-        .map_err(repository::Error::from)?;
-    Ok(digest)
 }
 
 /// Publishes a prepared WAL file create-only; returns once it is durable. A concurrent push of
@@ -288,14 +298,14 @@ pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome
     if repo.store.publish(object).await.map_err(repository::Error::from)? == PutOutcome::Created {
         return Ok(PushOutcome::Stored);
     }
-    // Pushed concurrently by another process, perhaps an older radd (other digest algorithm).
-    let (alg, existing) = stored_header(repo, &prepared.key).await?;
-    let ours = if alg == DigestAlg::Blake3 {
+    // Pushed concurrently by another process, perhaps an older radd (another format version).
+    let (version, existing) = stored_header(repo, &prepared.key).await?;
+    let ours = if version == Version::V3 {
         prepared.digest
     } else {
         let file = std::fs::File::open(&prepared.path).map_err(|e| io_error("read", &prepared.path, e))?;
-        let len = file.metadata().map_err(|e| io_error("read", &prepared.path, e))?.len();
-        digest_file(repo, &prepared.path, file, len, alg).await?
+        let (wal, size) = (&prepared.wal, prepared.segment_size);
+        digest_file(repo, &prepared.path, (wal, size), file, version).await?
     };
     if ours == existing { Ok(PushOutcome::AlreadyArchived) } else { Err(Error::Mismatch { name: prepared.file_name }) }
 }

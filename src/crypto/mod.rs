@@ -65,9 +65,15 @@ pub enum Error {
     /// Encryption failed.
     #[error("encryption failed: {0}")]
     Encrypt(String),
-    /// Decryption failed: wrong identity, or the object was tampered with.
-    #[error("cannot decrypt: {0} (is keys.identity_file the identity for one of this repository's recipients?)")]
+    /// No identity held matches a recipient of the ciphertext (age's "no matching keys"): the
+    /// wrong identity, or (rarely) a damaged recipient stanza in the object's age header.
+    #[error("cannot decrypt: {0} (is keys.identity_file the identity for one of this repository's recipients? if other objects decrypt with it, this one's header was damaged)")]
     Decrypt(String),
+    /// An identity matched, but the ciphertext does not authenticate (age header MAC, a payload
+    /// chunk's tag, or a malformed header): the stored bytes were damaged or tampered with. Not
+    /// a key problem, so it never suggests checking the identity.
+    #[error("ciphertext does not authenticate: {0}")]
+    Unauthenticated(String),
     /// The ciphertext authenticated but its payload is corrupt.
     #[error("decrypted data is corrupt: {0}")]
     Corrupt(String),
@@ -85,7 +91,7 @@ impl Error {
             Error::KeyFileIo { .. } => ErrorKind::Io,
             Error::KeyFileExists { .. } => ErrorKind::Conflict,
             Error::Encrypt(_) | Error::Decrypt(_) => ErrorKind::Crypto,
-            Error::Corrupt(_) => ErrorKind::Integrity,
+            Error::Corrupt(_) | Error::Unauthenticated(_) => ErrorKind::Integrity,
         }
     }
 }
@@ -205,27 +211,30 @@ impl Identity {
         Recipients(self.0.iter().map(age::x25519::Identity::to_public).collect())
     }
 
-    /// A reader of the plaintext of an age ciphertext; a wrong identity fails here, tampering
-    /// fails while reading. Streaming form of [`Identity::decrypt`].
+    /// A reader of the plaintext of an age ciphertext; a wrong identity fails here
+    /// ([`Error::Decrypt`]), a damaged header too ([`Error::Unauthenticated`]), a damaged payload
+    /// while reading (an `io::Error` of kind `InvalidData`). Streaming form of [`Identity::decrypt`].
     pub fn decrypting_reader<'a>(&self, ciphertext: &'a [u8]) -> Result<age::stream::StreamReader<&'a [u8]>, Error> {
-        let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(|e| Error::Decrypt(e.to_string()))?;
-        decryptor
-            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| Error::Decrypt(e.to_string()))
+        let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(decrypt_error)?;
+        decryptor.decrypt(self.0.iter().map(|i| i as &dyn age::Identity)).map_err(decrypt_error)
     }
 
-    /// Decrypts an age ciphertext; a wrong identity or tampering gives [`Error::Decrypt`].
+    /// Decrypts an age ciphertext: a wrong identity gives [`Error::Decrypt`], a damaged or
+    /// tampered ciphertext [`Error::Unauthenticated`].
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
-        let decryptor =
-            age::Decryptor::new_buffered(ciphertext).map_err(|e| Error::Decrypt(e.to_string()))?;
-        let mut reader = decryptor
-            .decrypt(self.0.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| Error::Decrypt(e.to_string()))?;
+        let mut reader = self.decrypting_reader(ciphertext)?;
         let mut out = Vec::with_capacity(ciphertext.len());
-        reader
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Decrypt(e.to_string()))?;
+        reader.read_to_end(&mut out).map_err(|e| Error::Unauthenticated(e.to_string()))?;
         Ok(out)
+    }
+}
+
+/// Only "no matching keys" is a key problem; every other refusal (header MAC, malformed header
+/// or stanza, payload tag) means the ciphertext itself is not what was encrypted.
+fn decrypt_error(error: age::DecryptError) -> Error {
+    match error {
+        age::DecryptError::NoMatchingKeys => Error::Decrypt(error.to_string()),
+        other => Error::Unauthenticated(other.to_string()),
     }
 }
 
@@ -353,11 +362,15 @@ impl IdKey {
     pub fn stream_with(&self, alg: DigestAlg) -> KeyedStream {
         match alg {
             DigestAlg::IdHash => self.stream(),
-            DigestAlg::Blake3 => {
-                let key = Zeroizing::new(blake3::derive_key("radd 2026-11 keyed object digest v2", &self.key[..]));
-                KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&key))))
-            }
+            DigestAlg::Blake3 => self.derived_blake3("radd 2026-11 keyed object digest v2"),
+            DigestAlg::Blake3Named => self.derived_blake3("radd 2026-12 keyed object digest v3: kind, key, content"),
         }
+    }
+
+    /// Keyed BLAKE3 under the key BLAKE3 derives from this one for `context`.
+    fn derived_blake3(&self, context: &str) -> KeyedStream {
+        let key = Zeroizing::new(blake3::derive_key(context, &self.key[..]));
+        KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&key))))
     }
 }
 
@@ -422,6 +435,10 @@ pub enum DigestAlg {
     IdHash,
     /// BLAKE3 in keyed mode under a derived key (version 2 headers: streamed WAL objects).
     Blake3,
+    /// BLAKE3 in keyed mode under a second derived key (version 3 headers, whose digested
+    /// message also names the object): its own key, so a digest of one version can never pass
+    /// for one of another, whatever the message framing.
+    Blake3Named,
 }
 
 /// Incremental keyed digest under the id key; see [`IdKey::stream_with`]. With HMAC-SHA256,
@@ -508,6 +525,9 @@ mod tests {
         let mut other = b.stream_with(DigestAlg::Blake3);
         other.update(b"x");
         assert_ne!(fast, other.finish(), "BLAKE3 digests must depend on the key");
+        let mut named = a.stream_with(DigestAlg::Blake3Named);
+        named.update(b"x");
+        assert_ne!(named.finish(), fast, "each version digests under its own derived key");
         let d = a.digest(b"x");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }

@@ -10,11 +10,13 @@ mod scratch;
 mod tablespace;
 pub mod standby;
 mod wal;
+mod walpage;
 
 pub use backup_api::{BackupSession, BackupStart, BackupStop, connect};
 pub use scratch::{ScratchCluster, free_port, hand_over};
 pub use tablespace::{Tablespace, format_tablespace_map, parse_tablespace_map, version_dir_prefix};
 pub use wal::{Lsn, SegmentSize, Timeline, WalFileName};
+pub use walpage::{KNOWN_MAGICS, PageCheck, PageMismatch, PageScope, check_pages};
 
 use std::path::PathBuf;
 

@@ -45,12 +45,12 @@ impl SegmentSize {
 }
 
 /// Offset of `xlp_info` in a WAL page header.
-const XLP_INFO: usize = 2;
+pub(super) const XLP_INFO: usize = 2;
 /// `xlp_info` flag: the page starts with the long header (the first page of every segment).
-const XLP_LONG_HEADER: u16 = 0x0002;
+pub(super) const XLP_LONG_HEADER: u16 = 0x0002;
 /// Offsets of `xlp_seg_size` and `xlp_xlog_blcksz` in `XLogLongPageHeaderData`.
-const XLP_SEG_SIZE: usize = 32;
-const XLP_XLOG_BLCKSZ: usize = 36;
+pub(super) const XLP_SEG_SIZE: usize = 32;
+pub(super) const XLP_XLOG_BLCKSZ: usize = 36;
 
 impl SegmentSize {
     /// Bytes of a segment's start that [`SegmentSize::of_segment_file`] reads: the long page

@@ -2,7 +2,8 @@
 //! with `--read-data`, the full read of every pack and WAL object through the restore path
 //! (`get` then `open_bytes`, which checks age authentication and the keyed digest), plus a
 //! re-hash of every blob a snapshot uses against its id, which catches an index that points at
-//! the wrong bytes of an intact pack.
+//! the wrong bytes of an intact pack, and a check of every WAL segment's page headers against
+//! its name, which catches a segment moved to another name whatever its format version.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,6 +13,7 @@ use super::snapshots::BlobRef;
 use super::{Error, Problem, ProblemKind, VerifyReport, classify};
 use crate::codec::ObjectKind;
 use crate::crypto::IdKey;
+use crate::pg::PageCheck;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 use crate::snapshot::BlobIndex;
@@ -53,6 +55,8 @@ pub(super) struct Job {
     kind: ObjectKind,
     /// Blobs to re-hash against their ids (packs only).
     blobs: Vec<BlobRef>,
+    /// The page-header check of a WAL segment or `.partial` file against its name.
+    pages: Option<PageCheck>,
 }
 
 impl Job {
@@ -69,13 +73,13 @@ pub(super) fn pack_jobs(
 ) -> impl Iterator<Item = Job> + '_ {
     packs.into_iter().map(move |id| {
         let blobs = wanted.remove(id.as_str()).unwrap_or_default();
-        Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs }
+        Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs, pages: None }
     })
 }
 
-/// A read of every WAL object.
-pub(super) fn wal_jobs(objects: Vec<ObjectKey>) -> impl Iterator<Item = Job> {
-    objects.into_iter().map(|key| Job { key, kind: ObjectKind::Wal, blobs: Vec::new() })
+/// A read of every WAL object, with its page-header check.
+pub(super) fn wal_jobs(objects: Vec<(ObjectKey, Option<PageCheck>)>) -> impl Iterator<Item = Job> {
+    objects.into_iter().map(|(key, pages)| Job { key, kind: ObjectKind::Wal, blobs: Vec::new(), pages })
 }
 
 /// Reads every job, [`CONCURRENCY`] at a time, in order; damage becomes problems.
@@ -117,6 +121,15 @@ async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Pr
         Ok(plaintext) => plaintext,
         Err(e) => return Ok((Some(bytes), Some(classify(e, &object)?))),
     };
+    if let Some(mut pages) = job.pages {
+        let checked = pages.update(&plaintext).and_then(|()| pages.finish());
+        let problem = checked.err().map(|mismatch| Problem {
+            object,
+            kind: ProblemKind::Corrupt,
+            detail: format!("does not hold the WAL its name says: {mismatch}; wal-fetch refuses it, so recovery stops here until the right segment is restored"),
+        });
+        return Ok((Some(bytes), problem));
+    }
     if job.blobs.is_empty() {
         return Ok((Some(bytes), None));
     }

@@ -10,7 +10,10 @@
 //! index names exists (one listing of `packs/`), each base backup's WAL from its start to
 //! stop segment is archived, and every timeline's archived segments form an unbroken run.
 //! With `--read-data`, every pack and WAL object is also downloaded and opened (keyed digest,
-//! age authentication), and each blob a snapshot uses is re-hashed against its id; objects are
+//! age authentication, for packs and version 3 objects also the name they are stored under),
+//! every WAL segment's page headers are checked against its name (a segment moved to another
+//! name is corruption whatever its format version), and each blob a snapshot uses is re-hashed
+//! against its id; objects are
 //! read two at a time so memory stays bounded by a few packs, whatever the repository size.
 //!
 //! Every problem found goes into the [`VerifyReport`] instead of ending the run, so one verify

@@ -6,17 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Error, Gap, ProblemKind, TimelineReport, VerifyReport};
 use crate::archive;
-use crate::pg::{SegmentSize, Timeline, WalFileName};
+use crate::pg::{PageCheck, SegmentSize, Timeline, WalFileName};
 use crate::repo::{Listed, ObjectKey};
 use crate::repository::{self, Repository};
 
 /// Lists the WAL archive, reports per-timeline gaps, misplaced objects and diverged timelines
-/// (see [`archive::Timelines`]), and returns every WAL object for `--read-data`.
+/// (see [`archive::Timelines`]), and returns every WAL object for `--read-data`, each with the
+/// check of its page headers against its name (segments and `.partial` files).
 pub(super) async fn check(
     repo: &Repository,
     segment_size: Option<SegmentSize>,
     report: &mut VerifyReport,
-) -> Result<Vec<ObjectKey>, Error> {
+) -> Result<Vec<(ObjectKey, Option<PageCheck>)>, Error> {
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
     let mut timelines: BTreeMap<Timeline, BTreeSet<u64>> = BTreeMap::new();
     let mut objects = Vec::with_capacity(listed.len());
@@ -45,7 +46,8 @@ pub(super) async fn check(
         } else if let WalFileName::Segment { timeline, number } = parsed {
             timelines.entry(timeline).or_default().insert(number);
         }
-        objects.push(ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() });
+        let pages = segment_size.and_then(|size| PageCheck::for_file(&parsed, size));
+        objects.push((ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() }, pages));
     }
     // Without a known segment size the archive holds no segment, so no fork can have diverged.
     let Some(segment_size) = segment_size else { return Ok(objects) };

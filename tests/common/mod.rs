@@ -5,3 +5,4 @@ pub mod env;
 pub mod pause;
 pub mod pg;
 pub mod s3;
+pub mod wal;
