@@ -52,3 +52,27 @@ fn the_budget_window_starts_with_the_first_event() {
     let text = env.radd(&["events", "budget"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("of history"), "{}", String::from_utf8_lossy(&text.stdout));
 }
+
+/// A wrong identity during `verify --read-data` is one key incident naming the identity's
+/// recipient, not one "this object was modified" problem per object.
+#[test]
+fn a_wrong_identity_is_one_key_incident() {
+    let env = TestEnv::new(Backend::Local);
+    let tree = env.path().join("t");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..5 {
+        std::fs::write(tree.join(format!("f{i}")), crate::common::env::noise(200_000, i)).unwrap();
+    }
+    assert!(env.radd_push(&["backup", "fs", tree.to_str().unwrap()]).status.success());
+    let other = env.path().join("other.key");
+    let out = crate::common::env::run(std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&other), &[]);
+    assert!(out.status.success());
+    let wrong = env.path().join("wrong.toml");
+    std::fs::write(&wrong, std::fs::read_to_string(&env.config).unwrap().replace("identity.key", "other.key")).unwrap();
+    let out = env.radd_with(&wrong, &["verify", "--read-data"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not one of the recipients"), "{}", stderr(&out));
+    let found = incidents(&env);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["labels"]["error_type"], "crypto", "{:#}", found[0]);
+}

@@ -63,6 +63,17 @@ pub enum Error {
     /// Storage or key failure that makes checking impossible.
     #[error(transparent)]
     Repository(Box<repository::Error>),
+    /// The identity is not one of the repository's recipients: it would fail on every object,
+    /// so this is one key problem, not one "modified object" per object.
+    #[error("the identity in keys.identity_file (recipient {recipient}) is not one of the recipients of repository {location} ({recipients}); configure the identity of one of them (`radd key list` shows them)")]
+    NotARecipient {
+        /// The identity's public key.
+        recipient: String,
+        /// The repository's current recipients.
+        recipients: String,
+        /// The repository.
+        location: String,
+    },
 }
 
 // Boxed sources keep `Result<_, Error>` small on the hot paths (clippy::result_large_err).
@@ -94,6 +105,7 @@ impl Error {
             Error::Snapshot(e) => e.kind(),
             Error::Archive(e) => e.kind(),
             Error::Repository(e) => e.kind(),
+            Error::NotARecipient { .. } => ErrorKind::Crypto,
         }
     }
 }
@@ -278,7 +290,11 @@ impl VerifyReport {
 /// Storage failures (listing or reading), a missing identity: kinds Storage, Config.
 pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyReport, Error> {
     let clock = Instant::now();
-    repo.identity()?;
+    let recipient = repo.identity()?.recipients().to_strings();
+    let recipients = repo.recipients.to_strings();
+    if !recipient.iter().all(|r| recipients.contains(r)) {
+        return Err(Error::NotARecipient { recipient: recipient.join(", "), recipients: recipients.join(", "), location: repo.store.location().to_owned() });
+    }
     let mut report = VerifyReport { read_data: options.read_data, ..VerifyReport::default() };
 
     let records = snapshots::records(repo, &mut report).await?;
