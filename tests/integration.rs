@@ -15,6 +15,7 @@ mod drill_safety;
 mod fs;
 mod interrupted;
 mod pitr;
+mod prometheus;
 mod restore_safety;
 mod retention;
 mod tablespace;
