@@ -132,7 +132,8 @@ impl ArchiveWatch {
             self.client = Some(pg::connect(&state.config.postgres).await.map_err(|e| e.to_string())?);
         }
         let Some(client) = &self.client else { return Err("no connection to the source".into()) };
-        let status = match pg::archiver::status(client).await {
+        let configured = state.config.postgres.data_dir.clone();
+        let status = match pg::archiver::status(client, configured.is_none()).await {
             Ok(status) => status,
             Err(error) => {
                 self.client = None;
@@ -140,7 +141,7 @@ impl ArchiveWatch {
             }
         };
         state.metrics.archive_failures(status.failed_count);
-        let dir = state.config.postgres.data_dir.clone().unwrap_or(status.data_directory);
+        let Some(dir) = configured.or(status.data_directory) else { return Err("the source did not report its data directory".into()) };
         archive_status(&dir).map_err(|e| format!("cannot read {}: {e}; radd must run on the database host as a user that can read it", dir.join("pg_wal/archive_status").display()))
     }
 
