@@ -84,7 +84,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a failure is logged once per change, not every tick) and whether a stall was reported.
 struct ArchiveWatch {
     client: Option<tokio_postgres::Client>,
-    /// Why the last probe failed; `None` while the source is up.
+    /// Why the last probe failed; `None` while the source is up, `Some("")` before the first
+    /// probe (so the first success logs nothing and the first failure logs its reason).
     down: Option<String>,
     stall: Duration,
     stalled: bool,
