@@ -150,7 +150,7 @@ pub fn job_policies(config: &Config) -> crate::retention::JobPolicies {
 pub async fn retention(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
     let result = retention_steps(config, log, grace).await;
     if let Err(error) = &result {
-        let event = Event::from_occurrence(Occurrence::MaintenanceFailed, "retention", format!("scheduled retention failed: {error}"))
+        let event = Event::from_occurrence(Occurrence::MaintenanceFailed, "retention.prune", format!("scheduled retention failed: {error}"))
             .label("error_type", error.kind().label())
             .details(json!({ "error": error.to_string() }));
         record(log, &event)?;

@@ -45,22 +45,25 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        if let Some(body) = http_get(port, "/metrics").filter(|b| b.contains("radd_heartbeat_timestamp_seconds") && !b.contains("radd_heartbeat_timestamp_seconds 0\n")) {
+        if let Some(body) = http_get(port, "/metrics").filter(|b| b.contains("radd_heartbeat_timestamp_seconds ") && b.contains("radd_source_up 1")) {
             break body;
         }
-        assert!(Instant::now() < deadline, "daemon did not serve /metrics with a heartbeat within 30 s");
+        assert!(Instant::now() < deadline, "daemon did not serve /metrics with a heartbeat and a source probe within 30 s");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(http_get(port, "/healthz").as_deref(), Some("ok\n"));
     for series in [
-        "radd_last_success_timestamp_seconds{job=\"backup.pg\"}",
-        "radd_last_success_timestamp_seconds{job=\"drill.quick\"}",
+        "radd_last_success_timestamp_seconds{task=\"backup.pg\"}",
+        "radd_last_success_timestamp_seconds{task=\"drill.quick\"}",
         "radd_drill_passed{drill=\"quick\"} 1",
         "radd_drill_check_passed{check=\"checksums\",drill=\"quick\"} 1",
         "radd_drill_rto_seconds{drill=\"quick\"}",
-        "radd_backup_bytes{job=\"backup.pg\",kind=\"new\"}",
-        "radd_archive_pending_segments",
-        "radd_archive_lag_seconds",
+        "radd_backup_bytes{kind=\"new\",task=\"backup.pg\"}",
+        "radd_archive_pending_segments ",
+        "radd_archive_lag_seconds ",
+        "radd_archive_failures_total 0",
+        "radd_source_up 1",
+        "radd_task_configured{task=\"drill.quick\"} 1",
     ] {
         assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
     }
@@ -100,4 +103,42 @@ fn promtool_check(metrics: &str) {
     child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "promtool check metrics failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// An unreachable source: archive lag is not measured, so it is left out (never 0), and
+/// `radd_source_up` is 0 with the reason logged once (not every probe).
+#[test]
+fn unreachable_source_is_not_reported_as_zero_lag() {
+    let env = TestEnv::new(Backend::Local);
+    let port = radd::pg::free_port().expect("port");
+    let closed = radd::pg::free_port().expect("port");
+    let config = std::fs::read_to_string(&env.config).unwrap()
+        + &format!(
+            "\n[postgres]\nhost = \"127.0.0.1\"\nport = {closed}\n\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nretention_schedule = \"\"\nverify_schedule = \"\"\nheartbeat_interval = \"\"\nwatch_interval = \"200ms\"\nshutdown_grace = \"5s\"\n"
+        );
+    let daemon_config = env.path().join("daemon.toml");
+    std::fs::write(&daemon_config, config).unwrap();
+    let mut cmd = std::process::Command::new(radd_binary());
+    cmd.arg("--config").arg(&daemon_config).arg("daemon");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("start daemon");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Some(body) = http_get(port, "/metrics").filter(|b| b.contains("radd_source_up 0")) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "daemon did not report radd_source_up 0 within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!metrics.contains("radd_archive_lag_seconds ") && !metrics.contains("radd_archive_pending_segments "), "unmeasured lag exported:\n{metrics}");
+    assert!(metrics.contains("radd_build_info{version=\""), "{metrics}");
+    // Several more probes fail (every 200 ms); the warning stays one line.
+    std::thread::sleep(Duration::from_secs(1));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let out = child.wait_with_output().expect("wait for daemon");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "daemon exit {}: {log}", out.status);
+    let warnings = log.lines().filter(|l| l.contains("cannot measure WAL archiving on the source")).count();
+    assert_eq!(warnings, 1, "the reason is logged once per change:\n{log}");
+    assert!(log.contains(&format!("127.0.0.1:{closed}")), "the reason names the source:\n{log}");
 }

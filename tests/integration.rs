@@ -18,6 +18,7 @@ mod event_rules;
 mod fs;
 mod interrupted;
 mod pitr;
+mod prometheus;
 mod restore_safety;
 mod retention;
 mod tablespace;

@@ -17,7 +17,7 @@ pub fn app(state: State) -> Router {
 async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let events = state.events.clone();
     match tokio::task::spawn_blocking(move || events.read_all()).await {
-        Ok(Ok(all)) => state.metrics.observe_events(&all),
+        Ok(Ok(all)) => state.metrics.observe_events(&all, chrono::Utc::now()),
         Ok(Err(error)) => tracing::error!(error = %error, "cannot read the event log for metrics"),
         Err(error) => tracing::error!(error = %error, "event log reader panicked"),
     }

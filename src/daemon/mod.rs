@@ -125,11 +125,13 @@ pub async fn wait_for_signal() {
 }
 
 /// Starts one loop per scheduled job: the base backup and every drill in the drills directory.
+/// Each is declared to the metrics first, so a task that never ran is visible from start-up.
 fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut JoinSet<()>) -> Result<(), crate::Error> {
     let config = &state.config;
     if !config.daemon.backup_schedule.is_empty() {
         let schedule = crate::config::parse_cron(&config.daemon.backup_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.backup_schedule: {e}"))))?;
+        state.metrics.task_configured("backup.pg");
         let st = state.clone();
         tasks.spawn(cron_loop("backup.pg".into(), schedule, stop.clone(), move || {
             let st = st.clone();
@@ -144,6 +146,8 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         let schedule = crate::config::parse_cron(&config.daemon.retention_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.retention_schedule: {e}"))))?;
         let grace = duration(&config.daemon.prune_grace).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::hours(24));
+        // Its runs are recorded as retention.prune (forget records only when it forgot something).
+        state.metrics.task_configured("retention.prune");
         let st = state.clone();
         tasks.spawn(cron_loop("retention".into(), schedule, stop.clone(), move || {
             let st = st.clone();
@@ -159,6 +163,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         let schedule = crate::config::parse_cron(&config.daemon.verify_schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.verify_schedule: {e}"))))?;
         let period_days = duration(&config.daemon.verify_period).map_or(30, |d| d.as_secs() / 86_400);
+        state.metrics.task_configured("verify");
         let st = state.clone();
         tasks.spawn(cron_loop("verify".into(), schedule, stop.clone(), move || {
             let st = st.clone();
@@ -176,6 +181,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         let Some(schedule) = &job.schedule else { continue };
         let schedule = crate::config::parse_cron(schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("fs job {}: schedule: {e}", job.name))))?;
+        state.metrics.task_configured(&format!("backup.fs.{}", job.name));
         let st = state.clone();
         let job = job.clone();
         let stop_job = stop.clone();
@@ -204,6 +210,7 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
     for (path, definition) in drills {
         let schedule = crate::config::parse_cron(&definition.schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{}: schedule: {e}", path.display()))))?;
+        state.metrics.drill_configured(&definition);
         let st = state.clone();
         let name = format!("drill.{}", definition.name);
         tasks.spawn(cron_loop(name.clone(), schedule, stop.clone(), move || {

@@ -1,6 +1,10 @@
 //! Periodic work: the heartbeat on the source, archive lag, and event delivery to sinks.
+//!
+//! Archive lag is only exported when it was measured: when the source cannot be reached (or
+//! its `pg_wal/archive_status` cannot be read) the series are left out and `radd_source_up` is
+//! 0, with the reason logged once per change.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -25,7 +29,7 @@ pub async fn heartbeat_loop(state: State, every: Duration, mut stop: watch::Rece
         }
         if let Some(c) = &client {
             match pg::heartbeat::beat(c).await {
-                Ok(at) => state.metrics.heartbeat.set(at.timestamp_millis() as f64 / 1000.0),
+                Ok(at) => state.metrics.heartbeat(at.timestamp_millis() as f64 / 1000.0),
                 Err(error) => tracing::warn!(error = %error, "heartbeat failed"),
             }
         }
@@ -38,7 +42,6 @@ pub async fn heartbeat_loop(state: State, every: Duration, mut stop: watch::Rece
 
 /// Measures archive lag (raising one S1 incident per stall) and delivers events to sinks.
 pub async fn watch_loop(state: State, every: Duration, mut stop: watch::Receiver<bool>) {
-    let stall = duration(&state.config.daemon.archive_stall).unwrap_or(Duration::from_secs(300));
     let sinks = match sinks_from_config(&state.config.events) {
         Ok(s) => s,
         Err(error) => {
@@ -46,41 +49,14 @@ pub async fn watch_loop(state: State, every: Duration, mut stop: watch::Receiver
             Vec::new()
         }
     };
-    let mut data_dir = state.config.postgres.data_dir.clone();
-    let mut stalled = false;
+    let mut archive = ArchiveWatch::new(&state);
     let mut undeliverable = vec![false; sinks.len()];
     loop {
-        if data_dir.is_none() {
-            data_dir = ask_data_dir(&state).await;
-        }
-        if let Some(dir) = &data_dir {
-            match archive_status(dir) {
-                Ok((pending, lag)) => {
-                    state.metrics.archive_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
-                    state.metrics.archive_lag.set(lag.as_secs_f64());
-                    if lag > stall && !stalled {
-                        stalled = true;
-                        let event = Event::from_occurrence(
-                            Occurrence::ArchiveStalled,
-                            "wal.archive",
-                            format!("WAL archiving stalled: oldest of {pending} pending segments waits for {}s", lag.as_secs()),
-                        )
-                        .details(serde_json::json!({ "pending_segments": pending, "lag_seconds": lag.as_secs_f64() }));
-                        if let Err(error) = jobs::record(&state.events, &event) {
-                            tracing::error!(error = %error, "cannot record the archive stall incident");
-                        }
-                    } else if lag <= stall && stalled {
-                        stalled = false;
-                        tracing::info!("WAL archiving caught up");
-                    }
-                }
-                Err(error) => tracing::warn!(dir = %dir.display(), error = %error, "cannot read archive status"),
-            }
-        }
+        archive.tick(&state).await;
         for (i, sink) in sinks.iter().enumerate() {
             match state.events.deliver(sink, RetryPolicy::default()).await {
                 Ok(report) => {
-                    state.metrics.sink_backlog.with_label_values(&[sink.name()]).set(i64::try_from(report.backlog).unwrap_or(i64::MAX));
+                    state.metrics.sink_backlog(sink.name(), report.backlog);
                     match (&report.last_error, undeliverable[i]) {
                         (Some(error), false) => {
                             undeliverable[i] = true;
@@ -100,10 +76,95 @@ pub async fn watch_loop(state: State, every: Duration, mut stop: watch::Receiver
     }
 }
 
-async fn ask_data_dir(state: &State) -> Option<PathBuf> {
-    let client = pg::connect(&state.config.postgres).await.ok()?;
-    let row = client.query_one("SELECT current_setting('data_directory')", &[]).await.ok()?;
-    Some(PathBuf::from(row.get::<_, String>(0)))
+/// How long one probe of the source may take before it counts as failed (an unreachable host
+/// must not hold up event delivery).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The archive side of the watch: one connection to the source, the last probe outcome (so
+/// a failure is logged once per change, not every tick) and whether a stall was reported.
+struct ArchiveWatch {
+    client: Option<tokio_postgres::Client>,
+    /// Why the last probe failed; `None` while the source is up, `Some("")` before the first
+    /// probe (so the first success logs nothing and the first failure logs its reason).
+    down: Option<String>,
+    stall: Duration,
+    stalled: bool,
+}
+
+impl ArchiveWatch {
+    fn new(state: &State) -> Self {
+        let stall = duration(&state.config.daemon.archive_stall).unwrap_or(Duration::from_secs(300));
+        ArchiveWatch { client: None, down: Some(String::new()), stall, stalled: false }
+    }
+
+    /// Probes the source and measures the archive queue. A failed probe leaves lag and pending
+    /// out of /metrics (radd could not measure them) and sets `radd_source_up` 0.
+    async fn tick(&mut self, state: &State) {
+        let measured = match tokio::time::timeout(PROBE_TIMEOUT, self.probe(state)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.client = None;
+                Err(format!("no answer from PostgreSQL within {}s", PROBE_TIMEOUT.as_secs()))
+            }
+        };
+        match measured {
+            Ok((pending, lag)) => {
+                state.metrics.source_up(true);
+                state.metrics.archive_measured(pending, lag.as_secs_f64());
+                if self.down.take().is_some_and(|reason| !reason.is_empty()) {
+                    tracing::info!("source reachable again: archive lag measured");
+                }
+                self.check_stall(state, pending, lag);
+            }
+            Err(reason) => {
+                state.metrics.source_up(false);
+                state.metrics.archive_unmeasured();
+                if self.down.as_ref() != Some(&reason) {
+                    tracing::warn!(reason = %reason, "cannot measure WAL archiving on the source: radd_source_up 0, archive lag not exported");
+                    self.down = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// Connects if needed, reads `pg_stat_archiver`, then counts `.ready` files.
+    async fn probe(&mut self, state: &State) -> Result<(usize, Duration), String> {
+        if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            self.client = Some(pg::connect(&state.config.postgres).await.map_err(|e| e.to_string())?);
+        }
+        let Some(client) = &self.client else { return Err("no connection to the source".into()) };
+        let configured = state.config.postgres.data_dir.clone();
+        let status = match pg::archiver::status(client, configured.is_none()).await {
+            Ok(status) => status,
+            Err(error) => {
+                self.client = None;
+                return Err(error.to_string());
+            }
+        };
+        state.metrics.archive_failures(status.failed_count);
+        let Some(dir) = configured.or(status.data_directory) else { return Err("the source did not report its data directory".into()) };
+        archive_status(&dir).map_err(|e| format!("cannot read {}: {e}; radd must run on the database host as a user that can read it", dir.join("pg_wal/archive_status").display()))
+    }
+
+    /// Raises one S1 incident when the oldest pending segment waits longer than the stall
+    /// threshold, and notes the recovery.
+    fn check_stall(&mut self, state: &State, pending: usize, lag: Duration) {
+        if lag > self.stall && !self.stalled {
+            self.stalled = true;
+            let event = Event::from_occurrence(
+                Occurrence::ArchiveStalled,
+                "wal.archive",
+                format!("WAL archiving stalled: oldest of {pending} pending segments waits for {}s", lag.as_secs()),
+            )
+            .details(serde_json::json!({ "pending_segments": pending, "lag_seconds": lag.as_secs_f64() }));
+            if let Err(error) = jobs::record(&state.events, &event) {
+                tracing::error!(error = %error, "cannot record the archive stall incident");
+            }
+        } else if lag <= self.stall && self.stalled {
+            self.stalled = false;
+            tracing::info!("WAL archiving caught up");
+        }
+    }
 }
 
 /// Number of `.ready` files and the age of the oldest one.

@@ -3,6 +3,7 @@
 //!
 //! Knows nothing of the repository or of crypto.
 
+pub mod archiver;
 mod backup_api;
 pub mod conf;
 pub mod heartbeat;
