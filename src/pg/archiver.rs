@@ -25,12 +25,12 @@ pub struct ArchiverStatus {
 pub async fn status(client: &Client, data_directory: bool) -> Result<ArchiverStatus, Error> {
     const FAILED: &str = "SELECT failed_count FROM pg_stat_archiver";
     const DATA_DIR: &str = "SELECT current_setting('data_directory')";
-    let row = client.query_one(FAILED, &[]).await.map_err(|source| Error::Query { query: FAILED, source })?;
-    let failed: i64 = row.try_get(0).map_err(|source| Error::Query { query: FAILED, source })?;
+    let row = client.query_one(FAILED, &[]).await.map_err(|source| Error::Query { query: FAILED, driver: source })?;
+    let failed: i64 = row.try_get(0).map_err(|source| Error::Query { query: FAILED, driver: source })?;
     let failed_count = u64::try_from(failed).map_err(|_| Error::Unexpected(format!("pg_stat_archiver.failed_count is negative ({failed})")))?;
     let data_directory = if data_directory {
-        let row = client.query_one(DATA_DIR, &[]).await.map_err(|source| Error::Query { query: DATA_DIR, source })?;
-        Some(PathBuf::from(row.try_get::<_, String>(0).map_err(|source| Error::Query { query: DATA_DIR, source })?))
+        let row = client.query_one(DATA_DIR, &[]).await.map_err(|source| Error::Query { query: DATA_DIR, driver: source })?;
+        Some(PathBuf::from(row.try_get::<_, String>(0).map_err(|source| Error::Query { query: DATA_DIR, driver: source })?))
     } else {
         None
     };
