@@ -17,6 +17,8 @@ snapshot = "latest"
 recovery = "latest"
 [scratch]
 timeout = "3m"
+[checks]
+rpo = { max = "10m" }
 [[checks.sql]]
 name = "rows"
 query = "SELECT count(*) FROM t"
@@ -82,6 +84,10 @@ fn a_drill_of_a_source_that_requires_passwords_passes_without_one() {
     assert!(started.elapsed() < Duration::from_secs(150), "the drill never waits for an authentication timeout");
     let starts = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "starts").expect("starts check").clone();
     assert!(starts["detail"].as_str().unwrap().contains("socket"), "{starts:#}");
+    // A fresh install: the source has no heartbeat yet, so the RPO is skipped with the reason.
+    let rpo = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "rpo").expect("rpo check").clone();
+    assert_eq!(rpo["status"], "skipped", "{rpo:#}");
+    assert!(rpo["detail"].as_str().unwrap().contains("radd heartbeat"), "{rpo:#}");
     drop(source);
 }
 

@@ -208,6 +208,10 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         Vec::new()
     };
     for (path, definition) in drills {
+        if definition.kind == crate::drill::DrillKind::Fs && config.fs.is_empty() {
+            tracing::info!(drill = %definition.name, file = %path.display(), "file-tree drill not scheduled: no [[fs]] job is configured, so there is nothing for it to restore");
+            continue;
+        }
         let schedule = crate::config::parse_cron(&definition.schedule)
             .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{}: schedule: {e}", path.display()))))?;
         state.metrics.drill_configured(&definition);

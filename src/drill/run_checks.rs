@@ -43,7 +43,8 @@ pub async fn after_start(
                 };
                 sink("rpo", status, detail, t, Some(seconds));
             }
-            Err(e) => sink("rpo", CheckStatus::Failed, e, t, None),
+            Err(Rpo::NoHeartbeat(reason)) => sink("rpo", CheckStatus::Skipped, reason, t, None),
+            Err(Rpo::Failed(e)) => sink("rpo", CheckStatus::Failed, e, t, None),
         }
     }
     if checks.page_integrity {
@@ -105,11 +106,22 @@ async fn sql_probe(probe: &SqlProbe, conn: &PostgresConfig, source: Option<&Post
     if value == expected { Ok(format!("= {value} (same as the source)")) } else { Err(format!("got {value:?}, source has {expected:?}")) }
 }
 
-async fn measure_rpo(conn: &PostgresConfig, started: DateTime<Utc>) -> Result<f64, String> {
-    let client = pg::connect(conn).await.map_err(|e| e.to_string())?;
-    match pg::heartbeat::read(&client).await.map_err(|e| e.to_string())? {
+/// Why the RPO was not measured.
+enum Rpo {
+    /// The source had no heartbeat when it was backed up (a fresh install): nothing to
+    /// measure yet, so the check is skipped with this reason rather than failed.
+    NoHeartbeat(String),
+    /// The restored instance could not be asked.
+    Failed(String),
+}
+
+async fn measure_rpo(conn: &PostgresConfig, started: DateTime<Utc>) -> Result<f64, Rpo> {
+    let client = pg::connect(conn).await.map_err(|e| Rpo::Failed(e.to_string()))?;
+    match pg::heartbeat::read(&client).await.map_err(|e| Rpo::Failed(e.to_string()))? {
         Some(at) => Ok(((started - at).num_milliseconds().max(0)) as f64 / 1000.0),
-        None => Err("no radd.heartbeat table in the restored cluster: run `radd daemon` (or `radd heartbeat`) against the source".into()),
+        None => Err(Rpo::NoHeartbeat(
+            "no radd.heartbeat table in the restored cluster (the source had none when it was backed up): run `radd daemon` or `radd heartbeat` against the source; the next backup's drill measures the RPO".into(),
+        )),
     }
 }
 
