@@ -254,13 +254,20 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
             let result = compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
             compressed = compressed.and(result);
         }
-        let written = writer.join().map_err(|_| io(std::io::Error::other("encryption thread panicked")))?;
-        // A stage that fails makes the others fail with "ended early": report the cause first.
-        read.map_err(io)?;
-        let digest = hashed.map_err(io)?;
-        compressed.map_err(io)?;
-        written?;
-        Ok(digest)
+        let written = writer.join().unwrap_or_else(|_| Err(io(std::io::Error::other("encryption thread panicked"))));
+        // A stage that fails makes the others fail with "ended early": report the cause — the
+        // first failure that is not such a consequence (e.g. the output's full disk, not the
+        // reader's "compression ended early").
+        let (digest, hashed) = match hashed {
+            Ok(digest) => (Some(digest), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let mut failures: Vec<Error> = [read.map_err(io), hashed.map_err(io), compressed.map_err(io), written].into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            let cause = failures.iter().position(|e| !e.is_ended()).unwrap_or(0);
+            return Err(failures.swap_remove(cause));
+        }
+        digest.ok_or_else(|| io(ended("digest")))
     })?;
     output.seek(SeekFrom::Start(MAGIC_V2.len() as u64)).map_err(io)?;
     output.write_all(&digest.0).map_err(io)?;
@@ -271,8 +278,20 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
 /// A block of a streamed plaintext (or its compressed frame): sequence number, buffer, length.
 type Block = (u64, Vec<u8>, usize);
 
-fn ended(stage: &str) -> std::io::Error {
-    std::io::Error::other(format!("{stage} ended early"))
+/// A stage of [`seal_stream`] stopped because another one did: a consequence, never the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} ended early")]
+struct Ended(&'static str);
+
+fn ended(stage: &'static str) -> std::io::Error {
+    std::io::Error::other(Ended(stage))
+}
+
+impl Error {
+    /// Whether this is a stage of a streamed seal stopping because another one failed.
+    fn is_ended(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.get_ref().is_some_and(|inner| inner.is::<Ended>()))
+    }
 }
 
 /// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers and
@@ -555,6 +574,40 @@ mod tests {
         let last = stored.len() - 1;
         stored[last] ^= 1;
         assert!(open(ObjectKind::Wal, &stored, &key, &id, "w").is_err());
+    }
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct Full { room: usize, data: Vec<u8> }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.data.len() + buf.len() > self.room {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            self.data.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for Full {
+        fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_streamed_seal_reports_the_full_output_not_the_stages_it_stopped() {
+        let (key, id) = (IdKey::generate(), Identity::generate());
+        let recipients = id.recipients();
+        let keys = SealKeys { id_key: &key, recipients: &recipients };
+        let plaintext: Vec<u8> = (0..STREAM_BLOCK * 8).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23) as u8).collect();
+        let mut out = Full { room: 4096, data: Vec::new() };
+        let options = SealOptions { level: 1, workers: 2 };
+        let error = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "wal/1/x").expect_err("the output is full");
+        assert!(matches!(&error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull), "{error}");
     }
 
     #[test]

@@ -246,8 +246,12 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             let key2 = key.clone();
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, repository::Error> {
                 let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
-                let digest = codec::seal_stream(ObjectKind::Wal, file, len, SealKeys { id_key: &id_key, recipients: &recipients }, seal, &mut staged, &object)?;
-                staged.sync().map_err(|e| codec::Error::Io { object, source: e })?;
+                let keys = SealKeys { id_key: &id_key, recipients: &recipients };
+                // A write that failed (a full disk) is the cause of whatever the sealing
+                // pipeline reports: name it as the storage error it is.
+                let digest = codec::seal_stream(ObjectKind::Wal, file, len, keys, seal, &mut staged, &object)
+                    .map_err(|e| staged.write_error().map_or_else(|| repository::Error::from(e), repository::Error::from))?;
+                staged.sync()?;
                 Ok((staged, digest))
             })
             .await
