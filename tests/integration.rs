@@ -10,6 +10,7 @@ mod bad_input;
 mod daemon;
 mod debian_layout;
 mod drill;
+mod faults;
 mod fs;
 mod interrupted;
 mod pitr;

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod env;
+pub mod faults;
 pub mod pg;
 pub mod s3;
