@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::env::{Backend, RepoOptions, TestEnv, json, sql, stderr, switch_and_wait_archived};
-use crate::common::faults::{FaultProxy, Plan, SmallDisk};
+use crate::common::faults::{FaultProxy, Plan, SmallDisk, Trigger};
 
 /// Generous bound for a command that must fail, not hang (the reported hangs ran for 180-600 s).
 const NO_HANG: Duration = Duration::from_secs(120);
@@ -140,7 +140,7 @@ fn an_outage_shorter_than_the_retry_budget_is_ridden_out() {
     let env = s3_through(&proxy, "30s");
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
-    proxy.set(Plan { down_at_put: Some(("/packs/".into(), 1, Duration::from_secs(5))), ..Plan::default() });
+    proxy.set(Plan { down_at: Some(Trigger::first("PUT", "/packs/", Duration::from_secs(5))), ..Plan::default() });
 
     let started = Instant::now();
     let backup = env.radd_push(&["--json", "backup", "pg"]);
@@ -159,7 +159,7 @@ fn an_outage_longer_than_the_retry_budget_fails_within_it() {
     let env = s3_through(&proxy, "5s");
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
-    proxy.set(Plan { down_at_put: Some(("/packs/".into(), 1, Duration::from_secs(120))), ..Plan::default() });
+    proxy.set(Plan { down_at: Some(Trigger::first("PUT", "/packs/", Duration::from_secs(120))), ..Plan::default() });
 
     let started = Instant::now();
     let backup = env.radd_push(&["backup", "pg"]);
@@ -172,4 +172,31 @@ fn an_outage_longer_than_the_retry_budget_fails_within_it() {
     assert!(text.contains("retry_budget = 5s") && text.contains(" of packs/"), "names the object and the budget: {text}");
     assert_backup_incident(&env, "retry_budget");
     eprintln!("120 s outage, 5 s budget: backup failed with exit 1 in {:.1} s", took.as_secs_f64());
+}
+
+#[test]
+fn a_restore_cut_off_by_an_outage_fails_within_the_budget_and_leaves_no_target() {
+    let proxy = FaultProxy::start();
+    let env = s3_through(&proxy, "5s");
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let backup = env.radd_push(&["backup", "pg"]);
+    assert!(backup.status.success(), "backup: {}", stderr(&backup));
+    switch_and_wait_archived(&source);
+    // Down from the restore's third pack download on (the first holds the manifest's entries:
+    // the outage hits the writing stages), far longer than the budget.
+    let trigger = Trigger { nth: 3, ..Trigger::first("GET", "/packs/", Duration::from_secs(120)) };
+    proxy.set(Plan { down_at: Some(trigger), ..Plan::default() });
+
+    let target = env.path().join("restored");
+    let started = Instant::now();
+    let out = env.radd(&["restore", "latest", "--target", target.to_str().expect("utf8 path")]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "restore with a 5 s budget took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("retry_budget = 5s") && text.contains("packs/"), "names the pack and the budget: {text}");
+    assert!(!target.exists(), "a failed restore leaves no target that looks restored");
+    assert_eq!(proxy.stats().outages, 1);
+    eprintln!("120 s outage during a restore, 5 s budget: failed with exit 1 in {:.1} s", took.as_secs_f64());
 }

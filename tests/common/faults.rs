@@ -31,9 +31,29 @@ pub struct Plan {
     pub lose_put_reply_every: u64,
     /// Pause before each reply is relayed.
     pub delay: Duration,
-    /// When the n-th PUT whose path contains the text arrives, the proxy goes down (resets every
-    /// connection and request) for the duration, starting with that PUT.
-    pub down_at_put: Option<(String, u64, Duration)>,
+    /// When the trigger's request arrives, the proxy goes down (resets every connection and
+    /// request) for a while, starting with that request.
+    pub down_at: Option<Trigger>,
+}
+
+/// The request that starts an outage: the `nth` with this method whose path contains the text.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// `PUT`, `GET`, …
+    pub method: &'static str,
+    /// Part of the request path, e.g. `/packs/`.
+    pub path_contains: &'static str,
+    /// Which matching request (from 1).
+    pub nth: u64,
+    /// How long the outage lasts.
+    pub down_for: Duration,
+}
+
+impl Trigger {
+    /// An outage of `down_for` from the first `method` request to a path containing `path`.
+    pub fn first(method: &'static str, path: &'static str, down_for: Duration) -> Self {
+        Trigger { method, path_contains: path, nth: 1, down_for }
+    }
 }
 
 /// What the proxy did so far.
@@ -63,7 +83,7 @@ struct State {
     stats: Mutex<Stats>,
     requests: AtomicU64,
     puts: AtomicU64,
-    matching_puts: AtomicU64,
+    triggering: AtomicU64,
     down_until: Mutex<Option<Instant>>,
     stop: AtomicBool,
 }
@@ -99,7 +119,7 @@ impl FaultProxy {
             stats: Mutex::new(Stats::default()),
             requests: AtomicU64::new(0),
             puts: AtomicU64::new(0),
-            matching_puts: AtomicU64::new(0),
+            triggering: AtomicU64::new(0),
             down_until: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
@@ -292,13 +312,14 @@ fn serve(state: &State, client: TcpStream) {
         if method == "PUT" {
             let put = state.puts.fetch_add(1, Ordering::SeqCst) + 1;
             lose_reply = plan.lose_put_reply_every > 0 && put % plan.lose_put_reply_every == 0;
-            if let Some((text, at, duration)) = &plan.down_at_put
-                && path.contains(text.as_str())
-                && state.matching_puts.fetch_add(1, Ordering::SeqCst) + 1 == *at
-            {
-                *state.down_until.lock().expect("down lock") = Some(Instant::now() + *duration);
-                state.count(|s| s.outages += 1);
-            }
+        }
+        if let Some(trigger) = &plan.down_at
+            && method == trigger.method
+            && path.contains(trigger.path_contains)
+            && state.triggering.fetch_add(1, Ordering::SeqCst) + 1 == trigger.nth
+        {
+            *state.down_until.lock().expect("down lock") = Some(Instant::now() + trigger.down_for);
+            state.count(|s| s.outages += 1);
         }
         if state.is_down() {
             state.count(|s| s.refused_while_down += 1);
