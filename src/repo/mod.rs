@@ -74,7 +74,7 @@ pub enum Error {
     },
     /// A transient failure (5xx, SlowDown, reset connection, timeout) lasted longer than the
     /// retry budget.
-    #[error("{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed} (repository.retry_budget = {budget}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)")]
+    #[error("{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)")]
     GaveUp {
         /// The operation (put, get, head, list, delete).
         op: &'static str,
@@ -84,10 +84,10 @@ pub enum Error {
         location: String,
         /// Attempts made.
         attempts: u32,
-        /// Time spent, e.g. "5.3s".
-        elapsed: String,
-        /// The configured budget, e.g. "5m".
-        budget: String,
+        /// Time spent.
+        elapsed: std::time::Duration,
+        /// The configured budget.
+        budget: std::time::Duration,
         /// The last attempt's error.
         source: Box<object_store::Error>,
     },

@@ -161,8 +161,8 @@ impl Repo {
                             key: key.to_owned(),
                             location: self.location.clone(),
                             attempts: attempt,
-                            elapsed: format!("{:.1}s", elapsed.as_secs_f64()),
-                            budget: humantime::format_duration(self.retry.budget).to_string(),
+                            elapsed,
+                            budget: self.retry.budget,
                             source: Box::new(error),
                         });
                     }

@@ -311,7 +311,7 @@ fn serve(state: &State, client: TcpStream) {
         let mut lose_reply = false;
         if method == "PUT" {
             let put = state.puts.fetch_add(1, Ordering::SeqCst) + 1;
-            lose_reply = plan.lose_put_reply_every > 0 && put % plan.lose_put_reply_every == 0;
+            lose_reply = plan.lose_put_reply_every > 0 && put.is_multiple_of(plan.lose_put_reply_every);
         }
         if let Some(trigger) = &plan.down_at
             && method == trigger.method
@@ -325,7 +325,7 @@ fn serve(state: &State, client: TcpStream) {
             state.count(|s| s.refused_while_down += 1);
             return reset(client);
         }
-        if plan.slow_down_every > 0 && n % plan.slow_down_every == 0 {
+        if plan.slow_down_every > 0 && n.is_multiple_of(plan.slow_down_every) {
             state.count(|s| s.slow_downs += 1);
             let reply = format!(
                 "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{SLOW_DOWN}",
@@ -336,7 +336,7 @@ fn serve(state: &State, client: TcpStream) {
             }
             continue;
         }
-        if plan.reset_every > 0 && n % plan.reset_every == 0 {
+        if plan.reset_every > 0 && n.is_multiple_of(plan.reset_every) {
             state.count(|s| s.resets += 1);
             return reset(client);
         }
