@@ -7,7 +7,8 @@
 //! [`Repo::with_retries`] instead: transient failures (5xx, 429 and 408 replies, SlowDown,
 //! connection errors and resets, timeouts) are retried with exponential backoff and jitter
 //! until the operation's total time would pass `repository.retry_budget`; permanent ones
-//! (not found, already exists, denied, a full or read-only file system) fail at once. A
+//! (not found, already exists, denied, a full or read-only file system, any failure of the
+//! local backend's disk) fail at once. A
 //! create-only PUT retried after a failed attempt may find its own first attempt stored: see
 //! [`Repo::settle_create`].
 //!
@@ -102,11 +103,15 @@ fn status_in(text: &str) -> Option<u16> {
 
 /// Whether a failed storage operation may succeed when tried again.
 pub(super) fn transient(error: &object_store::Error) -> bool {
-    let object_store::Error::Generic { source, .. } = error else {
+    let object_store::Error::Generic { store, source } = error else {
         // Not found, already exists, precondition, denied, unauthenticated, not implemented,
         // invalid path: trying again gives the same answer.
         return false;
     };
+    if *store == "LocalFileSystem" {
+        // A local disk's failures (I/O errors, permissions, a short file) do not pass by waiting.
+        return false;
+    }
     let source: &(dyn StdError + 'static) = source.as_ref();
     if no_room(source).is_some() {
         return false;
@@ -220,6 +225,8 @@ mod tests {
         assert!(transient(&reset));
         let full = generic(std::io::Error::from_raw_os_error(28));
         assert!(!transient(&full));
+        let local = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)) };
+        assert!(!transient(&local), "local disk failures are not retried");
         assert_eq!(no_room(&full), Some(NoRoom::Space));
         assert_eq!(no_room(&generic(std::io::Error::from_raw_os_error(30))), Some(NoRoom::ReadOnly));
         assert_eq!(no_room(&generic(std::io::Error::from_raw_os_error(122))), Some(NoRoom::Quota));
