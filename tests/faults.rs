@@ -200,3 +200,21 @@ fn a_restore_cut_off_by_an_outage_fails_within_the_budget_and_leaves_no_target()
     assert_eq!(proxy.stats().outages, 1);
     eprintln!("120 s outage during a restore, 5 s budget: failed with exit 1 in {:.1} s", took.as_secs_f64());
 }
+
+#[test]
+fn a_stalled_reply_times_out_instead_of_hanging() {
+    let proxy = FaultProxy::start();
+    let extra = "retry_budget = \"6s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"\n".to_owned();
+    let env = TestEnv::with_repository(Backend::S3, &RepoOptions { endpoint: Some(proxy.endpoint.clone()), extra, ..RepoOptions::default() });
+    // Every reply held back for a minute: each attempt times out after 2 s.
+    proxy.set(Plan { delay: Duration::from_secs(60), ..Plan::default() });
+
+    let started = Instant::now();
+    let out = env.radd(&["snapshots"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "a stalled storage request must time out: took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("retry_budget = 6s"), "{}", stderr(&out));
+    assert!(proxy.stats().forwarded >= 2, "the request was retried: {:?}", proxy.stats());
+    eprintln!("stalled replies (60 s), 2 s request timeout, 6 s budget: failed with exit 1 in {:.1} s", took.as_secs_f64());
+}
