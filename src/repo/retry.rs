@@ -6,7 +6,7 @@
 //! reply body broke off, and it logs below warn. Every operation of [`Repo`] runs through
 //! [`Repo::with_retries`] instead: transient failures (5xx, 429 and 408 replies, SlowDown,
 //! connection errors and resets, timeouts) are retried with exponential backoff and jitter
-//! until the operation's total time would pass `repository.retry_budget`; permanent ones
+//! until `repository.retry_budget` has passed since the first attempt; permanent ones
 //! (not found, already exists, denied, a full or read-only file system, any failure of the
 //! local backend's disk) fail at once. A
 //! create-only PUT retried after a failed attempt may find its own first attempt stored: see
@@ -26,8 +26,8 @@ use super::{Error, ObjectKey, PutOutcome, Repo};
 /// How storage operations are retried (from `[repository]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Total time one operation may take including its retries; no retry starts that would
-    /// end its pause past it (zero: no retries).
+    /// Time within which every retry of one operation starts (the last pause is cut short to
+    /// fit): the operation ends at most one request later (zero: no retries).
     pub budget: Duration,
     /// Pause before the first retry; doubled after each, up to `max_backoff`, with jitter.
     pub first_backoff: Duration,
@@ -158,9 +158,8 @@ impl Repo {
                     return Ok((value, attempt));
                 }
                 Err(error) if transient(&error) => {
-                    let wait = jittered(pause);
                     let elapsed = started.elapsed();
-                    if elapsed + wait > self.retry.budget {
+                    if elapsed >= self.retry.budget {
                         return Err(Error::GaveUp {
                             op,
                             key: key.to_owned(),
@@ -171,6 +170,7 @@ impl Repo {
                             source: Box::new(error),
                         });
                     }
+                    let wait = jittered(pause).min(self.retry.budget - elapsed);
                     tracing::warn!(op, key, attempt, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), error = %error, "storage operation failed; retrying");
                     tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(self.retry.max_backoff);
