@@ -287,13 +287,20 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
             let result = compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
             compressed = compressed.and(result);
         }
-        let written = writer.join().map_err(|_| io(std::io::Error::other("encryption thread panicked")))?;
-        // A stage that fails makes the others fail with "ended early": report the cause first.
-        read.map_err(io)?;
-        let digest = hashed.map_err(io)?;
-        compressed.map_err(io)?;
-        written?;
-        Ok(digest)
+        let written = writer.join().unwrap_or_else(|_| Err(io(std::io::Error::other("encryption thread panicked"))));
+        // A stage that fails makes the others fail with "ended early": report the cause — the
+        // first failure that is not such a consequence (e.g. the output's full disk, not the
+        // reader's "compression ended early").
+        let (digest, hashed) = match hashed {
+            Ok(digest) => (Some(digest), Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let mut failures: Vec<Error> = [read.map_err(io), hashed.map_err(io), compressed.map_err(io), written].into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            let cause = failures.iter().position(|e| !e.is_ended()).unwrap_or(0);
+            return Err(failures.swap_remove(cause));
+        }
+        digest.ok_or_else(|| io(ended("digest")))
     })?;
     output.seek(SeekFrom::Start(Version::V3.magic().len() as u64)).map_err(io)?;
     output.write_all(&digest.0).map_err(io)?;
@@ -304,8 +311,20 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
 /// A block of a streamed plaintext (or its compressed frame): sequence number, buffer, length.
 type Block = (u64, Vec<u8>, usize);
 
-fn ended(stage: &str) -> std::io::Error {
-    std::io::Error::other(format!("{stage} ended early"))
+/// A stage of [`seal_stream`] stopped because another one did: a consequence, never the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} ended early")]
+struct Ended(&'static str);
+
+fn ended(stage: &'static str) -> std::io::Error {
+    std::io::Error::other(Ended(stage))
+}
+
+impl Error {
+    /// Whether this is a stage of a streamed seal stopping because another one failed.
+    fn is_ended(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.get_ref().is_some_and(|inner| inner.is::<Ended>()))
+    }
 }
 
 /// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers and

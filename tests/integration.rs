@@ -15,6 +15,7 @@ mod deploy;
 mod drill;
 mod drill_safety;
 mod event_rules;
+mod faults;
 mod fs;
 mod interrupted;
 mod pitr;

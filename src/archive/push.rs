@@ -255,8 +255,13 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
                 let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0)).map_err(repository::Error::from)?;
                 let keys = SealKeys { id_key: &id_key, recipients: &recipients };
-                let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object).map_err(|e| pages::from_read_error(e, &shown))?;
-                staged.sync().map_err(|e| repository::Error::from(codec::Error::Io { object, source: e }))?;
+                // A write that failed (a full disk) is the cause of whatever the sealing
+                // pipeline reports: name it as the storage error it is.
+                let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object).map_err(|e| match staged.write_error() {
+                    Some(write) => Error::from(repository::Error::from(write)),
+                    None => pages::from_read_error(e, &shown),
+                })?;
+                staged.sync().map_err(repository::Error::from)?;
                 Ok((staged, digest))
             })
             .await

@@ -77,3 +77,40 @@ fn damaged_ciphertext_is_corruption_and_only_a_foreign_identity_is_a_key_problem
     assert!(matches!(err, Error::Crypto { source: crate::crypto::Error::Decrypt(_), .. }), "{err}");
     assert!(err.to_string().contains("identity"), "{err}");
 }
+
+/// Takes `room` bytes, then fails as a full disk does.
+struct Full {
+    room: usize,
+    data: Vec<u8>,
+}
+
+impl Write for Full {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.data.len() + buf.len() > self.room {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Full {
+    fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn a_streamed_seal_reports_the_full_output_not_the_stages_it_stopped() {
+    let (key, id) = (IdKey::generate(), Identity::generate());
+    let recipients = id.recipients();
+    let keys = SealKeys { id_key: &key, recipients: &recipients };
+    let plaintext: Vec<u8> = (0..STREAM_BLOCK * 8).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23) as u8).collect();
+    let mut out = Full { room: 4096, data: Vec::new() };
+    let options = SealOptions { level: 1, workers: 2 };
+    let error = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "wal/1/x").expect_err("the output is full");
+    assert!(matches!(&error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull), "{error}");
+}

@@ -6,6 +6,7 @@
 
 mod primary;
 mod size;
+mod storage;
 
 use std::path::{Path, PathBuf};
 
@@ -119,6 +120,15 @@ pub struct RepositoryConfig {
     /// S3: allow plain-HTTP endpoints (test servers only).
     #[serde(default)]
     pub allow_http: bool,
+    /// S3: longest one request may take, connect to last byte of the reply (`"60s"`).
+    #[serde(default = "storage::default_request_timeout")]
+    pub request_timeout: String,
+    /// S3: longest connecting may take (`"5s"`).
+    #[serde(default = "storage::default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Total time one storage operation retries transient failures (`"5m"`; `"0s"`: never).
+    #[serde(default = "storage::default_retry_budget")]
+    pub retry_budget: String,
 }
 
 /// `[keys]`: capability-split keys. Backup hosts need `recipients` + `id_key_file`; restore
@@ -574,6 +584,7 @@ impl Config {
             problems.push(format!("keys.recipients: {e}"));
         }
         problems.extend(self.postgres.primary_problems());
+        problems.extend(self.repository.storage_problems());
         let b = &self.backup;
         if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) || b.block_size.0 > MAX_BLOCK_SIZE {
             problems.push("backup.block_size: must be a multiple of 8KiB between 8KiB and 16MiB".to_owned());

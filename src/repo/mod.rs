@@ -8,6 +8,7 @@
 mod layout;
 mod litter;
 pub mod lock;
+mod retry;
 mod staged;
 
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::aws::AmazonS3ConfigKey;
+use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 pub use layout::ObjectKey;
+pub use retry::RetryPolicy;
 pub use staged::NewObject;
 
 use crate::config::{Backend, RepositoryConfig};
@@ -54,6 +57,40 @@ pub enum Error {
         /// The backend's error (boxed: it is large, and errors travel through every layer).
         source: Box<object_store::Error>,
     },
+    /// A write found the file system full, over quota or read-only: nothing more can be
+    /// stored until an operator acts, so it is not retried.
+    #[error("{cause} writing {key} in repository {location}; {hint}")]
+    NoRoom {
+        /// Object key (or staging path) being written.
+        key: String,
+        /// Where the repository is.
+        location: String,
+        /// "no space left on device", "disk quota exceeded" or "read-only file system".
+        cause: &'static str,
+        /// What to do.
+        hint: &'static str,
+        /// The backend's error.
+        source: Box<object_store::Error>,
+    },
+    /// A transient failure (5xx, SlowDown, reset connection, timeout) lasted longer than the
+    /// retry budget.
+    #[error("{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)")]
+    GaveUp {
+        /// The operation (put, get, head, list, delete).
+        op: &'static str,
+        /// Object key or prefix.
+        key: String,
+        /// Where the repository is.
+        location: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: std::time::Duration,
+        /// The configured budget.
+        budget: std::time::Duration,
+        /// The last attempt's error.
+        source: Box<object_store::Error>,
+    },
 }
 
 impl Error {
@@ -63,7 +100,7 @@ impl Error {
         match self {
             Error::Open { .. } => ErrorKind::Config,
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Backend { .. } => ErrorKind::Storage,
+            Error::Backend { .. } | Error::NoRoom { .. } | Error::GaveUp { .. } => ErrorKind::Storage,
         }
     }
 }
@@ -97,11 +134,16 @@ pub struct Repo {
     local: Option<Arc<object_store::local::LocalFileSystem>>,
     prefix: String,
     location: String,
+    /// How failed operations are retried.
+    retry: RetryPolicy,
 }
 
 impl Repo {
-    /// Opens the configured backend. The local backend creates its directory if missing.
+    /// Opens the configured backend. The local backend creates its directory if missing. S3
+    /// requests are bounded by `request_timeout` and `connect_timeout`; `object_store`'s own
+    /// retries are off, every operation retries through [`Repo::with_retries`] instead.
     pub fn open(config: &RepositoryConfig) -> Result<Self, Error> {
+        let retry = RetryPolicy::with_budget(config.retry_budget());
         match config.backend {
             Backend::Local => {
                 let path = config.path.clone().unwrap_or_default();
@@ -122,6 +164,7 @@ impl Repo {
                     store,
                     prefix: String::new(),
                     location,
+                    retry,
                 })
             }
             Backend::S3 => {
@@ -131,7 +174,10 @@ impl Repo {
                 let mut builder = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&bucket)
                     .with_region(config.region.as_deref().unwrap_or("us-east-1"))
-                    .with_allow_http(config.allow_http);
+                    .with_allow_http(config.allow_http)
+                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), millis(config.request_timeout()))
+                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), millis(config.connect_timeout()))
+                    .with_retry(object_store::RetryConfig { max_retries: 0, ..object_store::RetryConfig::default() });
                 if let Some(endpoint) = &config.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
@@ -146,6 +192,7 @@ impl Repo {
                     local: None,
                     prefix,
                     location,
+                    retry,
                 })
             }
         }
@@ -166,112 +213,152 @@ impl Repo {
     }
 
     fn backend_error(&self, op: &'static str, key: &str, source: object_store::Error) -> Error {
-        match source {
-            object_store::Error::NotFound { .. } => Error::NotFound {
-                key: key.to_owned(),
-                location: self.location.clone(),
-            },
-            source => Error::Backend {
-                op,
-                key: key.to_owned(),
-                location: self.location.clone(),
-                source: Box::new(source),
-            },
-        }
+        classify(&self.location, op, key, source)
     }
 
     /// Writes `data` under `key` unless an object already exists there (atomic, create-only).
+    /// Retried on transient failures; a retry that finds an object there compares it with
+    /// `data` (see [`Repo::settle_create`]), so a first attempt stored before its reply was
+    /// lost counts as `Created`.
     pub async fn put_new(&self, key: &ObjectKey, data: Bytes) -> Result<PutOutcome, Error> {
-        let key = key.to_string();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&self.path(&key), PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(self.backend_error("put", &key, e)),
-        }
+        let name = key.to_string();
+        let path = self.path(&name);
+        let (outcome, attempts) = self
+            .with_retries("put", &name, |_| {
+                let (path, payload) = (&path, PutPayload::from_bytes(data.clone()));
+                async move {
+                    let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+                    match self.store.put_opts(path, payload, opts).await {
+                        Ok(_) => Ok(PutOutcome::Created),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        self.settle_create(key, &data, outcome, attempts > 1).await
     }
 
     /// Replaces (or creates) a small mutable object atomically. Only for objects a single
     /// process owns, such as its own lock with a heartbeat; repository data is never overwritten.
     pub async fn put_overwrite(&self, key: &ObjectKey, data: Bytes) -> Result<(), Error> {
-        let key = key.to_string();
-        self.store
-            .put_opts(&self.path(&key), PutPayload::from_bytes(data), PutOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| self.backend_error("put", &key, e))
+        let name = key.to_string();
+        let path = self.path(&name);
+        self.with_retries("put", &name, |_| {
+            let (path, payload) = (&path, PutPayload::from_bytes(data.clone()));
+            async move { self.store.put_opts(path, payload, PutOptions::default()).await.map(|_| ()) }
+        })
+        .await
+        .map(|((), _)| ())
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object (retried, body included, on transient failures).
     pub async fn get(&self, key: &ObjectKey) -> Result<Bytes, Error> {
-        let key = key.to_string();
-        let result = self
-            .store
-            .get(&self.path(&key))
+        let name = key.to_string();
+        let path = self.path(&name);
+        let path = &path;
+        self.with_retries("get", &name, |_| async move { self.store.get(path).await?.bytes().await })
             .await
-            .map_err(|e| self.backend_error("get", &key, e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| self.backend_error("get", &key, e))
+            .map(|(bytes, _)| bytes)
     }
 
     /// Reads the first `len` bytes of an object (e.g. a header) with one ranged GET; the
     /// object must be at least `len` bytes long (every sealed object is).
     pub async fn get_prefix(&self, key: &ObjectKey, len: u64) -> Result<Bytes, Error> {
-        let key = key.to_string();
-        self.store
-            .get_range(&self.path(&key), 0..len)
+        let name = key.to_string();
+        let path = self.path(&name);
+        let path = &path;
+        self.with_retries("get", &name, |_| async move { self.store.get_range(path, 0..len).await })
             .await
-            .map_err(|e| self.backend_error("get", &key, e))
+            .map(|(bytes, _)| bytes)
     }
 
     /// Whether an object exists.
     pub async fn exists(&self, key: &ObjectKey) -> Result<bool, Error> {
-        let key = key.to_string();
-        match self.store.head(&self.path(&key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.backend_error("head", &key, e)),
-        }
+        let name = key.to_string();
+        let path = self.path(&name);
+        let path = &path;
+        self.with_retries("head", &name, |_| async move {
+            match self.store.head(path).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map(|(found, _)| found)
     }
 
-    /// Lists every object whose key starts with `dir/` (recursively), sorted by key.
+    /// Lists every object whose key starts with `dir/` (recursively), sorted by key. A listing
+    /// that fails part way (a reply body that broke off) is retried from the start.
     pub async fn list(&self, dir: &str) -> Result<Vec<Listed>, Error> {
         let prefix = self.path(dir);
+        let prefix = &prefix;
         let strip = if self.prefix.is_empty() {
             0
         } else {
             self.prefix.len() + 1
         };
-        let mut out: Vec<Listed> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| Listed {
-                key: meta.location.as_ref()[strip..].to_owned(),
-                size: meta.size,
-                modified: meta.last_modified,
+        let (mut out, _) = self
+            .with_retries("list", dir, |_| async move {
+                self.store
+                    .list(Some(prefix))
+                    .map_ok(|meta| Listed {
+                        key: meta.location.as_ref()[strip..].to_owned(),
+                        size: meta.size,
+                        modified: meta.last_modified,
+                    })
+                    .try_collect::<Vec<Listed>>()
+                    .await
             })
-            .try_collect()
-            .await
-            .map_err(|e| self.backend_error("list", dir, e))?;
+            .await?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     /// Deletes an object (used by tests and, later, prune). Deleting a missing object succeeds.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), Error> {
-        let key = key.to_string();
-        match self.store.delete(&self.path(&key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.backend_error("delete", &key, e)),
-        }
+        let name = key.to_string();
+        let path = self.path(&name);
+        let path = &path;
+        self.with_retries("delete", &name, |_| async move {
+            match self.store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map(|((), _)| ())
     }
+}
+
+/// The error of a failed operation `op` on `key` in the repository at `location`: not found,
+/// no room (full, over quota, read-only), or a backend failure.
+fn classify(location: &str, op: &'static str, key: &str, source: object_store::Error) -> Error {
+    if let Some(no_room) = retry::no_room(&source) {
+        return Error::NoRoom {
+            key: key.to_owned(),
+            location: location.to_owned(),
+            cause: no_room.cause(),
+            hint: no_room.hint(),
+            source: Box::new(source),
+        };
+    }
+    match source {
+        object_store::Error::NotFound { .. } => Error::NotFound {
+            key: key.to_owned(),
+            location: location.to_owned(),
+        },
+        source => Error::Backend {
+            op,
+            key: key.to_owned(),
+            location: location.to_owned(),
+            source: Box::new(source),
+        },
+    }
+}
+
+/// A duration in the form `object_store`'s client options parse.
+fn millis(duration: std::time::Duration) -> String {
+    format!("{}ms", duration.as_millis())
 }

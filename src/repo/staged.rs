@@ -18,11 +18,16 @@ use bytes::Bytes;
 use super::{Error, ObjectKey, PutOutcome, Repo};
 
 /// An object being written; see the module documentation. Dropping it unpublished removes its
-/// staging file.
+/// staging file. The first write error is kept: a writer that fails part way (say, a
+/// compressing pipeline whose other stages then stop with "ended early") asks
+/// [`NewObject::write_error`] for the cause, named as a storage error of this object.
 #[derive(Debug)]
 pub struct NewObject {
     key: ObjectKey,
+    /// Where the repository is, for errors.
+    location: String,
     sink: Option<Sink>,
+    failed: Option<std::io::Error>,
 }
 
 /// Bytes written to a staging file after which its writeback to disk is started (on another
@@ -79,15 +84,34 @@ impl Writeback {
 
 impl NewObject {
     /// Flushes what was written to disk (local backend; a no-op otherwise), so that
-    /// [`Repo::publish`] is left with only the link and the directory fsync.
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        match self.sink()? {
-            Sink::File { file, writeback, .. } => {
-                writeback.finish()?;
-                file.sync_all()
-            }
-            Sink::Memory(_) => Ok(()),
-        }
+    /// [`Repo::publish`] is left with only the link and the directory fsync. A failure (a full
+    /// disk found only at writeback) names the object.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        let synced = match self.sink() {
+            Ok(Sink::File { file, writeback, .. }) => writeback.finish().and_then(|()| file.sync_all()),
+            Ok(Sink::Memory(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        synced.map_err(|e| self.error(e))
+    }
+
+    /// The first error met writing this object, as a storage error naming it (e.g. "no space
+    /// left on device writing wal/… in repository …"), if any.
+    pub fn write_error(&mut self) -> Option<Error> {
+        let failed = self.failed.take()?;
+        Some(self.error(failed))
+    }
+
+    fn error(&self, source: std::io::Error) -> Error {
+        let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
+        super::classify(&self.location, "put", &self.key.to_string(), source)
+    }
+
+    /// Keeps the first write error and hands the writer a copy of it.
+    fn failing(&mut self, e: std::io::Error) -> std::io::Error {
+        let copy = std::io::Error::new(e.kind(), e.to_string());
+        self.failed.get_or_insert(e);
+        copy
     }
 
     fn sink(&mut self) -> std::io::Result<&mut Sink> {
@@ -97,30 +121,29 @@ impl NewObject {
 
 impl Write for NewObject {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.sink()? {
-            Sink::File { file, writeback, .. } => {
-                let n = file.write(buf)?;
-                writeback.wrote(file, n);
-                Ok(n)
-            }
+        let written = match self.sink()? {
+            Sink::File { file, writeback, .. } => file.write(buf).inspect(|&n| writeback.wrote(file, n)),
             Sink::Memory(bytes) => bytes.write(buf),
-        }
+        };
+        written.map_err(|e| self.failing(e))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match self.sink()? {
+        let flushed = match self.sink()? {
             Sink::File { file, .. } => file.flush(),
             Sink::Memory(_) => Ok(()),
-        }
+        };
+        flushed.map_err(|e| self.failing(e))
     }
 }
 
 impl Seek for NewObject {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        match self.sink()? {
+        let moved = match self.sink()? {
             Sink::File { file, .. } => file.seek(pos),
             Sink::Memory(bytes) => bytes.seek(pos),
-        }
+        };
+        moved.map_err(|e| self.failing(e))
     }
 }
 
@@ -140,12 +163,13 @@ impl Repo {
     /// backends.
     pub fn new_object(&self, key: &ObjectKey, size_hint: usize) -> Result<NewObject, Error> {
         let Some(local) = &self.local else {
-            return Ok(NewObject { key: key.clone(), sink: Some(Sink::Memory(Cursor::new(Vec::with_capacity(size_hint)))) });
+            return Ok(NewObject { key: key.clone(), location: self.location.clone(), sink: Some(Sink::Memory(Cursor::new(Vec::with_capacity(size_hint)))), failed: None });
         };
         let name = key.to_string();
         let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
         let (file, staging) = create_staging(&dest).map_err(|e| self.io_error("put", &name, e))?;
-        Ok(NewObject { key: key.clone(), sink: Some(Sink::File { file, staging, dest, writeback: Writeback::default() }) })
+        let sink = Sink::File { file, staging, dest, writeback: Writeback::default() };
+        Ok(NewObject { key: key.clone(), location: self.location.clone(), sink: Some(sink), failed: None })
     }
 
     /// Publishes a written object create-only and durably: on `Created` its content and name are

@@ -113,11 +113,12 @@ impl BlobReader<'_> {
         let location = self.index.get(id).ok_or_else(|| self.corrupt(format!("{what} {id} is not in any pack; run `radd verify`")))?;
         if self.cached.as_ref().is_none_or(|(pack, _)| *pack != location.pack) {
             let key = ObjectKey::Pack(self.index.packs[location.pack as usize].clone());
-            let data = self
-                .repo
-                .get_open_unhashed(ObjectKind::Pack, &key)
-                .await
-                .map_err(|e| self.corrupt(format!("its {what}s are in {key}, which cannot be read ({e}); run `radd verify --read-data`")))?;
+            let data = match self.repo.get_open_unhashed(ObjectKind::Pack, &key).await {
+                Ok(data) => data,
+                // Storage that failed (down, full, timed out) is not a corrupt manifest.
+                Err(e) if e.kind() == crate::error::ErrorKind::Storage => return Err(e.into()),
+                Err(e) => return Err(self.corrupt(format!("its {what}s are in {key}, which cannot be read ({e}); run `radd verify --read-data`"))),
+            };
             self.cached = Some((location.pack, data));
         }
         let (start, end) = (location.offset as usize, location.offset as usize + location.length as usize);

@@ -368,6 +368,16 @@ impl UploadReport {
     }
 }
 
+/// Aborts a task when dropped: a pipeline whose caller gave up stops its uploader, whose closed
+/// channel then stops the stages feeding it.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Seals and uploads packs from `rx` with at most `concurrency` in flight; returns once every
 /// pack is durably stored, or with the first error (later packs are abandoned). Pack buffers go
 /// back to `pool`. Full index objects of stored packs (`shard_blobs` blobs) are written under

@@ -184,6 +184,9 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
             let hashed_tx = hashed_tx.clone();
             scope.spawn(move || hash_batches(&batch_rx, &hashed_tx, id_key));
         }
+        // Only the hashers hold the receiving end: once they are gone (the packer stopped), the
+        // reader's send fails instead of waiting forever for a hasher.
+        drop(batch_rx);
         drop(hashed_tx);
         let (free_tx, window) = sync_channel::<()>(BATCH_WINDOW);
         let buffers = BufferPool::new(BATCH_BYTES);
@@ -194,7 +197,7 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
         let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
         let packer = scope.spawn(move || pack_and_assemble((hashed_rx, free_tx, returned), (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
-        let mut reader = Reader::new(plan, known, parent, batch_tx, (window, buffers));
+        let mut reader = Reader::new(plan, known, parent, batch_tx, (window, buffers), packs);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
         let packed = packer.join().map_err(|_| Error::Internal("packer thread panicked".into()))?;
@@ -400,12 +403,15 @@ struct Reader<'a> {
     entries: usize,
     /// Files with further names: walk position → manifest index.
     first_names: HashMap<usize, usize>,
+    /// The uploader's channel: closed once it failed, which stops the walk at the next entry
+    /// (also when nothing new would be packed to notice it).
+    uploads: &'a mpsc::Sender<PendingPack>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, (window, buffers): (Receiver<()>, BufferPool)) -> Self {
+    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, (window, buffers): (Receiver<()>, BufferPool), uploads: &'a mpsc::Sender<PendingPack>) -> Self {
         let feeder = Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0 };
-        Self { plan, known, parent, feeder, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
+        Self { plan, known, parent, feeder, uploads, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
     }
 
     fn finish(self) -> ReadOutcome {
@@ -451,6 +457,9 @@ impl<'a> Reader<'a> {
     }
 
     fn visit(&mut self, found: Found) -> Result<(), Error> {
+        if self.uploads.is_closed() {
+            return Err(Error::Internal("pack uploader stopped".into()));
+        }
         let position = self.found;
         self.found += 1;
         let mut meta = found.meta;
@@ -586,6 +595,8 @@ pub async fn store_tree(
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
     let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
     let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, (options.upload_concurrency, options.index_shard_blobs), pool.clone(), snapshot_id.to_owned()));
+    // Abandoned (a cancelled backup): stop uploading, which stops the reading stages too.
+    let _stop = super::pack::AbortOnDrop(uploader.abort_handle());
     let reader = {
         let id_key = repo.id_key.clone();
         let options = options.clone();

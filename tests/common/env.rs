@@ -62,6 +62,17 @@ pub struct TestEnv {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Repository settings beyond the defaults (see [`TestEnv::with_repository`]).
+#[derive(Debug, Default)]
+pub struct RepoOptions {
+    /// S3: the endpoint to use instead of the shared server's (a fault proxy in front of it).
+    pub endpoint: Option<String>,
+    /// Local: the repository directory instead of `<test dir>/repo` (e.g. on a small tmpfs).
+    pub local_path: Option<PathBuf>,
+    /// Extra `[repository]` lines, e.g. `retry_budget = "5s"`.
+    pub extra: String,
+}
+
 impl TestEnv {
     /// Creates keys, configs and the repository; clusters run the default PostgreSQL version.
     pub fn new(backend: Backend) -> Self {
@@ -70,6 +81,16 @@ impl TestEnv {
 
     /// Creates keys, configs and the repository; clusters run PostgreSQL `pg`.
     pub fn with_pg(backend: Backend, pg: PgVersion) -> Self {
+        Self::build(backend, pg, &RepoOptions::default())
+    }
+
+    /// Creates keys, configs and a repository with `options` (another endpoint or directory,
+    /// extra settings); clusters run the default PostgreSQL version.
+    pub fn with_repository(backend: Backend, options: &RepoOptions) -> Self {
+        Self::build(backend, PgVersion::default(), options)
+    }
+
+    fn build(backend: Backend, pg: PgVersion, options: &RepoOptions) -> Self {
         let dir = tempfile::Builder::new().prefix("radd-test-").tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         let root = dir.path();
@@ -80,7 +101,10 @@ impl TestEnv {
         assert!(recipient.starts_with("age1"), "keygen printed {recipient:?}");
 
         let (repository, env) = match backend {
-            Backend::Local => (format!("path = \"{}\"\n", root.join("repo").display()), Vec::new()),
+            Backend::Local => {
+                let path = options.local_path.clone().unwrap_or_else(|| root.join("repo"));
+                (format!("path = \"{}\"\n", path.display()), Vec::new())
+            }
             Backend::S3 => {
                 let server = s3::shared();
                 let prefix = format!(
@@ -92,7 +116,9 @@ impl TestEnv {
                 (
                     format!(
                         "backend = \"s3\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\nallow_http = true\n",
-                        server.bucket, server.endpoint, server.region
+                        server.bucket,
+                        options.endpoint.as_deref().unwrap_or(&server.endpoint),
+                        server.region
                     ),
                     server.env(),
                 )
@@ -100,11 +126,12 @@ impl TestEnv {
         };
         let keys = format!("recipients = [\"{recipient}\"]\nid_key_file = \"{}\"\n", root.join("id.key").display());
         let common = format!(
-            "[backup]\nstate_dir = \"{}\"\n\n[events]\ndir = \"{}\"\n\n[drills]\ndir = \"{}\"\nscratch_dir = \"{}\"\n\n[repository]\n{repository}\n",
+            "[backup]\nstate_dir = \"{}\"\n\n[events]\ndir = \"{}\"\n\n[drills]\ndir = \"{}\"\nscratch_dir = \"{}\"\n\n[repository]\n{repository}{}\n",
             root.join("state").display(),
             root.join("events").display(),
             root.join("drills").display(),
-            root.join("scratch").display()
+            root.join("scratch").display(),
+            options.extra
         );
         let push_config = root.join("radd-push.toml");
         std::fs::write(&push_config, format!("{common}[keys]\n{keys}")).expect("write config");
@@ -116,6 +143,9 @@ impl TestEnv {
         let init = env.radd_push(&["repo", "init"]);
         assert!(init.status.success(), "repo init failed: {}", stderr(&init));
         radd::pg::hand_over(env.dir.path()).expect("hand temp dir to postgres");
+        if let Some(path) = &options.local_path {
+            radd::pg::hand_over(path).expect("hand the repository to postgres");
+        }
         env
     }
 

@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod pause;
+pub mod faults;
 pub mod pg;
 pub mod s3;
 pub mod wal;
