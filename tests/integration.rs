@@ -14,6 +14,7 @@ mod fs;
 mod interrupted;
 mod pitr;
 mod restore_safety;
+mod restore_once;
 mod retention;
 mod tablespace;
 mod standby;

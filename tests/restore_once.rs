@@ -1,0 +1,87 @@
+//! Issue 13 item 4: a restore reads each pack at most once, however many incrementals lie behind
+//! the snapshot (their files alternate between the parents' packs and their own).
+
+use std::path::Path;
+
+use crate::common::env::{Backend, TestEnv, json, noise, sql, switch_and_wait_archived};
+
+/// Small packs, so a snapshot's files spread over many of them.
+fn small_packs(env: &TestEnv) {
+    for config in [&env.push_config, &env.config] {
+        let text = std::fs::read_to_string(config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+        std::fs::write(config, text).unwrap();
+    }
+}
+
+fn restore(env: &TestEnv, snapshot: &str, target: &Path) -> serde_json::Value {
+    let report = json(&env.radd(&["--json", "restore", snapshot, "--target", target.to_str().unwrap()]));
+    let (read, distinct) = (report["packs_read"].as_u64().expect("packs_read"), report["packs_distinct"].as_u64().expect("packs_distinct"));
+    assert_eq!(read, distinct, "every pack the snapshot references is read exactly once: {report:#}");
+    report
+}
+
+#[test]
+fn restore_after_ten_incrementals_reads_each_pack_once() {
+    let env = TestEnv::new(Backend::Local);
+    small_packs(&env);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, payload text NOT NULL)");
+    sql(&source, "INSERT INTO t SELECT g, 0, repeat(md5(g::text), 4) FROM generate_series(1, 40000) g");
+    let mut last = String::new();
+    let mut packs_per_backup = Vec::new();
+    for round in 0..=10 {
+        if round > 0 {
+            // Scattered updates touch pages all over the table; new rows grow it.
+            sql(&source, &format!("UPDATE t SET v = v + {round} WHERE id % 10 = {}", round % 10));
+            sql(&source, &format!("INSERT INTO t SELECT g, {round}, md5(g::text) FROM generate_series({}, {}) g", 40000 + round * 1000 + 1, 40000 + (round + 1) * 1000));
+        }
+        sql(&source, "CHECKPOINT");
+        let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+        last = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
+        packs_per_backup.push(std::fs::read_dir(env.local_object("packs")).unwrap().count());
+    }
+    let (rows, sum) = (sql(&source, "SELECT count(*) FROM t"), sql(&source, "SELECT sum(v) FROM t"));
+    switch_and_wait_archived(&source);
+    assert!(packs_per_backup[10] > packs_per_backup[0], "the incrementals added packs: {packs_per_backup:?}");
+
+    let target = env.path().join("restored");
+    let report = restore(&env, &last, &target);
+    assert!(report["packs_distinct"].as_u64().unwrap() >= 10, "the snapshot spreads over many packs: {report:#}");
+    let restored = env.restore_and_start_dir(&target, "restored");
+    assert_eq!(sql(&restored, "SELECT count(*) FROM t"), rows);
+    assert_eq!(sql(&restored, "SELECT sum(v) FROM t"), sum);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM t WHERE payload <> md5(id::text) AND payload <> repeat(md5(id::text), 4)"), "0");
+}
+
+#[test]
+fn fs_restore_after_ten_incrementals_reads_each_pack_once() {
+    let env = TestEnv::new(Backend::Local);
+    small_packs(&env);
+    let src = env.path().join("tree");
+    std::fs::create_dir(&src).unwrap();
+    let mut files: Vec<Vec<u8>> = (0..12u64).map(|i| noise(3 << 20, i + 1)).collect();
+    let mut last = String::new();
+    for round in 0..=10usize {
+        if round > 0 {
+            // Rewrite a region in the middle of three files: each then mixes old and new chunks.
+            for f in [round % 12, (round + 4) % 12, (round + 8) % 12] {
+                let at = (round * 97_003) % (2 << 20);
+                files[f][at..at + 300_000].copy_from_slice(&noise(300_000, (round * 100 + f) as u64));
+            }
+        }
+        for (i, data) in files.iter().enumerate() {
+            std::fs::write(src.join(format!("f{i}")), data).unwrap();
+        }
+        let backup = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]));
+        last = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
+    }
+    let target = env.path().join("restored");
+    let report = restore(&env, &last, &target);
+    assert!(report["packs_distinct"].as_u64().unwrap() >= 10, "the snapshot spreads over many packs: {report:#}");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    for (i, data) in files.iter().enumerate() {
+        let got = std::fs::read(restored.join(format!("f{i}"))).unwrap();
+        assert!(got == *data, "f{i} differs after the restore");
+    }
+    assert_eq!(report["files"], 12, "{report:#}");
+}
