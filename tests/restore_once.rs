@@ -85,3 +85,52 @@ fn fs_restore_after_ten_incrementals_reads_each_pack_once() {
     }
     assert_eq!(report["files"], 12, "{report:#}");
 }
+
+/// Writing out of order keeps the check as strong: each file is read back and compared with its
+/// manifest SHA-256. An index that points two blobs at each other's bytes (re-authenticated, as
+/// only a holder of the id key could) makes the restore fail with exit 3 naming a file, and
+/// nothing is left behind.
+#[test]
+fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_nothing() {
+    let env = TestEnv::new(Backend::Local);
+    let src = env.path().join("pair");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), noise(100_000, 1)).unwrap();
+    std::fs::write(src.join("b"), noise(100_000, 2)).unwrap();
+    let snapshot = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"].as_str().unwrap().to_owned();
+
+    // New repositories are of format 2: keyed BLAKE3.
+    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key")).expect("id key").with_scheme(radd::crypto::IdScheme::Blake3);
+    let mut swapped = 0;
+    for entry in std::fs::read_dir(env.local_object("index")).unwrap() {
+        let path = entry.unwrap().path();
+        let body = std::fs::read(&path).unwrap();
+        let mut index: serde_json::Value = serde_json::from_slice(&body[40..]).expect("index record is JSON");
+        for pack in index["packs"].as_array_mut().unwrap() {
+            let blobs = pack["blobs"].as_array_mut().unwrap();
+            let equal: Vec<usize> = (0..blobs.len()).filter(|&i| blobs[i][2] == 100_000).collect();
+            if let [i, j] = equal[..] {
+                let offset = blobs[i][1].clone();
+                blobs[i][1] = blobs[j][1].clone();
+                blobs[j][1] = offset;
+                swapped += 1;
+            }
+        }
+        let json = serde_json::to_vec(&index).unwrap();
+        let mut record = body[..8].to_vec();
+        record.extend_from_slice(&id_key.digest(&json).0);
+        record.extend_from_slice(&json);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(&path, record).unwrap();
+    }
+    assert_eq!(swapped, 1, "the two files' blobs share one pack");
+
+    let target = env.path().join("restored");
+    let out = env.radd(&["restore", &snapshot, "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", crate::common::env::stderr(&out));
+    let err = crate::common::env::stderr(&out);
+    assert!(err.contains("does not match its manifest SHA-256") && (err.contains("pair/a") || err.contains("pair/b")), "{err}");
+    assert!(!target.exists(), "a failed restore leaves no target");
+    let staging: Vec<_> = std::fs::read_dir(env.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains("radd-restore")).collect();
+    assert!(staging.is_empty(), "no staging directory is left: {staging:?}");
+}
