@@ -74,5 +74,8 @@ PY
 printf '%-26s %8s %8s %8s %10s %14s\n' restore wall_s cpu_s rss_MiB packs_read packs_distinct
 measure "full (first snapshot)" "$W/radd" "$first"
 measure "after $N incrementals" "$W/radd" "$last"
-[ -n "${RADD_BEFORE:-}" ] && measure "after $N, RADD_BEFORE" "$W/radd-before" "$last"
+if [ -n "${RADD_BEFORE:-}" ]; then
+  measure "full, RADD_BEFORE" "$W/radd-before" "$first"
+  measure "after $N, RADD_BEFORE" "$W/radd-before" "$last"
+fi
 echo "cluster: $size MiB on disk (pgbench scale $SCALE), $N incrementals of $TX transactions each"

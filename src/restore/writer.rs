@@ -131,6 +131,9 @@ fn create_tree(manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<Vec<
             // A file, or a hard link whose first name is not restored (--include): the content
             // is restored under this name.
             EntryKind::File { .. } | EntryKind::Hardlink { .. } => {
+                if content(manifest, wanted, index).is_none() {
+                    return Err(Error::Io { what: "restore hard link (its first name is not a file)", path, source: std::io::Error::other("corrupt manifest") });
+                }
                 let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
                 file.set_len(entry.size).map_err(io_err("set the size of", &path))?;
             }
@@ -162,8 +165,7 @@ fn set_metadata(manifest: &Manifest, wanted: &[bool], paths: &[Option<PathBuf>])
             set_mtime(path, entry.mtime, entry.mtime_nsec)?;
         }
     }
-    // Deepest first: setting a directory's metadata does not change its parent's mtime, but
-    // entries are in walk order (parents first), so this also suits any later change.
+    // Directories last, deepest first (entries are in walk order, parents first).
     for (path, secs, nsec) in dirs.iter().rev() {
         set_mtime(path, *secs, *nsec)?;
     }
