@@ -21,6 +21,7 @@ mod interrupted;
 mod pitr;
 mod prometheus;
 mod restore_safety;
+mod restore_once;
 mod retention;
 mod tablespace;
 mod standby;

@@ -38,7 +38,7 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
         config_dir: None,
     };
     match restore::run(repo, &restore_options).await {
-        Ok(r) => record(progress, "checksums", CheckStatus::Passed, format!("{} files, {} bytes match their manifest SHA-256", r.files, r.bytes), t),
+        Ok(r) => record(progress, "checksums", CheckStatus::Passed, format!("{} files, {} bytes match their manifest SHA-256 ({} packs read for {} distinct)", r.files, r.bytes, r.packs_read, r.packs_distinct), t),
         Err(e) => return record(progress, "checksums", CheckStatus::Failed, e.to_string(), t),
     }
     let t = Instant::now();

@@ -167,8 +167,8 @@ async fn steps(
         },
     )
     .await;
-    let files = match restored {
-        Ok(r) => r.files,
+    let (files, packs) = match restored {
+        Ok(r) => (r.files, format!("{} packs read for {} distinct", r.packs_read, r.packs_distinct)),
         Err(e) => {
             let check = if def.checks.checksums { "checksums" } else { "restore" };
             return record(progress, check, CheckStatus::Failed, e.to_string(), t);
@@ -211,7 +211,7 @@ async fn steps(
         p.rto = Some(rto);
     }
     if def.checks.checksums {
-        record(progress, "checksums", CheckStatus::Passed, format!("{files} files match their manifest SHA-256; every replayed WAL segment decrypted and matched its digest"), restore_took);
+        record(progress, "checksums", CheckStatus::Passed, format!("{files} files match their manifest SHA-256 ({packs}); every replayed WAL segment decrypted and matched its digest"), restore_took);
     }
     if def.checks.starts {
         record(progress, "starts", CheckStatus::Passed, format!("consistent and promoted (socket {}, port {port}); queryable {rto:.1}s after drill start (RTO)", cluster.host()), t);

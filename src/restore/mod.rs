@@ -8,6 +8,8 @@
 //! place only when everything is written, verified and fsync'd: a failed restore leaves nothing
 //! that looks like a data directory.
 
+mod content;
+mod pack_plan;
 mod recovery;
 mod target;
 mod tablespace;
@@ -67,6 +69,18 @@ pub enum Error {
         path: String,
         /// Why.
         source: Box<Error>,
+    },
+    /// The index places a blob outside the pack that holds it.
+    #[error("{pack} is shorter than its index says: the blob at offset {offset} ({length} bytes) that {path} needs lies outside it; the repository is damaged (run `radd verify --read-data`)")]
+    BlobOutsidePack {
+        /// The pack's key.
+        pack: String,
+        /// Offset of the blob in the pack's plaintext.
+        offset: u32,
+        /// Its length.
+        length: u32,
+        /// The file it belongs to.
+        path: String,
     },
     /// A restored file does not match its manifest checksum.
     #[error("restored file {path} does not match its manifest SHA-256 (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)")]
@@ -142,7 +156,7 @@ impl Error {
             Error::File { source, .. } => source.kind(),
             Error::NotPg(_) => ErrorKind::Config,
             Error::Wal { source, .. } => source.kind(),
-            Error::MissingChunk { .. } | Error::Checksum { .. } => ErrorKind::Integrity,
+            Error::MissingChunk { .. } | Error::BlobOutsidePack { .. } | Error::Checksum { .. } => ErrorKind::Integrity,
             Error::Io { .. } => ErrorKind::Io,
             Error::Snapshot(e) => e.kind(),
             Error::Repository(e) => e.kind(),
@@ -202,6 +216,12 @@ pub struct RestoreReport {
     pub files: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Packs fetched and decrypted for the files' content (the manifest's own entry packs, read
+    /// while loading it, are not counted). Equal to `packs_distinct`: a restore reads each pack
+    /// once.
+    pub packs_read: u64,
+    /// Distinct packs holding the content of the files restored.
+    pub packs_distinct: u64,
     /// Last WAL segment of the verified chain.
     pub wal_chain_end: String,
     /// Recovery target written (PostgreSQL snapshots).
@@ -319,7 +339,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         Ok::<_, Error>(written)
     }
     .await;
-    let (files, bytes) = match result {
+    let written = match result {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -336,8 +356,10 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     Ok(RestoreReport {
         snapshot_id: record.id,
         target: options.target.clone(),
-        files,
-        bytes,
+        files: written.files,
+        bytes: written.bytes,
+        packs_read: written.packs_read,
+        packs_distinct: written.packs_distinct,
         wal_chain_end,
         recovery_target: if record.pg.is_some() { plan.recovery.to_string() } else { String::new() },
         timeline: plan.timeline.map(|t| t.0),

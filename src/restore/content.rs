@@ -1,0 +1,340 @@
+//! The content of the restored files: packs read once each, in the turns of the [`PackPlan`],
+//! every blob written where the snapshot has it, and every file verified against its manifest
+//! SHA-256 by reading it back once its last chunk is written.
+//!
+//! Three stages run at once: packs are fetched, decrypted and decompressed ahead of the writer
+//! ([`PACKS_AHEAD`] at a time, into recycled buffers); the writer puts each pack's blobs into
+//! their files with positioned writes (blobs back to back in both pack and file as one write;
+//! all-zero blobs are skipped, so they stay holes of the files created at their full size);
+//! [`HASHERS`] threads read each completed file back (from the page cache, just written) and
+//! compare its SHA-256 with the manifest's. Hashing what is on disk, not what was meant to be
+//! written, also catches a misplaced or missing write. The first mismatch stops the writer, and
+//! the restore fails before anything leaves the staging directory. Packs are opened without
+//! recomputing their keyed digest: the file checksums cover every byte restored.
+//!
+//! Memory: at most [`PACKS_AHEAD`] packs being fetched, one queued and one being written.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::pack_plan::{PackPlan, Placement};
+use super::{Error, io_err};
+use crate::codec::ObjectKind;
+use crate::crypto::{Digest, Sha256Stream};
+use crate::repo::ObjectKey;
+use crate::repository::Repository;
+use crate::snapshot::{BlobIndex, BufferPool};
+
+/// Packs fetched and decrypted ahead of the writer.
+const PACKS_AHEAD: usize = 2;
+/// Threads reading completed files back to check them.
+const HASHERS: usize = 2;
+/// Completed files queued for the hashers (the writer waits when they fall this far behind).
+const HASH_QUEUE: usize = 64;
+/// Read size when hashing a file back.
+const READ_BUFFER: usize = 1 << 20;
+
+/// A file being restored: where it is written and what it must hash to.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target<'a> {
+    /// Its path in the staging directory.
+    pub path: &'a Path,
+    /// Its path in the manifest (named in errors).
+    pub name: &'a str,
+    /// Its manifest SHA-256.
+    pub expected: Digest,
+}
+
+/// A decrypted pack; its buffer goes back to the pool when it is dropped, so a restore reuses a
+/// handful of pack buffers instead of allocating one per pack.
+struct PackData {
+    data: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl Drop for PackData {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.data));
+    }
+}
+
+/// A pack in its turn, or why it could not be read.
+type Fetched = Result<(u32, PackData), (u32, Error)>;
+
+/// Writes and verifies the content of every file in `plan` (`targets` is indexed by manifest
+/// entry; every entry the plan names has one). Returns the number of packs fetched and
+/// decrypted.
+///
+/// # Errors
+/// The first checksum mismatch, else the first read or write failure, the file it was for named.
+pub(super) async fn write(repo: &Repository, index: &BlobIndex, plan: &PackPlan, targets: &[Option<Target<'_>>]) -> Result<u64, Error> {
+    let packs_read = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = mpsc::channel::<Fetched>(1);
+    let fetch = {
+        let (repo, pool, counter) = (repo.clone(), BufferPool::new(0), Arc::clone(&packs_read));
+        let packs: Vec<(u32, String)> = (0u32..).zip(&plan.packs).map(|(turn, p)| (turn, index.packs[p.number as usize].clone())).collect();
+        tokio::spawn(async move {
+            let mut stream = futures::stream::iter(packs)
+                .map(|(turn, id)| {
+                    let (repo, pool, counter) = (repo.clone(), pool.clone(), Arc::clone(&counter));
+                    async move {
+                        let data = repo.get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(id), pool.get()).await.map_err(|e| (turn, Error::from(e)))?;
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, (u32, Error)>((turn, PackData { data, pool }))
+                    }
+                })
+                .buffered(PACKS_AHEAD);
+            while let Some(pack) = stream.next().await {
+                let failed = pack.is_err();
+                if tx.send(pack).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    };
+    let hashers = Hashers::start();
+    let written = write_packs(&mut rx, index, plan, targets, &hashers).await;
+    fetch.abort();
+    // A checksum mismatch is the cause of any write failure that follows it.
+    hashers.finish()?;
+    written?;
+    Ok(packs_read.load(Ordering::Relaxed))
+}
+
+fn target_of<'t, 'a>(targets: &'t [Option<Target<'a>>], file: u32) -> Result<&'t Target<'a>, Error> {
+    targets.get(file as usize).and_then(Option::as_ref).ok_or_else(|| Error::Io {
+        what: "restore: the plan names an entry that has no file",
+        path: PathBuf::from(file.to_string()),
+        source: std::io::Error::other("internal error"),
+    })
+}
+
+async fn write_packs(rx: &mut mpsc::Receiver<Fetched>, index: &BlobIndex, plan: &PackPlan, targets: &[Option<Target<'_>>], hashers: &Hashers) -> Result<(), Error> {
+    let mut left = plan.chunks.clone();
+    // Files without content are complete already.
+    for (entry, target) in targets.iter().enumerate() {
+        if let Some(target) = target
+            && left[entry] == 0
+        {
+            hashers.check(target)?;
+        }
+    }
+    for (planned, group) in plan.groups() {
+        hashers.check_running()?;
+        let turn = group[0].turn;
+        let pack = match rx.recv().await {
+            Some(Ok((got, pack))) if got == turn => pack,
+            Some(Err((_, e))) => return Err(Error::File { path: target_of(targets, planned.first_file)?.name.to_owned(), source: Box::new(e) }),
+            _ => return Err(Error::Io {
+                what: "restore: pack prefetch out of order for",
+                path: PathBuf::from(target_of(targets, planned.first_file)?.name),
+                source: std::io::Error::other("prefetch stream ended or diverged"),
+            }),
+        };
+        let name = &index.packs[planned.number as usize];
+        write_pack((&pack.data, name), group, targets, &mut left, hashers)?;
+    }
+    Ok(())
+}
+
+/// Bytes of one file waiting to be written with one call: blobs back to back in the pack and
+/// in the file (as a file's blocks in its first backup are).
+struct Run {
+    file_offset: u64,
+    pack: std::ops::Range<usize>,
+}
+
+/// Writes the blobs of one pack (its plaintext and its id) into their files (`group`: its
+/// placements, sorted by file).
+fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[Option<Target<'_>>], left: &mut [u32], hashers: &Hashers) -> Result<(), Error> {
+    let mut open: Option<(u32, std::fs::File)> = None;
+    let mut run: Option<Run> = None;
+    let flush = |run: &mut Option<Run>, open: &Option<(u32, std::fs::File)>, target: &Target<'_>| -> Result<(), Error> {
+        if let (Some(r), Some((_, file))) = (run.take(), open) {
+            file.write_all_at(&pack[r.pack], r.file_offset).map_err(io_err("write", target.path))?;
+        }
+        Ok(())
+    };
+    for p in group {
+        let target = target_of(targets, p.file)?;
+        if open.as_ref().is_none_or(|(f, _)| *f != p.file) {
+            if let Some((previous, _)) = &open {
+                flush(&mut run, &open, target_of(targets, *previous)?)?;
+            }
+            let file = std::fs::OpenOptions::new().write(true).open(target.path).map_err(io_err("open", target.path))?;
+            open = Some((p.file, file));
+        }
+        let range = p.pack_offset as usize..p.pack_offset as usize + p.length as usize;
+        let Some(bytes) = pack.get(range.clone()) else {
+            return Err(Error::BlobOutsidePack { pack: ObjectKey::Pack(pack_name.to_owned()).to_string(), offset: p.pack_offset, length: p.length, path: target.name.to_owned() });
+        };
+        if is_zero(bytes) {
+            // A hole: the file was created at its full size.
+            flush(&mut run, &open, target)?;
+        } else {
+            match &mut run {
+                Some(r) if r.pack.end == range.start && r.file_offset + r.pack.len() as u64 == p.file_offset => r.pack.end = range.end,
+                _ => {
+                    flush(&mut run, &open, target)?;
+                    run = Some(Run { file_offset: p.file_offset, pack: range });
+                }
+            }
+        }
+        let remaining = &mut left[p.file as usize];
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            flush(&mut run, &open, target)?;
+            open = None;
+            hashers.check(target)?;
+        }
+    }
+    if let Some((file, _)) = &open {
+        flush(&mut run, &open, target_of(targets, *file)?)?;
+    }
+    Ok(())
+}
+
+/// Whether every byte is zero (64 bytes at a time: the compiler vectorises the inner fold).
+fn is_zero(data: &[u8]) -> bool {
+    let chunks = data.chunks_exact(64);
+    let tail = chunks.remainder();
+    chunks.into_iter().all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0) && tail.iter().all(|&b| b == 0)
+}
+
+/// A completed file to check.
+struct Check {
+    path: PathBuf,
+    name: String,
+    expected: Digest,
+}
+
+/// Threads that read completed files back and compare them with their manifest SHA-256.
+struct Hashers {
+    tx: SyncSender<Check>,
+    failed: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<(), Error>>>,
+}
+
+impl Hashers {
+    fn start() -> Self {
+        let (tx, rx) = sync_channel::<Check>(HASH_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(AtomicBool::new(false));
+        let threads = (0..HASHERS)
+            .map(|_| {
+                let (rx, failed) = (Arc::clone(&rx), Arc::clone(&failed));
+                std::thread::spawn(move || {
+                    let result = hash_files(&rx);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            })
+            .collect();
+        Self { tx, failed, threads }
+    }
+
+    /// Queues a completed file (waits while the hashers are [`HASH_QUEUE`] files behind).
+    fn check(&self, target: &Target<'_>) -> Result<(), Error> {
+        self.check_running()?;
+        let check = Check { path: target.path.to_owned(), name: target.name.to_owned(), expected: target.expected };
+        // A closed channel means every hasher stopped at a failure; `finish` reports it.
+        self.tx.send(check).map_err(|_| Self::stopped())
+    }
+
+    /// Fails once a hasher found a problem, so the writer stops early; `finish` reports it.
+    fn check_running(&self) -> Result<(), Error> {
+        if self.failed.load(Ordering::Relaxed) { Err(Self::stopped()) } else { Ok(()) }
+    }
+
+    fn stopped() -> Error {
+        Error::Io { what: "restore: verification stopped", path: PathBuf::new(), source: std::io::Error::other("a restored file failed its check") }
+    }
+
+    /// Waits until every queued file is checked; the first failure, if any.
+    fn finish(self) -> Result<(), Error> {
+        drop(self.tx);
+        let mut first = Ok(());
+        for thread in self.threads {
+            let result = thread.join().unwrap_or_else(|_| {
+                Err(Error::Io { what: "restore: a verifying thread panicked", path: PathBuf::new(), source: std::io::Error::other("panic") })
+            });
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+/// A hasher thread: checks files until the queue closes or one fails.
+fn hash_files(rx: &Mutex<Receiver<Check>>) -> Result<(), Error> {
+    let mut buffer = vec![0u8; READ_BUFFER];
+    loop {
+        let next = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return Ok(()),
+        };
+        let Ok(check) = next else { return Ok(()) };
+        hash_file(&check, &mut buffer)?;
+    }
+}
+
+/// Reads a restored file back and compares its SHA-256 with the manifest's; then asks the
+/// kernel to write it back now (so the final fsync finds little left) and drop it from the cache.
+fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(&check.path).map_err(io_err("read back", &check.path))?;
+    let mut sha = Sha256Stream::default();
+    let mut length = 0u64;
+    loop {
+        let n = match file.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("read back", &check.path)(e)),
+        };
+        sha.update(&buffer[..n]);
+        length += n as u64;
+    }
+    let actual = sha.finish();
+    if actual != check.expected {
+        return Err(Error::Checksum { path: check.name.clone(), expected: check.expected.to_string(), actual: actual.to_string() });
+    }
+    start_writeback(&file, length);
+    Ok(())
+}
+
+/// Asks the kernel to start writing a file back now (`POSIX_FADV_DONTNEED` queues dirty pages
+/// for writeback without waiting, and drops clean ones). Only a hint: failures are ignored.
+fn start_writeback(file: &std::fs::File, length: u64) {
+    let Ok(length) = i64::try_from(length) else { return };
+    if length > 0 {
+        let _ = nix::fcntl::posix_fadvise(file, 0, length, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection_looks_at_every_byte() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 8192]));
+        for len in [1, 63, 64, 65, 8192] {
+            for at in [0, len / 2, len - 1] {
+                let mut data = vec![0u8; len];
+                data[at] = 1;
+                assert!(!is_zero(&data), "byte {at} of {len}");
+            }
+        }
+    }
+}
