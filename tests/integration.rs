@@ -17,6 +17,7 @@ mod drill_safety;
 mod event_rules;
 mod faults;
 mod fs;
+mod info;
 mod interrupted;
 mod pitr;
 mod prometheus;

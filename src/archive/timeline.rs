@@ -146,6 +146,20 @@ impl Timelines {
         Some(forks[start..].to_vec())
     }
 
+    /// Every timeline the archive has a segment or a history file of, oldest first.
+    #[must_use]
+    pub fn timelines(&self) -> Vec<Timeline> {
+        let mut all: BTreeSet<Timeline> = self.segments.keys().copied().collect();
+        all.extend(self.histories.keys().copied());
+        all.into_iter().collect()
+    }
+
+    /// The segment size names were read with.
+    #[must_use]
+    pub fn segment_size(&self) -> SegmentSize {
+        self.segment_size
+    }
+
     /// Numbers of the segments archived on `timeline`.
     #[must_use]
     pub fn segment_numbers(&self, timeline: Timeline) -> BTreeSet<u64> {

@@ -15,6 +15,7 @@ mod daemon;
 mod demo;
 mod drill;
 mod events;
+mod info;
 mod keys;
 mod restore;
 mod retention;
@@ -69,6 +70,9 @@ pub enum Command {
     Backup(backup::BackupCommand),
     /// List snapshots.
     Snapshots,
+    /// What can be restored: per timeline the window (oldest backup to newest WAL), backups
+    /// with sizes and durations, each drill's last result.
+    Info,
     /// Restore a snapshot into a new directory (PostgreSQL: ready to recover to a target).
     Restore(restore::RestoreArgs),
     /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
@@ -172,6 +176,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::WalFetch(a) => wal::fetch(args, a).await,
         Command::Backup(c) => backup::run(args, c).await,
         Command::Snapshots => backup::snapshots(args).await,
+        Command::Info => info::run(args).await,
         Command::Restore(a) => restore::run(args, a).await,
         Command::Forget(a) => retention::forget(args, a).await,
         Command::Prune(a) => retention::prune(args, a).await,

@@ -1,0 +1,191 @@
+//! `radd info` (as `pgbackrest info`): what can be restored, from one screen — per timeline the
+//! restorable window (oldest base backup's start to the newest archived WAL, with its age), the
+//! backups with sizes and durations, and each drill's last result with RPO/RTO.
+
+use chrono::{DateTime, Utc};
+use radd::archive::Timelines;
+use radd::events::EventKind;
+use radd::pg::{Timeline, WalFileName};
+use radd::snapshot::{self, SnapshotKind, SnapshotRecord};
+use serde::Serialize;
+
+use super::{Args, human_bytes, open_repo, print_json};
+
+/// The whole report (`radd info --json`).
+#[derive(Debug, Serialize)]
+struct Info {
+    repository: String,
+    timelines: Vec<TimelineInfo>,
+    backups: Vec<BackupInfo>,
+    drills: Vec<DrillInfo>,
+}
+
+/// One timeline's restorable window.
+#[derive(Debug, Serialize)]
+struct TimelineInfo {
+    timeline: u32,
+    /// Base backups whose WAL is on this timeline.
+    backups: usize,
+    /// Start of the oldest of them: the window's beginning.
+    oldest_backup_start: Option<String>,
+    /// Its start LSN.
+    oldest_backup_start_lsn: Option<String>,
+    /// The newest archived segment: the window's end is in it.
+    newest_wal: Option<String>,
+    /// When it was stored.
+    newest_wal_stored: Option<String>,
+    /// Seconds since then.
+    newest_wal_age_seconds: Option<i64>,
+}
+
+/// One snapshot.
+#[derive(Debug, Serialize)]
+struct BackupInfo {
+    id: String,
+    kind: &'static str,
+    started: String,
+    finished: String,
+    duration_seconds: Option<f64>,
+    timeline: Option<u32>,
+    total_bytes: u64,
+    new_bytes: u64,
+    uploaded_bytes: u64,
+}
+
+/// A drill's last recorded run.
+#[derive(Debug, Serialize)]
+struct DrillInfo {
+    drill: String,
+    time: String,
+    passed: bool,
+    rpo_seconds: Option<f64>,
+    rto_seconds: Option<f64>,
+    title: String,
+}
+
+fn parse(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn backup_info(s: &SnapshotRecord) -> BackupInfo {
+    let duration = parse(&s.started).zip(parse(&s.finished)).map(|(a, b)| (b - a).num_milliseconds() as f64 / 1000.0);
+    BackupInfo {
+        id: s.id.clone(),
+        kind: if s.kind == SnapshotKind::Pg { "pg" } else { "fs" },
+        started: s.started.clone(),
+        finished: s.finished.clone(),
+        duration_seconds: duration,
+        timeline: s.pg.as_ref().map(|pg| pg.timeline.0),
+        total_bytes: s.total_bytes,
+        new_bytes: s.new_bytes,
+        uploaded_bytes: s.uploaded_bytes,
+    }
+}
+
+/// Runs `radd info`.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let (config, repo) = open_repo(args, false).await?;
+    let records = snapshot::list(&repo).await.map_err(radd::Error::from)?;
+    let size = radd::archive::segment_size(&repo).await.map_err(radd::Error::from)?.or_else(|| records.iter().find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size)));
+    let now = Utc::now();
+    let mut timelines = Vec::new();
+    if let Some(size) = size {
+        let archive = Timelines::load(&repo, size).await.map_err(radd::Error::from)?;
+        let mut all = archive.timelines();
+        for r in &records {
+            if let Some(pg) = &r.pg
+                && !all.contains(&pg.timeline)
+            {
+                all.push(pg.timeline);
+            }
+        }
+        all.sort();
+        for timeline in all {
+            timelines.push(timeline_info(&archive, &records, timeline, now));
+        }
+    }
+    let drills = last_drills(&config)?;
+    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), drills };
+    if args.json {
+        return print_json(&info);
+    }
+    print_text(&info);
+    Ok(())
+}
+
+fn timeline_info(archive: &Timelines, records: &[SnapshotRecord], timeline: Timeline, now: DateTime<Utc>) -> TimelineInfo {
+    let on_timeline: Vec<&SnapshotRecord> = records.iter().filter(|r| r.pg.as_ref().is_some_and(|pg| pg.timeline == timeline)).collect();
+    let oldest = on_timeline.iter().min_by_key(|r| r.pg.as_ref().map(|pg| pg.start_lsn));
+    let newest = archive.newest_segment(timeline);
+    TimelineInfo {
+        timeline: timeline.0,
+        backups: on_timeline.len(),
+        oldest_backup_start: oldest.map(|r| r.started.clone()),
+        oldest_backup_start_lsn: oldest.and_then(|r| r.pg.as_ref()).map(|pg| pg.start_lsn.to_string()),
+        newest_wal: newest.map(|(number, _)| WalFileName::Segment { timeline, number }.to_name(archive.segment_size())),
+        newest_wal_stored: newest.map(|(_, at)| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        newest_wal_age_seconds: newest.map(|(_, at)| (now - at).num_seconds().max(0)),
+    }
+}
+
+/// Each drill's newest event in the log.
+fn last_drills(config: &radd::config::Config) -> anyhow::Result<Vec<DrillInfo>> {
+    let log = radd::jobs::event_log(config)?;
+    let events = log.read_all().map_err(radd::Error::from)?;
+    let mut last: std::collections::BTreeMap<String, DrillInfo> = std::collections::BTreeMap::new();
+    for event in events {
+        let Some(drill) = event.source.strip_prefix("drill.") else { continue };
+        let number = |key: &str| event.details.get(key).and_then(serde_json::Value::as_f64);
+        last.insert(
+            drill.to_owned(),
+            DrillInfo {
+                drill: drill.to_owned(),
+                time: event.time.clone(),
+                passed: event.kind == EventKind::Change,
+                rpo_seconds: number("rpo_seconds"),
+                rto_seconds: number("rto_seconds"),
+                title: event.title.clone(),
+            },
+        );
+    }
+    Ok(last.into_values().collect())
+}
+
+fn print_text(info: &Info) {
+    let age = |s: Option<i64>| s.map_or("-".to_owned(), |s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string());
+    outln!("repository {}", info.repository);
+    if info.timelines.is_empty() {
+        outln!("  no WAL archived and no base backup: nothing PostgreSQL can be restored to yet");
+    }
+    for t in &info.timelines {
+        outln!(
+            "  timeline {}: restorable from {} ({}) to {} (stored {} ago); {} base backup(s)",
+            t.timeline,
+            t.oldest_backup_start.as_deref().unwrap_or("- (no base backup)"),
+            t.oldest_backup_start_lsn.as_deref().unwrap_or("-"),
+            t.newest_wal.as_deref().unwrap_or("- (no WAL)"),
+            age(t.newest_wal_age_seconds),
+            t.backups
+        );
+    }
+    outln!("backups:");
+    for b in &info.backups {
+        outln!(
+            "  {:<26} {:<2} finished {:<24} {:>8}  {:>10} total {:>10} new",
+            b.id,
+            b.kind,
+            b.finished,
+            b.duration_seconds.map_or("-".into(), |d| format!("{d:.1}s")),
+            human_bytes(b.total_bytes),
+            human_bytes(b.new_bytes)
+        );
+    }
+    outln!("drills (last run):");
+    if info.drills.is_empty() {
+        outln!("  none recorded");
+    }
+    for d in &info.drills {
+        let secs = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1}s"));
+        outln!("  {:<20} {} {:<6} RPO {} RTO {}", d.drill, d.time, if d.passed { "PASSED" } else { "FAILED" }, secs(d.rpo_seconds), secs(d.rto_seconds));
+    }
+}
