@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod keyset;
 pub mod metrics;
 pub mod pg;
+pub mod preflight;
 pub mod repo;
 pub mod repository;
 pub mod restore;

@@ -11,6 +11,7 @@ macro_rules! outln {
 
 mod backup;
 mod browse;
+mod check;
 mod daemon;
 mod demo;
 mod drill;
@@ -68,6 +69,9 @@ pub enum Command {
     /// Take a backup.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Pre-flight checks: config, repository, keys, PostgreSQL and grants, archive_command, and a
+    /// live WAL round trip. Exit 4 when one fails.
+    Check(check::CheckArgs),
     /// List snapshots.
     Snapshots,
     /// What can be restored: per timeline the window (oldest backup to newest WAL), backups
@@ -175,6 +179,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::WalPush(a) => wal::push(args, a).await,
         Command::WalFetch(a) => wal::fetch(args, a).await,
         Command::Backup(c) => backup::run(args, c).await,
+        Command::Check(a) => check::run(args, a).await,
         Command::Snapshots => backup::snapshots(args).await,
         Command::Info => info::run(args).await,
         Command::Restore(a) => restore::run(args, a).await,
