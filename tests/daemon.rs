@@ -35,7 +35,7 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
 
     let port = radd::pg::free_port().expect("port");
     let config = std::fs::read_to_string(&env.config).unwrap()
-        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n");
+        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nverify_schedule = \"* * * * * *\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n");
     let daemon_config = env.path().join("daemon.toml");
     std::fs::write(&daemon_config, config).unwrap();
     let mut cmd = std::process::Command::new(radd_binary());
@@ -68,6 +68,8 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
         assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
     }
     promtool_check(&metrics);
+    // The verify scheduled every second has finished at least once by now.
+    std::thread::sleep(Duration::from_secs(3));
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -82,6 +84,10 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
     child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     assert!(status.success(), "daemon exit {status}: {log}");
     assert!(log.contains("daemon stopped"), "{log}");
+    // One line per scheduled run: task, outcome, duration, what it did.
+    let line = log.lines().find(|l| l.contains("task finished") && l.contains("task=verify")).unwrap_or_else(|| panic!("no task line: {log}"));
+    assert!(line.contains("outcome=\"ok\"") || line.contains("outcome=ok"), "{line}");
+    assert!(line.contains("seconds=") && line.contains("objects"), "{line}");
 }
 
 /// `promtool check metrics` when promtool is installed; under CI it must be (.ci/run installs it).

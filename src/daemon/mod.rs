@@ -136,9 +136,10 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         tasks.spawn(cron_loop("backup.pg".into(), schedule, stop.clone(), move || {
             let st = st.clone();
             async move {
-                if let Err(error) = jobs::backup_pg(&st.config, &st.events, false).await {
-                    tracing::error!(job = "backup.pg", error = %error, "scheduled backup failed");
-                }
+                jobs::backup_pg(&st.config, &st.events, false)
+                    .await
+                    .map(|r| format!("snapshot {}: {} bytes new of {}", r.snapshot_id, r.new_bytes, r.total_bytes))
+                    .map_err(|e| e.to_string())
             }
         }));
     }
@@ -152,10 +153,10 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         tasks.spawn(cron_loop("retention".into(), schedule, stop.clone(), move || {
             let st = st.clone();
             async move {
-                match jobs::retention(&st.config, &st.events, grace).await {
-                    Ok(report) => tracing::info!(bytes_reclaimed = report.bytes_reclaimed, "scheduled retention done"),
-                    Err(error) => tracing::error!(error = %error, "scheduled retention failed"),
-                }
+                jobs::retention(&st.config, &st.events, grace)
+                    .await
+                    .map(|r| format!("{} bytes reclaimed ({} packs, {} WAL files)", r.bytes_reclaimed, r.packs_deleted, r.wal_deleted))
+                    .map_err(|e| e.to_string())
             }
         }));
     }
@@ -170,9 +171,9 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
             async move {
                 let scope = jobs::VerifyScope::Due { period_days };
                 match jobs::verify(&st.config, &st.events, scope, Utc::now()).await {
-                    Ok(report) if report.ok => tracing::info!(objects = report.objects_checked, "scheduled verification ok"),
-                    Ok(report) => tracing::error!(problems = report.problems.len(), "scheduled verification found problems"),
-                    Err(error) => tracing::error!(error = %error, "scheduled verification could not run"),
+                    Ok(report) if report.ok => Ok(format!("{} objects, {} bytes read", report.objects_checked, report.bytes_read)),
+                    Ok(report) => Err(format!("{} problem(s) found", report.problems.len())),
+                    Err(error) => Err(format!("could not run: {error}")),
                 }
             }
         }));
@@ -195,9 +196,10 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
                 let cancel = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                if let Err(error) = jobs::backup_fs(&st.config, &st.events, &job.name, options, cancel).await {
-                    tracing::error!(job = %job.name, error = %error, "scheduled file-tree snapshot failed");
-                }
+                jobs::backup_fs(&st.config, &st.events, &job.name, options, cancel)
+                    .await
+                    .map(|r| format!("snapshot {}: {} files, {} bytes", r.snapshot_id, r.files, r.total_bytes))
+                    .map_err(|e| e.to_string())
             }
         }));
     }
@@ -217,15 +219,14 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
         state.metrics.drill_configured(&definition);
         let st = state.clone();
         let name = format!("drill.{}", definition.name);
-        tasks.spawn(cron_loop(name.clone(), schedule, stop.clone(), move || {
+        tasks.spawn(cron_loop(name, schedule, stop.clone(), move || {
             let st = st.clone();
             let definition = definition.clone();
-            let name = name.clone();
             async move {
                 match jobs::run_drill(&st.config, &st.events, definition, false, st.restore_command.clone()).await {
-                    Ok(report) if report.passed => tracing::info!(job = %name, "scheduled drill passed"),
-                    Ok(report) => tracing::error!(job = %name, failed = ?report.failed_checks(), "scheduled drill failed"),
-                    Err(error) => tracing::error!(job = %name, error = %error, "scheduled drill could not run"),
+                    Ok(report) if report.passed => Ok(format!("passed; RPO {:?}s RTO {:?}s", report.rpo_seconds, report.rto_seconds)),
+                    Ok(report) => Err(format!("failed checks: {}", report.failed_checks().join(", "))),
+                    Err(error) => Err(format!("could not run: {error}")),
                 }
             }
         }));
@@ -239,22 +240,29 @@ fn schedule_jobs(state: &State, stop: &signal_watch::Receiver<bool>, tasks: &mut
 async fn cron_loop<F, Fut>(name: String, schedule: cron::Schedule, mut stop: signal_watch::Receiver<bool>, job: F)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = Result<String, String>>,
 {
     loop {
         let Some(next) = schedule.upcoming(Utc).next() else {
-            tracing::warn!(job = %name, "schedule has no future occurrence");
+            tracing::warn!(task = %name, "schedule has no future occurrence");
             return;
         };
-        tracing::info!(job = %name, next = %next.to_rfc3339(), "next run scheduled");
+        tracing::info!(task = %name, next = %next.to_rfc3339(), "next run scheduled");
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(wait) => {}
         }
-        job().instrument(tracing::info_span!("job", job = %name)).await;
+        // One line per run: task, outcome, duration, what it did or why it failed.
+        let started = std::time::Instant::now();
+        let outcome = job().instrument(tracing::info_span!("task", task = %name)).await;
+        let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        match outcome {
+            Ok(detail) => tracing::info!(task = %name, outcome = "ok", seconds, detail = %detail, "task finished"),
+            Err(detail) => tracing::error!(task = %name, outcome = "failed", seconds, detail = %detail, "task finished"),
+        }
         if let Some(missed) = schedule.after(&next).next().filter(|t| *t < Utc::now()) {
-            tracing::warn!(job = %name, missed = %missed.to_rfc3339(), "run overlapped the next occurrence; it is skipped");
+            tracing::warn!(task = %name, missed = %missed.to_rfc3339(), "run overlapped the next occurrence; it is skipped");
         }
         if *stop.borrow() {
             return;
