@@ -106,6 +106,22 @@ fn verify_reports_a_missing_wal_segment_as_a_gap() {
     assert_eq!(problems[0]["object"], format!("wal/00000001/{victim}"), "{r}");
     let gaps = r["timelines"][0]["gaps"].as_array().expect("gaps");
     assert_eq!((gaps.len(), &gaps[0]["first"], &gaps[0]["missing"]), (1, &serde_json::json!(victim), &serde_json::json!(1)), "{r}");
+
+    // A known, accepted loss: recorded once (a change event), then no longer re-reported;
+    // naming an archived segment is a usage error.
+    let archived = r["timelines"][0]["first"].as_str().unwrap().to_owned();
+    let out = env.radd(&["verify", "--accept-gap", &archived]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = env.radd(&["verify", "--accept-gap", &victim, "--reason", "lost in the 2026-11 storage incident"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.radd(&["--json", "verify"]);
+    assert!(out.status.success(), "an accepted gap is not a problem: {}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(r["accepted_gaps"], serde_json::json!([victim]), "{r}");
+    let events = crate::common::env::json(&env.radd(&["--json", "events"]));
+    let accepted = events.as_array().unwrap().iter().find(|e| e["source"] == "verify.accept-gap").expect("an acceptance event");
+    assert_eq!(accepted["kind"], "change", "{accepted:#}");
+    assert!(accepted["details"]["reason"].as_str().unwrap().contains("storage incident"), "{accepted:#}");
 }
 
 /// Issue 7: daily `verify --read-data-due` over 30 simulated days reads every data object

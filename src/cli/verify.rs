@@ -23,6 +23,13 @@ pub struct VerifyArgs {
     /// The period within which every object is read (with --read-data-due).
     #[arg(long, default_value = "30d")]
     pub period: String,
+    /// Accept the WAL gap starting at this (missing) segment as a known loss: verify stops
+    /// reporting it (restores still need --allow-gap). Recorded as a change event.
+    #[arg(long, value_name = "SEGMENT")]
+    pub accept_gap: Option<String>,
+    /// Why the gap is accepted (with --accept-gap), kept in the record and the event.
+    #[arg(long, default_value = "")]
+    pub reason: String,
     /// Evaluate as of this time (RFC 3339) instead of now.
     #[arg(long, hide = true)]
     pub now: Option<String>,
@@ -38,6 +45,9 @@ fn parse_slice(value: &str) -> anyhow::Result<(u64, u64)> {
 /// Verifies the repository, prints the report, and turns problems into exit code 3.
 pub async fn run(args: &Args, a: &VerifyArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
+    if let Some(segment) = &a.accept_gap {
+        return accept_gap(args, &config, segment, &a.reason).await;
+    }
     let now = match &a.now {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
@@ -96,4 +106,19 @@ fn print_text(report: &VerifyReport) {
             outln!("  {problem}");
         }
     }
+}
+
+/// `radd verify --accept-gap SEGMENT`: records the acceptance and a change event.
+async fn accept_gap(args: &Args, config: &radd::config::Config, segment: &str, reason: &str) -> anyhow::Result<()> {
+    let repo = radd::repository::Repository::open(config, false).await.map_err(radd::Error::from)?;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map_or_else(|| "unknown".to_owned(), |u| u.name);
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let record = radd::verify::accept_gap(&repo, segment, format!("{user}@{host}"), reason.to_owned()).await.map_err(radd::Error::from)?;
+    let event = radd::events::Event::change("verify.accept-gap", format!("WAL gap at {segment} accepted as a known loss by {}", record.by)).details(serde_json::to_value(&record).unwrap_or_default());
+    jobs::record(&jobs::event_log(config)?, &event)?;
+    if args.json {
+        return print_json(&record);
+    }
+    outln!("gap at {segment} accepted by {}; verify no longer reports it (restores through it still need --allow-gap)", record.by);
+    Ok(())
 }

@@ -50,6 +50,9 @@ pub enum ObjectKey {
     Condemned(String),
     /// A lock object.
     Lock(String),
+    /// An operator's acceptance of a WAL gap, by its first missing segment's key
+    /// (`wal/<dir>/<name>` with `/` as `_`), so verify stops re-reporting a known loss.
+    AcceptedGap(String),
 }
 
 impl ObjectKey {
@@ -69,6 +72,8 @@ impl ObjectKey {
     pub const CONDEMNED_DIR: &'static str = "condemned";
     /// Directory prefix for pins.
     pub const PIN_DIR: &'static str = "pins";
+    /// Directory prefix for accepted WAL gaps.
+    pub const ACCEPTED_GAP_DIR: &'static str = "accepted-gaps";
 }
 
 impl fmt::Display for ObjectKey {
@@ -86,6 +91,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Pin(id) => write!(f, "{}/{id}", Self::PIN_DIR),
             ObjectKey::Condemned(id) => write!(f, "{}/{id}", Self::CONDEMNED_DIR),
             ObjectKey::Lock(id) => write!(f, "{}/{id}", Self::LOCK_DIR),
+            ObjectKey::AcceptedGap(id) => write!(f, "{}/{id}", Self::ACCEPTED_GAP_DIR),
         }
     }
 }

@@ -27,6 +27,7 @@ mod snapshots;
 mod wal;
 
 pub use schedule::VerifiedRecord;
+pub use wal::{AcceptedGap, accept_gap};
 
 use std::fmt;
 use std::time::Instant;
@@ -63,6 +64,14 @@ pub enum Error {
     /// Storage or key failure that makes checking impossible.
     #[error(transparent)]
     Repository(Box<repository::Error>),
+    /// `--accept-gap` named something that is not a missing segment.
+    #[error("cannot accept a gap at {segment}: {why}; name the first missing segment verify reports")]
+    NotAGap {
+        /// What was named.
+        segment: String,
+        /// Why it is not a gap.
+        why: String,
+    },
     /// The identity is not one of the repository's recipients: it would fail on every object,
     /// so this is one key problem, not one "modified object" per object.
     #[error("the identity in keys.identity_file (recipient {recipient}) is not one of the recipients of repository {location} ({recipients}); configure the identity of one of them (`radd key list` shows them)")]
@@ -106,6 +115,7 @@ impl Error {
             Error::Archive(e) => e.kind(),
             Error::Repository(e) => e.kind(),
             Error::NotARecipient { .. } => ErrorKind::Crypto,
+            Error::NotAGap { .. } => ErrorKind::Config,
         }
     }
 }
@@ -240,6 +250,10 @@ pub struct VerifyReport {
     pub wal_segments: u64,
     /// Archived WAL per timeline, with gaps.
     pub timelines: Vec<TimelineReport>,
+    /// Gaps (by first missing segment) an operator accepted with `--accept-gap`: listed, not
+    /// problems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_gaps: Vec<String>,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
     /// Wall time in seconds.

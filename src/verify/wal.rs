@@ -56,15 +56,66 @@ pub(super) async fn check(
         let key = ObjectKey::Wal { dir: child.to_string(), name: format!("{child}.history") };
         report.problem(ProblemKind::Timeline, key.to_string(), diverged.describe());
     }
+    let accepted = accepted_gaps(repo).await?;
     for (&timeline, segments) in &timelines {
         report.wal_segments += segments.len() as u64;
         for (first, last) in holes(segments) {
+            let first_name = WalFileName::Segment { timeline, number: first }.to_name(segment_size);
+            if accepted.contains(&first_name) {
+                report.accepted_gaps.push(first_name);
+                continue;
+            }
             let (object, detail) = gap_problem(timeline, first, last, segment_size);
             report.problem(ProblemKind::Gap, object, detail);
         }
         report.timelines.push(timeline_report(timeline, segments, segment_size));
     }
     Ok(objects)
+}
+
+/// An operator's acceptance of a known WAL gap (`radd verify --accept-gap`): an authenticated
+/// record, so no one without the id key can hide a gap by writing one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AcceptedGap {
+    /// The gap's first missing segment.
+    pub segment: String,
+    /// When it was accepted (RFC 3339).
+    pub accepted_at: String,
+    /// Who (OS user and host).
+    pub by: String,
+    /// Why, as the operator said.
+    pub reason: String,
+}
+
+/// First missing segments of the gaps operators accepted (unreadable records are not
+/// acceptances: the gap is reported again).
+async fn accepted_gaps(repo: &Repository) -> Result<BTreeSet<String>, Error> {
+    let mut out = BTreeSet::new();
+    for item in repo.store.list(ObjectKey::ACCEPTED_GAP_DIR).await.map_err(repository::Error::from)? {
+        let Some(name) = item.key.rsplit('/').next() else { continue };
+        match repo.get_record::<AcceptedGap>(&ObjectKey::AcceptedGap(name.to_owned())).await {
+            Ok(record) if record.segment == name => {
+                out.insert(record.segment);
+            }
+            Ok(_) | Err(_) => tracing::warn!(key = %item.key, "ignoring an accepted-gap record that does not authenticate"),
+        }
+    }
+    Ok(out)
+}
+
+/// Records that the gap starting at `segment` is a known, accepted loss (verify stops
+/// reporting it; restores still need `--allow-gap`). Refused when `segment` is archived.
+pub async fn accept_gap(repo: &Repository, segment: &str, by: String, reason: String) -> Result<AcceptedGap, Error> {
+    let timeline = segment.get(..8).unwrap_or_default();
+    if segment.len() != 24 || !segment.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::NotAGap { segment: segment.to_owned(), why: "not a WAL segment name (24 hex digits)".into() });
+    }
+    if repo.store.exists(&ObjectKey::Wal { dir: timeline.to_owned(), name: segment.to_owned() }).await.map_err(repository::Error::from)? {
+        return Err(Error::NotAGap { segment: segment.to_owned(), why: "it is archived".into() });
+    }
+    let record = AcceptedGap { segment: segment.to_owned(), accepted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by, reason };
+    repo.put_record(&ObjectKey::AcceptedGap(segment.to_owned()), &record).await.map_err(Error::from)?;
+    Ok(record)
 }
 
 /// The problem for segments `first..=last` missing on `timeline`: the object is the first
