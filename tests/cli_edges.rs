@@ -101,3 +101,22 @@ fn the_parent_record_is_private() {
         assert_eq!(record.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{}", record.path().display());
     }
 }
+
+/// A restore that fails (here: the target's file system is full) names the target the operator
+/// gave, not the hidden staging directory it has already removed.
+#[test]
+fn a_failed_restore_names_the_target_not_the_staging_directory() {
+    let env = TestEnv::new(Backend::Local);
+    let tree = env.path().join("big");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("data"), crate::common::env::noise(12 << 20, 7)).unwrap();
+    assert!(env.radd_push(&["backup", "fs", tree.to_str().unwrap()]).status.success());
+    let disk = crate::common::faults::SmallDisk::mount("4m");
+    let target = disk.path().join("restored");
+    let out = env.radd(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "12 MiB cannot fit in 4 MiB");
+    let err = stderr(&out);
+    assert!(err.contains(target.to_str().unwrap()), "names the target: {err}");
+    assert!(!err.contains("radd-restore-"), "not the staging directory: {err}");
+    assert!(err.contains("No space left") || err.contains("no space left"), "{err}");
+}

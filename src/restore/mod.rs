@@ -344,7 +344,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             tablespace::discard(&tablespaces);
-            return Err(e);
+            return Err(in_target(e, &staging, &options.target));
         }
     };
     if let Some(parent) = options.target.parent() {
@@ -426,6 +426,19 @@ fn check_wal(
 }
 
 /// A fresh, private directory beside the target, on the same file system for the final rename.
+/// The error with paths inside the (removed) staging directory named by where they were going:
+/// the operator asked for the target, and the staging directory no longer exists.
+fn in_target(error: Error, staging: &Path, target: &Path) -> Error {
+    match error {
+        Error::Io { what, path, source } => {
+            let path = path.strip_prefix(staging).map_or(path.clone(), |rel| target.join(rel));
+            Error::Io { what, path, source }
+        }
+        Error::File { path, source } => Error::File { path, source: Box::new(in_target(*source, staging, target)) },
+        other => other,
+    }
+}
+
 fn staging_dir(target: &Path) -> Result<PathBuf, Error> {
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
