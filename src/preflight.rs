@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::pg;
-use crate::repo::ObjectKey;
 use crate::repository::Repository;
 
 /// One check's outcome.
@@ -163,20 +162,14 @@ async fn round_trip(client: &tokio_postgres::Client, repo: &Repository, wait: Du
         .await
         .map_err(|e| pg::describe(&e))?;
     let name: String = row.get(0);
-    let timeline = name.get(..8).unwrap_or_default().to_owned();
-    let key = ObjectKey::Wal { dir: timeline, name: name.clone() };
-    let deadline = Instant::now() + wait;
-    loop {
-        match repo.store.exists(&key).await {
-            Ok(true) => return Ok(format!("segment {name} archived {:.1}s after pg_switch_wal()", clock.elapsed().as_secs_f64())),
-            Ok(false) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            Ok(false) => {
-                return Err(format!(
-                    "segment {name} did not reach the repository within {}s of pg_switch_wal(): see the PostgreSQL log for archive_command errors and pg_stat_archiver",
-                    wait.as_secs()
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    // A segment name starts with its timeline (8 hex digits).
+    let timeline = name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()).map(pg::Timeline).ok_or_else(|| format!("pg_walfile_name() returned {name:?}, not a segment name"))?;
+    match crate::archive::wait_archived(repo, timeline, &name, wait).await {
+        Ok(true) => Ok(format!("segment {name} archived {:.1}s after pg_switch_wal()", clock.elapsed().as_secs_f64())),
+        Ok(false) => Err(format!(
+            "segment {name} did not reach the repository within {}s of pg_switch_wal(): see the PostgreSQL log for archive_command errors and pg_stat_archiver",
+            wait.as_secs()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -4,17 +4,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::common::env::{Backend, TestEnv, json, radd_binary, sql, stderr, switch_and_wait_archived};
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_owned()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
-}
+use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, sql, stderr, switch_and_wait_archived};
 
 #[test]
 fn daemon_serves_metrics_and_stops_on_sigterm() {

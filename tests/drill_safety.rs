@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use radd::config::PostgresConfig;
 
-use crate::common::env::{Backend, TestEnv, block_on, find_file, json, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, block_on, find_file, json, sql_at, stderr, switch_and_wait_archived};
 use crate::common::pause::{finish_within, spawn_paused, wait_reached};
 
 const DRILL: &str = r#"
@@ -33,17 +33,7 @@ const PASSWORD_VAR: &str = "RADD_TEST_SOURCE_PASSWORD";
 
 /// SQL on the source through its Unix socket (the only way in without the password).
 fn sql_socket(env: &TestEnv, port: u16, query: &str) -> String {
-    let config = PostgresConfig { host: env.path().join("source").display().to_string(), port, ..PostgresConfig::default() };
-    block_on(async {
-        let client = radd::pg::connect(&config).await.expect("connect over the socket");
-        let rows = client.simple_query(query).await.unwrap_or_else(|e| panic!("{query}: {e}"));
-        rows.iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-                _ => None,
-            })
-            .unwrap_or_default()
-    })
+    sql_at(&PostgresConfig { host: env.path().join("source").display().to_string(), port, ..PostgresConfig::default() }, query)
 }
 
 /// The usual production setting: scram-sha-256 on 127.0.0.1. radd's own configs get the

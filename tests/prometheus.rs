@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::env::{Backend, TestEnv, json, radd_binary, sql, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, sql, stderr, switch_and_wait_archived};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
@@ -114,17 +114,6 @@ impl Drop for Receiver {
         self.stop.store(true, Ordering::SeqCst);
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
-}
-
-/// GET over HTTP/1.0 (no chunking); the body of a 200, else `None`.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_owned())
 }
 
 fn percent_encode(s: &str) -> String {

@@ -126,6 +126,28 @@ impl Error {
     }
 }
 
+/// Polls until the archived WAL file `name` of `timeline` is in the repository: `Ok(true)` as
+/// soon as it is, `Ok(false)` when `limit` passed first. Polls every 10 ms at first, backing off
+/// to 250 ms, so a segment archived promptly is seen promptly.
+///
+/// # Errors
+/// The repository cannot be asked.
+pub async fn wait_archived(repo: &Repository, timeline: Timeline, name: &str, limit: std::time::Duration) -> Result<bool, repo::Error> {
+    let key = ObjectKey::Wal { dir: timeline.to_string(), name: name.to_owned() };
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        if repo.store.exists(&key).await? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(std::time::Duration::from_millis(250));
+    }
+}
+
 /// The repository key of a WAL file, grouped by timeline, by the name it was parsed from
 /// (parsing accepts only the canonical spelling).
 fn key_of(wal: &WalFileName, name: &str) -> ObjectKey {

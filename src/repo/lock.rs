@@ -264,9 +264,7 @@ impl Held {
         self.heartbeat.abort();
         self.repo.delete(&ObjectKey::Lock(self.info.id.clone())).await
     }
-}
 
-impl Held {
     async fn check(&self) -> Result<(), Error> {
         let command = self.info.command.clone();
         let gap = self.refreshed.lock().map(|r| r.longest_gap.max(r.last.elapsed())).unwrap_or(Duration::MAX);

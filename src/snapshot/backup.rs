@@ -244,23 +244,10 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
 /// most `limit`. The chain check that follows decides; this only avoids checking too early.
 async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: pg::SegmentSize, limit: std::time::Duration) {
     let WalFileName::Segment { timeline, .. } = last else { return };
-    let key = ObjectKey::Wal { dir: timeline.to_string(), name: last.to_name(segment_size) };
-    let deadline = Instant::now() + limit;
-    let mut pause = std::time::Duration::from_millis(10);
-    loop {
-        match repo.store.exists(&key).await {
-            Ok(true) => return,
-            Ok(false) if Instant::now() < deadline => {}
-            Ok(false) => {
-                tracing::warn!(segment = %key, "WAL needed by the backup has not been archived in time; check archive_command");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(segment = %key, error = %error, "cannot check the WAL archive");
-                return;
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(std::time::Duration::from_millis(250));
+    let name = last.to_name(segment_size);
+    match crate::archive::wait_archived(repo, *timeline, &name, limit).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(segment = %name, "WAL needed by the backup has not been archived in time; check archive_command"),
+        Err(error) => tracing::warn!(segment = %name, error = %error, "cannot check the WAL archive"),
     }
 }

@@ -340,8 +340,13 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Runs SQL on a cluster and returns the first column of the first row as text.
 pub fn sql(cluster: &ScratchCluster, query: &str) -> String {
+    sql_at(&cluster.connection(), query)
+}
+
+/// [`sql`] with explicit connection settings (e.g. a Unix socket directory as the host).
+pub fn sql_at(connection: &radd::config::PostgresConfig, query: &str) -> String {
     block_on(async {
-        let client = radd::pg::connect(&cluster.connection()).await.expect("connect");
+        let client = radd::pg::connect(connection).await.expect("connect");
         let rows = client.simple_query(query).await.unwrap_or_else(|e| panic!("{query}: {e}"));
         rows.iter()
             .find_map(|m| match m {
@@ -400,4 +405,16 @@ pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// GET over HTTP/1.0 from 127.0.0.1 (no chunking); the body of a 200, else `None`.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_owned())
 }
