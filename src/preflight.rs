@@ -41,9 +41,29 @@ impl CheckReport {
     }
 }
 
-/// Runs every check against `config`; `round_trip_wait` bounds the wait for the switched
-/// segment (0 skips the round trip).
-pub async fn run(config: &Config, round_trip_wait: Duration) -> CheckReport {
+/// What to do about radd's heartbeat table on the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatCheck {
+    /// Not checked (a daemon with `heartbeat_interval = ""`: drills report RPO as skipped).
+    Skip,
+    /// It must exist: without it a drill cannot measure the RPO.
+    Require,
+    /// Create it if needed and write a beat (`radd check --fix`, the daemon at start).
+    Create,
+}
+
+/// Which checks run and how.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    /// Bound on the wait for the switched segment; zero skips the round trip (no WAL switch).
+    pub round_trip_wait: Duration,
+    /// The heartbeat table.
+    pub heartbeat: HeartbeatCheck,
+}
+
+/// Runs every check against `config`.
+pub async fn run(config: &Config, options: CheckOptions) -> CheckReport {
+    let round_trip_wait = options.round_trip_wait;
     let mut report = CheckReport { checks: Vec::new(), ok: false };
     let repo = match Repository::open(config, false).await {
         Ok(repo) => {
@@ -69,6 +89,9 @@ pub async fn run(config: &Config, round_trip_wait: Duration) -> CheckReport {
         Err(e) => report.push("postgres", Err(pg::describe(&e))),
     };
     report.push("grants", grants(&client).await);
+    if options.heartbeat != HeartbeatCheck::Skip {
+        report.push("heartbeat", heartbeat(config, &client, options.heartbeat == HeartbeatCheck::Create).await);
+    }
     let wired = report.push("archive_command", archive_settings(&client).await);
     if round_trip_wait > Duration::ZERO {
         match &repo {
@@ -134,6 +157,30 @@ async fn grants(client: &tokio_postgres::Client) -> Result<String, String> {
         }
     }
     if missing.is_empty() { Ok("backup functions, pg_switch_wal, pg_read_all_settings".into()) } else { Err(format!("the role lacks grants radd needs: {}", missing.join("; "))) }
+}
+
+/// radd's heartbeat table exists on the source (created with `create`, on the primary when
+/// the source is a standby).
+async fn heartbeat(config: &Config, client: &tokio_postgres::Client, create: bool) -> Result<String, String> {
+    if create {
+        let writable = config.postgres.writable();
+        let primary;
+        let target = match config.postgres.primary_connection() {
+            None => client,
+            Some(p) => {
+                primary = pg::connect(&p).await.map_err(|e| format!("cannot reach the primary {}:{} to create radd.heartbeat: {e}", p.host, p.port))?;
+                &primary
+            }
+        };
+        let at = pg::heartbeat::beat(target).await.map_err(|e| {
+            format!("cannot create radd.heartbeat: {e}; GRANT CREATE ON DATABASE {} TO <role> (or create schema radd once as a superuser)", writable.dbname)
+        })?;
+        return Ok(format!("radd.heartbeat written at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    }
+    match pg::heartbeat::read(client).await.map_err(|e| e.to_string())? {
+        Some(at) => Ok(format!("radd.heartbeat last written {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+        None => Err("radd.heartbeat does not exist, so drills cannot measure the RPO: run `radd check --fix` (or start the daemon with daemon.heartbeat_interval set) to create it".into()),
+    }
 }
 
 /// `archive_mode` is on and `archive_command` hands segments to `radd … wal-push`.

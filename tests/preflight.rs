@@ -5,7 +5,11 @@
 use crate::common::env::{Backend, TestEnv, sql};
 
 fn check(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
-    let out = env.radd_push(&["--json", "check", "--wait", "30s"]);
+    check_with(env, &[])
+}
+
+fn check_with(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = env.radd_push(&[&["--json", "check", "--wait", "30s"], extra].concat());
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}): {}", crate::common::env::stderr(&out)));
     (out.status.code(), report)
 }
@@ -17,11 +21,19 @@ fn line<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 #[test]
 fn check_passes_on_a_good_setup_with_a_live_round_trip() {
     let env = TestEnv::new(Backend::Local);
-    let _source = env.source_cluster();
+    let source = env.source_cluster();
+    // A fresh cluster has no heartbeat table: drills could not measure the RPO. --fix creates it.
+    let (code, report) = check(&env);
+    assert_eq!(code, Some(4), "{report:#}");
+    assert_eq!(line(&report, "heartbeat")["ok"], false, "{report:#}");
+    assert!(line(&report, "heartbeat")["detail"].as_str().unwrap().contains("--fix"), "{report:#}");
+    let (code, report) = check_with(&env, &["--fix"]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(sql(&source, "SELECT count(*) FROM radd.heartbeat"), "1");
     let (code, report) = check(&env);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["ok"], true);
-    for name in ["repository", "keys", "postgres", "grants", "archive_command", "round_trip"] {
+    for name in ["repository", "keys", "postgres", "grants", "heartbeat", "archive_command", "round_trip"] {
         assert_eq!(line(&report, name)["ok"], true, "{name}: {report:#}");
     }
     assert!(line(&report, "round_trip")["detail"].as_str().unwrap().contains("archived"), "{report:#}");

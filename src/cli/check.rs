@@ -1,6 +1,7 @@
-//! `radd check`: the pre-flight checks, one line each, exit 1 on any failure.
+//! `radd check`: the pre-flight checks, one line each, exit 4 on any failure.
 
 use clap::Args as ClapArgs;
+use radd::preflight::{CheckOptions, HeartbeatCheck};
 
 use super::{Args, CheckFailed, load_config, print_json};
 
@@ -11,13 +12,18 @@ pub struct CheckArgs {
     /// (`0s` skips it: no WAL switch on the source).
     #[arg(long, default_value = "60s")]
     pub wait: String,
+    /// Repair what radd can repair itself: create the heartbeat table (radd.heartbeat) that
+    /// drills read to measure the RPO.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 /// Runs the checks and prints them.
 pub async fn run(args: &Args, a: &CheckArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let wait = humantime::parse_duration(&a.wait).map_err(|e| super::usage(format!("--wait {:?}: {e}", a.wait)))?;
-    let report = radd::preflight::run(&config, wait).await;
+    let heartbeat = if a.fix { HeartbeatCheck::Create } else { HeartbeatCheck::Require };
+    let report = radd::preflight::run(&config, CheckOptions { round_trip_wait: wait, heartbeat }).await;
     if args.json {
         print_json(&report)?;
     } else {

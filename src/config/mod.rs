@@ -402,6 +402,10 @@ pub struct DaemonConfig {
     /// Time running jobs get to finish after SIGTERM before they are cancelled.
     #[serde(default = "default_grace")]
     pub shutdown_grace: String,
+    /// Run `radd check`'s checks (without the WAL round trip) at start and refuse to start when
+    /// one fails. Off only on a host without PostgreSQL (file-tree backups only).
+    #[serde(default = "default_true")]
+    pub start_checks: bool,
 }
 
 impl Default for DaemonConfig {
@@ -418,10 +422,14 @@ impl Default for DaemonConfig {
             watch_interval: default_watch(),
             archive_stall: default_stall(),
             shutdown_grace: default_grace(),
+            start_checks: true,
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_state_dir() -> PathBuf {
     "/var/lib/radd/state".into()
 }

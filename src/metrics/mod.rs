@@ -56,6 +56,8 @@ pub struct Metrics {
     archive_failures: IntCounterVec,
     sink_backlog: IntGaugeVec,
     heartbeat: GaugeVec,
+    config_reload_success: IntGaugeVec,
+    config_reload_time: IntGaugeVec,
 }
 
 /// Registers `metric` (a definition made from literals in this file, so failing is a bug in
@@ -119,6 +121,8 @@ impl Metrics {
             archive_failures: counter(&r, "radd_archive_failures_total", "Failed archive_command runs as counted by the source (pg_stat_archiver.failed_count; a stats reset is a counter reset).", &[]),
             sink_backlog: int_gauge(&r, "radd_event_sink_backlog", "Events not yet delivered to a configured sink.", &["sink"]),
             heartbeat: gauge(&r, "radd_heartbeat_timestamp_seconds", "Unix time of the last heartbeat radd wrote to the source; absent until the first.", &[]),
+            config_reload_success: int_gauge(&r, "radd_config_last_reload_successful", "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it failed and the daemon kept the previous one.", &[]),
+            config_reload_time: int_gauge(&r, "radd_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load (start or SIGHUP).", &[]),
             registry: r,
         };
         for severity in SEVERITIES {
@@ -133,6 +137,21 @@ impl Metrics {
     pub fn task_configured(&self, task: &str) {
         self.task_configured.with_label_values(&[task]).set(1);
         self.task_failures.with_label_values(&[task]);
+    }
+
+    /// Forgets which tasks are configured (before a reload declares them again); their
+    /// counters stay, as counters must.
+    pub fn tasks_unconfigured(&self) {
+        self.task_configured.reset();
+        self.drill_rpo_objective.reset();
+    }
+
+    /// Records whether the last configuration load (start or SIGHUP) succeeded.
+    pub fn config_reloaded(&self, success: bool) {
+        self.config_reload_success.with_label_values(&[] as &[&str]).set(i64::from(success));
+        if success {
+            self.config_reload_time.with_label_values(&[] as &[&str]).set(chrono::Utc::now().timestamp());
+        }
     }
 
     /// Declares a scheduled drill: its task (`drill.<name>`) and, when it has one, its RPO

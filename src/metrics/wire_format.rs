@@ -82,6 +82,7 @@ fn observed() -> Metrics {
     m.archive_failures(1);
     m.heartbeat(1.0);
     m.sink_backlog("webhook", 0);
+    m.config_reloaded(true);
     m
 }
 
