@@ -63,7 +63,7 @@ fn drill_passes(env: &TestEnv) {
     let report = json(&out);
     assert_eq!(report["passed"], true, "{report:#}");
     let checks: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
-    for expected in ["wal_chain", "checksums", "starts", "sql:rows", "sql:same as source", "sql:heartbeat fresh", "rpo", "page_integrity"] {
+    for expected in ["wal_chain", "checksums", "pg_verifybackup", "starts", "sql:rows", "sql:same as source", "sql:heartbeat fresh", "rpo", "page_integrity"] {
         assert!(checks.contains(&expected), "check {expected} missing: {checks:?}");
     }
     assert!(report["rto_seconds"].as_f64().unwrap() > 0.0);

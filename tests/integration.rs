@@ -20,6 +20,7 @@ mod faults;
 mod fs;
 mod info;
 mod interrupted;
+mod pg_verifybackup;
 mod pitr;
 mod prometheus;
 mod restore_safety;

@@ -123,6 +123,10 @@ pub struct ChecksSpec {
     /// restored copy archiving into this repository, or a split brain).
     #[serde(default = "yes")]
     pub timeline: bool,
+    /// PostgreSQL's `pg_verifybackup` confirms the restored files against the `backup_manifest`
+    /// the restore writes (backup-time checksums): a tool radd did not write.
+    #[serde(default = "yes")]
+    pub pg_verifybackup: bool,
     /// The scratch instance reaches consistency and is promoted within the timeout.
     #[serde(default = "yes")]
     pub starts: bool,
@@ -141,7 +145,7 @@ pub struct ChecksSpec {
 
 impl Default for ChecksSpec {
     fn default() -> Self {
-        ChecksSpec { checksums: true, wal_chain: true, timeline: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
+        ChecksSpec { checksums: true, wal_chain: true, timeline: true, pg_verifybackup: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
     }
 }
 

@@ -194,6 +194,13 @@ async fn steps(
         Err(e) => return record(progress, "starts", CheckStatus::Failed, e.to_string(), t),
     };
     let cluster = scratch.cluster.insert(cluster);
+    if def.checks.pg_verifybackup {
+        let t = Instant::now();
+        match cluster.verify_backup() {
+            Ok(()) => record(progress, "pg_verifybackup", CheckStatus::Passed, format!("PostgreSQL's pg_verifybackup confirms {files} files against the backup-time checksums in backup_manifest"), t),
+            Err(e) => record(progress, "pg_verifybackup", CheckStatus::Failed, e.to_string(), t),
+        }
+    }
     let remaining = def.timeout().saturating_sub(clock.elapsed());
     let start = cluster.start(&settings, &[]);
     let promoted = match start {

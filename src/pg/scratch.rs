@@ -309,6 +309,16 @@ impl ScratchCluster {
         self.run(cmd, "pg_checksums")
     }
 
+    /// Runs `pg_verifybackup` on the stopped, restored data directory against the
+    /// `backup_manifest` the restore wrote: PostgreSQL's own tool re-reads every file and
+    /// compares it with the backup-time checksums. `--no-parse-wal`: the WAL is fetched from the
+    /// archive during recovery, not kept in `pg_wal`.
+    pub fn verify_backup(&self) -> Result<(), Error> {
+        let mut cmd = self.program("pg_verifybackup");
+        cmd.arg("--no-parse-wal").arg("--quiet").arg(&self.data_dir);
+        self.run(cmd, "pg_verifybackup")
+    }
+
     /// Runs `pg_amcheck` over every database (heap and B-tree indexes), installing the amcheck
     /// extension where missing; the error carries what it found.
     pub fn amcheck(&self) -> Result<(), Error> {

@@ -10,6 +10,7 @@
 
 mod content;
 mod pack_plan;
+pub mod pg_manifest;
 mod recovery;
 mod target;
 mod tablespace;
@@ -326,6 +327,9 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         if let Some(pg) = &record.pg {
             server_config::prepare(&staging, manifest.server_files.as_ref(), Path::new(&pg.data_dir), destination)?;
             recovery::write_settings(&staging, &manifest, options, &plan, &record.id)?;
+            // Before the links are repointed: the walk follows them into the staged tablespaces.
+            let wal = pg_manifest::WalRange { timeline: pg.timeline, start: pg.start_lsn, end: pg.stop_lsn };
+            pg_manifest::write(&staging, &manifest, wal)?;
             tablespace::point_links(&staging, &tablespaces)?;
         }
         writer::sync_tree(&staging)?;
