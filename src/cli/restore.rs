@@ -18,8 +18,10 @@ pub struct RestoreArgs {
     /// Data directory to create (must be absent or empty).
     #[arg(long)]
     pub target: PathBuf,
-    /// Recover to this time: RFC 3339 or PostgreSQL's "2026-11-26 05:00:00+00" (UTC when no
-    /// offset is given). With `latest`, radd picks the newest snapshot consistent before it.
+    /// Recover to this time: RFC 3339, PostgreSQL's "2026-11-26 05:00:00+00", "2026-11-30T14:05Z",
+    /// "yesterday 14:05", "today 09:00", "2h ago", "now"; a zone may follow ("+02:00",
+    /// "Europe/Berlin"), UTC when none is given. With `latest`, radd picks the newest snapshot
+    /// consistent before it.
     #[arg(long, group = "recovery", value_parser = restore::parse_time)]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Recover to this LSN (e.g. 0/3000060).

@@ -12,6 +12,7 @@ mod content;
 mod pack_plan;
 mod recovery;
 mod target;
+mod when;
 mod tablespace;
 mod server_config;
 mod writer;
@@ -22,7 +23,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use recovery::{RecoveryTarget, parse_time};
+pub use recovery::RecoveryTarget;
+pub use when::{ACCEPTED_FORMS, parse_time, parse_time_at};
 pub use tablespace::{TablespaceMapping, TablespaceRestore};
 
 use crate::archive;
