@@ -1,6 +1,7 @@
 //! `radd info` (as `pgbackrest info`): what can be restored, from one screen — per timeline the
 //! restorable window (oldest base backup's start to the newest archived WAL, with its age), the
-//! backups with sizes and durations, and each drill's last result with RPO/RTO.
+//! backups with sizes and durations, the named restore points, and each drill's last result
+//! with RPO/RTO.
 
 use chrono::{DateTime, Utc};
 use radd::archive::Timelines;
@@ -17,6 +18,8 @@ struct Info {
     repository: String,
     timelines: Vec<TimelineInfo>,
     backups: Vec<BackupInfo>,
+    /// Named restore points (`radd restore-point`), oldest first.
+    restore_points: Vec<radd::restore::RestorePoint>,
     drills: Vec<DrillInfo>,
 }
 
@@ -105,7 +108,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let drills = last_drills(&config)?;
-    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), drills };
+    let restore_points = radd::restore::points::list(&repo).await.map_err(radd::Error::from)?;
+    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), restore_points, drills };
     if args.json {
         return print_json(&info);
     }
@@ -179,6 +183,12 @@ fn print_text(info: &Info) {
             human_bytes(b.total_bytes),
             human_bytes(b.new_bytes)
         );
+    }
+    if !info.restore_points.is_empty() {
+        outln!("restore points:");
+    }
+    for p in &info.restore_points {
+        outln!("  {:<24} LSN {:<14} timeline {} created {} by {}", p.name, p.lsn.to_string(), p.timeline, p.time, p.by);
     }
     outln!("drills (last run):");
     if info.drills.is_empty() {

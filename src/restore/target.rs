@@ -35,14 +35,15 @@ fn describe(record: &SnapshotRecord) -> String {
 /// Resolves `wanted` for `recovery`. `latest` with a time or LSN target is the newest
 /// PostgreSQL snapshot consistent before it (a later backup cannot go back in time: PostgreSQL
 /// would stop with "recovery ended before configured recovery target was reached"). An explicit
-/// snapshot consistent after the target is refused.
+/// snapshot consistent after the target is refused. `on` (a restore point's timeline) also
+/// leaves out snapshots of later timelines, which cannot lead to it.
 ///
 /// # Errors
 /// [`Error::OutsideWindow`] when no snapshot can reach the target; snapshot lookup failures.
-pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<SnapshotRecord, Error> {
+pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget, on: Option<Timeline>) -> Result<SnapshotRecord, Error> {
     let before_target = |record: &SnapshotRecord| match (recovery, &record.pg) {
         (RecoveryTarget::Time(t), Some(_)) => consistent_at(record).is_some_and(|at| at <= *t),
-        (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l,
+        (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l && on.is_none_or(|on| pg.timeline <= on),
         _ => true,
     };
     let pit = matches!(recovery, RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_));
