@@ -136,7 +136,13 @@ fn human_times_restore_in_a_zone_and_outside_the_window_are_refused() {
     let late = refused(&env, "now", &["latest", "--time", "now"], "past the end of the archive");
     assert!(late.contains("restorable window"), "{late}");
     let early = refused(&env, "long-ago", &["latest", "--time", "3650d ago"], "before the oldest backup");
-    assert!(early.contains("restorable window"), "{early}");
+    // The window named is the one `radd info` shows.
+    let info = json(&env.radd(&["--json", "info"]));
+    let window = &info["timelines"][0];
+    for field in ["restorable_from_lsn", "restorable_to_lsn", "newest_wal", "restorable_from"] {
+        let value = window[field].as_str().unwrap_or_else(|| panic!("info lacks {field}: {info:#}"));
+        assert!(early.contains(value), "the refusal names the window's {field} {value}: {early}");
+    }
     let bad = refused(&env, "bad", &["latest", "--time", "yesterday-ish"], "cannot read the time");
     assert!(bad.contains("yesterday 14:05") && bad.contains("2h ago"), "the accepted forms are named: {bad}");
 }

@@ -14,6 +14,7 @@ pub mod points;
 mod recovery;
 mod target;
 mod when;
+pub mod window;
 mod tablespace;
 mod server_config;
 mod writer;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use points::RestorePoint;
 pub use recovery::RecoveryTarget;
+pub use window::Window;
 pub use when::{ACCEPTED_FORMS, parse_time, parse_time_at};
 pub use tablespace::{TablespaceMapping, TablespaceRestore};
 
