@@ -150,17 +150,8 @@ pub enum Error {
         why: String,
     },
     /// The name is recorded already (PostgreSQL would stop at the first point of a name).
-    #[error("restore point {name:?} exists already (LSN {lsn}, created {time} by {by}); choose another name")]
-    PointExists {
-        /// The name.
-        name: String,
-        /// The existing point's position.
-        lsn: Lsn,
-        /// When it was created.
-        time: String,
-        /// By whom.
-        by: String,
-    },
+    #[error("restore point {:?} exists already (LSN {}, created {} by {}); choose another name", .0.name, .0.lsn, .0.time, .0.by)]
+    PointExists(Box<RestorePoint>),
     /// `--name` names no recorded restore point.
     #[error("no restore point {name:?} is recorded in this repository; known: {known}")]
     UnknownPoint {
@@ -175,7 +166,7 @@ pub enum Error {
         /// The name.
         name: String,
         /// The server's error.
-        source: crate::pg::Error,
+        source: Box<crate::pg::Error>,
     },
     /// The server created the point, but the repository did not take the record.
     #[error("restore point {name:?} was created on the source at LSN {lsn}, but recording it in the repository failed: {source}; `restore --name` cannot use it: create another point with a new name once the repository is reachable")]
@@ -185,7 +176,7 @@ pub enum Error {
         /// Where the server put it.
         lsn: Lsn,
         /// The storage failure.
-        source: repository::Error,
+        source: Box<repository::Error>,
     },
     /// Reading the snapshot failed.
     #[error(transparent)]
@@ -205,7 +196,7 @@ impl Error {
         match self {
             Error::TargetNotEmpty { .. } | Error::Diverged { .. } => ErrorKind::Conflict,
             Error::OutsideWindow { .. } | Error::BadTimeline { .. } => ErrorKind::Config,
-            Error::BadPointName { .. } | Error::PointExists { .. } | Error::UnknownPoint { .. } => ErrorKind::Config,
+            Error::BadPointName { .. } | Error::PointExists(_) | Error::UnknownPoint { .. } => ErrorKind::Config,
             Error::CreatePoint { .. } => ErrorKind::Postgres,
             Error::RecordPoint { source, .. } => source.kind(),
             Error::File { source, .. } => source.kind(),
@@ -228,7 +219,7 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::TargetNotEmpty { .. } | Error::OutsideWindow { .. } | Error::BadTimeline { .. } | Error::NotPg(_) => true,
-            Error::BadPointName { .. } | Error::PointExists { .. } | Error::UnknownPoint { .. } => true,
+            Error::BadPointName { .. } | Error::PointExists(_) | Error::UnknownPoint { .. } => true,
             Error::Snapshot(e) => matches!(e, crate::snapshot::Error::NotFound(_) | crate::snapshot::Error::Ambiguous { .. }),
             _ => false,
         }

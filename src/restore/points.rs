@@ -107,7 +107,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<RestorePoint>, Error> {
             points.push(point);
         }
     }
-    points.sort_by(|a, b| (a.timeline, a.lsn).cmp(&(b.timeline, b.lsn)));
+    points.sort_by_key(|p| (p.timeline, p.lsn));
     Ok(points)
 }
 
@@ -141,7 +141,7 @@ pub async fn create(repo: &Repository, client: &tokio_postgres::Client, name: &s
     }
     let created = pg::restore_point::create(client, name)
         .await
-        .map_err(|source| Error::CreatePoint { name: name.to_owned(), source })?;
+        .map_err(|source| Error::CreatePoint { name: name.to_owned(), source: Box::new(source) })?;
     let point = RestorePoint {
         name: name.to_owned(),
         lsn: created.lsn,
@@ -150,7 +150,7 @@ pub async fn create(repo: &Repository, client: &tokio_postgres::Client, name: &s
         by,
     };
     let recorded = repo.put_record(&key(name), &point).await;
-    let unrecorded = |source| Error::RecordPoint { name: name.to_owned(), lsn: point.lsn, source };
+    let unrecorded = |source| Error::RecordPoint { name: name.to_owned(), lsn: point.lsn, source: Box::new(source) };
     match recorded.map_err(unrecorded)? {
         PutOutcome::Created => {
             tracing::info!(name, lsn = %point.lsn, timeline = point.timeline, switched_to = %created.switched_at, "restore point created and recorded");
@@ -165,7 +165,7 @@ pub async fn create(repo: &Repository, client: &tokio_postgres::Client, name: &s
 }
 
 fn exists(existing: RestorePoint) -> Error {
-    Error::PointExists { name: existing.name, lsn: existing.lsn, time: existing.time, by: existing.by }
+    Error::PointExists(Box::new(existing))
 }
 
 impl RestorePoint {
