@@ -25,6 +25,7 @@ mod pitr;
 mod prometheus;
 mod restore_safety;
 mod restore_once;
+mod restore_points;
 mod retention;
 mod tablespace;
 mod standby;

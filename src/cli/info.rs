@@ -1,11 +1,13 @@
 //! `radd info` (as `pgbackrest info`): what can be restored, from one screen — per timeline the
-//! restorable window (oldest base backup's start to the newest archived WAL, with its age), the
-//! backups with sizes and durations, and each drill's last result with RPO/RTO.
+//! restorable window ([`radd::restore::window`]: the oldest base backup's consistency point to
+//! the newest archived WAL, with its age), the
+//! backups with sizes and durations, the named restore points, and each drill's last result
+//! with RPO/RTO.
 
 use chrono::{DateTime, Utc};
 use radd::archive::Timelines;
 use radd::events::EventKind;
-use radd::pg::{Timeline, WalFileName};
+use radd::restore::Window;
 use radd::snapshot::{self, SnapshotKind, SnapshotRecord};
 use serde::Serialize;
 
@@ -17,6 +19,8 @@ struct Info {
     repository: String,
     timelines: Vec<TimelineInfo>,
     backups: Vec<BackupInfo>,
+    /// Named restore points (`radd restore-point`), oldest first.
+    restore_points: Vec<radd::restore::RestorePoint>,
     drills: Vec<DrillInfo>,
 }
 
@@ -36,6 +40,12 @@ struct TimelineInfo {
     newest_wal_stored: Option<String>,
     /// Seconds since then.
     newest_wal_age_seconds: Option<i64>,
+    /// When the oldest backup became consistent: the earliest time a restore can reach.
+    restorable_from: Option<String>,
+    /// Its stop LSN: the earliest LSN a restore can reach.
+    restorable_from_lsn: Option<String>,
+    /// End of the newest archived segment: the latest LSN a restore can reach.
+    restorable_to_lsn: Option<String>,
 }
 
 /// One snapshot.
@@ -91,21 +101,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let mut timelines = Vec::new();
     if let Some(size) = size {
         let archive = Timelines::load(&repo, size).await.map_err(radd::Error::from)?;
-        let mut all = archive.timelines();
-        for r in &records {
-            if let Some(pg) = &r.pg
-                && !all.contains(&pg.timeline)
-            {
-                all.push(pg.timeline);
-            }
-        }
-        all.sort();
-        for timeline in all {
-            timelines.push(timeline_info(&archive, &records, timeline, now));
-        }
+        timelines = radd::restore::window::windows(&records, &archive).iter().map(|w| timeline_info(w, now)).collect();
     }
     let drills = last_drills(&config)?;
-    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), drills };
+    let restore_points = radd::restore::points::list(&repo).await.map_err(radd::Error::from)?;
+    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), restore_points, drills };
     if args.json {
         return print_json(&info);
     }
@@ -113,18 +113,19 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timeline_info(archive: &Timelines, records: &[SnapshotRecord], timeline: Timeline, now: DateTime<Utc>) -> TimelineInfo {
-    let on_timeline: Vec<&SnapshotRecord> = records.iter().filter(|r| r.pg.as_ref().is_some_and(|pg| pg.timeline == timeline)).collect();
-    let oldest = on_timeline.iter().min_by_key(|r| r.pg.as_ref().map(|pg| pg.start_lsn));
-    let newest = archive.newest_segment(timeline);
+fn timeline_info(window: &Window, now: DateTime<Utc>) -> TimelineInfo {
+    let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     TimelineInfo {
-        timeline: timeline.0,
-        backups: on_timeline.len(),
-        oldest_backup_start: oldest.map(|r| r.started.clone()),
-        oldest_backup_start_lsn: oldest.and_then(|r| r.pg.as_ref()).map(|pg| pg.start_lsn.to_string()),
-        newest_wal: newest.map(|(number, _)| WalFileName::Segment { timeline, number }.to_name(archive.segment_size())),
-        newest_wal_stored: newest.map(|(_, at)| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        newest_wal_age_seconds: newest.map(|(_, at)| (now - at).num_seconds().max(0)),
+        timeline: window.timeline,
+        backups: window.backups,
+        oldest_backup_start: window.start.as_ref().map(|s| s.started.clone()),
+        oldest_backup_start_lsn: window.start.as_ref().map(|s| s.start_lsn.to_string()),
+        newest_wal: window.end.as_ref().map(|e| e.segment.clone()),
+        newest_wal_stored: window.end.as_ref().map(|e| secs(&e.stored)),
+        newest_wal_age_seconds: window.end.as_ref().map(|e| (now - e.stored).num_seconds().max(0)),
+        restorable_from: window.start.as_ref().and_then(|s| s.consistent_at.as_ref()).map(secs),
+        restorable_from_lsn: window.start.as_ref().map(|s| s.consistent_lsn.to_string()),
+        restorable_to_lsn: window.end.as_ref().map(|e| e.end_lsn.to_string()),
     }
 }
 
@@ -159,11 +160,12 @@ fn print_text(info: &Info) {
     }
     for t in &info.timelines {
         outln!(
-            "  timeline {}: restorable from {} ({}) to {} (stored {} ago); {} base backup(s)",
+            "  timeline {}: restorable from {} (LSN {}) to {} (LSN {}, stored {} ago); {} base backup(s)",
             t.timeline,
-            t.oldest_backup_start.as_deref().unwrap_or("- (no base backup)"),
-            t.oldest_backup_start_lsn.as_deref().unwrap_or("-"),
+            t.restorable_from.as_deref().or(t.oldest_backup_start.as_deref()).unwrap_or("- (no base backup)"),
+            t.restorable_from_lsn.as_deref().unwrap_or("-"),
             t.newest_wal.as_deref().unwrap_or("- (no WAL)"),
+            t.restorable_to_lsn.as_deref().unwrap_or("-"),
             age(t.newest_wal_age_seconds),
             t.backups
         );
@@ -179,6 +181,12 @@ fn print_text(info: &Info) {
             human_bytes(b.total_bytes),
             human_bytes(b.new_bytes)
         );
+    }
+    if !info.restore_points.is_empty() {
+        outln!("restore points:");
+    }
+    for p in &info.restore_points {
+        outln!("  {:<24} LSN {:<14} timeline {} created {} by {}", p.name, p.lsn.to_string(), p.timeline, p.time, p.by);
     }
     outln!("drills (last run):");
     if info.drills.is_empty() {

@@ -19,6 +19,7 @@ mod events;
 mod info;
 mod keys;
 mod restore;
+mod restore_point;
 mod retention;
 mod verify;
 mod wal;
@@ -79,6 +80,9 @@ pub enum Command {
     Info,
     /// Restore a snapshot into a new directory (PostgreSQL: ready to recover to a target).
     Restore(restore::RestoreArgs),
+    /// Create a named restore point on the source and record it (take one before a risky
+    /// migration); `restore --name` targets it later.
+    RestorePoint(restore_point::RestorePointArgs),
     /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
     Forget(retention::ForgetArgs),
     /// Delete chunks no snapshot references (after a grace period) and WAL no retained backup needs.
@@ -162,6 +166,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Snapshots => backup::snapshots(args).await,
         Command::Info => info::run(args).await,
         Command::Restore(a) => restore::run(args, a).await,
+        Command::RestorePoint(a) => restore_point::run(args, a).await,
         Command::Forget(a) => retention::forget(args, a).await,
         Command::Prune(a) => retention::prune(args, a).await,
         Command::Unlock(a) => retention::unlock(args, a).await,
@@ -198,6 +203,13 @@ pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
         return 130;
     }
     kind.map_or(1, radd::ErrorKind::exit_code)
+}
+
+/// Who is acting, for records and events: the OS user and host (`alice@db1`).
+pub fn operator() -> String {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map_or_else(|| "unknown".to_owned(), |u| u.name);
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{user}@{host}")
 }
 
 /// Loads the configuration named on the command line.

@@ -18,13 +18,19 @@ pub struct RestoreArgs {
     /// Data directory to create (must be absent or empty).
     #[arg(long)]
     pub target: PathBuf,
-    /// Recover to this time: RFC 3339 or PostgreSQL's "2026-11-26 05:00:00+00" (UTC when no
-    /// offset is given). With `latest`, radd picks the newest snapshot consistent before it.
+    /// Recover to this time: RFC 3339, PostgreSQL's "2026-11-26 05:00:00+00", "2026-11-30T14:05Z",
+    /// "yesterday 14:05", "today 09:00", "2h ago", "now"; a zone may follow ("+02:00",
+    /// "Europe/Berlin"), UTC when none is given. With `latest`, radd picks the newest snapshot
+    /// consistent before it.
     #[arg(long, group = "recovery", value_parser = restore::parse_time)]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Recover to this LSN (e.g. 0/3000060).
     #[arg(long, group = "recovery")]
     pub lsn: Option<Lsn>,
+    /// Recover to a restore point made with `radd restore-point NAME`. With `latest`, radd picks
+    /// the newest snapshot consistent before it; an unknown name is refused.
+    #[arg(long, group = "recovery", value_name = "RESTORE_POINT")]
+    pub name: Option<String>,
     /// Stop as soon as the backup is consistent.
     #[arg(long, group = "recovery")]
     pub immediate: bool,
@@ -66,10 +72,11 @@ pub struct RestoreArgs {
 /// Restores and prints the report.
 pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
-    let recovery = match (&a.time, a.lsn, a.immediate) {
-        (Some(t), _, _) => RecoveryTarget::Time(*t),
-        (_, Some(l), _) => RecoveryTarget::Lsn(l),
-        (_, _, true) => RecoveryTarget::Immediate,
+    let recovery = match (&a.time, a.lsn, &a.name, a.immediate) {
+        (Some(t), ..) => RecoveryTarget::Time(*t),
+        (_, Some(l), ..) => RecoveryTarget::Lsn(l),
+        (_, _, Some(n), _) => RecoveryTarget::Name(n.clone()),
+        (.., true) => RecoveryTarget::Immediate,
         _ => RecoveryTarget::Latest,
     };
     let options = RestoreOptions {
@@ -130,6 +137,9 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         report.duration_seconds,
         report.target.display()
     );
+    if let Some(p) = &report.restore_point {
+        outln!("restore point {} is at LSN {} on timeline {}, created {} by {}", p.name, p.lsn, p.timeline, p.time, p.by);
+    }
     for t in &report.tablespaces {
         let name = t.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
         outln!("tablespace {}{name} (was {}) restored into {}", t.oid, t.location.display(), t.target.display());

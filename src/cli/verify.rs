@@ -111,9 +111,7 @@ fn print_text(report: &VerifyReport) {
 /// `radd verify --accept-gap SEGMENT`: records the acceptance and a change event.
 async fn accept_gap(args: &Args, config: &radd::config::Config, segment: &str, reason: &str) -> anyhow::Result<()> {
     let repo = radd::repository::Repository::open(config, false).await.map_err(radd::Error::from)?;
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map_or_else(|| "unknown".to_owned(), |u| u.name);
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let record = radd::verify::accept_gap(&repo, segment, format!("{user}@{host}"), reason.to_owned()).await.map_err(radd::Error::from)?;
+    let record = radd::verify::accept_gap(&repo, segment, super::operator(), reason.to_owned()).await.map_err(radd::Error::from)?;
     let event = radd::events::Event::change("verify.accept-gap", format!("WAL gap at {segment} accepted as a known loss by {}", record.by)).details(serde_json::to_value(&record).unwrap_or_default());
     jobs::record(&jobs::event_log(config)?, &event)?;
     if args.json {

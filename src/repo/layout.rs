@@ -12,6 +12,8 @@
 //! snapshots/<snapshot>       snapshot record, written last: its presence commits the snapshot
 //! pins/<snapshot>            marker: the snapshot is kept whatever the retention policy says
 //! locks/<id>                 a process's lock: host, pid, command, heartbeat
+//! accepted-gaps/<segment>    record: an operator accepted a WAL gap as a known loss
+//! restore-points/<name>      record: a named restore point (name, LSN, timeline, time, who)
 //! condemned/<pack>           marker: pack unreferenced since the time inside; prune deletes it after the grace period
 //! ```
 
@@ -53,6 +55,9 @@ pub enum ObjectKey {
     /// An operator's acceptance of a WAL gap, by its first missing segment's key
     /// (`wal/<dir>/<name>` with `/` as `_`), so verify stops re-reporting a known loss.
     AcceptedGap(String),
+    /// A named restore point (`radd restore-point`), by its name in key-safe spelling (the
+    /// caller encodes it), so `restore --name` can find the snapshot and WAL that reach it.
+    RestorePoint(String),
 }
 
 impl ObjectKey {
@@ -74,6 +79,8 @@ impl ObjectKey {
     pub const PIN_DIR: &'static str = "pins";
     /// Directory prefix for accepted WAL gaps.
     pub const ACCEPTED_GAP_DIR: &'static str = "accepted-gaps";
+    /// Directory prefix for restore points.
+    pub const RESTORE_POINT_DIR: &'static str = "restore-points";
 }
 
 impl fmt::Display for ObjectKey {
@@ -92,6 +99,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Condemned(id) => write!(f, "{}/{id}", Self::CONDEMNED_DIR),
             ObjectKey::Lock(id) => write!(f, "{}/{id}", Self::LOCK_DIR),
             ObjectKey::AcceptedGap(id) => write!(f, "{}/{id}", Self::ACCEPTED_GAP_DIR),
+            ObjectKey::RestorePoint(id) => write!(f, "{}/{id}", Self::RESTORE_POINT_DIR),
         }
     }
 }

@@ -11,8 +11,11 @@
 mod content;
 mod pack_plan;
 pub mod pg_manifest;
+pub mod points;
 mod recovery;
 mod target;
+mod when;
+pub mod window;
 mod tablespace;
 mod server_config;
 mod writer;
@@ -23,7 +26,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use recovery::{RecoveryTarget, parse_time};
+pub use points::RestorePoint;
+pub use recovery::RecoveryTarget;
+pub use window::Window;
+pub use when::{ACCEPTED_FORMS, parse_time, parse_time_at};
 pub use tablespace::{TablespaceMapping, TablespaceRestore};
 
 use crate::archive;
@@ -136,6 +142,43 @@ pub enum Error {
         /// Newest reachable.
         newest: u32,
     },
+    /// A restore point name PostgreSQL would refuse or a listing could not show.
+    #[error("restore point name {name:?} is not usable: {why}; use at most 63 bytes without control characters")]
+    BadPointName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The name is recorded already (PostgreSQL would stop at the first point of a name).
+    #[error("restore point {:?} exists already (LSN {}, created {} by {}); choose another name", .0.name, .0.lsn, .0.time, .0.by)]
+    PointExists(Box<RestorePoint>),
+    /// `--name` names no recorded restore point.
+    #[error("no restore point {name:?} is recorded in this repository; known: {known}")]
+    UnknownPoint {
+        /// Asked for.
+        name: String,
+        /// The recorded names, or how to create one.
+        known: String,
+    },
+    /// The server refused to create the restore point.
+    #[error("cannot create restore point {name:?} on the source: {source}")]
+    CreatePoint {
+        /// The name.
+        name: String,
+        /// The server's error.
+        source: Box<crate::pg::Error>,
+    },
+    /// The server created the point, but the repository did not take the record.
+    #[error("restore point {name:?} was created on the source at LSN {lsn}, but recording it in the repository failed: {source}; `restore --name` cannot use it: create another point with a new name once the repository is reachable")]
+    RecordPoint {
+        /// The name.
+        name: String,
+        /// Where the server put it.
+        lsn: Lsn,
+        /// The storage failure.
+        source: Box<repository::Error>,
+    },
     /// Reading the snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] snapshot::Error),
@@ -154,6 +197,9 @@ impl Error {
         match self {
             Error::TargetNotEmpty { .. } | Error::Diverged { .. } => ErrorKind::Conflict,
             Error::OutsideWindow { .. } | Error::BadTimeline { .. } => ErrorKind::Config,
+            Error::BadPointName { .. } | Error::PointExists(_) | Error::UnknownPoint { .. } => ErrorKind::Config,
+            Error::CreatePoint { .. } => ErrorKind::Postgres,
+            Error::RecordPoint { source, .. } => source.kind(),
             Error::File { source, .. } => source.kind(),
             Error::NotPg(_) => ErrorKind::Config,
             Error::Wal { source, .. } => source.kind(),
@@ -174,6 +220,7 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::TargetNotEmpty { .. } | Error::OutsideWindow { .. } | Error::BadTimeline { .. } | Error::NotPg(_) => true,
+            Error::BadPointName { .. } | Error::PointExists(_) | Error::UnknownPoint { .. } => true,
             Error::Snapshot(e) => matches!(e, crate::snapshot::Error::NotFound(_) | crate::snapshot::Error::Ambiguous { .. }),
             _ => false,
         }
@@ -227,6 +274,13 @@ pub struct RestoreReport {
     pub wal_chain_end: String,
     /// Recovery target written (PostgreSQL snapshots).
     pub recovery_target: String,
+    /// The target as an absolute time (RFC 3339, UTC): a `--time` however it was written
+    /// (`yesterday 14:05`, `2h ago`), or when the restore point was created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<String>,
+    /// The restore point recovery stops at (`--name`), as recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<RestorePoint>,
     /// Timeline recovery follows (PostgreSQL snapshots).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
@@ -272,7 +326,18 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 /// Restores a snapshot into `options.target`.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
-    let record = target::choose_snapshot(repo, &options.snapshot, &options.recovery).await?;
+    // A restore point is a position: the snapshot, the window and the WAL chain are checked
+    // against its LSN (and its timeline), while recovery stops at the name.
+    let point = match &options.recovery {
+        RecoveryTarget::Name(name) => Some(points::resolve(repo, name).await?),
+        _ => None,
+    };
+    let bound = point.as_ref().map_or_else(|| options.recovery.clone(), |p| RecoveryTarget::Lsn(p.lsn));
+    let relabel = |e: Error| match (e, &point) {
+        (Error::OutsideWindow { reason, .. }, Some(p)) => Error::OutsideWindow { target: format!("restore point {:?} (LSN {}, created {})", p.name, p.lsn, p.time), reason },
+        (e, _) => e,
+    };
+    let record = target::choose_snapshot(repo, &options.snapshot, &bound, point.as_ref().map(RestorePoint::timeline)).await.map_err(relabel)?;
     check_target(&options.target)?;
     server_config::check_config_dir(options.config_dir.as_deref())?;
     let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
@@ -289,17 +354,17 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
             let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await.map_err(wal_err)?;
             // One listing of the archive serves the timeline, window and chain checks.
             let timelines = Timelines::load(repo, size).await.map_err(wal_err)?;
-            let follow = target::timeline(&timelines, pg, options.timeline)?;
-            target::check_end(&timelines, &record, pg, follow, &options.recovery)?;
+            let follow = target::timeline(&timelines, pg, options.timeline.or(point.as_ref().map(RestorePoint::timeline)))?;
+            target::check_end(&timelines, &record, pg, follow, &bound).map_err(relabel)?;
             plan.timeline = Some(follow);
-            let (end, loss) = check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, options)?;
+            let (end, loss) = check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, &bound, options.allow_gap)?;
             if let Some(loss) = &loss {
                 // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
                 // first missing segment on, and a target beyond the gap (which PostgreSQL would
                 // never reach, stopping with an error) becomes the end of the archived WAL.
                 plan.end_before = Some(loss.first_missing.clone());
                 plan.timeline = Some(pg.timeline);
-                if matches!(plan.recovery, RecoveryTarget::Lsn(l) if l >= loss.from_lsn) {
+                if matches!(bound, RecoveryTarget::Lsn(l) if l >= loss.from_lsn) {
                     plan.recovery = RecoveryTarget::Latest;
                 }
             }
@@ -366,6 +431,12 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         packs_distinct: written.packs_distinct,
         wal_chain_end,
         recovery_target: if record.pg.is_some() { plan.recovery.to_string() } else { String::new() },
+        target_time: match (&plan.recovery, &point) {
+            (RecoveryTarget::Time(t), _) => Some(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            (_, Some(p)) => Some(p.time.clone()),
+            _ => None,
+        },
+        restore_point: point,
         timeline: plan.timeline.map(|t| t.0),
         accepted_loss,
         kind: record.kind,
@@ -398,7 +469,8 @@ fn check_wal(
     snapshot_id: &str,
     pg: &snapshot::PgInfo,
     size: SegmentSize,
-    options: &RestoreOptions,
+    recovery: &RecoveryTarget,
+    allow_gap: bool,
 ) -> Result<(String, Option<AcceptedLoss>), Error> {
     let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
     let first = pg.start_lsn.segment_no(size);
@@ -406,14 +478,14 @@ fn check_wal(
     let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);
     archive::chain_end(archived, pg.timeline, first, Some(consistent), size)
         .map_err(|e| wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot"))?;
-    let wanted = match &options.recovery {
+    let wanted = match recovery {
         RecoveryTarget::Immediate => Some(consistent),
         RecoveryTarget::Lsn(lsn) => Some(lsn.segment_no(size).max(consistent)),
         RecoveryTarget::Latest | RecoveryTarget::Time(_) | RecoveryTarget::Name(_) => None,
     };
     match archive::chain_end(archived, pg.timeline, first, wanted, size) {
         Ok(last) => Ok((name(last), None)),
-        Err(archive::Error::Gap { .. }) if options.allow_gap => {
+        Err(archive::Error::Gap { .. }) if allow_gap => {
             let missing = (consistent..).find(|n| !archived.contains(n)).unwrap_or(consistent);
             let newest = archived.last().copied().unwrap_or(missing).max(missing);
             let loss = AcceptedLoss {

@@ -45,33 +45,6 @@ fn pg_time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
 }
 
-/// Parses a recovery target time: RFC 3339 (`2026-11-30T14:05:00Z`), or PostgreSQL's
-/// `2026-11-30 14:05:00[.ffffff][+HH[:MM]]`; without an offset the time is UTC.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let iso = text.replacen(' ', "T", 1);
-    // %#z takes PostgreSQL's offsets: +00, +0530 and +05:30.
-    for format in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z"] {
-        if let Ok(t) = DateTime::parse_from_str(&iso, format) {
-            return Ok(t.with_timezone(&Utc));
-        }
-    }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&iso, format) {
-            return Ok(t.and_utc());
-        }
-    }
-    Err(format!(
-        "cannot read the time {text:?}: use RFC 3339 (2026-11-30T14:05:00Z) or `2026-11-30 14:05:00+00` (UTC when no offset is given)"
-    ))
-}
-
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
@@ -156,16 +129,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_in_rfc_3339_and_postgresql_forms_parse_to_utc() {
-        let utc = |t: &str| parse_time(t).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        assert_eq!(utc("2026-11-30T14:05:00Z"), "2026-11-30T14:05:00.000000Z");
-        assert_eq!(utc("2026-12-02 07:59:01.123456+00"), "2026-12-02T07:59:01.123456Z");
-        assert_eq!(utc("2026-11-30 14:05:00+0530"), "2026-11-30T08:35:00.000000Z");
-        assert_eq!(utc("2026-11-30 14:05:00-05:30"), "2026-11-30T19:35:00.000000Z");
-        assert_eq!(utc("2026-11-30 14:05:00"), "2026-11-30T14:05:00.000000Z");
-        assert_eq!(utc("2026-11-30 14:05"), "2026-11-30T14:05:00.000000Z");
-        assert_eq!(pg_time(&parse_time("2026-11-30 14:05:00.5+01").unwrap()), "2026-11-30 13:05:00.500000+00");
-        assert!(parse_time("yesterday-ish").unwrap_err().contains("cannot read the time"));
-        assert!(parse_time("2026-11-30 14:05:00+5").is_err());
+    fn times_are_written_for_postgresql_in_utc_with_microseconds() {
+        let t = crate::restore::parse_time("2026-11-30 14:05:00.5+01").unwrap();
+        assert_eq!(pg_time(&t), "2026-11-30 13:05:00.500000+00");
     }
 }

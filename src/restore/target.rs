@@ -4,21 +4,13 @@
 //! point, before the end of the archive), and which timeline recovery follows (never a diverged
 //! one unless the operator names it).
 
-use chrono::{DateTime, Utc};
 
+use super::window::{self, consistent_at};
 use super::{Error, RecoveryTarget};
 use crate::archive::Timelines;
 use crate::pg::{Lsn, Timeline, WalFileName};
 use crate::repository::Repository;
 use crate::snapshot::{self, PgInfo, SnapshotKind, SnapshotRecord};
-
-/// When a backup became consistent: `pg_backup_stop`'s time, or (older snapshots, which did
-/// not record it) the record's finish time, which is later.
-fn consistent_at(record: &SnapshotRecord) -> Option<DateTime<Utc>> {
-    let pg = record.pg.as_ref()?;
-    let at = pg.consistent_at.as_deref().unwrap_or(&record.finished);
-    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
-}
 
 fn describe(record: &SnapshotRecord) -> String {
     match (consistent_at(record), &record.pg) {
@@ -35,14 +27,15 @@ fn describe(record: &SnapshotRecord) -> String {
 /// Resolves `wanted` for `recovery`. `latest` with a time or LSN target is the newest
 /// PostgreSQL snapshot consistent before it (a later backup cannot go back in time: PostgreSQL
 /// would stop with "recovery ended before configured recovery target was reached"). An explicit
-/// snapshot consistent after the target is refused.
+/// snapshot consistent after the target is refused. `on` (a restore point's timeline) also
+/// leaves out snapshots of later timelines, which cannot lead to it.
 ///
 /// # Errors
 /// [`Error::OutsideWindow`] when no snapshot can reach the target; snapshot lookup failures.
-pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<SnapshotRecord, Error> {
+pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget, on: Option<Timeline>) -> Result<SnapshotRecord, Error> {
     let before_target = |record: &SnapshotRecord| match (recovery, &record.pg) {
         (RecoveryTarget::Time(t), Some(_)) => consistent_at(record).is_some_and(|at| at <= *t),
-        (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l,
+        (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l && on.is_none_or(|on| pg.timeline <= on),
         _ => true,
     };
     let pit = matches!(recovery, RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_));
@@ -60,11 +53,23 @@ pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &
     let Some(oldest) = pg.first() else {
         return Err(snapshot::Error::Empty.into());
     };
-    let oldest = describe(oldest);
-    pg.into_iter().rev().find(before_target).ok_or_else(|| Error::OutsideWindow {
-        target: recovery.to_string(),
-        reason: format!("it is before the oldest backup, {oldest}: the restorable window starts there"),
-    })
+    let oldest_text = describe(oldest);
+    if let Some(found) = pg.iter().rev().find(|r| before_target(r)) {
+        return Ok(found.clone());
+    }
+    let mut reason = format!("it is before the oldest backup, {oldest_text}: the restorable window starts there");
+    if let Some(window) = window_of(repo, &pg, oldest).await {
+        reason = format!("it is before the oldest backup: the restorable window is {window}");
+    }
+    Err(Error::OutsideWindow { target: recovery.to_string(), reason })
+}
+
+/// The window of `oldest`'s timeline, for an error message (`None` when the archive cannot be
+/// listed: the message then names the oldest backup alone).
+async fn window_of(repo: &Repository, records: &[SnapshotRecord], oldest: &SnapshotRecord) -> Option<window::Window> {
+    let pg = oldest.pg.as_ref()?;
+    let timelines = Timelines::load(repo, pg.segment_size).await.ok()?;
+    Some(window::window(records, &timelines, pg.timeline))
 }
 
 /// The timeline recovery follows: `wanted` if given (it must descend from the backup's), else
