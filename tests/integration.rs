@@ -21,6 +21,7 @@ mod fs;
 mod info;
 mod interrupted;
 mod pitr;
+mod progress;
 mod prometheus;
 mod restore_safety;
 mod restore_once;
