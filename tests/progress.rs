@@ -74,6 +74,14 @@ fn a_terminal_shows_bars_with_total_rate_and_eta() {
     assert!(out.contains(&format!("/{total} ")), "the bar does not show the data directory's {total}:\n{out}");
     switch_and_wait_archived(&source);
 
+    // A failure clears its bar and prints the error alone.
+    let occupied = env.path().join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    std::fs::write(occupied.join("x"), b"x").unwrap();
+    let (ok, out) = radd_on_terminal(&env, &env.config, &["restore", "latest", "--target", occupied.to_str().unwrap()]);
+    assert!(!ok, "a restore into a non-empty directory succeeded:\n{out}");
+    assert!(out.contains("radd: restore target") && out.contains("is not empty"), "the error is missing:\n{out}");
+
     let target = env.path().join("restored");
     let (ok, out) = radd_on_terminal(&env, &env.config, &["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(ok, "restore on a terminal failed:\n{out}");

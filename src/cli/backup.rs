@@ -60,7 +60,7 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     let bar = Bar::start(args, "backup fs", Unit::Bytes);
     options.progress = bar.progress();
     let report = jobs::backup_fs(&config, &log, &name, options, radd::daemon::wait_for_signal()).await;
-    drop(bar);
+    bar.end(report.is_ok());
     let report = report?;
     if args.json {
         return print_json(&report);
@@ -93,7 +93,7 @@ pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
             let log = jobs::event_log(&config)?;
             let bar = Bar::start(args, "backup pg", Unit::Bytes);
             let report = jobs::backup_pg_with_progress(&config, &log, *full_read, bar.progress()).await;
-            drop(bar);
+            bar.end(report.is_ok());
             let report = report?;
             if args.json {
                 return print_json(&report);

@@ -59,7 +59,7 @@ pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Rewrap => {
             let bar = super::progress::Bar::start(args, "key rewrap", super::progress::Unit::Objects);
             let report = radd::keyset::rewrap(&repo, &config.backup.state_dir, &bar.progress()).await;
-            drop(bar);
+            bar.end(report.is_ok());
             let report = report.map_err(radd::Error::from)?;
             if args.json {
                 return print_json(&report);

@@ -5,7 +5,9 @@
 //! given: redirected stderr (journald, a file, a pipe) gets no carriage returns, escapes or bar
 //! characters, whatever the command. The library only bumps atomic counters; a thread here reads
 //! them ten times a second and redraws. While a bar is up, log lines are written through
-//! [`LogWriter`], which lifts the bar for the line so it does not tear it.
+//! [`LogWriter`], which lifts the bar for the line so it does not tear it. A command that
+//! succeeded leaves its bar's last state (total, average rate) on the terminal; one that failed
+//! clears it, so the error stands alone.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -14,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use radd::progress::Progress;
+use radd::progress::{Progress, ProgressState as Counters};
 
 use super::{Args, human_bytes};
 
@@ -38,11 +40,12 @@ pub fn enabled(args: &Args) -> bool {
     !args.json && args.log_format != "json" && std::io::stderr().is_terminal()
 }
 
-/// A bar on stderr while it lives (or nothing, when bars are off); dropping it stops the
-/// redraws and clears the line, so results printed next start on a clean line.
+/// A bar on stderr while it lives (or nothing, when bars are off). [`Bar::end`] stops it;
+/// dropping it clears the line. Either way results printed next start on a line of their own.
 pub struct Bar {
     progress: Progress,
-    stop: Option<Sender<()>>,
+    /// `true`: leave the last state on the terminal; closed: clear it.
+    stop: Option<Sender<bool>>,
     drawer: Option<JoinHandle<()>>,
 }
 
@@ -63,26 +66,31 @@ impl Bar {
         if let Ok(mut active) = ACTIVE.lock() {
             *active = Some(bar.clone());
         }
-        let (stop, stopped) = channel::<()>();
+        let (stop, stopped) = channel::<bool>();
         let counters = progress.clone();
         let drawer = std::thread::Builder::new().name("radd-progress".into()).spawn(move || {
-            let mut sized = false;
-            loop {
+            let leave = loop {
                 let state = counters.state().unwrap_or_default();
-                if let (Some(total), false) = (state.total, sized) {
-                    sized = true;
-                    bar.set_style(style(unit, true));
-                    bar.set_length(total);
+                show(&bar, unit, &state);
+                if state.finished {
+                    break true;
                 }
-                bar.set_position(state.done);
-                if bar.message() != state.message {
-                    bar.set_message(state.message.clone());
+                match stopped.recv_timeout(POLL) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(leave) => break leave,
+                    Err(RecvTimeoutError::Disconnected) => break false,
                 }
-                if state.finished || !matches!(stopped.recv_timeout(POLL), Err(RecvTimeoutError::Timeout)) {
-                    break;
-                }
+            };
+            show(&bar, unit, &counters.state().unwrap_or_default());
+            if leave {
+                bar.set_message("");
+                // At its real position (`finish` would claim the total was reached); the
+                // cursor stays at the end of the bar's line: results start on the next.
+                bar.abandon();
+                let _ = writeln!(std::io::stderr());
+            } else {
+                bar.finish_and_clear();
             }
-            bar.finish_and_clear();
             if let Ok(mut active) = ACTIVE.lock() {
                 *active = None;
             }
@@ -103,11 +111,18 @@ impl Bar {
     pub fn progress(&self) -> Progress {
         self.progress.clone()
     }
+
+    /// Stops the bar after the command's work: a success leaves its last state on the
+    /// terminal, a failure clears it.
+    pub fn end(mut self, succeeded: bool) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(succeeded);
+        }
+    }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.progress.finish();
         drop(self.stop.take());
         if let Some(drawer) = self.drawer.take() {
             let _ = drawer.join();
@@ -115,9 +130,25 @@ impl Drop for Bar {
     }
 }
 
+/// Brings the bar up to date with the counters (the bar style once a total is known).
+fn show(bar: &ProgressBar, unit: Unit, state: &Counters) {
+    if let Some(total) = state.total
+        && bar.length() != Some(total)
+    {
+        if bar.length().is_none() {
+            bar.set_style(style(unit, true));
+        }
+        bar.set_length(total);
+    }
+    bar.set_position(state.done);
+    if bar.message() != state.message {
+        bar.set_message(state.message.clone());
+    }
+}
+
 /// The bar's look: a spinner with bytes and rate until the total is known, then a bar with
 /// done/total, rate and ETA, as wide as the terminal (a longer line would wrap and leave a
-/// copy on every redraw). Colours follow console's rules (none with NO_COLOR).
+/// copy on every redraw). Colours follow console's rules (none with `NO_COLOR`).
 fn style(unit: Unit, sized: bool) -> ProgressStyle {
     let template = match (unit, sized) {
         (Unit::Bytes, true) => "{prefix} [{wide_bar:.cyan/blue}] {done}/{total} {rate} ETA {eta} {msg}",

@@ -91,7 +91,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;
-    drop(bar);
+    bar.end(result.is_ok());
     let event = match &result {
         Ok(r) => Some(
             Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))
