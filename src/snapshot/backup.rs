@@ -147,6 +147,8 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
+    // What was read, not what the walk saw (files grow and shrink meanwhile): the bar ends at the report's total.
+    options.progress.set_total(read.total_bytes);
     options.progress.set_message("waiting for WAL");
     let tablespaces = session.tablespaces().await?;
     let stop = session.stop().await?;
