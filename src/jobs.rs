@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::drill::{self, DrillDefinition, DrillOptions, DrillReport};
 use crate::events::{Event, EventLog, Occurrence};
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::snapshot::{self, BackupOptions, BackupReport, FsBackupOptions, FsBackupReport};
 
@@ -26,9 +27,14 @@ pub fn record(log: &EventLog, event: &Event) -> Result<(), crate::Error> {
 
 /// Takes a base backup and records a `change` (or an S2 `incident` on failure).
 pub async fn backup_pg(config: &Config, log: &EventLog, full_read: bool) -> Result<BackupReport, crate::Error> {
+    backup_pg_with_progress(config, log, full_read, Progress::none()).await
+}
+
+/// [`backup_pg`] reporting the bytes read to `progress` (the CLI's bar on a terminal).
+pub async fn backup_pg_with_progress(config: &Config, log: &EventLog, full_read: bool, progress: Progress) -> Result<BackupReport, crate::Error> {
     let result = async {
         let repo = Repository::open(config, false).await?;
-        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read };
+        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read, progress };
         Ok::<_, crate::Error>(snapshot::backup_pg(&repo, &options).await?)
     }
     .await;
@@ -91,6 +97,7 @@ pub fn fs_job_options(config: &Config, job: &crate::config::FsJobConfig) -> FsBa
         full_read: false,
         pre: job.pre.clone(),
         post: job.post.clone(),
+        progress: Progress::none(),
     }
 }
 
@@ -198,7 +205,12 @@ pub enum VerifyScope {
 /// Runs a verify at `now`, keeps the record of what was read when (so daily runs spread the
 /// reading over the period), and records the event the verification metrics come from.
 pub async fn verify(config: &Config, log: &EventLog, scope: VerifyScope, now: chrono::DateTime<chrono::Utc>) -> Result<crate::verify::VerifyReport, crate::Error> {
-    let result = verify_steps(config, log, scope, now).await;
+    verify_with_progress(config, log, (scope, now), Progress::none()).await
+}
+
+/// [`verify`] reporting the bytes of data objects read to `progress` (the CLI's bar).
+pub async fn verify_with_progress(config: &Config, log: &EventLog, (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>), progress: Progress) -> Result<crate::verify::VerifyReport, crate::Error> {
+    let result = verify_steps(config, log, (scope, now), progress).await;
     if let Err(error) = &result {
         // Could not run to its end: what it did not read is unproven (an integrity error is
         // corruption found, S1).
@@ -211,7 +223,7 @@ pub async fn verify(config: &Config, log: &EventLog, scope: VerifyScope, now: ch
     result
 }
 
-async fn verify_steps(config: &Config, log: &EventLog, scope: VerifyScope, now: chrono::DateTime<chrono::Utc>) -> Result<crate::verify::VerifyReport, crate::Error> {
+async fn verify_steps(config: &Config, log: &EventLog, (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>), progress: Progress) -> Result<crate::verify::VerifyReport, crate::Error> {
     use crate::verify::{Subset, VerifiedRecord, VerifyOptions};
     let repo = Repository::open(config, true).await?;
     let record_path = VerifiedRecord::path(&config.backup.state_dir, &repo.meta.id);
@@ -222,7 +234,7 @@ async fn verify_steps(config: &Config, log: &EventLog, scope: VerifyScope, now: 
         VerifyScope::Slice(n, m) => (true, Some(Subset { slice: Some((n, m)), ..Subset::default() })),
         VerifyScope::Due { period_days } => (true, Some(record.due(now, period_days))),
     };
-    let report = crate::verify::run(&repo, &VerifyOptions { read_data, subset }).await?;
+    let report = crate::verify::run(&repo, &VerifyOptions { read_data, subset, progress }).await?;
     if read_data && report.problems.is_empty() {
         record.mark(&report.data_objects_read, now);
         if let Err(error) = record.save(&record_path) {

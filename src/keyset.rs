@@ -112,17 +112,18 @@ struct Progress {
 }
 
 /// Rewraps every pack, manifest and WAL object to the current recipients, in key order,
-/// resuming after the last object a previous run of the same key set completed.
-pub async fn rewrap(repo: &Repository, state_dir: &Path) -> Result<RewrapReport, Error> {
+/// resuming after the last object a previous run of the same key set completed. `progress`
+/// counts objects (those done by an earlier run count as done at once).
+pub async fn rewrap(repo: &Repository, state_dir: &Path, progress: &crate::progress::Progress) -> Result<RewrapReport, Error> {
     let identity = repo.identity()?;
     // Exclusive with prune (and another rewrap): both replace or delete stored objects.
     let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap", std::time::Duration::ZERO).await?;
-    let result = rewrap_locked(repo, identity, state_dir).await;
+    let result = rewrap_locked(repo, identity, (state_dir, progress)).await;
     lock.release().await?;
     result
 }
 
-async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, state_dir: &Path) -> Result<RewrapReport, Error> {
+async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, (state_dir, bar): (&Path, &crate::progress::Progress)) -> Result<RewrapReport, Error> {
     let key_set = latest(&repo.store).await?.map_or(0, |(n, _)| n);
     let progress_path: PathBuf = state_dir.join(format!("rewrap-{}.json", repo.meta.id));
     let progress: Progress = std::fs::read(&progress_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|p: &Progress| p.key_set == key_set).unwrap_or_default();
@@ -134,9 +135,12 @@ async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, st
         }
     }
     objects.sort_by(|a, b| a.0.cmp(&b.0));
+    bar.set_total(objects.len() as u64);
+    bar.set_message("rewrapping objects");
     for (key, kind) in objects {
         if !progress.done_through.is_empty() && key <= progress.done_through {
             report.resumed_past += 1;
+            bar.advance(1);
             continue;
         }
         let object = parse_key(&key);
@@ -144,6 +148,7 @@ async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, st
         let rewrapped = codec::rewrap(kind, &stored, &repo.id_key, identity, &repo.recipients, &key)?;
         repo.store.put_overwrite(&object, rewrapped.into()).await?;
         report.rewrapped += 1;
+        bar.advance(1);
         let done = Progress { key_set, done_through: key };
         if let Some(dir) = progress_path.parent() {
             let _ = std::fs::create_dir_all(dir);

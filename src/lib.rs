@@ -31,6 +31,7 @@ pub mod keyset;
 pub mod metrics;
 pub mod pg;
 pub mod preflight;
+pub mod progress;
 pub mod repo;
 pub mod repository;
 pub mod restore;

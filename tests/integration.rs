@@ -22,6 +22,7 @@ mod info;
 mod interrupted;
 mod pg_verifybackup;
 mod pitr;
+mod progress;
 mod prometheus;
 mod restore_safety;
 mod restore_once;

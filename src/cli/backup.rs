@@ -3,6 +3,7 @@
 use clap::Subcommand;
 use radd::{jobs, snapshot};
 
+use super::progress::{Bar, Unit};
 use super::{Args, human_bytes, load_config, open_repo, print_json};
 
 /// `radd backup …` commands.
@@ -56,7 +57,11 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     options.tags.extend(a.tag.iter().cloned());
     options.full_read = a.full_read;
     let log = jobs::event_log(&config)?;
-    let report = jobs::backup_fs(&config, &log, &name, options, radd::daemon::wait_for_signal()).await?;
+    let bar = Bar::start(args, "backup fs", Unit::Bytes);
+    options.progress = bar.progress();
+    let report = jobs::backup_fs(&config, &log, &name, options, radd::daemon::wait_for_signal()).await;
+    bar.end(report.is_ok());
+    let report = report?;
     if args.json {
         return print_json(&report);
     }
@@ -86,7 +91,10 @@ pub async fn run(args: &Args, command: &BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Pg { full_read } => {
             let config = load_config(args)?;
             let log = jobs::event_log(&config)?;
-            let report = jobs::backup_pg(&config, &log, *full_read).await?;
+            let bar = Bar::start(args, "backup pg", Unit::Bytes);
+            let report = jobs::backup_pg_with_progress(&config, &log, *full_read, bar.progress()).await;
+            bar.end(report.is_ok());
+            let report = report?;
             if args.json {
                 return print_json(&report);
             }

@@ -112,7 +112,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
         .await?;
     eprintln!("source cluster on port {} has {} rows; taking a base backup", source.port(), a.rows);
     config.backup.state_dir = root.join("state");
-    let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read: false };
+    let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read: false, progress: radd::progress::Progress::none() };
     let backup = snapshot::backup_pg(&repo, &options).await?;
     client
         .batch_execute(&format!(
@@ -144,6 +144,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             include: Vec::new(),
             tablespaces: restore::TablespaceMapping::default(),
             config_dir: None,
+            progress: radd::progress::Progress::none(),
         },
     )
     .await?;

@@ -57,7 +57,10 @@ pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
             outln!("run `radd key rewrap` to re-encrypt existing objects");
         }
         KeyCommand::Rewrap => {
-            let report = radd::keyset::rewrap(&repo, &config.backup.state_dir).await.map_err(radd::Error::from)?;
+            let bar = super::progress::Bar::start(args, "key rewrap", super::progress::Unit::Objects);
+            let report = radd::keyset::rewrap(&repo, &config.backup.state_dir, &bar.progress()).await;
+            bar.end(report.is_ok());
+            let report = report.map_err(radd::Error::from)?;
             if args.json {
                 return print_json(&report);
             }

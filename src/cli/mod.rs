@@ -18,6 +18,7 @@ mod drill;
 mod events;
 mod info;
 mod keys;
+mod progress;
 mod restore;
 mod restore_point;
 mod retention;
@@ -133,7 +134,8 @@ pub fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(UsageError(message))
 }
 
-/// Logs go to stderr; wal-push/wal-fetch stay silent on success (PostgreSQL logs their stderr).
+/// Logs go to stderr (lifting a progress bar, if one is up, for each line); wal-push/wal-fetch
+/// stay silent on success (PostgreSQL logs their stderr).
 pub fn init_logging(args: &Args) {
     let quiet = matches!(args.command, Command::WalPush(_) | Command::WalFetch(_));
     let default = match (args.verbose, quiet) {
@@ -143,7 +145,7 @@ pub fn init_logging(args: &Args) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::LogWriter).with_target(false);
     if args.log_format == "json" {
         builder.json().with_ansi(false).init();
     } else {

@@ -79,6 +79,7 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         (.., true) => RecoveryTarget::Immediate,
         _ => RecoveryTarget::Latest,
     };
+    let bar = super::progress::Bar::start(args, "restore", super::progress::Unit::Bytes);
     let options = RestoreOptions {
         snapshot: a.snapshot.clone(),
         target: std::path::absolute(&a.target)?,
@@ -93,9 +94,11 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
             all: a.tablespace_map_all.as_deref().map(std::path::absolute).transpose()?,
         },
         config_dir: a.config_dir.as_deref().map(std::path::absolute).transpose()?,
+        progress: bar.progress(),
     };
     let log = jobs::event_log(&config)?;
     let result = restore::run(&repo, &options).await;
+    bar.end(result.is_ok());
     let event = match &result {
         Ok(r) => Some(
             Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))

@@ -5,6 +5,7 @@ use clap::Args as ClapArgs;
 use radd::jobs::{self, VerifyScope};
 use radd::verify::VerifyReport;
 
+use super::progress::{Bar, Unit};
 use super::{Args, human_bytes, load_config, print_json};
 
 /// Arguments of `radd verify`.
@@ -61,7 +62,11 @@ pub async fn run(args: &Args, a: &VerifyArgs) -> anyhow::Result<()> {
         (None, false, true) => VerifyScope::All,
         (None, false, false) => VerifyScope::Structure,
     };
-    let report = jobs::verify(&config, &jobs::event_log(&config)?, scope, now).await?;
+    // Only a read of the data objects takes long enough for a bar.
+    let bar = if matches!(scope, VerifyScope::Structure) { Bar::off() } else { Bar::start(args, "verify", Unit::Bytes) };
+    let report = jobs::verify_with_progress(&config, &jobs::event_log(&config)?, (scope, now), bar.progress()).await;
+    bar.end(report.is_ok());
+    let report = report?;
     if args.json {
         print_json(&report)?;
     } else {

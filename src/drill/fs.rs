@@ -36,6 +36,7 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
         include: Vec::new(),
         tablespaces: restore::TablespaceMapping::default(),
         config_dir: None,
+        progress: crate::progress::Progress::none(),
     };
     match restore::run(repo, &restore_options).await {
         Ok(r) => record(progress, "checksums", CheckStatus::Passed, format!("{} files, {} bytes match their manifest SHA-256 ({} packs read for {} distinct)", r.files, r.bytes, r.packs_read, r.packs_distinct), t),

@@ -164,6 +164,7 @@ async fn steps(
             // (removed with it).
             tablespaces: restore::TablespaceMapping { map: Vec::new(), all: Some(scratch.dir.join("tablespaces")) },
             config_dir: None,
+            progress: crate::progress::Progress::none(),
         },
     )
     .await;

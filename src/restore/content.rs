@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use super::pack_plan::{PackPlan, Placement};
 use super::{Error, io_err};
 use crate::codec::ObjectKind;
+use crate::progress::Progress;
 use crate::crypto::{Digest, Sha256Stream};
 use crate::repo::ObjectKey;
 use crate::repository::Repository;
@@ -73,7 +74,7 @@ type Fetched = Result<(u32, PackData), (u32, Error)>;
 ///
 /// # Errors
 /// The first checksum mismatch, else the first read or write failure, the file it was for named.
-pub(super) async fn write(repo: &Repository, index: &BlobIndex, plan: &PackPlan, targets: &[Option<Target<'_>>]) -> Result<u64, Error> {
+pub(super) async fn write(repo: &Repository, index: &BlobIndex, plan: &PackPlan, (targets, progress): (&[Option<Target<'_>>], &Progress)) -> Result<u64, Error> {
     let packs_read = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::channel::<Fetched>(1);
     let fetch = {
@@ -99,7 +100,7 @@ pub(super) async fn write(repo: &Repository, index: &BlobIndex, plan: &PackPlan,
         })
     };
     let hashers = Hashers::start();
-    let written = write_packs(&mut rx, index, plan, targets, &hashers).await;
+    let written = write_packs(&mut rx, (index, plan), targets, &hashers, progress).await;
     fetch.abort();
     // A checksum mismatch is the cause of any write failure that follows it.
     hashers.finish()?;
@@ -115,7 +116,7 @@ fn target_of<'t, 'a>(targets: &'t [Option<Target<'a>>], file: u32) -> Result<&'t
     })
 }
 
-async fn write_packs(rx: &mut mpsc::Receiver<Fetched>, index: &BlobIndex, plan: &PackPlan, targets: &[Option<Target<'_>>], hashers: &Hashers) -> Result<(), Error> {
+async fn write_packs(rx: &mut mpsc::Receiver<Fetched>, (index, plan): (&BlobIndex, &PackPlan), targets: &[Option<Target<'_>>], hashers: &Hashers, progress: &Progress) -> Result<(), Error> {
     let mut left = plan.chunks.clone();
     // Files without content are complete already.
     for (entry, target) in targets.iter().enumerate() {
@@ -139,6 +140,7 @@ async fn write_packs(rx: &mut mpsc::Receiver<Fetched>, index: &BlobIndex, plan: 
         };
         let name = &index.packs[planned.number as usize];
         write_pack((&pack.data, name), group, targets, &mut left, hashers)?;
+        progress.advance(group.iter().map(|p| u64::from(p.length)).sum());
     }
     Ok(())
 }

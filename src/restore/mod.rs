@@ -251,6 +251,8 @@ pub struct RestoreOptions {
     /// Base backups: where the server's configuration files that lived outside the source's
     /// data directory go (default: into the restored data directory).
     pub config_dir: Option<PathBuf>,
+    /// Bytes of file content written, against the total of the files restored.
+    pub progress: crate::progress::Progress,
 }
 
 /// The result of a restore, printed by the CLI (text or `--json`).
@@ -326,6 +328,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 /// Restores a snapshot into `options.target`.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
+    options.progress.set_message("checking WAL, loading the manifest");
     // A restore point is a position: the snapshot, the window and the WAL chain are checked
     // against its LSN (and its timeline), while recovery stops at the name.
     let point = match &options.recovery {
@@ -387,7 +390,9 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         if record.pg.is_some() {
             tablespace::stage(&mut tablespaces, &mut manifest)?;
         }
-        let written = writer::write_entries(repo, &index, &manifest, &staging, include.as_ref()).await?;
+        options.progress.set_message("writing files");
+        let written = writer::write_entries(repo, (&index, &manifest), &staging, include.as_ref(), &options.progress).await?;
+        options.progress.set_message("syncing to disk");
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if let Some(pg) = &record.pg {
             server_config::prepare(&staging, manifest.server_files.as_ref(), Path::new(&pg.data_dir), destination)?;

@@ -22,6 +22,7 @@ use super::content::{self, Target};
 use super::pack_plan::PackPlan;
 use super::{Error, io_err};
 use crate::crypto::Digest;
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
@@ -57,7 +58,8 @@ fn linked(manifest: &Manifest, wanted: &[bool], index: usize) -> bool {
 }
 
 /// Writes every entry under `root`.
-pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Manifest, root: &Path, include: Option<&globset::GlobSet>) -> Result<Written, Error> {
+/// `progress` gets the files' total size, then each pack's bytes as they are written.
+pub async fn write_entries(repo: &Repository, (index, manifest): (&BlobIndex, &Manifest), root: &Path, include: Option<&globset::GlobSet>, progress: &Progress) -> Result<Written, Error> {
     let wanted = wanted(manifest, include);
     let with_content = || (0..manifest.entries.len()).filter(|&i| wanted[i]).filter_map(|i| content(manifest, &wanted, i).map(|c| (i, c)));
     // Planned first: a chunk missing from the index fails the restore before anything is written.
@@ -75,7 +77,8 @@ pub async fn write_entries(repo: &Repository, index: &BlobIndex, manifest: &Mani
         written.files += 1;
         written.bytes += manifest.entries[i].size;
     }
-    written.packs_read = content::write(repo, index, &plan, &targets).await?;
+    progress.set_total(written.bytes);
+    written.packs_read = content::write(repo, index, &plan, (&targets, progress)).await?;
     drop(plan);
     set_metadata(manifest, &wanted, &paths)?;
     Ok(written)

@@ -20,6 +20,7 @@ use super::walk::{Found, walk_data_dir};
 use super::Error;
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
+use crate::progress::Progress;
 use crate::repo::{ObjectKey, lock};
 use crate::repository::Repository;
 
@@ -32,6 +33,8 @@ pub struct BackupOptions {
     pub backup: BackupConfig,
     /// Read every file, ignoring the parent record (size/mtime/inode shortcuts).
     pub full_read: bool,
+    /// Bytes of files read (or reused unchanged) against the data directory's size.
+    pub progress: Progress,
 }
 
 /// The result of a backup, printed by the CLI (text or `--json`).
@@ -128,19 +131,25 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
         }
     };
     let version_dir = pg::version_dir_prefix(start.server_version_num);
+    let progress = options.progress.clone();
+    progress.set_message("reading files");
     let walk: Box<Walk> = Box::new(move |emit: &mut dyn FnMut(Found) -> Result<(), Error>| {
         let mut found = walk_data_dir(&data_dir, &version_dir)?;
         server_files::merge(&mut found, config_found);
         standby::pg_control_last(&mut found);
+        progress.set_total(found.iter().filter(|f| f.meta.is_file() && f.hardlink_of.is_none()).map(|f| f.meta.len()).sum());
         for found in found {
             emit(found)?;
         }
         Ok(())
     });
-    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), false, (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), (false, &options.progress), (parent, next_parent), &options.backup).await?;
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
+    // What was read, not what the walk saw (files grow and shrink meanwhile): the bar ends at the report's total.
+    options.progress.set_total(read.total_bytes);
+    options.progress.set_message("waiting for WAL");
     let tablespaces = session.tablespaces().await?;
     let stop = session.stop().await?;
     let consistent_at = chrono::Utc::now();

@@ -38,6 +38,9 @@ pub struct FsBackupOptions {
     pub pre: Option<String>,
     /// Shell command run after reading, always.
     pub post: Option<String>,
+    /// Bytes of files read (or reused unchanged); the total is not known up front (the walk
+    /// streams).
+    pub progress: crate::progress::Progress,
 }
 
 /// The result of `radd backup fs`.
@@ -191,7 +194,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         })
     };
     let chunk = options.backup.fs_chunk_size.as_usize();
-    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), known, walk, move |_: &str| Chunking::ContentDefined(chunk), true, (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), known, walk, move |_: &str| Chunking::ContentDefined(chunk), (true, &options.progress), (parent, next_parent), &options.backup).await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
     let files = read.files;

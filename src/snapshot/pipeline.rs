@@ -144,6 +144,8 @@ pub struct ReadPlan<'a> {
     /// again (up to 3 times) and otherwise reported unreadable, never stored torn (fs
     /// snapshots; a PostgreSQL base backup is made consistent by WAL replay instead).
     pub stable_reads: bool,
+    /// Advanced by the bytes of each batch read and each file reused unchanged.
+    pub progress: &'a crate::progress::Progress,
 }
 
 /// A walk: calls its argument with every entry, parents first, in walk order (see
@@ -366,12 +368,14 @@ struct Feeder {
     seq: u64,
     steps: Vec<Step>,
     bytes: usize,
+    progress: crate::progress::Progress,
 }
 
 impl Feeder {
     fn push(&mut self, step: Step, bytes: usize) -> Result<(), Error> {
         self.steps.push(step);
         self.bytes += bytes;
+        self.progress.advance(bytes as u64);
         if self.bytes >= BATCH_BYTES || self.steps.len() >= BATCH_STEPS {
             self.flush()?;
         }
@@ -410,7 +414,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, (window, buffers): (Receiver<()>, BufferPool), uploads: &'a mpsc::Sender<PendingPack>) -> Self {
-        let feeder = Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0 };
+        let feeder = Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0, progress: plan.progress.clone() };
         Self { plan, known, parent, feeder, uploads, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
     }
 
@@ -493,6 +497,7 @@ impl<'a> Reader<'a> {
             self.out.files_unchanged += 1;
             self.out.total_bytes += p.size;
             self.out.reused_bytes += p.size;
+            self.feeder.progress.advance(p.size);
             entry.size = p.size;
             let chunks = if p.list.is_some() { Vec::new() } else { p.chunks.clone() };
             entry.kind = EntryKind::File { sha256: p.sha256, chunks, list: p.list.clone() };
@@ -588,7 +593,7 @@ pub async fn store_tree(
     known: Arc<BlobIndex>,
     walk: Box<Walk>,
     chunking: impl Fn(&str) -> Chunking + Send + Sync + 'static,
-    stable_reads: bool,
+    (stable_reads, progress): (bool, &crate::progress::Progress),
     parents: (Option<ParentReader>, Option<ParentWriter>),
     options: &BackupConfig,
 ) -> Result<(ReadOutcome, super::pack::UploadReport), Error> {
@@ -599,9 +604,9 @@ pub async fn store_tree(
     let _stop = super::pack::AbortOnDrop(uploader.abort_handle());
     let reader = {
         let id_key = repo.id_key.clone();
-        let options = options.clone();
+        let (options, progress) = (options.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
-            let plan = ReadPlan { chunking: &chunking, stable_reads };
+            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress };
             let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
             read_tree(walk, plan, &stages, parents.0, parents.1)
         })

@@ -23,18 +23,18 @@ use crate::snapshot::BlobIndex;
 pub(super) const CONCURRENCY: usize = 2;
 
 /// Lists `packs/` once and reports every pack an index names that is not stored. Returns the
-/// ids of the stored packs.
+/// ids of the stored packs with their sizes.
 pub(super) async fn check_packs(
     repo: &Repository,
     index: Option<&BlobIndex>,
     report: &mut VerifyReport,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<(String, u64)>, Error> {
     let listed = repo.store.list(ObjectKey::PACK_DIR).await.map_err(repository::Error::from)?;
-    let stored: Vec<String> =
-        listed.into_iter().map(|l| l.key.rsplit('/').next().unwrap_or_default().to_owned()).collect();
+    let stored: Vec<(String, u64)> =
+        listed.into_iter().map(|l| (l.key.rsplit('/').next().unwrap_or_default().to_owned(), l.size)).collect();
     report.packs = stored.len() as u64;
     let Some(index) = index else { return Ok(stored) };
-    let present: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let present: HashSet<&str> = stored.iter().map(|(id, _)| id.as_str()).collect();
     let named: HashSet<&str> = index.packs.iter().map(String::as_str).collect();
     let mut missing: Vec<&str> = named.difference(&present).copied().collect();
     missing.sort_unstable();
@@ -57,6 +57,8 @@ pub(super) struct Job {
     blobs: Vec<BlobRef>,
     /// The page-header check of a WAL segment or `.partial` file against its name.
     pages: Option<PageCheck>,
+    /// Stored size, as listed (for the progress total).
+    pub(super) size: u64,
 }
 
 impl Job {
@@ -68,34 +70,38 @@ impl Job {
 
 /// A read of every stored pack, with the blobs snapshots use from it.
 pub(super) fn pack_jobs(
-    packs: Vec<String>,
+    packs: Vec<(String, u64)>,
     mut wanted: HashMap<&str, Vec<BlobRef>>,
 ) -> impl Iterator<Item = Job> + '_ {
-    packs.into_iter().map(move |id| {
+    packs.into_iter().map(move |(id, size)| {
         let blobs = wanted.remove(id.as_str()).unwrap_or_default();
-        Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs, pages: None }
+        Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs, pages: None, size }
     })
 }
 
 /// A read of every WAL object, with its page-header check.
-pub(super) fn wal_jobs(objects: Vec<(ObjectKey, Option<PageCheck>)>) -> impl Iterator<Item = Job> {
-    objects.into_iter().map(|(key, pages)| Job { key, kind: ObjectKind::Wal, blobs: Vec::new(), pages })
+pub(super) fn wal_jobs(objects: Vec<(ObjectKey, Option<PageCheck>, u64)>) -> impl Iterator<Item = Job> {
+    objects.into_iter().map(|(key, pages, size)| Job { key, kind: ObjectKind::Wal, blobs: Vec::new(), pages, size })
 }
 
-/// Reads every job, [`CONCURRENCY`] at a time, in order; damage becomes problems.
+/// Reads every job, [`CONCURRENCY`] at a time, in order; damage becomes problems. Each
+/// object's listed size advances `progress` once it is read.
 pub(super) async fn read_all(
     repo: &Repository,
     jobs: impl Iterator<Item = Job>,
     report: &mut VerifyReport,
+    progress: &crate::progress::Progress,
 ) -> Result<(), Error> {
     let mut results = stream::iter(jobs)
         .map(|job| async move {
             let key = job.key_string();
-            read_one(repo, job).await.map(|(bytes, problem)| (key, bytes, problem))
+            let size = job.size;
+            read_one(repo, job).await.map(|(bytes, problem)| (key, bytes, problem, size))
         })
         .buffered(CONCURRENCY);
     while let Some(result) = results.next().await {
-        let (key, bytes, problem) = result?;
+        let (key, bytes, problem, size) = result?;
+        progress.advance(size);
         if let Some(bytes) = bytes {
             report.read(bytes);
             report.data_objects_read.push(key);

@@ -127,6 +127,8 @@ pub struct VerifyOptions {
     pub read_data: bool,
     /// With `read_data`: read only these packs and WAL objects (all when `None`).
     pub subset: Option<Subset>,
+    /// With `read_data`: bytes of the objects read, against the total of those to read.
+    pub progress: crate::progress::Progress,
 }
 
 /// A deterministic part of the data objects, for verification spread over time.
@@ -310,6 +312,7 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         return Err(Error::NotARecipient { recipient: recipient.join(", "), recipients: recipients.join(", "), location: repo.store.location().to_owned() });
     }
     let mut report = VerifyReport { read_data: options.read_data, ..VerifyReport::default() };
+    options.progress.set_message("checking structure");
 
     let records = snapshots::records(repo, &mut report).await?;
     let index = snapshots::load_index(repo, &mut report).await?;
@@ -333,10 +336,13 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         tracing::info!(packs = packs.len(), wal_objects = wal_objects.len(), "reading every pack and WAL object");
         let wanted = chunks.into_wanted();
         let subset = options.subset.clone();
-        let jobs = data::pack_jobs(packs, wanted)
+        let jobs: Vec<data::Job> = data::pack_jobs(packs, wanted)
             .chain(data::wal_jobs(wal_objects))
-            .filter(move |job| subset.as_ref().is_none_or(|s| s.contains(&job.key_string())));
-        data::read_all(repo, jobs, &mut report).await?;
+            .filter(move |job| subset.as_ref().is_none_or(|s| s.contains(&job.key_string())))
+            .collect();
+        options.progress.set_total(jobs.iter().map(|job| job.size).sum());
+        options.progress.set_message("reading objects");
+        data::read_all(repo, jobs.into_iter(), &mut report, &options.progress).await?;
     }
     report.ok = report.problems.is_empty();
     report.duration_seconds = clock.elapsed().as_secs_f64();

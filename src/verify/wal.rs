@@ -17,11 +17,11 @@ pub(super) async fn check(
     repo: &Repository,
     segment_size: Option<SegmentSize>,
     report: &mut VerifyReport,
-) -> Result<Vec<(ObjectKey, Option<PageCheck>)>, Error> {
+) -> Result<Vec<(ObjectKey, Option<PageCheck>, u64)>, Error> {
     let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
     let mut timelines: BTreeMap<Timeline, BTreeSet<u64>> = BTreeMap::new();
     let mut objects = Vec::with_capacity(listed.len());
-    for Listed { key, .. } in &listed {
+    for Listed { key, size, .. } in &listed {
         let Some((dir, name)) = key
             .strip_prefix(ObjectKey::WAL_DIR)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -47,7 +47,7 @@ pub(super) async fn check(
             timelines.entry(timeline).or_default().insert(number);
         }
         let pages = segment_size.and_then(|size| PageCheck::for_file(&parsed, size));
-        objects.push((ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() }, pages));
+        objects.push((ObjectKey::Wal { dir: dir.to_owned(), name: name.to_owned() }, pages, *size));
     }
     // Without a known segment size the archive holds no segment, so no fork can have diverged.
     let Some(segment_size) = segment_size else { return Ok(objects) };
