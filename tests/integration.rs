@@ -25,6 +25,7 @@ mod prometheus;
 mod restore_safety;
 mod restore_once;
 mod retention;
+mod scratch;
 mod tablespace;
 mod standby;
 mod segsize;

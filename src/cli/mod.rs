@@ -20,6 +20,7 @@ mod info;
 mod keys;
 mod restore;
 mod retention;
+mod scratch;
 mod verify;
 mod wal;
 
@@ -79,6 +80,9 @@ pub enum Command {
     Info,
     /// Restore a snapshot into a new directory (PostgreSQL: ready to recover to a target).
     Restore(restore::RestoreArgs),
+    /// Managed scratch instances (`radd restore … --scratch`): list them, stop them.
+    #[command(subcommand)]
+    Scratch(scratch::ScratchCommand),
     /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
     Forget(retention::ForgetArgs),
     /// Delete chunks no snapshot references (after a grace period) and WAL no retained backup needs.
@@ -162,6 +166,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Snapshots => backup::snapshots(args).await,
         Command::Info => info::run(args).await,
         Command::Restore(a) => restore::run(args, a).await,
+        Command::Scratch(c) => scratch::run(args, c),
         Command::Forget(a) => retention::forget(args, a).await,
         Command::Prune(a) => retention::prune(args, a).await,
         Command::Unlock(a) => retention::unlock(args, a).await,

@@ -7,6 +7,7 @@
 //! snapshot is then simply never committed.
 
 mod http;
+mod scratch_reaper;
 mod watch;
 
 use std::path::PathBuf;
@@ -91,6 +92,7 @@ pub async fn run(config: Config, restore_command: String) -> Result<(), crate::E
     }
     let every = duration(&state.config.daemon.watch_interval).unwrap_or(Duration::from_secs(15));
     tasks.spawn(watch::watch_loop(state.clone(), every, stop_rx.clone()));
+    tasks.spawn(scratch_reaper::reap_loop(state.clone(), every, stop_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutdown requested: no new jobs; waiting for running ones");

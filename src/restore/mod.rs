@@ -24,6 +24,7 @@ use serde::Serialize;
 
 pub use recovery::{RecoveryTarget, parse_time};
 pub use tablespace::{TablespaceMapping, TablespaceRestore};
+pub use target::choose_snapshot;
 
 use crate::archive;
 use crate::error::ErrorKind;

@@ -39,7 +39,7 @@ fn describe(record: &SnapshotRecord) -> String {
 ///
 /// # Errors
 /// [`Error::OutsideWindow`] when no snapshot can reach the target; snapshot lookup failures.
-pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<SnapshotRecord, Error> {
+pub async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<SnapshotRecord, Error> {
     let before_target = |record: &SnapshotRecord| match (recovery, &record.pg) {
         (RecoveryTarget::Time(t), Some(_)) => consistent_at(record).is_some_and(|at| at <= *t),
         (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l,
