@@ -12,6 +12,15 @@ use crate::common::env::{Backend, TestEnv, block_on, json, radd_binary, sql, sql
 
 const PASSWORD: &str = "scratch-secret";
 
+/// Stops every scratch instance of the test when dropped, so a failing test leaves no server.
+struct StopAll<'a>(&'a TestEnv);
+
+impl Drop for StopAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.radd(&["scratch", "stop", "--all"]);
+    }
+}
+
 fn backup(env: &TestEnv) -> String {
     json(&env.radd_push(&["--json", "backup", "pg"]))["snapshot_id"].as_str().expect("snapshot id").to_owned()
 }
@@ -92,6 +101,7 @@ fn events_from(env: &TestEnv, source: &str) -> Vec<serde_json::Value> {
 #[test]
 fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
     let env = TestEnv::new(Backend::Local);
+    let _cleanup = StopAll(&env);
     let source = env.source_cluster();
     sql(&source, &format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"));
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
@@ -153,13 +163,22 @@ fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
 #[test]
 fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable() {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
+    let _cleanup = StopAll(&env);
+    // No autovacuum: no transaction may commit after `last_commit` below.
+    let source = env.source_cluster_with(&[], &[("autovacuum", "off".into())]);
     std::fs::write(&env.config, std::fs::read_to_string(&env.config).expect("config") + "\n[scratch]\nmax_instances = 1\n").expect("config");
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
     backup(&env);
+    // A time after the last commit but before the newest segment was archived: inside the
+    // window as far as the archive's listing tells, yet no WAL after it to stop at.
+    let last_commit = sql(&source, "SELECT clock_timestamp()");
     switch_and_wait_archived(&source);
 
-    for (time, needle) in [("2001-01-01 00:00:00+00", "before the oldest backup"), ("2999-01-01T00:00:00Z", "past the end of the archive")] {
+    for (time, needle) in [
+        ("2001-01-01 00:00:00+00", "before the oldest backup"),
+        ("2999-01-01T00:00:00Z", "past the end of the archive"),
+        (last_commit.as_str(), "archived WAL ends before"),
+    ] {
         let out = env.radd(&["restore", "latest", "--scratch", "--time", time]);
         assert_eq!(out.status.code(), Some(2), "{time}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{time}: expected {needle:?} in {}", stderr(&out));
@@ -197,6 +216,7 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
 #[test]
 fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
     let env = TestEnv::new(Backend::Local);
+    let _cleanup = StopAll(&env);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
     backup(&env);

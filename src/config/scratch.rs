@@ -84,3 +84,27 @@ impl ScratchConfig {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scratch_section_parses_and_bad_values_are_reported_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radd.toml");
+        std::fs::write(&path, "[repository]\npath = \"r\"\n[scratch]\ndir = \"sc\"\ndefault_ttl = \"90m\"\nmax_bytes = \"1GiB\"\n").unwrap();
+        let err = super::super::Config::load(&path).unwrap_err().to_string();
+        assert!(!err.contains("scratch"), "{err}");
+        std::fs::write(&path, "[repository]\npath = \"r\"\n[scratch]\ndefault_ttl = \"soon\"\nmax_instances = 0\nmax_byte = 1\n").unwrap();
+        let err = super::super::Config::load(&path).unwrap_err().to_string();
+        for key in ["scratch.default_ttl", "scratch.max_instances", "scratch.max_byte"] {
+            assert!(err.contains(key), "{key} not reported: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        let config = super::ScratchConfig { default_ttl: "90m".into(), ..super::ScratchConfig::default() };
+        assert_eq!(config.default_ttl(), std::time::Duration::from_secs(5400));
+        assert_eq!(super::ScratchConfig::default().max_bytes.0, 50 << 30);
+    }
+}

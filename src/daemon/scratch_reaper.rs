@@ -19,7 +19,7 @@ pub async fn reap_loop(state: State, every: Duration, mut stop: watch::Receiver<
     loop {
         let st = state.clone();
         // pg_ctl stop and the directory removal block: off the async threads.
-        let pass = tokio::task::spawn_blocking(move || jobs::scratch_stop(&st.config, &st.events, &Selection::Expired)).await;
+        let pass = tokio::task::spawn_blocking(move || jobs::scratch_stop(&st.config, &st.events, &Selection::Expired).map_err(|e| e.to_string())).await;
         match pass {
             Ok(Ok((_, errors))) => {
                 for error in errors {

@@ -32,7 +32,7 @@ use crate::restore::{self, RecoveryTarget, RestoreOptions, TablespaceMapping};
 pub enum Error {
     /// The restore into the instance failed (its error names the snapshot and the cause).
     #[error(transparent)]
-    Restore(#[from] restore::Error),
+    Restore(Box<restore::Error>),
     /// The snapshot is a file tree, not a PostgreSQL base backup.
     #[error("snapshot {0} is not a PostgreSQL base backup; --scratch starts a PostgreSQL server and needs one")]
     NotPg(String),
@@ -127,6 +127,15 @@ pub enum Error {
         /// Last lines of the server log (the directory is removed).
         log: String,
     },
+    /// The archived WAL ends before the target (no transaction after a time target has been
+    /// archived yet): PostgreSQL stopped rather than pretend it got there.
+    #[error("scratch instance {id}: the archived WAL ends before {target} (PostgreSQL: recovery ended before the target was reached); wait until the WAL after it is archived, or choose an earlier target")]
+    BeyondArchive {
+        /// Instance id.
+        id: String,
+        /// The target.
+        target: String,
+    },
     /// The postmaster survived pg_ctl stop, SIGQUIT and SIGKILL.
     #[error("scratch instance {id}: postmaster {pid} is still running after SIGKILL; its directory was kept")]
     StillRunning {
@@ -137,13 +146,21 @@ pub enum Error {
     },
 }
 
+impl From<restore::Error> for Error {
+    fn from(error: restore::Error) -> Self {
+        Error::Restore(Box::new(error))
+    }
+}
+
 impl Error {
     /// Category for exit codes.
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Restore(e) => e.kind(),
-            Error::NotPg(_) | Error::Port { .. } | Error::Production { .. } | Error::TooMany { .. } | Error::TooLarge { .. } | Error::Ambiguous { .. } => ErrorKind::Config,
+            Error::NotPg(_) | Error::Port { .. } | Error::Production { .. } | Error::TooMany { .. } | Error::TooLarge { .. } | Error::Ambiguous { .. } | Error::BeyondArchive { .. } => {
+                ErrorKind::Config
+            }
             Error::Io { .. } => ErrorKind::Io,
             Error::Record { .. } => ErrorKind::Conflict,
             Error::NotFound(_) => ErrorKind::NotFound,
@@ -157,7 +174,14 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Restore(e) => e.is_usage(),
-            Error::NotPg(_) | Error::Port { .. } | Error::Production { .. } | Error::TooMany { .. } | Error::TooLarge { .. } | Error::NotFound(_) | Error::Ambiguous { .. } => true,
+            Error::NotPg(_)
+            | Error::Port { .. }
+            | Error::Production { .. }
+            | Error::TooMany { .. }
+            | Error::TooLarge { .. }
+            | Error::NotFound(_)
+            | Error::Ambiguous { .. }
+            | Error::BeyondArchive { .. } => true,
             _ => false,
         }
     }
@@ -351,11 +375,16 @@ async fn build(repo: &Repository, host: &Host, options: &CreateOptions, inst: &m
         .with_data_dir(&inst.data_dir)
         .with_port(inst.port);
     tracing::info!(scratch_id = %inst.id, port = inst.port, target = %inst.target, "starting the scratch instance");
-    cluster.start(&settings, &[]).map_err(|source| Error::Start { id: inst.id.clone(), source })?;
+    if let Err(source) = cluster.start(&settings, &[]) {
+        return Err(beyond_archive(inst, &cluster.log_file()).unwrap_or(Error::Start { id: inst.id.clone(), source }));
+    }
     inst.pid = instance::postmaster_pid(&inst.data_dir);
     inst.save()?;
     let connection = server::socket_connection(&run_dir, inst.port, &host.user, &host.dbname);
     if let Err(detail) = server::wait_ready(&connection, &inst.data_dir, ready, host.start_timeout).await {
+        if let Some(error) = beyond_archive(inst, &cluster.log_file()) {
+            return Err(error);
+        }
         let log = log_tail(&cluster.log_file(), 20);
         return Err(Error::NotReady { id: inst.id.clone(), target: inst.target.clone(), detail, log });
     }
@@ -369,6 +398,13 @@ async fn build(repo: &Repository, host: &Host, options: &CreateOptions, inst: &m
     inst.save()?;
     cluster.detach();
     Ok(())
+}
+
+/// [`Error::BeyondArchive`] when the server log says recovery ran out of WAL before the target.
+fn beyond_archive(inst: &Instance, log: &Path) -> Option<Error> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.contains("recovery ended before configured recovery target was reached")
+        .then(|| Error::BeyondArchive { id: inst.id.clone(), target: inst.target.clone() })
 }
 
 fn write_standby_signal(data_dir: &Path) -> Result<(), Error> {
