@@ -23,7 +23,7 @@ pub use stop::{Reason, Selection, StopReport, stop};
 
 use crate::config::Config;
 use crate::error::ErrorKind;
-use crate::pg::{self, Lsn, ScratchCluster, Timeline, WalFileName};
+use crate::pg::{self, Lsn, Timeline, WalFileName};
 use crate::repository::Repository;
 use crate::restore::{self, RecoveryTarget, RestoreOptions, TablespaceMapping};
 
@@ -359,52 +359,7 @@ async fn build(repo: &Repository, host: &Host, options: &CreateOptions, inst: &m
         }
     };
     inst.save()?;
-    let run_dir = inst.socket_dir.clone();
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| Error::Io { what, path, source }
-    };
-    std::fs::create_dir(&run_dir).map_err(io("create", &run_dir))?;
-    let settings = server::own_settings(&run_dir, &inst.data_dir, &inst.id, inst.mode, has_target).map_err(io("write the configuration into", &run_dir))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(io("make private", &run_dir))?;
-    }
-    let mut cluster = ScratchCluster::new(&host.bin_dir, &run_dir)
-        .map_err(|source| Error::Start { id: inst.id.clone(), source })?
-        .with_data_dir(&inst.data_dir)
-        .with_port(inst.port);
-    tracing::info!(scratch_id = %inst.id, port = inst.port, target = %inst.target, "starting the scratch instance");
-    if let Err(source) = cluster.start(&settings, &[]) {
-        return Err(beyond_archive(inst, &cluster.log_file()).unwrap_or(Error::Start { id: inst.id.clone(), source }));
-    }
-    inst.pid = instance::postmaster_pid(&inst.data_dir);
-    inst.save()?;
-    let connection = server::socket_connection(&run_dir, inst.port, &host.user, &host.dbname);
-    if let Err(detail) = server::wait_ready(&connection, &inst.data_dir, ready, host.start_timeout).await {
-        if let Some(error) = beyond_archive(inst, &cluster.log_file()) {
-            return Err(error);
-        }
-        let log = log_tail(&cluster.log_file(), 20);
-        return Err(Error::NotReady { id: inst.id.clone(), target: inst.target.clone(), detail, log });
-    }
-    inst.rto_seconds = Some(clock.elapsed().as_secs_f64());
-    match server::reached(&connection).await {
-        Ok((lsn, time)) => (inst.reached_lsn, inst.reached_time) = (lsn, time),
-        Err(error) => tracing::warn!(scratch_id = %inst.id, error = %error, "cannot read the recovery point reached"),
-    }
-    inst.pid = instance::postmaster_pid(&inst.data_dir);
-    inst.ready = true;
-    inst.save()?;
-    cluster.detach();
-    Ok(())
-}
-
-/// [`Error::BeyondArchive`] when the server log says recovery ran out of WAL before the target.
-fn beyond_archive(inst: &Instance, log: &Path) -> Option<Error> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.contains("recovery ended before configured recovery target was reached")
-        .then(|| Error::BeyondArchive { id: inst.id.clone(), target: inst.target.clone() })
+    server::start(host, inst, ready, has_target, clock).await
 }
 
 fn write_standby_signal(data_dir: &Path) -> Result<(), Error> {
@@ -493,12 +448,6 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-}
 
 /// Percent-encodes a user or database name for a connection URI.
 fn url_encode(text: &str) -> String {

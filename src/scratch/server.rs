@@ -11,13 +11,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::Mode;
+use crate::pg::ScratchCluster;
+
+use super::{Error, Host, Instance, Mode};
 use crate::config::PostgresConfig;
 use crate::pg::{self, Lsn, conf::quote};
 
 /// Writes `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf` of the instance into `run_dir`;
 /// returns the `-c` settings to start `data_dir` with.
-pub fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_target: bool) -> std::io::Result<Vec<(&'static str, String)>> {
+fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_target: bool) -> std::io::Result<Vec<(&'static str, String)>> {
     let conf = run_dir.join("postgresql.conf");
     let hba = run_dir.join("pg_hba.conf");
     let ident = run_dir.join("pg_ident.conf");
@@ -63,7 +65,7 @@ pub fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_t
 }
 
 /// Connection settings for radd's own queries: the private socket, no password.
-pub fn socket_connection(socket_dir: &Path, port: u16, user: &str, dbname: &str) -> PostgresConfig {
+fn socket_connection(socket_dir: &Path, port: u16, user: &str, dbname: &str) -> PostgresConfig {
     PostgresConfig { host: socket_dir.display().to_string(), port, user: user.to_owned(), dbname: dbname.to_owned(), ..PostgresConfig::default() }
 }
 
@@ -79,7 +81,7 @@ pub enum Ready {
 }
 
 /// Polls until the instance is ready, its postmaster dies, or `timeout` passes.
-pub async fn wait_ready(connection: &PostgresConfig, data_dir: &Path, ready: Ready, timeout: Duration) -> Result<(), String> {
+async fn wait_ready(connection: &PostgresConfig, data_dir: &Path, ready: Ready, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not yet accepting connections");
     while Instant::now() < deadline {
@@ -117,7 +119,7 @@ async fn check(client: &tokio_postgres::Client, ready: Ready) -> Result<bool, St
 
 /// The recovery point the instance reached: the last replayed WAL position and the commit
 /// time of the last replayed transaction (both stay fixed after promotion).
-pub async fn reached(connection: &PostgresConfig) -> Result<(Option<Lsn>, Option<String>), String> {
+async fn reached(connection: &PostgresConfig) -> Result<(Option<Lsn>, Option<String>), String> {
     let client = pg::connect(connection).await.map_err(|e| e.to_string())?;
     let row = client
         .query_one(
@@ -129,3 +131,62 @@ pub async fn reached(connection: &PostgresConfig) -> Result<(Option<Lsn>, Option
     let lsn: Option<String> = row.get(0);
     Ok((lsn.and_then(|l| l.parse().ok()), row.get(1)))
 }
+
+/// Writes the instance's own configuration into its run directory, starts the server detached
+/// and waits until it is `ready`; records the pid, the point reached and the RTO (seconds since
+/// `clock`) in `inst`. The server is stopped again when anything fails.
+pub async fn start(host: &Host, inst: &mut Instance, ready: Ready, has_target: bool, clock: Instant) -> Result<(), Error> {
+    let run_dir = inst.socket_dir.clone();
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { what, path, source }
+    };
+    std::fs::create_dir(&run_dir).map_err(io("create", &run_dir))?;
+    let settings = own_settings(&run_dir, &inst.data_dir, &inst.id, inst.mode, has_target).map_err(io("write the configuration into", &run_dir))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(io("make private", &run_dir))?;
+    }
+    let mut cluster = ScratchCluster::new(&host.bin_dir, &run_dir)
+        .map_err(|source| Error::Start { id: inst.id.clone(), source })?
+        .with_data_dir(&inst.data_dir)
+        .with_port(inst.port);
+    tracing::info!(scratch_id = %inst.id, port = inst.port, target = %inst.target, "starting the scratch instance");
+    if let Err(source) = cluster.start(&settings, &[]) {
+        return Err(beyond_archive(inst, &cluster.log_file()).unwrap_or(Error::Start { id: inst.id.clone(), source }));
+    }
+    inst.pid = super::instance::postmaster_pid(&inst.data_dir);
+    inst.save()?;
+    let connection = socket_connection(&run_dir, inst.port, &host.user, &host.dbname);
+    if let Err(detail) = wait_ready(&connection, &inst.data_dir, ready, host.start_timeout).await {
+        if let Some(error) = beyond_archive(inst, &cluster.log_file()) {
+            return Err(error);
+        }
+        let log = log_tail(&cluster.log_file(), 20);
+        return Err(Error::NotReady { id: inst.id.clone(), target: inst.target.clone(), detail, log });
+    }
+    inst.rto_seconds = Some(clock.elapsed().as_secs_f64());
+    match reached(&connection).await {
+        Ok((lsn, time)) => (inst.reached_lsn, inst.reached_time) = (lsn, time),
+        Err(error) => tracing::warn!(scratch_id = %inst.id, error = %error, "cannot read the recovery point reached"),
+    }
+    inst.pid = super::instance::postmaster_pid(&inst.data_dir);
+    inst.ready = true;
+    inst.save()?;
+    cluster.detach();
+    Ok(())
+}
+
+/// [`Error::BeyondArchive`] when the server log says recovery ran out of WAL before the target.
+fn beyond_archive(inst: &Instance, log: &Path) -> Option<Error> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.contains("recovery ended before configured recovery target was reached")
+        .then(|| Error::BeyondArchive { id: inst.id.clone(), target: inst.target.clone() })
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
