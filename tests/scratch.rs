@@ -174,6 +174,11 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
     let last_commit = sql(&source, "SELECT clock_timestamp()");
     switch_and_wait_archived(&source);
 
+    let small = env.path().join("small.toml");
+    std::fs::write(&small, std::fs::read_to_string(&env.config).expect("config").replace("max_instances = 1", "max_instances = 1\nmax_bytes = \"1MiB\"")).expect("config");
+    let out = env.radd_with(&small, &["restore", "latest", "--scratch"]);
+    assert_eq!(out.status.code(), Some(2), "max_bytes: {}", stderr(&out));
+    assert!(stderr(&out).contains("[scratch] max_bytes"), "{}", stderr(&out));
     for (time, needle) in [
         ("2001-01-01 00:00:00+00", "before the oldest backup"),
         ("2999-01-01T00:00:00Z", "past the end of the archive"),
@@ -224,8 +229,15 @@ fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
     switch_and_wait_archived(&source);
 
     // `latest` without --promote: a hot standby that replayed the whole archive.
-    let instance = json(&env.radd(&["--json", "restore", "latest", "--scratch", "--ttl", "3s"]));
+    let out = env.radd(&["restore", "latest", "--scratch", "--ttl", "3s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(" ready: ") && text.contains("postgresql://postgres@127.0.0.1:") && text.contains("RTO:") && text.contains("radd scratch stop "), "{text}");
+    let listed = json(&env.radd(&["--json", "scratch", "list"]));
+    let instance = listed.as_array().and_then(|l| l.first()).cloned().expect("one instance");
     assert_eq!(instance["mode"], "standby", "{instance:#}");
+    let table = String::from_utf8_lossy(&env.radd(&["scratch", "list"]).stdout).into_owned();
+    assert!(table.contains(instance["id"].as_str().expect("id")) && (table.contains("running") || table.contains("expired")), "{table}");
     assert_eq!(sql_at(&socket(&instance), "SELECT count(*) FROM t"), "1500");
     assert_eq!(sql_at(&socket(&instance), "SELECT pg_is_in_recovery()"), "t");
 

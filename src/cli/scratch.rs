@@ -103,7 +103,7 @@ fn list(args: &Args, config: &Config) -> anyhow::Result<()> {
         outln!("no scratch instances in {}", host.dir.display());
         return Ok(());
     }
-    outln!("{:<8}  {:<9}  {:<22}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  DSN", "ID", "STATE", "SNAPSHOT", "TARGET", "PORT", "OWNER", "CREATED", "EXPIRES", "SIZE");
+    outln!("{:<8}  {:<9}  {:<30}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  DSN", "ID", "STATE", "SNAPSHOT", "TARGET", "PORT", "OWNER", "CREATED", "EXPIRES", "SIZE");
     for s in &statuses {
         let i = &s.instance;
         let state = match (s.state, s.expired) {
@@ -113,7 +113,7 @@ fn list(args: &Args, config: &Config) -> anyhow::Result<()> {
             (scratch::State::Stopped, _) => "stopped",
         };
         outln!(
-            "{:<8}  {:<9}  {:<22}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  {}",
+            "{:<8}  {:<9}  {:<30}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  {}",
             i.id,
             state,
             i.snapshot_id,
