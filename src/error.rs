@@ -102,6 +102,9 @@ pub enum Error {
     /// `radd verify` could not check the repository, or found problems in it.
     #[error(transparent)]
     Verify(#[from] crate::verify::Error),
+    /// A scratch instance could not be created, listed or stopped.
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::Error),
 }
 
 impl Error {
@@ -122,6 +125,7 @@ impl Error {
             Error::Drill(e) => e.kind(),
             Error::Events(e) => e.kind(),
             Error::Daemon(_) => ErrorKind::Config,
+            Error::Scratch(e) => e.kind(),
         }
     }
 }

@@ -275,3 +275,67 @@ pub fn restore_command(config_path: &Path) -> Result<String, std::io::Error> {
 pub fn sh_quote(value: &Path) -> String {
     format!("'{}'", value.display().to_string().replace('\'', r"'\''"))
 }
+
+/// Creates a scratch instance (`radd restore --scratch`) and records a `change` event: who (the
+/// OS user), what (snapshot and target), the RTO and the expiry. A failure is an incident only
+/// when the repository is at fault, by the rule of `radd restore`: a bad target, port or limit
+/// is the operator's to fix (exit code), not an incident.
+pub async fn scratch_restore(config: &Config, log: &EventLog, repo: &Repository, options: &crate::scratch::CreateOptions) -> Result<crate::scratch::Instance, crate::Error> {
+    let host = crate::scratch::Host::from_config(config);
+    let result = crate::scratch::create(repo, &host, options).await;
+    let event = match &result {
+        Ok(i) => Some(
+            Event::from_occurrence(
+                Occurrence::ScratchStarted,
+                "scratch",
+                format!(
+                    "scratch instance {} started by {}: snapshot {} at {}, port {}, expires {}",
+                    i.id, i.owner, i.snapshot_id, i.target, i.port, i.expires
+                ),
+            )
+            .label("scratch_id", i.id.clone())
+            .label("owner", i.owner.clone())
+            .details(serde_json::to_value(i).unwrap_or_default()),
+        ),
+        Err(e) if e.is_usage() => None,
+        Err(e) => {
+            let occurrence = if e.kind() == crate::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::RestoreFailed };
+            Some(
+                Event::from_occurrence(occurrence, "scratch", format!("scratch restore of {} ({}) failed: {e}", options.snapshot, options.recovery))
+                    .label("error_type", e.kind().label()),
+            )
+        }
+    };
+    if let Some(event) = event {
+        record(log, &event)?;
+    }
+    Ok(result?)
+}
+
+/// Stops and removes the selected scratch instances, recording a `change` event per teardown
+/// (manual, TTL, or an abandoned creation). Returns the stopped instances and the failures of
+/// those that could not be stopped (the others are stopped all the same).
+pub fn scratch_stop(
+    config: &Config,
+    log: &EventLog,
+    selection: &crate::scratch::Selection,
+) -> Result<(Vec<crate::scratch::StopReport>, Vec<crate::scratch::Error>), crate::Error> {
+    let host = crate::scratch::Host::from_config(config);
+    let (reports, errors) = crate::scratch::stop(&host, selection, chrono::Utc::now());
+    for r in &reports {
+        let why = match r.reason {
+            crate::scratch::Reason::Manual => "stopped",
+            crate::scratch::Reason::Expired => "expired (TTL) and stopped",
+            crate::scratch::Reason::Abandoned => "abandoned during creation and removed",
+        };
+        let event = Event::from_occurrence(
+            Occurrence::ScratchStopped,
+            "scratch",
+            format!("scratch instance {} {why}: snapshot {} at {}, created by {} at {}", r.instance.id, r.instance.snapshot_id, r.instance.target, r.instance.owner, r.instance.created),
+        )
+        .label("scratch_id", r.instance.id.clone())
+        .details(json!({ "reason": r.reason, "was_running": r.was_running, "killed": r.killed, "by": crate::scratch::instance::os_user(), "instance": r.instance }));
+        record(log, &event)?;
+    }
+    Ok((reports, errors))
+}

@@ -36,6 +36,7 @@ pub mod repo;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod scratch;
 pub mod snapshot;
 pub mod verify;
 

@@ -28,6 +28,7 @@ mod restore_safety;
 mod restore_once;
 mod restore_points;
 mod retention;
+mod scratch;
 mod tablespace;
 mod standby;
 mod segsize;

@@ -22,6 +22,7 @@ mod progress;
 mod restore;
 mod restore_point;
 mod retention;
+mod scratch;
 mod verify;
 mod wal;
 
@@ -84,6 +85,9 @@ pub enum Command {
     /// Create a named restore point on the source and record it (take one before a risky
     /// migration); `restore --name` targets it later.
     RestorePoint(restore_point::RestorePointArgs),
+    /// Managed scratch instances (`radd restore … --scratch`): list them, stop them.
+    #[command(subcommand)]
+    Scratch(scratch::ScratchCommand),
     /// Apply the retention policy: keep what a rule keeps, forget the rest (--dry-run shows it).
     Forget(retention::ForgetArgs),
     /// Delete chunks no snapshot references (after a grace period) and WAL no retained backup needs.
@@ -169,6 +173,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         Command::Info => info::run(args).await,
         Command::Restore(a) => restore::run(args, a).await,
         Command::RestorePoint(a) => restore_point::run(args, a).await,
+        Command::Scratch(c) => scratch::run(args, c),
         Command::Forget(a) => retention::forget(args, a).await,
         Command::Prune(a) => retention::prune(args, a).await,
         Command::Unlock(a) => retention::unlock(args, a).await,

@@ -15,9 +15,26 @@ use super::{Args, human_bytes, open_repo, print_json};
 pub struct RestoreArgs {
     /// `latest`, a snapshot id, or a unique prefix of one.
     pub snapshot: String,
-    /// Data directory to create (must be absent or empty).
-    #[arg(long)]
-    pub target: PathBuf,
+    /// Data directory to create (must be absent or empty). Not with --scratch, which picks
+    /// its own under [scratch] dir.
+    #[arg(long, required_unless_present = "scratch", conflicts_with = "scratch")]
+    pub target: Option<PathBuf>,
+    /// Restore into a managed scratch instance and start it: PostgreSQL on a free loopback
+    /// port with its own socket directory, archiving off, read-only at the target (unless
+    /// --promote); prints the connection strings, the point reached, the RTO and the expiry.
+    /// `radd scratch list|stop` manage it; the daemon stops it when its TTL runs out.
+    #[arg(long, conflicts_with_all = ["archive", "include", "config_dir", "tablespace_map_all"])]
+    pub scratch: bool,
+    /// --scratch: lifetime of the instance (e.g. 30m, 4h; default [scratch] default_ttl).
+    #[arg(long, requires = "scratch", value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// --scratch: port on 127.0.0.1 (default: a free one; never [postgres] port).
+    #[arg(long, requires = "scratch")]
+    pub port: Option<u16>,
+    /// --scratch: promote at the target for a writable copy (default: read-only hot standby
+    /// paused at the target).
+    #[arg(long, requires = "scratch")]
+    pub promote: bool,
     /// Recover to this time: RFC 3339, PostgreSQL's "2026-11-26 05:00:00+00", "2026-11-30T14:05Z",
     /// "yesterday 14:05", "today 09:00", "2h ago", "now"; a zone may follow ("+02:00",
     /// "Europe/Berlin"), UTC when none is given. With `latest`, radd picks the newest snapshot
@@ -79,10 +96,14 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         (.., true) => RecoveryTarget::Immediate,
         _ => RecoveryTarget::Latest,
     };
+    if a.scratch {
+        return super::scratch::restore(args, a, &config, &repo, recovery).await;
+    }
+    let Some(target) = &a.target else { return Err(super::usage("radd restore needs --target DIR (or --scratch)".into())) };
     let bar = super::progress::Bar::start(args, "restore", super::progress::Unit::Bytes);
     let options = RestoreOptions {
         snapshot: a.snapshot.clone(),
-        target: std::path::absolute(&a.target)?,
+        target: std::path::absolute(target)?,
         recovery,
         allow_gap: a.allow_gap,
         timeline: a.timeline.map(radd::pg::Timeline),

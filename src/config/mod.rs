@@ -5,6 +5,7 @@
 //! no repository. Secrets are never inline: keys live in files named here (mode 0600).
 
 mod primary;
+mod scratch;
 mod size;
 mod storage;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use primary::PrimaryConfig;
+pub use scratch::ScratchConfig;
 pub use size::ByteSize;
 
 /// Errors loading configuration.
@@ -78,6 +80,9 @@ pub struct Config {
     /// Where drill definitions and scratch instances live.
     #[serde(default)]
     pub drills: DrillsConfig,
+    /// Managed scratch instances (`radd restore --scratch`): where, how long, how many.
+    #[serde(default)]
+    pub scratch: ScratchConfig,
     /// The production event log and its sinks.
     #[serde(default)]
     pub events: crate::events::EventsConfig,
@@ -568,6 +573,7 @@ impl Config {
         fix(&mut self.keys.identity_file);
         fix(&mut self.keys.id_key_file);
         fix(&mut self.postgres.data_dir);
+        fix(&mut self.scratch.dir);
         for path in [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir, &mut self.backup.state_dir] {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -593,6 +599,7 @@ impl Config {
         }
         problems.extend(self.postgres.primary_problems());
         problems.extend(self.repository.storage_problems());
+        problems.extend(self.scratch.problems());
         let b = &self.backup;
         if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) || b.block_size.0 > MAX_BLOCK_SIZE {
             problems.push("backup.block_size: must be a multiple of 8KiB between 8KiB and 16MiB".to_owned());

@@ -9,6 +9,7 @@
 
 mod http;
 mod schedule;
+mod scratch_reaper;
 mod watch;
 
 use std::sync::Arc;
@@ -154,6 +155,7 @@ fn start(
         tasks.spawn(watch::heartbeat_loop(state.clone(), every, stop_rx.clone()));
     }
     let every = duration(&state.config.daemon.watch_interval).unwrap_or(Duration::from_secs(15));
+    tasks.spawn(scratch_reaper::reap_loop(state.clone(), every, stop_rx.clone()));
     tasks.spawn(watch::watch_loop(state.clone(), every, stop_rx));
     stop_tx
 }

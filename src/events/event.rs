@@ -102,6 +102,11 @@ pub enum Occurrence {
     /// A verification could not run to its end (storage, keys): nothing is known about the
     /// objects it did not read.
     VerifyFailed,
+    /// A scratch instance was restored and started (`radd restore --scratch`): who, what,
+    /// until when — the audit trail of ad-hoc copies of production data.
+    ScratchStarted,
+    /// A scratch instance was stopped and removed (by an operator or its TTL).
+    ScratchStopped,
 }
 
 /// The severity rules, in one place:
@@ -113,13 +118,19 @@ pub enum Occurrence {
 /// | S3 | `SnapshotPartial`, `MaintenanceFailed` | the snapshot is usable except for the files named; the repository keeps what it should delete |
 /// | S4 | `SinkUndeliverable` | nothing is lost: events stay in the local log |
 ///
-/// Successes are `change` events without severity. A single failed WAL push is S2 rather than
+/// Successes (scratch instances started and stopped too) are `change` events without severity. A single failed WAL push is S2 rather than
 /// S1 because PostgreSQL retries it; when retries keep failing, the stall becomes S1.
 #[must_use]
 pub fn classify(occurrence: Occurrence) -> (EventKind, Option<Severity>) {
     use Occurrence as O;
     let severity = match occurrence {
-        O::BackupSucceeded | O::DrillPassed | O::RestoreSucceeded | O::MaintenanceSucceeded | O::VerifySucceeded => {
+        O::BackupSucceeded
+        | O::DrillPassed
+        | O::RestoreSucceeded
+        | O::MaintenanceSucceeded
+        | O::VerifySucceeded
+        | O::ScratchStarted
+        | O::ScratchStopped => {
             return (EventKind::Change, None);
         }
         O::ArchiveStalled | O::CorruptionFound => Severity::S1,
@@ -329,6 +340,8 @@ mod tests {
             (O::ArchiveFailed, EventKind::Incident, Some(Severity::S2)),
             (O::SnapshotPartial, EventKind::Incident, Some(Severity::S3)),
             (O::MaintenanceSucceeded, EventKind::Change, None),
+            (O::ScratchStarted, EventKind::Change, None),
+            (O::ScratchStopped, EventKind::Change, None),
             (O::VerifySucceeded, EventKind::Change, None),
             (O::MaintenanceFailed, EventKind::Incident, Some(Severity::S3)),
             (O::VerifyFailed, EventKind::Incident, Some(Severity::S2)),

@@ -90,6 +90,27 @@ impl ScratchCluster {
         })
     }
 
+    /// A handle on a server started earlier, possibly by another radd process (a managed
+    /// scratch instance), with its files under `work_dir` and data in `data_dir`: the stop
+    /// methods (and dropping the handle) stop it.
+    #[must_use]
+    pub fn adopt(bin_dir: &Path, work_dir: &Path, data_dir: &Path, port: u16) -> Self {
+        ScratchCluster {
+            bin_dir: bin_dir.to_owned(),
+            work_dir: work_dir.to_owned(),
+            data_dir: data_dir.to_owned(),
+            port,
+            running: true,
+            socket_only: false,
+        }
+    }
+
+    /// Lets the server outlive this handle (pg_ctl started it detached): a managed scratch
+    /// instance keeps running after radd exits, until `radd scratch stop` or its TTL.
+    pub fn detach(mut self) {
+        self.running = false;
+    }
+
     /// Uses an existing data directory (e.g. a restored one) instead of `work_dir/data`.
     #[must_use]
     pub fn with_data_dir(mut self, data_dir: &Path) -> Self {

@@ -325,6 +325,17 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     move |source| Error::Io { what, path: path.to_owned(), source }
 }
 
+/// The snapshot a restore of `wanted` to `recovery` starts from (as [`run`] picks it): for a
+/// restore point, the newest consistent before its LSN on its timeline.
+pub async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<snapshot::SnapshotRecord, Error> {
+    let point = match recovery {
+        RecoveryTarget::Name(name) => Some(points::resolve(repo, name).await?),
+        _ => None,
+    };
+    let bound = point.as_ref().map_or_else(|| recovery.clone(), |p| RecoveryTarget::Lsn(p.lsn));
+    target::choose_snapshot(repo, wanted, &bound, point.as_ref().map(RestorePoint::timeline)).await
+}
+
 /// Restores a snapshot into `options.target`.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
