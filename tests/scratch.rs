@@ -271,3 +271,32 @@ fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
     assert_eq!(teardown["details"]["reason"], "expired", "{teardown:#}");
     assert_eq!(teardown["kind"], "change", "{teardown:#}");
 }
+
+/// `radd restore-point` before a "migration", then `restore latest --scratch --name`: the copy
+/// holds exactly the state at the point (issue 15 acceptance), even with a later backup.
+#[test]
+fn scratch_restore_by_name_reaches_exactly_the_restore_point() {
+    let env = TestEnv::new(Backend::Local);
+    let _cleanup = StopAll(&env);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
+    sql(&source, "INSERT INTO t (phase) SELECT 1 FROM generate_series(1, 2000)");
+    backup(&env);
+    sql(&source, "INSERT INTO t (phase) SELECT 2 FROM generate_series(1, 500)");
+    let out = env.radd(&["--json", "restore-point", "before-migration"]);
+    assert!(out.status.success(), "restore-point: {}", stderr(&out));
+    sql(&source, "ALTER TABLE t ADD COLUMN migrated bool DEFAULT true");
+    sql(&source, "INSERT INTO t (phase) SELECT 3 FROM generate_series(1, 700)");
+    backup(&env);
+    switch_and_wait_archived(&source);
+
+    let out = env.radd(&["--json", "restore", "latest", "--scratch", "--name", "before-migration"]);
+    assert!(out.status.success(), "scratch --name: {}", stderr(&out));
+    let instance = json(&out);
+    let counts = "SELECT string_agg(phase || ':' || n, ',' ORDER BY phase) FROM (SELECT phase, count(*) n FROM t GROUP BY phase) c";
+    assert_eq!(sql_at(&socket(&instance), counts), "1:2000,2:500", "{instance:#}");
+    let columns = sql_at(&socket(&instance), "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'migrated'");
+    assert_eq!(columns, "0", "the migration came after the point");
+    assert!(env.radd(&["scratch", "stop", instance["id"].as_str().expect("id")]).status.success());
+    assert_gone(&instance);
+}
