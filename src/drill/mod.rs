@@ -7,7 +7,6 @@
 
 mod definition;
 mod fs;
-mod instance;
 mod run;
 mod run_checks;
 

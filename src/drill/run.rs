@@ -186,7 +186,7 @@ async fn steps(
     if let Err(e) = std::fs::create_dir(&run_dir).map_err(|e| e.to_string()).and_then(|()| pg::hand_over(&run_dir).map_err(|e| e.to_string())) {
         return record(progress, "starts", CheckStatus::Failed, e, t);
     }
-    let settings = match super::instance::own_settings(&run_dir, &data) {
+    let settings = match pg::instance::own_config(&run_dir, &data, "radd drill scratch instance", pg::instance::Access::SocketOnly) {
         Ok(s) => s,
         Err(e) => return record(progress, "starts", CheckStatus::Failed, format!("cannot write the scratch instance's configuration into {}: {e}", run_dir.display()), t),
     };

@@ -7,6 +7,7 @@ pub mod archiver;
 mod backup_api;
 pub mod conf;
 pub mod heartbeat;
+pub mod instance;
 pub mod restore_point;
 mod scratch;
 mod tablespace;

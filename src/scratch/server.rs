@@ -15,48 +15,14 @@ use crate::pg::ScratchCluster;
 
 use super::{Error, Host, Instance, Mode};
 use crate::config::PostgresConfig;
-use crate::pg::{self, Lsn, conf::quote};
+use crate::pg::{self, Lsn};
 
-/// Writes `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf` of the instance into `run_dir`;
-/// returns the `-c` settings to start `data_dir` with.
+/// The instance's own configuration (see [`pg::instance`]) with how its recovery ends: a
+/// hot standby that pauses at the target, stays a standby, or promotes.
 fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_target: bool) -> std::io::Result<Vec<(&'static str, String)>> {
-    let conf = run_dir.join("postgresql.conf");
-    let hba = run_dir.join("pg_hba.conf");
-    let ident = run_dir.join("pg_ident.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "# radd scratch instance {id}: the restored server's settings, if it has a postgresql.conf;\n\
-             # radd's own (data directory, pg_hba.conf, port, recovery) are given on the command line.\n\
-             include_if_exists = {}\n",
-            quote(&data_dir.join("postgresql.conf").display().to_string())
-        ),
-    )?;
-    std::fs::write(
-        &hba,
-        "# radd scratch instance: no password on the private Unix socket (its directory is 0700),\n\
-         # the restored roles' own passwords on 127.0.0.1 (md5 also accepts SCRAM secrets).\n\
-         local all all trust\nhost all all 127.0.0.1/32 md5\n",
-    )?;
-    std::fs::write(&ident, "")?;
-    let mut settings = vec![
-        ("config_file", conf.display().to_string()),
-        ("data_directory", data_dir.display().to_string()),
-        ("hba_file", hba.display().to_string()),
-        ("ident_file", ident.display().to_string()),
-        ("external_pid_file", String::new()),
-        ("logging_collector", "off".into()),
-        ("ssl", "off".into()),
-        ("unix_socket_group", String::new()),
-        ("unix_socket_permissions", "0700".into()),
-        ("cluster_name", format!("radd-scratch-{id}")),
-        ("archive_mode", "off".into()),
-        // Never stream from (or hold a slot on) production's primary, whatever the restored
-        // postgresql.auto.conf says: the archive is the only source.
-        ("primary_conninfo", String::new()),
-        ("primary_slot_name", String::new()),
-        ("hot_standby", "on".into()),
-    ];
+    let mut settings = pg::instance::own_config(run_dir, data_dir, &format!("radd scratch instance {id}"), pg::instance::Access::LoopbackPassword)?;
+    settings.push(("cluster_name", format!("radd-scratch-{id}")));
+    settings.push(("hot_standby", "on".into()));
     if has_target {
         let action = if mode == Mode::Promoted { "promote" } else { "pause" };
         settings.push(("recovery_target_action", action.into()));
