@@ -14,61 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, ObjectKind};
-use crate::crypto::{IdKey, Recipients};
-use crate::repo::{ObjectKey, PutOutcome, Repo};
-use crate::repository::{Error, Repository};
-
-const SET_PREFIX: &str = "keys/set-";
-
-/// One version of the recipient set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeySet {
-    /// age recipients (`age1…`).
-    pub recipients: Vec<String>,
-    /// The id key, age-encrypted to `recipients`, hex.
-    pub id_key: String,
-    /// HMAC of the above under the id key, hex (set by [`KeySet::seal`]).
-    pub mac: String,
-}
-
-impl KeySet {
-    fn mac_input(&self, version: u32) -> Vec<u8> {
-        format!("radd key set {version}\n{}\n{}", self.recipients.join("\n"), self.id_key).into_bytes()
-    }
-
-    /// The encrypted id key.
-    pub fn sealed_id_key(&self) -> Result<Vec<u8>, Error> {
-        hex::decode(&self.id_key).map_err(|e| Error::CorruptRecord { key: "keys/set".into(), reason: e.to_string() })
-    }
-
-    /// Checks the set was written by a holder of the id key.
-    pub fn authenticate(&self, id_key: &IdKey, version: u32) -> Result<(), Error> {
-        if id_key.digest(&self.mac_input(version)).to_string() == self.mac {
-            Ok(())
-        } else {
-            Err(Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: "authentication failed".into() })
-        }
-    }
-}
-
-/// The newest key set, if any (`None`: the config's recipients and `keys/id-key` apply).
-pub async fn latest(store: &Repo) -> Result<Option<(u32, KeySet)>, Error> {
-    let listed = store.list("keys").await?;
-    let newest = listed
-        .iter()
-        .filter_map(|l| l.key.strip_prefix(SET_PREFIX).and_then(|n| n.parse::<u32>().ok()))
-        .max();
-    let Some(version) = newest else { return Ok(None) };
-    let body = store.get(&ObjectKey::KeySet(version)).await?;
-    let set: KeySet = serde_json::from_slice(&body).map_err(|e| Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: e.to_string() })?;
-    Ok(Some((version, set)))
-}
+use crate::crypto::Recipients;
+use crate::repo::{ObjectKey, PutOutcome};
+use crate::repository::{Error, KeySet, Repository, latest_key_set as latest};
 
 /// Writes the next key set version with `recipients` (the id key re-encrypted to them).
 async fn write_set(repo: &Repository, recipients: &Recipients) -> Result<u32, Error> {
     let version = latest(&repo.store).await?.map_or(1, |(n, _)| n + 1);
     let mut set = KeySet { recipients: recipients.to_strings(), id_key: hex::encode(recipients.encrypt(repo.id_key.as_bytes())?), mac: String::new() };
-    set.mac = repo.id_key.digest(&set.mac_input(version)).to_string();
+    set.seal(&repo.id_key, version);
     let body = serde_json::to_vec_pretty(&set).expect("key set serialises");
     if repo.store.put_new(&ObjectKey::KeySet(version), body.into()).await? == PutOutcome::AlreadyExists {
         return Err(Error::AlreadyInitialised { location: format!("{} (key set {version} written concurrently; retry)", repo.store.location()) });

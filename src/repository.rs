@@ -230,7 +230,7 @@ impl Repository {
         if need_identity && identity.is_none() {
             return Err(Error::NoIdentity);
         }
-        let key_set = crate::keyset::latest(&store).await?;
+        let key_set = latest_key_set(&store).await?;
         let id_key = match (&config.keys.id_key_file, &identity) {
             (Some(path), _) if path.exists() => IdKey::load(path)?,
             (_, Some(identity)) => {
@@ -391,4 +391,56 @@ impl Repository {
         }
         serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))
     }
+}
+
+const SET_PREFIX: &str = "keys/set-";
+
+/// One version of the recipient set (`keys/set-<n>`): read here, because opening a repository
+/// needs the newest one; written by `keyset` (key add/remove), above this layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySet {
+    /// age recipients (`age1…`).
+    pub recipients: Vec<String>,
+    /// The id key, age-encrypted to `recipients`, hex.
+    pub id_key: String,
+    /// HMAC of the above under the id key, hex (set by [`KeySet::seal`]).
+    pub mac: String,
+}
+
+impl KeySet {
+    fn mac_input(&self, version: u32) -> Vec<u8> {
+        format!("radd key set {version}\n{}\n{}", self.recipients.join("\n"), self.id_key).into_bytes()
+    }
+
+    /// Sets the authentication tag of version `version` of the set under `id_key`.
+    pub fn seal(&mut self, id_key: &IdKey, version: u32) {
+        self.mac = id_key.digest(&self.mac_input(version)).to_string();
+    }
+
+    /// The encrypted id key.
+    pub fn sealed_id_key(&self) -> Result<Vec<u8>, Error> {
+        hex::decode(&self.id_key).map_err(|e| Error::CorruptRecord { key: "keys/set".into(), reason: e.to_string() })
+    }
+
+    /// Checks the set was written by a holder of the id key.
+    pub fn authenticate(&self, id_key: &IdKey, version: u32) -> Result<(), Error> {
+        if id_key.digest(&self.mac_input(version)).to_string() == self.mac {
+            Ok(())
+        } else {
+            Err(Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: "authentication failed".into() })
+        }
+    }
+}
+
+/// The newest key set, if any (`None`: the config's recipients and `keys/id-key` apply).
+pub async fn latest_key_set(store: &Repo) -> Result<Option<(u32, KeySet)>, Error> {
+    let listed = store.list("keys").await?;
+    let newest = listed
+        .iter()
+        .filter_map(|l| l.key.strip_prefix(SET_PREFIX).and_then(|n| n.parse::<u32>().ok()))
+        .max();
+    let Some(version) = newest else { return Ok(None) };
+    let body = store.get(&ObjectKey::KeySet(version)).await?;
+    let set: KeySet = serde_json::from_slice(&body).map_err(|e| Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: e.to_string() })?;
+    Ok(Some((version, set)))
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod architecture;
 mod archive;
 mod backup_restore;
 mod bad_input;

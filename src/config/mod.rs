@@ -4,16 +4,20 @@
 //! validation reports every problem at once with its key path. Opens no connection and touches
 //! no repository. Secrets are never inline: keys live in files named here (mode 0600).
 
-mod primary;
+pub mod events;
+#[cfg(test)]
+mod primary_tests;
+pub mod retention;
 mod scratch;
 mod size;
 mod storage;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::pg::settings::{PostgresConfig, PrimaryConfig};
+
 use serde::{Deserialize, Serialize};
 
-pub use primary::PrimaryConfig;
 pub use scratch::ScratchConfig;
 pub use size::ByteSize;
 
@@ -73,7 +77,7 @@ pub struct Config {
     pub archive: ArchiveConfig,
     /// Which snapshots `radd forget` keeps.
     #[serde(default)]
-    pub retention: crate::retention::Policy,
+    pub retention: retention::Policy,
     /// File-tree snapshot jobs (`[[fs]]`).
     #[serde(default)]
     pub fs: Vec<FsJobConfig>,
@@ -85,7 +89,7 @@ pub struct Config {
     pub scratch: ScratchConfig,
     /// The production event log and its sinks.
     #[serde(default)]
-    pub events: crate::events::EventsConfig,
+    pub events: events::EventsConfig,
     /// Schedules and endpoints of `radd daemon`.
     #[serde(default)]
     pub daemon: DaemonConfig,
@@ -147,48 +151,6 @@ pub struct KeysConfig {
     pub identity_file: Option<PathBuf>,
     /// Id key file (0600): keys chunk ids; written by `radd repo init`.
     pub id_key_file: Option<PathBuf>,
-}
-
-/// `[postgres]`: connection and paths of the cluster to back up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PostgresConfig {
-    /// Host name, IP address, or socket directory.
-    #[serde(default = "default_host")]
-    pub host: String,
-    /// Port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Role with permission to run pg_backup_start/pg_backup_stop.
-    #[serde(default = "default_user")]
-    pub user: String,
-    /// Database to connect to.
-    #[serde(default = "default_user")]
-    pub dbname: String,
-    /// Name of an environment variable holding the password, if one is needed.
-    pub password_env: Option<String>,
-    /// Data directory (default: asked from the server with `SHOW data_directory`).
-    pub data_dir: Option<PathBuf>,
-    /// Directory of initdb/pg_ctl/postgres (scratch instances and `radd demo`).
-    #[serde(default = "default_bin_dir")]
-    pub bin_dir: PathBuf,
-    /// `[postgres.primary]`: the primary, when `[postgres]` is a standby (backups from a standby).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary: Option<PrimaryConfig>,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig {
-            host: default_host(),
-            port: default_port(),
-            user: default_user(),
-            dbname: default_user(),
-            password_env: None,
-            data_dir: None,
-            bin_dir: default_bin_dir(),
-            primary: None,
-        }
-    }
 }
 
 /// `[backup]`: how data is cut, packed and compressed.
@@ -350,7 +312,7 @@ pub struct FsJobConfig {
     /// Cron schedule for the daemon (sec min hour day month weekday, UTC).
     pub schedule: Option<String>,
     /// Retention for this job's snapshots (default: `[retention]`).
-    pub retention: Option<crate::retention::Policy>,
+    pub retention: Option<retention::Policy>,
 }
 
 /// `[drills]`.
@@ -475,18 +437,6 @@ fn default_grace() -> String {
     "60s".into()
 }
 
-fn default_host() -> String {
-    "/var/run/postgresql".into()
-}
-fn default_port() -> u16 {
-    5432
-}
-fn default_user() -> String {
-    "postgres".into()
-}
-fn default_bin_dir() -> PathBuf {
-    "/usr/lib/postgresql/15/bin".into()
-}
 fn default_chunk_size() -> ByteSize {
     ByteSize(1 << 20)
 }

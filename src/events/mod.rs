@@ -43,7 +43,6 @@
 //! - `details`: any JSON (timings, check results); `{}` when there are none.
 
 mod budget;
-mod config;
 mod delivery;
 mod event;
 mod gitlab;
@@ -58,7 +57,7 @@ pub use budget::{
     BudgetReport, DEFAULT_FRESHNESS_HOURS, DEFAULT_WINDOW_DAYS, DRILL_SUCCESS_OBJECTIVE,
     DrillBudget, FRESHNESS_OBJECTIVE, FreshnessBudget, IncidentCounts, budget, budget_remaining,
 };
-pub use config::{EventsConfig, GitLabConfig, WebhookConfig};
+pub use crate::config::events::{EventsConfig, GitLabConfig, WebhookConfig};
 pub use delivery::{DeliveryReport, RetryPolicy};
 pub use event::{Event, EventKind, Occurrence, Severity, classify};
 pub use gitlab::GitLabSink;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tokio_postgres::{Client, NoTls};
 
 use super::{Error, Lsn, SegmentSize, Timeline};
-use crate::config::PostgresConfig;
+use super::settings::PostgresConfig;
 
 /// Opens a connection; the connection task runs on the current tokio runtime.
 pub async fn connect(config: &PostgresConfig) -> Result<Client, Error> {

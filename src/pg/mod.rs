@@ -9,6 +9,7 @@ pub mod conf;
 pub mod heartbeat;
 pub mod instance;
 pub mod restore_point;
+pub mod settings;
 mod scratch;
 mod tablespace;
 pub mod standby;

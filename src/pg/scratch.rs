@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::Error;
-use crate::config::PostgresConfig;
+use super::settings::PostgresConfig;
 
 /// Finds a free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16, Error> {

@@ -1,4 +1,6 @@
-//! `[postgres.primary]`: the primary of a standby that `[postgres]` points at.
+//! `[postgres]` and `[postgres.primary]`: how radd reaches the cluster it backs up. The schema
+//! lives here, with the code that connects, so this layer needs nothing of the configuration
+//! module (which re-exports these types as part of radd.toml).
 //!
 //! Large installations take base backups from a streaming standby so the copy does not load the
 //! primary. A standby cannot switch WAL, so the segment holding the backup's stop position is
@@ -6,9 +8,64 @@
 //! heartbeat, which a read-only standby cannot write). Only connection settings live here; the
 //! password, if any, comes from the environment variable named by `password_env`.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
-use super::PostgresConfig;
+/// `[postgres]`: connection and paths of the cluster to back up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostgresConfig {
+    /// Host name, IP address, or socket directory.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Role with permission to run pg_backup_start/pg_backup_stop.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Database to connect to.
+    #[serde(default = "default_user")]
+    pub dbname: String,
+    /// Name of an environment variable holding the password, if one is needed.
+    pub password_env: Option<String>,
+    /// Data directory (default: asked from the server with `SHOW data_directory`).
+    pub data_dir: Option<PathBuf>,
+    /// Directory of initdb/pg_ctl/postgres (scratch instances and `radd demo`).
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    /// `[postgres.primary]`: the primary, when `[postgres]` is a standby (backups from a standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryConfig>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            host: default_host(),
+            port: default_port(),
+            user: default_user(),
+            dbname: default_user(),
+            password_env: None,
+            data_dir: None,
+            bin_dir: default_bin_dir(),
+            primary: None,
+        }
+    }
+}
+
+fn default_host() -> String {
+    "/var/run/postgresql".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+fn default_bin_dir() -> PathBuf {
+    "/usr/lib/postgresql/15/bin".into()
+}
 
 /// `[postgres.primary]`: connection to the primary of the standby being backed up. Every key
 /// but `host` defaults to the value of the same key in `[postgres]` (usually the same role and
@@ -30,7 +87,7 @@ pub struct PrimaryConfig {
 
 impl PostgresConfig {
     /// The primary's connection settings, when `[postgres.primary]` is configured, in the shape
-    /// [`crate::pg::connect`] takes (paths and binaries stay those of `[postgres]`).
+    /// [`super::connect`] takes (paths and binaries stay those of `[postgres]`).
     #[must_use]
     pub fn primary_connection(&self) -> Option<PostgresConfig> {
         let primary = self.primary.as_ref()?;
@@ -51,8 +108,9 @@ impl PostgresConfig {
         self.primary_connection().unwrap_or_else(|| self.clone())
     }
 
-    /// Problems of `[postgres.primary]`, as "key.path: what is wrong" lines.
-    pub(super) fn primary_problems(&self) -> Vec<String> {
+    /// Problems of `[postgres.primary]`, as "key.path: what is wrong" lines (config validation
+    /// reports them with the rest).
+    pub fn primary_problems(&self) -> Vec<String> {
         let Some(primary) = &self.primary else { return Vec::new() };
         let mut problems = Vec::new();
         if primary.host.trim().is_empty() {
@@ -68,46 +126,3 @@ impl PostgresConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::config::Config;
-
-    fn load(extra: &str) -> Result<Config, crate::config::Error> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("radd.toml");
-        let id = crate::crypto::Identity::generate();
-        std::fs::write(
-            &path,
-            format!(
-                "[repository]\npath = \"repo\"\n[keys]\nrecipients = [\"{}\"]\n{extra}",
-                id.recipients().to_strings()[0]
-            ),
-        )
-        .unwrap();
-        Config::load(&path)
-    }
-
-    #[test]
-    fn primary_inherits_unset_keys_from_postgres() {
-        let config = load("[postgres]\nhost = \"10.0.0.2\"\nport = 5433\nuser = \"backup\"\npassword_env = \"PW\"\n[postgres.primary]\nhost = \"10.0.0.1\"\n").unwrap();
-        let primary = config.postgres.primary_connection().expect("primary configured");
-        assert_eq!((primary.host.as_str(), primary.port, primary.user.as_str()), ("10.0.0.1", 5433, "backup"));
-        assert_eq!(primary.password_env.as_deref(), Some("PW"));
-        assert_eq!(config.postgres.writable().host, "10.0.0.1");
-    }
-
-    #[test]
-    fn without_primary_writes_go_to_postgres() {
-        let config = load("[postgres]\nhost = \"10.0.0.2\"\n").unwrap();
-        assert!(config.postgres.primary_connection().is_none());
-        assert_eq!(config.postgres.writable().host, "10.0.0.2");
-    }
-
-    #[test]
-    fn primary_needs_a_host() {
-        let err = load("[postgres.primary]\nport = 5432\n").unwrap_err().to_string();
-        assert!(err.contains("host"), "{err}");
-        let err = load("[postgres.primary]\nhost = \"\"\npassword_env = \"\"\n").unwrap_err().to_string();
-        assert!(err.contains("postgres.primary.host") && err.contains("postgres.primary.password_env"), "{err}");
-    }
-}
