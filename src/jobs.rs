@@ -174,7 +174,7 @@ async fn retention_steps(config: &Config, log: &EventLog, grace: chrono::Duratio
             .details(serde_json::to_value(&forgotten).unwrap_or_default());
         record(log, &event)?;
     }
-    let lock_wait = humantime::parse_duration(&config.daemon.prune_lock_wait).unwrap_or(std::time::Duration::from_secs(3600));
+    let lock_wait = config.daemon.prune_lock_wait.0;
     let pruned = crate::retention::prune(&repo, crate::retention::PruneOptions { now, grace, dry_run: false, lock_wait }).await?;
     let event = Event::from_occurrence(
         Occurrence::MaintenanceSucceeded,

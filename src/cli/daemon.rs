@@ -24,7 +24,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 /// The checks of `radd check` minus the round trip; the heartbeat table is created when the
 /// daemon will write heartbeats. Every failure is logged; any failure refuses the start.
 async fn start_checks(config: &radd::config::Config) -> anyhow::Result<()> {
-    let heartbeat = if config.daemon.heartbeat_interval.is_empty() || config.daemon.heartbeat_interval == "0s" { HeartbeatCheck::Skip } else { HeartbeatCheck::Create };
+    let heartbeat = if config.daemon.heartbeat_interval.is_none() { HeartbeatCheck::Skip } else { HeartbeatCheck::Create };
     let report = radd::preflight::run(config, CheckOptions { round_trip_wait: std::time::Duration::ZERO, heartbeat }).await;
     for c in &report.checks {
         if c.ok {

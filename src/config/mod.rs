@@ -4,6 +4,8 @@
 //! validation reports every problem at once with its key path. Opens no connection and touches
 //! no repository. Secrets are never inline: keys live in files named here (mode 0600).
 
+mod archive;
+mod daemon;
 pub mod events;
 #[cfg(test)]
 mod primary_tests;
@@ -11,10 +13,14 @@ pub mod retention;
 mod scratch;
 mod size;
 mod storage;
+mod time;
 
 use std::path::{Path, PathBuf};
 
 pub use crate::pg::settings::{PostgresConfig, PrimaryConfig};
+pub use archive::ArchiveConfig;
+pub use daemon::DaemonConfig;
+pub use time::{CronSchedule, HumanDuration};
 
 use serde::{Deserialize, Serialize};
 
@@ -242,52 +248,6 @@ impl Default for BackupConfig {
     }
 }
 
-/// `[archive]`: how wal-push drains a backlog and wal-fetch reads ahead.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ArchiveConfig {
-    /// WAL files one `wal-push` seals at the same time: the requested one and others already
-    /// marked `.ready` (see `push_ahead`); 1 = one after the other. They are streamed from disk
-    /// to the repository, so each in flight holds only a few MiB (S3: its compressed size).
-    #[serde(default = "default_push_parallel")]
-    pub push_parallel: usize,
-    /// Other `.ready` segments one `wal-push` archives after the requested one, published in
-    /// name order (0 = only the requested one; `push_parallel = 1` also means none).
-    #[serde(default = "default_push_ahead")]
-    pub push_ahead: usize,
-    /// Threads compressing the 1 MiB blocks of one WAL file in parallel (each block is its own
-    /// zstd frame); default: the number of CPUs. A backlog uses one per file, since several
-    /// files are sealed at once.
-    #[serde(default = "default_compress_workers")]
-    pub compress_workers: u32,
-    /// Segments `wal-fetch` prefetches into `pg_wal/radd-spool` (0 disables prefetching).
-    #[serde(default = "default_prefetch")]
-    pub fetch_prefetch: u64,
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        ArchiveConfig {
-            push_parallel: default_push_parallel(),
-            push_ahead: default_push_ahead(),
-            compress_workers: default_compress_workers(),
-            fetch_prefetch: default_prefetch(),
-        }
-    }
-}
-
-fn default_push_parallel() -> usize {
-    2
-}
-fn default_push_ahead() -> usize {
-    16
-}
-fn default_compress_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
-}
-fn default_prefetch() -> u64 {
-    4
-}
-
 /// `[[fs]]`: a file-tree snapshot job, run by `radd backup fs --job NAME` and by the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FsJobConfig {
@@ -332,71 +292,6 @@ impl Default for DrillsConfig {
     }
 }
 
-/// `[daemon]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DaemonConfig {
-    /// Address of the HTTP server for `/metrics` and `/healthz`.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Cron schedule (sec min hour day month weekday, UTC) of the base backup; "" disables it.
-    #[serde(default = "default_backup_schedule")]
-    pub backup_schedule: String,
-    /// Cron schedule of retention: forget by `[retention]` (and jobs' policies), then prune
-    /// ("" disables it).
-    #[serde(default = "default_retention_schedule")]
-    pub retention_schedule: String,
-    /// Grace period of scheduled prunes (longer than any backup).
-    #[serde(default = "default_prune_grace")]
-    pub prune_grace: String,
-    /// How long the scheduled prune waits for running backups (their shared locks) to finish.
-    #[serde(default = "default_lock_wait")]
-    pub prune_lock_wait: String,
-    /// Cron schedule of the daily incremental verification ("" disables it).
-    #[serde(default = "default_verify_schedule")]
-    pub verify_schedule: String,
-    /// Every data object is read in full at least once per this period.
-    #[serde(default = "default_verify_period")]
-    pub verify_period: String,
-    /// How often the heartbeat row on the source is refreshed ("" or "0s" disables it).
-    #[serde(default = "default_heartbeat")]
-    pub heartbeat_interval: String,
-    /// How often archive lag is measured and events are delivered to sinks.
-    #[serde(default = "default_watch")]
-    pub watch_interval: String,
-    /// Archive lag beyond which WAL archiving counts as stalled (an S1 incident).
-    #[serde(default = "default_stall")]
-    pub archive_stall: String,
-    /// Time running jobs get to finish after SIGTERM before they are cancelled.
-    #[serde(default = "default_grace")]
-    pub shutdown_grace: String,
-    /// Run `radd check`'s checks (without the WAL round trip) at start and refuse to start when
-    /// one fails. Off only on a host without PostgreSQL (file-tree backups only).
-    #[serde(default = "default_true")]
-    pub start_checks: bool,
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        DaemonConfig {
-            listen: default_listen(),
-            backup_schedule: default_backup_schedule(),
-            retention_schedule: default_retention_schedule(),
-            prune_grace: default_prune_grace(),
-            prune_lock_wait: default_lock_wait(),
-            verify_schedule: default_verify_schedule(),
-            verify_period: default_verify_period(),
-            heartbeat_interval: default_heartbeat(),
-            watch_interval: default_watch(),
-            archive_stall: default_stall(),
-            shutdown_grace: default_grace(),
-            start_checks: true,
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
 fn default_state_dir() -> PathBuf {
     "/var/lib/radd/state".into()
 }
@@ -405,36 +300,6 @@ fn default_drills_dir() -> PathBuf {
 }
 fn default_scratch_dir() -> PathBuf {
     "/var/tmp/radd-drills".into()
-}
-fn default_listen() -> String {
-    "127.0.0.1:9187".into()
-}
-fn default_backup_schedule() -> String {
-    "0 30 1 * * *".into()
-}
-fn default_retention_schedule() -> String {
-    "0 0 5 * * *".into()
-}
-fn default_prune_grace() -> String {
-    "24h".into()
-}
-fn default_verify_schedule() -> String {
-    "0 0 4 * * *".into()
-}
-fn default_verify_period() -> String {
-    "30d".into()
-}
-fn default_heartbeat() -> String {
-    "10s".into()
-}
-fn default_watch() -> String {
-    "15s".into()
-}
-fn default_stall() -> String {
-    "5m".into()
-}
-fn default_grace() -> String {
-    "60s".into()
 }
 
 fn default_chunk_size() -> ByteSize {
@@ -601,26 +466,7 @@ impl Config {
         {
             problems.push(format!("retention.keep_within: invalid duration {w:?}"));
         }
-        let d = &self.daemon;
         for (key, value) in [
-            ("daemon.backup_schedule", &d.backup_schedule),
-            ("daemon.verify_schedule", &d.verify_schedule),
-            ("daemon.retention_schedule", &d.retention_schedule),
-        ] {
-            if !value.is_empty()
-                && let Err(e) = parse_cron(value)
-            {
-                problems.push(format!("{key}: invalid cron expression {value:?}: {e}"));
-            }
-        }
-        for (key, value) in [
-            ("daemon.heartbeat_interval", &d.heartbeat_interval),
-            ("daemon.watch_interval", &d.watch_interval),
-            ("daemon.archive_stall", &d.archive_stall),
-            ("daemon.shutdown_grace", &d.shutdown_grace),
-            ("daemon.verify_period", &d.verify_period),
-            ("daemon.prune_grace", &d.prune_grace),
-            ("daemon.prune_lock_wait", &d.prune_lock_wait),
             ("backup.archive_wait", &self.backup.archive_wait),
             ("backup.lock_wait", &self.backup.lock_wait),
         ] {
@@ -628,16 +474,7 @@ impl Config {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));
             }
         }
-        if humantime::parse_duration(&d.prune_grace).is_ok_and(|g| g < MIN_PRUNE_GRACE) {
-            problems.push(format!(
-                "daemon.prune_grace: {:?} is below the safe minimum of {}; packs younger than the grace period may belong to a backup still being written",
-                d.prune_grace,
-                humantime::format_duration(MIN_PRUNE_GRACE)
-            ));
-        }
-        if d.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("daemon.listen: {:?} is not an address like 127.0.0.1:9187", d.listen));
-        }
+        problems.extend(self.daemon.problems());
         if problems.is_empty() {
             Ok(())
         } else {

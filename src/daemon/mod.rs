@@ -13,7 +13,6 @@ mod scratch_reaper;
 mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch as signal_watch;
 use tokio::task::JoinSet;
@@ -52,13 +51,6 @@ pub enum Error {
     /// A schedule or duration is invalid.
     #[error("{0}")]
     Schedule(String),
-}
-
-fn duration(value: &str) -> Option<Duration> {
-    if value.is_empty() {
-        return None;
-    }
-    humantime::parse_duration(value).ok().filter(|d| !d.is_zero())
 }
 
 /// Loads the configuration again (SIGHUP): the path the daemon was started with, re-read.
@@ -114,7 +106,7 @@ pub async fn run(config: Config, restore_command: String, reload: ConfigLoader) 
     tracing::info!("shutdown requested: no new jobs; waiting for running ones");
     let _ = generation.send(true);
     let _ = shutdown_tx.send(true);
-    let grace = duration(&state.config.daemon.shutdown_grace).unwrap_or(Duration::from_secs(60));
+    let grace = state.config.daemon.shutdown_grace.0;
     let finished = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if finished.is_err() {
         tracing::warn!(?grace, "jobs still running after the grace period: cancelling them");
@@ -151,10 +143,10 @@ fn start(
     for job in list {
         tasks.spawn(schedule::cron_loop(state.clone(), job, locks.clone(), stop_rx.clone(), shutdown.clone()));
     }
-    if let Some(every) = duration(&state.config.daemon.heartbeat_interval) {
-        tasks.spawn(watch::heartbeat_loop(state.clone(), every, stop_rx.clone()));
+    if let Some(every) = state.config.daemon.heartbeat_interval {
+        tasks.spawn(watch::heartbeat_loop(state.clone(), every.0, stop_rx.clone()));
     }
-    let every = duration(&state.config.daemon.watch_interval).unwrap_or(Duration::from_secs(15));
+    let every = state.config.daemon.watch_interval.0;
     tasks.spawn(scratch_reaper::reap_loop(state.clone(), every, stop_rx.clone()));
     tasks.spawn(watch::watch_loop(state.clone(), every, stop_rx));
     stop_tx

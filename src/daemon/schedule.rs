@@ -12,7 +12,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Error, State, duration};
+use super::{Error, State};
 use crate::config::{Config, FsJobConfig};
 use crate::{drill, jobs};
 
@@ -55,16 +55,16 @@ pub fn jobs(config: &Config) -> Result<Vec<ScheduledJob>, crate::Error> {
     let cron = |key: &str, value: &str| crate::config::parse_cron(value).map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{key}: {e}"))));
     let d = &config.daemon;
     let mut list = Vec::new();
-    if !d.backup_schedule.is_empty() {
-        list.push(ScheduledJob { task: "backup.pg".into(), schedule: cron("daemon.backup_schedule", &d.backup_schedule)?, work: Work::BackupPg });
+    if let Some(c) = &d.backup_schedule {
+        list.push(ScheduledJob { task: "backup.pg".into(), schedule: c.schedule.clone(), work: Work::BackupPg });
     }
-    if !d.retention_schedule.is_empty() {
-        let grace = duration(&d.prune_grace).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::hours(24));
-        list.push(ScheduledJob { task: "retention".into(), schedule: cron("daemon.retention_schedule", &d.retention_schedule)?, work: Work::Retention { grace } });
+    if let Some(c) = &d.retention_schedule {
+        let grace = chrono::Duration::from_std(d.prune_grace.0).map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.prune_grace {}: {e}", d.prune_grace))))?;
+        list.push(ScheduledJob { task: "retention".into(), schedule: c.schedule.clone(), work: Work::Retention { grace } });
     }
-    if !d.verify_schedule.is_empty() {
-        let period_days = duration(&d.verify_period).map_or(30, |d| d.as_secs() / 86_400);
-        list.push(ScheduledJob { task: "verify".into(), schedule: cron("daemon.verify_schedule", &d.verify_schedule)?, work: Work::Verify { period_days } });
+    if let Some(c) = &d.verify_schedule {
+        let period_days = (d.verify_period.0.as_secs() / 86_400).max(1);
+        list.push(ScheduledJob { task: "verify".into(), schedule: c.schedule.clone(), work: Work::Verify { period_days } });
     }
     for job in &config.fs {
         let Some(schedule) = &job.schedule else { continue };

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{State, duration};
+use super::State;
 use crate::events::{Event, Occurrence, RetryPolicy, sinks_from_config};
 use crate::{jobs, pg};
 
@@ -93,7 +93,7 @@ struct ArchiveWatch {
 
 impl ArchiveWatch {
     fn new(state: &State) -> Self {
-        let stall = duration(&state.config.daemon.archive_stall).unwrap_or(Duration::from_secs(300));
+        let stall = state.config.daemon.archive_stall.0;
         ArchiveWatch { client: None, down: Some(String::new()), stall, stalled: false }
     }
 
