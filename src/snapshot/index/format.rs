@@ -193,7 +193,9 @@ mod tests {
         ]
     }
 
-    fn sorted(file: &IndexFile) -> Vec<(String, Vec<(Digest, u32, u32)>)> {
+    type Tables = Vec<(String, Vec<(Digest, u32, u32)>)>;
+
+    fn sorted(file: &IndexFile) -> Tables {
         file.packs
             .iter()
             .map(|p| {
