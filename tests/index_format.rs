@@ -44,22 +44,28 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)");
     sql(&source, "INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g");
+    sql(&source, "VACUUM FREEZE");
     sql(&source, "CHECKPOINT");
     let first = json(&env.radd_push(&["--json", "backup", "pg"]));
     let old_objects = rewrite_as_old_json(&env);
     assert!(old_objects >= 1);
 
+    // Every block looked up in the index loaded from the JSON objects: all but a few known.
+    let second = json(&env.radd_push(&["--json", "backup", "pg", "--full-read"]));
+    let (total, new) = (second["total_bytes"].as_u64().unwrap(), second["new_bytes"].as_u64().unwrap());
+    assert!(new * 10 < total, "the full read deduplicated against the JSON index: {new} new of {total} B");
+    assert!(first["new_bytes"].as_u64().unwrap() > 5 * new, "{first}");
+
     sql(&source, "UPDATE t SET v = 'changed' WHERE id % 500 = 0");
     sql(&source, "CHECKPOINT");
-    let second = json(&env.radd_push(&["--json", "backup", "pg"]));
-    assert_eq!(second["parent"], first["snapshot_id"], "{second}");
-    let (total, new) = (second["total_bytes"].as_u64().unwrap(), second["new_bytes"].as_u64().unwrap());
-    assert!(new * 10 < total, "the incremental deduplicated against the JSON index: {new} new of {total} B");
+    let third = json(&env.radd_push(&["--json", "backup", "pg"]));
+    assert_eq!(third["parent"], second["snapshot_id"], "{third}");
+    assert!(third["files_unchanged"].as_u64().unwrap() > 0, "{third}");
     let payloads = index_payloads(&env);
     let json_objects = payloads.iter().filter(|(_, body)| body[40] == b'{').count();
     let binary_objects = payloads.iter().filter(|(_, body)| body[40..].starts_with(radd::snapshot::index::MAGIC)).count();
     assert_eq!(json_objects, old_objects, "the old objects stay as they were");
-    assert!(binary_objects >= 1, "the incremental wrote a binary index object");
+    assert!(binary_objects >= 1, "the later backups wrote binary index objects");
 
     let verify = env.radd(&["--json", "verify", "--read-data"]);
     assert!(verify.status.success(), "a repository of both encodings verifies: {}", stderr(&verify));
@@ -74,7 +80,7 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
     assert!(verify.status.success(), "verifies after the prune: {}", stderr(&verify));
 
     switch_and_wait_archived(&source);
-    let restored = env.restore_and_start(second["snapshot_id"].as_str().unwrap(), "after-json-index", &[]);
+    let restored = env.restore_and_start(third["snapshot_id"].as_str().unwrap(), "after-json-index", &[]);
     assert_eq!(sql(&restored, "SELECT count(*) FROM t WHERE v = 'changed'"), "120");
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "60000");
 }
