@@ -102,7 +102,7 @@ impl PackBuilder {
     /// Whether `id` is stored already or added during this backup.
     #[must_use]
     pub fn knows(&self, known: &BlobIndex, id: &Digest) -> bool {
-        known.contains(id) || self.has(id)
+        self.has(id) || known.contains(id)
     }
 
     /// Appends a blob unless [`PackBuilder::knows`] it; returns whether it was added.

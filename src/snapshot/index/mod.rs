@@ -151,6 +151,35 @@ impl BlobIndex {
         }
     }
 
+    /// Locations of many blobs at once, in the order asked. When they are many compared with
+    /// the table (over 1 in 16 of its blobs), they are sorted and merged with one sequential
+    /// read of the table instead of one positioned read each (a snapshot's chunk list:
+    /// hundreds of thousands of lookups become one pass at disk speed).
+    pub fn get_many(&self, ids: &[Digest]) -> Result<Vec<Option<BlobLocation>>, Error> {
+        if ids.len().saturating_mul(16) < self.len() {
+            return Ok(ids.iter().map(|id| self.get(id)).collect());
+        }
+        let mut order: Vec<u32> = (0..u32::try_from(ids.len()).map_err(|_| Error::Internal("more than 4 billion lookups at once".into()))?).collect();
+        order.sort_unstable_by_key(|&i| ids[i as usize]);
+        let mut out = vec![None; ids.len()];
+        let mut stored = self.blobs();
+        let mut current = stored.next().transpose()?;
+        for i in order {
+            let id = ids[i as usize];
+            while let Some((stored_id, _)) = &current
+                && *stored_id < id
+            {
+                current = stored.next().transpose()?;
+            }
+            match &current {
+                Some((stored_id, location)) if *stored_id == id => out[i as usize] = Some(*location),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a blob is stored.
     #[must_use]
     pub fn contains(&self, id: &Digest) -> bool {
@@ -232,6 +261,12 @@ mod tests {
                 assert_eq!(index.get(id), Some(*location), "blob of {n}");
             }
             assert!(ids(2000, 2).iter().all(|id| !index.contains(id)), "foreign ids are unknown with {n} blobs");
+            let mut asked: Vec<Digest> = stored.iter().rev().copied().chain(ids(50, 3)).collect();
+            asked.extend(stored.iter().take(3));
+            let many = index.get_many(&asked).unwrap();
+            assert!(asked.iter().zip(&many).all(|(id, found)| expected.get(id).copied() == *found), "get_many of {n}");
+            let few = index.get_many(&asked[..asked.len().min(5)]).unwrap();
+            assert!(asked.iter().zip(&few).all(|(id, found)| expected.get(id).copied() == *found), "few of {n}");
             let listed: Vec<_> = index.blobs().collect::<Result<_, _>>().unwrap();
             assert_eq!(listed.len(), n);
             assert!(listed.iter().all(|(id, location)| expected.get(id) == Some(location)));
