@@ -109,16 +109,11 @@ impl<'a> ChunkCheck<'a> {
                 used.push(*chunk).map_err(snapshot::Error::from)?;
             }
         }
-        // One batch per snapshot: a sequential pass over the index, not a read per chunk.
-        let asked: Vec<Digest> = manifest.entries.iter().flat_map(|e| match &e.kind {
-            EntryKind::File { chunks, .. } => chunks.as_slice(),
-            _ => &[],
-        }).copied().collect();
-        let mut found = index.get_many(&asked)?.into_iter();
         for entry in &manifest.entries {
             let EntryKind::File { chunks, .. } = &entry.kind else { continue };
             let before = missing;
-            for (chunk, location) in chunks.iter().zip(found.by_ref()) {
+            // One batch per file: a large file's blocks in one pass over the index.
+            for (chunk, location) in chunks.iter().zip(index.get_many(chunks)?) {
                 if location.is_none() {
                     missing += 1;
                     first.get_or_insert_with(|| format!("chunk {chunk} of {}", entry.path));
