@@ -319,4 +319,22 @@ mod tests {
         assert_eq!(unchanged(b"c", 5, 5), Some(5));
         assert_eq!(unchanged(b"d", 5, 5), None);
     }
+
+    #[test]
+    fn a_trusted_parent_needs_no_lookup_an_untrusted_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = record_path(dir.path(), "repo", b"/src");
+        let file = ParentFile { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, sha256: Digest::sha256(b"x"), chunks: vec![Digest::sha256(b"chunk")], list: None, base_chunks: Vec::new() };
+        let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
+        writer.add(b"f", &file).unwrap();
+        writer.finish().unwrap().commit().unwrap();
+        let known = BlobIndex::default();
+        let mut reader = ParentReader::open(&path).unwrap();
+        assert!(!reader.trusted());
+        let p = reader.find(b"f").unwrap();
+        assert!(!reader.unchanged(&p, 1, 1, 1, 1, &known), "its chunk is in no index");
+        reader.trust();
+        assert!(reader.unchanged(&p, 1, 1, 1, 1, &known), "the committed parent's chunks are stored");
+        assert!(!reader.unchanged(&p, 2, 1, 1, 1, &known), "another size is a change all the same");
+    }
 }
