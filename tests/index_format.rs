@@ -84,3 +84,30 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
     assert_eq!(sql(&restored, "SELECT count(*) FROM t WHERE v = 'changed'"), "120");
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "60000");
 }
+
+/// A damaged binary index object is reported alone: the intact ones around it still decode.
+#[test]
+fn verify_names_only_the_damaged_index_object() {
+    let env = TestEnv::new(Backend::Local);
+    for (name, seed) in [("one", 1), ("two", 2)] {
+        let src = env.path().join(name);
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), crate::common::env::noise(300_000, seed)).unwrap();
+        assert!(env.radd_push(&["backup", "fs", src.to_str().unwrap()]).status.success());
+    }
+    let mut objects = index_payloads(&env);
+    assert_eq!(objects.len(), 2, "one index object per backup");
+    objects.sort();
+    let (damaged, mut body) = objects.remove(0);
+    let last = body.len() - 1;
+    body[last] ^= 1;
+    std::fs::set_permissions(&damaged, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&damaged, body).unwrap();
+    let out = env.radd(&["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify prints its report");
+    let problems = report["problems"].as_array().unwrap();
+    let name = damaged.file_name().unwrap().to_str().unwrap();
+    let index_problems: Vec<&str> = problems.iter().filter_map(|p| p["object"].as_str()).filter(|o| o.starts_with("index/")).collect();
+    assert_eq!(index_problems, [format!("index/{name}")], "only the damaged index object: {report:#}");
+}

@@ -56,8 +56,11 @@ pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> 
     for item in &listed {
         let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
         let key = ObjectKey::Index(name);
-        match repo.get_record::<serde::de::IgnoredAny>(&key).await {
-            Ok(_) => report.read(item.size),
+        let decoded = repo.get_record_bytes(&key).await.and_then(|payload| {
+            snapshot::index::IndexObject::decode(&payload).map(drop).map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
+        });
+        match decoded {
+            Ok(()) => report.read(item.size),
             Err(e) => report.push(classify(e, &key.to_string())?),
         }
     }
