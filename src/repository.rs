@@ -368,15 +368,30 @@ impl Repository {
         record: &T,
     ) -> Result<PutOutcome, Error> {
         let json = serde_json::to_vec(record).expect("records serialise");
-        let mut body = Vec::with_capacity(json.len() + 40);
+        self.put_record_bytes(key, &json).await
+    }
+
+    /// Writes `payload` as a plaintext record authenticated with the id key (create-only): the
+    /// envelope of [`Repository::put_record`] around bytes the caller encoded (binary index
+    /// objects).
+    pub async fn put_record_bytes(&self, key: &ObjectKey, payload: &[u8]) -> Result<PutOutcome, Error> {
+        let mut body = Vec::with_capacity(payload.len() + 40);
         body.extend_from_slice(RECORD_MAGIC);
-        body.extend_from_slice(&self.id_key.digest(&json).0);
-        body.extend_from_slice(&json);
+        body.extend_from_slice(&self.id_key.digest(payload).0);
+        body.extend_from_slice(payload);
         Ok(self.store.put_new(key, body.into()).await?)
     }
 
     /// Reads and authenticates a plaintext record.
     pub async fn get_record<T: DeserializeOwned>(&self, key: &ObjectKey) -> Result<T, Error> {
+        let payload = self.get_record_bytes(key).await?;
+        serde_json::from_slice(&payload).map_err(|e| Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
+    }
+
+    /// Reads a plaintext record and authenticates it with the id key; returns its payload
+    /// (JSON, or what [`Repository::put_record_bytes`] wrote). A record that is not radd's or
+    /// does not authenticate is [`Error::CorruptRecord`], never retried.
+    pub async fn get_record_bytes(&self, key: &ObjectKey) -> Result<Bytes, Error> {
         let body = self.store.get(key).await?;
         let corrupt = |reason: &str| Error::CorruptRecord {
             key: key.to_string(),
@@ -385,11 +400,10 @@ impl Repository {
         if body.len() < 40 || &body[..8] != RECORD_MAGIC {
             return Err(corrupt("not a radd record"));
         }
-        let json = &body[40..];
-        if self.id_key.digest(json).0[..] != body[8..40] {
+        if self.id_key.digest(&body[40..]).0[..] != body[8..40] {
             return Err(corrupt("authentication failed (modified or written with another id key)"));
         }
-        serde_json::from_slice(json).map_err(|e| corrupt(&e.to_string()))
+        Ok(body.slice(40..))
     }
 }
 

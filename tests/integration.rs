@@ -19,6 +19,7 @@ mod drill_safety;
 mod event_rules;
 mod faults;
 mod fs;
+mod index_format;
 mod info;
 mod interrupted;
 mod pg_verifybackup;

@@ -105,21 +105,21 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
     for entry in std::fs::read_dir(env.local_object("index")).unwrap() {
         let path = entry.unwrap().path();
         let body = std::fs::read(&path).unwrap();
-        let mut index: serde_json::Value = serde_json::from_slice(&body[40..]).expect("index record is JSON");
-        for pack in index["packs"].as_array_mut().unwrap() {
-            let blobs = pack["blobs"].as_array_mut().unwrap();
-            let equal: Vec<usize> = (0..blobs.len()).filter(|&i| blobs[i][2] == 100_000).collect();
+        let mut index = radd::snapshot::IndexFile::decode(&body[40..]).expect("index record decodes");
+        for pack in &mut index.packs {
+            let blobs = &mut pack.blobs;
+            let equal: Vec<usize> = (0..blobs.len()).filter(|&i| blobs[i].2 == 100_000).collect();
             if let [i, j] = equal[..] {
-                let offset = blobs[i][1].clone();
-                blobs[i][1] = blobs[j][1].clone();
-                blobs[j][1] = offset;
+                let offset = blobs[i].1;
+                blobs[i].1 = blobs[j].1;
+                blobs[j].1 = offset;
                 swapped += 1;
             }
         }
-        let json = serde_json::to_vec(&index).unwrap();
+        let payload = radd::snapshot::index::encode(&index.packs);
         let mut record = body[..8].to_vec();
-        record.extend_from_slice(&id_key.digest(&json).0);
-        record.extend_from_slice(&json);
+        record.extend_from_slice(&id_key.digest(&payload).0);
+        record.extend_from_slice(&payload);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         std::fs::write(&path, record).unwrap();
     }

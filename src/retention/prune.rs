@@ -24,7 +24,11 @@ use crate::archive;
 use crate::faults::crash_point;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
-use crate::snapshot::{self, EntryKind, IndexFile};
+use crate::snapshot::index::{ExternalSort, IndexFile, IndexPack, RUN_RECORDS, scratch_dir};
+use crate::snapshot::{self, BlobIndex, EntryKind};
+
+/// Blobs per index object prune writes (as a backup's default `backup.index_shard_blobs`).
+const SHARD_BLOBS: usize = 50_000;
 
 /// What a prune did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,39 +86,9 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
     let PruneOptions { now, grace, dry_run, .. } = options;
     let records = snapshot::list(repo).await?;
 
-    // Every index object (read once: it also locates the manifests' entry streams).
-    let index_keys = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
-    let mut indexes: Vec<(String, IndexFile)> = Vec::new();
-    for item in &index_keys {
-        let name = name_of(&item.key);
-        let file: IndexFile = repo.get_record(&ObjectKey::Index(name.clone())).await?;
-        indexes.push((name, file));
-    }
-    let index = snapshot::BlobIndex::from_files(indexes.iter().map(|(_, file)| file));
-
-    // Chunks referenced by every remaining snapshot, file content and entry streams
-    // (manifests need the identity).
-    let mut referenced_blobs = HashSet::new();
-    for record in &records {
-        let manifest = snapshot::load_manifest_with(repo, record, &index).await?;
-        referenced_blobs.extend(manifest.entry_chunks);
-        for entry in manifest.entries {
-            if let EntryKind::File { chunks, list, .. } = entry.kind {
-                referenced_blobs.extend(chunks);
-                referenced_blobs.extend(list.map(|l| l.base));
-            }
-        }
-    }
-
-    // Which packs hold a referenced chunk.
-    let mut referenced_packs = HashSet::new();
-    for (_, file) in &indexes {
-        for pack in &file.packs {
-            if pack.blobs.iter().any(|(id, _, _)| referenced_blobs.contains(id)) {
-                referenced_packs.insert(pack.id.clone());
-            }
-        }
-    }
+    // The blob index, on local disk (it also locates the manifests' entry streams).
+    let index = snapshot::BlobIndex::load(repo).await?;
+    let referenced_packs = referenced_packs(repo, &records, &index).await?;
     let stored: HashMap<String, u64> = repo
         .store
         .list(ObjectKey::PACK_DIR)
@@ -173,18 +147,7 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
         report.packs_deleted = expired.len();
         report.bytes_reclaimed += expired.iter().filter_map(|p| stored.get(p)).sum::<u64>();
         if !dry_run {
-            let mut touched = Vec::new();
-            let mut merged = IndexFile::default();
-            for (name, file) in indexes {
-                if file.packs.iter().any(|p| expired.contains(&p.id)) {
-                    merged.packs.extend(file.packs.into_iter().filter(|p| !expired.contains(&p.id)));
-                    touched.push(name);
-                }
-            }
-            if !merged.packs.is_empty() {
-                let id = format!("prune-{}", snapshot::new_snapshot_id(now));
-                repo.put_record(&ObjectKey::Index(id), &merged).await?;
-            }
+            let touched = rewrite_index(repo, &index, &expired, now).await?;
             crash_point("prune:new-index");
             for name in touched {
                 repo.store.delete(&ObjectKey::Index(name)).await.map_err(repository::Error::from)?;
@@ -206,6 +169,72 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
         .map_err(|e| snapshot::Error::Internal(format!("staging sweep: {e}")))?
         .map_err(repository::Error::from)?;
     Ok(())
+}
+
+/// Packs holding a blob some remaining snapshot uses, where the index resolves it (the pack a
+/// restore reads). The referenced ids of all snapshots go through an external sort and are
+/// merged with the index's sorted table, so memory stays flat however many blobs there are:
+/// one manifest at a time, a sort run and a flag per pack.
+async fn referenced_packs(repo: &Repository, records: &[snapshot::SnapshotRecord], index: &BlobIndex) -> Result<HashSet<String>, snapshot::Error> {
+    let mut ids = ExternalSort::new(&scratch_dir(), RUN_RECORDS);
+    for record in records {
+        let manifest = snapshot::load_manifest_with(repo, record, index).await?;
+        for id in manifest.entry_chunks {
+            ids.push(id)?;
+        }
+        for entry in manifest.entries {
+            if let EntryKind::File { chunks, list, .. } = entry.kind {
+                for id in chunks.into_iter().chain(list.map(|l| l.base)) {
+                    ids.push(id)?;
+                }
+            }
+        }
+    }
+    let mut used = vec![false; index.packs.len()];
+    let mut stored = index.blobs();
+    let mut current = stored.next().transpose()?;
+    for id in ids.finish()? {
+        let id = id?;
+        while let Some((stored_id, _)) = &current
+            && *stored_id < id
+        {
+            current = stored.next().transpose()?;
+        }
+        if let Some((stored_id, location)) = &current
+            && *stored_id == id
+        {
+            used[location.pack as usize] = true;
+        }
+    }
+    Ok(index.packs.iter().zip(used).filter(|(_, used)| *used).map(|(id, _)| id.clone()).collect())
+}
+
+/// Step (1) of deleting: writes the blob tables of every index object that lists an expired
+/// pack, without the expired packs, as new index objects (a shard at a time); returns the
+/// names of the objects they replace, for step (2).
+async fn rewrite_index(repo: &Repository, index: &BlobIndex, expired: &HashSet<String>, now: DateTime<Utc>) -> Result<Vec<String>, snapshot::Error> {
+    let mut touched: Vec<usize> = (0u32..).zip(&index.packs).filter(|(_, id)| expired.contains(*id)).filter_map(|(p, _)| index.object_of(p)).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    let id = format!("prune-{}", snapshot::new_snapshot_id(now));
+    let (mut merged, mut written) = (Vec::<IndexPack>::new(), 0usize);
+    let mut names = Vec::with_capacity(touched.len());
+    for object in touched {
+        let name = index.objects()[object].clone();
+        let key = ObjectKey::Index(name.clone());
+        let payload = repo.get_record_bytes(&key).await?;
+        let file = IndexFile::decode(&payload).map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })?;
+        merged.extend(file.packs.into_iter().filter(|p| !expired.contains(&p.id)));
+        if merged.iter().map(|p| p.blobs.len()).sum::<usize>() >= SHARD_BLOBS {
+            repo.put_record_bytes(&ObjectKey::Index(snapshot::index_name(&id, written)), &snapshot::index::encode(&merged)).await?;
+            (merged, written) = (Vec::new(), written + 1);
+        }
+        names.push(name);
+    }
+    if !merged.is_empty() {
+        repo.put_record_bytes(&ObjectKey::Index(snapshot::index_name(&id, written)), &snapshot::index::encode(&merged)).await?;
+    }
+    Ok(names)
 }
 
 /// Deletes WAL below the oldest retained base backup's start segment on each timeline.

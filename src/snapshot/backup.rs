@@ -109,7 +109,7 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
     crate::archive::claim_segment_size(repo, start.segment_size, &format!("backup of {}", data_dir.display())).await?;
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
-    let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
+    let parent = if options.full_read { None } else { ParentReader::open_checked(&parent_path, repo).await };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
     let next_parent = match ParentWriter::create(&parent_path, &snapshot_id, started.timestamp_millis()) {
         Ok(writer) => Some(writer),

@@ -170,7 +170,7 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     let paths: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let source: Vec<u8> = paths.join("\n").into_bytes();
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, &source);
-    let parent = if options.full_read { None } else { ParentReader::open(&parent_path) };
+    let parent = if options.full_read { None } else { ParentReader::open_checked(&parent_path, repo).await };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
     let next_parent = match ParentWriter::create(&parent_path, &snapshot_id, started.timestamp_millis()) {
         Ok(writer) => Some(writer),

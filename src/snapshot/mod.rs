@@ -9,6 +9,7 @@ mod chunker;
 mod entry_stream;
 mod fsbackup;
 mod fswalk;
+pub mod index;
 mod manifest;
 mod pack;
 mod parent;
@@ -24,7 +25,7 @@ pub use chunker::{Chunking, for_each_chunk};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
-pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack};
+pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack, index_name};
 pub use server_files::{PREFIX as SERVER_FILES_DIR, ServerFiles, StoredFile};
 pub use standby::is_standby_label;
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
@@ -112,6 +113,9 @@ pub enum Error {
     /// A pipeline stage failed unexpectedly.
     #[error("internal error in the backup pipeline: {0}")]
     Internal(String),
+    /// The local blob index or an external sort could not use its temporary files.
+    #[error("local blob index: {0}")]
+    Scratch(#[from] index::ScratchError),
 }
 
 impl Error {
@@ -121,7 +125,7 @@ impl Error {
         match self {
             Error::NotFound(_) | Error::Empty => ErrorKind::NotFound,
             Error::Ambiguous { .. } | Error::StandbyWithoutPrimary { .. } | Error::NotPrimary { .. } => ErrorKind::Config,
-            Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled => ErrorKind::Io,
+            Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled | Error::Scratch(_) => ErrorKind::Io,
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
             Error::Archive(e) => e.kind(),

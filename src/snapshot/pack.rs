@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -17,176 +16,7 @@ use crate::crypto::Digest;
 use crate::repo::{ObjectKey, PutOutcome};
 use crate::repository::Repository;
 
-/// Where a blob is stored.
-#[derive(Debug, Clone, Copy)]
-pub struct BlobLocation {
-    /// Index into [`BlobIndex::packs`].
-    pub pack: u32,
-    /// Offset in the pack's plaintext.
-    pub offset: u32,
-    /// Length in bytes.
-    pub length: u32,
-}
-
-/// All blobs known to the repository: built from every index object. Kept as one sorted
-/// vector (44 bytes a blob, no hash-table slack): a million blobs take 44 MB. A fan-out table
-/// on the leading bits of the id (ids are keyed hashes, so uniform) narrows each lookup to a
-/// few neighbouring entries: one cache miss instead of the ~20 of a binary search over the
-/// whole vector, which made lookups a tenth of a restore's CPU.
-#[derive(Debug, Default)]
-pub struct BlobIndex {
-    /// Pack ids, referenced by position.
-    pub packs: Vec<String>,
-    blobs: Vec<(Digest, BlobLocation)>,
-    /// `fanout[p]` is the position of the first blob whose leading `fanout_bits` bits are `>= p`.
-    fanout: Vec<u32>,
-    fanout_bits: u32,
-}
-
-/// The stored form of an index object.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct IndexFile {
-    /// Packs and their blob tables.
-    pub packs: Vec<IndexPack>,
-}
-
-/// One pack in an index object.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IndexPack {
-    /// Pack id (object name under `packs/`).
-    pub id: String,
-    /// (blob id, offset, length) in the pack's plaintext.
-    pub blobs: Vec<(Digest, u32, u32)>,
-}
-
-
-impl IndexFile {
-    /// Blobs in all the blob tables.
-    #[must_use]
-    pub fn blob_count(&self) -> usize {
-        self.packs.iter().map(|p| p.blobs.len()).sum()
-    }
-
-    /// Splits the blob tables into index objects of at most `limit` blobs (a pack is never
-    /// split).
-    #[must_use]
-    pub fn shards(&self, limit: usize) -> Vec<&[IndexPack]> {
-        let mut out = Vec::new();
-        let (mut start, mut blobs) = (0, 0);
-        for (i, pack) in self.packs.iter().enumerate() {
-            if blobs > 0 && blobs + pack.blobs.len() > limit {
-                out.push(&self.packs[start..i]);
-                (start, blobs) = (i, 0);
-            }
-            blobs += pack.blobs.len();
-        }
-        if start < self.packs.len() {
-            out.push(&self.packs[start..]);
-        }
-        out
-    }
-}
-
-impl BlobIndex {
-    /// Reads every index object in the repository.
-    pub async fn load(repo: &Repository) -> Result<Self, Error> {
-        let mut index = BlobIndex::default();
-        let listed = repo
-            .store
-            .list(ObjectKey::INDEX_DIR)
-            .await
-            .map_err(crate::repository::Error::from)?;
-        // Every blob takes at least 72 bytes of an index object (`["<64 hex digits>",0,0]`),
-        // so this is an upper bound on the blob count: one allocation, no doubling as shards
-        // are appended (which briefly held twice the index).
-        let bound = listed.iter().map(|item| item.size).sum::<u64>() / 72;
-        index.blobs.reserve_exact(usize::try_from(bound).unwrap_or(0).min(1 << 30));
-        for item in listed {
-            let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
-            let file: IndexFile = repo.get_record(&ObjectKey::Index(name)).await?;
-            index.append(&file);
-        }
-        index.sort();
-        Ok(index)
-    }
-
-    fn append(&mut self, file: &IndexFile) {
-        for pack in &file.packs {
-            let position = u32::try_from(self.packs.len()).expect("fewer than 4 billion packs");
-            self.packs.push(pack.id.clone());
-            self.blobs.extend(pack.blobs.iter().map(|&(id, offset, length)| (id, BlobLocation { pack: position, offset, length })));
-        }
-    }
-
-    fn sort(&mut self) {
-        self.blobs.sort_unstable_by_key(|blob| blob.0);
-        self.blobs.dedup_by(|a, b| a.0 == b.0);
-        // Shrinking copies the vector (briefly twice the memory): only worth it for much slack.
-        if self.blobs.capacity() > self.blobs.len() + self.blobs.len() / 4 {
-            self.blobs.shrink_to_fit();
-        }
-        // About two blobs a bucket: the table costs 2 bytes a blob.
-        self.fanout_bits = (usize::BITS - (self.blobs.len() / 2).leading_zeros()).min(24);
-        let buckets = 1usize << self.fanout_bits;
-        self.fanout = Vec::with_capacity(buckets + 1);
-        let mut position = 0usize;
-        for bucket in 0..buckets {
-            while position < self.blobs.len() && Self::bucket_of(&self.blobs[position].0, self.fanout_bits) < bucket {
-                position += 1;
-            }
-            self.fanout.push(u32::try_from(position).expect("fewer than 4 billion blobs"));
-        }
-        self.fanout.push(u32::try_from(self.blobs.len()).expect("fewer than 4 billion blobs"));
-    }
-
-    fn bucket_of(id: &Digest, bits: u32) -> usize {
-        if bits == 0 {
-            return 0;
-        }
-        let lead = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
-        (lead >> (32 - bits)) as usize
-    }
-
-    /// The index of index objects already read (prune reads them anyway).
-    pub fn from_files<'a>(files: impl IntoIterator<Item = &'a IndexFile>) -> Self {
-        let mut index = BlobIndex::default();
-        for file in files {
-            index.append(file);
-        }
-        index.sort();
-        index
-    }
-
-    /// Location of a blob, if stored.
-    #[must_use]
-    pub fn get(&self, id: &Digest) -> Option<BlobLocation> {
-        let bucket = Self::bucket_of(id, self.fanout_bits);
-        let (start, end) = match (self.fanout.get(bucket), self.fanout.get(bucket + 1)) {
-            (Some(&start), Some(&end)) => (start as usize, end as usize),
-            _ => return None,
-        };
-        let slice = &self.blobs[start..end];
-        slice.binary_search_by(|(probe, _)| probe.cmp(id)).ok().map(|i| slice[i].1)
-    }
-
-    /// Whether a blob is stored.
-    #[must_use]
-    pub fn contains(&self, id: &Digest) -> bool {
-        self.get(id).is_some()
-    }
-
-    /// Number of blobs.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.blobs.len()
-    }
-
-    /// Whether no blobs are known.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-    }
-}
+pub use super::index::{BlobIndex, BlobLocation, IndexFile, IndexPack};
 
 /// Large buffers recycled between pipeline stages (packs between packers and uploader, batches
 /// between reader and packer, decrypted packs in a restore): a handful are allocated once
@@ -232,13 +62,20 @@ impl BufferPool {
     }
 }
 
+/// Most ids a [`PackBuilder`] remembers (~8 MiB; ~2 GiB of new 8 KiB blocks).
+pub const PENDING_IDS: usize = 1 << 18;
+
 /// A pack being filled.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
     data: Vec<u8>,
     blobs: Vec<(Digest, u32, u32)>,
-    /// Ids added during this backup, by their first 128 bits (half the memory of whole ids;
-    /// keyed hashes do not collide in 128 bits at any feasible number of chunks).
+    /// Ids added recently during this backup, by their first 128 bits (half the memory of
+    /// whole ids; keyed hashes do not collide in 128 bits at any feasible number of chunks).
+    /// Bounded ([`PENDING_IDS`]): once full it is emptied, so memory does not grow with the
+    /// size of the backup; a blob seen again only after that is stored a second time (the
+    /// index keeps one location per id, prune reclaims the other pack once unused), which for
+    /// the blobs repeated often (zero pages) costs one copy per [`PENDING_IDS`] new blobs.
     pending: HashSet<u128>,
     pool: BufferPool,
 }
@@ -265,7 +102,7 @@ impl PackBuilder {
     /// Whether `id` is stored already or added during this backup.
     #[must_use]
     pub fn knows(&self, known: &BlobIndex, id: &Digest) -> bool {
-        known.contains(id) || self.has(id)
+        self.has(id) || known.contains(id)
     }
 
     /// Appends a blob unless [`PackBuilder::knows`] it; returns whether it was added.
@@ -286,6 +123,9 @@ impl PackBuilder {
         }
         self.data.extend_from_slice(data);
         self.blobs.push((id, offset, length));
+        if self.pending.len() >= PENDING_IDS {
+            self.pending.clear();
+        }
         self.pending.insert(Self::short(&id));
     }
 
@@ -339,12 +179,6 @@ pub fn index_name(snapshot_id: &str, n: usize) -> String {
     if n == 0 { snapshot_id.to_owned() } else { format!("{snapshot_id}.{n}") }
 }
 
-/// One index object as written: the blob tables of some packs.
-#[derive(Serialize)]
-struct Shard<'a> {
-    packs: &'a [IndexPack],
-}
-
 impl UploadReport {
     /// Writes the blob tables collected so far as index objects: every full shard, or with
     /// `all` the rest too. Called only with tables of durable packs, so an index never points
@@ -356,7 +190,7 @@ impl UploadReport {
         let write = if all { shards.len() } else { shards.len().saturating_sub(1) };
         let mut written_packs = 0;
         for packs in &shards[..write] {
-            repo.put_record(&ObjectKey::Index(index_name(snapshot_id, self.index_objects)), &Shard { packs }).await?;
+            repo.put_record_bytes(&ObjectKey::Index(index_name(snapshot_id, self.index_objects)), &super::index::encode(packs)).await?;
             self.index_objects += 1;
             written_packs += packs.len();
             if !all {
@@ -448,29 +282,4 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     }
     let uploaded = if outcome == PutOutcome::Created { stored } else { 0 };
     Ok((IndexPack { id, blobs }, uploaded))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(n: usize, salt: u8) -> Vec<Digest> {
-        (0..n).map(|i| Digest::sha256(&[&i.to_le_bytes()[..], &[salt]].concat())).collect()
-    }
-
-    #[test]
-    fn fanout_lookup_finds_every_blob_and_nothing_else() {
-        for n in [0, 1, 2, 3, 17, 1000, 70_000] {
-            let stored = ids(n, 1);
-            let blobs = stored.iter().enumerate().map(|(i, id)| (*id, u32::try_from(i).unwrap(), 1)).collect();
-            let file = IndexFile { packs: vec![IndexPack { id: "p".into(), blobs }] };
-            let index = BlobIndex::from_files([&file]);
-            assert_eq!(index.len(), n);
-            for (i, id) in stored.iter().enumerate() {
-                assert_eq!(index.get(id).map(|l| l.offset), Some(u32::try_from(i).unwrap()), "blob {i} of {n}");
-            }
-            assert!(ids(200, 2).iter().all(|id| !index.contains(id)), "foreign ids are unknown with {n} blobs");
-        }
-        assert!(!BlobIndex::default().contains(&Digest([0; 32])));
-    }
 }

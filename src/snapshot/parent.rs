@@ -7,6 +7,14 @@
 //! send log it lives on the backup host, which has no identity to read the encrypted manifests;
 //! losing it only means a full read.
 //!
+//! When the parent snapshot is still committed in the repository ([`ParentReader::trust`]),
+//! its chunks are stored (prune never deletes a pack a remaining snapshot uses, and a backup
+//! holds a lock prune respects), so an unchanged file costs no index lookup at all, and a
+//! changed relation file looks up only the blocks that differ from the parent's block at the
+//! same position: an incremental backup reads the on-disk blob index only for what changed.
+//! (An index damaged by hand is then not repaired by the next backup: `radd verify` reports
+//! it, and `backup --full-read` stores what it lacks again.)
+//!
 //! The record is a JSON-lines file in walk order (a header line, then one line per file), read
 //! with a cursor that moves forward in step with the walk (a merge join) and written line by
 //! line as entries are finished: memory stays constant whatever the number of files.
@@ -91,6 +99,7 @@ pub struct ParentReader {
     current: Option<(Vec<u8>, ParentFile)>,
     exhausted: bool,
     path: PathBuf,
+    trusted: bool,
 }
 
 impl ParentReader {
@@ -110,6 +119,7 @@ impl ParentReader {
                 current: None,
                 exhausted: false,
                 path: path.to_owned(),
+                trusted: false,
             }),
             _ => {
                 tracing::warn!(path = %path.display(), "ignoring an unreadable parent record: every file is read");
@@ -122,6 +132,30 @@ impl ParentReader {
     #[must_use]
     pub fn snapshot_id(&self) -> &str {
         &self.snapshot_id
+    }
+
+    /// Opens the record ([`ParentReader::open`]) and trusts it when its snapshot's record is
+    /// in the repository and authenticates (call under the backup's lock).
+    pub async fn open_checked(path: &Path, repo: &crate::repository::Repository) -> Option<Self> {
+        let mut reader = Self::open(path)?;
+        let key = crate::repo::ObjectKey::Snapshot(reader.snapshot_id.clone());
+        match repo.get_record::<super::SnapshotRecord>(&key).await {
+            Ok(_) => reader.trust(),
+            Err(error) => tracing::info!(snapshot_id = %reader.snapshot_id, error = %error, "the parent snapshot is not in the repository: its chunks are looked up"),
+        }
+        Some(reader)
+    }
+
+    /// Declares that the parent snapshot is committed in the repository (its record read and
+    /// authenticated under the backup's lock): its chunks need no lookup to be known stored.
+    pub fn trust(&mut self) {
+        self.trusted = true;
+    }
+
+    /// Whether [`ParentReader::trust`] was called.
+    #[must_use]
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 
     fn advance(&mut self) -> Option<&(Vec<u8>, ParentFile)> {
@@ -162,12 +196,12 @@ impl ParentReader {
 
     /// Whether the file is provably unchanged since the parent read it: same size, mtime,
     /// ctime and inode, last changed over a second before the parent started, every chunk
-    /// (and list blob) still stored.
+    /// (and list blob) still stored (known without lookups when the parent is trusted).
     #[must_use]
     pub fn unchanged(&self, p: &ParentFile, size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> bool {
         let settled = mtime_ns.max(ctime_ns) < (i128::from(self.started_ms) - 1000) * 1_000_000;
         let same = p.size == size && p.mtime_ns == mtime_ns && p.ctime_ns == ctime_ns && p.ino == ino;
-        same && settled && p.chunks.iter().all(|c| known.contains(c)) && p.list.as_ref().is_none_or(|l| known.contains(&l.base))
+        same && settled && (self.trusted || (p.chunks.iter().all(|c| known.contains(c)) && p.list.as_ref().is_none_or(|l| known.contains(&l.base))))
     }
 }
 
@@ -284,5 +318,23 @@ mod tests {
         assert_eq!(unchanged(b"a.txt", 4, 99), None, "other inode");
         assert_eq!(unchanged(b"c", 5, 5), Some(5));
         assert_eq!(unchanged(b"d", 5, 5), None);
+    }
+
+    #[test]
+    fn a_trusted_parent_needs_no_lookup_an_untrusted_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = record_path(dir.path(), "repo", b"/src");
+        let file = ParentFile { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, sha256: Digest::sha256(b"x"), chunks: vec![Digest::sha256(b"chunk")], list: None, base_chunks: Vec::new() };
+        let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
+        writer.add(b"f", &file).unwrap();
+        writer.finish().unwrap().commit().unwrap();
+        let known = BlobIndex::default();
+        let mut reader = ParentReader::open(&path).unwrap();
+        assert!(!reader.trusted());
+        let p = reader.find(b"f").unwrap();
+        assert!(!reader.unchanged(&p, 1, 1, 1, 1, &known), "its chunk is in no index");
+        reader.trust();
+        assert!(reader.unchanged(&p, 1, 1, 1, 1, &known), "the committed parent's chunks are stored");
+        assert!(!reader.unchanged(&p, 2, 1, 1, 1, &known), "another size is a change all the same");
     }
 }

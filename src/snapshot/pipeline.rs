@@ -78,6 +78,9 @@ enum Step {
     Chunks(Chunks),
     /// The chunks since the last `Done` belong to an abandoned read: they are not the entry's.
     Discard,
+    /// The chunk ids of the file about to be read, as the trusted parent stored it: a chunk
+    /// equal to the parent's at the same position is known stored without an index lookup.
+    Prior(Vec<Digest>),
     /// A finished entry.
     Done(Box<Finished>),
 }
@@ -250,6 +253,7 @@ fn pack_and_assemble(
     let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
     let mut next_seq = 0u64;
     let mut current: Vec<Digest> = Vec::new();
+    let mut prior: Vec<Digest> = Vec::new();
     let mut buffer: Vec<u8> = Vec::with_capacity(entry_stream::LINE_BUFFER + 4096);
     for batch in hashed {
         waiting.insert(batch.seq, batch);
@@ -259,8 +263,10 @@ fn pack_and_assemble(
             for step in batch.steps {
                 match step {
                     Step::Chunks(chunks) => {
-                        for (data, id) in chunks.iter().zip(&chunks.ids) {
-                            if pack.add_if_new(known, *id, data) {
+                        for (position, (data, id)) in (current.len()..).zip(chunks.iter().zip(&chunks.ids)) {
+                            if prior.get(position) == Some(id) {
+                                out.reused_bytes += data.len() as u64;
+                            } else if pack.add_if_new(known, *id, data) {
                                 out.new_bytes += data.len() as u64;
                                 if pack.len() >= pack_size {
                                     pack.send_to(packs)?;
@@ -275,7 +281,9 @@ fn pack_and_assemble(
                         }
                     }
                     Step::Discard => current.clear(),
+                    Step::Prior(ids) => prior = ids,
                     Step::Done(finished) => {
+                        prior.clear();
                         let Finished { mut entry, mut parent, read, prior_base } = *finished;
                         let ids = std::mem::take(&mut current);
                         if let (EntryKind::File { chunks, list, .. }, true) = (&mut entry.kind, read) {
@@ -502,6 +510,11 @@ impl<'a> Reader<'a> {
             let chunks = if p.list.is_some() { Vec::new() } else { p.chunks.clone() };
             entry.kind = EntryKind::File { sha256: p.sha256, chunks, list: p.list.clone() };
             return self.done(entry, prior, false, first_name_at, None);
+        }
+        if let (Some(p), Some(true)) = (&prior, self.parent.as_ref().map(ParentReader::trusted))
+            && !p.chunks.is_empty()
+        {
+            self.feeder.push(Step::Prior(p.chunks.clone()), 0)?;
         }
         let prior_base = prior.and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
         let chunking = (self.plan.chunking)(&found.rel);

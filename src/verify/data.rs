@@ -5,11 +5,12 @@
 //! the wrong bytes of an intact pack, and a check of every WAL segment's page headers against
 //! its name, which catches a segment moved to another name whatever its format version.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use futures::{StreamExt, stream};
 
 use super::snapshots::BlobRef;
+use super::wanted::WantedBlobs;
 use super::{Error, Problem, ProblemKind, VerifyReport, classify};
 use crate::codec::ObjectKind;
 use crate::crypto::IdKey;
@@ -53,7 +54,8 @@ pub(super) async fn check_packs(
 pub(super) struct Job {
     key: ObjectKey,
     kind: ObjectKind,
-    /// Blobs to re-hash against their ids (packs only).
+    /// Blobs to re-hash against their ids (packs only; read from [`WantedBlobs`] when the
+    /// pack is read, so jobs waiting hold none).
     blobs: Vec<BlobRef>,
     /// The page-header check of a WAL segment or `.partial` file against its name.
     pages: Option<PageCheck>,
@@ -68,15 +70,9 @@ impl Job {
     }
 }
 
-/// A read of every stored pack, with the blobs snapshots use from it.
-pub(super) fn pack_jobs(
-    packs: Vec<(String, u64)>,
-    mut wanted: HashMap<&str, Vec<BlobRef>>,
-) -> impl Iterator<Item = Job> + '_ {
-    packs.into_iter().map(move |(id, size)| {
-        let blobs = wanted.remove(id.as_str()).unwrap_or_default();
-        Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs, pages: None, size }
-    })
+/// A read of every stored pack (the blobs snapshots use from it are looked up when it is read).
+pub(super) fn pack_jobs(packs: Vec<(String, u64)>) -> impl Iterator<Item = Job> {
+    packs.into_iter().map(|(id, size)| Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs: Vec::new(), pages: None, size })
 }
 
 /// A read of every WAL object, with its page-header check.
@@ -88,12 +84,15 @@ pub(super) fn wal_jobs(objects: Vec<(ObjectKey, Option<PageCheck>, u64)>) -> imp
 /// object's listed size advances `progress` once it is read.
 pub(super) async fn read_all(
     repo: &Repository,
-    jobs: impl Iterator<Item = Job>,
+    (jobs, wanted): (impl Iterator<Item = Job>, &WantedBlobs),
     report: &mut VerifyReport,
     progress: &crate::progress::Progress,
 ) -> Result<(), Error> {
     let mut results = stream::iter(jobs)
-        .map(|job| async move {
+        .map(|mut job| async move {
+            if let ObjectKey::Pack(id) = &job.key {
+                job.blobs = wanted.of(id).map_err(crate::snapshot::Error::from)?;
+            }
             let key = job.key_string();
             let size = job.size;
             read_one(repo, job).await.map(|(bytes, problem)| (key, bytes, problem, size))

@@ -25,6 +25,7 @@ mod data;
 mod schedule;
 mod snapshots;
 mod wal;
+mod wanted;
 
 pub use schedule::VerifiedRecord;
 pub use wal::{AcceptedGap, accept_gap};
@@ -334,15 +335,15 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
 
     if options.read_data {
         tracing::info!(packs = packs.len(), wal_objects = wal_objects.len(), "reading every pack and WAL object");
-        let wanted = chunks.into_wanted();
+        let wanted = chunks.into_wanted()?;
         let subset = options.subset.clone();
-        let jobs: Vec<data::Job> = data::pack_jobs(packs, wanted)
+        let jobs: Vec<data::Job> = data::pack_jobs(packs)
             .chain(data::wal_jobs(wal_objects))
             .filter(move |job| subset.as_ref().is_none_or(|s| s.contains(&job.key_string())))
             .collect();
         options.progress.set_total(jobs.iter().map(|job| job.size).sum());
         options.progress.set_message("reading objects");
-        data::read_all(repo, jobs.into_iter(), &mut report, &options.progress).await?;
+        data::read_all(repo, (jobs.into_iter(), &wanted), &mut report, &options.progress).await?;
     }
     report.ok = report.problems.is_empty();
     report.duration_seconds = clock.elapsed().as_secs_f64();

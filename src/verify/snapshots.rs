@@ -1,8 +1,9 @@
 //! Structure checks of snapshots: records authenticate, manifests match their records, every
 //! chunk a manifest references is indexed, and each base backup's WAL is archived.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use super::wanted::{UsedIds, WantedBlobs};
 use super::{Error, ProblemKind, VerifyReport, classify};
 use crate::archive;
 use crate::crypto::Digest;
@@ -10,6 +11,7 @@ use crate::pg::WalFileName;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
+
 
 /// A blob a snapshot uses, where the index says it is.
 pub(super) type BlobRef = (Digest, BlobLocation);
@@ -54,8 +56,11 @@ pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> 
     for item in &listed {
         let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
         let key = ObjectKey::Index(name);
-        match repo.get_record::<serde::de::IgnoredAny>(&key).await {
-            Ok(_) => report.read(item.size),
+        let decoded = repo.get_record_bytes(&key).await.and_then(|payload| {
+            snapshot::index::IndexObject::decode(&payload).map(drop).map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
+        });
+        match decoded {
+            Ok(()) => report.read(item.size),
             Err(e) => report.push(classify(e, &key.to_string())?),
         }
     }
@@ -70,35 +75,31 @@ pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> 
 }
 
 /// Checks manifests' chunk lists against the index and, for `--read-data`, remembers which
-/// blobs of which pack snapshots use, so each can be re-hashed when its pack is read.
+/// blobs snapshots use (on local disk, see [`super::wanted`]), so each can be re-hashed when
+/// its pack is read.
 pub(super) struct ChunkCheck<'a> {
     index: Option<&'a BlobIndex>,
-    wanted: Option<Wanted<'a>>,
-}
-
-/// Blobs snapshots use, per pack id; `seen` keeps a blob shared by many snapshots listed once.
-#[derive(Default)]
-pub(super) struct Wanted<'a> {
-    seen: HashSet<Digest>,
-    /// Pack id → blobs in it that some snapshot references.
-    pub(super) by_pack: HashMap<&'a str, Vec<BlobRef>>,
+    used: Option<UsedIds>,
 }
 
 impl<'a> ChunkCheck<'a> {
-    /// `collect`: remember referenced blobs per pack (only needed when packs will be read).
+    /// `collect`: remember referenced blobs (only needed when packs will be read).
     pub(super) fn new(index: Option<&'a BlobIndex>, collect: bool) -> Self {
-        ChunkCheck { index, wanted: collect.then(Wanted::default) }
+        ChunkCheck { index, used: collect.then(UsedIds::new) }
     }
 
-    /// The referenced blobs per pack (empty unless constructed with `collect`).
-    pub(super) fn into_wanted(self) -> HashMap<&'a str, Vec<BlobRef>> {
-        self.wanted.map(|w| w.by_pack).unwrap_or_default()
+    /// The referenced blobs per pack (none unless constructed with `collect`).
+    pub(super) fn into_wanted(self) -> Result<WantedBlobs, Error> {
+        match (self.used, self.index) {
+            (Some(used), Some(index)) => Ok(used.resolve(index)?),
+            _ => Ok(WantedBlobs::default()),
+        }
     }
 
     /// Reports, once per snapshot, the chunks no index knows (a restore would stop at the
     /// first of them).
-    fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) {
-        let Some(index) = self.index else { return };
+    fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) -> Result<(), Error> {
+        let Some(index) = self.index else { return Ok(()) };
         let (mut missing, mut files, mut first) = (0u64, 0u64, None);
         // The entry stream's chunks and the chunk lists were read to load the manifest;
         // --read-data reads their packs again like any other.
@@ -106,27 +107,23 @@ impl<'a> ChunkCheck<'a> {
             EntryKind::File { list: Some(list), .. } => Some(&list.base),
             _ => None,
         });
-        for chunk in manifest.entry_chunks.iter().chain(list_bases) {
-            if let (Some(wanted), Some(location)) = (&mut self.wanted, index.get(chunk))
-                && let Some(pack) = index.packs.get(location.pack as usize)
-                && wanted.seen.insert(*chunk)
-            {
-                wanted.by_pack.entry(pack.as_str()).or_default().push((*chunk, location));
+        if let Some(used) = &mut self.used {
+            for chunk in manifest.entry_chunks.iter().chain(list_bases) {
+                used.push(*chunk).map_err(snapshot::Error::from)?;
             }
         }
         for entry in &manifest.entries {
             let EntryKind::File { chunks, .. } = &entry.kind else { continue };
             let before = missing;
-            for chunk in chunks {
-                let Some(location) = index.get(chunk) else {
+            // One batch per file: a large file's blocks in one pass over the index.
+            for (chunk, location) in chunks.iter().zip(index.get_many(chunks)?) {
+                if location.is_none() {
                     missing += 1;
                     first.get_or_insert_with(|| format!("chunk {chunk} of {}", entry.path));
                     continue;
-                };
-                if let (Some(wanted), Some(pack)) = (&mut self.wanted, index.packs.get(location.pack as usize))
-                    && wanted.seen.insert(*chunk)
-                {
-                    wanted.by_pack.entry(pack.as_str()).or_default().push((*chunk, location));
+                }
+                if let Some(used) = &mut self.used {
+                    used.push(*chunk).map_err(snapshot::Error::from)?;
                 }
             }
             files += u64::from(missing > before);
@@ -138,6 +135,7 @@ impl<'a> ChunkCheck<'a> {
                 format!("{missing} chunk(s) of {files} file(s) are in no index (first: {first}); the snapshot cannot be restored"),
             );
         }
+        Ok(())
     }
 }
 
@@ -165,7 +163,7 @@ pub(super) async fn check_all(
         match loaded {
             Ok(manifest) => {
                 report.read(sizes.get(&key).copied().unwrap_or(0));
-                chunks.check(&record.id, &manifest, report);
+                chunks.check(&record.id, &manifest, report)?;
             }
             Err(snapshot::Error::Repository(e)) => report.push(classify(e, &key)?),
             Err(e) => return Err(e.into()),
