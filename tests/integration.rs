@@ -26,6 +26,7 @@ mod progress;
 mod prometheus;
 mod restore_safety;
 mod restore_once;
+mod restore_spill;
 mod restore_points;
 mod retention;
 mod tablespace;
