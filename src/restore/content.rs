@@ -18,8 +18,9 @@
 //!   directory. Packs are opened without recomputing their keyed digest: the file checksums
 //!   cover every byte restored.
 //!
-//! Memory: at most [`workers`] + 2 pack buffers (one per worker, one queued, one being
-//! written), recycled, and as many groups of placements.
+//! Memory: at most [`workers`] + 3 pack buffers (one per worker, one being handed over, one
+//! queued, one being written), recycled, and as many groups of placements (each at most
+//! `pack_plan::MAX_GROUP`).
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -49,7 +50,7 @@ fn cores() -> usize {
 }
 
 /// Packs fetched and decrypted at once: one per core (at least 2, so a fetch overlaps a
-/// decryption on one core; at most 16, which bounds memory to 18 packs).
+/// decryption on one core; at most 16, which bounds memory to 19 packs).
 fn workers() -> usize {
     cores().clamp(2, 16)
 }
@@ -373,8 +374,42 @@ fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
     if actual != check.expected {
         return Err(Error::Checksum { path: check.name.clone(), expected: check.expected.to_string(), actual: actual.to_string() });
     }
-    start_writeback(&file, length);
+    match writeback() {
+        Writeback::DontNeed => start_writeback(&file, length),
+        Writeback::None => {}
+        Writeback::Fsync => file.sync_data().map_err(io_err("fsync", &check.path))?,
+    }
     Ok(())
+}
+
+/// What a hasher does with a file it verified (the final fsync pass follows in every case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writeback {
+    /// Start its writeback now and drop its clean pages (the default: the disk writes while
+    /// the restore goes on, the final pass finds little left, and the page cache is not
+    /// filled with a cluster nobody reads yet).
+    DontNeed,
+    /// Nothing: the final pass writes everything.
+    None,
+    /// fdatasync it now, waiting (a hasher is busy until the disk has it).
+    Fsync,
+}
+
+/// Environment variable choosing [`Writeback`] (`dontneed`, `none`, `fsync`): a bench knob
+/// (`bench/restore-speed.sh` compares them), read once per process.
+const WRITEBACK_ENV: &str = "RADD_RESTORE_WRITEBACK";
+
+fn writeback() -> Writeback {
+    static MODE: std::sync::OnceLock<Writeback> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(WRITEBACK_ENV).as_deref() {
+        Ok("none") => Writeback::None,
+        Ok("fsync") => Writeback::Fsync,
+        Ok("dontneed" | "") | Err(_) => Writeback::DontNeed,
+        Ok(other) => {
+            tracing::warn!(value = other, "{WRITEBACK_ENV} is none of dontneed, none, fsync; using dontneed");
+            Writeback::DontNeed
+        }
+    })
 }
 
 /// Asks the kernel to start writing a file back now (`POSIX_FADV_DONTNEED` queues dirty pages
