@@ -24,8 +24,11 @@ const ENCODED: usize = 24;
 /// Placements read at once from each run while merging.
 const MERGE_BUFFER: usize = 2048;
 
-/// The sort key of the plan: a pack's blobs together, each file's in order.
-pub(super) fn key(p: &Placement) -> (u32, u32, u64) {
+/// (turn, file, file offset): a pack's blobs together, each file's in order.
+pub(super) type Key = (u32, u32, u64);
+
+/// The sort key of the plan.
+pub(super) fn key(p: &Placement) -> Key {
     (p.turn, p.file, p.file_offset)
 }
 
@@ -121,7 +124,7 @@ pub(super) struct Merge {
     dir: PathBuf,
     cursors: Vec<Cursor>,
     /// Head of each run that has one: (key, run).
-    heap: BinaryHeap<Reverse<((u32, u32, u64), usize)>>,
+    heap: BinaryHeap<Reverse<(Key, usize)>>,
 }
 
 impl Merge {
