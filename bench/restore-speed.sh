@@ -3,12 +3,13 @@
 # tree), CPU s per GB restored, peak RSS, the time spent writing and verifying and the time of the
 # final fsync pass, next to the disk's floor (`dd … conv=fdatasync`, 2 GiB, in the same directory
 # as the restores) measured in the same run. Cold page cache before every restore when run as root.
-#   [RADD_BIN=radd] [RADD_BEFORE=other-radd] [RUNS=1] bench/restore-speed.sh [scale ...]
+#   [RADD_BIN=radd] [RADD_BEFORE=other-radd] [RUNS=1] [RESTORE_DIR=dir] bench/restore-speed.sh [scale ...]
 # Defaults: scale 60 (≈ 1.3 GB). Several scales run one after the other, each on a new cluster.
 # RADD_BIN skips the release build; RADD_BEFORE restores the same snapshot with another build too
 # (e.g. main's) for a before/after figure. Each build also restores once per writeback mode
 # (RADD_RESTORE_WRITEBACK: dontneed, the default, none and fsync; see src/restore/content.rs) when
-# MODES=1. As root or postgres. Not part of the test suite: speed is measured, never asserted.
+# MODES=1. RESTORE_DIR puts the restores (and dd) elsewhere, e.g. /dev/shm to take the disk out
+# and see what the CPU stages alone deliver. As root or postgres. Not part of the test suite: speed is measured, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALES=("${@:-60}")
@@ -21,6 +22,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+R=$(mktemp -d "${RESTORE_DIR:-$W}/radd-restore-speed-XXXXXX"); trap 'cleanup; rm -rf "$R"' EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
@@ -30,13 +32,13 @@ cp "$RADD_BIN" "$W/radd"
 dd_floor() {
   cold
   local out
-  out=$(dd if=/dev/zero of="$W/dd.out" bs=1M count=2048 conv=fdatasync 2>&1 | tail -1)
-  rm -f "$W/dd.out"
+  out=$(dd if=/dev/zero of="$R/dd.out" bs=1M count=2048 conv=fdatasync 2>&1 | tail -1)
+  rm -f "$R/dd.out"
   echo "dd 2 GiB conv=fdatasync: $out"
 }
 
 measure() { # label, binary, snapshot, [writeback mode]: one table row
-  local label=$1 bin=$2 snapshot=$3 mode=${4:-} target="$W/restored"
+  local label=$1 bin=$2 snapshot=$3 mode=${4:-} target="$R/restored"
   cold
   RADD_RESTORE_WRITEBACK=$mode RUST_LOG=radd::restore=debug /usr/bin/time -f "%e %U %S %M" -o "$W/time" \
     "$bin" --config "$W/radd.toml" --json restore "$snapshot" --target "$target" --no-archive > "$W/out.json" 2> "$W/err.log"
