@@ -52,9 +52,14 @@ def at(message):
     s = re.search(r"seconds=([0-9.]+)", m[-1]) if m else None
     return float(s.group(1)) if s else float("nan")
 loaded, written, synced = at("index and manifest loaded"), at("files written and verified"), at("fsync'd")
+def field(message, name):
+    m = [l for l in log.splitlines() if message in l]
+    s = re.search(name + r"=([0-9.]+)", m[-1]) if m else None
+    return float(s.group(1)) if s else float("nan")
+wait, busy = field("writer done", "waited_s"), field("writer done", "writing_s")
 gb = r["bytes"] / 1e9
 cpu = float(user) + float(sys_)
-print(f"{label:<28} {wall:>7} {cpu:>7.2f} {cpu / gb:>8.2f} {int(rss) // 1024:>8} {written - loaded:>8.2f} {synced - written:>7.2f} {gb / float(wall) * 1000:>9.0f}")
+print(f"{label:<28} {wall:>7} {cpu:>7.2f} {cpu / gb:>8.2f} {int(rss) // 1024:>8} {written - loaded:>8.2f} {synced - written:>7.2f} {gb / float(wall) * 1000:>9.0f} {wait:>7.2f} {busy:>7.2f}")
 PY
   rm -rf "$target"
 }
@@ -89,7 +94,7 @@ TOML
   size=$(du -sm "$W/data" | cut -f1)
   echo "pgbench scale $SCALE: $size MiB on disk; $(nproc) cores"
   dd_floor
-  printf '%-28s %7s %7s %8s %8s %8s %7s %9s\n' restore wall_s cpu_s cpu_s/GB rss_MiB write_s sync_s MB/s_wall
+  printf '%-28s %7s %7s %8s %8s %8s %7s %9s %7s %7s\n' restore wall_s cpu_s cpu_s/GB rss_MiB write_s sync_s MB/s_wall wr_wait wr_busy
   for run in $(seq "$RUNS"); do
     [ -n "${RADD_BEFORE:-}" ] && measure "before (RADD_BEFORE) #$run" "$W/radd-before" "$snapshot"
     measure "after #$run" "$W/radd" "$snapshot"
@@ -99,4 +104,5 @@ TOML
   fi
   dd_floor
 done
-echo "write_s: loading done to every file written and verified; sync_s: the final fsync pass (sync_tree)"
+echo "write_s: loading done to every file written and verified; sync_s: the final fsync pass (sync_tree);"
+echo "wr_wait / wr_busy: the writer thread waiting for decrypted packs / writing them (builds that log it)"
