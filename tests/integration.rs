@@ -28,6 +28,7 @@ mod progress;
 mod prometheus;
 mod restore_safety;
 mod restore_once;
+mod restore_spill;
 mod restore_points;
 mod retention;
 mod scratch;

@@ -1,21 +1,29 @@
-//! The content of the restored files: packs read once each, in the turns of the [`PackPlan`],
-//! every blob written where the snapshot has it, and every file verified against its manifest
-//! SHA-256 by reading it back once its last chunk is written.
+//! The content of the restored files: packs read once each (see [`PackPlan`]), every blob
+//! written where the snapshot has it, and every file verified against its manifest SHA-256 by
+//! reading it back once its last chunk is written.
 //!
-//! Three stages run at once: packs are fetched, decrypted and decompressed ahead of the writer
-//! ([`PACKS_AHEAD`] at a time, into recycled buffers); the writer puts each pack's blobs into
-//! their files with positioned writes (blobs back to back in both pack and file as one write;
-//! all-zero blobs are skipped, so they stay holes of the files created at their full size);
-//! [`HASHERS`] threads read each completed file back (from the page cache, just written) and
-//! compare its SHA-256 with the manifest's. Hashing what is on disk, not what was meant to be
-//! written, also catches a misplaced or missing write. The first mismatch stops the writer, and
-//! the restore fails before anything leaves the staging directory. Packs are opened without
-//! recomputing their keyed digest: the file checksums cover every byte restored.
+//! Four stages run at once:
+//! - the plan's groups (a pack and the chunks it serves) are read out in turn order on a thread
+//!   of their own (merged from disk when the plan spilled);
+//! - packs are fetched, decrypted and decompressed by [`workers`] at once (one per core; the
+//!   decryption runs on tokio's blocking pool), each holding one pack, and handed over in the
+//!   order they finish: the writer never waits for one pack while another is ready;
+//! - the writer puts each pack's blobs into their files with positioned writes (blobs back to
+//!   back in both pack and file as one write; all-zero blobs are skipped, so they stay holes of
+//!   the files created at their full size);
+//! - [`hashers`] threads read each completed file back (from the page cache, just written) and
+//!   compare its SHA-256 with the manifest's, then start its writeback. Hashing what is on disk,
+//!   not what was meant to be written, also catches a misplaced or missing write. The first
+//!   mismatch stops the writer, and the restore fails before anything leaves the staging
+//!   directory. Packs are opened without recomputing their keyed digest: the file checksums
+//!   cover every byte restored.
 //!
-//! Memory: at most [`PACKS_AHEAD`] packs being fetched, one queued and one being written.
+//! Memory: at most [`workers`] + 3 pack buffers (one per worker, one being handed over, one
+//! queued, one being written), recycled, and as many groups of placements (each at most
+//! `pack_plan::MAX_GROUP`).
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -23,31 +31,43 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::pack_plan::{PackPlan, Placement};
+use super::pack_plan::{PackPlan, Placement, PlannedPack};
 use super::{Error, io_err};
 use crate::codec::ObjectKind;
-use crate::progress::Progress;
 use crate::crypto::{Digest, Sha256Stream};
+use crate::progress::Progress;
 use crate::repo::ObjectKey;
 use crate::repository::Repository;
 use crate::snapshot::{BlobIndex, BufferPool};
 
-/// Packs fetched and decrypted ahead of the writer.
-const PACKS_AHEAD: usize = 2;
-/// Threads reading completed files back to check them.
-const HASHERS: usize = 2;
 /// Completed files queued for the hashers (the writer waits when they fall this far behind).
 const HASH_QUEUE: usize = 64;
 /// Read size when hashing a file back.
 const READ_BUFFER: usize = 1 << 20;
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// Packs fetched and decrypted at once: one per core (at least 2, so a fetch overlaps a
+/// decryption on one core; at most 16, which bounds memory to 19 packs).
+fn workers() -> usize {
+    cores().clamp(2, 16)
+}
+
+/// Threads reading completed files back: one per core (2 to 16). SHA-256 on a core with SHA
+/// extensions runs near 2 GB/s, reads from the page cache faster: they keep up with the writer.
+fn hashers() -> usize {
+    cores().clamp(2, 16)
+}
+
 /// A file being restored: where it is written and what it must hash to.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Target<'a> {
+#[derive(Debug, Clone)]
+pub(super) struct Target {
     /// Its path in the staging directory.
-    pub path: &'a Path,
+    pub path: PathBuf,
     /// Its path in the manifest (named in errors).
-    pub name: &'a str,
+    pub name: String,
     /// Its manifest SHA-256.
     pub expected: Digest,
 }
@@ -65,8 +85,17 @@ impl Drop for PackData {
     }
 }
 
-/// A pack in its turn, or why it could not be read.
-type Fetched = Result<(u32, PackData), (u32, Error)>;
+/// A pack to read and the chunks it serves.
+struct Job {
+    pack: PlannedPack,
+    /// The pack's id.
+    name: String,
+    placements: Vec<Placement>,
+}
+
+/// A pack read, with its chunks; or why it could not be (with the entry that needed it, when
+/// known).
+type Fetched = Result<(Job, PackData), (Option<u32>, Error)>;
 
 /// Writes and verifies the content of every file in `plan` (`targets` is indexed by manifest
 /// entry; every entry the plan names has one). Returns the number of packs fetched and
@@ -74,41 +103,73 @@ type Fetched = Result<(u32, PackData), (u32, Error)>;
 ///
 /// # Errors
 /// The first checksum mismatch, else the first read or write failure, the file it was for named.
-pub(super) async fn write(repo: &Repository, index: &BlobIndex, plan: &PackPlan, (targets, progress): (&[Option<Target<'_>>], &Progress)) -> Result<u64, Error> {
+pub(super) async fn write(repo: &Repository, index: &BlobIndex, mut plan: PackPlan, targets: Vec<Option<Target>>, progress: &Progress) -> Result<u64, Error> {
     let packs_read = Arc::new(AtomicU64::new(0));
-    let (tx, mut rx) = mpsc::channel::<Fetched>(1);
-    let fetch = {
-        let (repo, pool, counter) = (repo.clone(), BufferPool::new(0), Arc::clone(&packs_read));
-        let packs: Vec<(u32, String)> = (0u32..).zip(&plan.packs).map(|(turn, p)| (turn, index.packs[p.number as usize].clone())).collect();
-        tokio::spawn(async move {
-            let mut stream = futures::stream::iter(packs)
-                .map(|(turn, id)| {
-                    let (repo, pool, counter) = (repo.clone(), pool.clone(), Arc::clone(&counter));
-                    async move {
-                        let data = repo.get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(id), pool.get()).await.map_err(|e| (turn, Error::from(e)))?;
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, (u32, Error)>((turn, PackData { data, pool }))
-                    }
-                })
-                .buffered(PACKS_AHEAD);
-            while let Some(pack) = stream.next().await {
-                let failed = pack.is_err();
-                if tx.send(pack).await.is_err() || failed {
-                    return;
+    let names: Vec<String> = plan.packs.iter().map(|p| index.packs[p.number as usize].clone()).collect();
+    let chunks = std::mem::take(&mut plan.chunks);
+    tracing::debug!(packs = plan.packs.len(), spilled_runs = plan.runs, workers = workers(), hashers = hashers(), "writing the files' content");
+    // Groups of the plan, in turn order, read on a blocking thread (a spilled plan reads files).
+    let (job_tx, job_rx) = mpsc::channel::<Result<Job, Error>>(workers());
+    let groups = tokio::task::spawn_blocking(move || {
+        loop {
+            let mut placements = Vec::new();
+            let job = match plan.next_group(&mut placements) {
+                Ok(Some(pack)) => {
+                    let name = placements.first().and_then(|p| names.get(p.turn as usize)).cloned().unwrap_or_default();
+                    Ok(Job { pack, name, placements })
                 }
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let failed = job.is_err();
+            if job_tx.blocking_send(job).is_err() || failed {
+                return;
             }
-        })
-    };
-    let hashers = Hashers::start();
-    let written = write_packs(&mut rx, (index, plan), targets, &hashers, progress).await;
+        }
+    });
+    let (tx, rx) = mpsc::channel::<Fetched>(1);
+    let fetch = tokio::spawn(fetch_packs(repo.clone(), job_rx, tx, Arc::clone(&packs_read)));
+    let progress = progress.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let hashers = Hashers::start();
+        let written = write_packs(rx, chunks, &targets, &hashers, &progress);
+        // A checksum mismatch is the cause of any write failure that follows it.
+        hashers.finish()?;
+        written
+    });
+    let written = writer.await;
     fetch.abort();
-    // A checksum mismatch is the cause of any write failure that follows it.
-    hashers.finish()?;
-    written?;
+    groups.abort();
+    written.unwrap_or_else(|_| Err(Error::Io { what: "restore: the writing thread panicked while writing", path: PathBuf::new(), source: std::io::Error::other("panic") }))?;
     Ok(packs_read.load(Ordering::Relaxed))
 }
 
-fn target_of<'t, 'a>(targets: &'t [Option<Target<'a>>], file: u32) -> Result<&'t Target<'a>, Error> {
+/// Fetches and opens the packs of the jobs arriving on `jobs`, [`workers`] at once, and sends
+/// each to the writer as soon as it is ready; stops at the first failure.
+async fn fetch_packs(repo: Repository, jobs: mpsc::Receiver<Result<Job, Error>>, tx: mpsc::Sender<Fetched>, counter: Arc<AtomicU64>) {
+    let pool = BufferPool::new(0);
+    let jobs = futures::stream::unfold(jobs, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
+    let stream = jobs
+        .map(|job| {
+            let (repo, pool, counter) = (repo.clone(), pool.clone(), Arc::clone(&counter));
+            async move {
+                let job = job.map_err(|e| (None, e))?;
+                let data = repo.get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), pool.get()).await.map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool }))
+            }
+        })
+        .buffer_unordered(workers());
+    let mut stream = std::pin::pin!(stream);
+    while let Some(pack) = stream.next().await {
+        let failed = pack.is_err();
+        if tx.send(pack).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn target_of(targets: &[Option<Target>], file: u32) -> Result<&Target, Error> {
     targets.get(file as usize).and_then(Option::as_ref).ok_or_else(|| Error::Io {
         what: "restore: the plan names an entry that has no file",
         path: PathBuf::from(file.to_string()),
@@ -116,31 +177,42 @@ fn target_of<'t, 'a>(targets: &'t [Option<Target<'a>>], file: u32) -> Result<&'t
     })
 }
 
-async fn write_packs(rx: &mut mpsc::Receiver<Fetched>, (index, plan): (&BlobIndex, &PackPlan), targets: &[Option<Target<'_>>], hashers: &Hashers, progress: &Progress) -> Result<(), Error> {
-    let mut left = plan.chunks.clone();
+/// The writer: takes packs as they arrive and writes their blobs; `left` counts the chunks
+/// each entry still waits for.
+fn write_packs(mut rx: mpsc::Receiver<Fetched>, mut left: Vec<u32>, targets: &[Option<Target>], hashers: &Hashers, progress: &Progress) -> Result<(), Error> {
     // Files without content are complete already.
     for (entry, target) in targets.iter().enumerate() {
         if let Some(target) = target
-            && left[entry] == 0
+            && left.get(entry) == Some(&0)
         {
             hashers.check(target)?;
         }
     }
-    for (planned, group) in plan.groups() {
+    let (mut waited, mut writing) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let mut clock = std::time::Instant::now();
+    while let Some(fetched) = rx.blocking_recv() {
+        waited += clock.elapsed();
+        clock = std::time::Instant::now();
         hashers.check_running()?;
-        let turn = group[0].turn;
-        let pack = match rx.recv().await {
-            Some(Ok((got, pack))) if got == turn => pack,
-            Some(Err((_, e))) => return Err(Error::File { path: target_of(targets, planned.first_file)?.name.to_owned(), source: Box::new(e) }),
-            _ => return Err(Error::Io {
-                what: "restore: pack prefetch out of order for",
-                path: PathBuf::from(target_of(targets, planned.first_file)?.name),
-                source: std::io::Error::other("prefetch stream ended or diverged"),
-            }),
+        let (job, pack) = match fetched {
+            Ok(fetched) => fetched,
+            Err((Some(file), e)) => return Err(Error::File { path: target_of(targets, file)?.name.clone(), source: Box::new(e) }),
+            Err((None, e)) => return Err(e),
         };
-        let name = &index.packs[planned.number as usize];
-        write_pack((&pack.data, name), group, targets, &mut left, hashers)?;
-        progress.advance(group.iter().map(|p| u64::from(p.length)).sum());
+        write_pack((&pack.data, &job.name), &job.placements, targets, &mut left, hashers)?;
+        progress.advance(job.placements.iter().map(|p| u64::from(p.length)).sum());
+        writing += clock.elapsed();
+        clock = std::time::Instant::now();
+    }
+    // Where the writer's time went: waiting on decryption, or writing (the bench reads this).
+    tracing::debug!(waited_s = waited.as_secs_f64(), writing_s = writing.as_secs_f64(), "writer done");
+    // Every pack was handed over, or the stream stopped at a failure reported above.
+    if let Some(entry) = left.iter().position(|&n| n != 0) {
+        return Err(Error::Io {
+            what: "restore: the pack reader stopped before every chunk was written; incomplete:",
+            path: PathBuf::from(target_of(targets, u32::try_from(entry).unwrap_or(u32::MAX))?.name.clone()),
+            source: std::io::Error::other("pack stream ended early"),
+        });
     }
     Ok(())
 }
@@ -154,12 +226,12 @@ struct Run {
 
 /// Writes the blobs of one pack (its plaintext and its id) into their files (`group`: its
 /// placements, sorted by file).
-fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[Option<Target<'_>>], left: &mut [u32], hashers: &Hashers) -> Result<(), Error> {
+fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[Option<Target>], left: &mut [u32], hashers: &Hashers) -> Result<(), Error> {
     let mut open: Option<(u32, std::fs::File)> = None;
     let mut run: Option<Run> = None;
-    let flush = |run: &mut Option<Run>, open: &Option<(u32, std::fs::File)>, target: &Target<'_>| -> Result<(), Error> {
+    let flush = |run: &mut Option<Run>, open: &Option<(u32, std::fs::File)>, target: &Target| -> Result<(), Error> {
         if let (Some(r), Some((_, file))) = (run.take(), open) {
-            file.write_all_at(&pack[r.pack], r.file_offset).map_err(io_err("write", target.path))?;
+            file.write_all_at(&pack[r.pack], r.file_offset).map_err(io_err("write", &target.path))?;
         }
         Ok(())
     };
@@ -169,7 +241,7 @@ fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[
             if let Some((previous, _)) = &open {
                 flush(&mut run, &open, target_of(targets, *previous)?)?;
             }
-            let file = std::fs::OpenOptions::new().write(true).open(target.path).map_err(io_err("open", target.path))?;
+            let file = std::fs::OpenOptions::new().write(true).open(&target.path).map_err(io_err("open", &target.path))?;
             open = Some((p.file, file));
         }
         let range = p.pack_offset as usize..p.pack_offset as usize + p.length as usize;
@@ -228,7 +300,7 @@ impl Hashers {
         let (tx, rx) = sync_channel::<Check>(HASH_QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(AtomicBool::new(false));
-        let threads = (0..HASHERS)
+        let threads = (0..hashers())
             .map(|_| {
                 let (rx, failed) = (Arc::clone(&rx), Arc::clone(&failed));
                 std::thread::spawn(move || {
@@ -244,9 +316,9 @@ impl Hashers {
     }
 
     /// Queues a completed file (waits while the hashers are [`HASH_QUEUE`] files behind).
-    fn check(&self, target: &Target<'_>) -> Result<(), Error> {
+    fn check(&self, target: &Target) -> Result<(), Error> {
         self.check_running()?;
-        let check = Check { path: target.path.to_owned(), name: target.name.to_owned(), expected: target.expected };
+        let check = Check { path: target.path.clone(), name: target.name.clone(), expected: target.expected };
         // A closed channel means every hasher stopped at a failure; `finish` reports it.
         self.tx.send(check).map_err(|_| Self::stopped())
     }
@@ -310,8 +382,42 @@ fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
     if actual != check.expected {
         return Err(Error::Checksum { path: check.name.clone(), expected: check.expected.to_string(), actual: actual.to_string() });
     }
-    start_writeback(&file, length);
+    match writeback() {
+        Writeback::DontNeed => start_writeback(&file, length),
+        Writeback::None => {}
+        Writeback::Fsync => file.sync_data().map_err(io_err("fsync", &check.path))?,
+    }
     Ok(())
+}
+
+/// What a hasher does with a file it verified (the final fsync pass follows in every case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writeback {
+    /// Start its writeback now and drop its clean pages (the default: the disk writes while
+    /// the restore goes on, the final pass finds little left, and the page cache is not
+    /// filled with a cluster nobody reads yet).
+    DontNeed,
+    /// Nothing: the final pass writes everything.
+    None,
+    /// fdatasync it now, waiting (a hasher is busy until the disk has it).
+    Fsync,
+}
+
+/// Environment variable choosing [`Writeback`] (`dontneed`, `none`, `fsync`): a bench knob
+/// (`bench/restore-speed.sh` compares them), read once per process.
+const WRITEBACK_ENV: &str = "RADD_RESTORE_WRITEBACK";
+
+fn writeback() -> Writeback {
+    static MODE: std::sync::OnceLock<Writeback> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(WRITEBACK_ENV).as_deref() {
+        Ok("none") => Writeback::None,
+        Ok("fsync") => Writeback::Fsync,
+        Ok("dontneed" | "") | Err(_) => Writeback::DontNeed,
+        Ok(other) => {
+            tracing::warn!(value = other, "{WRITEBACK_ENV} is none of dontneed, none, fsync; using dontneed");
+            Writeback::DontNeed
+        }
+    })
 }
 
 /// Asks the kernel to start writing a file back now (`POSIX_FADV_DONTNEED` queues dirty pages

@@ -18,6 +18,7 @@ mod when;
 pub mod window;
 mod tablespace;
 mod server_config;
+mod spill;
 mod writer;
 
 use std::collections::BTreeSet;

@@ -16,12 +16,29 @@
 //! first needed by it or by a file before it, so files complete roughly in manifest order and
 //! are verified while later packs are still being written.
 //!
-//! Memory: one placement per chunk of the restored files (24 bytes: a 500 MiB cluster of 8 KiB
-//! blocks costs 1.5 MB, a 1 TiB one 3 GiB) plus 4 bytes per pack in the repository.
+//! Memory: one placement per chunk of the restored files (24 bytes) up to a bound
+//! ([`Spill`]: 1 Mi placements, 24 MiB, by default); past it, sorted runs of placements go to
+//! a temporary file beside the staging directory and are merged back while the writer takes
+//! them (`spill`), so a 1 TiB cluster plans in the same memory as a 10 GiB one. Packs whose
+//! blobs serve more than [`MAX_GROUP`] chunks (a block deduplicated many times) are handed out
+//! in several groups, each reading the pack again. Plus 4 bytes per pack in the repository and
+//! per manifest entry.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::Error;
+use super::spill::{self, Merge, Runs};
 use crate::crypto::Digest;
 use crate::snapshot::BlobIndex;
+
+/// Placements held in memory by default before the plan spills to disk.
+pub(super) const DEFAULT_SPILL_PLACEMENTS: usize = 1 << 20;
+/// Most placements handed to the writer with one pack.
+pub(super) const MAX_GROUP: usize = 1 << 18;
+/// Environment variable overriding [`DEFAULT_SPILL_PLACEMENTS`] (a test and tuning knob: tests
+/// force the spill with a small value; read once per process).
+pub(super) const SPILL_ENV: &str = "RADD_RESTORE_SPILL_PLACEMENTS";
 
 /// One chunk of a restored file: where its bytes lie in a pack, and where they go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +64,63 @@ pub(super) struct PlannedPack {
     pub first_file: u32,
 }
 
-/// Every pack a restore reads, once each, and every chunk it writes.
-#[derive(Debug, Default)]
+/// Where placements past the memory bound go.
+#[derive(Debug, Clone)]
+pub(super) struct Spill {
+    /// Directory of the temporary file.
+    pub dir: PathBuf,
+    /// Placements held in memory before a run is written.
+    pub bound: usize,
+}
+
+impl Spill {
+    /// Spills into `dir` past [`SPILL_ENV`] placements, or [`DEFAULT_SPILL_PLACEMENTS`].
+    pub(super) fn in_dir(dir: &Path) -> Self {
+        static BOUND: OnceLock<usize> = OnceLock::new();
+        let bound = *BOUND.get_or_init(|| match std::env::var(SPILL_ENV) {
+            Ok(value) => value.trim().parse::<usize>().ok().filter(|&n| n > 0).unwrap_or_else(|| {
+                tracing::warn!(value, "{SPILL_ENV} is not a positive number; using the default");
+                DEFAULT_SPILL_PLACEMENTS
+            }),
+            Err(_) => DEFAULT_SPILL_PLACEMENTS,
+        });
+        Self { dir: dir.to_owned(), bound }
+    }
+
+    /// Never spills (tests of the plan's content).
+    #[cfg(test)]
+    pub(super) fn never() -> Self {
+        Self { dir: PathBuf::from("/nonexistent"), bound: usize::MAX }
+    }
+}
+
+/// The placements of a plan: all in memory, sorted, or merged from sorted runs on disk.
+enum Placements {
+    Memory(std::vec::IntoIter<Placement>),
+    Spilled(Box<Merge>),
+}
+
+impl Placements {
+    fn next(&mut self) -> Result<Option<Placement>, Error> {
+        match self {
+            Placements::Memory(all) => Ok(all.next()),
+            Placements::Spilled(merge) => merge.next(),
+        }
+    }
+}
+
+/// Every pack a restore reads, once each (see [`MAX_GROUP`]), and every chunk it writes.
 pub(super) struct PackPlan {
     /// Packs in the order they are read (first use in manifest order); distinct.
     pub packs: Vec<PlannedPack>,
-    /// Every chunk of every restored file, sorted by (turn, file, file offset).
-    pub placements: Vec<Placement>,
     /// Chunks of each manifest entry (0 for entries restored without content).
     pub chunks: Vec<u32>,
+    /// Every chunk of every restored file, in (turn, file, file offset) order.
+    placements: Placements,
+    /// The next placement, read ahead to find the end of a group.
+    peeked: Option<Placement>,
+    /// Sorted runs written to disk (0: the plan fit in memory).
+    pub runs: usize,
 }
 
 fn too_many(path: &str) -> Error {
@@ -64,17 +129,16 @@ fn too_many(path: &str) -> Error {
 
 impl PackPlan {
     /// Plans the restore of `files`: (manifest entry, its path, its chunk ids), for a manifest
-    /// of `entries` entries.
+    /// of `entries` entries, spilling placements past `spill.bound` into `spill.dir`.
     ///
     /// # Errors
-    /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written.
-    pub(super) fn new<'m>(index: &BlobIndex, entries: usize, files: impl IntoIterator<Item = (usize, &'m str, &'m [Digest])>) -> Result<Self, Error> {
-        let files: Vec<(usize, &str, &[Digest])> = files.into_iter().collect();
-        let mut plan = PackPlan {
-            packs: Vec::new(),
-            placements: Vec::with_capacity(files.iter().map(|f| f.2.len()).sum()),
-            chunks: vec![0; entries],
-        };
+    /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written;
+    /// a failure to write the temporary file.
+    pub(super) fn new<'m>(index: &BlobIndex, entries: usize, files: impl IntoIterator<Item = (usize, &'m str, &'m [Digest])>, spill: &Spill) -> Result<Self, Error> {
+        let mut packs = Vec::new();
+        let mut chunks = vec![0; entries];
+        let mut buffer: Vec<Placement> = Vec::new();
+        let mut runs: Option<Runs> = None;
         let mut turn_of = vec![u32::MAX; index.packs.len()];
         for (entry, path, ids) in files {
             let file = u32::try_from(entry).map_err(|_| too_many(path))?;
@@ -83,21 +147,63 @@ impl PackPlan {
                 let location = index.get(id).ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
                 let turn = &mut turn_of[location.pack as usize];
                 if *turn == u32::MAX {
-                    *turn = u32::try_from(plan.packs.len()).map_err(|_| too_many(path))?;
-                    plan.packs.push(PlannedPack { number: location.pack, first_file: file });
+                    *turn = u32::try_from(packs.len()).map_err(|_| too_many(path))?;
+                    packs.push(PlannedPack { number: location.pack, first_file: file });
                 }
-                plan.placements.push(Placement { turn: *turn, pack_offset: location.offset, length: location.length, file, file_offset });
+                if buffer.len() >= spill.bound {
+                    match &mut runs {
+                        Some(runs) => runs.push(&mut buffer)?,
+                        None => runs.insert(Runs::new(&spill.dir)?).push(&mut buffer)?,
+                    }
+                }
+                buffer.push(Placement { turn: *turn, pack_offset: location.offset, length: location.length, file, file_offset });
                 file_offset += u64::from(location.length);
             }
-            plan.chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
+            chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
         }
-        plan.placements.sort_unstable_by_key(|p| (p.turn, p.file, p.file_offset));
-        Ok(plan)
+        let (placements, runs) = match runs {
+            None => {
+                buffer.sort_unstable_by_key(spill::key);
+                (Placements::Memory(buffer.into_iter()), 0)
+            }
+            Some(mut runs) => {
+                if !buffer.is_empty() {
+                    runs.push(&mut buffer)?;
+                }
+                drop(buffer);
+                let count = runs.len();
+                tracing::debug!(runs = count, "restore plan spilled to disk");
+                (Placements::Spilled(Box::new(runs.merge()?)), count)
+            }
+        };
+        Ok(PackPlan { packs, chunks, placements, peeked: None, runs })
     }
 
-    /// Each pack in its turn with the chunks it serves (sorted by file and offset).
-    pub(super) fn groups(&self) -> impl Iterator<Item = (PlannedPack, &[Placement])> {
-        self.placements.chunk_by(|a, b| a.turn == b.turn).map(|group| (self.packs[group[0].turn as usize], group))
+    /// The next pack in its turn with (at most [`MAX_GROUP`] of) the chunks it serves, sorted
+    /// by file and offset, into `group` (cleared first); `None` after the last.
+    ///
+    /// # Errors
+    /// When a spilled run cannot be read back.
+    pub(super) fn next_group(&mut self, group: &mut Vec<Placement>) -> Result<Option<PlannedPack>, Error> {
+        group.clear();
+        let first = match self.peeked.take() {
+            Some(p) => p,
+            None => match self.placements.next()? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match self.placements.next()? {
+                Some(p) if p.turn == first.turn => group.push(p),
+                next => {
+                    self.peeked = next;
+                    break;
+                }
+            }
+        }
+        Ok(Some(self.packs[first.turn as usize]))
     }
 }
 
@@ -108,6 +214,15 @@ mod tests {
 
     fn id(n: u8) -> Digest {
         Digest::sha256(&[n])
+    }
+
+    fn groups(plan: &mut PackPlan) -> Vec<(PlannedPack, Vec<Placement>)> {
+        let mut out = Vec::new();
+        let mut group = Vec::new();
+        while let Some(pack) = plan.next_group(&mut group).unwrap() {
+            out.push((pack, group.clone()));
+        }
+        out
     }
 
     /// Three packs: "old" holds blobs 1..=4, "new" holds 5 and 6, "other" holds 7 (unused).
@@ -126,7 +241,7 @@ mod tests {
         // not restored, entry 3 repeats a chunk.
         let a = [id(1), id(5), id(2)];
         let c = [id(3), id(6), id(4), id(3)];
-        let plan = PackPlan::new(&index, 4, [(0, "a", &a[..]), (2, "c", &c[..]), (3, "empty", &[][..])]).unwrap();
+        let mut plan = PackPlan::new(&index, 4, [(0, "a", &a[..]), (2, "c", &c[..]), (3, "empty", &[][..])], &Spill::never()).unwrap();
         let name = |p: PlannedPack| index.packs[p.number as usize].clone();
         assert_eq!(plan.packs.iter().map(|&p| name(p)).collect::<Vec<_>>(), ["old", "new"]);
         assert_eq!(plan.packs.iter().map(|p| p.first_file).collect::<Vec<_>>(), [0, 0]);
@@ -134,7 +249,7 @@ mod tests {
         // (pack, [(file, file offset, pack offset)])
         type Groups = Vec<(String, Vec<(u32, u64, u32)>)>;
         let groups: Groups =
-            plan.groups().map(|(p, g)| (name(p), g.iter().map(|x| (x.file, x.file_offset, x.pack_offset)).collect())).collect();
+            groups(&mut plan).into_iter().map(|(p, g)| (name(p), g.iter().map(|x| (x.file, x.file_offset, x.pack_offset)).collect())).collect();
         assert_eq!(
             groups,
             [
@@ -147,7 +262,48 @@ mod tests {
     #[test]
     fn a_chunk_no_index_knows_fails_the_plan_naming_the_file() {
         let ids = [id(1), id(9)];
-        let err = PackPlan::new(&index(), 1, [(0, "base/1/1259", &ids[..])]).unwrap_err();
+        let err = PackPlan::new(&index(), 1, [(0, "base/1/1259", &ids[..])], &Spill::never()).err().unwrap();
         assert!(matches!(&err, Error::MissingChunk { path, chunk } if path == "base/1/1259" && *chunk == id(9).to_string()), "{err}");
+    }
+
+    /// Many files over many packs, blobs repeated: spilled after every few placements, the plan
+    /// hands out exactly the groups, in exactly the order, of the plan kept in memory.
+    #[test]
+    fn a_spilled_plan_hands_out_what_the_plan_in_memory_does() {
+        let blobs: Vec<u8> = (0..=255).collect();
+        let packs: Vec<IndexPack> = blobs
+            .chunks(16)
+            .enumerate()
+            .map(|(p, part)| IndexPack { id: format!("pack{p}"), blobs: part.iter().enumerate().map(|(i, &b)| (id(b), u32::try_from(i).unwrap() * 100, 100 + u32::from(b))).collect() })
+            .collect();
+        let index = BlobIndex::from_files([&IndexFile { packs }]);
+        // 300 files of 0..40 chunks each, picked all over the packs (and repeating).
+        let files: Vec<Vec<Digest>> = (0..300u32).map(|f| (0..(f * 7) % 41).map(|c| id(u8::try_from((f * 31 + c * 17) % 256).unwrap())).collect()).collect();
+        let names: Vec<String> = (0..files.len()).map(|f| format!("f{f}")).collect();
+        let input = || files.iter().enumerate().map(|(f, ids)| (f, names[f].as_str(), &ids[..]));
+        let mut memory = PackPlan::new(&index, files.len(), input(), &Spill::never()).unwrap();
+        assert_eq!(memory.runs, 0);
+        let expected = groups(&mut memory);
+        assert_eq!(expected.iter().map(|g| g.1.len()).sum::<usize>(), files.iter().map(Vec::len).sum::<usize>());
+        let dir = tempfile::tempdir().unwrap();
+        for bound in [1, 7, 1000] {
+            let mut spilled = PackPlan::new(&index, files.len(), input(), &Spill { dir: dir.path().to_owned(), bound }).unwrap();
+            assert!(spilled.runs > 1, "bound {bound} spills: {} runs", spilled.runs);
+            assert_eq!(spilled.packs, memory.packs);
+            assert_eq!(spilled.chunks, memory.chunks);
+            assert_eq!(groups(&mut spilled), expected, "bound {bound}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the spill file has no name to leave behind");
+    }
+
+    #[test]
+    fn a_pack_serving_more_than_a_group_is_handed_out_in_several() {
+        let index = index();
+        let ids = vec![id(1); MAX_GROUP + 5];
+        let mut plan = PackPlan::new(&index, 1, [(0, "zeros", &ids[..])], &Spill::never()).unwrap();
+        let sizes: Vec<(u32, usize)> = groups(&mut plan).iter().map(|(p, g)| (p.number, g.len())).collect();
+        assert_eq!(sizes.len(), 2);
+        assert_eq!((sizes[0].1, sizes[1].1), (MAX_GROUP, 5));
+        assert_eq!(sizes[0].0, sizes[1].0);
     }
 }

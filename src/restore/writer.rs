@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::content::{self, Target};
-use super::pack_plan::PackPlan;
+use super::pack_plan::{PackPlan, Spill};
 use super::{Error, io_err};
 use crate::crypto::Digest;
 use crate::progress::Progress;
@@ -63,9 +63,11 @@ pub async fn write_entries(repo: &Repository, (index, manifest): (&BlobIndex, &M
     let wanted = wanted(manifest, include);
     let with_content = || (0..manifest.entries.len()).filter(|&i| wanted[i]).filter_map(|i| content(manifest, &wanted, i).map(|c| (i, c)));
     // Planned first: a chunk missing from the index fails the restore before anything is written.
-    let plan = PackPlan::new(index, manifest.entries.len(), with_content().map(|(i, (_, chunks))| (i, manifest.entries[i].path.as_str(), chunks)))?;
+    // Spilled placements go beside the staging directory, not into what becomes the target.
+    let spill = Spill::in_dir(root.parent().unwrap_or(root));
+    let plan = PackPlan::new(index, manifest.entries.len(), with_content().map(|(i, (_, chunks))| (i, manifest.entries[i].path.as_str(), chunks)), &spill)?;
     let paths = create_tree(manifest, root, &wanted)?;
-    let mut targets: Vec<Option<Target<'_>>> = vec![None; manifest.entries.len()];
+    let mut targets: Vec<Option<Target>> = vec![None; manifest.entries.len()];
     let mut written = Written { packs_distinct: plan.packs.len() as u64, ..Written::default() };
     for (i, (sha256, _)) in with_content() {
         let path = paths[i].as_deref().ok_or_else(|| Error::Io {
@@ -73,13 +75,12 @@ pub async fn write_entries(repo: &Repository, (index, manifest): (&BlobIndex, &M
             path: manifest.entries[i].os_path(),
             source: std::io::Error::other("internal error"),
         })?;
-        targets[i] = Some(Target { path, name: &manifest.entries[i].path, expected: *sha256 });
+        targets[i] = Some(Target { path: path.to_owned(), name: manifest.entries[i].path.clone(), expected: *sha256 });
         written.files += 1;
         written.bytes += manifest.entries[i].size;
     }
     progress.set_total(written.bytes);
-    written.packs_read = content::write(repo, index, &plan, (&targets, progress)).await?;
-    drop(plan);
+    written.packs_read = content::write(repo, index, plan, targets, progress).await?;
     set_metadata(manifest, &wanted, &paths)?;
     Ok(written)
 }
