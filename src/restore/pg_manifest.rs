@@ -72,7 +72,7 @@ pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64,
         )?;
         // The checksum covers everything up to and including the newline before its own line.
         let digest = hex::encode(out.sha.clone().finalize());
-        write!(out.inner, "\"Manifest-Checksum\": \"{digest}\"}}\n")?;
+        writeln!(out.inner, "\"Manifest-Checksum\": \"{digest}\"}}")?;
         out.inner.flush()?;
         out.inner.get_ref().sync_all()?;
         Ok::<_, std::io::Error>(listed)
