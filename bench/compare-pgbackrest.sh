@@ -2,12 +2,18 @@
 # radd and pgBackRest side by side on one throwaway PostgreSQL 15 cluster, same data, interleaved
 # (radd first, then pgBackRest, for every step), both encrypted and zstd level 1:
 #   full backup, incremental after 1000 pgbench transactions (wall time and repository bytes added),
-#   restore, WAL push latency (p50/p95 of 40 pushes), a 200-segment backlog drain, peak RSS.
+#   restore, WAL push latency (p50/p95 of 40 pushes), a 200-segment backlog drain;
+#   for every step wall time, CPU seconds (user+sys of the whole process tree, detached processes
+#   included: bench/treetime.py), CPU seconds per GB of data handled, peak RSS;
+#   and the machine's floor measured in the same run: single-core SHA-256 / keyed BLAKE3 / zstd-1 /
+#   age (ChaCha20-Poly1305) rates on a sample of the cluster's pages (examples/throughput), a cold
+#   read of the cluster with `cat`, and `dd if=/dev/zero bs=1M count=2048 conv=fdatasync`.
 #   bench/compare-pgbackrest.sh [pgbench-scale]    (default 60 ≈ 1 GB of pgbench data; run as root)
 # The cluster holds pgbench data plus a less compressible table `noise` (md5 text and random bytes)
 # of at least a third of the pgbench size. PostgreSQL and both tools run as the postgres user; root
 # is needed for that and to drop the page cache before every timed backup/restore step.
-# Installs pgBackRest from Debian when missing. RADD_BIN=/path/to/radd skips `cargo build --release`;
+# Installs pgBackRest from Debian when missing. RADD_BIN=/path/to/radd skips `cargo build --release`
+# (THROUGHPUT_BIN defaults to examples/throughput beside it);
 # KEEP=1 keeps the (stopped) temp dir for inspection.
 # Prints one table. Not part of the test suite: speed is measured here, never asserted in tests.
 set -euo pipefail
@@ -30,10 +36,14 @@ command -v pgbackrest >/dev/null || apt_install pgbackrest
 test -x /usr/bin/time || apt_install time
 if [ -n "${RADD_BIN:-}" ]; then
   RADD_SRC=$RADD_BIN
+  THROUGHPUT_SRC=${THROUGHPUT_BIN:-$(dirname "$RADD_BIN")/examples/throughput}
 else
-  cargo build --release -q
+  cargo build --release -q --bin radd --example throughput
   RADD_SRC=$PWD/target/release/radd
+  THROUGHPUT_SRC=$PWD/target/release/examples/throughput
 fi
+test -x "$THROUGHPUT_SRC" || { echo "no $THROUGHPUT_SRC: cargo build --release --example throughput" >&2; exit 2; }
+TREETIME_SRC=$PWD/bench/treetime.py
 
 START=$SECONDS
 W=$(mktemp -d /tmp/radd-vs-pgbackrest-XXXXXX); chmod 755 "$W"; chown postgres: "$W"
@@ -58,6 +68,8 @@ PORT=$(freeport)
 
 # --- radd: keys, config, repository ---------------------------------------------------------------
 install -o postgres -m 755 "$RADD_SRC" "$W/radd"
+install -o postgres -m 755 "$THROUGHPUT_SRC" "$W/throughput"
+install -o postgres -m 644 "$TREETIME_SRC" "$W/treetime.py"
 RADD="$W/radd --config $W/radd.toml"
 RECIPIENT=$(as_pg "$W/radd" keygen --identity "$W/identity.key" 2>/dev/null)
 cat > "$W/radd.toml" <<TOML
@@ -177,24 +189,26 @@ mkdir "$W/pool"
 mapfile -t SEGS < <(ls "$W/data/pg_wal/archive_status" | sed -n 's/^\([0-9A-F]\{24\}\)\.done$/\1/p' | sort | tail -n "$PUSH_SAMPLES")
 [ "${#SEGS[@]}" -gt 0 ] || { echo "no archived WAL segment found in pg_wal" >&2; exit 1; }
 for i in "${!SEGS[@]}"; do cp "$W/data/pg_wal/${SEGS[$i]}" "$W/pool/$i"; done
+SEG_BYTES=$(stat -c %s "$W/pool/0")
 chown -R postgres: "$W/pool"
 segname() { printf '%08X%08X%08X' "$1" 0 "$2"; }
 
 # --- timing ---------------------------------------------------------------------------------------
-# timed TOOL KEY OUT cmd...: cold page cache, wall seconds -> results, peak RSS (KiB, largest process
-# of the tree: /usr/bin/time's wait4 covers waited-for children such as pgBackRest's workers)
+# timed TOOL KEY OUT cmd...: cold page cache, wall seconds -> results, CPU seconds (user+sys of the
+# whole tree, processes that detached included) and peak RSS (KiB, largest process of the tree)
 timed() {
-  local tool=$1 key=$2 out=$3 wall rss rc warn; shift 3
+  local tool=$1 key=$2 out=$3 wall user sys rss linger rc warn; shift 3
   drop_caches
-  if as_pg /usr/bin/time -f "%e %M" -o "$W/time" "$@" > "$out" 2> "$W/stderr"; then
-    read -r wall rss < "$W/time"
+  if as_pg python3 "$W/treetime.py" "$W/time" -- "$@" > "$out" 2> "$W/stderr"; then
+    read -r wall user sys rss linger < "$W/time"
     result "$key" "$wall"; result "${tool}_rss:${key#*_}" "$rss"
+    result "${tool}_cpu:${key#*_}" "$(python3 -c "print($user + $sys)")"
     warn=$(sed 's/\x1b\[[0-9;]*m//g' "$W/stderr" | grep -E '\b(WARN|ERROR)' || true)
     [ -z "$warn" ] || printf '== %s: %s\n%s\n' "$key" "$*" "$warn" >> "$W/warnings"
   else
     rc=$?
     result "$key" ERR
-    { echo "== $tool failed (exit $rc): $*"; cat "$W/stderr" "$W/time"; } | tee -a "$W/errors" >&2
+    { echo "== $tool failed (exit $rc): $*"; cat "$W/stderr" "$W/time" 2>/dev/null; } | tee -a "$W/errors" >&2
   fi
 }
 repo_bytes() { # backup data only: the WAL archives (radd wal/, pgBackRest archive/) are left out
@@ -206,10 +220,26 @@ repo_bytes() { # backup data only: the WAL archives (radd wal/, pgBackRest archi
 
 # Push helper, run as postgres: spawns each command itself and gets its peak RSS from wait4.
 cat > "$W/push.py" <<'PY'
-import os, re, sys, threading, time
+import ctypes, os, re, resource, sys, threading, time
+
+# A child subreaper: processes that detach (pgBackRest's async archiver) become our children, so
+# their CPU time is counted once they are reaped (see bench/treetime.py).
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+
+def reap_detached(limit=120):
+    """Waits up to `limit` s for detached descendants; returns how long they outlived the drain."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                if time.perf_counter() - t0 > limit:
+                    return -1
+                time.sleep(0.05)
+        except ChildProcessError:
+            return time.perf_counter() - t0
 
 def run(argv, errfile):
-    """Runs argv; returns (microseconds, peak RSS KiB, exit status) and leaves stderr in errfile."""
+    """Runs argv; returns (microseconds, peak RSS KiB, exit status, CPU s) and leaves stderr in errfile."""
     fa = [(os.POSIX_SPAWN_OPEN, 2, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
           (os.POSIX_SPAWN_DUP2, 2, 1)]
     t0 = time.perf_counter()
@@ -220,7 +250,7 @@ def run(argv, errfile):
     if rc == 0 and out and out not in seen:  # warnings of a successful run: reported once per message
         seen.add(out)
         sys.stderr.write(f"== {' '.join(argv)}\n{out}")
-    return us, ru.ru_maxrss, rc
+    return us, ru.ru_maxrss, rc, ru.ru_utime + ru.ru_stime
 
 seen = set()
 
@@ -235,10 +265,10 @@ pgbr = ["pgbackrest", f"--config={w}/pgbackrest.conf", "--stanza=bench", "archiv
 if mode == "latency":  # push FILE... one at a time, radd then pgBackRest for each file
     for f in sys.argv[3:]:
         for tool, cmd in (("radd", radd), ("pgbr", pgbr)):
-            us, rss, rc = run(cmd + [f], f"{w}/push.err")
+            us, rss, rc, cpu = run(cmd + [f], f"{w}/push.err")
             if rc != 0:
                 fail(tool, cmd + [f], rc, f"{w}/push.err")
-            print(tool, us, rss, flush=True)
+            print(tool, us, rss, cpu, flush=True)
 
 elif mode == "drain":  # drain W TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's archiver, one command
     # at a time, oldest .ready first, .ready renamed to .done once the command returned 0; a sampler
@@ -274,16 +304,39 @@ elif mode == "drain":  # drain W TOOL PG_WAL NAMES_FILE -- ARGV...: PostgreSQL's
     for name in names:
         if not os.path.exists(f"{status}/{name}.ready"):
             continue
-        _, r, rc = run(argv + [f"{pg_wal}/{name}"], f"{w}/drain.err")
+        _, r, rc, _ = run(argv + [f"{pg_wal}/{name}"], f"{w}/drain.err")
         rss = max(rss, r)
         if rc != 0:  # PostgreSQL would retry; a benchmark reports it
             fail(tool, argv + [f"{pg_wal}/{name}"], rc, f"{w}/drain.err")
         os.rename(f"{status}/{name}.ready", f"{status}/{name}.done")
     us = int((time.perf_counter() - t0) * 1e6)
+    linger = reap_detached()  # CPU of the whole tree: wait for the detached archiver to end
     stop.set(); sampler.join()
-    print(us, max(rss, peak["radd" if tool == "radd" else "pgbackrest"]))
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(us, max(rss, ru.ru_maxrss, peak["radd" if tool == "radd" else "pgbackrest"]), ru.ru_utime + ru.ru_stime, f"{linger:.2f}")
 PY
 chown postgres: "$W/push.py"
+
+# --- 0. the machine's floor, measured in this run ---------------------------------------------------
+# Single-core rates of each stage on a 256 MiB sample of this cluster's own relation pages (its
+# largest files), a cold read of the cluster (without pg_wal) with cat, and a 2 GiB fdatasync'd write.
+{ find "$W/data/base" -type f -size +1M -printf '%s %p\n' | sort -rn | cut -d' ' -f2- | xargs cat | head -c $((256 << 20)) > "$W/sample"; } || true
+as_pg "$W/throughput" "$W/sample" > "$W/throughput.out"
+rm -f "$W/sample"
+while read -r k v unit; do [ "$unit" = "MB/s" ] && result "floor_rate:$k" "$v"; done < "$W/throughput.out"
+floor() { # KEY cmd...: wall and CPU seconds of cmd (cold page cache)
+  local key=$1 wall user sys rss linger; shift
+  drop_caches
+  as_pg python3 "$W/treetime.py" "$W/time" -- "$@"
+  read -r wall user sys rss linger < "$W/time"
+  result "floor_${key}_s" "$wall"; result "floor_cpu:$key" "$(python3 -c "print($user + $sys)")"
+}
+find "$W/data" -path "$W/data/pg_wal" -prune -o -type f -print0 > "$W/files0"
+floor read sh -c "xargs -0 cat < '$W/files0' > /dev/null"
+floor write dd if=/dev/zero of="$W/dd.out" bs=1M count=2048 conv=fdatasync status=none
+rm -f "$W/dd.out" "$W/files0"
+result write_bytes $((2048 << 20))
+result load "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- 1. full backup -------------------------------------------------------------------------------
 wait_archive_idle
@@ -350,8 +403,9 @@ drain() {
   chown -R postgres: "$W/drain-$tool"
   for i in $(seq "$DRAIN_SEGMENTS"); do segname 11 "$i"; echo; done > "$W/drain-names"
   if as_pg python3 "$W/push.py" drain "$W" "$tool" "$dir" "$W/drain-names" -- "$@" > "$W/drain.out" 2> "$W/stderr"; then
-    read -r us rss < "$W/drain.out"
+    read -r us rss cpu linger < "$W/drain.out"
     result "${tool}_drain_s" "$(python3 -c "print($us / 1e6)")"; result "${tool}_rss:drain_s" "$rss"
+    result "${tool}_cpu:drain_s" "$cpu"; result "${tool}_linger:drain" "$linger"
     cat "$W/stderr" >> "$W/warnings"
   else
     result "${tool}_drain_s" ERR; tee -a "$W/errors" < "$W/stderr" >&2
@@ -364,78 +418,104 @@ stored_radd=$(find "$W/radd-repo/wal" -type f -name '0000000B*' | wc -l)
 stored_pgbr=$(find "$W/pgbr-repo/archive" -type f -name '0000000B*' | wc -l)
 
 # --- the table ------------------------------------------------------------------------------------
-python3 - "$W/results" "$W/latency" <<'PY'
+result load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$W/results" "$W/latency" "$SEG_BYTES" "$PUSH_SAMPLES" "$DRAIN_SEGMENTS" <<'PY'
 import math, sys
 r = {}
 for line in open(sys.argv[1]):
-    k, v = line.split()
-    r.setdefault(k, []).append(v)
-one = lambda k: (lambda v: None if v == "ERR" else float(v))(r[k][-1]) if k in r else None
+    k, v = line.split(None, 1)
+    r.setdefault(k, []).append(v.strip())
+def one(k):
+    v = r.get(k, [None])[-1]
+    return None if v in (None, "ERR") else float(v)
 lat = {"radd": [], "pgbr": []}
 try:
     for line in open(sys.argv[2]):
-        tool, us, rss = line.split()
+        tool, us, rss, cpu = line.split()
         lat[tool].append(int(us) / 1000)
-        r.setdefault(tool + "_rss:push", []).append(rss)
+        r.setdefault(f"{tool}_rss:push", []).append(rss)
+        r[f"{tool}_cpu:push"] = [str(float(r.get(f"{tool}_cpu:push", ["0"])[0]) + float(cpu))]
 except FileNotFoundError:
     pass
+for tool in lat:
+    if lat[tool]:
+        r[f"{tool}_push_s"] = [str(sum(lat[tool]) / 1000)]
 def pct(xs, p):  # nearest rank
     xs = sorted(xs)
     return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)] if xs else None
-mib = 1 << 20
+mib, gb = 1 << 20, 1e9
+seg, pushes, drained = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 cluster = one("cluster_bytes")
-def val(tool, what):
-    k = f"{tool}_{what}"
-    if what == "full_mbs":
-        s = one(f"{tool}_full_s")
-        return cluster / mib / s if s else None
-    if what == "incr_mib":
-        b = one(f"{tool}_incr_bytes")
-        return b / mib if b is not None else None
-    if what == "p50": return pct(lat[tool], 50)
-    if what == "p95": return pct(lat[tool], 95)
-    if what == "rss":
-        xs = [int(x) for key, vs in r.items() if key.startswith(k + ":") for x in vs]
-        return max(xs) / 1024 if xs else None
-    return one(k)
-# (label, key, higher is better, acceptance on the ratio, where the ratio is "radd's cost over
-# pgBackRest's": below 1 radd is better on every row)
-rows = [
-    ("full backup s",               "full_s",    False, 0.40,  "<=0.40 (>=2.5x throughput)"),
-    ("full backup MiB/s",           "full_mbs",  True,  0.40,  "<=0.40 (>=2.5x)"),
-    ("incremental s",               "incr_s",    False, 0.60,  "<=0.60"),
-    ("incremental repo MiB added",  "incr_mib",  False, 0.10,  "<=0.10"),
-    ("restore s",                   "restore_s", False, 1/1.8, "<=0.56 (>=1.8x throughput)"),
-    ("WAL push p50 ms",             "p50",       False, 0.60,  "<=0.60"),
-    ("WAL push p95 ms",             "p95",       False, None,  ""),
-    ("200-segment drain s",         "drain_s",   False, 1/3,   "<=0.33 (>=3x faster)"),
-    ("peak RSS MiB",                "rss",       False, None,  "radd <= 128 MiB"),
+def rss(tool, step):
+    xs = [int(x) for x in r.get(f"{tool}_rss:{step}_s", []) + r.get(f"{tool}_rss:{step}", [])]
+    return max(xs) / 1024 if xs else None
+def ratio(a, b):
+    return a / b if a is not None and b is not None and a > 0 and b > 0 else None
+fmt = lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}")
+# (label, step, bytes the step handles, wall ratio target, CPU/GB ratio target): issue 16's
+# acceptance; a ratio is radd's cost over pgBackRest's (below 1, radd is cheaper)
+steps = [
+    ("full backup",           "full",    cluster,          0.60, 0.80),
+    ("incremental",           "incr",    cluster,          0.35, None),
+    ("restore",               "restore", cluster,          0.75, 0.80),
+    (f"WAL push, {pushes} one by one", "push", pushes * seg, None, None),
+    (f"drain {drained} .ready",  "drain",   drained * seg,   0.50, None),
 ]
-fmt = lambda x: "ERR/n.a." if x is None else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}")
-print(f"\n{'metric':<28} {'radd':>9} {'pgBackRest':>11} {'ratio':>7}  {'ratio is':<22} {'acceptance':<27} ok")
-for label, key, higher, target, text in rows:
-    a, b = val("radd", key), val("pgbr", key)
-    ratio = None
-    if a is not None and b is not None and a > 0 and b > 0:
-        ratio = b / a if higher else a / b
-    how = "pgBR/radd (<1: radd)" if higher else "radd/pgBR (<1: radd)"
-    if key == "rss":
-        ok = "-" if a is None else ("yes" if a <= 128 else "NO")
-    elif target is None or ratio is None:
-        ok = "-"
-    else:
-        ok = "yes" if ratio <= target else "NO"
-    print(f"{label:<28} {fmt(a):>9} {fmt(b):>11} {fmt(ratio):>7}  {how:<22} {text:<27} {ok}")
+head = (f"{'step':<26} {'GB':>5} | {'wall s':>7} {'pgBR':>7} {'ratio':>5} | {'CPU s':>6} {'pgBR':>6} | "
+        f"{'CPU s/GB':>8} {'pgBR':>6} {'ratio':>5} | {'RSS MiB':>7} {'pgBR':>5} | target wall; CPU/GB  ok")
+print("\n" + head + "\n" + "-" * len(head))
+for label, step, nbytes, twall, tcpu in steps:
+    wa, wb = one(f"radd_{step}_s"), one(f"pgbr_{step}_s")
+    ca, cb = one(f"radd_cpu:{step}_s") or one(f"radd_cpu:{step}"), one(f"pgbr_cpu:{step}_s") or one(f"pgbr_cpu:{step}")
+    ga, gb_ = (ca / (nbytes / gb) if ca is not None and nbytes else None), (cb / (nbytes / gb) if cb is not None and nbytes else None)
+    rw, rc = ratio(wa, wb), ratio(ga, gb_)
+    checks = [(rw, twall), (rc, tcpu)]
+    ok = "-" if all(t is None for _, t in checks) else ("yes" if all(t is None or (x is not None and x <= t) for x, t in checks) else "NO")
+    target = f"{'≤' + format(twall, '.2f') if twall else '-'}; {'≤' + format(tcpu, '.2f') if tcpu else '-'}"
+    print(f"{label:<26} {nbytes / gb:>5.2f} | {fmt(wa):>7} {fmt(wb):>7} {fmt(rw):>5} | {fmt(ca):>6} {fmt(cb):>6} | "
+          f"{fmt(ga):>8} {fmt(gb_):>6} {fmt(rc):>5} | {fmt(rss('radd', step)):>7} {fmt(rss('pgbr', step)):>5} | {target:<20} {ok}")
+extra = [
+    ("incremental: MiB added",  one("radd_incr_bytes"), one("pgbr_incr_bytes"), mib, 0.10),
+    ("WAL push p50 ms",         pct(lat["radd"], 50), pct(lat["pgbr"], 50), 1, 0.46),
+    ("WAL push p95 ms",         pct(lat["radd"], 95), pct(lat["pgbr"], 95), 1, None),
+]
+for label, a, b, unit, t in extra:
+    a, b = (None if a is None else a / unit), (None if b is None else b / unit)
+    x = ratio(a, b)
+    ok = "-" if t is None or x is None else ("yes" if x <= t else "NO")
+    print(f"{label:<26} {'':>5} | {fmt(a):>7} {fmt(b):>7} {fmt(x):>5} | {'':>6} {'':>6} | {'':>8} {'':>6} {'':>5} | {'':>7} {'':>5} | {('≤' + format(t, '.2f')) if t else '-':<20} {ok}")
+# The machine's floor, in the radd columns: measured commands, and single-core rates as CPU s per GB.
+print(f"{'machine floor (this run)':<26} {'':>5} | {'':>7}")
+def floor_row(label, nbytes, wall, cpu, note):
+    per_gb = cpu / (nbytes / gb) if cpu is not None and nbytes else None
+    print(f"{label:<26} {nbytes / gb:>5.2f} | {fmt(wall):>7} {'':>7} {'':>5} | {fmt(cpu):>6} {'':>6} | {fmt(per_gb):>8} {'':>6} {'':>5} | {'':>7} {'':>5} | {note}")
+read_s, write_s = one("floor_read_s"), one("floor_write_s")
+floor_row("  cold read, cat", cluster, read_s, one("floor_cpu:read"), f"{cluster / 1e6 / read_s:.0f} MB/s" if read_s else "")
+wbytes = one("write_bytes")
+floor_row("  dd 2 GiB fdatasync", wbytes, write_s, one("floor_cpu:write"), f"{wbytes / 1e6 / write_s:.0f} MB/s" if write_s else "")
+rates = {k.split(":", 1)[1]: float(v[-1]) for k, v in r.items() if k.startswith("floor_rate:")}
+for k in ("sha256", "blake3-keyed", "zstd-1", "unzstd-1", "age"):
+    if k in rates:
+        floor_row(f"  1 core {k}", gb, None, 1e3 / rates[k], f"{rates[k]:.0f} MB/s on the cluster's pages")
+def pipeline(keys):
+    return sum(1e3 / rates[k] for k in keys) if all(k in rates for k in keys) else None
+b, rs = pipeline(("blake3-keyed", "zstd-1", "age")), pipeline(("age", "unzstd-1", "blake3-keyed"))
+if b is not None and read_s:
+    floor_row("  backup: read+b3+zstd+age", cluster, max(read_s, b * cluster / gb / 2), b * cluster / gb,
+              "wall = max(cold read, CPU / 2 cores)")
+if rs is not None and write_s:
+    floor_row("  restore: age+unzstd+b3+dd", cluster, max(cluster / (wbytes / write_s), rs * cluster / gb / 2), rs * cluster / gb,
+              "wall = max(dd write, CPU / 2 cores)")
 print(f"\npgbench scale {int(one('scale'))}: cluster {cluster / mib:.0f} MiB without pg_wal "
       f"(pgbench tables {one('pgbench_bytes') / mib:.0f} MiB, noise table {one('noise_bytes') / mib:.0f} MiB); "
-      f"WAL push samples: radd {len(lat['radd'])}, pgBackRest {len(lat['pgbr'])}")
-for tool, name in (("radd", "radd"), ("pgbr", "pgBackRest")):
-    steps = [(key.split(":")[1], max(int(x) for x in vs)) for key, vs in r.items() if key.startswith(tool + "_rss:")]
-    print(f"peak RSS MiB by step, {name}: " + ", ".join(f"{s.removesuffix('_s')} {v / 1024:.0f}" for s, v in steps))
+      f"load average before the steps {r['load'][-1]}, after {r.get('load_end', ['?'])[-1]}")
+print("GB = 1e9 bytes of what the step handles (backup/incremental/restore: the cluster; WAL steps: the segments); "
+      "CPU s = user+sys of the whole process tree (PostgreSQL's own work not included)")
 PY
 echo "page cache dropped before each backup/restore step: $COLD; incremental bytes exclude the WAL archives"
 echo "drain, radd: $RADD_DRAIN"
 echo "drain, pgBackRest: archive-push --archive-async --process-max=$PARALLEL once per segment, as PostgreSQL calls it"
+echo "drain CPU includes detached processes until they exit: they outlived the last acknowledgement by radd $(tail -1 <(grep '^radd_linger' "$W/results" | cut -d' ' -f2)) s, pgBackRest $(tail -1 <(grep '^pgbr_linger' "$W/results" | cut -d' ' -f2)) s"
 echo "segments durable after the drain: radd $stored_radd/$DRAIN_SEGMENTS, pgBackRest $stored_pgbr/$DRAIN_SEGMENTS"
 [ -z "$RADD_PUSH_HELP" ] || echo "radd wal-push --help mentions: $RADD_PUSH_HELP"
 echo "$(pgbackrest version); radd $("$W/radd" --version 2>/dev/null | awk '{print $NF}'); total runtime $((SECONDS - START)) s"

@@ -1,12 +1,14 @@
 //! Single-core throughput of each backup stage on a file (default: synthetic data that
 //! compresses about 3x): SHA-256 (SHA extensions are used when the CPU has them), keyed ids
-//! (HMAC-SHA256), zstd at levels 1 and 3, and age encryption of the compressed stream.
+//! (HMAC-SHA256 of format 1, keyed BLAKE3 of format 2), zstd at levels 1 and 3, zstd-1
+//! decompression, and age encryption (ChaCha20-Poly1305 AEAD) of the compressed stream.
 //!   cargo run --release --example throughput [FILE]
-//! This is the floor the parallel pipeline divides across cores.
+//! This is the floor the parallel pipeline divides across cores: `bench/compare-pgbackrest.sh`
+//! reads the first word and the MB/s figure of each rate line (`<key> <MB/s> MB/s`).
 
 use std::time::Instant;
 
-use radd::crypto::{Digest, IdKey, Identity};
+use radd::crypto::{Digest, IdKey, IdScheme, Identity};
 
 fn main() -> anyhow::Result<()> {
     let data = match std::env::args().nth(1) {
@@ -16,29 +18,40 @@ fn main() -> anyhow::Result<()> {
             .collect(),
     };
     let mb = data.len() as f64 / 1e6;
-    let rate = |name: &str, f: &mut dyn FnMut()| {
+    let rate = |name: &str, bytes: f64, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
-        println!("{name:<28} {:>8.0} MB/s", mb / t.elapsed().as_secs_f64());
+        println!("{name:<16} {:>8.0} MB/s", bytes / t.elapsed().as_secs_f64());
     };
-    println!("{:.0} MB; sha_ni detected: {}", mb, std::arch::is_x86_feature_detected!("sha"));
-    rate("sha256", &mut || {
+    println!("# {:.0} MB; sha_ni detected: {}", mb, std::arch::is_x86_feature_detected!("sha"));
+    rate("sha256", mb, &mut || {
         std::hint::black_box(Digest::sha256(&data));
     });
     let key = IdKey::generate();
-    rate("hmac-sha256 (64 KiB blocks)", &mut || {
+    rate("hmac-sha256", mb, &mut || {
+        for block in data.chunks(64 << 10) {
+            std::hint::black_box(key.digest(block));
+        }
+    });
+    let key = IdKey::generate().with_scheme(IdScheme::Blake3);
+    rate("blake3-keyed", mb, &mut || {
         for block in data.chunks(64 << 10) {
             std::hint::black_box(key.digest(block));
         }
     });
     let mut compressed = Vec::new();
     for level in [1, 3] {
-        rate(&format!("zstd level {level}"), &mut || compressed = zstd::bulk::compress(&data, level).expect("zstd"));
-        println!("{:<28} {:>8.2}x", format!("  ratio at level {level}"), data.len() as f64 / compressed.len() as f64);
+        rate(&format!("zstd-{level}"), mb, &mut || compressed = zstd::bulk::compress(&data, level).expect("zstd"));
+        println!("# ratio at level {level}: {:.2}x", data.len() as f64 / compressed.len() as f64);
     }
+    let compressed = zstd::bulk::compress(&data, 1)?;
+    rate("unzstd-1", mb, &mut || {
+        std::hint::black_box(zstd::bulk::decompress(&compressed, data.len()).expect("zstd"));
+    });
+    // The AEAD's rate does not depend on the content: per byte it encrypts.
     let recipients = Identity::generate().recipients();
-    let t = Instant::now();
-    std::hint::black_box(recipients.encrypt(&data)?);
-    println!("{:<28} {:>8.0} MB/s", "age (ChaCha20-Poly1305)", mb / t.elapsed().as_secs_f64());
+    rate("age", mb, &mut || {
+        std::hint::black_box(recipients.encrypt(&data).expect("age"));
+    });
     Ok(())
 }
