@@ -130,7 +130,7 @@ TOML
   timed "$size" restore $radd restore latest --target "$W/restored" --no-archive
   rm -rf "$W/restored"
   timed "$size" verify $radd verify --read-data
-  as_pg $radd forget --keep-last 1 >/dev/null
+  as_pg $radd forget --keep-last 1 >/dev/null 2>&1
   timed "$size" prune $radd prune --grace 1s --force
   echo "$size repo $(du -sb "$W/repo" | cut -f1)" >> "$RESULTS"
   cleanup; W=
