@@ -184,7 +184,9 @@ result scale "$SCALE"; result cluster_bytes "$CLUSTER_BYTES"
 result pgbench_bytes "$PGBENCH_BYTES"; result noise_bytes "$NOISE_BYTES"
 
 # Real, already archived 16 MiB segments of this cluster (pgbench and noise data) for the WAL steps;
-# they are pushed under fake names on timelines 10 and 11 so they never collide with real WAL.
+# they are pushed under other names on timelines 10 and 11 so they never collide with real WAL,
+# each a copy whose page headers carry the WAL address of its new name (radd refuses a segment
+# whose pages hold another position than its name says; the records are left as they are).
 mkdir "$W/pool"
 mapfile -t SEGS < <(ls "$W/data/pg_wal/archive_status" | sed -n 's/^\([0-9A-F]\{24\}\)\.done$/\1/p' | sort | tail -n "$PUSH_SAMPLES")
 [ "${#SEGS[@]}" -gt 0 ] || { echo "no archived WAL segment found in pg_wal" >&2; exit 1; }
@@ -192,6 +194,20 @@ for i in "${!SEGS[@]}"; do cp "$W/data/pg_wal/${SEGS[$i]}" "$W/pool/$i"; done
 SEG_BYTES=$(stat -c %s "$W/pool/0")
 chown -R postgres: "$W/pool"
 segname() { printf '%08X%08X%08X' "$1" 0 "$2"; }
+mkdir "$W/named"
+{ for i in $(seq "$PUSH_SAMPLES"); do echo "$W/pool/$(( (i - 1) % ${#SEGS[@]} )) $W/named/$(segname 10 "$i") $i"; done
+  for i in $(seq "$DRAIN_SEGMENTS"); do echo "$W/pool/$(( (i - 1) % ${#SEGS[@]} )) $W/named/$(segname 11 "$i") $i"; done
+} | python3 -c '
+import struct, sys
+for line in sys.stdin:
+    src, dst, segno = line.split()
+    data = bytearray(open(src, "rb").read())
+    for at in range(0, len(data), 8192):  # xlp_pageaddr (offset 8) of every page with a header
+        if data[at:at + 2] != b"\0\0":
+            struct.pack_into("=Q", data, at + 8, int(segno) * len(data) + at)
+    open(dst, "wb").write(data)
+'
+chown -R postgres: "$W/named"
 
 # --- timing ---------------------------------------------------------------------------------------
 # timed TOOL KEY OUT cmd...: cold page cache, wall seconds -> results, CPU seconds (user+sys of the
@@ -370,11 +386,11 @@ rm -rf "$W/restore-pgbr"
 # Warm cache for real: the restore step above dropped the page cache, so without this the first
 # tool to push each pool segment (radd) would read it from disk and the second (pgBackRest) from
 # memory. PostgreSQL archives a segment it has just written, i.e. from the page cache.
-cat "$W"/pool/* > /dev/null
+cat "$W"/named/0000000A* > /dev/null
 as_pg mkdir "$W/push"
 files=()
 for i in $(seq "$PUSH_SAMPLES"); do
-  f="$W/push/$(segname 10 "$i")"; ln "$W/pool/$(( (i - 1) % ${#SEGS[@]} ))" "$f"; files+=("$f")
+  f="$W/push/$(segname 10 "$i")"; ln "$W/named/$(segname 10 "$i")" "$f"; files+=("$f")
 done
 if as_pg python3 "$W/push.py" latency "$W" "${files[@]}" > "$W/latency" 2> "$W/stderr"; then
   cat "$W/stderr" >> "$W/warnings"
@@ -397,7 +413,7 @@ drain() {
   mkdir -p "$dir/archive_status" "$W/drain-$tool/global"
   cp "$W/data/global/pg_control" "$W/drain-$tool/global/"
   for i in $(seq "$DRAIN_SEGMENTS"); do
-    ln "$W/pool/$(( (i - 1) % ${#SEGS[@]} ))" "$dir/$(segname 11 "$i")"
+    ln "$W/named/$(segname 11 "$i")" "$dir/$(segname 11 "$i")"
     : > "$dir/archive_status/$(segname 11 "$i").ready"
   done
   chown -R postgres: "$W/drain-$tool"
