@@ -340,6 +340,7 @@ chown postgres: "$W/push.py"
 as_pg "$W/throughput" "$W/sample" > "$W/throughput.out"
 rm -f "$W/sample"
 while read -r k v unit; do [ "$unit" = "MB/s" ] && result "floor_rate:$k" "$v"; done < "$W/throughput.out"
+result floor_ratio "$(sed -n 's/^# ratio at level 1: \([0-9.]*\)x$/\1/p' "$W/throughput.out")"
 floor() { # KEY cmd...: wall and CPU seconds of cmd (cold page cache)
   local key=$1 wall user sys rss linger; shift
   drop_caches
@@ -513,13 +514,14 @@ floor_row("  dd 2 GiB fdatasync", wbytes, write_s, one("floor_cpu:write"), f"{wb
 rates = {k.split(":", 1)[1]: float(v[-1]) for k, v in r.items() if k.startswith("floor_rate:")}
 for k in ("sha256", "blake3-keyed", "zstd-1", "unzstd-1", "age"):
     if k in rates:
-        floor_row(f"  1 core {k}", gb, None, 1e3 / rates[k], f"{rates[k]:.0f} MB/s on the cluster's pages")
-def pipeline(keys):
-    return sum(1e3 / rates[k] for k in keys) if all(k in rates for k in keys) else None
+        floor_row(f"  1 core {k}", gb, None, 1e3 / rates[k], f"{rates[k]:.0f} MB/s on the cluster's pages" + (f" (zstd-1: {zratio:.2f}x)" if k == "zstd-1" else ""))
+zratio = one("floor_ratio") or 1.0
+def pipeline(keys):  # CPU s per GB of cluster; the AEAD only sees what zstd left
+    return sum(1e3 / rates[k] / (zratio if k == "age" else 1) for k in keys) if all(k in rates for k in keys) else None
 b, rs = pipeline(("blake3-keyed", "zstd-1", "age")), pipeline(("age", "unzstd-1", "blake3-keyed"))
 if b is not None and read_s:
     floor_row("  backup: b3+zstd+age+read", cluster, max(read_s, b * cluster / gb / 2), b * cluster / gb,
-              "wall = max(cold read, CPU / 2 cores)")
+              "wall = max(cold read, CPU / 2 cores); age on the compressed bytes")
 if rs is not None and write_s:
     floor_row("  restore: b3+unzstd+age+dd", cluster, max(cluster / (wbytes / write_s), rs * cluster / gb / 2), rs * cluster / gb,
               "wall = max(dd write, CPU / 2 cores)")
