@@ -512,10 +512,10 @@ floor_row("  cold read, cat", cluster, read_s, one("floor_cpu:read"), f"{cluster
 wbytes = one("write_bytes")
 floor_row("  dd 2 GiB fdatasync", wbytes, write_s, one("floor_cpu:write"), f"{wbytes / 1e6 / write_s:.0f} MB/s" if write_s else "")
 rates = {k.split(":", 1)[1]: float(v[-1]) for k, v in r.items() if k.startswith("floor_rate:")}
+zratio = one("floor_ratio") or 1.0
 for k in ("sha256", "blake3-keyed", "zstd-1", "unzstd-1", "age"):
     if k in rates:
         floor_row(f"  1 core {k}", gb, None, 1e3 / rates[k], f"{rates[k]:.0f} MB/s on the cluster's pages" + (f" (zstd-1: {zratio:.2f}x)" if k == "zstd-1" else ""))
-zratio = one("floor_ratio") or 1.0
 def pipeline(keys):  # CPU s per GB of cluster; the AEAD only sees what zstd left
     return sum(1e3 / rates[k] / (zratio if k == "age" else 1) for k in keys) if all(k in rates for k in keys) else None
 b, rs = pipeline(("blake3-keyed", "zstd-1", "age")), pipeline(("age", "unzstd-1", "blake3-keyed"))
