@@ -1,7 +1,7 @@
 //! Key rotation: the repository's recipient set, versioned, and rewrapping stored objects.
 //!
 //! `repo init` encrypts to the recipients in the config. `radd key add/remove` writes a new
-//! version `keys/set-<n>` (create-only, HMAC-authenticated under the id key): the recipients
+//! version `keys/set-<n>` (create-only, authenticated by a keyed digest under the id key): the recipients
 //! every new object is encrypted to, and the id key encrypted to them — from then on the set,
 //! not the config, decides. `radd key rewrap` re-encrypts the age layer of every stored object
 //! (packs, manifests, WAL) to the current set *without recompressing* (the zstd payload inside is

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! PostgreSQL ─archive_command─► archive::push ─┐   CLI ─► snapshot::backup_pg ◄─ pg (backup API)
-//!                                              ▼                  ▼ chunks (blocks | CDC), id = HMAC
+//!                                              ▼                  ▼ chunks (blocks | CDC), id = keyed hash
 //!                      codec::seal: keyed digest → zstd → age  (no age identity on this host)
 //!                                              ▼
 //!                      repo::put_new (create-only) ──► object_store: local fs | S3

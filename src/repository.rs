@@ -3,7 +3,7 @@
 //!
 //! Plaintext records (repository config, indexes, snapshot records) hold only keyed ids, sizes,
 //! times and LSNs, so a backup host with no age identity can list snapshots and deduplicate;
-//! each carries an HMAC under the id key, so tampering is detected. File names, checksums and
+//! each carries a keyed digest under the id key, so tampering is detected. File names, checksums and
 //! data are only ever stored encrypted (manifests, packs, WAL).
 
 use bytes::Bytes;
@@ -126,7 +126,7 @@ pub struct RepoMeta {
     pub id: String,
     /// When it was created (RFC 3339).
     pub created: String,
-    /// HMAC of a fixed string under the id key: detects a wrong id key before anything is written.
+    /// Keyed digest of a fixed string under the id key: detects a wrong id key before anything is written.
     pub id_key_check: Digest,
 }
 
@@ -417,7 +417,7 @@ pub struct KeySet {
     pub recipients: Vec<String>,
     /// The id key, age-encrypted to `recipients`, hex.
     pub id_key: String,
-    /// HMAC of the above under the id key, hex (set by [`KeySet::seal`]).
+    /// Keyed digest of the above under the id key, hex (set by [`KeySet::seal`]).
     pub mac: String,
 }
 

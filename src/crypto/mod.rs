@@ -1,5 +1,5 @@
 //! Keys and cryptographic primitives: age encryption to X25519 recipients, SHA-256, and keyed
-//! object ids (HMAC-SHA256 with the repository's id key).
+//! object ids (keyed BLAKE3 with the repository's id key; HMAC-SHA256 in format-1 repositories).
 //!
 //! Keys are split by capability (as bupstash does): the archiving/backup host holds only
 //! [`Recipients`] (public) and the [`IdKey`] (which decrypts nothing); only restore hosts hold an
@@ -244,7 +244,7 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The repository's secret key for keyed ids (HMAC-SHA256): ids of identical data are equal,
+/// The repository's secret key for keyed ids (keyed BLAKE3; HMAC-SHA256 in format 1): ids of identical data are equal,
 /// yet reveal nothing about content to someone without the key. Zeroed on drop.
 #[derive(Clone)]
 pub struct IdKey {
@@ -380,7 +380,7 @@ impl fmt::Debug for IdKey {
     }
 }
 
-/// A 32-byte digest (SHA-256 or HMAC-SHA256), shown and parsed as lower-case hex.
+/// A 32-byte digest (SHA-256, or a keyed BLAKE3 / HMAC-SHA256 digest), shown and parsed as lower-case hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
 
