@@ -163,17 +163,18 @@ async fn grants(client: &tokio_postgres::Client) -> Result<String, String> {
 /// the source is a standby).
 async fn heartbeat(config: &Config, client: &tokio_postgres::Client, create: bool) -> Result<String, String> {
     if create {
-        let writable = config.postgres.writable();
-        let primary;
-        let target = match config.postgres.primary_connection() {
+        let primary = config.postgres.primary_connection();
+        let connected;
+        let target = match &primary {
             None => client,
             Some(p) => {
-                primary = pg::connect(&p).await.map_err(|e| format!("cannot reach the primary {}:{} to create radd.heartbeat: {e}", p.host, p.port))?;
-                &primary
+                connected = pg::connect(p).await.map_err(|e| format!("cannot reach the primary {}:{} to create radd.heartbeat: {e}", p.host, p.port))?;
+                &connected
             }
         };
+        let dbname = primary.as_ref().map_or(&config.postgres.dbname, |p| &p.dbname);
         let at = pg::heartbeat::beat(target).await.map_err(|e| {
-            format!("cannot create radd.heartbeat: {e}; GRANT CREATE ON DATABASE {} TO <role> (or create schema radd once as a superuser)", writable.dbname)
+            format!("cannot create radd.heartbeat: {e}; GRANT CREATE ON DATABASE {dbname} TO <role> (or create schema radd once as a superuser)")
         })?;
         return Ok(format!("radd.heartbeat written at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     }

@@ -63,7 +63,7 @@ pub fn jobs(config: &Config) -> Result<Vec<ScheduledJob>, crate::Error> {
         list.push(ScheduledJob { task: "retention".into(), schedule: c.schedule.clone(), work: Work::Retention { grace } });
     }
     if let Some(c) = &d.verify_schedule {
-        let period_days = (d.verify_period.0.as_secs() / 86_400).max(1);
+        let period_days = d.verify_period.0.as_secs() / 86_400;
         list.push(ScheduledJob { task: "verify".into(), schedule: c.schedule.clone(), work: Work::Verify { period_days } });
     }
     for job in &config.fs {
