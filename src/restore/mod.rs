@@ -329,30 +329,45 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 /// The snapshot a restore of `wanted` to `recovery` starts from (as [`run`] picks it): for a
 /// restore point, the newest consistent before its LSN on its timeline.
 pub async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<snapshot::SnapshotRecord, Error> {
-    let point = match recovery {
-        RecoveryTarget::Name(name) => Some(points::resolve(repo, name).await?),
-        _ => None,
-    };
-    let bound = point.as_ref().map_or_else(|| recovery.clone(), |p| RecoveryTarget::Lsn(p.lsn));
-    target::choose_snapshot(repo, wanted, &bound, point.as_ref().map(RestorePoint::timeline)).await
+    Ok(Start::choose(repo, wanted, recovery).await?.record)
+}
+
+/// Where a restore starts: the snapshot, the restore point (`--name`) and the position the
+/// snapshot, window and WAL chain are checked against. A restore point is a position: those
+/// checks use its LSN (and its timeline), while recovery stops at the name.
+struct Start {
+    record: snapshot::SnapshotRecord,
+    point: Option<RestorePoint>,
+    bound: RecoveryTarget,
+}
+
+impl Start {
+    async fn choose(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<Self, Error> {
+        let point = match recovery {
+            RecoveryTarget::Name(name) => Some(points::resolve(repo, name).await?),
+            _ => None,
+        };
+        let bound = point.as_ref().map_or_else(|| recovery.clone(), |p| RecoveryTarget::Lsn(p.lsn));
+        let record = target::choose_snapshot(repo, wanted, &bound, point.as_ref().map(RestorePoint::timeline)).await;
+        let record = record.map_err(|e| relabel(e, point.as_ref()))?;
+        Ok(Start { record, point, bound })
+    }
+}
+
+/// A window error about a restore point names the point, not the LSN it was checked as.
+fn relabel(e: Error, point: Option<&RestorePoint>) -> Error {
+    match (e, point) {
+        (Error::OutsideWindow { reason, .. }, Some(p)) => Error::OutsideWindow { target: format!("restore point {:?} (LSN {}, created {})", p.name, p.lsn, p.time), reason },
+        (e, _) => e,
+    }
 }
 
 /// Restores a snapshot into `options.target`.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
     options.progress.set_message("checking WAL, loading the manifest");
-    // A restore point is a position: the snapshot, the window and the WAL chain are checked
-    // against its LSN (and its timeline), while recovery stops at the name.
-    let point = match &options.recovery {
-        RecoveryTarget::Name(name) => Some(points::resolve(repo, name).await?),
-        _ => None,
-    };
-    let bound = point.as_ref().map_or_else(|| options.recovery.clone(), |p| RecoveryTarget::Lsn(p.lsn));
-    let relabel = |e: Error| match (e, &point) {
-        (Error::OutsideWindow { reason, .. }, Some(p)) => Error::OutsideWindow { target: format!("restore point {:?} (LSN {}, created {})", p.name, p.lsn, p.time), reason },
-        (e, _) => e,
-    };
-    let record = target::choose_snapshot(repo, &options.snapshot, &bound, point.as_ref().map(RestorePoint::timeline)).await.map_err(relabel)?;
+    let Start { record, point, bound } = Start::choose(repo, &options.snapshot, &options.recovery).await?;
+    let relabel = |e: Error| relabel(e, point.as_ref());
     check_target(&options.target)?;
     server_config::check_config_dir(options.config_dir.as_deref())?;
     let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
