@@ -27,10 +27,10 @@ mod version;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex, mpsc};
 
-pub use version::{Version, content_digest, header, header_digest};
-use version::check_digest;
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
 use crate::error::ErrorKind;
+use version::check_digest;
+pub use version::{Version, content_digest, header, header_digest};
 /// Bytes before the age ciphertext: magic and keyed digest. A ranged read of this many bytes
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
@@ -100,7 +100,9 @@ fn crypto_error(object: &str, source: crate::crypto::Error) -> Error {
     match source {
         crate::crypto::Error::Unauthenticated(detail) => Error::Corrupt {
             object: object.to_owned(),
-            reason: format!("ciphertext does not authenticate ({detail}): the stored bytes were damaged or tampered with"),
+            reason: format!(
+                "ciphertext does not authenticate ({detail}): the stored bytes were damaged or tampered with"
+            ),
         },
         source => Error::Crypto { object: object.to_owned(), source },
     }
@@ -270,7 +272,8 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
     let digest = std::thread::scope(|scope| {
         let compressors: Vec<_> = (0..threads)
             .map(|_| {
-                let (blocks, free_frames, to_reader, to_writer) = (Arc::clone(&blocks), &free_frames, to_reader.clone(), to_writer.clone());
+                let (blocks, free_frames, to_reader, to_writer) =
+                    (Arc::clone(&blocks), &free_frames, to_reader.clone(), to_writer.clone());
                 scope.spawn(move || compress_blocks(options.level, &blocks, free_frames, &to_reader, &to_writer))
             })
             .collect();
@@ -278,13 +281,15 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
         let out = &mut *output;
         let writer = scope.spawn(move || encrypt_frames(kind, len, recipients, out, &frames, &to_compressors, object));
         let (to_hasher, unhashed) = mpsc::sync_channel::<Block>(2);
-        let hasher = scope.spawn(move || digest_blocks(Version::V3.digester(id_key, kind, object), &unhashed, &to_compress));
+        let hasher =
+            scope.spawn(move || digest_blocks(Version::V3.digester(id_key, kind, object), &unhashed, &to_compress));
         let read = read_blocks(&mut input, len, threads + 2, &to_hasher, &free_blocks);
         drop(to_hasher);
         let hashed = hasher.join().unwrap_or_else(|_| Err(std::io::Error::other("digest thread panicked")));
         let mut compressed = Ok(());
         for compressor in compressors {
-            let result = compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
+            let result =
+                compressor.join().unwrap_or_else(|_| Err(std::io::Error::other("compression thread panicked")));
             compressed = compressed.and(result);
         }
         let written = writer.join().unwrap_or_else(|_| Err(io(std::io::Error::other("encryption thread panicked"))));
@@ -295,7 +300,10 @@ pub fn seal_stream<R: Read, W: Write + Seek + Send>(
             Ok(digest) => (Some(digest), Ok(())),
             Err(e) => (None, Err(e)),
         };
-        let mut failures: Vec<Error> = [read.map_err(io), hashed.map_err(io), compressed.map_err(io), written].into_iter().filter_map(Result::err).collect();
+        let mut failures: Vec<Error> = [read.map_err(io), hashed.map_err(io), compressed.map_err(io), written]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         if !failures.is_empty() {
             let cause = failures.iter().position(|e| !e.is_ended()).unwrap_or(0);
             return Err(failures.swap_remove(cause));
@@ -329,7 +337,13 @@ impl Error {
 
 /// The reading stage of [`seal_stream`]: reads blocks into at most `buffers` reused buffers and
 /// hands them, in order, to the digest thread.
-fn read_blocks<R: Read>(input: &mut R, len: u64, buffers: usize, to_hasher: &mpsc::SyncSender<Block>, free_blocks: &mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
+fn read_blocks<R: Read>(
+    input: &mut R,
+    len: u64,
+    buffers: usize,
+    to_hasher: &mpsc::SyncSender<Block>,
+    free_blocks: &mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
     let (mut allocated, mut total, mut seq) = (0, 0u64, 0u64);
     loop {
         let mut buffer = match free_blocks.try_recv() {
@@ -356,14 +370,20 @@ fn read_blocks<R: Read>(input: &mut R, len: u64, buffers: usize, to_hasher: &mps
         }
     }
     if total != len {
-        return Err(std::io::Error::other(format!("read {total} bytes or more where {len} were expected: the file changed while it was archived")));
+        return Err(std::io::Error::other(format!(
+            "read {total} bytes or more where {len} were expected: the file changed while it was archived"
+        )));
     }
     Ok(())
 }
 
 /// The digest stage of [`seal_stream`]: feeds `mac` (already fed the header fields) the blocks
 /// in order, each passed on to the compressors once digested.
-fn digest_blocks(mut mac: crate::crypto::KeyedStream, blocks: &mpsc::Receiver<Block>, to_compress: &mpsc::SyncSender<Block>) -> std::io::Result<Digest> {
+fn digest_blocks(
+    mut mac: crate::crypto::KeyedStream,
+    blocks: &mpsc::Receiver<Block>,
+    to_compress: &mpsc::SyncSender<Block>,
+) -> std::io::Result<Digest> {
     for (seq, block, n) in blocks {
         mac.update(&block[..n]);
         to_compress.send((seq, block, n)).map_err(|_| ended("compression"))?;
@@ -430,7 +450,14 @@ fn encrypt_frames<W: Write>(
 /// The keyed digest of `version` of exactly `len` bytes read from `input` as the content of an
 /// object of `kind` under the repository key `object`, as [`Version::digest`] computes it,
 /// reading 1 MiB at a time into one reused buffer. A read error is passed through as is.
-pub fn digest_stream<R: Read>(kind: ObjectKind, version: Version, mut input: R, len: u64, id_key: &IdKey, object: &str) -> Result<Digest, Error> {
+pub fn digest_stream<R: Read>(
+    kind: ObjectKind,
+    version: Version,
+    mut input: R,
+    len: u64,
+    id_key: &IdKey,
+    object: &str,
+) -> Result<Digest, Error> {
     let io = |source: std::io::Error| Error::Io { object: object.to_owned(), source };
     let mut mac = version.digester(id_key, kind, object);
     let mut buffer = vec![0u8; STREAM_BLOCK];
@@ -444,7 +471,9 @@ pub fn digest_stream<R: Read>(kind: ObjectKind, version: Version, mut input: R, 
         mac.update(&buffer[..n]);
     }
     if total != len {
-        return Err(io(std::io::Error::other(format!("read {total} bytes where {len} were expected: the file changed while it was read"))));
+        return Err(io(std::io::Error::other(format!(
+            "read {total} bytes where {len} were expected: the file changed while it was read"
+        ))));
     }
     Ok(mac.finish())
 }
@@ -468,13 +497,21 @@ pub fn read_full<R: Read>(input: &mut R, buffer: &mut [u8]) -> std::io::Result<u
 /// payload byte for byte (not recompressed). The decrypted payload is checked in full (kind,
 /// length, digest) before it is re-encrypted, so only intact content is rewrapped — the
 /// identity doing it need not be among the new recipients.
-pub fn rewrap(kind: ObjectKind, stored: &[u8], id_key: &IdKey, identity: &Identity, recipients: &Recipients, object: &str) -> Result<Vec<u8>, Error> {
+pub fn rewrap(
+    kind: ObjectKind,
+    stored: &[u8],
+    id_key: &IdKey,
+    identity: &Identity,
+    recipients: &Recipients,
+    object: &str,
+) -> Result<Vec<u8>, Error> {
     let (version, expected) = header(stored, object)?;
     let inner = identity.decrypt(&stored[HEADER_LEN..]).map_err(|source| crypto_error(object, source))?;
     let plaintext = read_payload(kind, &inner[..], object, Vec::new())?;
     check_digest(id_key, version, kind, &plaintext, expected, object)?;
     drop(plaintext);
-    let ciphertext = recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
+    let ciphertext =
+        recipients.encrypt(&inner).map_err(|source| Error::Crypto { object: object.to_owned(), source })?;
     let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
     out.extend_from_slice(&stored[..HEADER_LEN]);
     out.extend_from_slice(&ciphertext);
@@ -504,7 +541,13 @@ pub fn open_unhashed(kind: ObjectKind, stored: &[u8], identity: &Identity, objec
 /// [`open_unhashed`] into a reused buffer (its content is replaced): restore recycles its pack
 /// buffers instead of allocating one per pack, which the allocator's per-thread arenas would
 /// keep long after.
-pub fn open_unhashed_into(kind: ObjectKind, stored: &[u8], identity: &Identity, object: &str, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+pub fn open_unhashed_into(
+    kind: ObjectKind,
+    stored: &[u8],
+    identity: &Identity,
+    object: &str,
+    buffer: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
     open_checked(kind, stored, None, identity, (object, buffer))
 }
 
@@ -513,7 +556,8 @@ pub fn open_unhashed_into(kind: ObjectKind, stored: &[u8], identity: &Identity, 
 /// corruption of this object (the identity matched, or age would have refused earlier).
 fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
     let corrupt = |reason: String| Error::Corrupt { object: object.to_owned(), reason };
-    let unauthenticated = |e: std::io::Error| crypto_error(object, crate::crypto::Error::Unauthenticated(e.to_string()));
+    let unauthenticated =
+        |e: std::io::Error| crypto_error(object, crate::crypto::Error::Unauthenticated(e.to_string()));
     let mut head = [0u8; 9];
     reader.read_exact(&mut head).map_err(unauthenticated)?;
     if head[0] != kind as u8 {
@@ -527,10 +571,9 @@ fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: V
     DECRYPTED.with(|cell| {
         let mut compressed = cell.take();
         compressed.clear();
-        let result = reader
-            .read_to_end(&mut compressed)
-            .map_err(unauthenticated)
-            .and_then(|_| decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}"))));
+        let result = reader.read_to_end(&mut compressed).map_err(unauthenticated).and_then(|_| {
+            decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}")))
+        });
         if compressed.capacity() <= KEPT_DECRYPTED {
             cell.replace(compressed);
         }

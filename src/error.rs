@@ -8,7 +8,6 @@ mod kind;
 
 pub use kind::ErrorKind;
 
-
 /// Any error radd's library returns.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

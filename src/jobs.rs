@@ -31,20 +31,32 @@ pub async fn backup_pg(config: &Config, log: &EventLog, full_read: bool) -> Resu
 }
 
 /// [`backup_pg`] reporting the bytes read to `progress` (the CLI's bar on a terminal).
-pub async fn backup_pg_with_progress(config: &Config, log: &EventLog, full_read: bool, progress: Progress) -> Result<BackupReport, crate::Error> {
+pub async fn backup_pg_with_progress(
+    config: &Config,
+    log: &EventLog,
+    full_read: bool,
+    progress: Progress,
+) -> Result<BackupReport, crate::Error> {
     let result = async {
         let repo = Repository::open(config, false).await?;
-        let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read, progress };
+        let options =
+            BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read, progress };
         Ok::<_, crate::Error>(snapshot::backup_pg(&repo, &options).await?)
     }
     .await;
     let event = match &result {
-        Ok(report) => Event::from_occurrence(Occurrence::BackupSucceeded, "backup.pg", format!("base backup {} taken", report.snapshot_id))
-            .label("snapshot", &report.snapshot_id)
-            .details(serde_json::to_value(report).unwrap_or_default()),
-        Err(error) => Event::from_occurrence(Occurrence::BackupFailed, "backup.pg", format!("base backup failed: {error}"))
-            .label("error_type", error.kind().label())
-            .details(json!({ "error": error.to_string() })),
+        Ok(report) => Event::from_occurrence(
+            Occurrence::BackupSucceeded,
+            "backup.pg",
+            format!("base backup {} taken", report.snapshot_id),
+        )
+        .label("snapshot", &report.snapshot_id)
+        .details(serde_json::to_value(report).unwrap_or_default()),
+        Err(error) => {
+            Event::from_occurrence(Occurrence::BackupFailed, "backup.pg", format!("base backup failed: {error}"))
+                .label("error_type", error.kind().label())
+                .details(json!({ "error": error.to_string() }))
+        }
     };
     record(log, &event)?;
     result
@@ -66,22 +78,30 @@ pub async fn backup_fs(
     }
     .await;
     let event = match &result {
-        Ok(report) if report.hooks.iter().any(|h| h.exit_code != Some(0)) => {
-            Event::from_occurrence(Occurrence::BackupFailed, &source, format!("snapshot {} taken but its post-hook failed", report.snapshot_id))
-                .details(serde_json::to_value(report).unwrap_or_default())
-        }
+        Ok(report) if report.hooks.iter().any(|h| h.exit_code != Some(0)) => Event::from_occurrence(
+            Occurrence::BackupFailed,
+            &source,
+            format!("snapshot {} taken but its post-hook failed", report.snapshot_id),
+        )
+        .details(serde_json::to_value(report).unwrap_or_default()),
         Ok(report) if report.partial => Event::from_occurrence(
             Occurrence::SnapshotPartial,
             &source,
             format!("snapshot {} is partial: {} path(s) unreadable", report.snapshot_id, report.unreadable.len()),
         )
         .details(serde_json::to_value(report).unwrap_or_default()),
-        Ok(report) => Event::from_occurrence(Occurrence::BackupSucceeded, &source, format!("file-tree snapshot {} taken", report.snapshot_id))
-            .label("snapshot", &report.snapshot_id)
-            .details(serde_json::to_value(report).unwrap_or_default()),
-        Err(error) => Event::from_occurrence(Occurrence::BackupFailed, &source, format!("file-tree snapshot failed: {error}"))
-            .label("error_type", error.kind().label())
-            .details(json!({ "error": error.to_string() })),
+        Ok(report) => Event::from_occurrence(
+            Occurrence::BackupSucceeded,
+            &source,
+            format!("file-tree snapshot {} taken", report.snapshot_id),
+        )
+        .label("snapshot", &report.snapshot_id)
+        .details(serde_json::to_value(report).unwrap_or_default()),
+        Err(error) => {
+            Event::from_occurrence(Occurrence::BackupFailed, &source, format!("file-tree snapshot failed: {error}"))
+                .label("error_type", error.kind().label())
+                .details(json!({ "error": error.to_string() }))
+        }
     };
     record(log, &event)?;
     result
@@ -91,7 +111,11 @@ pub async fn backup_fs(
 #[must_use]
 pub fn fs_job_options(config: &Config, job: &crate::config::FsJobConfig) -> FsBackupOptions {
     FsBackupOptions {
-        tree: crate::snapshot::TreeOptions { roots: job.paths.clone(), excludes: job.exclude.clone(), one_file_system: job.one_file_system },
+        tree: crate::snapshot::TreeOptions {
+            roots: job.paths.clone(),
+            excludes: job.exclude.clone(),
+            one_file_system: job.one_file_system,
+        },
         tags: job.tags.clone(),
         backup: config.backup.clone(),
         full_read: false,
@@ -103,7 +127,13 @@ pub fn fs_job_options(config: &Config, job: &crate::config::FsJobConfig) -> FsBa
 
 /// Runs a drill and records a `change` when every check passed, otherwise an S2 `incident`
 /// naming the failed checks (S1 when data integrity itself failed).
-pub async fn run_drill(config: &Config, log: &EventLog, definition: DrillDefinition, keep: bool, restore_command: String) -> Result<DrillReport, crate::Error> {
+pub async fn run_drill(
+    config: &Config,
+    log: &EventLog,
+    definition: DrillDefinition,
+    keep: bool,
+    restore_command: String,
+) -> Result<DrillReport, crate::Error> {
     let name = definition.name.clone();
     let source = format!("drill.{name}");
     let result = async {
@@ -120,9 +150,11 @@ pub async fn run_drill(config: &Config, log: &EventLog, definition: DrillDefinit
     }
     .await;
     let event = match &result {
-        Ok(report) if report.passed => Event::from_occurrence(Occurrence::DrillPassed, &source, format!("drill {name} passed"))
-            .label("drill", &name)
-            .details(serde_json::to_value(report).unwrap_or_default()),
+        Ok(report) if report.passed => {
+            Event::from_occurrence(Occurrence::DrillPassed, &source, format!("drill {name} passed"))
+                .label("drill", &name)
+                .details(serde_json::to_value(report).unwrap_or_default())
+        }
         Ok(report) => {
             let failed = report.failed_checks();
             let integrity = failed.iter().any(|c| matches!(*c, "checksums" | "wal_chain" | "page_integrity"));
@@ -131,9 +163,11 @@ pub async fn run_drill(config: &Config, log: &EventLog, definition: DrillDefinit
                 .label("drill", &name)
                 .details(serde_json::to_value(report).unwrap_or_default())
         }
-        Err(error) => Event::from_occurrence(Occurrence::DrillFailed, &source, format!("drill {name} could not run: {error}"))
-            .label("drill", &name)
-            .details(json!({ "error": error.to_string(), "passed": false })),
+        Err(error) => {
+            Event::from_occurrence(Occurrence::DrillFailed, &source, format!("drill {name} could not run: {error}"))
+                .label("drill", &name)
+                .details(json!({ "error": error.to_string(), "passed": false }))
+        }
     };
     record(log, &event)?;
     result
@@ -146,7 +180,11 @@ pub fn job_policies(config: &Config) -> crate::retention::JobPolicies {
         .fs
         .iter()
         .filter_map(|job| {
-            let paths = job.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+            let paths = job
+                .paths
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string())
+                .collect();
             job.retention.clone().map(|policy| (paths, policy))
         })
         .collect()
@@ -154,32 +192,53 @@ pub fn job_policies(config: &Config) -> crate::retention::JobPolicies {
 
 /// Scheduled retention: forget by the configured policies, then prune (grace `grace`), each
 /// recorded as an event (the prune's reclaimed bytes feed a metric).
-pub async fn retention(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
+pub async fn retention(
+    config: &Config,
+    log: &EventLog,
+    grace: chrono::Duration,
+) -> Result<crate::retention::PruneReport, crate::Error> {
     let result = retention_steps(config, log, grace).await;
     if let Err(error) = &result {
-        let event = Event::from_occurrence(Occurrence::MaintenanceFailed, "retention.prune", format!("scheduled retention failed: {error}"))
-            .label("error_type", error.kind().label())
-            .details(json!({ "error": error.to_string() }));
+        let event = Event::from_occurrence(
+            Occurrence::MaintenanceFailed,
+            "retention.prune",
+            format!("scheduled retention failed: {error}"),
+        )
+        .label("error_type", error.kind().label())
+        .details(json!({ "error": error.to_string() }));
         record(log, &event)?;
     }
     result
 }
 
-async fn retention_steps(config: &Config, log: &EventLog, grace: chrono::Duration) -> Result<crate::retention::PruneReport, crate::Error> {
+async fn retention_steps(
+    config: &Config,
+    log: &EventLog,
+    grace: chrono::Duration,
+) -> Result<crate::retention::PruneReport, crate::Error> {
     let repo = Repository::open(config, true).await?;
     let now = chrono::Utc::now();
     let forgotten = crate::retention::forget(&repo, &config.retention, &job_policies(config), now, false).await?;
     if forgotten.forgotten > 0 {
-        let event = Event::from_occurrence(Occurrence::MaintenanceSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", forgotten.forgotten))
-            .details(serde_json::to_value(&forgotten).unwrap_or_default());
+        let event = Event::from_occurrence(
+            Occurrence::MaintenanceSucceeded,
+            "retention.forget",
+            format!("{} snapshot(s) forgotten by the retention policy", forgotten.forgotten),
+        )
+        .details(serde_json::to_value(&forgotten).unwrap_or_default());
         record(log, &event)?;
     }
     let lock_wait = config.daemon.prune_lock_wait.0;
-    let pruned = crate::retention::prune(&repo, crate::retention::PruneOptions { now, grace, dry_run: false, lock_wait }).await?;
+    let pruned =
+        crate::retention::prune(&repo, crate::retention::PruneOptions { now, grace, dry_run: false, lock_wait })
+            .await?;
     let event = Event::from_occurrence(
         Occurrence::MaintenanceSucceeded,
         "retention.prune",
-        format!("prune reclaimed {} bytes ({} packs, {} WAL files)", pruned.bytes_reclaimed, pruned.packs_deleted, pruned.wal_deleted),
+        format!(
+            "prune reclaimed {} bytes ({} packs, {} WAL files)",
+            pruned.bytes_reclaimed, pruned.packs_deleted, pruned.wal_deleted
+        ),
     )
     .details(serde_json::to_value(&pruned).unwrap_or_default());
     record(log, &event)?;
@@ -204,17 +263,31 @@ pub enum VerifyScope {
 
 /// Runs a verify at `now`, keeps the record of what was read when (so daily runs spread the
 /// reading over the period), and records the event the verification metrics come from.
-pub async fn verify(config: &Config, log: &EventLog, scope: VerifyScope, now: chrono::DateTime<chrono::Utc>) -> Result<crate::verify::VerifyReport, crate::Error> {
+pub async fn verify(
+    config: &Config,
+    log: &EventLog,
+    scope: VerifyScope,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::verify::VerifyReport, crate::Error> {
     verify_with_progress(config, log, (scope, now), Progress::none()).await
 }
 
 /// [`verify`] reporting the bytes of data objects read to `progress` (the CLI's bar).
-pub async fn verify_with_progress(config: &Config, log: &EventLog, (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>), progress: Progress) -> Result<crate::verify::VerifyReport, crate::Error> {
+pub async fn verify_with_progress(
+    config: &Config,
+    log: &EventLog,
+    (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>),
+    progress: Progress,
+) -> Result<crate::verify::VerifyReport, crate::Error> {
     let result = verify_steps(config, log, (scope, now), progress).await;
     if let Err(error) = &result {
         // Could not run to its end: what it did not read is unproven (an integrity error is
         // corruption found, S1).
-        let occurrence = if error.kind() == crate::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::VerifyFailed };
+        let occurrence = if error.kind() == crate::ErrorKind::Integrity {
+            Occurrence::CorruptionFound
+        } else {
+            Occurrence::VerifyFailed
+        };
         let event = Event::from_occurrence(occurrence, "verify", format!("verify could not run: {error}"))
             .label("error_type", error.kind().label())
             .details(json!({ "error": error.to_string() }));
@@ -223,7 +296,12 @@ pub async fn verify_with_progress(config: &Config, log: &EventLog, (scope, now):
     result
 }
 
-async fn verify_steps(config: &Config, log: &EventLog, (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>), progress: Progress) -> Result<crate::verify::VerifyReport, crate::Error> {
+async fn verify_steps(
+    config: &Config,
+    log: &EventLog,
+    (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>),
+    progress: Progress,
+) -> Result<crate::verify::VerifyReport, crate::Error> {
     use crate::verify::{Subset, VerifiedRecord, VerifyOptions};
     let repo = Repository::open(config, true).await?;
     let record_path = VerifiedRecord::path(&config.backup.state_dir, &repo.meta.id);
@@ -258,9 +336,19 @@ pub fn verify_event(report: &crate::verify::VerifyReport, oldest_verified_age_se
         "problems": report.problems,
     });
     if report.problems.is_empty() {
-        Event::from_occurrence(Occurrence::VerifySucceeded, "verify", format!("verify ok: {} objects, {} bytes read", report.objects_checked, report.bytes_read)).details(details)
+        Event::from_occurrence(
+            Occurrence::VerifySucceeded,
+            "verify",
+            format!("verify ok: {} objects, {} bytes read", report.objects_checked, report.bytes_read),
+        )
+        .details(details)
     } else {
-        Event::from_occurrence(Occurrence::CorruptionFound, "verify", format!("verify found {} problem(s), first: {}", report.problems.len(), report.problems[0])).details(details)
+        Event::from_occurrence(
+            Occurrence::CorruptionFound,
+            "verify",
+            format!("verify found {} problem(s), first: {}", report.problems.len(), report.problems[0]),
+        )
+        .details(details)
     }
 }
 
@@ -280,7 +368,12 @@ pub fn sh_quote(value: &Path) -> String {
 /// OS user), what (snapshot and target), the RTO and the expiry. A failure is an incident only
 /// when the repository is at fault, by the rule of `radd restore`: a bad target, port or limit
 /// is the operator's to fix (exit code), not an incident.
-pub async fn scratch_restore(config: &Config, log: &EventLog, repo: &Repository, options: &crate::scratch::CreateOptions) -> Result<crate::scratch::Instance, crate::Error> {
+pub async fn scratch_restore(
+    config: &Config,
+    log: &EventLog,
+    repo: &Repository,
+    options: &crate::scratch::CreateOptions,
+) -> Result<crate::scratch::Instance, crate::Error> {
     let host = crate::scratch::Host::from_config(config);
     let result = crate::scratch::create(repo, &host, options).await;
     let event = match &result {
@@ -299,10 +392,18 @@ pub async fn scratch_restore(config: &Config, log: &EventLog, repo: &Repository,
         ),
         Err(e) if e.is_usage() => None,
         Err(e) => {
-            let occurrence = if e.kind() == crate::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::RestoreFailed };
+            let occurrence = if e.kind() == crate::ErrorKind::Integrity {
+                Occurrence::CorruptionFound
+            } else {
+                Occurrence::RestoreFailed
+            };
             Some(
-                Event::from_occurrence(occurrence, "scratch", format!("scratch restore of {} ({}) failed: {e}", options.snapshot, options.recovery))
-                    .label("error_type", e.kind().label()),
+                Event::from_occurrence(
+                    occurrence,
+                    "scratch",
+                    format!("scratch restore of {} ({}) failed: {e}", options.snapshot, options.recovery),
+                )
+                .label("error_type", e.kind().label()),
             )
         }
     };

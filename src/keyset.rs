@@ -21,11 +21,17 @@ use crate::repository::{Error, KeySet, Repository, latest_key_set as latest};
 /// Writes the next key set version with `recipients` (the id key re-encrypted to them).
 async fn write_set(repo: &Repository, recipients: &Recipients) -> Result<u32, Error> {
     let version = latest(&repo.store).await?.map_or(1, |(n, _)| n + 1);
-    let mut set = KeySet { recipients: recipients.to_strings(), id_key: hex::encode(recipients.encrypt(repo.id_key.as_bytes())?), mac: String::new() };
+    let mut set = KeySet {
+        recipients: recipients.to_strings(),
+        id_key: hex::encode(recipients.encrypt(repo.id_key.as_bytes())?),
+        mac: String::new(),
+    };
     set.seal(&repo.id_key, version);
     let body = serde_json::to_vec_pretty(&set).expect("key set serialises");
     if repo.store.put_new(&ObjectKey::KeySet(version), body.into()).await? == PutOutcome::AlreadyExists {
-        return Err(Error::AlreadyInitialised { location: format!("{} (key set {version} written concurrently; retry)", repo.store.location()) });
+        return Err(Error::AlreadyInitialised {
+            location: format!("{} (key set {version} written concurrently; retry)", repo.store.location()),
+        });
     }
     Ok(version)
 }
@@ -43,7 +49,10 @@ pub async fn add(repo: &Repository, recipient: &str) -> Result<u32, Error> {
 pub async fn remove(repo: &Repository, recipient: &str) -> Result<u32, Error> {
     let all: Vec<String> = repo.recipients.to_strings().into_iter().filter(|r| r != recipient).collect();
     if all.len() == repo.recipients.to_strings().len() {
-        return Err(crate::crypto::Error::InvalidRecipient { value: format!("{recipient} is not one of the repository's recipients") }.into());
+        return Err(crate::crypto::Error::InvalidRecipient {
+            value: format!("{recipient} is not one of the repository's recipients"),
+        }
+        .into());
     }
     write_set(repo, &Recipients::parse(&all)?).await
 }
@@ -68,7 +77,11 @@ struct Progress {
 /// Rewraps every pack, manifest and WAL object to the current recipients, in key order,
 /// resuming after the last object a previous run of the same key set completed. `progress`
 /// counts objects (those done by an earlier run count as done at once).
-pub async fn rewrap(repo: &Repository, state_dir: &Path, progress: &crate::progress::Progress) -> Result<RewrapReport, Error> {
+pub async fn rewrap(
+    repo: &Repository,
+    state_dir: &Path,
+    progress: &crate::progress::Progress,
+) -> Result<RewrapReport, Error> {
     let identity = repo.identity()?;
     // Exclusive with prune (and another rewrap): both replace or delete stored objects.
     let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap", std::time::Duration::ZERO).await?;
@@ -77,13 +90,25 @@ pub async fn rewrap(repo: &Repository, state_dir: &Path, progress: &crate::progr
     result
 }
 
-async fn rewrap_locked(repo: &Repository, identity: &crate::crypto::Identity, (state_dir, bar): (&Path, &crate::progress::Progress)) -> Result<RewrapReport, Error> {
+async fn rewrap_locked(
+    repo: &Repository,
+    identity: &crate::crypto::Identity,
+    (state_dir, bar): (&Path, &crate::progress::Progress),
+) -> Result<RewrapReport, Error> {
     let key_set = latest(&repo.store).await?.map_or(0, |(n, _)| n);
     let progress_path: PathBuf = state_dir.join(format!("rewrap-{}.json", repo.meta.id));
-    let progress: Progress = std::fs::read(&progress_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|p: &Progress| p.key_set == key_set).unwrap_or_default();
+    let progress: Progress = std::fs::read(&progress_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|p: &Progress| p.key_set == key_set)
+        .unwrap_or_default();
     let mut report = RewrapReport { key_set, ..RewrapReport::default() };
     let mut objects = Vec::new();
-    for (dir, kind) in [(ObjectKey::MANIFEST_DIR, ObjectKind::Manifest), (ObjectKey::PACK_DIR, ObjectKind::Pack), (ObjectKey::WAL_DIR, ObjectKind::Wal)] {
+    for (dir, kind) in [
+        (ObjectKey::MANIFEST_DIR, ObjectKind::Manifest),
+        (ObjectKey::PACK_DIR, ObjectKind::Pack),
+        (ObjectKey::WAL_DIR, ObjectKind::Wal),
+    ] {
         for item in repo.store.list(dir).await? {
             objects.push((item.key, kind));
         }

@@ -67,7 +67,10 @@ pub async fn run(config: &Config, options: CheckOptions) -> CheckReport {
     let mut report = CheckReport { checks: Vec::new(), ok: false };
     let repo = match Repository::open(config, false).await {
         Ok(repo) => {
-            report.push("repository", Ok(format!("{} (format {}, id {})", repo.store.location(), repo.meta.format, repo.meta.id)));
+            report.push(
+                "repository",
+                Ok(format!("{} (format {}, id {})", repo.store.location(), repo.meta.format, repo.meta.id)),
+            );
             Some(repo)
         }
         Err(e) => {
@@ -85,7 +88,16 @@ pub async fn run(config: &Config, options: CheckOptions) -> CheckReport {
         }
     };
     match client.query_one("SELECT current_setting('server_version'), current_user", &[]).await {
-        Ok(row) => report.push("postgres", Ok(format!("PostgreSQL {} at {}:{} as {}", row.get::<_, String>(0), config.postgres.host, config.postgres.port, row.get::<_, String>(1)))),
+        Ok(row) => report.push(
+            "postgres",
+            Ok(format!(
+                "PostgreSQL {} at {}:{} as {}",
+                row.get::<_, String>(0),
+                config.postgres.host,
+                config.postgres.port,
+                row.get::<_, String>(1)
+            )),
+        ),
         Err(e) => report.push("postgres", Err(pg::describe(&e))),
     };
     report.push("grants", grants(&client).await);
@@ -99,7 +111,8 @@ pub async fn run(config: &Config, options: CheckOptions) -> CheckReport {
                 report.push("round_trip", round_trip(&client, repo, round_trip_wait).await);
             }
             Some(_) => {
-                report.push("round_trip", Err("not tried: archiving is not wired to radd (see archive_command)".into()));
+                report
+                    .push("round_trip", Err("not tried: archiving is not wired to radd (see archive_command)".into()));
             }
             None => {
                 report.push("round_trip", Err("not tried: the repository cannot be opened".into()));
@@ -126,7 +139,10 @@ fn keys(config: &Config) -> Result<String, String> {
             crate::crypto::Identity::load(path).map_err(|e| e.to_string())?;
             Ok(format!("identity {} readable: this host can archive, back up and restore", path.display()))
         }
-        Some(path) => Ok(format!("no identity at {}: this host can archive and back up, not restore or verify data", path.display())),
+        Some(path) => Ok(format!(
+            "no identity at {}: this host can archive and back up, not restore or verify data",
+            path.display()
+        )),
         None => Ok("recipients only: this host can archive and back up, not restore or verify data".into()),
     }
 }
@@ -141,7 +157,8 @@ async fn grants(client: &tokio_postgres::Client) -> Result<String, String> {
                  pg_has_role(current_user, 'pg_read_all_settings', 'member') \
                  FROM pg_roles r WHERE r.rolname = current_user";
     let row = client.query_one(query, &[]).await.map_err(|e| pg::describe(&e))?;
-    let (superuser, start, stop, switch, settings): (bool, bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let (superuser, start, stop, switch, settings): (bool, bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     if superuser {
         return Ok("superuser".into());
     }
@@ -156,7 +173,11 @@ async fn grants(client: &tokio_postgres::Client) -> Result<String, String> {
             missing.push(what);
         }
     }
-    if missing.is_empty() { Ok("backup functions, pg_switch_wal, pg_read_all_settings".into()) } else { Err(format!("the role lacks grants radd needs: {}", missing.join("; "))) }
+    if missing.is_empty() {
+        Ok("backup functions, pg_switch_wal, pg_read_all_settings".into())
+    } else {
+        Err(format!("the role lacks grants radd needs: {}", missing.join("; ")))
+    }
 }
 
 /// radd's heartbeat table exists on the source (created with `create`, on the primary when
@@ -168,7 +189,9 @@ async fn heartbeat(config: &Config, client: &tokio_postgres::Client, create: boo
         let target = match &primary {
             None => client,
             Some(p) => {
-                connected = pg::connect(p).await.map_err(|e| format!("cannot reach the primary {}:{} to create radd.heartbeat: {e}", p.host, p.port))?;
+                connected = pg::connect(p).await.map_err(|e| {
+                    format!("cannot reach the primary {}:{} to create radd.heartbeat: {e}", p.host, p.port)
+                })?;
                 &connected
             }
         };
@@ -195,7 +218,9 @@ async fn archive_settings(client: &tokio_postgres::Client) -> Result<String, Str
         return Err("archive_mode = off: set archive_mode = on (needs a restart) and archive_command = 'radd --config … wal-push %p'".into());
     }
     if !(command.contains("radd") && command.contains("wal-push") && command.contains("%p")) {
-        return Err(format!("archive_command = {command:?} does not hand segments to radd: set archive_command = 'radd --config /etc/radd/radd.toml wal-push %p' and reload"));
+        return Err(format!(
+            "archive_command = {command:?} does not hand segments to radd: set archive_command = 'radd --config /etc/radd/radd.toml wal-push %p' and reload"
+        ));
     }
     Ok(format!("archive_mode = {mode}, archive_command runs radd wal-push"))
 }
@@ -204,14 +229,18 @@ async fn archive_settings(client: &tokio_postgres::Client) -> Result<String, Str
 async fn round_trip(client: &tokio_postgres::Client, repo: &Repository, wait: Duration) -> Result<String, String> {
     let clock = Instant::now();
     // A switch with nothing written since the last one archives nothing: write a record first.
-    client.simple_query("SELECT pg_logical_emit_message(false, 'radd-check', 'switch')").await.map_err(|e| pg::describe(&e))?;
-    let row = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+    client
+        .simple_query("SELECT pg_logical_emit_message(false, 'radd-check', 'switch')")
         .await
         .map_err(|e| pg::describe(&e))?;
+    let row = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await.map_err(|e| pg::describe(&e))?;
     let name: String = row.get(0);
     // A segment name starts with its timeline (8 hex digits).
-    let timeline = name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()).map(pg::Timeline).ok_or_else(|| format!("pg_walfile_name() returned {name:?}, not a segment name"))?;
+    let timeline = name
+        .get(..8)
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+        .map(pg::Timeline)
+        .ok_or_else(|| format!("pg_walfile_name() returned {name:?}, not a segment name"))?;
     match crate::archive::wait_archived(repo, timeline, &name, wait).await {
         Ok(true) => Ok(format!("segment {name} archived {:.1}s after pg_switch_wal()", clock.elapsed().as_secs_f64())),
         Ok(false) => Err(format!(

@@ -37,7 +37,9 @@ pub enum Error {
         location: String,
     },
     /// The repository was written by an incompatible radd.
-    #[error("repository {location} has format version {found}; this radd reads versions 1 to {FORMAT_VERSION}: upgrade radd")]
+    #[error(
+        "repository {location} has format version {found}; this radd reads versions 1 to {FORMAT_VERSION}: upgrade radd"
+    )]
     Version {
         /// Where.
         location: String,
@@ -45,7 +47,9 @@ pub enum Error {
         found: u32,
     },
     /// The configured id key does not belong to this repository.
-    #[error("keys.id_key_file does not belong to repository {location}; use the id key written by `radd repo init` for it, or remove the setting to recover it with the identity")]
+    #[error(
+        "keys.id_key_file does not belong to repository {location}; use the id key written by `radd repo init` for it, or remove the setting to recover it with the identity"
+    )]
     WrongIdKey {
         /// Where.
         location: String,
@@ -82,9 +86,7 @@ impl Error {
         match self {
             Error::AlreadyInitialised { .. } => ErrorKind::Conflict,
             Error::NotInitialised { .. } => ErrorKind::NotFound,
-            Error::Version { .. } | Error::WrongIdKey { .. } | Error::NoIdentity => {
-                ErrorKind::Config
-            }
+            Error::Version { .. } | Error::WrongIdKey { .. } | Error::NoIdentity => ErrorKind::Config,
             Error::CorruptRecord { .. } => ErrorKind::Integrity,
             Error::Locked(e) => e.kind(),
             Error::Crypto(e) => e.kind(),
@@ -153,9 +155,7 @@ impl Repository {
         let store = Repo::open(&config.repository)?;
         let recipients = Recipients::parse(&config.keys.recipients)?;
         if store.exists(&ObjectKey::Config).await? {
-            return Err(Error::AlreadyInitialised {
-                location: store.location().to_owned(),
-            });
+            return Err(Error::AlreadyInitialised { location: store.location().to_owned() });
         }
         let id_key_file = config.keys.id_key_file.as_deref().ok_or(crypto::Error::KeyFileIo {
             path: "keys.id_key_file".into(),
@@ -170,9 +170,7 @@ impl Repository {
         };
         let sealed = recipients.encrypt(id_key.as_bytes())?;
         if store.put_new(&ObjectKey::IdKey, sealed.into()).await? == PutOutcome::AlreadyExists {
-            return Err(Error::AlreadyInitialised {
-                location: store.location().to_owned(),
-            });
+            return Err(Error::AlreadyInitialised { location: store.location().to_owned() });
         }
         let id_key = id_key.with_scheme(id_scheme(FORMAT_VERSION));
         let meta = RepoMeta {
@@ -183,9 +181,7 @@ impl Repository {
         };
         let body = serde_json::to_vec_pretty(&meta).expect("repository config serialises");
         if store.put_new(&ObjectKey::Config, body.into()).await? == PutOutcome::AlreadyExists {
-            return Err(Error::AlreadyInitialised {
-                location: store.location().to_owned(),
-            });
+            return Err(Error::AlreadyInitialised { location: store.location().to_owned() });
         }
         Ok(Repository {
             store,
@@ -204,27 +200,17 @@ impl Repository {
         let meta_bytes = match store.get(&ObjectKey::Config).await {
             Ok(b) => b,
             Err(repo::Error::NotFound { .. }) => {
-                return Err(Error::NotInitialised {
-                    location: store.location().to_owned(),
-                });
+                return Err(Error::NotInitialised { location: store.location().to_owned() });
             }
             Err(e) => return Err(e.into()),
         };
-        let meta: RepoMeta =
-            serde_json::from_slice(&meta_bytes).map_err(|e| Error::CorruptRecord {
-                key: ObjectKey::Config.to_string(),
-                reason: e.to_string(),
-            })?;
+        let meta: RepoMeta = serde_json::from_slice(&meta_bytes)
+            .map_err(|e| Error::CorruptRecord { key: ObjectKey::Config.to_string(), reason: e.to_string() })?;
         if !(1..=FORMAT_VERSION).contains(&meta.format) {
-            return Err(Error::Version {
-                location: store.location().to_owned(),
-                found: meta.format,
-            });
+            return Err(Error::Version { location: store.location().to_owned(), found: meta.format });
         }
         let identity = match &config.keys.identity_file {
-            Some(path) if need_identity || path.exists() => {
-                Some(std::sync::Arc::new(Identity::load(path)?))
-            }
+            Some(path) if need_identity || path.exists() => Some(std::sync::Arc::new(Identity::load(path)?)),
             _ => None,
         };
         if need_identity && identity.is_none() {
@@ -244,9 +230,7 @@ impl Repository {
         };
         let id_key = id_key.with_scheme(id_scheme(meta.format));
         if id_key.digest(ID_KEY_CHECK) != meta.id_key_check {
-            return Err(Error::WrongIdKey {
-                location: store.location().to_owned(),
-            });
+            return Err(Error::WrongIdKey { location: store.location().to_owned() });
         }
         // After `radd key add/remove`, the repository's key set decides the recipients.
         let recipients = match &key_set {
@@ -256,14 +240,7 @@ impl Repository {
             }
             None => Recipients::parse(&config.keys.recipients)?,
         };
-        Ok(Repository {
-            store,
-            id_key,
-            recipients,
-            identity,
-            meta,
-            compression_level: config.backup.compression_level,
-        })
+        Ok(Repository { store, id_key, recipients, identity, meta, compression_level: config.backup.compression_level })
     }
 
     /// The identity, or [`Error::NoIdentity`].
@@ -277,15 +254,19 @@ impl Repository {
         let id_key = self.id_key.clone();
         let recipients = self.recipients.clone();
         let level = self.compression_level;
-        Ok(tokio::task::spawn_blocking(move || {
-            codec::seal(kind, &plaintext, &id_key, &recipients, level, &name)
-        })
-        .await
-        .expect("sealing task does not panic")?)
+        Ok(tokio::task::spawn_blocking(move || codec::seal(kind, &plaintext, &id_key, &recipients, level, &name))
+            .await
+            .expect("sealing task does not panic")?)
     }
 
     /// Like [`Repository::seal`] for a caller that already computed the content digest.
-    pub async fn seal_known(&self, kind: ObjectKind, plaintext: Vec<u8>, digest: Digest, name: String) -> Result<Vec<u8>, Error> {
+    pub async fn seal_known(
+        &self,
+        kind: ObjectKind,
+        plaintext: Vec<u8>,
+        digest: Digest,
+        name: String,
+    ) -> Result<Vec<u8>, Error> {
         let recipients = self.recipients.clone();
         let level = self.compression_level;
         Ok(tokio::task::spawn_blocking(move || {
@@ -305,10 +286,12 @@ impl Repository {
         key: &ObjectKey,
         plaintext: Vec<u8>,
     ) -> Result<(PutOutcome, Digest, u64), Error> {
-        let (id_key, recipients, level, name) = (self.id_key.clone(), self.recipients.clone(), self.compression_level, key.to_string());
-        let (sealed, digest) = tokio::task::spawn_blocking(move || codec::seal_at(kind, &plaintext, &id_key, &recipients, level, &name))
-            .await
-            .expect("sealing task does not panic")?;
+        let (id_key, recipients, level, name) =
+            (self.id_key.clone(), self.recipients.clone(), self.compression_level, key.to_string());
+        let (sealed, digest) =
+            tokio::task::spawn_blocking(move || codec::seal_at(kind, &plaintext, &id_key, &recipients, level, &name))
+                .await
+                .expect("sealing task does not panic")?;
         let stored = sealed.len() as u64;
         let outcome = self.store.put_new(key, sealed.into()).await?;
         Ok((outcome, digest, stored))
@@ -321,21 +304,14 @@ impl Repository {
     }
 
     /// Decrypts and verifies already-fetched object bytes (off the async threads).
-    pub async fn open_bytes(
-        &self,
-        kind: ObjectKind,
-        key: &ObjectKey,
-        stored: Bytes,
-    ) -> Result<Vec<u8>, Error> {
+    pub async fn open_bytes(&self, kind: ObjectKind, key: &ObjectKey, stored: Bytes) -> Result<Vec<u8>, Error> {
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
         check_content_address(key, &stored)?;
         let id_key = self.id_key.clone();
         let name = key.to_string();
-        Ok(tokio::task::spawn_blocking(move || {
-            codec::open(kind, &stored, &id_key, &identity, &name)
-        })
-        .await
-        .expect("opening task does not panic")?)
+        Ok(tokio::task::spawn_blocking(move || codec::open(kind, &stored, &id_key, &identity, &name))
+            .await
+            .expect("opening task does not panic")?)
     }
 
     /// Reads and decrypts an object without recomputing its keyed digest: see
@@ -345,7 +321,12 @@ impl Repository {
     }
 
     /// [`Repository::get_open_unhashed`] into a reused buffer (see [`codec::open_unhashed_into`]).
-    pub async fn get_open_unhashed_into(&self, kind: ObjectKind, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+    pub async fn get_open_unhashed_into(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
         let stored = self.store.get(key).await?;
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
         check_content_address(key, &stored)?;
@@ -362,11 +343,7 @@ impl Repository {
     }
 
     /// Writes a plaintext record authenticated with the id key (create-only).
-    pub async fn put_record<T: Serialize>(
-        &self,
-        key: &ObjectKey,
-        record: &T,
-    ) -> Result<PutOutcome, Error> {
+    pub async fn put_record<T: Serialize>(&self, key: &ObjectKey, record: &T) -> Result<PutOutcome, Error> {
         let json = serde_json::to_vec(record).expect("records serialise");
         self.put_record_bytes(key, &json).await
     }
@@ -385,7 +362,8 @@ impl Repository {
     /// Reads and authenticates a plaintext record.
     pub async fn get_record<T: DeserializeOwned>(&self, key: &ObjectKey) -> Result<T, Error> {
         let payload = self.get_record_bytes(key).await?;
-        serde_json::from_slice(&payload).map_err(|e| Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
+        serde_json::from_slice(&payload)
+            .map_err(|e| Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
     }
 
     /// Reads a plaintext record and authenticates it with the id key; returns its payload
@@ -393,10 +371,7 @@ impl Repository {
     /// does not authenticate is [`Error::CorruptRecord`], never retried.
     pub async fn get_record_bytes(&self, key: &ObjectKey) -> Result<Bytes, Error> {
         let body = self.store.get(key).await?;
-        let corrupt = |reason: &str| Error::CorruptRecord {
-            key: key.to_string(),
-            reason: reason.to_owned(),
-        };
+        let corrupt = |reason: &str| Error::CorruptRecord { key: key.to_string(), reason: reason.to_owned() };
         if body.len() < 40 || &body[..8] != RECORD_MAGIC {
             return Err(corrupt("not a radd record"));
         }
@@ -449,12 +424,10 @@ impl KeySet {
 /// The newest key set, if any (`None`: the config's recipients and `keys/id-key` apply).
 pub async fn latest_key_set(store: &Repo) -> Result<Option<(u32, KeySet)>, Error> {
     let listed = store.list("keys").await?;
-    let newest = listed
-        .iter()
-        .filter_map(|l| l.key.strip_prefix(SET_PREFIX).and_then(|n| n.parse::<u32>().ok()))
-        .max();
+    let newest = listed.iter().filter_map(|l| l.key.strip_prefix(SET_PREFIX).and_then(|n| n.parse::<u32>().ok())).max();
     let Some(version) = newest else { return Ok(None) };
     let body = store.get(&ObjectKey::KeySet(version)).await?;
-    let set: KeySet = serde_json::from_slice(&body).map_err(|e| Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: e.to_string() })?;
+    let set: KeySet = serde_json::from_slice(&body)
+        .map_err(|e| Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: e.to_string() })?;
     Ok(Some((version, set)))
 }

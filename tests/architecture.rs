@@ -7,8 +7,27 @@ use std::path::Path;
 
 /// Low to high. A module may use the ones before it.
 const ORDER: &[&str] = &[
-    "crypto", "progress", "faults", "pg", "config", "codec", "repo", "repository", "keyset", "archive", "snapshot", "restore", "verify", "retention", "scratch",
-    "drill", "events", "metrics", "preflight", "jobs", "daemon",
+    "crypto",
+    "progress",
+    "faults",
+    "pg",
+    "config",
+    "codec",
+    "repo",
+    "repository",
+    "keyset",
+    "archive",
+    "snapshot",
+    "restore",
+    "verify",
+    "retention",
+    "scratch",
+    "drill",
+    "events",
+    "metrics",
+    "preflight",
+    "jobs",
+    "daemon",
 ];
 
 /// Modules allowed to use the aggregate error.
@@ -57,7 +76,14 @@ fn violations(src: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for path in all {
         let relative = path.strip_prefix(src).expect("below src");
-        let top = relative.components().next().expect("a component").as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned();
+        let top = relative
+            .components()
+            .next()
+            .expect("a component")
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned();
         let Some(rank) = ORDER.iter().position(|m| *m == top) else { continue };
         let text = std::fs::read_to_string(&path).expect("read source");
         let mut in_tests = false;
@@ -91,7 +117,10 @@ fn imports_point_one_way() {
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
     for line in lib.lines().filter_map(|l| l.strip_prefix("pub mod ")) {
         let module = line.trim_end_matches(';');
-        assert!(ORDER.contains(&module) || ["error", "cli"].contains(&module), "module {module} of lib.rs has no place in the layer order of tests/architecture.rs");
+        assert!(
+            ORDER.contains(&module) || ["error", "cli"].contains(&module),
+            "module {module} of lib.rs has no place in the layer order of tests/architecture.rs"
+        );
     }
     let found = violations(&src);
     assert!(found.is_empty(), "imports against the layer order ({}):\n{}", ORDER.join(" < "), found.join("\n"));
@@ -101,9 +130,18 @@ fn imports_point_one_way() {
 fn the_check_sees_a_violation() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("pg")).expect("mkdir");
-    std::fs::write(dir.path().join("pg/mod.rs"), "use crate::config::Config;\nuse crate::error::ErrorKind;\nuse crate::{crypto, snapshot};\n").expect("write");
+    std::fs::write(
+        dir.path().join("pg/mod.rs"),
+        "use crate::config::Config;\nuse crate::error::ErrorKind;\nuse crate::{crypto, snapshot};\n",
+    )
+    .expect("write");
     std::fs::write(dir.path().join("repo.rs"), "fn f() -> crate::Result<()> { Ok(()) }\n").expect("write");
     let found = violations(dir.path());
     assert_eq!(found.len(), 3, "{found:#?}");
-    assert!(found.iter().any(|v| v.contains("pg -> config")) && found.iter().any(|v| v.contains("pg -> snapshot")) && found.iter().any(|v| v.contains("repo -> error")), "{found:#?}");
+    assert!(
+        found.iter().any(|v| v.contains("pg -> config"))
+            && found.iter().any(|v| v.contains("pg -> snapshot"))
+            && found.iter().any(|v| v.contains("repo -> error")),
+        "{found:#?}"
+    );
 }

@@ -84,7 +84,11 @@ fn archiving_host_cannot_decrypt() {
 #[test]
 fn wal_push_drains_the_ready_backlog_and_fetch_prefetches() {
     let env = TestEnv::new(Backend::Local);
-    std::fs::write(&env.push_config, std::fs::read_to_string(&env.push_config).unwrap() + "\n[archive]\npush_parallel = 4\n").unwrap();
+    std::fs::write(
+        &env.push_config,
+        std::fs::read_to_string(&env.push_config).unwrap() + "\n[archive]\npush_parallel = 4\n",
+    )
+    .unwrap();
     let wal = env.path().join("pg_wal");
     std::fs::create_dir_all(wal.join("archive_status")).unwrap();
     let names: Vec<String> = (1..=4).map(|n| format!("0000000100000000000000{n:02X}")).collect();
@@ -167,7 +171,9 @@ fn backlog_drains_in_order_and_round_trips(backend: Backend) {
     }
     // The markers of segments archived ahead were all used up, and the chain is complete.
     let markers = wal.join(radd::archive::MARKER_DIR);
-    let left: Vec<_> = std::fs::read_dir(&markers).map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&markers)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "markers left behind: {left:?}");
     let out = env.radd(&["verify"]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
@@ -198,7 +204,12 @@ fn wal_push_backlog_stops_at_a_failure_without_leaving_a_gap() {
     for name in &names[2..] {
         assert!(!archived(name), "{name} published after a failed segment: the archive would show a gap");
     }
-    let staged: Vec<_> = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().filter_map(Result::ok).map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains('#')).collect();
+    let staged: Vec<_> = std::fs::read_dir(env.local_object("wal/00000001"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains('#'))
+        .collect();
     assert!(staged.is_empty(), "staging files left behind: {staged:?}");
     // PostgreSQL's own call for the broken one fails loudly, and nothing after it is archived.
     let out = env.radd_push(&["wal-push", wal.join(&names[2]).to_str().unwrap()]);

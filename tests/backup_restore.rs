@@ -74,7 +74,19 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
     let pgbench = std::process::Command::new(env.pg.program("pgbench"))
-        .args(["-i", "-s", "7", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &source.port().to_string(), "postgres"])
+        .args([
+            "-i",
+            "-s",
+            "7",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &source.port().to_string(),
+            "postgres",
+        ])
         .output()
         .expect("run pgbench");
     assert!(pgbench.status.success(), "pgbench -i failed: {}", stderr(&pgbench));
@@ -93,7 +105,10 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
     );
     assert_eq!(second["parent"], first["snapshot_id"]);
     assert!(second["files_unchanged"].as_u64().unwrap() > 0, "{second}");
-    assert!(second["read_bytes"].as_u64().unwrap() * 10 < first["read_bytes"].as_u64().unwrap(), "unchanged files were re-read: {second}");
+    assert!(
+        second["read_bytes"].as_u64().unwrap() * 10 < first["read_bytes"].as_u64().unwrap(),
+        "unchanged files were re-read: {second}"
+    );
     assert_eq!(full["files_unchanged"], 0, "--full-read must read everything: {full}");
     assert_eq!(full["files_read"], full["files"]);
     let total = first["total_bytes"].as_u64().unwrap();

@@ -134,20 +134,32 @@ fn missing_wal_segment_is_a_gap_not_the_end() {
 fn backup_ended_after_an_early_index_object_leaves_a_consistent_repository() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
-    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 30000) g");
+    sql(
+        &source,
+        "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 30000) g",
+    );
     sql(&source, "CHECKPOINT");
     // Index objects of at most 100 blobs, packs of 1 MiB (128 blocks): the backup writes index
     // objects long before it ends.
     for config in [&env.push_config, &env.config] {
         let text = std::fs::read_to_string(config).unwrap();
-        std::fs::write(config, text.replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nindex_shard_blobs = 100\n", 1)).unwrap();
+        std::fs::write(
+            config,
+            text.replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nindex_shard_blobs = 100\n", 1),
+        )
+        .unwrap();
     }
     let mut cmd = std::process::Command::new(crate::common::env::radd_binary());
     cmd.arg("--config").arg(&env.push_config).args(["backup", "pg"]);
     let mut vars = env.env.clone();
     vars.push(("RADD_CRASH_AT".into(), "backup:index-object".into()));
     let out = crate::common::env::run(&mut cmd, &vars);
-    assert_eq!(out.status.code(), Some(137), "the backup should have ended at its first early index object: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "the backup should have ended at its first early index object: {}",
+        stderr(&out)
+    );
     let early = std::fs::read_dir(env.local_object("index")).unwrap().count();
     assert!(early >= 1, "an index object was written before the backup ended");
 
@@ -178,7 +190,10 @@ fn killed_backup_leaves_a_verifiable_repository_and_no_snapshot() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
     // Incompressible rows, so the backup spans several packs and takes long enough to interrupt.
-    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 120000) g");
+    sql(
+        &source,
+        "CREATE TABLE noise AS SELECT g, decode(repeat(md5(random()::text), 64), 'hex') AS b FROM generate_series(1, 120000) g",
+    );
     sql(&source, "CHECKPOINT");
     let config = std::fs::read_to_string(&env.push_config).unwrap();
     let small_packs = config.replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\nupload_concurrency = 1\n", 1);
@@ -186,7 +201,10 @@ fn killed_backup_leaves_a_verifiable_repository_and_no_snapshot() {
 
     let mut backup = std::process::Command::new(crate::common::env::radd_binary());
     backup.arg("--config").arg(&env.push_config).args(["backup", "pg"]);
-    backup.envs(env.env.iter().map(|(k, v)| (k, v))).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    backup
+        .envs(env.env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = backup.spawn().expect("start backup");
     let packs = env.local_object("packs");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

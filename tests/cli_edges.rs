@@ -63,7 +63,11 @@ fn json_logs_are_one_object_per_line() {
 fn an_unset_password_variable_is_named() {
     let env = TestEnv::new(Backend::Local);
     let _source = env.source_cluster();
-    let text = std::fs::read_to_string(&env.push_config).unwrap().replacen("[postgres]\n", "[postgres]\npassword_env = \"RADD_TEST_UNSET_PW\"\n", 1);
+    let text = std::fs::read_to_string(&env.push_config).unwrap().replacen(
+        "[postgres]\n",
+        "[postgres]\npassword_env = \"RADD_TEST_UNSET_PW\"\n",
+        1,
+    );
     std::fs::write(&env.push_config, text).unwrap();
     let out = env.radd_push(&["backup", "pg"]);
     assert_ne!(out.status.code(), Some(0));
@@ -82,7 +86,11 @@ fn config_accepts_five_field_cron_and_reports_every_unknown_key() {
     std::fs::write(&env.config, bad).unwrap();
     let out = env.radd(&["snapshots"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("daemon.backup_shedule") && stderr(&out).contains("daemon.verify_scedule"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("daemon.backup_shedule") && stderr(&out).contains("daemon.verify_scedule"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The parent record holds every file's path and digest: 0600 in a 0700 directory.

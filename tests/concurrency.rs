@@ -16,7 +16,8 @@ fn finish(child: Child) -> std::process::Output {
 /// Config with small packs, so a backup writes many packs.
 fn small_packs(env: &TestEnv) {
     for config in [&env.push_config, &env.config] {
-        let text = std::fs::read_to_string(config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+        let text =
+            std::fs::read_to_string(config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
         std::fs::write(config, text).unwrap();
     }
 }
@@ -30,7 +31,10 @@ fn prune_never_deletes_what_a_running_backup_references() {
     let env = TestEnv::new(Backend::Local);
     small_packs(&env);
     let source = env.source_cluster();
-    sql(&source, "CREATE TABLE noise AS SELECT g, decode(repeat(md5(g::text), 64), 'hex') AS b FROM generate_series(1, 60000) g");
+    sql(
+        &source,
+        "CREATE TABLE noise AS SELECT g, decode(repeat(md5(g::text), 64), 'hex') AS b FROM generate_series(1, 60000) g",
+    );
     sql(&source, "CHECKPOINT");
     // Every pack the paused backup uploaded is unreferenced until it commits: exactly what a
     // zero grace period would delete.
@@ -42,10 +46,17 @@ fn prune_never_deletes_what_a_running_backup_references() {
     assert_eq!(refused.status.code(), Some(1), "prune beside a backup must be refused: {}", stderr(&refused));
     let err = stderr(&refused);
     assert!(err.contains("backup pg") && err.contains("in use"), "the refusal names the backup: {err}");
-    assert_eq!(std::fs::read_dir(env.local_object("condemned")).map(|d| d.count()).unwrap_or(0), 0, "a refused prune condemned nothing");
+    assert_eq!(
+        std::fs::read_dir(env.local_object("condemned")).map(|d| d.count()).unwrap_or(0),
+        0,
+        "a refused prune condemned nothing"
+    );
 
     // A prune that waits starts only once the backup committed.
-    let waiting = background(&env, &env.config, &["--json", "prune", "--grace", "0s", "--force", "--lock-wait", "120s"]).spawn().unwrap();
+    let waiting =
+        background(&env, &env.config, &["--json", "prune", "--grace", "0s", "--force", "--lock-wait", "120s"])
+            .spawn()
+            .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     resume(&env, point);
     let out = finish(backup);
@@ -83,13 +94,18 @@ fn a_backup_waits_for_a_running_prune() {
     let point = "prune:condemned";
     let mut prune = spawn_paused(&env, &env.config, &["--json", "prune", "--grace", "0s", "--force"], point);
     wait_reached(&env, &mut prune, point);
-    let backup = background(&env, &env.push_config, &["--json", "backup", "fs", src.to_str().unwrap()]).spawn().unwrap();
+    let backup =
+        background(&env, &env.push_config, &["--json", "backup", "fs", src.to_str().unwrap()]).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     resume(&env, point);
     assert!(finish(prune).status.success());
     let out = finish(backup);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("waiting for the repository's exclusive lock"), "the backup waited: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for the repository's exclusive lock"),
+        "the backup waited: {}",
+        stderr(&out)
+    );
     assert!(env.radd(&["prune", "--grace", "0s", "--force"]).status.success());
     let verify = env.radd(&["verify", "--read-data"]);
     assert!(verify.status.success(), "{}", stderr(&verify));

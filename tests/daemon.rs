@@ -26,7 +26,9 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
 
     let port = radd::pg::free_port().expect("port");
     let config = std::fs::read_to_string(&env.config).unwrap()
-        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nverify_schedule = \"* * * * * *\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n");
+        + &format!(
+            "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nverify_schedule = \"* * * * * *\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n"
+        );
     let daemon_config = env.path().join("daemon.toml");
     std::fs::write(&daemon_config, config).unwrap();
     let mut cmd = std::process::Command::new(radd_binary());
@@ -36,10 +38,15 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        if let Some(body) = http_get(port, "/metrics").filter(|b| b.contains("radd_heartbeat_timestamp_seconds ") && b.contains("radd_source_up 1")) {
+        if let Some(body) = http_get(port, "/metrics")
+            .filter(|b| b.contains("radd_heartbeat_timestamp_seconds ") && b.contains("radd_source_up 1"))
+        {
             break body;
         }
-        assert!(Instant::now() < deadline, "daemon did not serve /metrics with a heartbeat and a source probe within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not serve /metrics with a heartbeat and a source probe within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(http_get(port, "/healthz").as_deref(), Some("ok\n"));
@@ -62,7 +69,8 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
     // The verify scheduled every second has finished at least once by now.
     std::thread::sleep(Duration::from_secs(3));
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -76,7 +84,10 @@ fn daemon_serves_metrics_and_stops_on_sigterm() {
     assert!(status.success(), "daemon exit {status}: {log}");
     assert!(log.contains("daemon stopped"), "{log}");
     // One line per scheduled run: task, outcome, duration, what it did.
-    let line = log.lines().find(|l| l.contains("task finished") && l.contains("task=verify")).unwrap_or_else(|| panic!("no task line: {log}"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("task finished") && l.contains("task=verify"))
+        .unwrap_or_else(|| panic!("no task line: {log}"));
     assert!(line.contains("outcome=\"ok\"") || line.contains("outcome=ok"), "{line}");
     assert!(line.contains("seconds=") && line.contains("objects"), "{line}");
 }
@@ -99,7 +110,12 @@ fn promtool_check(metrics: &str) {
     };
     child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A source that goes away while the daemon runs: archive lag is not measured, so it is left
@@ -123,11 +139,15 @@ fn unreachable_source_is_not_reported_as_zero_lag() {
     let source_port = source.port();
     source.stop().expect("stop the source");
     let metrics = wait_for_metrics(port, "radd_source_up 0", &log_path);
-    assert!(!metrics.contains("radd_archive_lag_seconds ") && !metrics.contains("radd_archive_pending_segments "), "unmeasured lag exported:\n{metrics}");
+    assert!(
+        !metrics.contains("radd_archive_lag_seconds ") && !metrics.contains("radd_archive_pending_segments "),
+        "unmeasured lag exported:\n{metrics}"
+    );
     assert!(metrics.contains("radd_build_info{version=\""), "{metrics}");
     // Several more probes fail (every 200 ms); the warning stays one line.
     std::thread::sleep(Duration::from_secs(1));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
     let out = finish_within(child, Duration::from_secs(30));
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(out.status.success(), "daemon exit {}: {log}", out.status);
@@ -143,7 +163,11 @@ fn wait_for_metrics(port: u16, wanted: &str, log: &std::path::Path) -> String {
         if let Some(body) = http_get(port, "/metrics").filter(|b| b.contains(wanted)) {
             return body;
         }
-        assert!(Instant::now() < deadline, "/metrics did not show {wanted} within 30 s; daemon log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "/metrics did not show {wanted} within 30 s; daemon log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -154,14 +178,21 @@ fn wait_for_metrics(port: u16, wanted: &str, log: &std::path::Path) -> String {
 fn daemon_refuses_to_start_when_a_check_fails() {
     let env = TestEnv::new(Backend::Local);
     let closed = radd::pg::free_port().expect("port");
-    let daemon_section = |port: u16| format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nshutdown_grace = \"5s\"\n");
-    let down = std::fs::read_to_string(&env.config).unwrap() + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {closed}\n") + &daemon_section(radd::pg::free_port().unwrap());
+    let daemon_section = |port: u16| {
+        format!("\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nbackup_schedule = \"\"\nshutdown_grace = \"5s\"\n")
+    };
+    let down = std::fs::read_to_string(&env.config).unwrap()
+        + &format!("\n[postgres]\nhost = \"127.0.0.1\"\nport = {closed}\n")
+        + &daemon_section(radd::pg::free_port().unwrap());
     let config = env.path().join("down.toml");
     std::fs::write(&config, down).unwrap();
     let out = finish_within(background(&env, &config, &["daemon"]).spawn().unwrap(), Duration::from_secs(60));
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{log}");
-    assert!(log.contains("start check failed") && log.contains(&format!("127.0.0.1:{closed}")), "names the unreachable source: {log}");
+    assert!(
+        log.contains("start check failed") && log.contains(&format!("127.0.0.1:{closed}")),
+        "names the unreachable source: {log}"
+    );
     assert!(log.contains("refuses to start") && log.contains("postgres"), "{log}");
 
     let _source = env.source_cluster_with(&[], &[("archive_command", "/bin/true".into())]);
@@ -185,7 +216,11 @@ fn sighup_reloads_schedules_without_dropping_a_running_backup() {
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
     let port = radd::pg::free_port().expect("port");
     let base = std::fs::read_to_string(&env.config).unwrap();
-    let daemon = |schedules: &str| format!("{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n{schedules}\nverify_schedule = \"\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"500ms\"\nshutdown_grace = \"30s\"\n");
+    let daemon = |schedules: &str| {
+        format!(
+            "{base}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\n{schedules}\nverify_schedule = \"\"\nheartbeat_interval = \"1s\"\nwatch_interval = \"500ms\"\nshutdown_grace = \"30s\"\n"
+        )
+    };
     let daemon_config = env.path().join("daemon.toml");
     std::fs::write(&daemon_config, daemon("backup_schedule = \"* * * * * *\"\nretention_schedule = \"\"")).unwrap();
     let log_path = env.path().join("daemon.log");
@@ -200,20 +235,33 @@ fn sighup_reloads_schedules_without_dropping_a_running_backup() {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     let metrics = wait_for_metrics(port, "radd_task_configured{task=\"retention.prune\"} 1", &log_path);
-    assert!(!metrics.contains("radd_task_configured{task=\"backup.pg\"}"), "the removed schedule is no longer configured:\n{metrics}");
+    assert!(
+        !metrics.contains("radd_task_configured{task=\"backup.pg\"}"),
+        "the removed schedule is no longer configured:\n{metrics}"
+    );
     assert!(metrics.contains("radd_config_last_reload_successful 1"), "{metrics}");
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the daemon");
 
     resume(&env, "backup:before-commit");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log_path).unwrap().contains("outcome=\"ok\"") && !std::fs::read_to_string(&log_path).unwrap().contains("outcome=ok") {
-        assert!(Instant::now() < deadline, "the running backup did not finish after the reload:\n{}", std::fs::read_to_string(&log_path).unwrap());
+    while !std::fs::read_to_string(&log_path).unwrap().contains("outcome=\"ok\"")
+        && !std::fs::read_to_string(&log_path).unwrap().contains("outcome=ok")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the running backup did not finish after the reload:\n{}",
+            std::fs::read_to_string(&log_path).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // No new backup starts: the schedule is gone.
     std::thread::sleep(Duration::from_secs(3));
     let snapshots = json(&env.radd(&["--json", "snapshots"]));
-    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "exactly the backup that ran across the reload: {snapshots:#}");
+    assert_eq!(
+        snapshots.as_array().map(Vec::len),
+        Some(1),
+        "exactly the backup that ran across the reload: {snapshots:#}"
+    );
 
     // A broken file: logged, the previous configuration kept, still serving.
     std::fs::write(&daemon_config, "this is not toml = [").unwrap();

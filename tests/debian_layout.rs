@@ -36,7 +36,8 @@ fn debian_source(env: &TestEnv) -> (ScratchCluster, PathBuf) {
         etc.join("pg_ident.conf").display(),
         work.join("main.pid").display()
     );
-    std::fs::write(&conf, std::fs::read_to_string(&conf).expect("read postgresql.conf") + &debian).expect("write postgresql.conf");
+    std::fs::write(&conf, std::fs::read_to_string(&conf).expect("read postgresql.conf") + &debian)
+        .expect("write postgresql.conf");
     std::fs::write(etc.join("conf.d/tuning.conf"), "work_mem = '7MB'\n").expect("write conf.d");
     radd::pg::hand_over(&env.path().join("etc")).expect("hand config to postgres");
     let archive_command = env.archive_command();
@@ -59,7 +60,8 @@ fn debian_source(env: &TestEnv) -> (ScratchCluster, PathBuf) {
             data.display(),
             env.pg_bin().display()
         );
-        std::fs::write(config, std::fs::read_to_string(config).expect("read config") + &section).expect("append [postgres]");
+        std::fs::write(config, std::fs::read_to_string(config).expect("read config") + &section)
+            .expect("append [postgres]");
     }
     (cluster, etc)
 }
@@ -69,7 +71,12 @@ fn names_no_source_path(files: &[PathBuf], source_data: &Path, source_etc: &Path
     for file in files {
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for source in [source_data, source_etc] {
-            assert!(!text.contains(&source.display().to_string()), "{} names the source's {}:\n{text}", file.display(), source.display());
+            assert!(
+                !text.contains(&source.display().to_string()),
+                "{} names the source's {}:\n{text}",
+                file.display(),
+                source.display()
+            );
         }
     }
 }

@@ -38,7 +38,8 @@ fn the_systemd_unit_verifies() {
     let text = std::fs::read_to_string(unit()).unwrap().replace("/usr/local/bin/radd", env!("CARGO_BIN_EXE_radd"));
     let copy = dir.path().join("radd.service");
     std::fs::write(&copy, text).unwrap();
-    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().expect("systemd-analyze");
+    let out =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&copy).output().expect("systemd-analyze");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("radd.service")).collect();
     assert!(out.status.success() && complaints.is_empty(), "systemd-analyze verify: {stderr}");
@@ -66,7 +67,8 @@ fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
 
 /// Every error of `doc` against the vendored Compose specification schema, as "path: message".
 fn compose_schema_errors(doc: &Value) -> Vec<String> {
-    let text = std::fs::read_to_string(repo_file("tests/fixtures/compose-spec.json")).expect("tests/fixtures/compose-spec.json");
+    let text = std::fs::read_to_string(repo_file("tests/fixtures/compose-spec.json"))
+        .expect("tests/fixtures/compose-spec.json");
     let schema: Value = serde_json::from_str(&text).expect("compose-spec.json is JSON");
     let validator = jsonschema::validator_for(&schema).expect("the Compose schema compiles");
     validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path())).collect()
@@ -85,8 +87,14 @@ fn the_compose_schema_check_catches_a_broken_file() {
     doc["services"]["radd"]["ports"] = Value::from(9187);
     doc["services"]["radd"]["depends_on"]["postgres"]["condition"] = Value::from("service_ready");
     let errors = compose_schema_errors(&doc);
-    for (path, what) in [("/services/postgres", "imagee"), ("/services/radd/ports", ""), ("/services/radd/depends_on", "service_ready")] {
-        assert!(errors.iter().any(|e| e.starts_with(path) && e.contains(what)), "no error at {path} ({what}) in:\n{}", errors.join("\n"));
+    for (path, what) in
+        [("/services/postgres", "imagee"), ("/services/radd/ports", ""), ("/services/radd/depends_on", "service_ready")]
+    {
+        assert!(
+            errors.iter().any(|e| e.starts_with(path) && e.contains(what)),
+            "no error at {path} ({what}) in:\n{}",
+            errors.join("\n")
+        );
     }
 }
 
@@ -141,7 +149,11 @@ fn stages(dockerfile: &str) -> Vec<(String, Option<String>)> {
         .filter_map(|l| l.trim().strip_prefix("FROM "))
         .map(|rest| {
             let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with("--")).collect();
-            let name = words.iter().position(|w| w.eq_ignore_ascii_case("as")).and_then(|i| words.get(i + 1)).map(|s| (*s).to_owned());
+            let name = words
+                .iter()
+                .position(|w| w.eq_ignore_ascii_case("as"))
+                .and_then(|i| words.get(i + 1))
+                .map(|s| (*s).to_owned());
             (words[0].to_owned(), name)
         })
         .collect()
@@ -156,7 +168,11 @@ fn the_compose_file_mounts_and_builds_files_that_exist() {
     for (name, service) in services {
         for m in mounts(service) {
             if m.bind {
-                assert!(!m.source.starts_with('/') && !m.source.starts_with('~'), "{name}: bind mount {} is outside the repository", m.source);
+                assert!(
+                    !m.source.starts_with('/') && !m.source.starts_with('~'),
+                    "{name}: bind mount {} is outside the repository",
+                    m.source
+                );
                 assert!(repo_file(&m.source).exists(), "{name}: bind-mounted {} does not exist", m.source);
                 binds += 1;
             } else {
@@ -166,9 +182,14 @@ fn the_compose_file_mounts_and_builds_files_that_exist() {
         if let Some(build) = service.get("build") {
             let context = repo_file(build["context"].as_str().unwrap_or("."));
             let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
-            let text = std::fs::read_to_string(&dockerfile).unwrap_or_else(|e| panic!("{name}: {}: {e}", dockerfile.display()));
+            let text = std::fs::read_to_string(&dockerfile)
+                .unwrap_or_else(|e| panic!("{name}: {}: {e}", dockerfile.display()));
             if let Some(target) = build["target"].as_str() {
-                assert!(stages(&text).iter().any(|(_, stage)| stage.as_deref() == Some(target)), "{name}: build target {target} is no stage of {}", dockerfile.display());
+                assert!(
+                    stages(&text).iter().any(|(_, stage)| stage.as_deref() == Some(target)),
+                    "{name}: build target {target} is no stage of {}",
+                    dockerfile.display()
+                );
             }
         }
     }
@@ -186,7 +207,8 @@ fn the_compose_file_mounts_and_builds_files_that_exist() {
 fn pinned(image: &str) -> bool {
     let (name, digest) = image.split_once('@').map_or((image, None), |(n, d)| (n, Some(d)));
     let tag = name.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
-    digest.is_some_and(|d| d.starts_with("sha256:")) || tag.is_some_and(|t| !t.is_empty() && t != "latest" && !t.contains('$'))
+    digest.is_some_and(|d| d.starts_with("sha256:"))
+        || tag.is_some_and(|t| !t.is_empty() && t != "latest" && !t.contains('$'))
 }
 
 #[test]
@@ -215,13 +237,20 @@ fn every_image_is_pinned() {
     }
     // The default (last) stage: radd as a non-root user, ENTRYPOINT radd, CMD daemon.
     let last = dockerfile.rsplit("\nFROM ").next().unwrap();
-    assert!(last.lines().any(|l| l.starts_with("USER ") && !l.contains("root") && !l.ends_with(" 0")), "the default image must run as a non-root user");
-    assert!(last.contains("ENTRYPOINT [\"radd\"]") && last.contains("CMD [\"daemon\"]"), "default image: ENTRYPOINT radd, CMD daemon");
+    assert!(
+        last.lines().any(|l| l.starts_with("USER ") && !l.contains("root") && !l.ends_with(" 0")),
+        "the default image must run as a non-root user"
+    );
+    assert!(
+        last.contains("ENTRYPOINT [\"radd\"]") && last.contains("CMD [\"daemon\"]"),
+        "default image: ENTRYPOINT radd, CMD daemon"
+    );
     assert!(dockerfile.contains("cargo build --release --locked"));
 }
 
 fn promtool() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file()));
     on_path.unwrap_or_else(|| panic!("promtool not found (install Debian's `prometheus` package, as .ci/run does)"))
 }
 
@@ -239,26 +268,50 @@ fn prometheus_config_passes_promtool_in_the_compose_layout() {
     }
     let config = "/etc/prometheus/prometheus.yml";
     assert_eq!(host_path(prometheus, config), Some(repo_file("./deploy/prometheus/prometheus.yml")));
-    let out = Command::new(promtool()).args(["check", "config"]).arg(root.path().join(config.trim_start_matches('/'))).output().expect("run promtool");
+    let out = Command::new(promtool())
+        .args(["check", "config"])
+        .arg(root.path().join(config.trim_start_matches('/')))
+        .output()
+        .expect("run promtool");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("radd-rules.yml") && text.contains("rules found"), "promtool check config:\n{text}");
+    assert!(
+        out.status.success() && text.contains("radd-rules.yml") && text.contains("rules found"),
+        "promtool check config:\n{text}"
+    );
 
     let parsed = yaml("deploy/prometheus/prometheus.yml");
-    let rule_files: Vec<&str> = parsed["rule_files"].as_array().expect("rule_files").iter().filter_map(Value::as_str).collect();
+    let rule_files: Vec<&str> =
+        parsed["rule_files"].as_array().expect("rule_files").iter().filter_map(Value::as_str).collect();
     assert!(!rule_files.is_empty());
     for rules in rule_files {
         let in_container = if rules.starts_with('/') { rules.to_owned() } else { format!("/etc/prometheus/{rules}") };
-        assert_eq!(host_path(prometheus, &in_container), Some(repo_file("./deploy/prometheus/radd-rules.yml")), "rule file {rules}");
+        assert_eq!(
+            host_path(prometheus, &in_container),
+            Some(repo_file("./deploy/prometheus/radd-rules.yml")),
+            "rule file {rules}"
+        );
     }
     // The radd job (the rules match up{job="radd"}) scrapes the daemon's service on its listen port.
-    let job = parsed["scrape_configs"].as_array().unwrap().iter().find(|j| j["job_name"] == "radd").expect("a scrape job named radd");
+    let job = parsed["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "radd")
+        .expect("a scrape job named radd");
     let target = job["static_configs"][0]["targets"][0].as_str().unwrap();
     let (host, port) = target.split_once(':').unwrap();
     let daemon = service(&compose, host);
     assert!(daemon["command"].as_array().unwrap().iter().any(|a| a == "daemon"), "{host} is not the radd daemon");
     let listen = compose_config()["daemon"]["listen"].as_str().unwrap().to_owned();
     assert!(listen.ends_with(&format!(":{port}")), "scraped port {port}, daemon listens on {listen}");
-    assert!(daemon["ports"].as_array().unwrap().iter().any(|p| p.as_str().is_some_and(|p| p.ends_with(&format!(":{port}")))), "/metrics port is published");
+    assert!(
+        daemon["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.ends_with(&format!(":{port}")))),
+        "/metrics port is published"
+    );
 }
 
 #[test]
@@ -271,11 +324,17 @@ fn grafana_provisions_the_dashboard_the_compose_file_mounts() {
     assert_eq!(source["type"], "prometheus");
     let url = source["url"].as_str().unwrap();
     let host = url.trim_start_matches("http://").split(':').next().unwrap();
-    assert!(compose["services"].get(host).is_some_and(|s| s["image"].as_str().is_some_and(|i| i.starts_with("prom/prometheus:"))), "datasource {url} is not the prometheus service");
+    assert!(
+        compose["services"]
+            .get(host)
+            .is_some_and(|s| s["image"].as_str().is_some_and(|i| i.starts_with("prom/prometheus:"))),
+        "datasource {url} is not the prometheus service"
+    );
 
     let providers = yaml("deploy/grafana/provisioning/dashboards/radd.yml");
     let dir = providers["providers"][0]["options"]["path"].as_str().expect("providers[0].options.path");
-    let dashboard = host_path(grafana, &format!("{dir}/radd-dashboard.json")).expect("the dashboard is mounted under the provider's path");
+    let dashboard = host_path(grafana, &format!("{dir}/radd-dashboard.json"))
+        .expect("the dashboard is mounted under the provider's path");
     assert_eq!(dashboard, repo_file("./deploy/grafana/radd-dashboard.json"));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&dashboard).unwrap()).expect("dashboard JSON");
     assert_eq!(json["uid"], "radd");
@@ -297,7 +356,10 @@ fn the_compose_config_loads_in_radd_with_a_generated_recipient() {
     // As Compose runs it: `$$` is its escape for a literal `$`.
     let keys_script = service(&compose, "keys")["command"][0].as_str().unwrap().replace("$$", "$");
     assert!(keys_script.contains(r#"sed "s|^recipients = .*|recipients = [\"$recipient\"]|" /usr/share/radd/compose.toml > /etc/radd/radd.toml.new"#), "keys service script changed: update this test:\n{keys_script}");
-    assert_eq!(host_path(service(&compose, "keys"), "/usr/share/radd/compose.toml"), Some(repo_file("./config/compose.toml")));
+    assert_eq!(
+        host_path(service(&compose, "keys"), "/usr/share/radd/compose.toml"),
+        Some(repo_file("./config/compose.toml"))
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let identity = dir.path().join("identity.key");
@@ -310,15 +372,26 @@ fn the_compose_config_loads_in_radd_with_a_generated_recipient() {
     let daemon = service(&compose, "radd");
     let host_drills = host_path(daemon, drills).expect("the daemon bind-mounts drills.dir");
     let original = std::fs::read_to_string(repo_file("config/compose.toml")).unwrap();
-    assert_eq!(original.lines().filter(|l| l.starts_with("recipients = ")).count(), 1, "exactly one line for the keys service to replace");
+    assert_eq!(
+        original.lines().filter(|l| l.starts_with("recipients = ")).count(),
+        1,
+        "exactly one line for the keys service to replace"
+    );
     let generated: String = original
         .lines()
-        .map(|l| if l.starts_with("recipients = ") { format!("recipients = [\"{recipient}\"]\n") } else { format!("{l}\n") })
+        .map(|l| {
+            if l.starts_with("recipients = ") { format!("recipients = [\"{recipient}\"]\n") } else { format!("{l}\n") }
+        })
         .collect::<String>()
         .replace(&format!("\"{drills}\""), &format!("{:?}", host_drills.display().to_string()));
     let path = dir.path().join("radd.toml");
     std::fs::write(&path, generated).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_radd")).arg("--config").arg(&path).args(["--json", "drill", "list"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_radd"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--json", "drill", "list"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "radd did not load the compose configuration: {stderr}");
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -334,17 +407,35 @@ fn the_compose_config_paths_are_mounted_where_they_are_used() {
     let config = compose_config();
     let daemon = service(&compose, "radd");
     let archiver = service(&compose, "postgres");
-    let s = |table: &str, key: &str| config[table][key].as_str().unwrap_or_else(|| panic!("{table}.{key} not set")).to_owned();
-    for path in [s("keys", "id_key_file"), s("keys", "identity_file"), s("backup", "state_dir"), s("events", "dir"), s("postgres", "data_dir"), s("drills", "dir")] {
+    let s = |table: &str, key: &str| {
+        config[table][key].as_str().unwrap_or_else(|| panic!("{table}.{key} not set")).to_owned()
+    };
+    for path in [
+        s("keys", "id_key_file"),
+        s("keys", "identity_file"),
+        s("backup", "state_dir"),
+        s("events", "dir"),
+        s("postgres", "data_dir"),
+        s("drills", "dir"),
+    ] {
         assert!(mounted(daemon, &path), "daemon: {path} is in no volume");
     }
     assert!(mounted(archiver, &s("keys", "id_key_file")), "archiver: the id key is not mounted");
     assert!(!mounted(archiver, &s("keys", "identity_file")), "archiver must not see the identity");
     let command: Vec<&str> = archiver["command"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     let archive = command.iter().find_map(|a| a.strip_prefix("archive_command=")).expect("archive_command");
-    assert!(archive.contains("wal-push %p") && archive.contains("--config /etc/radd/radd.toml") && mounted(archiver, "/etc/radd/radd.toml"), "{archive}");
+    assert!(
+        archive.contains("wal-push %p")
+            && archive.contains("--config /etc/radd/radd.toml")
+            && mounted(archiver, "/etc/radd/radd.toml"),
+        "{archive}"
+    );
     assert!(command.contains(&"archive_mode=on") && command.contains(&"wal_level=replica"));
-    assert_eq!(config["postgres"]["host"].as_str(), Some("postgres"), "the daemon reaches the archiver by its service name");
+    assert_eq!(
+        config["postgres"]["host"].as_str(),
+        Some("postgres"),
+        "the daemon reaches the archiver by its service name"
+    );
     // Keys are written by the uid that reads them: the postgres image's postgres user.
     for name in ["keys", "repo-init", "radd"] {
         assert_eq!(service(&compose, name)["user"], "999:999", "{name}");

@@ -48,7 +48,8 @@ fn prepared_on(env: TestEnv) -> (TestEnv, radd::pg::ScratchCluster) {
 
 fn scratch_is_clean(env: &TestEnv) {
     let scratch = env.path().join("scratch");
-    let left: Vec<_> = std::fs::read_dir(&scratch).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(&scratch).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "scratch directories left behind: {left:?}");
     let ps = std::process::Command::new("pgrep").args(["-f", &scratch.display().to_string()]).output().expect("pgrep");
     assert!(ps.stdout.is_empty(), "scratch postgres still running: {}", String::from_utf8_lossy(&ps.stdout));
@@ -63,7 +64,17 @@ fn drill_passes(env: &TestEnv) {
     let report = json(&out);
     assert_eq!(report["passed"], true, "{report:#}");
     let checks: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
-    for expected in ["wal_chain", "checksums", "pg_verifybackup", "starts", "sql:rows", "sql:same as source", "sql:heartbeat fresh", "rpo", "page_integrity"] {
+    for expected in [
+        "wal_chain",
+        "checksums",
+        "pg_verifybackup",
+        "starts",
+        "sql:rows",
+        "sql:same as source",
+        "sql:heartbeat fresh",
+        "rpo",
+        "page_integrity",
+    ] {
         assert!(checks.contains(&expected), "check {expected} missing: {checks:?}");
     }
     assert!(report["rto_seconds"].as_f64().unwrap() > 0.0);
@@ -79,7 +90,13 @@ fn drill_fails(env: &TestEnv, check: &str) -> serde_json::Value {
     assert_eq!(out.status.code(), Some(4), "a failed drill exits 4: {}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["passed"], false);
-    let failed: Vec<&str> = report["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "failed").map(|c| c["check"].as_str().unwrap()).collect();
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
     assert!(failed.contains(&check), "expected {check} to fail, failed: {failed:?}\n{report:#}");
     let last = events(env).last().cloned().expect("an event");
     assert_eq!(last["kind"], "incident", "{last:#}");

@@ -33,7 +33,10 @@ const PASSWORD_VAR: &str = "RADD_TEST_SOURCE_PASSWORD";
 
 /// SQL on the source through its Unix socket (the only way in without the password).
 fn sql_socket(env: &TestEnv, port: u16, query: &str) -> String {
-    sql_at(&PostgresConfig { host: env.path().join("source").display().to_string(), port, ..PostgresConfig::default() }, query)
+    sql_at(
+        &PostgresConfig { host: env.path().join("source").display().to_string(), port, ..PostgresConfig::default() },
+        query,
+    )
 }
 
 /// The usual production setting: scram-sha-256 on 127.0.0.1. radd's own configs get the
@@ -52,7 +55,11 @@ fn a_drill_of_a_source_that_requires_passwords_passes_without_one() {
     .unwrap();
     sql_socket(&env, port, "SELECT pg_reload_conf()");
     for config in [&env.push_config, &env.config] {
-        let text = std::fs::read_to_string(config).unwrap().replacen("[postgres]\n", &format!("[postgres]\npassword_env = \"{PASSWORD_VAR}\"\n"), 1);
+        let text = std::fs::read_to_string(config).unwrap().replacen(
+            "[postgres]\n",
+            &format!("[postgres]\npassword_env = \"{PASSWORD_VAR}\"\n"),
+            1,
+        );
         std::fs::write(config, text).unwrap();
     }
     // The source really refuses TCP logins without the password.
@@ -72,7 +79,8 @@ fn a_drill_of_a_source_that_requires_passwords_passes_without_one() {
     let report = json(&out);
     assert_eq!(report["passed"], true, "{report:#}");
     assert!(started.elapsed() < Duration::from_secs(150), "the drill never waits for an authentication timeout");
-    let starts = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "starts").expect("starts check").clone();
+    let starts =
+        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "starts").expect("starts check").clone();
     assert!(starts["detail"].as_str().unwrap().contains("socket"), "{starts:#}");
     // A fresh install: the source has no heartbeat yet, so the RPO is skipped with the reason.
     let rpo = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "rpo").expect("rpo check").clone();
@@ -112,10 +120,17 @@ fn a_signal_stops_and_removes_the_drill_instance() {
         let out = finish_within(drill, Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(130), "{signal}: {}", stderr(&out));
         assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
-        let left: Vec<_> = std::fs::read_dir(&scratch).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+        let left: Vec<_> = std::fs::read_dir(&scratch)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
         assert!(left.is_empty(), "{signal}: scratch directories left behind: {left:?}");
-        let ps = std::process::Command::new("pgrep").args(["-f", &scratch.display().to_string()]).output().expect("pgrep");
-        assert!(ps.stdout.is_empty(), "{signal}: scratch postgres still running: {}", String::from_utf8_lossy(&ps.stdout));
+        let ps =
+            std::process::Command::new("pgrep").args(["-f", &scratch.display().to_string()]).output().expect("pgrep");
+        assert!(
+            ps.stdout.is_empty(),
+            "{signal}: scratch postgres still running: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
     }
     let events = json(&env.radd(&["--json", "events"]));
     assert!(

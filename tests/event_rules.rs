@@ -4,7 +4,13 @@
 use crate::common::env::{Backend, TestEnv, json, stderr};
 
 fn incidents(env: &TestEnv) -> Vec<serde_json::Value> {
-    json(&env.radd(&["--json", "events"])).as_array().unwrap().iter().filter(|e| e["kind"] == "incident").cloned().collect()
+    json(&env.radd(&["--json", "events"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "incident")
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -65,7 +71,10 @@ fn a_wrong_identity_is_one_key_incident() {
     }
     assert!(env.radd_push(&["backup", "fs", tree.to_str().unwrap()]).status.success());
     let other = env.path().join("other.key");
-    let out = crate::common::env::run(std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&other), &[]);
+    let out = crate::common::env::run(
+        std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&other),
+        &[],
+    );
     assert!(out.status.success());
     let wrong = env.path().join("wrong.toml");
     std::fs::write(&wrong, std::fs::read_to_string(&env.config).unwrap().replace("identity.key", "other.key")).unwrap();

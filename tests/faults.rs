@@ -28,7 +28,10 @@ fn snapshot_count(env: &TestEnv) -> usize {
 }
 
 fn local_on(disk: &SmallDisk) -> TestEnv {
-    TestEnv::with_repository(Backend::Local, &RepoOptions { local_path: Some(disk.path().join("repo")), ..RepoOptions::default() })
+    TestEnv::with_repository(
+        Backend::Local,
+        &RepoOptions { local_path: Some(disk.path().join("repo")), ..RepoOptions::default() },
+    )
 }
 
 #[test]
@@ -37,7 +40,10 @@ fn a_backup_into_a_filling_repository_fails_fast_naming_the_full_disk() {
     let env = local_on(&disk);
     let source = env.source_cluster();
     // ~75 MB of hex text (compresses to about half): far more than the room left below.
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v FROM generate_series(1, 700000) g");
+    sql(
+        &source,
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v FROM generate_series(1, 700000) g",
+    );
     switch_and_wait_archived(&source);
     disk.resize(disk.used() + (12 << 20));
 
@@ -47,7 +53,10 @@ fn a_backup_into_a_filling_repository_fails_fast_naming_the_full_disk() {
     assert!(took < NO_HANG, "backup into a full repository took {took:?}");
     assert_eq!(out.status.code(), Some(1), "a storage failure exits 1: {}", stderr(&out));
     let text = stderr(&out);
-    assert!(text.contains("no space left on device writing ") && text.contains("free space or grow the filesystem"), "{text}");
+    assert!(
+        text.contains("no space left on device writing ") && text.contains("free space or grow the filesystem"),
+        "{text}"
+    );
     assert!(!text.contains("ended early") && !text.contains("stopped"), "the cause, not a consequence: {text}");
     assert_backup_incident(&env, "no space left on device");
     eprintln!("full repository: backup failed with exit 1 in {:.1} s", took.as_secs_f64());
@@ -78,17 +87,29 @@ fn wal_push_into_a_full_repository_says_no_space_left() {
     let started = Instant::now();
     let out = env.radd_push(&["wal-push", copies.join(&name).to_str().expect("utf8 path")]);
     assert!(started.elapsed() < NO_HANG, "wal-push into a full repository took {:?}", started.elapsed());
-    assert!(!out.status.success(), "wal-push into a full repository must fail: {}; used {} of the disk", stderr(&out), disk.used());
+    assert!(
+        !out.status.success(),
+        "wal-push into a full repository must fail: {}; used {} of the disk",
+        stderr(&out),
+        disk.used()
+    );
     let text = stderr(&out);
     assert!(text.contains(&format!("no space left on device writing wal/00000001/{name}")), "{text}");
     assert!(!text.contains("ended early"), "{text}");
-    eprintln!("full repository: wal-push failed with exit {:?} in {:.1} s", out.status.code(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "full repository: wal-push failed with exit {:?} in {:.1} s",
+        out.status.code(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// An S3 repository reached through a fresh fault proxy (pass-through until a plan is set).
 fn s3_through(proxy: &FaultProxy, budget: &str) -> TestEnv {
     let extra = format!("retry_budget = \"{budget}\"\nrequest_timeout = \"20s\"\nconnect_timeout = \"2s\"\n");
-    TestEnv::with_repository(Backend::S3, &RepoOptions { endpoint: Some(proxy.endpoint.clone()), extra, ..RepoOptions::default() })
+    TestEnv::with_repository(
+        Backend::S3,
+        &RepoOptions { endpoint: Some(proxy.endpoint.clone()), extra, ..RepoOptions::default() },
+    )
 }
 
 #[test]
@@ -169,7 +190,10 @@ fn an_outage_longer_than_the_retry_budget_fails_within_it() {
     assert!(took < Duration::from_secs(60), "backup with a 5 s budget took {took:?}");
     assert_eq!(backup.status.code(), Some(1), "{}", stderr(&backup));
     let text = stderr(&backup);
-    assert!(text.contains("retry_budget = 5s") && text.contains(" of packs/"), "names the object and the budget: {text}");
+    assert!(
+        text.contains("retry_budget = 5s") && text.contains(" of packs/"),
+        "names the object and the budget: {text}"
+    );
     assert_backup_incident(&env, "retry_budget");
     eprintln!("120 s outage, 5 s budget: backup failed with exit 1 in {:.1} s", took.as_secs_f64());
 }
@@ -205,7 +229,10 @@ fn a_restore_cut_off_by_an_outage_fails_within_the_budget_and_leaves_no_target()
 fn a_stalled_reply_times_out_instead_of_hanging() {
     let proxy = FaultProxy::start();
     let extra = "retry_budget = \"6s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"1s\"\n".to_owned();
-    let env = TestEnv::with_repository(Backend::S3, &RepoOptions { endpoint: Some(proxy.endpoint.clone()), extra, ..RepoOptions::default() });
+    let env = TestEnv::with_repository(
+        Backend::S3,
+        &RepoOptions { endpoint: Some(proxy.endpoint.clone()), extra, ..RepoOptions::default() },
+    );
     // Every reply held back for a minute: each attempt times out after 2 s.
     proxy.set(Plan { delay: Duration::from_secs(60), ..Plan::default() });
 
@@ -216,5 +243,8 @@ fn a_stalled_reply_times_out_instead_of_hanging() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("retry_budget = 6s"), "{}", stderr(&out));
     assert!(proxy.stats().forwarded >= 2, "the request was retried: {:?}", proxy.stats());
-    eprintln!("stalled replies (60 s), 2 s request timeout, 6 s budget: failed with exit 1 in {:.1} s", took.as_secs_f64());
+    eprintln!(
+        "stalled replies (60 s), 2 s request timeout, 6 s budget: failed with exit 1 in {:.1} s",
+        took.as_secs_f64()
+    );
 }

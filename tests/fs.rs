@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use crate::common::env::{Backend, TestEnv, json, noise, stderr};
 
-
 fn set_mtime(path: &Path, secs: i64, nsec: i64) {
     let t = nix::sys::time::TimeSpec::new(secs, nsec);
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).expect("utimensat");
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .expect("utimensat");
 }
 
 /// A tree with every kind of entry the issue names.
@@ -104,7 +104,13 @@ fn round_trip(backend: Backend) {
     assert_eq!(listed[0]["kind"], "fs");
     assert_eq!(listed[0]["tags"][0], "test");
     let ls = json(&env.radd(&["--json", "ls", "latest", &format!("{}/dir", src.strip_prefix("/").unwrap().display())]));
-    assert!(ls.as_array().unwrap().iter().any(|e| e["path"].as_str().unwrap().ends_with("dir/sub/data.bin") && e["type"] == "file"), "{ls:#}");
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"].as_str().unwrap().ends_with("dir/sub/data.bin") && e["type"] == "file"),
+        "{ls:#}"
+    );
 
     // --include restores a subset (with the directories above it).
     let partial = env.path().join("subset");
@@ -156,12 +162,21 @@ fn unchanged_tree_is_not_reread_and_one_byte_uploads_little() {
     let up3 = third["uploaded_bytes"].as_u64().unwrap();
     eprintln!("fs: one changed byte in a 100 MiB file uploaded {up3} B");
     assert!(up3 < 1_000_000, "one changed byte uploaded {up3} bytes");
-    let diff = json(&env.radd(&["--json", "diff", first["snapshot_id"].as_str().unwrap(), third["snapshot_id"].as_str().unwrap()]));
+    let diff = json(&env.radd(&[
+        "--json",
+        "diff",
+        first["snapshot_id"].as_str().unwrap(),
+        third["snapshot_id"].as_str().unwrap(),
+    ]));
     // Only the changed file (the directories above the root may change metadata: the test
     // writes into them).
-    let changes: Vec<_> = diff.as_array().unwrap().iter().filter(|c| c["path"].as_str().unwrap().contains("/big/")).collect();
+    let changes: Vec<_> =
+        diff.as_array().unwrap().iter().filter(|c| c["path"].as_str().unwrap().contains("/big/")).collect();
     assert_eq!(changes.len(), 1, "{diff:#}");
-    assert!(changes[0]["path"].as_str().unwrap().ends_with("big/large") && changes[0]["change"] == "modified", "{diff:#}");
+    assert!(
+        changes[0]["path"].as_str().unwrap().ends_with("big/large") && changes[0]["change"] == "modified",
+        "{diff:#}"
+    );
 }
 
 #[test]
@@ -202,7 +217,11 @@ fn fs_drill_passes_then_names_the_path_of_a_corrupt_chunk() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("index.html"), noise(2 << 20, 3)).unwrap();
     assert!(env.radd_push(&["backup", "fs", src.to_str().unwrap()]).status.success());
-    std::fs::write(env.path().join("drills/fs.toml"), "name = \"fs\"\nkind = \"fs\"\n[checks]\ncompare_source = true\n").unwrap();
+    std::fs::write(
+        env.path().join("drills/fs.toml"),
+        "name = \"fs\"\nkind = \"fs\"\n[checks]\ncompare_source = true\n",
+    )
+    .unwrap();
     let report = json(&env.radd(&["--json", "drill", "run", "fs"]));
     assert_eq!(report["passed"], true, "{report:#}");
     let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
@@ -212,9 +231,13 @@ fn fs_drill_passes_then_names_the_path_of_a_corrupt_chunk() {
     let out = env.radd(&["--json", "drill", "run", "fs"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let failed = report["checks"].as_array().unwrap().iter().find(|c| c["status"] == "failed").cloned().expect("a failed check");
+    let failed =
+        report["checks"].as_array().unwrap().iter().find(|c| c["status"] == "failed").cloned().expect("a failed check");
     assert_eq!(failed["check"], "checksums");
-    assert!(failed["detail"].as_str().unwrap().contains("site/index.html"), "the failing path must be named: {failed:#}");
+    assert!(
+        failed["detail"].as_str().unwrap().contains("site/index.html"),
+        "the failing path must be named: {failed:#}"
+    );
     let events = json(&env.radd(&["--json", "events"]));
     assert_eq!(events.as_array().unwrap().last().unwrap()["kind"], "incident");
     assert!(std::fs::read_dir(env.path().join("scratch")).map(|d| d.count()).unwrap_or(0) == 0, "scratch left behind");
@@ -230,12 +253,24 @@ fn a_damaged_entry_stream_is_an_integrity_error_naming_its_pack() {
     for i in 0..50u64 {
         std::fs::write(src.join(format!("f{i}")), noise(64 << 10, i)).unwrap();
     }
-    let snap = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"].as_str().unwrap().to_owned();
+    let snap = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let listed = json(&env.radd(&["--json", "ls", &snap]));
-    assert_eq!(listed.as_array().unwrap().iter().filter(|e| e["path"].as_str().unwrap().contains("/tree/f")).count(), 50, "{listed:#}");
+    assert_eq!(
+        listed.as_array().unwrap().iter().filter(|e| e["path"].as_str().unwrap().contains("/tree/f")).count(),
+        50,
+        "{listed:#}"
+    );
 
     // The entry stream is the small pack beside the 3 MiB of file content.
-    let smallest = std::fs::read_dir(env.local_object("packs")).unwrap().filter_map(Result::ok).min_by_key(|e| e.metadata().unwrap().len()).unwrap().path();
+    let smallest = std::fs::read_dir(env.local_object("packs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .min_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
     let mut data = std::fs::read(&smallest).unwrap();
     let middle = data.len() / 2;
     data[middle] ^= 0x01;

@@ -21,10 +21,16 @@ fn index_payloads(env: &TestEnv) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 /// (`{"packs":[{"id":…,"blobs":[["<hex>",offset,length],…]}]}`), authenticated with the id key
 /// as that code did. Returns how many were rewritten.
 fn rewrite_as_old_json(env: &TestEnv) -> usize {
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key")).expect("id key").with_scheme(radd::crypto::IdScheme::Blake3);
+    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key"))
+        .expect("id key")
+        .with_scheme(radd::crypto::IdScheme::Blake3);
     let mut rewritten = 0;
     for (path, body) in index_payloads(env) {
-        assert!(body[40..].starts_with(radd::snapshot::index::MAGIC), "new index objects are binary: {}", path.display());
+        assert!(
+            body[40..].starts_with(radd::snapshot::index::MAGIC),
+            "new index objects are binary: {}",
+            path.display()
+        );
         let index = radd::snapshot::IndexFile::decode(&body[40..]).expect("binary index object decodes");
         let payload = serde_json::to_vec(&index).unwrap();
         assert_eq!(payload[0], b'{');
@@ -66,7 +72,8 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
     assert!(third["files_unchanged"].as_u64().unwrap() > 0, "{third}");
     let payloads = index_payloads(&env);
     let json_objects = payloads.iter().filter(|(_, body)| body[40] == b'{').count();
-    let binary_objects = payloads.iter().filter(|(_, body)| body[40..].starts_with(radd::snapshot::index::MAGIC)).count();
+    let binary_objects =
+        payloads.iter().filter(|(_, body)| body[40..].starts_with(radd::snapshot::index::MAGIC)).count();
     assert_eq!(json_objects, old_objects, "the old objects stay as they were");
     assert!(binary_objects >= 1, "the later backups wrote binary index objects");
 
@@ -111,6 +118,7 @@ fn verify_names_only_the_damaged_index_object() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify prints its report");
     let problems = report["problems"].as_array().unwrap();
     let name = damaged.file_name().unwrap().to_str().unwrap();
-    let index_problems: Vec<&str> = problems.iter().filter_map(|p| p["object"].as_str()).filter(|o| o.starts_with("index/")).collect();
+    let index_problems: Vec<&str> =
+        problems.iter().filter_map(|p| p["object"].as_str()).filter(|o| o.starts_with("index/")).collect();
     assert_eq!(index_problems, [format!("index/{name}")], "only the damaged index object: {report:#}");
 }

@@ -14,7 +14,11 @@ fn info_shows_the_window_backups_and_drills() {
     std::fs::create_dir(&tree).unwrap();
     std::fs::write(tree.join("f"), b"data").unwrap();
     assert!(env.radd_push(&["backup", "fs", tree.to_str().unwrap()]).status.success());
-    std::fs::write(env.path().join("drills/quick-fs.toml"), "name = \"quick-fs\"\nkind = \"fs\"\nsnapshot = \"latest\"\n").unwrap();
+    std::fs::write(
+        env.path().join("drills/quick-fs.toml"),
+        "name = \"quick-fs\"\nkind = \"fs\"\nsnapshot = \"latest\"\n",
+    )
+    .unwrap();
     let drill = env.radd(&["drill", "run", "quick-fs"]);
     assert!(drill.status.success(), "{}", stderr(&drill));
 
@@ -29,7 +33,10 @@ fn info_shows_the_window_backups_and_drills() {
     assert!(timeline["newest_wal_age_seconds"].as_i64().unwrap() < 600);
     let backups = info["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 2);
-    assert!(backups.iter().all(|b| b["duration_seconds"].as_f64().is_some() && b["total_bytes"].as_u64().unwrap() > 0), "{info:#}");
+    assert!(
+        backups.iter().all(|b| b["duration_seconds"].as_f64().is_some() && b["total_bytes"].as_u64().unwrap() > 0),
+        "{info:#}"
+    );
     assert_eq!(info["drills"][0]["drill"], "quick-fs");
     assert_eq!(info["drills"][0]["passed"], true);
 

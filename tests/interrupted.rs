@@ -19,7 +19,10 @@ fn staging_dirs(env: &TestEnv, name: &str) -> Vec<String> {
 fn a_restore_killed_midway_can_be_rerun_into_the_same_target() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS v FROM generate_series(1, 600000) g");
+    sql(
+        &source,
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS v FROM generate_series(1, 600000) g",
+    );
     let backup = env.radd_push(&["backup", "pg"]);
     assert!(backup.status.success(), "backup: {}", stderr(&backup));
     switch_and_wait_archived(&source);
@@ -39,7 +42,10 @@ fn a_restore_killed_midway_can_be_rerun_into_the_same_target() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !staging.join("base").exists() {
         assert!(Instant::now() < deadline, "the restore never started writing into {}", staging.display());
-        assert!(child.try_wait().expect("poll restore").is_none(), "the restore finished before it could be killed; make the table larger");
+        assert!(
+            child.try_wait().expect("poll restore").is_none(),
+            "the restore finished before it could be killed; make the table larger"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().expect("kill -9 the restore");
@@ -50,5 +56,9 @@ fn a_restore_killed_midway_can_be_rerun_into_the_same_target() {
 
     let restored = env.restore_and_start("latest", "restored", &[]);
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "600000");
-    assert!(staging_dirs(&env, "restored").is_empty(), "the rerun removed the dead run's staging: {:?}", staging_dirs(&env, "restored"));
+    assert!(
+        staging_dirs(&env, "restored").is_empty(),
+        "the rerun removed the dead run's staging: {:?}",
+        staging_dirs(&env, "restored")
+    );
 }

@@ -22,14 +22,25 @@ fn restored_with_tablespace(pg: PgVersion) -> (TestEnv, std::path::PathBuf, radd
     std::fs::create_dir(&location).unwrap();
     radd::pg::hand_over(&location).unwrap();
     sql(&source, &format!("CREATE TABLESPACE ts1 LOCATION '{}'", location.display()));
-    sql(&source, "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g");
+    sql(
+        &source,
+        "CREATE TABLE in_ts TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+    );
     sql(&source, "CREATE TABLE plain AS SELECT g AS id FROM generate_series(1, 3000) g");
     let backup = env.radd_push(&["backup", "pg"]);
     assert!(backup.status.success(), "{}", stderr(&backup));
     switch_and_wait_archived(&source);
     let target = env.path().join("restored");
     let tablespaces = env.path().join("restored-ts");
-    let out = env.radd(&["--json", "restore", "latest", "--target", target.to_str().unwrap(), "--tablespace-map-all", tablespaces.to_str().unwrap()]);
+    let out = env.radd(&[
+        "--json",
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--tablespace-map-all",
+        tablespaces.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     (env, target, source)
 }
@@ -39,9 +50,19 @@ fn pg_verifybackup_confirms_a_restore_with_a_tablespace_on_every_version() {
     for pg in PgVersion::ALL {
         let (_env, target, _source) = restored_with_tablespace(pg);
         let manifest = std::fs::read_to_string(target.join("backup_manifest")).expect("backup_manifest written");
-        assert!(manifest.contains("\"PostgreSQL-Backup-Manifest-Version\": 1") && manifest.contains("pg_tblspc/"), "PG {}: {manifest:.400}", pg.major());
+        assert!(
+            manifest.contains("\"PostgreSQL-Backup-Manifest-Version\": 1") && manifest.contains("pg_tblspc/"),
+            "PG {}: {manifest:.400}",
+            pg.major()
+        );
         let out = pg_verifybackup(pg, &target);
-        assert!(out.status.success(), "PG {}: pg_verifybackup failed:\n{}{}", pg.major(), String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(
+            out.status.success(),
+            "PG {}: pg_verifybackup failed:\n{}{}",
+            pg.major(),
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
     }
 }
 
@@ -72,9 +93,16 @@ fn a_drill_runs_pg_verifybackup_as_a_check() {
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 2000) g");
     assert!(env.radd_push(&["backup", "pg"]).status.success());
     switch_and_wait_archived(&source);
-    std::fs::write(env.path().join("drills/verify.toml"), "name = \"verify\"\n[checks]\npage_integrity = false\n").unwrap();
+    std::fs::write(env.path().join("drills/verify.toml"), "name = \"verify\"\n[checks]\npage_integrity = false\n")
+        .unwrap();
     let report = json(&env.radd(&["--json", "drill", "run", "verify"]));
     assert_eq!(report["passed"], true, "{report:#}");
-    let check = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "pg_verifybackup").cloned().unwrap_or_else(|| panic!("no pg_verifybackup check: {report:#}"));
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "pg_verifybackup")
+        .cloned()
+        .unwrap_or_else(|| panic!("no pg_verifybackup check: {report:#}"));
     assert_eq!(check["status"], "passed", "{check:#}");
 }

@@ -10,12 +10,18 @@ fn check(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
 
 fn check_with(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = env.radd_push(&[&["--json", "check", "--wait", "30s"], extra].concat());
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON report ({e}): {}", crate::common::env::stderr(&out)));
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", crate::common::env::stderr(&out)));
     (out.status.code(), report)
 }
 
 fn line<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).unwrap_or_else(|| panic!("no {name} check: {report:#}"))
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report:#}"))
 }
 
 #[test]
@@ -37,7 +43,10 @@ fn check_passes_on_a_good_setup_with_a_live_round_trip() {
         assert_eq!(line(&report, name)["ok"], true, "{name}: {report:#}");
     }
     assert!(line(&report, "round_trip")["detail"].as_str().unwrap().contains("archived"), "{report:#}");
-    assert!(line(&report, "keys")["detail"].as_str().unwrap().contains("not restore"), "the archiving host holds no identity: {report:#}");
+    assert!(
+        line(&report, "keys")["detail"].as_str().unwrap().contains("not restore"),
+        "the archiving host holds no identity: {report:#}"
+    );
 }
 
 #[test]
@@ -54,7 +63,8 @@ fn check_names_each_miswiring() {
     // A role without the backup grants.
     sql(&source, "CREATE ROLE radd_limited LOGIN");
     let config = std::fs::read_to_string(&env.push_config).unwrap();
-    std::fs::write(&env.push_config, config.replacen("[postgres]\n", "[postgres]\nuser = \"radd_limited\"\n", 1)).unwrap();
+    std::fs::write(&env.push_config, config.replacen("[postgres]\n", "[postgres]\nuser = \"radd_limited\"\n", 1))
+        .unwrap();
     let (code, report) = check(&env);
     assert_eq!(code, Some(4));
     let grants = line(&report, "grants");

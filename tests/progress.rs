@@ -20,7 +20,8 @@ fn radd_on_terminal(env: &TestEnv, config: &Path, args: &[&str]) -> (bool, Strin
     let which = Command::new("sh").args(["-c", "command -v script"]).output().expect("run sh");
     assert!(which.status.success(), "util-linux `script` is needed for the terminal tests: apt-get install bsdutils");
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut line = format!("{} --config {}", quote(&radd_binary().display().to_string()), quote(&config.display().to_string()));
+    let mut line =
+        format!("{} --config {}", quote(&radd_binary().display().to_string()), quote(&config.display().to_string()));
     for arg in args {
         line.push(' ');
         line.push_str(&quote(arg));
@@ -87,7 +88,10 @@ fn a_terminal_shows_bars_with_total_rate_and_eta() {
     assert!(ok, "restore on a terminal failed:\n{out}");
     assert!(out.contains("start it with: pg_ctl -D"), "the restore's own output is missing:\n{out}");
     let total = between(&out, " files, ", " verified against the manifest");
-    assert!(out.contains("restore [") && out.contains(&format!("/{total} ")) && out.contains("/s") && out.contains("ETA"), "no restore bar with {total}:\n{out}");
+    assert!(
+        out.contains("restore [") && out.contains(&format!("/{total} ")) && out.contains("/s") && out.contains("ETA"),
+        "no restore bar with {total}:\n{out}"
+    );
 
     let (ok, out) = radd_on_terminal(&env, &env.config, &["verify", "--read-data"]);
     assert!(ok, "verify on a terminal failed:\n{out}");
@@ -97,16 +101,28 @@ fn a_terminal_shows_bars_with_total_rate_and_eta() {
     let (ok, out) = radd_on_terminal(&env, &env.config, &["key", "rewrap"]);
     assert!(ok, "key rewrap on a terminal failed:\n{out}");
     let rewrapped = between(&out, "rewrapped ", " objects to key set");
-    assert!(out.contains(&format!("/{rewrapped} objects")) && out.contains("/s"), "no rewrap bar counting {rewrapped} objects:\n{out}");
+    assert!(
+        out.contains(&format!("/{rewrapped} objects")) && out.contains("/s"),
+        "no rewrap bar counting {rewrapped} objects:\n{out}"
+    );
 
     let tree = env.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
     std::fs::write(tree.join("f"), crate::common::env::noise(4 << 20, 7)).unwrap();
     let (ok, out) = radd_on_terminal(&env, &env.push_config, &["backup", "fs", tree.to_str().unwrap()]);
-    assert!(ok && out.contains("snapshot ") && out.contains("backup fs") && out.contains("/s"), "no backup fs spinner:\n{out}");
+    assert!(
+        ok && out.contains("snapshot ") && out.contains("backup fs") && out.contains("/s"),
+        "no backup fs spinner:\n{out}"
+    );
 
     // --json keeps the terminal free of bars: one JSON document.
     let (ok, out) = radd_on_terminal(&env, &env.config, &["--json", "verify", "--read-data"]);
     assert!(ok, "{out}");
-    assert!(!out.contains("ETA") && !out.contains("verify [") && !out.contains("\x1b[2K") && out.contains("\"read_data\": true"), "a bar with --json:\n{out}");
+    assert!(
+        !out.contains("ETA")
+            && !out.contains("verify [")
+            && !out.contains("\x1b[2K")
+            && out.contains("\"read_data\": true"),
+        "a bar with --json:\n{out}"
+    );
 }

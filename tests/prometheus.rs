@@ -23,12 +23,20 @@ fn deploy(path: &str) -> PathBuf {
 /// A Prometheus binary: `$RADD_TEST_PROMETHEUS`, /usr/bin/<name>, or <name> on PATH. Missing
 /// fails the test with an install hint: never a skip.
 fn tool(name: &str) -> PathBuf {
-    let candidates = [std::env::var_os("RADD_TEST_PROMETHEUS_DIR").map(|d| PathBuf::from(d).join(name)), Some(PathBuf::from("/usr/bin").join(name))];
+    let candidates = [
+        std::env::var_os("RADD_TEST_PROMETHEUS_DIR").map(|d| PathBuf::from(d).join(name)),
+        Some(PathBuf::from("/usr/bin").join(name)),
+    ];
     if let Some(found) = candidates.into_iter().flatten().find(|p| p.is_file()) {
         return found;
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
-    on_path.unwrap_or_else(|| panic!("{name} not found (install Debian's `prometheus` package, as .ci/run does, or set RADD_TEST_PROMETHEUS_DIR)"))
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "{name} not found (install Debian's `prometheus` package, as .ci/run does, or set RADD_TEST_PROMETHEUS_DIR)"
+        )
+    })
 }
 
 fn run_promtool(args: &[&str], dir: &Path) -> String {
@@ -95,7 +103,11 @@ impl Receiver {
                     if let Some((head, body)) = text.split_once("\r\n\r\n") {
                         let length = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if body.len() >= length {
                             break;
@@ -118,13 +130,20 @@ impl Drop for Receiver {
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 /// Evaluates `expr` now through /api/v1/query; the result vector (panics on an error answer).
 fn query(port: u16, expr: &str) -> Vec<Value> {
-    let body = http_get(port, &format!("/api/v1/query?query={}", percent_encode(expr))).unwrap_or_else(|| panic!("Prometheus refused {expr:?}"));
+    let body = http_get(port, &format!("/api/v1/query?query={}", percent_encode(expr)))
+        .unwrap_or_else(|| panic!("Prometheus refused {expr:?}"));
     let answer: Value = serde_json::from_str(&body).expect("Prometheus answers JSON");
     assert_eq!(answer["status"], "success", "{expr}: {answer}");
     match &answer["data"]["result"] {
@@ -139,8 +158,25 @@ fn query(port: u16, expr: &str) -> Vec<Value> {
 /// keywords, label lists of `by`/`on`/…, strings and durations.
 fn selectors(expr: &str) -> Vec<String> {
     const KEYWORDS: [&str; 19] = [
-        "and", "or", "unless", "bool", "offset", "group_left", "group_right", "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar",
-        "topk", "bottomk", "quantile", "count_values",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "group_left",
+        "group_right",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
     ];
     const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
     let chars: Vec<char> = expr.chars().collect();
@@ -224,13 +260,21 @@ fn selector_extraction_finds_metrics_not_functions_or_labels() {
     let expr = r#"(time() - radd_last_success_timestamp_seconds{task=~"drill[.].+"} > 35 * 86400 or (radd_task_configured unless on(task) x)) and increase(radd_archive_failures_total[10m]) > 0 or sum by (task) (up{job="radd"})"#;
     assert_eq!(
         selectors(expr),
-        ["radd_last_success_timestamp_seconds{task=~\"drill[.].+\"}", "radd_task_configured", "x", "radd_archive_failures_total", "up{job=\"radd\"}"]
+        [
+            "radd_last_success_timestamp_seconds{task=~\"drill[.].+\"}",
+            "radd_task_configured",
+            "x",
+            "radd_archive_failures_total",
+            "up{job=\"radd\"}"
+        ]
     );
 }
 
 /// Every `expr` of the dashboard's panels.
 fn dashboard_expressions() -> Vec<String> {
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(deploy("grafana/radd-dashboard.json")).expect("read dashboard")).expect("dashboard is JSON");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/radd-dashboard.json")).expect("read dashboard"))
+            .expect("dashboard is JSON");
     let mut exprs = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -263,7 +307,9 @@ fn prepared_daemon_config(env: &TestEnv, listen: u16, webhook: u16) -> (radd::pg
     switch_and_wait_archived(&source);
     std::fs::write(
         env.path().join("drills/quick.toml"),
-        format!("name = \"quick\"\nschedule = \"{never}\"\n[checks]\npage_integrity = false\nrpo = {{ max = \"1h\" }}\n"),
+        format!(
+            "name = \"quick\"\nschedule = \"{never}\"\n[checks]\npage_integrity = false\nrpo = {{ max = \"1h\" }}\n"
+        ),
     )
     .unwrap();
     let drill = json(&env.radd_with(&daemon_config, &["--json", "drill", "run", "quick"]));
@@ -296,10 +342,19 @@ fn every_rule_and_dashboard_expression_returns_series_in_a_real_prometheus() {
     let (_source, daemon_config) = prepared_daemon_config(&env, listen, receiver.port);
 
     let mut daemon = Command::new(radd_binary());
-    daemon.arg("--config").arg(&daemon_config).arg("daemon").stdout(Stdio::null()).stderr(std::fs::File::create(env.path().join("daemon.log")).unwrap());
+    daemon
+        .arg("--config")
+        .arg(&daemon_config)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path().join("daemon.log")).unwrap());
     let _daemon = Killed(daemon.spawn().expect("start daemon"));
     wait_for("the daemon's /metrics with source, heartbeat and sink series", Duration::from_secs(30), || {
-        http_get(listen, "/metrics").filter(|m| m.contains("radd_source_up 1") && m.contains("radd_heartbeat_timestamp_seconds ") && m.contains("radd_event_sink_backlog{sink="))
+        http_get(listen, "/metrics").filter(|m| {
+            m.contains("radd_source_up 1")
+                && m.contains("radd_heartbeat_timestamp_seconds ")
+                && m.contains("radd_event_sink_backlog{sink=")
+        })
     });
 
     let prom_dir = env.path().join("prometheus");
@@ -332,7 +387,11 @@ fn every_rule_and_dashboard_expression_returns_series_in_a_real_prometheus() {
     // Prometheus loaded every rule and evaluated each without error.
     let rules = wait_for("every rule evaluated once", Duration::from_secs(20), || {
         let answer: Value = serde_json::from_str(&http_get(prom_port, "/api/v1/rules")?).ok()?;
-        let rules: Vec<Value> = answer["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let rules: Vec<Value> = answer["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
         rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"))).then_some(rules)
     });
     assert_eq!(rules.len(), 12, "{rules:#?}");
@@ -358,7 +417,10 @@ fn every_rule_and_dashboard_expression_returns_series_in_a_real_prometheus() {
     // Through the real scrape (job and instance added by Prometheus), exactly the alert this
     // setup deserves fires: the [[fs]] job whose last run failed.
     let alerts = query(prom_port, "ALERTS");
-    let names: Vec<String> = alerts.iter().map(|a| format!("{}{{task={}}} {}", a["metric"]["alertname"], a["metric"]["task"], a["metric"]["alertstate"])).collect();
+    let names: Vec<String> = alerts
+        .iter()
+        .map(|a| format!("{}{{task={}}} {}", a["metric"]["alertname"], a["metric"]["task"], a["metric"]["alertstate"]))
+        .collect();
     assert_eq!(names, ["\"RaddTaskFailing\"{task=\"backup.fs.broken\"} \"firing\""], "{alerts:#?}");
     drop(receiver);
     assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());

@@ -8,14 +8,18 @@ use crate::common::env::{Backend, TestEnv, json, noise, sql, switch_and_wait_arc
 /// Small packs, so a snapshot's files spread over many of them.
 fn small_packs(env: &TestEnv) {
     for config in [&env.push_config, &env.config] {
-        let text = std::fs::read_to_string(config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+        let text =
+            std::fs::read_to_string(config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
         std::fs::write(config, text).unwrap();
     }
 }
 
 fn restore(env: &TestEnv, snapshot: &str, target: &Path) -> serde_json::Value {
     let report = json(&env.radd(&["--json", "restore", snapshot, "--target", target.to_str().unwrap()]));
-    let (read, distinct) = (report["packs_read"].as_u64().expect("packs_read"), report["packs_distinct"].as_u64().expect("packs_distinct"));
+    let (read, distinct) = (
+        report["packs_read"].as_u64().expect("packs_read"),
+        report["packs_distinct"].as_u64().expect("packs_distinct"),
+    );
     assert_eq!(read, distinct, "every pack the snapshot references is read exactly once: {report:#}");
     report
 }
@@ -33,7 +37,14 @@ fn restore_after_ten_incrementals_reads_each_pack_once() {
         if round > 0 {
             // Scattered updates touch pages all over the table; new rows grow it.
             sql(&source, &format!("UPDATE t SET v = v + {round} WHERE id % 10 = {}", round % 10));
-            sql(&source, &format!("INSERT INTO t SELECT g, {round}, md5(g::text) FROM generate_series({}, {}) g", 40000 + round * 1000 + 1, 40000 + (round + 1) * 1000));
+            sql(
+                &source,
+                &format!(
+                    "INSERT INTO t SELECT g, {round}, md5(g::text) FROM generate_series({}, {}) g",
+                    40000 + round * 1000 + 1,
+                    40000 + (round + 1) * 1000
+                ),
+            );
         }
         sql(&source, "CHECKPOINT");
         let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
@@ -50,7 +61,10 @@ fn restore_after_ten_incrementals_reads_each_pack_once() {
     let restored = env.restore_and_start_dir(&target, "restored");
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), rows);
     assert_eq!(sql(&restored, "SELECT sum(v) FROM t"), sum);
-    assert_eq!(sql(&restored, "SELECT count(*) FROM t WHERE payload <> md5(id::text) AND payload <> repeat(md5(id::text), 4)"), "0");
+    assert_eq!(
+        sql(&restored, "SELECT count(*) FROM t WHERE payload <> md5(id::text) AND payload <> repeat(md5(id::text), 4)"),
+        "0"
+    );
 }
 
 #[test]
@@ -97,10 +111,15 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("a"), noise(100_000, 1)).unwrap();
     std::fs::write(src.join("b"), noise(100_000, 2)).unwrap();
-    let snapshot = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"].as_str().unwrap().to_owned();
+    let snapshot = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]))["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // New repositories are of format 2: keyed BLAKE3.
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key")).expect("id key").with_scheme(radd::crypto::IdScheme::Blake3);
+    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key"))
+        .expect("id key")
+        .with_scheme(radd::crypto::IdScheme::Blake3);
     let mut swapped = 0;
     for entry in std::fs::read_dir(env.local_object("index")).unwrap() {
         let path = entry.unwrap().path();
@@ -129,8 +148,15 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
     let out = env.radd(&["restore", &snapshot, "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", crate::common::env::stderr(&out));
     let err = crate::common::env::stderr(&out);
-    assert!(err.contains("does not match its manifest SHA-256") && (err.contains("pair/a") || err.contains("pair/b")), "{err}");
+    assert!(
+        err.contains("does not match its manifest SHA-256") && (err.contains("pair/a") || err.contains("pair/b")),
+        "{err}"
+    );
     assert!(!target.exists(), "a failed restore leaves no target");
-    let staging: Vec<_> = std::fs::read_dir(env.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains("radd-restore")).collect();
+    let staging: Vec<_> = std::fs::read_dir(env.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("radd-restore"))
+        .collect();
     assert!(staging.is_empty(), "no staging directory is left: {staging:?}");
 }

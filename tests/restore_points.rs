@@ -6,7 +6,9 @@
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
 
 fn rows(cluster: &radd::pg::ScratchCluster) -> [i64; 3] {
-    let count = |phase: i32| sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse::<i64>().expect("count");
+    let count = |phase: i32| {
+        sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse::<i64>().expect("count")
+    };
     [count(1), count(2), count(3)]
 }
 
@@ -69,7 +71,11 @@ fn restore_by_name_stops_exactly_at_the_restore_point() {
     assert!(odd.status.success(), "{}", stderr(&odd));
     let again = env.radd(&["restore-point", "before-migration"]);
     assert_eq!(again.status.code(), Some(2), "a taken name is refused: {}", stderr(&again));
-    assert!(stderr(&again).contains("exists already") && stderr(&again).contains(&lsn.to_string()), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("exists already") && stderr(&again).contains(&lsn.to_string()),
+        "{}",
+        stderr(&again)
+    );
     for bad in ["", &"x".repeat(64), "tab\there"] {
         let out = env.radd(&["restore-point", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
@@ -77,17 +83,27 @@ fn restore_by_name_stops_exactly_at_the_restore_point() {
     }
 
     let info = json(&env.radd(&["--json", "info"]));
-    let names: Vec<&str> = info["restore_points"].as_array().expect("restore_points").iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = info["restore_points"]
+        .as_array()
+        .expect("restore_points")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["before-migration", "deploy 2.0/rc"], "{info:#}");
     assert_eq!(info["restore_points"][0]["lsn"], point["lsn"], "{info:#}");
     let text = String::from_utf8_lossy(&env.radd(&["info"]).stdout).into_owned();
-    assert!(text.contains("restore points:") && text.contains("before-migration") && text.contains(&lsn.to_string()), "{text}");
+    assert!(
+        text.contains("restore points:") && text.contains("before-migration") && text.contains(&lsn.to_string()),
+        "{text}"
+    );
 
-    let unknown = refused(&env, "unknown", &["latest", "--name", "before-migraton"], "no restore point \"before-migraton\"");
+    let unknown =
+        refused(&env, "unknown", &["latest", "--name", "before-migraton"], "no restore point \"before-migraton\"");
     assert!(unknown.contains("before-migration, deploy 2.0/rc"), "the known names are listed: {unknown}");
 
     let target = env.path().join("by-name");
-    let out = env.radd(&["--json", "restore", "latest", "--name", "before-migration", "--target", target.to_str().unwrap()]);
+    let out =
+        env.radd(&["--json", "restore", "latest", "--name", "before-migration", "--target", target.to_str().unwrap()]);
     assert!(out.status.success(), "restore --name: {}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["snapshot_id"], first.as_str(), "the backup after the point cannot reach it: {report:#}");
@@ -98,10 +114,22 @@ fn restore_by_name_stops_exactly_at_the_restore_point() {
     assert!(auto_conf.contains("recovery_target_name = 'before-migration'"), "{auto_conf}");
     let cluster = env.restore_and_start_dir(&target, "by-name");
     assert_eq!(rows(&cluster), [3000, 2000, 0], "exactly the rows before the point");
-    assert_eq!(sql(&cluster, "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'migrated'"), "0");
+    assert_eq!(
+        sql(
+            &cluster,
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'migrated'"
+        ),
+        "0"
+    );
 
     let events = json(&env.radd(&["--json", "events"]));
-    let created = events.as_array().unwrap().iter().find(|e| e["source"] == "restore-point").cloned().expect("a restore-point event");
+    let created = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "restore-point")
+        .cloned()
+        .expect("a restore-point event");
     assert_eq!(created["kind"], "change", "{created:#}");
     assert_eq!(created["details"]["name"], "before-migration", "{created:#}");
 }

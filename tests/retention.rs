@@ -21,11 +21,21 @@ fn forget_keeps_exactly_the_policy_and_pins() {
     let plan = json(&env.radd_push(&["--json", "forget", "--keep-last", "2", "--dry-run"]));
     assert_eq!(plan["applied"], false);
     assert_eq!(plan["forgotten"], 1, "{plan:#}");
-    let forgotten: Vec<&str> = plan["decisions"].as_array().unwrap().iter().filter(|d| d["keep"] == false).map(|d| d["snapshot_id"].as_str().unwrap()).collect();
+    let forgotten: Vec<&str> = plan["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["snapshot_id"].as_str().unwrap())
+        .collect();
     assert_eq!(forgotten, [ids[1].as_str()]);
     let pinned = plan["decisions"].as_array().unwrap().iter().find(|d| d["snapshot_id"] == ids[0].as_str()).unwrap();
     assert!(pinned["reasons"].as_array().unwrap().iter().any(|r| r == "pinned"), "{pinned:#}");
-    assert_eq!(json(&env.radd_push(&["--json", "snapshots"])).as_array().unwrap().len(), 4, "a dry run deletes nothing");
+    assert_eq!(
+        json(&env.radd_push(&["--json", "snapshots"])).as_array().unwrap().len(),
+        4,
+        "a dry run deletes nothing"
+    );
 
     // A job's own policy applies to its snapshots when no flag overrides it.
     let job = format!("\n[[fs]]\nname = \"docs\"\npaths = [\"{}\"]\nretention = {{ keep_last = 1 }}\n", src.display());
@@ -35,7 +45,12 @@ fn forget_keeps_exactly_the_policy_and_pins() {
 
     let done = json(&env.radd_push(&["--json", "forget", "--keep-last", "2"]));
     assert_eq!(done["forgotten"], 1);
-    let left: Vec<String> = json(&env.radd_push(&["--json", "snapshots"])).as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let left: Vec<String> = json(&env.radd_push(&["--json", "snapshots"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(left, [ids[0].clone(), ids[2].clone(), ids[3].clone()]);
 
     // Everything kept restores and the repository verifies; the pinned one has version 0.
@@ -58,9 +73,10 @@ fn forget_keeps_exactly_the_policy_and_pins() {
     assert!(events.as_array().unwrap().iter().any(|e| e["source"] == "retention.forget"), "{events:#}");
 }
 
-
 fn repo_bytes(env: &TestEnv, dir: &str) -> u64 {
-    std::fs::read_dir(env.local_object(dir)).map(|d| d.filter_map(Result::ok).map(|e| e.metadata().unwrap().len()).sum()).unwrap_or(0)
+    std::fs::read_dir(env.local_object(dir))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.metadata().unwrap().len()).sum())
+        .unwrap_or(0)
 }
 
 /// Forgotten data is condemned first and deleted only after the grace period; a backup that
@@ -102,7 +118,10 @@ fn prune_deletes_after_grace_and_never_breaks_a_concurrent_backup() {
         let target = env.path().join(format!("r-{seed}"));
         let out = env.radd(&["restore", snapshot, "--target", target.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("blob")).unwrap(), noise(2 << 20, seed));
+        assert_eq!(
+            std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("blob")).unwrap(),
+            noise(2 << 20, seed)
+        );
     }
 }
 
@@ -128,11 +147,18 @@ fn prune_keeps_the_pitr_window_of_the_oldest_retained_backup() {
     assert!(report["wal_deleted"].as_u64().unwrap() >= 1, "{report:#}");
     json(&env.radd(&["--json", "prune", "--now", &later]));
     let start: radd::pg::Lsn = kept["start_lsn"].as_str().unwrap().parse().unwrap();
-    let first_kept = radd::pg::WalFileName::segment_for(radd::pg::Timeline(1), start, radd::pg::SegmentSize::DEFAULT).to_name(radd::pg::SegmentSize::DEFAULT);
+    let first_kept = radd::pg::WalFileName::segment_for(radd::pg::Timeline(1), start, radd::pg::SegmentSize::DEFAULT)
+        .to_name(radd::pg::SegmentSize::DEFAULT);
     assert_eq!(report["wal_kept_from"]["00000001"], first_kept.as_str());
-    let remaining: Vec<String> = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let remaining: Vec<String> = std::fs::read_dir(env.local_object("wal/00000001"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(remaining.len() < wal_before);
-    assert!(remaining.iter().filter(|n| n.len() == 24).all(|n| *n >= first_kept), "WAL older than the oldest retained backup is gone: {remaining:?}");
+    assert!(
+        remaining.iter().filter(|n| n.len() == 24).all(|n| *n >= first_kept),
+        "WAL older than the oldest retained backup is gone: {remaining:?}"
+    );
 
     let verify = env.radd(&["verify", "--read-data"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
@@ -160,7 +186,10 @@ fn prune_lock_names_its_holder_and_stale_locks_can_be_removed() {
     let out = env.radd(&["prune"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("db-7") && err.contains("4242") && err.contains("prune") && err.contains("unlock --stale"), "{err}");
+    assert!(
+        err.contains("db-7") && err.contains("4242") && err.contains("prune") && err.contains("unlock --stale"),
+        "{err}"
+    );
 
     write_lock("29990101T000000000Z-1", chrono::Utc::now());
     let removed = json(&env.radd(&["--json", "unlock", "--stale"]));
@@ -182,7 +211,10 @@ fn key_rotation_locks_out_the_removed_identity() {
     let first = json(&env.radd_push(&["--json", "backup", "fs", src.to_str().unwrap()]));
 
     let b_key = env.path().join("b.key");
-    let out = crate::common::env::run(std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&b_key), &[]);
+    let out = crate::common::env::run(
+        std::process::Command::new(crate::common::env::radd_binary()).args(["keygen", "--identity"]).arg(&b_key),
+        &[],
+    );
     let b = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let a = json(&env.radd_push(&["--json", "key", "list"]))[0].as_str().unwrap().to_owned();
     assert_eq!(json(&env.radd_push(&["--json", "key", "add", &b]))["recipients"].as_array().unwrap().len(), 2);
@@ -206,11 +238,17 @@ fn key_rotation_locks_out_the_removed_identity() {
 
     // A config holding only B (and no id key file: it comes from the key set, encrypted to B).
     let b_config = env.path().join("b.toml");
-    let text = std::fs::read_to_string(&env.config).unwrap().replace("identity.key", "b.key").replace("id_key_file", "# id_key_file");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("identity.key", "b.key")
+        .replace("id_key_file", "# id_key_file");
     std::fs::write(&b_config, text).unwrap();
     for (snap, name) in [(&first, "b1"), (&second, "b2")] {
         let target = env.path().join(name);
-        let out = env.radd_with(&b_config, &["restore", snap["snapshot_id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
+        let out = env.radd_with(
+            &b_config,
+            &["restore", snap["snapshot_id"].as_str().unwrap(), "--target", target.to_str().unwrap()],
+        );
         assert!(out.status.success(), "B must restore everything: {}", stderr(&out));
     }
     let verify = env.radd_with(&b_config, &["verify", "--read-data"]);
@@ -226,7 +264,8 @@ fn key_rotation_locks_out_the_removed_identity() {
     let out = env.radd(&["restore", first["snapshot_id"].as_str().unwrap(), "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let a_no_id_key = env.path().join("a.toml");
-    std::fs::write(&a_no_id_key, std::fs::read_to_string(&env.config).unwrap().replace("id_key_file", "# id_key_file")).unwrap();
+    std::fs::write(&a_no_id_key, std::fs::read_to_string(&env.config).unwrap().replace("id_key_file", "# id_key_file"))
+        .unwrap();
     let out = env.radd_with(&a_no_id_key, &["snapshots"]);
     assert_ne!(out.status.code(), Some(0), "A cannot even recover the id key: {}", stderr(&out));
 }
@@ -237,7 +276,11 @@ fn key_rotation_locks_out_the_removed_identity() {
 fn prune_killed_at_any_point_leaves_a_repository_that_verifies_and_restores() {
     use crate::common::env::{radd_binary, run, sql, switch_and_wait_archived};
     let env = TestEnv::new(Backend::Local);
-    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen(
+        "[backup]\n",
+        "[backup]\npack_size = \"1MiB\"\n",
+        1,
+    );
     std::fs::write(&env.push_config, config).unwrap();
     let source = env.source_cluster();
     // One table per round; the first two are dropped before the last backup, so the packs
@@ -247,7 +290,12 @@ fn prune_killed_at_any_point_leaves_a_repository_that_verifies_and_restores() {
             sql(&source, "DROP TABLE r0");
             sql(&source, "DROP TABLE r1");
         }
-        sql(&source, &format!("CREATE TABLE r{round} AS SELECT g AS id, decode(repeat(md5(random()::text), 32), 'hex') AS b FROM generate_series(1, 4000) g"));
+        sql(
+            &source,
+            &format!(
+                "CREATE TABLE r{round} AS SELECT g AS id, decode(repeat(md5(random()::text), 32), 'hex') AS b FROM generate_series(1, 4000) g"
+            ),
+        );
         sql(&source, "CHECKPOINT");
         switch_and_wait_archived(&source);
         assert!(env.radd_push(&["backup", "pg"]).status.success());

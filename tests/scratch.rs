@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use radd::config::PostgresConfig;
 
-use crate::common::env::{Backend, TestEnv, block_on, json, radd_binary, sql, sql_at, stderr, switch_and_wait_archived};
+use crate::common::env::{
+    Backend, TestEnv, block_on, json, radd_binary, sql, sql_at, stderr, switch_and_wait_archived,
+};
 
 const PASSWORD: &str = "scratch-secret";
 
@@ -40,9 +42,13 @@ fn over_dsn(instance: &serde_json::Value, query: &str) -> Result<String, String>
     let mut config: tokio_postgres::Config = dsn.parse().expect("the DSN parses");
     config.password(PASSWORD);
     block_on(async {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connect {dsn}: {e}"))?;
+        let (client, connection) =
+            config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connect {dsn}: {e}"))?;
         tokio::spawn(connection);
-        let rows = client.simple_query(query).await.map_err(|e| e.code().map_or_else(|| e.to_string(), |c| c.code().to_owned()))?;
+        let rows = client
+            .simple_query(query)
+            .await
+            .map_err(|e| e.code().map_or_else(|| e.to_string(), |c| c.code().to_owned()))?;
         Ok(rows
             .iter()
             .find_map(|m| match m {
@@ -63,7 +69,8 @@ fn scratch_dirs(env: &TestEnv) -> Vec<PathBuf> {
 fn postgres_processes(pid: Option<i64>, data_dir: &Path) -> Vec<String> {
     let needle = data_dir.display().to_string();
     let alive = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
     };
     let mut found: Vec<String> = std::fs::read_dir("/proc")
         .expect("/proc")
@@ -86,7 +93,8 @@ fn postgres_processes(pid: Option<i64>, data_dir: &Path) -> Vec<String> {
 /// Asserts that nothing of an instance is left: no process, no directory, no socket.
 fn assert_gone(instance: &serde_json::Value) {
     let data_dir = PathBuf::from(instance["data_dir"].as_str().expect("data_dir"));
-    let socket = PathBuf::from(instance["socket_dir"].as_str().expect("socket_dir")).join(format!(".s.PGSQL.{}", instance["port"]));
+    let socket = PathBuf::from(instance["socket_dir"].as_str().expect("socket_dir"))
+        .join(format!(".s.PGSQL.{}", instance["port"]));
     let running = postgres_processes(instance["pid"].as_i64(), &data_dir);
     assert!(running.is_empty(), "postgres processes of {} still running: {running:#?}", data_dir.display());
     assert!(!data_dir.parent().expect("instance dir").exists(), "instance directory left: {}", data_dir.display());
@@ -120,10 +128,15 @@ fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
     assert_eq!(instance["mode"], "paused", "{instance:#}");
     assert_eq!(instance["owner"], "root", "{instance:#}");
     let asked = radd::restore::parse_time(&time).expect("T");
-    assert_eq!(instance["target_time"].as_str(), Some(asked.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str()), "{instance:#}");
+    assert_eq!(
+        instance["target_time"].as_str(),
+        Some(asked.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str()),
+        "{instance:#}"
+    );
     let reached_lsn: radd::pg::Lsn = instance["reached_lsn"].as_str().expect("reached_lsn").parse().expect("an LSN");
     assert!(reached_lsn.0 > 0);
-    let reached_time = chrono::DateTime::parse_from_rfc3339(instance["reached_time"].as_str().expect("reached_time")).expect("a time");
+    let reached_time =
+        chrono::DateTime::parse_from_rfc3339(instance["reached_time"].as_str().expect("reached_time")).expect("a time");
     assert!(reached_time <= asked, "the last replayed commit ({reached_time}) is before T ({asked})");
     assert!(instance["rto_seconds"].as_f64().expect("rto") > 0.0, "{instance:#}");
     let expires = chrono::DateTime::parse_from_rfc3339(instance["expires"].as_str().expect("expires")).expect("a time");
@@ -136,7 +149,11 @@ fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
     let counts = "SELECT string_agg(phase || ':' || n, ',' ORDER BY phase) FROM (SELECT phase, count(*) n FROM t GROUP BY phase) c";
     assert_eq!(over_dsn(&instance, counts).as_deref(), Ok("1:3000,2:2000"));
     assert_eq!(sql_at(&socket(&instance), counts), "1:3000,2:2000");
-    assert_eq!(over_dsn(&instance, "INSERT INTO t (phase) VALUES (9)"), Err("25006".to_owned()), "read-only by default");
+    assert_eq!(
+        over_dsn(&instance, "INSERT INTO t (phase) VALUES (9)"),
+        Err("25006".to_owned()),
+        "read-only by default"
+    );
     // The radd process that created it has exited: the server runs on, detached.
     let listed = json(&env.radd(&["--json", "scratch", "list"]));
     let listed = listed.as_array().expect("list");
@@ -155,7 +172,11 @@ fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
     assert_eq!(events.len(), 2, "one change for the restore, one for the teardown: {events:#?}");
     assert!(events.iter().all(|e| e["kind"] == "change"), "{events:#?}");
     assert_eq!(events[0]["labels"]["owner"], "root", "{:#}", events[0]);
-    assert!(events[0]["details"]["rto_seconds"].as_f64().is_some() && events[0]["details"]["expires"].is_string(), "{:#}", events[0]);
+    assert!(
+        events[0]["details"]["rto_seconds"].as_f64().is_some() && events[0]["details"]["expires"].is_string(),
+        "{:#}",
+        events[0]
+    );
     assert!(events[0]["title"].as_str().is_some_and(|t| t.contains(&id) && t.contains("time ")), "{:#}", events[0]);
     assert_eq!(events[1]["details"]["reason"], "manual", "{:#}", events[1]);
 }
@@ -166,7 +187,11 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
     let _cleanup = StopAll(&env);
     // No autovacuum: no transaction may commit after `last_commit` below.
     let source = env.source_cluster_with(&[], &[("autovacuum", "off".into())]);
-    std::fs::write(&env.config, std::fs::read_to_string(&env.config).expect("config") + "\n[scratch]\nmax_instances = 1\n").expect("config");
+    std::fs::write(
+        &env.config,
+        std::fs::read_to_string(&env.config).expect("config") + "\n[scratch]\nmax_instances = 1\n",
+    )
+    .expect("config");
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
     backup(&env);
     // A time after the last commit but before the newest segment was archived: inside the
@@ -175,7 +200,13 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
     switch_and_wait_archived(&source);
 
     let small = env.path().join("small.toml");
-    std::fs::write(&small, std::fs::read_to_string(&env.config).expect("config").replace("max_instances = 1", "max_instances = 1\nmax_bytes = \"1MiB\"")).expect("config");
+    std::fs::write(
+        &small,
+        std::fs::read_to_string(&env.config)
+            .expect("config")
+            .replace("max_instances = 1", "max_instances = 1\nmax_bytes = \"1MiB\""),
+    )
+    .expect("config");
     let out = env.radd_with(&small, &["restore", "latest", "--scratch"]);
     assert_eq!(out.status.code(), Some(2), "max_bytes: {}", stderr(&out));
     assert!(stderr(&out).contains("[scratch] max_bytes"), "{}", stderr(&out));
@@ -197,7 +228,8 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
     assert_eq!(out.status.code(), Some(2), "--archive conflicts with --scratch: {}", stderr(&out));
     assert_eq!(scratch_dirs(&env), Vec::<PathBuf>::new());
 
-    let first = json(&env.radd(&["--json", "restore", "latest", "--scratch", "--immediate", "--promote", "--ttl", "1h"]));
+    let first =
+        json(&env.radd(&["--json", "restore", "latest", "--scratch", "--immediate", "--promote", "--ttl", "1h"]));
     assert_eq!(first["mode"], "promoted", "{first:#}");
     let here = socket(&first);
     sql_at(&here, "CREATE TABLE scratch_only AS SELECT 1 AS x");
@@ -232,18 +264,30 @@ fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
     let out = env.radd(&["restore", "latest", "--scratch", "--ttl", "3s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains(" ready: ") && text.contains("postgresql://postgres@127.0.0.1:") && text.contains("RTO:") && text.contains("radd scratch stop "), "{text}");
+    assert!(
+        text.contains(" ready: ")
+            && text.contains("postgresql://postgres@127.0.0.1:")
+            && text.contains("RTO:")
+            && text.contains("radd scratch stop "),
+        "{text}"
+    );
     let listed = json(&env.radd(&["--json", "scratch", "list"]));
     let instance = listed.as_array().and_then(|l| l.first()).cloned().expect("one instance");
     assert_eq!(instance["mode"], "standby", "{instance:#}");
     let table = String::from_utf8_lossy(&env.radd(&["scratch", "list"]).stdout).into_owned();
-    assert!(table.contains(instance["id"].as_str().expect("id")) && (table.contains("running") || table.contains("expired")), "{table}");
+    assert!(
+        table.contains(instance["id"].as_str().expect("id"))
+            && (table.contains("running") || table.contains("expired")),
+        "{table}"
+    );
     assert_eq!(sql_at(&socket(&instance), "SELECT count(*) FROM t"), "1500");
     assert_eq!(sql_at(&socket(&instance), "SELECT pg_is_in_recovery()"), "t");
 
     let http = radd::pg::free_port().expect("port");
     let config = std::fs::read_to_string(&env.config).expect("config")
-        + &format!("\n[daemon]\nlisten = \"127.0.0.1:{http}\"\nbackup_schedule = \"\"\nretention_schedule = \"\"\nverify_schedule = \"\"\nheartbeat_interval = \"\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n");
+        + &format!(
+            "\n[daemon]\nlisten = \"127.0.0.1:{http}\"\nbackup_schedule = \"\"\nretention_schedule = \"\"\nverify_schedule = \"\"\nheartbeat_interval = \"\"\nwatch_interval = \"1s\"\nshutdown_grace = \"5s\"\n"
+        );
     let daemon_config = env.path().join("daemon.toml");
     std::fs::write(&daemon_config, config).expect("daemon config");
     let mut daemon = std::process::Command::new(radd_binary())
@@ -262,7 +306,11 @@ fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(daemon.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(daemon.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
     let status = daemon.wait().expect("daemon exit");
     assert!(status.success(), "daemon exit {status}");
     assert_gone(&instance);
@@ -295,7 +343,10 @@ fn scratch_restore_by_name_reaches_exactly_the_restore_point() {
     let instance = json(&out);
     let counts = "SELECT string_agg(phase || ':' || n, ',' ORDER BY phase) FROM (SELECT phase, count(*) n FROM t GROUP BY phase) c";
     assert_eq!(sql_at(&socket(&instance), counts), "1:2000,2:500", "{instance:#}");
-    let columns = sql_at(&socket(&instance), "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'migrated'");
+    let columns = sql_at(
+        &socket(&instance),
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'migrated'",
+    );
     assert_eq!(columns, "0", "the migration came after the point");
     assert!(env.radd(&["scratch", "stop", instance["id"].as_str().expect("id")]).status.success());
     assert_gone(&instance);

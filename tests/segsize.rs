@@ -25,11 +25,15 @@ fn mib() -> SegmentSize {
 /// Archived ahead in batches, so that hundreds of small segments drain quickly.
 fn push_in_batches(env: &TestEnv) {
     let config = std::fs::read_to_string(&env.push_config).expect("read push config");
-    std::fs::write(&env.push_config, config + "\n[archive]\npush_parallel = 4\npush_ahead = 16\n").expect("write push config");
+    std::fs::write(&env.push_config, config + "\n[archive]\npush_parallel = 4\npush_ahead = 16\n")
+        .expect("write push config");
 }
 
 fn insert(cluster: &ScratchCluster, batch: i32, rows: i32) {
-    sql(cluster, &format!("INSERT INTO t (batch, payload) SELECT {batch}, md5(g::text) FROM generate_series(1, {rows}) g"));
+    sql(
+        cluster,
+        &format!("INSERT INTO t (batch, payload) SELECT {batch}, md5(g::text) FROM generate_series(1, {rows}) g"),
+    );
 }
 
 fn rows(cluster: &ScratchCluster, batch: i32) -> i64 {
@@ -45,7 +49,9 @@ fn current_segment(cluster: &ScratchCluster) -> String {
 fn switch_times(cluster: &ScratchCluster, n: u32) -> String {
     sql(
         cluster,
-        &format!("DO $$ BEGIN FOR i IN 1..{n} LOOP PERFORM pg_logical_emit_message(false, 'radd-test', 'x'); PERFORM pg_switch_wal(); END LOOP; END $$"),
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{n} LOOP PERFORM pg_logical_emit_message(false, 'radd-test', 'x'); PERFORM pg_switch_wal(); END LOOP; END $$"
+        ),
     );
     sql(cluster, "SELECT pg_logical_emit_message(false, 'radd-test', 'x')");
     let wal = sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())");
@@ -56,7 +62,11 @@ fn switch_times(cluster: &ScratchCluster, n: u32) -> String {
             return wal;
         }
         let failed = sql(cluster, "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver");
-        assert!(Instant::now() < deadline, "segment {wal} not archived within 300 s (last archived {last:?}, last failed {failed:?}); see {}", cluster.log_file().display());
+        assert!(
+            Instant::now() < deadline,
+            "segment {wal} not archived within 300 s (last archived {last:?}, last failed {failed:?}); see {}",
+            cluster.log_file().display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -65,7 +75,9 @@ fn switch_times(cluster: &ScratchCluster, n: u32) -> String {
 fn backup(env: &TestEnv, segment_size: SegmentSize) -> (String, String) {
     let report = json(&env.radd_push(&["--json", "backup", "pg"]));
     let start: Lsn = report["start_lsn"].as_str().expect("start lsn").parse().expect("lsn");
-    let first = WalFileName::segment_for(Timeline(report["timeline"].as_u64().expect("timeline") as u32), start, segment_size).to_name(segment_size);
+    let first =
+        WalFileName::segment_for(Timeline(report["timeline"].as_u64().expect("timeline") as u32), start, segment_size)
+            .to_name(segment_size);
     (report["snapshot_id"].as_str().expect("snapshot id").to_owned(), first)
 }
 
@@ -325,7 +337,12 @@ fn killed_pushes_leave_no_litter() {
     let old = staging_files(&env, "wal/00000001", next);
     assert_eq!(old.len(), 1);
     let two_days_ago = SystemTime::now() - Duration::from_secs(48 * 3600);
-    std::fs::File::options().write(true).open(&old[0]).expect("open staging").set_modified(two_days_ago).expect("age staging");
+    std::fs::File::options()
+        .write(true)
+        .open(&old[0])
+        .expect("open staging")
+        .set_modified(two_days_ago)
+        .expect("age staging");
     let fresh = env.local_object(&format!("wal/00000001/{name}#{}000001", std::process::id()));
     std::fs::write(&fresh, b"being written").expect("plant staging");
 

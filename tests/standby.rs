@@ -15,7 +15,10 @@ fn rows(cluster: &ScratchCluster, phase: i32) -> i64 {
 }
 
 fn insert(primary: &ScratchCluster, phase: i32, count: u32) {
-    sql(primary, &format!("INSERT INTO t (phase, payload) SELECT {phase}, md5(g::text) FROM generate_series(1, {count}) g"));
+    sql(
+        primary,
+        &format!("INSERT INTO t (phase, payload) SELECT {phase}, md5(g::text) FROM generate_series(1, {count}) g"),
+    );
 }
 
 /// A streaming standby of `primary` under `<tmp>/standby`, started and accepting read queries.
@@ -34,7 +37,11 @@ fn wait_replayed(primary: &ScratchCluster, standby: &ScratchCluster) {
     let lsn = sql(primary, "SELECT pg_current_wal_lsn()");
     let deadline = Instant::now() + Duration::from_secs(60);
     while sql(standby, &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")) != "t" {
-        assert!(Instant::now() < deadline, "standby did not replay {lsn} within 60 s; see {}", standby.log_file().display());
+        assert!(
+            Instant::now() < deadline,
+            "standby did not replay {lsn} within 60 s; see {}",
+            standby.log_file().display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -71,7 +71,11 @@ fn restore_remapped(p: &Prepared, name: &str, extra: &[&str], expected_dir: &Pat
     assert_eq!(Path::new(&location), expected_dir);
     let file = sql(&cluster, "SELECT pg_relation_filepath('in_ts')");
     assert!(p.env.path().join(name).join(&file).is_file(), "{file} reachable through the link");
-    assert!(tree(expected_dir).iter().any(|f| f.to_string_lossy().starts_with(&format!("PG_{}_", p.env.pg.major()))), "{:?}", tree(expected_dir));
+    assert!(
+        tree(expected_dir).iter().any(|f| f.to_string_lossy().starts_with(&format!("PG_{}_", p.env.pg.major()))),
+        "{:?}",
+        tree(expected_dir)
+    );
     // A restored cluster can write into its tablespace.
     sql(&cluster, "INSERT INTO in_ts VALUES (-1, 'restored')");
     assert_eq!(sql(&cluster, "SELECT count(*) FROM in_ts WHERE id = -1"), "1");

@@ -2,7 +2,6 @@
 //! structure check but fails `--read-data` naming the pack; a deleted WAL segment is a gap named
 //! in the output. Problems exit 3 so cron notices.
 
-
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
 
 /// A repository with one snapshot and several archived WAL segments after it.
@@ -20,8 +19,9 @@ fn env_with_backup(backend: Backend) -> TestEnv {
 
 /// stdout parsed as JSON whatever the exit status (a failing verify still prints its report).
 fn report(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    })
 }
 
 fn good_repository_verifies(backend: Backend) {
@@ -105,7 +105,11 @@ fn verify_reports_a_missing_wal_segment_as_a_gap() {
     assert_eq!(problems[0]["kind"], "gap", "{r}");
     assert_eq!(problems[0]["object"], format!("wal/00000001/{victim}"), "{r}");
     let gaps = r["timelines"][0]["gaps"].as_array().expect("gaps");
-    assert_eq!((gaps.len(), &gaps[0]["first"], &gaps[0]["missing"]), (1, &serde_json::json!(victim), &serde_json::json!(1)), "{r}");
+    assert_eq!(
+        (gaps.len(), &gaps[0]["first"], &gaps[0]["missing"]),
+        (1, &serde_json::json!(victim), &serde_json::json!(1)),
+        "{r}"
+    );
 
     // A known, accepted loss: recorded once (a change event), then no longer re-reported;
     // naming an archived segment is a usage error.
@@ -119,7 +123,8 @@ fn verify_reports_a_missing_wal_segment_as_a_gap() {
     let r = report(&out);
     assert_eq!(r["accepted_gaps"], serde_json::json!([victim]), "{r}");
     let events = crate::common::env::json(&env.radd(&["--json", "events"]));
-    let accepted = events.as_array().unwrap().iter().find(|e| e["source"] == "verify.accept-gap").expect("an acceptance event");
+    let accepted =
+        events.as_array().unwrap().iter().find(|e| e["source"] == "verify.accept-gap").expect("an acceptance event");
     assert_eq!(accepted["kind"], "change", "{accepted:#}");
     assert!(accepted["details"]["reason"].as_str().unwrap().contains("storage incident"), "{accepted:#}");
 }
@@ -129,7 +134,11 @@ fn verify_reports_a_missing_wal_segment_as_a_gap() {
 #[test]
 fn daily_verification_reads_each_object_once_per_period_and_finds_corruption() {
     let env = TestEnv::new(Backend::Local);
-    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen("[backup]\n", "[backup]\npack_size = \"1MiB\"\n", 1);
+    let config = std::fs::read_to_string(&env.push_config).unwrap().replacen(
+        "[backup]\n",
+        "[backup]\npack_size = \"1MiB\"\n",
+        1,
+    );
     std::fs::write(&env.push_config, config).unwrap();
     let src = env.path().join("files");
     std::fs::create_dir(&src).unwrap();

@@ -38,7 +38,10 @@ fn verify_fails(env: &TestEnv) -> Value {
 /// The detail of the `corrupt` problem verify reported for `object`.
 fn corrupt_problem<'a>(report: &'a Value, object: &str) -> &'a str {
     let problems = report["problems"].as_array().expect("problems");
-    let problem = problems.iter().find(|p| p["object"] == object).unwrap_or_else(|| panic!("no problem named {object}: {report:#}"));
+    let problem = problems
+        .iter()
+        .find(|p| p["object"] == object)
+        .unwrap_or_else(|| panic!("no problem named {object}: {report:#}"));
     assert_eq!(problem["kind"], "corrupt", "{problem:#}");
     problem["detail"].as_str().expect("detail")
 }
@@ -115,7 +118,10 @@ fn swapped_segments_fail_verify_and_fetch_and_abort_recovery() {
     let out = env.radd(&["restore", "latest", "--target", target.to_str().expect("path")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let log = start_until_recovery_aborts(&env, &target, "swapped");
-    assert!(log.contains(&wal_key(a)) && log.contains("moved or copied"), "the server log must say why recovery stopped:\n{log}");
+    assert!(
+        log.contains(&wal_key(a)) && log.contains("moved or copied"),
+        "the server log must say why recovery stopped:\n{log}"
+    );
     assert!(!log.contains("archive recovery complete"), "{log}");
 
     // Put back, everything reads again: the checks pass real WAL (zeroed pages after each
@@ -185,7 +191,11 @@ fn swapped_objects_of_the_previous_format_are_caught_by_their_page_headers() {
     // The verify run recorded an S1 incident naming the damage.
     let events = json(&env.radd(&["--json", "events"]));
     let last = events.as_array().and_then(|e| e.last()).cloned().expect("a verify event");
-    assert_eq!((last["source"].as_str(), last["kind"].as_str(), last["severity"].as_str()), (Some("verify"), Some("incident"), Some("S1")), "{last:#}");
+    assert_eq!(
+        (last["source"].as_str(), last["kind"].as_str(), last["severity"].as_str()),
+        (Some("verify"), Some("incident"), Some("S1")),
+        "{last:#}"
+    );
     assert!(last["title"].as_str().expect("title").contains(&wal_key(names[1])), "{last:#}");
 }
 
@@ -202,7 +212,9 @@ fn wal_push_refuses_a_file_whose_pages_are_another_segment() {
     };
     let nothing_stored = || {
         assert!(!env.local_object(&wal_key(name)).exists(), "a refused file must not be archived");
-        let staged = std::fs::read_dir(env.local_object("wal/00000001")).map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains('#')).count()).unwrap_or(0);
+        let staged = std::fs::read_dir(env.local_object("wal/00000001"))
+            .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().contains('#')).count())
+            .unwrap_or(0);
         assert_eq!(staged, 0, "no staging object left");
     };
     // Another segment's content under this name: refused on its first page, before the
@@ -210,7 +222,11 @@ fn wal_push_refuses_a_file_whose_pages_are_another_segment() {
     let out = push(segment(noise(16 << 20, 1), other));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains(path.to_str().expect("path")) && err.contains("holds WAL position 0/4000000, but the name says 0/5000000"), "{err}");
+    assert!(
+        err.contains(path.to_str().expect("path"))
+            && err.contains("holds WAL position 0/4000000, but the name says 0/5000000"),
+        "{err}"
+    );
     assert!(err.contains("refusing to archive it"), "{err}");
     nothing_stored();
     assert!(!env.local_object("wal-segment-size").exists(), "nothing recorded for a refused file");
@@ -251,7 +267,10 @@ fn a_damaged_wal_object_reads_as_corrupt_not_as_a_key_problem() {
     std::fs::write(&object, &stored).expect("write damaged object");
 
     let err = fetch_refused(&env, name);
-    assert!(err.contains(&wal_key(name)) && err.contains("is corrupt") && err.contains("ciphertext does not authenticate"), "{err}");
+    assert!(
+        err.contains(&wal_key(name)) && err.contains("is corrupt") && err.contains("ciphertext does not authenticate"),
+        "{err}"
+    );
     assert!(!err.contains("identity"), "a damaged object is not a key problem: {err}");
     let report = verify_fails(&env);
     let detail = corrupt_problem(&report, &wal_key(name));
@@ -277,7 +296,8 @@ fn swapped_segments_on_s3_fail_verify_and_fetch() {
             .with_allow_http(true)
             .build()
             .expect("s3 client");
-        let path = |name: &str| object_store::path::Path::from(format!("{}/{}", config.repository.prefix, wal_key(name)));
+        let path =
+            |name: &str| object_store::path::Path::from(format!("{}/{}", config.repository.prefix, wal_key(name)));
         let a = store.get(&path(names[0])).await.expect("get a").bytes().await.expect("read a");
         let b = store.get(&path(names[1])).await.expect("get b").bytes().await.expect("read b");
         store.put(&path(names[0]), PutPayload::from(b)).await.expect("put b as a");

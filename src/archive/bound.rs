@@ -12,7 +12,11 @@ use std::path::Path;
 #[must_use]
 pub fn is_past_end(name: &str, end_before: &str) -> bool {
     let segment = |n: &str| n.len() >= 24 && n.as_bytes()[..24].iter().all(u8::is_ascii_hexdigit);
-    segment(name) && end_before.len() == 24 && segment(end_before) && name[..8] == end_before[..8] && name[..24] >= *end_before
+    segment(name)
+        && end_before.len() == 24
+        && segment(end_before)
+        && name[..8] == end_before[..8]
+        && name[..24] >= *end_before
 }
 
 /// Empties the prefetch spool beside `dest`: segments prefetched past the end must not linger

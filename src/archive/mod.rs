@@ -15,13 +15,16 @@ use futures::StreamExt;
 mod bound;
 mod pages;
 mod push;
-mod timeline;
 mod segsize;
+mod timeline;
 
 pub use bound::{drop_spool, is_past_end};
-pub use timeline::{Divergence, Fork, Timelines, parse_history};
 pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push, push_with_backlog};
-pub use segsize::{SegmentSizeRecord, claim as claim_segment_size, for_snapshot as segment_size_for_snapshot, recorded as recorded_segment_size, segment_size};
+pub use segsize::{
+    SegmentSizeRecord, claim as claim_segment_size, for_snapshot as segment_size_for_snapshot,
+    recorded as recorded_segment_size, segment_size,
+};
+pub use timeline::{Divergence, Fork, Timelines, parse_history};
 
 use crate::codec::ObjectKind;
 use crate::crypto::Digest;
@@ -47,7 +50,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The archive already holds this name with other content. Never overwritten.
-    #[error("WAL file {name} is already archived with a different checksum; refusing to overwrite it (two clusters archiving into one repository?)")]
+    #[error(
+        "WAL file {name} is already archived with a different checksum; refusing to overwrite it (two clusters archiving into one repository?)"
+    )]
     Mismatch {
         /// The WAL file name.
         name: String,
@@ -59,7 +64,9 @@ pub enum Error {
         name: String,
     },
     /// The segment is missing although later ones exist: recovery must not stop here silently.
-    #[error("WAL gap on timeline {timeline}: segment {missing} is missing from the archive although WAL after it is needed; recovering past it would silently lose data")]
+    #[error(
+        "WAL gap on timeline {timeline}: segment {missing} is missing from the archive although WAL after it is needed; recovering past it would silently lose data"
+    )]
     Gap {
         /// The first missing segment.
         missing: String,
@@ -132,7 +139,12 @@ impl Error {
 ///
 /// # Errors
 /// The repository cannot be asked.
-pub async fn wait_archived(repo: &Repository, timeline: Timeline, name: &str, limit: std::time::Duration) -> Result<bool, repo::Error> {
+pub async fn wait_archived(
+    repo: &Repository,
+    timeline: Timeline,
+    name: &str,
+    limit: std::time::Duration,
+) -> Result<bool, repo::Error> {
     let key = ObjectKey::Wal { dir: timeline.to_string(), name: name.to_owned() };
     let deadline = std::time::Instant::now() + limit;
     let mut pause = std::time::Duration::from_millis(10);
@@ -209,11 +221,7 @@ async fn fetch_sized(repo: &Repository, name: &str, size: Option<SegmentSize>, d
     };
     write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            what: "write",
-            path: dest.to_owned(),
-            source,
-        }
+        Error::Io { what: "write", path: dest.to_owned(), source }
     })?;
     Ok(digest)
 }
@@ -291,10 +299,9 @@ async fn missing_error(repo: &Repository, wal: &WalFileName, name: &str, size: O
         return Error::NotInArchive { name: name.to_owned() };
     };
     match archived_segments(repo, *timeline, size).await {
-        Ok(segments) if segments.range(number + 1..).next().is_some() => Error::Gap {
-            missing: name.to_owned(),
-            timeline: *timeline,
-        },
+        Ok(segments) if segments.range(number + 1..).next().is_some() => {
+            Error::Gap { missing: name.to_owned(), timeline: *timeline }
+        }
         Ok(_) => Error::NotInArchive { name: name.to_owned() },
         Err(e) => e,
     }
@@ -307,11 +314,7 @@ pub async fn archived_segments(
     segment_size: SegmentSize,
 ) -> Result<BTreeSet<u64>, Error> {
     let dir = format!("{}/{timeline}/", ObjectKey::WAL_DIR);
-    let listed = repo
-        .store
-        .list(&dir)
-        .await
-        .map_err(repository::Error::from)?;
+    let listed = repo.store.list(&dir).await.map_err(repository::Error::from)?;
     Ok(listed
         .iter()
         .filter_map(|l| l.key.rsplit('/').next())
@@ -344,10 +347,7 @@ pub fn chain_end(
     last: Option<u64>,
     segment_size: SegmentSize,
 ) -> Result<u64, Error> {
-    let last = last
-        .or_else(|| segments.last().copied())
-        .unwrap_or(first)
-        .max(first);
+    let last = last.or_else(|| segments.last().copied()).unwrap_or(first).max(first);
     for number in first..=last {
         if !segments.contains(&number) {
             return Err(Error::Gap {

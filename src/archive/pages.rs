@@ -14,7 +14,8 @@ use crate::repository;
 /// What `wal-push` says when it refuses a file.
 pub(super) const PUSH_ACTION: &str = "refusing to archive it";
 /// What `wal-fetch` says when it refuses an object.
-pub(super) const FETCH_ACTION: &str = "refusing to hand it to PostgreSQL, which would take it for the end of WAL; run `radd verify --read-data`";
+pub(super) const FETCH_ACTION: &str =
+    "refusing to hand it to PostgreSQL, which would take it for the end of WAL; run `radd verify --read-data`";
 
 /// A reader that checks the page headers of a WAL file as it passes through, failing the read
 /// (an `InvalidData` error carrying the [`PageMismatch`], see [`from_read_error`]) at the first

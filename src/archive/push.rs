@@ -111,11 +111,19 @@ async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str
     let (store, key) = (repo.store.clone(), key.clone());
     match tokio::task::spawn_blocking(move || store.remove_abandoned_staging(&key)).await {
         Ok(Ok(removed)) => {
-            tracing::info!(segment = file_name, removed, "an earlier push of this file was killed; removed its staging objects");
+            tracing::info!(
+                segment = file_name,
+                removed,
+                "an earlier push of this file was killed; removed its staging objects"
+            );
             let _ = std::fs::remove_file(&marker);
         }
-        Ok(Err(error)) => tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push; prune removes them after its grace period"),
-        Err(error) => tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push"),
+        Ok(Err(error)) => {
+            tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push; prune removes them after its grace period")
+        }
+        Err(error) => {
+            tracing::warn!(segment = file_name, error = %error, "cannot remove the staging objects of a killed push")
+        }
     }
 }
 
@@ -123,7 +131,10 @@ async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str
 /// staging object waits for prune).
 fn start_pushing(path: &Path, file_name: &str) -> Option<Pushing> {
     let marker = pushing_path(path, file_name)?;
-    let written = marker.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&marker, format!("{}\n", std::process::id())));
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&marker, format!("{}\n", std::process::id())));
     match written {
         Ok(()) => Some(Pushing(marker)),
         Err(error) => {
@@ -135,12 +146,18 @@ fn start_pushing(path: &Path, file_name: &str) -> Option<Pushing> {
 
 /// Files whose length is the cluster's segment size: segments and `.partial` segments.
 fn is_sized(file_name: &str) -> bool {
-    WalFileName::is_segment_name(file_name) || file_name.strip_suffix(".partial").is_some_and(WalFileName::is_segment_name)
+    WalFileName::is_segment_name(file_name)
+        || file_name.strip_suffix(".partial").is_some_and(WalFileName::is_segment_name)
 }
 
 /// The segment size of the WAL file at `path` (`None` for history and `.backup` files), from
 /// its length and the long page header at its start, which must also match the file's name.
-fn file_segment_size(path: &Path, file_name: &str, file: &std::fs::File, len: u64) -> Result<Option<SegmentSize>, Error> {
+fn file_segment_size(
+    path: &Path,
+    file_name: &str,
+    file: &std::fs::File,
+    len: u64,
+) -> Result<Option<SegmentSize>, Error> {
     use std::os::unix::fs::FileExt;
     if !is_sized(file_name) {
         return Ok(None);
@@ -148,7 +165,8 @@ fn file_segment_size(path: &Path, file_name: &str, file: &std::fs::File, len: u6
     // Positioned read: the file is then streamed from its start.
     let mut start = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(SegmentSize::HEADER_LEN)];
     file.read_exact_at(&mut start, 0).map_err(|e| io_error("read", path, e))?;
-    let size = SegmentSize::of_segment_file(&start, len).map_err(|reason| Error::BadSegment { name: path.display().to_string(), reason })?;
+    let size = SegmentSize::of_segment_file(&start, len)
+        .map_err(|reason| Error::BadSegment { name: path.display().to_string(), reason })?;
     let segment = WalFileName::is_segment_name(file_name).then_some(size);
     pages::check_start(&path.display().to_string(), &parse_name(file_name, segment)?, size, &start)?;
     Ok(Some(size))
@@ -167,7 +185,13 @@ fn segment_size_at(path: &Path) -> Result<Option<SegmentSize>, Error> {
 
 /// The identity of a file as PostgreSQL left it: device, inode, size, mtime (ns).
 fn identity(meta: &std::fs::Metadata) -> String {
-    format!("{} {} {} {}", meta.dev(), meta.ino(), meta.size(), i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()))
+    format!(
+        "{} {} {} {}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+    )
 }
 
 fn marker_path(path: &Path, file_name: &str) -> Option<PathBuf> {
@@ -218,7 +242,12 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
 }
 
 /// [`prepare`] when the caller already claimed segment size `claimed` for this repository.
-async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, claimed: Option<SegmentSize>) -> Result<Prepared, Error> {
+async fn prepare_claimed(
+    repo: &Repository,
+    path: &Path,
+    options: PushOptions,
+    claimed: Option<SegmentSize>,
+) -> Result<Prepared, Error> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -237,7 +266,16 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
     clean_after_killed_push(repo, path, &file_name, &key).await;
     match stored_header(repo, &key).await {
         Ok((version, existing)) => {
-            let done = |digest| Prepared { path: path.to_owned(), file_name: file_name.clone(), wal: wal.clone(), segment_size, key: key.clone(), digest, object: None, _pushing: None };
+            let done = |digest| Prepared {
+                path: path.to_owned(),
+                file_name: file_name.clone(),
+                wal: wal.clone(),
+                segment_size,
+                key: key.clone(),
+                digest,
+                object: None,
+                _pushing: None,
+            };
             if marker_digest(path, &file_name, &meta) == Some(existing) {
                 return Ok(done(existing));
             }
@@ -251,16 +289,19 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             let pushing = start_pushing(path, &file_name);
             let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
-            let (key2, input, shown) = (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
+            let (key2, input, shown) =
+                (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0)).map_err(repository::Error::from)?;
+                let mut staged =
+                    store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0)).map_err(repository::Error::from)?;
                 let keys = SealKeys { id_key: &id_key, recipients: &recipients };
                 // A write that failed (a full disk) is the cause of whatever the sealing
                 // pipeline reports: name it as the storage error it is.
-                let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object).map_err(|e| match staged.write_error() {
-                    Some(write) => Error::from(repository::Error::from(write)),
-                    None => pages::from_read_error(e, &shown),
-                })?;
+                let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object)
+                    .map_err(|e| match staged.write_error() {
+                        Some(write) => Error::from(repository::Error::from(write)),
+                        None => pages::from_read_error(e, &shown),
+                    })?;
                 staged.sync().map_err(repository::Error::from)?;
                 Ok((staged, digest))
             })
@@ -268,7 +309,16 @@ async fn prepare_claimed(repo: &Repository, path: &Path, options: PushOptions, c
             .map_err(|e| io_error("read", path, std::io::Error::other(e)))?;
             let (staged, digest) = sealed?;
             crate::faults::crash_point("wal-push:staged");
-            Ok(Prepared { path: path.to_owned(), file_name, wal, segment_size, key, digest, object: Some(staged), _pushing: pushing })
+            Ok(Prepared {
+                path: path.to_owned(),
+                file_name,
+                wal,
+                segment_size,
+                key,
+                digest,
+                object: Some(staged),
+                _pushing: pushing,
+            })
         }
         Err(e) => Err(e),
     }
@@ -284,14 +334,23 @@ async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(Version, D
 
 /// The keyed digest of `version` the WAL file `path` (already open as `file`) would have as the
 /// object of its name (`wal`, read with `size`), its pages checked against that name on the way.
-async fn digest_file(repo: &Repository, path: &Path, (wal, size): (&WalFileName, Option<SegmentSize>), file: std::fs::File, version: Version) -> Result<Digest, Error> {
+async fn digest_file(
+    repo: &Repository,
+    path: &Path,
+    (wal, size): (&WalFileName, Option<SegmentSize>),
+    file: std::fs::File,
+    version: Version,
+) -> Result<Digest, Error> {
     let len = file.metadata().map_err(|e| io_error("read", path, e))?.len();
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let (id_key, object, shown) = (repo.id_key.clone(), key_of(wal, file_name).to_string(), path.display().to_string());
     let input = CheckedReader::new(file, wal, size);
-    tokio::task::spawn_blocking(move || codec::digest_stream(ObjectKind::Wal, version, input, len, &id_key, &object).map_err(|e| pages::from_read_error(e, &shown)))
-        .await
-        .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(move || {
+        codec::digest_stream(ObjectKind::Wal, version, input, len, &id_key, &object)
+            .map_err(|e| pages::from_read_error(e, &shown))
+    })
+    .await
+    .map_err(|e| io_error("read", path, std::io::Error::other(e)))?
 }
 
 /// Publishes a prepared WAL file create-only; returns once it is durable. A concurrent push of
@@ -327,7 +386,11 @@ pub async fn push(repo: &Repository, path: &Path, options: PushOptions) -> Resul
 /// for a gap). Only the requested file decides success: PostgreSQL acknowledges the others itself
 /// when it asks for them, which their markers make a cheap check. Returns how many extras were
 /// stored.
-pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOptions) -> Result<(PushOutcome, usize), Error> {
+pub async fn push_with_backlog(
+    repo: &Repository,
+    path: &Path,
+    options: PushOptions,
+) -> Result<(PushOutcome, usize), Error> {
     let own_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     // Claimed once for the whole batch: the segments beside this one are the same cluster's.
     let claimed = segment_size_at(path)?;
@@ -336,12 +399,15 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOpti
     }
     let mut files = vec![path.to_owned()];
     if let Some(size) = claimed.filter(|_| options.ahead > 0) {
-        files.extend(not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead, size).await);
+        files.extend(
+            not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead, size).await,
+        );
     }
     let parallel = options.parallel.max(1);
     // With several files in flight, the cores are busy sealing different files: one
     // compressing thread per file is enough.
-    let options = if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
+    let options =
+        if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
     let mut prepared = futures::stream::iter(files)
         .map(|p| {
             let repo = repo.clone();
@@ -383,7 +449,12 @@ pub async fn push_with_backlog(repo: &Repository, path: &Path, options: PushOpti
 /// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
 /// at the first one it cannot tell: segments an earlier call already archived ahead are
 /// skipped.
-async fn not_yet_archived(repo: &Repository, candidates: Vec<PathBuf>, limit: usize, size: SegmentSize) -> Vec<PathBuf> {
+async fn not_yet_archived(
+    repo: &Repository,
+    candidates: Vec<PathBuf>,
+    limit: usize,
+    size: SegmentSize,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for path in candidates {
         if out.len() >= limit {

@@ -109,7 +109,8 @@ pub async fn segment_size(repo: &Repository) -> Result<Option<SegmentSize>, Erro
     };
     let key = ObjectKey::Wal { dir, name };
     let plaintext = repo.get_open(ObjectKind::Wal, &key).await?;
-    let size = SegmentSize::from_bytes(plaintext.len() as u64).map_err(|reason| Error::BadSegment { name: key.to_string(), reason })?;
+    let size = SegmentSize::from_bytes(plaintext.len() as u64)
+        .map_err(|reason| Error::BadSegment { name: key.to_string(), reason })?;
     tracing::debug!(segment_size = %size, segment = %key, "no segment size recorded; learned it from an archived segment");
     Ok(Some(size))
 }

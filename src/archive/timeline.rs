@@ -78,7 +78,11 @@ pub fn parse_history(timeline: Timeline, text: &str) -> Result<Vec<Fork>, String
         entries.push((Timeline(parent), switchpoint));
     }
     let children = entries.iter().skip(1).map(|e| e.0).chain(std::iter::once(timeline));
-    Ok(entries.iter().zip(children).map(|(&(parent, switchpoint), child)| Fork { parent, child, switchpoint }).collect())
+    Ok(entries
+        .iter()
+        .zip(children)
+        .map(|(&(parent, switchpoint), child)| Fork { parent, child, switchpoint })
+        .collect())
 }
 
 /// What the archive holds per timeline: history files (decrypted) and segment store times.

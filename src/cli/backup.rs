@@ -45,11 +45,18 @@ async fn backup_fs(args: &Args, a: &FsArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let (name, mut options) = match &a.job {
         Some(job) => {
-            let job = config.fs.iter().find(|j| &j.name == job).ok_or_else(|| anyhow::anyhow!("no [[fs]] job named {job:?} in {}", config.source.display()))?;
+            let job = config
+                .fs
+                .iter()
+                .find(|j| &j.name == job)
+                .ok_or_else(|| anyhow::anyhow!("no [[fs]] job named {job:?} in {}", config.source.display()))?;
             (job.name.clone(), jobs::fs_job_options(&config, job))
         }
         None if a.paths.is_empty() => anyhow::bail!("give paths to back up, or --job NAME"),
-        None => ("adhoc".to_owned(), radd::snapshot::FsBackupOptions { backup: config.backup.clone(), ..Default::default() }),
+        None => (
+            "adhoc".to_owned(),
+            radd::snapshot::FsBackupOptions { backup: config.backup.clone(), ..Default::default() },
+        ),
     };
     options.tree.roots.extend(a.paths.iter().cloned());
     options.tree.excludes.extend(a.exclude.iter().cloned());

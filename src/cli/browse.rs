@@ -97,12 +97,23 @@ pub async fn ls(args: &Args, a: &LsArgs) -> anyhow::Result<()> {
         return print_json(&listed);
     }
     for l in listed {
-        let time = chrono::DateTime::from_timestamp(l.mtime, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        let time = chrono::DateTime::from_timestamp(l.mtime, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
         let mut arrow = l.target.map(|t| format!(" -> {t}")).unwrap_or_default();
         if let Some(t) = l.tablespace {
             arrow.push_str(&format!(" [tablespace {:?}]", t.name));
         }
-        outln!("{:<8} {} {:>5}:{:<5} {:>10} {} {:?}{arrow}", l.kind, l.mode, l.uid, l.gid, human_bytes(l.size), time, l.path);
+        outln!(
+            "{:<8} {} {:>5}:{:<5} {:>10} {} {:?}{arrow}",
+            l.kind,
+            l.mode,
+            l.uid,
+            l.gid,
+            human_bytes(l.size),
+            time,
+            l.path
+        );
     }
     Ok(())
 }
@@ -144,7 +155,8 @@ pub async fn diff(args: &Args, a: &DiffArgs) -> anyhow::Result<()> {
                 let modified = kind_name(&e.kind) != kind_name(&n.kind)
                     || content(&manifests[0], e) != content(&manifests[1], n)
                     || matches!((&e.kind, &n.kind), (EntryKind::Symlink { target: t1, .. }, EntryKind::Symlink { target: t2, .. }) if t1 != t2);
-                let metadata = (e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec) != (n.mode, n.uid, n.gid, n.mtime, n.mtime_nsec);
+                let metadata =
+                    (e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec) != (n.mode, n.uid, n.gid, n.mtime, n.mtime_nsec);
                 if modified {
                     changes.push(Change { path: e.path.clone(), change: "modified" });
                 } else if metadata {

@@ -24,8 +24,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 /// The checks of `radd check` minus the round trip; the heartbeat table is created when the
 /// daemon will write heartbeats. Every failure is logged; any failure refuses the start.
 async fn start_checks(config: &radd::config::Config) -> anyhow::Result<()> {
-    let heartbeat = if config.daemon.heartbeat_interval.is_none() { HeartbeatCheck::Skip } else { HeartbeatCheck::Create };
-    let report = radd::preflight::run(config, CheckOptions { round_trip_wait: std::time::Duration::ZERO, heartbeat }).await;
+    let heartbeat =
+        if config.daemon.heartbeat_interval.is_none() { HeartbeatCheck::Skip } else { HeartbeatCheck::Create };
+    let report =
+        radd::preflight::run(config, CheckOptions { round_trip_wait: std::time::Duration::ZERO, heartbeat }).await;
     for c in &report.checks {
         if c.ok {
             tracing::info!(check = %c.check, detail = %c.detail, "start check passed");

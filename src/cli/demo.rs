@@ -15,8 +15,8 @@ use radd::repository::Repository;
 use radd::restore::{self, RecoveryTarget, RestoreOptions};
 use radd::snapshot::{self, BackupOptions};
 
-use radd::jobs::sh_quote;
 use super::{Args, human_bytes, print_json};
+use radd::jobs::sh_quote;
 
 /// Arguments of `radd demo`.
 #[derive(Debug, ClapArgs)]
@@ -112,7 +112,12 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
         .await?;
     eprintln!("source cluster on port {} has {} rows; taking a base backup", source.port(), a.rows);
     config.backup.state_dir = root.join("state");
-    let options = BackupOptions { postgres: config.postgres.clone(), backup: config.backup.clone(), full_read: false, progress: radd::progress::Progress::none() };
+    let options = BackupOptions {
+        postgres: config.postgres.clone(),
+        backup: config.backup.clone(),
+        full_read: false,
+        progress: radd::progress::Progress::none(),
+    };
     let backup = snapshot::backup_pg(&repo, &options).await?;
     client
         .batch_execute(&format!(
@@ -121,10 +126,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
             2 * a.rows
         ))
         .await?;
-    let switched: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await?
-        .get(0);
+    let switched: String = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]).await?.get(0);
     wait_archived(&client, &switched).await?;
     eprintln!("{} more rows written and archived up to {switched}; restoring", a.rows);
 
@@ -173,9 +175,8 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
 /// Waits until PostgreSQL reports `wal` as archived.
 async fn wait_archived(client: &tokio_postgres::Client, wal: &str) -> anyhow::Result<()> {
     for _ in 0..600 {
-        let row = client
-            .query_one("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver", &[])
-            .await?;
+        let row =
+            client.query_one("SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver", &[]).await?;
         let last: String = row.get(0);
         // Segments are archived in order; a `.backup` history file name starts with a segment name.
         if last.len() >= 24 && last[..24] >= *wal {

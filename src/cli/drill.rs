@@ -84,7 +84,12 @@ fn print_report(report: &DrillReport) {
         outln!("  {mark} {:<22} {:>6.1}s  {}", c.check, c.seconds, c.detail);
     }
     let secs = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1}s"));
-    outln!("  RPO {}  RTO {}  total {:.1}s", secs(report.rpo_seconds), secs(report.rto_seconds), report.duration_seconds);
+    outln!(
+        "  RPO {}  RTO {}  total {:.1}s",
+        secs(report.rpo_seconds),
+        secs(report.rto_seconds),
+        report.duration_seconds
+    );
     if let Some(dir) = &report.kept_dir {
         outln!("  scratch directory kept: {}", dir.display());
     }

@@ -96,7 +96,10 @@ fn backup_info(s: &SnapshotRecord) -> BackupInfo {
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, false).await?;
     let records = snapshot::list(&repo).await.map_err(radd::Error::from)?;
-    let size = radd::archive::segment_size(&repo).await.map_err(radd::Error::from)?.or_else(|| records.iter().find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size)));
+    let size = radd::archive::segment_size(&repo)
+        .await
+        .map_err(radd::Error::from)?
+        .or_else(|| records.iter().find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size)));
     let now = Utc::now();
     let mut timelines = Vec::new();
     if let Some(size) = size {
@@ -105,7 +108,13 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let drills = last_drills(&config)?;
     let restore_points = radd::restore::points::list(&repo).await.map_err(radd::Error::from)?;
-    let info = Info { repository: repo.store.location().to_owned(), timelines, backups: records.iter().map(backup_info).collect(), restore_points, drills };
+    let info = Info {
+        repository: repo.store.location().to_owned(),
+        timelines,
+        backups: records.iter().map(backup_info).collect(),
+        restore_points,
+        drills,
+    };
     if args.json {
         return print_json(&info);
     }
@@ -153,7 +162,11 @@ fn last_drills(config: &radd::config::Config) -> anyhow::Result<Vec<DrillInfo>> 
 }
 
 fn print_text(info: &Info) {
-    let age = |s: Option<i64>| s.map_or("-".to_owned(), |s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string());
+    let age = |s: Option<i64>| {
+        s.map_or("-".to_owned(), |s| {
+            humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()
+        })
+    };
     outln!("repository {}", info.repository);
     if info.timelines.is_empty() {
         outln!("  no WAL archived and no base backup: nothing PostgreSQL can be restored to yet");
@@ -194,6 +207,13 @@ fn print_text(info: &Info) {
     }
     for d in &info.drills {
         let secs = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1}s"));
-        outln!("  {:<20} {} {:<6} RPO {} RTO {}", d.drill, d.time, if d.passed { "PASSED" } else { "FAILED" }, secs(d.rpo_seconds), secs(d.rto_seconds));
+        outln!(
+            "  {:<20} {} {:<6} RPO {} RTO {}",
+            d.drill,
+            d.time,
+            if d.passed { "PASSED" } else { "FAILED" },
+            secs(d.rpo_seconds),
+            secs(d.rto_seconds)
+        );
     }
 }

@@ -66,7 +66,9 @@ pub async fn key(args: &Args, command: &KeyCommand) -> anyhow::Result<()> {
             }
             outln!(
                 "rewrapped {} objects to key set {} ({} already done by an earlier run); each verified",
-                report.rewrapped, report.key_set, report.resumed_past
+                report.rewrapped,
+                report.key_set,
+                report.resumed_past
             );
         }
         KeyCommand::List => {

@@ -214,7 +214,10 @@ pub fn exit_code(args: &Args, error: &anyhow::Error) -> u8 {
 
 /// Who is acting, for records and events: the OS user and host (`alice@db1`).
 pub fn operator() -> String {
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map_or_else(|| "unknown".to_owned(), |u| u.name);
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| "unknown".to_owned(), |u| u.name);
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{user}@{host}")
 }

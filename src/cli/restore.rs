@@ -99,7 +99,9 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     if a.scratch {
         return super::scratch::restore(args, a, &config, &repo, recovery).await;
     }
-    let Some(target) = &a.target else { return Err(super::usage("radd restore needs --target DIR (or --scratch)".into())) };
+    let Some(target) = &a.target else {
+        return Err(super::usage("radd restore needs --target DIR (or --scratch)".into()));
+    };
     let bar = super::progress::Bar::start(args, "restore", super::progress::Unit::Bytes);
     let options = RestoreOptions {
         snapshot: a.snapshot.clone(),
@@ -111,7 +113,11 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         disable_archiving: !a.archive,
         include: a.include.clone(),
         tablespaces: TablespaceMapping {
-            map: a.tablespace_map.iter().map(|(k, d)| Ok((k.clone(), std::path::absolute(d)?))).collect::<std::io::Result<_>>()?,
+            map: a
+                .tablespace_map
+                .iter()
+                .map(|(k, d)| Ok((k.clone(), std::path::absolute(d)?)))
+                .collect::<std::io::Result<_>>()?,
             all: a.tablespace_map_all.as_deref().map(std::path::absolute).transpose()?,
         },
         config_dir: a.config_dir.as_deref().map(std::path::absolute).transpose()?,
@@ -122,14 +128,25 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     bar.end(result.is_ok());
     let event = match &result {
         Ok(r) => Some(
-            Event::from_occurrence(Occurrence::RestoreSucceeded, "restore", format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()))
-                .details(serde_json::to_value(r).unwrap_or_default()),
+            Event::from_occurrence(
+                Occurrence::RestoreSucceeded,
+                "restore",
+                format!("snapshot {} restored into {}", r.snapshot_id, r.target.display()),
+            )
+            .details(serde_json::to_value(r).unwrap_or_default()),
         ),
         // A wrong request is the operator's to fix (exit code), not an incident.
         Err(e) if e.is_usage() => None,
         Err(e) => {
-            let occurrence = if e.kind() == radd::ErrorKind::Integrity { Occurrence::CorruptionFound } else { Occurrence::RestoreFailed };
-            Some(Event::from_occurrence(occurrence, "restore", format!("restore of {} failed: {e}", a.snapshot)).label("error_type", e.kind().label()))
+            let occurrence = if e.kind() == radd::ErrorKind::Integrity {
+                Occurrence::CorruptionFound
+            } else {
+                Occurrence::RestoreFailed
+            };
+            Some(
+                Event::from_occurrence(occurrence, "restore", format!("restore of {} failed: {e}", a.snapshot))
+                    .label("error_type", e.kind().label()),
+            )
         }
     };
     if let Some(event) = event {
@@ -162,7 +179,14 @@ pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
         report.target.display()
     );
     if let Some(p) = &report.restore_point {
-        outln!("restore point {} is at LSN {} on timeline {}, created {} by {}", p.name, p.lsn, p.timeline, p.time, p.by);
+        outln!(
+            "restore point {} is at LSN {} on timeline {}, created {} by {}",
+            p.name,
+            p.lsn,
+            p.timeline,
+            p.time,
+            p.by
+        );
     }
     for t in &report.tablespaces {
         let name = t.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();

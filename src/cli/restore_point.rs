@@ -23,8 +23,11 @@ pub async fn run(args: &Args, a: &RestorePointArgs) -> anyhow::Result<()> {
     restore::points::validate_name(&a.name).map_err(radd::Error::from)?;
     let client = pg::connect(&config.postgres.writable()).await.map_err(radd::Error::from)?;
     let point = restore::points::create(&repo, &client, &a.name, operator()).await.map_err(radd::Error::from)?;
-    let event = Event::change("restore-point", format!("restore point {} created at LSN {} by {}", point.name, point.lsn, point.by))
-        .details(serde_json::to_value(&point).unwrap_or_default());
+    let event = Event::change(
+        "restore-point",
+        format!("restore point {} created at LSN {} by {}", point.name, point.lsn, point.by),
+    )
+    .details(serde_json::to_value(&point).unwrap_or_default());
     jobs::record(&jobs::event_log(&config)?, &event)?;
     if args.json {
         return print_json(&point);

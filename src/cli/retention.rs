@@ -77,8 +77,12 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
     let report = retention::forget(&repo, &policy, &jobs, now, a.dry_run).await.map_err(radd::Error::from)?;
     if report.applied && report.forgotten > 0 {
         let log = jobs::event_log(&config)?;
-        let event = Event::from_occurrence(Occurrence::MaintenanceSucceeded, "retention.forget", format!("{} snapshot(s) forgotten by the retention policy", report.forgotten))
-            .details(serde_json::to_value(&report).unwrap_or_default());
+        let event = Event::from_occurrence(
+            Occurrence::MaintenanceSucceeded,
+            "retention.forget",
+            format!("{} snapshot(s) forgotten by the retention policy", report.forgotten),
+        )
+        .details(serde_json::to_value(&report).unwrap_or_default());
         jobs::record(&log, &event)?;
     }
     if args.json {
@@ -86,7 +90,13 @@ pub async fn forget(args: &Args, a: &ForgetArgs) -> anyhow::Result<()> {
     }
     outln!("{:<26} {:<6} {:<21} REASONS", "ID", "ACTION", "TIME");
     for d in &report.decisions {
-        outln!("{:<26} {:<6} {:<21} {}", d.snapshot_id, if d.keep { "keep" } else { "forget" }, d.time, d.reasons.join(", "));
+        outln!(
+            "{:<26} {:<6} {:<21} {}",
+            d.snapshot_id,
+            if d.keep { "keep" } else { "forget" },
+            d.time,
+            d.reasons.join(", ")
+        );
     }
     outln!(
         "{} snapshot(s) {}; chunks are reclaimed by prune",
@@ -131,7 +141,8 @@ pub struct PruneArgs {
 /// Runs a prune and reports what it reclaimed.
 pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
-    let grace_std = humantime::parse_duration(&a.grace).map_err(|e| super::usage(format!("--grace {:?}: {e}", a.grace)))?;
+    let grace_std =
+        humantime::parse_duration(&a.grace).map_err(|e| super::usage(format!("--grace {:?}: {e}", a.grace)))?;
     if grace_std < radd::config::MIN_PRUNE_GRACE && !a.force {
         return Err(super::usage(format!(
             "--grace {} is below the safe minimum of {}: packs younger than the grace period may belong to a backup of an older radd (which takes no lock) still being written; pass --force to prune anyway",
@@ -139,19 +150,25 @@ pub async fn prune(args: &Args, a: &PruneArgs) -> anyhow::Result<()> {
             humantime::format_duration(radd::config::MIN_PRUNE_GRACE)
         )));
     }
-    let lock_wait = humantime::parse_duration(&a.lock_wait).map_err(|e| super::usage(format!("--lock-wait {:?}: {e}", a.lock_wait)))?;
+    let lock_wait = humantime::parse_duration(&a.lock_wait)
+        .map_err(|e| super::usage(format!("--lock-wait {:?}: {e}", a.lock_wait)))?;
     let grace = chrono::Duration::from_std(grace_std)?;
     let now = match &a.now {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)?.with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
     };
-    let report = retention::prune(&repo, retention::PruneOptions { now, grace, dry_run: a.dry_run, lock_wait }).await.map_err(radd::Error::from)?;
+    let report = retention::prune(&repo, retention::PruneOptions { now, grace, dry_run: a.dry_run, lock_wait })
+        .await
+        .map_err(radd::Error::from)?;
     if report.applied {
         let log = jobs::event_log(&config)?;
         let event = Event::from_occurrence(
             Occurrence::MaintenanceSucceeded,
             "retention.prune",
-            format!("prune reclaimed {} bytes ({} packs, {} WAL files)", report.bytes_reclaimed, report.packs_deleted, report.wal_deleted),
+            format!(
+                "prune reclaimed {} bytes ({} packs, {} WAL files)",
+                report.bytes_reclaimed, report.packs_deleted, report.wal_deleted
+            ),
         )
         .details(serde_json::to_value(&report).unwrap_or_default());
         jobs::record(&log, &event)?;

@@ -44,7 +44,13 @@ pub fn run(args: &Args, command: &ScratchCommand) -> anyhow::Result<()> {
 }
 
 /// `radd restore <snapshot> --scratch …`: creates the instance, prints how to reach it.
-pub async fn restore(args: &Args, a: &RestoreArgs, config: &Config, repo: &Repository, recovery: RecoveryTarget) -> anyhow::Result<()> {
+pub async fn restore(
+    args: &Args,
+    a: &RestoreArgs,
+    config: &Config,
+    repo: &Repository,
+    recovery: RecoveryTarget,
+) -> anyhow::Result<()> {
     let ttl = match &a.ttl {
         Some(text) => match humantime::parse_duration(text) {
             Ok(d) if !d.is_zero() => d,
@@ -86,7 +92,8 @@ fn print_ready(i: &Instance) {
     outln!("  connect:  {}   (the restored roles' passwords)", i.dsn);
     outln!("            {}   (no password: as the PostgreSQL OS user or root)", i.dsn_socket);
     let lsn = i.reached_lsn.map_or_else(|| "unknown".to_owned(), |l| l.to_string());
-    let time = i.reached_time.as_deref().map_or_else(String::new, |t| format!(", last replayed transaction committed at {t}"));
+    let time =
+        i.reached_time.as_deref().map_or_else(String::new, |t| format!(", last replayed transaction committed at {t}"));
     outln!("  reached:  LSN {lsn}{time}");
     if let Some(rto) = i.rto_seconds {
         outln!("  RTO:      {rto:.1}s");
@@ -107,7 +114,18 @@ fn list(args: &Args, config: &Config) -> anyhow::Result<()> {
         outln!("no scratch instances in {}", host.dir.display());
         return Ok(());
     }
-    outln!("{:<8}  {:<9}  {:<30}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  DSN", "ID", "STATE", "SNAPSHOT", "TARGET", "PORT", "OWNER", "CREATED", "EXPIRES", "SIZE");
+    outln!(
+        "{:<8}  {:<9}  {:<30}  {:<38}  {:>5}  {:<8}  {:<10}  {:<20}  {:>9}  DSN",
+        "ID",
+        "STATE",
+        "SNAPSHOT",
+        "TARGET",
+        "PORT",
+        "OWNER",
+        "CREATED",
+        "EXPIRES",
+        "SIZE"
+    );
     for s in &statuses {
         let i = &s.instance;
         let state = match (s.state, s.expired) {
@@ -149,7 +167,13 @@ fn stop(args: &Args, config: &Config, a: &StopArgs) -> anyhow::Result<()> {
         print_json(&out)?;
     } else {
         for r in &reports {
-            let how = if r.killed { "killed" } else if r.was_running { "stopped" } else { "was not running" };
+            let how = if r.killed {
+                "killed"
+            } else if r.was_running {
+                "stopped"
+            } else {
+                "was not running"
+            };
             outln!("scratch instance {} {how}; {} removed", r.instance.id, r.instance.dir().display());
         }
         if reports.is_empty() && errors.is_empty() {

@@ -37,7 +37,9 @@ pub struct VerifyArgs {
 }
 
 fn parse_slice(value: &str) -> anyhow::Result<(u64, u64)> {
-    let (n, m) = value.split_once('/').ok_or_else(|| anyhow::anyhow!("--read-data-subset {value:?}: expected N/M, e.g. 3/10"))?;
+    let (n, m) = value
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--read-data-subset {value:?}: expected N/M, e.g. 3/10"))?;
     let (n, m): (u64, u64) = (n.trim().parse()?, m.trim().parse()?);
     anyhow::ensure!(m >= 1 && (1..=m).contains(&n), "--read-data-subset {value:?}: need 1 <= N <= M");
     Ok((n, m))
@@ -63,7 +65,8 @@ pub async fn run(args: &Args, a: &VerifyArgs) -> anyhow::Result<()> {
         (None, false, false) => VerifyScope::Structure,
     };
     // Only a read of the data objects takes long enough for a bar.
-    let bar = if matches!(scope, VerifyScope::Structure) { Bar::off() } else { Bar::start(args, "verify", Unit::Bytes) };
+    let bar =
+        if matches!(scope, VerifyScope::Structure) { Bar::off() } else { Bar::start(args, "verify", Unit::Bytes) };
     let report = jobs::verify_with_progress(&config, &jobs::event_log(&config)?, (scope, now), bar.progress()).await;
     bar.end(report.is_ok());
     let report = report?;
@@ -116,12 +119,21 @@ fn print_text(report: &VerifyReport) {
 /// `radd verify --accept-gap SEGMENT`: records the acceptance and a change event.
 async fn accept_gap(args: &Args, config: &radd::config::Config, segment: &str, reason: &str) -> anyhow::Result<()> {
     let repo = radd::repository::Repository::open(config, false).await.map_err(radd::Error::from)?;
-    let record = radd::verify::accept_gap(&repo, segment, super::operator(), reason.to_owned()).await.map_err(radd::Error::from)?;
-    let event = radd::events::Event::change("verify.accept-gap", format!("WAL gap at {segment} accepted as a known loss by {}", record.by)).details(serde_json::to_value(&record).unwrap_or_default());
+    let record = radd::verify::accept_gap(&repo, segment, super::operator(), reason.to_owned())
+        .await
+        .map_err(radd::Error::from)?;
+    let event = radd::events::Event::change(
+        "verify.accept-gap",
+        format!("WAL gap at {segment} accepted as a known loss by {}", record.by),
+    )
+    .details(serde_json::to_value(&record).unwrap_or_default());
     jobs::record(&jobs::event_log(config)?, &event)?;
     if args.json {
         return print_json(&record);
     }
-    outln!("gap at {segment} accepted by {}; verify no longer reports it (restores through it still need --allow-gap)", record.by);
+    outln!(
+        "gap at {segment} accepted by {}; verify no longer reports it (restores through it still need --allow-gap)",
+        record.by
+    );
     Ok(())
 }

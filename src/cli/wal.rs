@@ -37,9 +37,7 @@ pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
         level: repo.compression_level,
         compress_workers: archive.compress_workers,
     };
-    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, options)
-        .await
-        .map_err(radd::Error::from)?;
+    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, options).await.map_err(radd::Error::from)?;
     tracing::info!(path = %a.path.display(), ?outcome, backlog_archived = ahead, "WAL file archived");
     Ok(())
 }

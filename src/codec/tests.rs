@@ -6,8 +6,7 @@ use super::*;
 fn seal_open_round_trip_and_tamper_detection() {
     let key = IdKey::generate();
     let id = Identity::generate();
-    let (mut stored, digest) =
-        seal(ObjectKind::Wal, b"segment", &key, &id.recipients(), 3, "w").unwrap();
+    let (mut stored, digest) = seal(ObjectKind::Wal, b"segment", &key, &id.recipients(), 3, "w").unwrap();
     assert_eq!(header_digest(&stored, "w").unwrap(), digest);
     assert_eq!(open(ObjectKind::Wal, &stored, &key, &id, "w").unwrap(), b"segment");
     assert!(open(ObjectKind::Pack, &stored, &key, &id, "w").is_err());
@@ -30,12 +29,14 @@ fn streamed_seal_opens_like_a_sealed_object() {
     for workers in [0, 1, 3] {
         let mut out = std::io::Cursor::new(Vec::new());
         let options = SealOptions { level: 1, workers };
-        let digest = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "w").unwrap();
+        let digest =
+            seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "w").unwrap();
         let mut stored = out.into_inner();
         assert_eq!(digest, Version::V3.digest(&key, ObjectKind::Wal, "w", &plaintext));
         assert_eq!(header(&stored, "w").unwrap(), (Version::V3, digest));
         assert_eq!(open(ObjectKind::Wal, &stored, &key, &id, "w").unwrap(), plaintext);
-        let streamed = digest_stream(ObjectKind::Wal, Version::V3, &plaintext[..], plaintext.len() as u64, &key, "w").unwrap();
+        let streamed =
+            digest_stream(ObjectKind::Wal, Version::V3, &plaintext[..], plaintext.len() as u64, &key, "w").unwrap();
         assert_eq!(streamed, digest);
         let rewrapped = rewrap(ObjectKind::Wal, &stored, &key, &id, &id.recipients(), "w").unwrap();
         assert_eq!(open(ObjectKind::Wal, &rewrapped, &key, &id, "w").unwrap(), plaintext);
@@ -71,7 +72,10 @@ fn damaged_ciphertext_is_corruption_and_only_a_foreign_identity_is_a_key_problem
         assert!(matches!(err, Error::Corrupt { .. }), "byte {at}: {err}");
         assert_eq!(err.kind(), ErrorKind::Integrity);
         let message = err.to_string();
-        assert!(message.contains("is corrupt") && message.contains(name) && !message.contains("identity"), "byte {at}: {message}");
+        assert!(
+            message.contains("is corrupt") && message.contains(name) && !message.contains("identity"),
+            "byte {at}: {message}"
+        );
     }
     let err = open(ObjectKind::Wal, &stored, &key, &Identity::generate(), name).unwrap_err();
     assert!(matches!(err, Error::Crypto { source: crate::crypto::Error::Decrypt(_), .. }), "{err}");
@@ -108,9 +112,12 @@ fn a_streamed_seal_reports_the_full_output_not_the_stages_it_stopped() {
     let (key, id) = (IdKey::generate(), Identity::generate());
     let recipients = id.recipients();
     let keys = SealKeys { id_key: &key, recipients: &recipients };
-    let plaintext: Vec<u8> = (0..STREAM_BLOCK * 8).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23) as u8).collect();
+    let plaintext: Vec<u8> =
+        (0..STREAM_BLOCK * 8).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(23) as u8).collect();
     let mut out = Full { room: 4096, data: Vec::new() };
     let options = SealOptions { level: 1, workers: 2 };
-    let error = seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "wal/1/x").expect_err("the output is full");
+    let error =
+        seal_stream(ObjectKind::Wal, &plaintext[..], plaintext.len() as u64, keys, options, &mut out, "wal/1/x")
+            .expect_err("the output is full");
     assert!(matches!(&error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull), "{error}");
 }

@@ -99,13 +99,25 @@ pub fn header(stored: &[u8], object: &str) -> Result<(Version, Digest), Error> {
         _ => return Err(Error::Corrupt { object: object.to_owned(), reason: "missing radd object header".into() }),
     };
     let mut d = [0u8; 32];
-    d.copy_from_slice(stored.get(8..HEADER_LEN).ok_or_else(|| Error::Corrupt { object: object.to_owned(), reason: "truncated radd object header".into() })?);
+    d.copy_from_slice(
+        stored.get(8..HEADER_LEN).ok_or_else(|| Error::Corrupt {
+            object: object.to_owned(),
+            reason: "truncated radd object header".into(),
+        })?,
+    );
     Ok((version, Digest(d)))
 }
 
 /// Checks `plaintext` (of `kind`, stored under key `object`) against the digest its header of
 /// `version` holds.
-pub(super) fn check_digest(id_key: &IdKey, version: Version, kind: ObjectKind, plaintext: &[u8], expected: Digest, object: &str) -> Result<(), Error> {
+pub(super) fn check_digest(
+    id_key: &IdKey,
+    version: Version,
+    kind: ObjectKind,
+    plaintext: &[u8],
+    expected: Digest,
+    object: &str,
+) -> Result<(), Error> {
     if version.digest(id_key, kind, object, plaintext) == expected {
         return Ok(());
     }
@@ -139,7 +151,10 @@ mod tests {
         assert!(matches!(&err, Error::Corrupt { object, .. } if object == moved), "{err}");
         assert!(err.to_string().contains("moved or copied here from another name"), "{err}");
         // Length-prefixed: a key cannot be shifted into the content.
-        assert_ne!(Version::V3.digest(&key, ObjectKind::Wal, "ab", b"c"), Version::V3.digest(&key, ObjectKind::Wal, "a", b"bc"));
+        assert_ne!(
+            Version::V3.digest(&key, ObjectKind::Wal, "ab", b"c"),
+            Version::V3.digest(&key, ObjectKind::Wal, "a", b"bc")
+        );
         // Versions 1 and 2 do not bind the key: they open under any name (their WAL is checked
         // by its page headers instead).
         let (v1, _) = seal(ObjectKind::Wal, b"segment", &key, &recipients, 1, name).unwrap();
@@ -150,7 +165,8 @@ mod tests {
         v2[8..HEADER_LEN].copy_from_slice(&Version::V2.digest(&key, ObjectKind::Wal, "", b"segment").0);
         assert_eq!(open(ObjectKind::Wal, &v2, &key, &id, moved).unwrap(), b"segment");
         // Each version has its own digest of the same content.
-        let digests = [Version::V1, Version::V2, Version::V3].map(|v| v.digest(&key, ObjectKind::Wal, name, b"segment"));
+        let digests =
+            [Version::V1, Version::V2, Version::V3].map(|v| v.digest(&key, ObjectKind::Wal, name, b"segment"));
         assert!(digests[0] != digests[1] && digests[1] != digests[2] && digests[0] != digests[2]);
     }
 }

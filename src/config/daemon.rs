@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::time::{CronSchedule, HumanDuration, optional_cron, optional_cron_text, optional_duration, optional_duration_text};
+use super::time::{
+    CronSchedule, HumanDuration, optional_cron, optional_cron_text, optional_duration, optional_duration_text,
+};
 
 /// `[daemon]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -11,11 +13,19 @@ pub struct DaemonConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
     /// Cron schedule (UTC) of the base backup; "" disables it.
-    #[serde(default = "default_backup_schedule", deserialize_with = "optional_cron", serialize_with = "optional_cron_text")]
+    #[serde(
+        default = "default_backup_schedule",
+        deserialize_with = "optional_cron",
+        serialize_with = "optional_cron_text"
+    )]
     pub backup_schedule: Option<CronSchedule>,
     /// Cron schedule of retention: forget by `[retention]` (and jobs' policies), then prune
     /// ("" disables it).
-    #[serde(default = "default_retention_schedule", deserialize_with = "optional_cron", serialize_with = "optional_cron_text")]
+    #[serde(
+        default = "default_retention_schedule",
+        deserialize_with = "optional_cron",
+        serialize_with = "optional_cron_text"
+    )]
     pub retention_schedule: Option<CronSchedule>,
     /// Grace period of scheduled prunes (longer than any backup; at least 1 h).
     #[serde(default = "default_prune_grace")]
@@ -24,13 +34,21 @@ pub struct DaemonConfig {
     #[serde(default = "default_lock_wait")]
     pub prune_lock_wait: HumanDuration,
     /// Cron schedule of the daily incremental verification ("" disables it).
-    #[serde(default = "default_verify_schedule", deserialize_with = "optional_cron", serialize_with = "optional_cron_text")]
+    #[serde(
+        default = "default_verify_schedule",
+        deserialize_with = "optional_cron",
+        serialize_with = "optional_cron_text"
+    )]
     pub verify_schedule: Option<CronSchedule>,
     /// Every data object is read in full at least once per this period.
     #[serde(default = "default_verify_period")]
     pub verify_period: HumanDuration,
     /// How often the heartbeat row on the source is refreshed ("" or "0s" disables it).
-    #[serde(default = "default_heartbeat", deserialize_with = "optional_duration", serialize_with = "optional_duration_text")]
+    #[serde(
+        default = "default_heartbeat",
+        deserialize_with = "optional_duration",
+        serialize_with = "optional_duration_text"
+    )]
     pub heartbeat_interval: Option<HumanDuration>,
     /// How often archive lag is measured, events are delivered to sinks and expired scratch
     /// instances are stopped.

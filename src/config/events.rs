@@ -20,11 +20,7 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig {
-            dir: PathBuf::from("/var/lib/radd/events"),
-            gitlab: None,
-            webhook: None,
-        }
+        EventsConfig { dir: PathBuf::from("/var/lib/radd/events"), gitlab: None, webhook: None }
     }
 }
 
@@ -93,9 +89,6 @@ mod tests {
         assert_eq!(gitlab.project_id, "42");
         assert_eq!(gitlab.token_env, "RADD_GITLAB_TOKEN");
         assert_eq!(gitlab.labels, ["db"]);
-        assert_eq!(
-            cfg.webhook.unwrap().token_env.as_deref(),
-            Some("HOOK_TOKEN")
-        );
+        assert_eq!(cfg.webhook.unwrap().token_env.as_deref(), Some("HOOK_TOKEN"));
     }
 }

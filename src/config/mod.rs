@@ -349,23 +349,22 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
 impl Config {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let parse_error = |e: toml::de::Error| Error::Parse {
-            path: path.to_owned(),
-            message: parse_message(&text, &e),
-        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let parse_error =
+            |e: toml::de::Error| Error::Parse { path: path.to_owned(), message: parse_message(&text, &e) };
         // Every unknown key is reported at once (a misspelt key silently means its default).
         let mut unknown = Vec::new();
         let deserializer = toml::Deserializer::parse(&text).map_err(parse_error)?;
-        let mut config: Config = serde_ignored::deserialize(deserializer, |key| unknown.push(key_path(&key))).map_err(parse_error)?;
+        let mut config: Config =
+            serde_ignored::deserialize(deserializer, |key| unknown.push(key_path(&key))).map_err(parse_error)?;
         let source = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = source.parent().map(Path::to_owned).unwrap_or_default();
         config.resolve_paths(&base);
         config.source = source;
-        let mut problems: Vec<String> = unknown.into_iter().map(|key| format!("{key}: unknown key (misspelt, or from another radd version?)")).collect();
+        let mut problems: Vec<String> = unknown
+            .into_iter()
+            .map(|key| format!("{key}: unknown key (misspelt, or from another radd version?)"))
+            .collect();
         match config.validate() {
             Ok(()) => {}
             Err(Error::Invalid { problems: more, .. }) => problems.extend(more),
@@ -389,7 +388,9 @@ impl Config {
         fix(&mut self.keys.id_key_file);
         fix(&mut self.postgres.data_dir);
         fix(&mut self.scratch.dir);
-        for path in [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir, &mut self.backup.state_dir] {
+        for path in
+            [&mut self.drills.dir, &mut self.drills.scratch_dir, &mut self.events.dir, &mut self.backup.state_dir]
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -419,7 +420,9 @@ impl Config {
         if b.block_size.0 == 0 || !b.block_size.0.is_multiple_of(8192) || b.block_size.0 > MAX_BLOCK_SIZE {
             problems.push("backup.block_size: must be a multiple of 8KiB between 8KiB and 16MiB".to_owned());
         } else if b.block_size.0 > b.pack_size.0 {
-            problems.push("backup.block_size: must not exceed backup.pack_size (a block is stored whole in one pack)".to_owned());
+            problems.push(
+                "backup.block_size: must not exceed backup.pack_size (a block is stored whole in one pack)".to_owned(),
+            );
         }
         if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {
             problems.push("backup.chunk_size: must be between 64KiB and 64MiB".to_owned());
@@ -466,23 +469,15 @@ impl Config {
         {
             problems.push(format!("retention.keep_within: invalid duration {w:?}"));
         }
-        for (key, value) in [
-            ("backup.archive_wait", &self.backup.archive_wait),
-            ("backup.lock_wait", &self.backup.lock_wait),
-        ] {
+        for (key, value) in
+            [("backup.archive_wait", &self.backup.archive_wait), ("backup.lock_wait", &self.backup.lock_wait)]
+        {
             if !value.is_empty() && humantime::parse_duration(value).is_err() {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"10s\", \"5m\")"));
             }
         }
         problems.extend(self.daemon.problems());
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid {
-                path: self.source.clone(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(()) } else { Err(Error::Invalid { path: self.source.clone(), problems }) }
     }
 }
 
@@ -491,11 +486,7 @@ impl Config {
 /// first, optional year). Five fields run at second 0.
 pub fn parse_cron(expression: &str) -> Result<cron::Schedule, cron::error::Error> {
     let expression = expression.trim();
-    if expression.split_whitespace().count() == 5 {
-        format!("0 {expression}").parse()
-    } else {
-        expression.parse()
-    }
+    if expression.split_whitespace().count() == 5 { format!("0 {expression}").parse() } else { expression.parse() }
 }
 
 /// Largest `backup.block_size`: blocks are read, hashed and sealed whole, several per thread.
@@ -550,11 +541,7 @@ mod tests {
     fn validation_reports_every_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("radd.toml");
-        std::fs::write(
-            &path,
-            "[repository]\nbackend = \"s3\"\n[backup]\nblock_size = \"10KiB\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "[repository]\nbackend = \"s3\"\n[backup]\nblock_size = \"10KiB\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("repository.bucket"), "{err}");
         assert!(err.contains("keys.recipients"), "{err}");
@@ -568,10 +555,7 @@ mod tests {
         let id = crate::crypto::Identity::generate();
         std::fs::write(
             &path,
-            format!(
-                "[repository]\npath = \"repo\"\n[keys]\nrecipients = [\"{}\"]\n",
-                id.recipients().to_strings()[0]
-            ),
+            format!("[repository]\npath = \"repo\"\n[keys]\nrecipients = [\"{}\"]\n", id.recipients().to_strings()[0]),
         )
         .unwrap();
         let config = Config::load(&path).unwrap();

@@ -70,7 +70,8 @@ impl ScratchConfig {
     /// "scratch.key: problem" lines for invalid values.
     pub(super) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (key, value) in [("scratch.default_ttl", &self.default_ttl), ("scratch.start_timeout", &self.start_timeout)] {
+        for (key, value) in [("scratch.default_ttl", &self.default_ttl), ("scratch.start_timeout", &self.start_timeout)]
+        {
             if humantime::parse_duration(value).map_or(true, |d| d.is_zero()) {
                 problems.push(format!("{key}: invalid duration {value:?} (e.g. \"4h\", \"30m\")"));
             }
@@ -91,10 +92,18 @@ mod tests {
     fn scratch_section_parses_and_bad_values_are_reported_by_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("radd.toml");
-        std::fs::write(&path, "[repository]\npath = \"r\"\n[scratch]\ndir = \"sc\"\ndefault_ttl = \"90m\"\nmax_bytes = \"1GiB\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[repository]\npath = \"r\"\n[scratch]\ndir = \"sc\"\ndefault_ttl = \"90m\"\nmax_bytes = \"1GiB\"\n",
+        )
+        .unwrap();
         let err = super::super::Config::load(&path).unwrap_err().to_string();
         assert!(!err.contains("scratch"), "{err}");
-        std::fs::write(&path, "[repository]\npath = \"r\"\n[scratch]\ndefault_ttl = \"soon\"\nmax_instances = 0\nmax_byte = 1\n").unwrap();
+        std::fs::write(
+            &path,
+            "[repository]\npath = \"r\"\n[scratch]\ndefault_ttl = \"soon\"\nmax_instances = 0\nmax_byte = 1\n",
+        )
+        .unwrap();
         let err = super::super::Config::load(&path).unwrap_err().to_string();
         for key in ["scratch.default_ttl", "scratch.max_instances", "scratch.max_byte"] {
             assert!(err.contains(key), "{key} not reported: {err}");

@@ -21,9 +21,7 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64KiB\""))?;
+        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. \"64KiB\""))?;
         let mult = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "K" => 1 << 10,
@@ -31,9 +29,7 @@ impl FromStr for ByteSize {
             "GiB" | "G" => 1 << 30,
             other => return Err(format!("invalid size unit {other:?}: use B, KiB, MiB or GiB")),
         };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 

@@ -95,7 +95,8 @@ mod tests {
         assert!(defaults.storage_problems().is_empty());
         let zero = repository("path = \"/r\"\nretry_budget = \"0s\"");
         assert!(zero.storage_problems().is_empty(), "no retries is allowed");
-        let bad = repository("path = \"/r\"\nrequest_timeout = \"0s\"\nconnect_timeout = \"soon\"\nretry_budget = \"30d\"");
+        let bad =
+            repository("path = \"/r\"\nrequest_timeout = \"0s\"\nconnect_timeout = \"soon\"\nretry_budget = \"30d\"");
         let problems = bad.storage_problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("repository.request_timeout: must be between 1s and 1h"), "{problems:?}");

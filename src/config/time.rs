@@ -22,7 +22,9 @@ impl HumanDuration {
 impl std::str::FromStr for HumanDuration {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(text.trim()).map(HumanDuration).map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\""))
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"10s\", \"5m\", \"24h\""))
     }
 }
 
@@ -77,7 +79,9 @@ impl CronSchedule {
     /// # Errors
     /// A message naming the expression and what is wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
-        super::parse_cron(text).map(|schedule| CronSchedule { text: text.trim().to_owned(), schedule }).map_err(|e| format!("invalid cron expression {text:?}: {e}"))
+        super::parse_cron(text)
+            .map(|schedule| CronSchedule { text: text.trim().to_owned(), schedule })
+            .map_err(|e| format!("invalid cron expression {text:?}: {e}"))
     }
 }
 

@@ -10,16 +10,10 @@ use super::Error;
 
 /// Fails unless `path` has no group/other permission bits (0600 or stricter).
 pub fn check_key_file_mode(path: &Path) -> Result<(), Error> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::KeyFileIo {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::KeyFileIo { path: path.to_owned(), source })?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::KeyFileMode {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(Error::KeyFileMode { path: path.to_owned(), mode });
     }
     Ok(())
 }
@@ -29,35 +23,20 @@ pub(super) fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, Error> 
     check_key_file_mode(path)?;
     std::fs::read_to_string(path)
         .map(Zeroizing::new)
-        .map_err(|source| Error::KeyFileIo {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| Error::KeyFileIo { path: path.to_owned(), source })
 }
 
 /// Creates `path` with mode 0600 and writes `contents`; refuses to replace an existing file.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| {
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::KeyFileExists {
-                    path: path.to_owned(),
-                }
+                Error::KeyFileExists { path: path.to_owned() }
             } else {
-                Error::KeyFileIo {
-                    path: path.to_owned(),
-                    source,
-                }
+                Error::KeyFileIo { path: path.to_owned(), source }
             }
         })?;
     file.write_all(contents)
         .and_then(|()| file.sync_all())
-        .map_err(|source| Error::KeyFileIo {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| Error::KeyFileIo { path: path.to_owned(), source })
 }

@@ -67,7 +67,9 @@ pub enum Error {
     Encrypt(String),
     /// No identity held matches a recipient of the ciphertext (age's "no matching keys"): the
     /// wrong identity, or (rarely) a damaged recipient stanza in the object's age header.
-    #[error("cannot decrypt: {0} (is keys.identity_file the identity for one of this repository's recipients? if other objects decrypt with it, this one's header was damaged)")]
+    #[error(
+        "cannot decrypt: {0} (is keys.identity_file the identity for one of this repository's recipients? if other objects decrypt with it, this one's header was damaged)"
+    )]
     Decrypt(String),
     /// An identity matched, but the ciphertext does not authenticate (age header MAC, a payload
     /// chunk's tag, or a malformed header): the stored bytes were damaged or tampered with. Not
@@ -109,11 +111,8 @@ impl Recipients {
         values
             .iter()
             .map(|v| {
-                age::x25519::Recipient::from_str(v.as_ref().trim()).map_err(|_| {
-                    Error::InvalidRecipient {
-                        value: v.as_ref().to_owned(),
-                    }
-                })
+                age::x25519::Recipient::from_str(v.as_ref().trim())
+                    .map_err(|_| Error::InvalidRecipient { value: v.as_ref().to_owned() })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Recipients)
@@ -121,14 +120,10 @@ impl Recipients {
 
     /// Encrypts `plaintext` to every recipient; one age header per call.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let encryptor = age::Encryptor::with_recipients(
-            self.0.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|e| Error::Encrypt(e.to_string()))?;
-        let mut out = Vec::with_capacity(plaintext.len() + 256);
-        let mut writer = encryptor
-            .wrap_output(&mut out)
+        let encryptor = age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| Error::Encrypt(e.to_string()))?;
+        let mut out = Vec::with_capacity(plaintext.len() + 256);
+        let mut writer = encryptor.wrap_output(&mut out).map_err(|e| Error::Encrypt(e.to_string()))?;
         writer
             .write_all(plaintext)
             .and_then(|()| writer.finish().map(|_| ()))
@@ -274,9 +269,8 @@ impl IdKey {
 
     /// Rebuilds a key from its raw bytes (e.g. after decrypting the repository's copy).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let raw: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| Error::Corrupt(format!("id key has {} bytes, expected 32", bytes.len())))?;
+        let raw: [u8; 32] =
+            bytes.try_into().map_err(|_| Error::Corrupt(format!("id key has {} bytes, expected 32", bytes.len())))?;
         Ok(IdKey { key: Zeroizing::new(raw), scheme: IdScheme::HmacSha256 })
     }
 
@@ -302,19 +296,13 @@ impl IdKey {
     /// Loads the key from a hex file with mode 0600.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = keyfile::read_secret_file(path)?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .unwrap_or_default();
-        let bytes = Zeroizing::new(hex::decode(line).map_err(|_| Error::InvalidKeyFile {
-            path: path.to_owned(),
-            what: "radd id key (64 hex digits)",
-        })?);
-        Self::from_bytes(&bytes).map_err(|_| Error::InvalidKeyFile {
-            path: path.to_owned(),
-            what: "radd id key (64 hex digits)",
-        })
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
+        let bytes = Zeroizing::new(
+            hex::decode(line)
+                .map_err(|_| Error::InvalidKeyFile { path: path.to_owned(), what: "radd id key (64 hex digits)" })?,
+        );
+        Self::from_bytes(&bytes)
+            .map_err(|_| Error::InvalidKeyFile { path: path.to_owned(), what: "radd id key (64 hex digits)" })
     }
 
     /// Writes the key as hex to a new file with mode 0600.

@@ -21,8 +21,8 @@ pub use http::app;
 
 use crate::config::Config;
 use crate::events::EventLog;
-use crate::metrics::Metrics;
 use crate::jobs;
+use crate::metrics::Metrics;
 
 /// Shared state of the running daemon.
 #[derive(Clone)]
@@ -65,9 +65,9 @@ pub async fn run(config: Config, restore_command: String, reload: ConfigLoader) 
     let (shutdown_tx, shutdown_rx) = signal_watch::channel(false);
     let mut signals = Signals::new();
 
-    let listener = tokio::net::TcpListener::bind(&state.config.daemon.listen)
-        .await
-        .map_err(|source| crate::Error::Daemon(Error::Listen { address: state.config.daemon.listen.clone(), source }))?;
+    let listener = tokio::net::TcpListener::bind(&state.config.daemon.listen).await.map_err(|source| {
+        crate::Error::Daemon(Error::Listen { address: state.config.daemon.listen.clone(), source })
+    })?;
     tracing::info!(address = %state.config.daemon.listen, "serving /metrics and /healthz");
     let server = {
         let mut stop = shutdown_rx.clone();
@@ -94,7 +94,9 @@ pub async fn run(config: Config, restore_command: String, reload: ConfigLoader) 
                 state = next;
                 generation = start(&state, list, &locks, &shutdown_rx, &mut tasks);
                 state.metrics.config_reloaded(true);
-                tracing::info!("configuration reloaded: jobs rescheduled; running jobs finish under the previous configuration");
+                tracing::info!(
+                    "configuration reloaded: jobs rescheduled; running jobs finish under the previous configuration"
+                );
             }
             Err(error) => {
                 state.metrics.config_reloaded(false);
@@ -125,7 +127,8 @@ fn reconfigure(current: &State, reload: &ConfigLoader) -> Result<(State, Vec<sch
     }
     let list = schedule::jobs(&config).map_err(|e| e.to_string())?;
     let events = Arc::new(jobs::event_log(&config).map_err(|e| e.to_string())?);
-    let restore_command = jobs::restore_command(&config.source).map_err(|e| format!("cannot build restore_command from source {}: {e}", config.source.display()))?;
+    let restore_command = jobs::restore_command(&config.source)
+        .map_err(|e| format!("cannot build restore_command from source {}: {e}", config.source.display()))?;
     Ok((State { config: Arc::new(config), events, metrics: current.metrics.clone(), restore_command }, list))
 }
 
@@ -168,8 +171,12 @@ struct Signals {
 impl Signals {
     fn new() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate()).map_err(|error| tracing::warn!(error = %error, "cannot watch SIGTERM; only Ctrl-C stops the daemon")).ok();
-        let hup = signal(SignalKind::hangup()).map_err(|error| tracing::warn!(error = %error, "cannot watch SIGHUP; reloading needs a restart")).ok();
+        let term = signal(SignalKind::terminate())
+            .map_err(|error| tracing::warn!(error = %error, "cannot watch SIGTERM; only Ctrl-C stops the daemon"))
+            .ok();
+        let hup = signal(SignalKind::hangup())
+            .map_err(|error| tracing::warn!(error = %error, "cannot watch SIGHUP; reloading needs a restart"))
+            .ok();
         Signals { term, hup }
     }
 
@@ -216,4 +223,3 @@ pub async fn wait_for_signal() {
         }
     }
 }
-

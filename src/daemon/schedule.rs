@@ -52,19 +52,30 @@ pub enum Work {
 /// The jobs `config` schedules, each declared to the metrics by the caller. A schedule that
 /// does not parse is an error naming its key.
 pub fn jobs(config: &Config) -> Result<Vec<ScheduledJob>, crate::Error> {
-    let cron = |key: &str, value: &str| crate::config::parse_cron(value).map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{key}: {e}"))));
+    let cron = |key: &str, value: &str| {
+        crate::config::parse_cron(value).map_err(|e| crate::Error::Daemon(Error::Schedule(format!("{key}: {e}"))))
+    };
     let d = &config.daemon;
     let mut list = Vec::new();
     if let Some(c) = &d.backup_schedule {
         list.push(ScheduledJob { task: "backup.pg".into(), schedule: c.schedule.clone(), work: Work::BackupPg });
     }
     if let Some(c) = &d.retention_schedule {
-        let grace = chrono::Duration::from_std(d.prune_grace.0).map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.prune_grace {}: {e}", d.prune_grace))))?;
-        list.push(ScheduledJob { task: "retention".into(), schedule: c.schedule.clone(), work: Work::Retention { grace } });
+        let grace = chrono::Duration::from_std(d.prune_grace.0)
+            .map_err(|e| crate::Error::Daemon(Error::Schedule(format!("daemon.prune_grace {}: {e}", d.prune_grace))))?;
+        list.push(ScheduledJob {
+            task: "retention".into(),
+            schedule: c.schedule.clone(),
+            work: Work::Retention { grace },
+        });
     }
     if let Some(c) = &d.verify_schedule {
         let period_days = d.verify_period.0.as_secs() / 86_400;
-        list.push(ScheduledJob { task: "verify".into(), schedule: c.schedule.clone(), work: Work::Verify { period_days } });
+        list.push(ScheduledJob {
+            task: "verify".into(),
+            schedule: c.schedule.clone(),
+            work: Work::Verify { period_days },
+        });
     }
     for job in &config.fs {
         let Some(schedule) = &job.schedule else { continue };
@@ -121,7 +132,13 @@ impl TaskLocks {
 /// Runs `job` at every occurrence of its schedule until `stop` (this generation of loops ends:
 /// reload or shutdown). A run that has started finishes; `shutdown` cancels a file-tree read.
 /// Occurrences missed while a run was still going are skipped with a warning.
-pub async fn cron_loop(state: State, job: ScheduledJob, locks: TaskLocks, mut stop: watch::Receiver<bool>, shutdown: watch::Receiver<bool>) {
+pub async fn cron_loop(
+    state: State,
+    job: ScheduledJob,
+    locks: TaskLocks,
+    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
     let name = &job.task;
     loop {
         let Some(next) = job.schedule.upcoming(Utc).next() else {
@@ -141,11 +158,14 @@ pub async fn cron_loop(state: State, job: ScheduledJob, locks: TaskLocks, mut st
         }
         // One line per run: task, outcome, duration, what it did or why it failed.
         let started = std::time::Instant::now();
-        let outcome = run(&state, &job.work, shutdown.clone()).instrument(tracing::info_span!("task", task = %name)).await;
+        let outcome =
+            run(&state, &job.work, shutdown.clone()).instrument(tracing::info_span!("task", task = %name)).await;
         let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
         match outcome {
             Ok(detail) => tracing::info!(task = %name, outcome = "ok", seconds, detail = %detail, "task finished"),
-            Err(detail) => tracing::error!(task = %name, outcome = "failed", seconds, detail = %detail, "task finished"),
+            Err(detail) => {
+                tracing::error!(task = %name, outcome = "failed", seconds, detail = %detail, "task finished")
+            }
         }
         if let Some(missed) = job.schedule.after(&next).next().filter(|t| *t < Utc::now()) {
             tracing::warn!(task = %name, missed = %missed.to_rfc3339(), "run overlapped the next occurrence; it is skipped");
@@ -165,12 +185,19 @@ async fn run(st: &State, work: &Work, mut shutdown: watch::Receiver<bool>) -> Re
             .map_err(|e| e.to_string()),
         Work::Retention { grace } => jobs::retention(&st.config, &st.events, *grace)
             .await
-            .map(|r| format!("{} bytes reclaimed ({} packs, {} WAL files)", r.bytes_reclaimed, r.packs_deleted, r.wal_deleted))
+            .map(|r| {
+                format!(
+                    "{} bytes reclaimed ({} packs, {} WAL files)",
+                    r.bytes_reclaimed, r.packs_deleted, r.wal_deleted
+                )
+            })
             .map_err(|e| e.to_string()),
         Work::Verify { period_days } => {
             let scope = jobs::VerifyScope::Due { period_days: *period_days };
             match jobs::verify(&st.config, &st.events, scope, Utc::now()).await {
-                Ok(report) if report.ok => Ok(format!("{} objects, {} bytes read", report.objects_checked, report.bytes_read)),
+                Ok(report) if report.ok => {
+                    Ok(format!("{} objects, {} bytes read", report.objects_checked, report.bytes_read))
+                }
                 Ok(report) => Err(format!("{} problem(s) found", report.problems.len())),
                 Err(error) => Err(format!("could not run: {error}")),
             }
@@ -186,10 +213,16 @@ async fn run(st: &State, work: &Work, mut shutdown: watch::Receiver<bool>) -> Re
                 .map(|r| format!("snapshot {}: {} files, {} bytes", r.snapshot_id, r.files, r.total_bytes))
                 .map_err(|e| e.to_string())
         }
-        Work::Drill(definition) => match jobs::run_drill(&st.config, &st.events, (**definition).clone(), false, st.restore_command.clone()).await {
-            Ok(report) if report.passed => Ok(format!("passed; RPO {:?}s RTO {:?}s", report.rpo_seconds, report.rto_seconds)),
-            Ok(report) => Err(format!("failed checks: {}", report.failed_checks().join(", "))),
-            Err(error) => Err(format!("could not run: {error}")),
-        },
+        Work::Drill(definition) => {
+            match jobs::run_drill(&st.config, &st.events, (**definition).clone(), false, st.restore_command.clone())
+                .await
+            {
+                Ok(report) if report.passed => {
+                    Ok(format!("passed; RPO {:?}s RTO {:?}s", report.rpo_seconds, report.rto_seconds))
+                }
+                Ok(report) => Err(format!("failed checks: {}", report.failed_checks().join(", "))),
+                Err(error) => Err(format!("could not run: {error}")),
+            }
+        }
     }
 }

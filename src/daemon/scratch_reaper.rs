@@ -19,14 +19,19 @@ pub async fn reap_loop(state: State, every: Duration, mut stop: watch::Receiver<
     loop {
         let st = state.clone();
         // pg_ctl stop and the directory removal block: off the async threads.
-        let pass = tokio::task::spawn_blocking(move || jobs::scratch_stop(&st.config, &st.events, &Selection::Expired).map_err(|e| e.to_string())).await;
+        let pass = tokio::task::spawn_blocking(move || {
+            jobs::scratch_stop(&st.config, &st.events, &Selection::Expired).map_err(|e| e.to_string())
+        })
+        .await;
         match pass {
             Ok(Ok((_, errors))) => {
                 for error in errors {
                     tracing::error!(error = %error, "cannot stop an expired scratch instance; it keeps running");
                 }
             }
-            Ok(Err(error)) => tracing::error!(error = %error, "scratch instances stopped, but their teardown events could not be recorded"),
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "scratch instances stopped, but their teardown events could not be recorded")
+            }
             Err(error) => tracing::error!(error = %error, "the scratch reaper panicked"),
         }
         tokio::select! {

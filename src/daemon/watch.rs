@@ -142,8 +142,15 @@ impl ArchiveWatch {
             }
         };
         state.metrics.archive_failures(status.failed_count);
-        let Some(dir) = configured.or(status.data_directory) else { return Err("the source did not report its data directory".into()) };
-        archive_status(&dir).map_err(|e| format!("cannot read {}: {e}; radd must run on the database host as a user that can read it", dir.join("pg_wal/archive_status").display()))
+        let Some(dir) = configured.or(status.data_directory) else {
+            return Err("the source did not report its data directory".into());
+        };
+        archive_status(&dir).map_err(|e| {
+            format!(
+                "cannot read {}: {e}; radd must run on the database host as a user that can read it",
+                dir.join("pg_wal/archive_status").display()
+            )
+        })
     }
 
     /// Raises one S1 incident when the oldest pending segment waits longer than the stall

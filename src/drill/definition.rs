@@ -145,7 +145,17 @@ pub struct ChecksSpec {
 
 impl Default for ChecksSpec {
     fn default() -> Self {
-        ChecksSpec { checksums: true, wal_chain: true, timeline: true, pg_verifybackup: true, starts: true, page_integrity: true, rpo: None, sql: Vec::new(), compare_source: false }
+        ChecksSpec {
+            checksums: true,
+            wal_chain: true,
+            timeline: true,
+            pg_verifybackup: true,
+            starts: true,
+            page_integrity: true,
+            rpo: None,
+            sql: Vec::new(),
+            compare_source: false,
+        }
     }
 }
 
@@ -202,14 +212,10 @@ pub fn parse_duration(what: &str, value: &str) -> Result<Duration, Error> {
 impl DrillDefinition {
     /// Reads and validates a drill file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Definition {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let def: DrillDefinition = toml::from_str(&text).map_err(|e| Error::Definition {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Definition { path: path.to_owned(), message: e.to_string() })?;
+        let def: DrillDefinition =
+            toml::from_str(&text).map_err(|e| Error::Definition { path: path.to_owned(), message: e.to_string() })?;
         def.validate(path)?;
         Ok(def)
     }
@@ -223,7 +229,9 @@ impl DrillDefinition {
             problems.push(format!("scratch.timeout: {e}"));
         }
         match self.target.recovery {
-            RecoveryKind::Offset if self.target.offset.as_deref().and_then(|o| humantime::parse_duration(o).ok()).is_none() => {
+            RecoveryKind::Offset
+                if self.target.offset.as_deref().and_then(|o| humantime::parse_duration(o).ok()).is_none() =>
+            {
                 problems.push("target.offset: required (e.g. \"30m\") with recovery = \"offset\"".into());
             }
             RecoveryKind::RestorePoint if self.target.restore_point.is_none() => {
@@ -237,9 +245,13 @@ impl DrillDefinition {
             problems.push("scratch.port_range: first port must not exceed the second".into());
         }
         for (i, probe) in self.checks.sql.iter().enumerate() {
-            let expectations = [probe.expect.is_some(), probe.expect_min.is_some(), probe.expect_source, probe.max_age.is_some()];
+            let expectations =
+                [probe.expect.is_some(), probe.expect_min.is_some(), probe.expect_source, probe.max_age.is_some()];
             if expectations.iter().filter(|&&e| e).count() != 1 {
-                problems.push(format!("checks.sql[{i}] ({}): set exactly one of expect, expect_min, expect_source, max_age", probe.name));
+                problems.push(format!(
+                    "checks.sql[{i}] ({}): set exactly one of expect, expect_min, expect_source, max_age",
+                    probe.name
+                ));
             }
         }
         if problems.is_empty() {

@@ -39,7 +39,16 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
         progress: crate::progress::Progress::none(),
     };
     match restore::run(repo, &restore_options).await {
-        Ok(r) => record(progress, "checksums", CheckStatus::Passed, format!("{} files, {} bytes match their manifest SHA-256 ({} packs read for {} distinct)", r.files, r.bytes, r.packs_read, r.packs_distinct), t),
+        Ok(r) => record(
+            progress,
+            "checksums",
+            CheckStatus::Passed,
+            format!(
+                "{} files, {} bytes match their manifest SHA-256 ({} packs read for {} distinct)",
+                r.files, r.bytes, r.packs_read, r.packs_distinct
+            ),
+            t,
+        ),
         Err(e) => return record(progress, "checksums", CheckStatus::Failed, e.to_string(), t),
     }
     let t = Instant::now();
@@ -49,20 +58,54 @@ pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, pr
     };
     let problems = check_entries(&manifest, &target);
     if problems.is_empty() {
-        record(progress, "entries", CheckStatus::Passed, format!("all {} entries match the manifest (type, mode, size, link target, mtime)", manifest.entries.len()), t);
+        record(
+            progress,
+            "entries",
+            CheckStatus::Passed,
+            format!("all {} entries match the manifest (type, mode, size, link target, mtime)", manifest.entries.len()),
+            t,
+        );
     } else {
-        record(progress, "entries", CheckStatus::Failed, format!("{} mismatches, first: {}", problems.len(), problems[0]), t);
+        record(
+            progress,
+            "entries",
+            CheckStatus::Failed,
+            format!("{} mismatches, first: {}", problems.len(), problems[0]),
+            t,
+        );
     }
     if snap.partial {
-        record(progress, "complete", CheckStatus::Failed, format!("snapshot is partial: {}", manifest.unreadable.join("; ")), t);
+        record(
+            progress,
+            "complete",
+            CheckStatus::Failed,
+            format!("snapshot is partial: {}", manifest.unreadable.join("; ")),
+            t,
+        );
     }
     if def.checks.compare_source {
         let t = Instant::now();
         let (compared, differing) = compare_source(&manifest);
         if differing.is_empty() {
-            record(progress, "compare_source", CheckStatus::Passed, format!("{compared} files unchanged since the snapshot match the live tree"), t);
+            record(
+                progress,
+                "compare_source",
+                CheckStatus::Passed,
+                format!("{compared} files unchanged since the snapshot match the live tree"),
+                t,
+            );
         } else {
-            record(progress, "compare_source", CheckStatus::Failed, format!("{} of {compared} unchanged files differ from the live tree, first: {}", differing.len(), differing[0]), t);
+            record(
+                progress,
+                "compare_source",
+                CheckStatus::Failed,
+                format!(
+                    "{} of {compared} unchanged files differ from the live tree, first: {}",
+                    differing.len(),
+                    differing[0]
+                ),
+                t,
+            );
         }
     }
 }
@@ -83,10 +126,13 @@ fn check_entries(manifest: &Manifest, root: &Path) -> Vec<String> {
             EntryKind::Dir => meta.is_dir(),
             EntryKind::File { .. } | EntryKind::Hardlink { .. } => meta.is_file(),
             EntryKind::Symlink { target, raw_target } => {
-                meta.file_type().is_symlink() && std::fs::read_link(&path).is_ok_and(|t| t.as_os_str() == snapshot::decode_os(target, raw_target.as_ref()))
+                meta.file_type().is_symlink()
+                    && std::fs::read_link(&path)
+                        .is_ok_and(|t| t.as_os_str() == snapshot::decode_os(target, raw_target.as_ref()))
             }
         };
-        let mode_ok = matches!(entry.kind, EntryKind::Symlink { .. }) || meta.permissions().mode() & 0o7777 == entry.mode;
+        let mode_ok =
+            matches!(entry.kind, EntryKind::Symlink { .. }) || meta.permissions().mode() & 0o7777 == entry.mode;
         let size_ok = !meta.is_file() || meta.len() == entry.size;
         let mtime_ok = meta.is_dir() || (meta.mtime(), meta.mtime_nsec()) == (entry.mtime, i64::from(entry.mtime_nsec));
         if !(type_ok && mode_ok && size_ok && mtime_ok) {

@@ -65,11 +65,21 @@ pub async fn run(repo: &Repository, options: &DrillOptions) -> Result<DrillRepor
     let mut scratch = Scratch { dir: dir.clone(), cluster: None, keep: options.keep };
     let progress: Shared = Arc::default();
     let outcome = match def.kind {
-        super::DrillKind::Pg => tokio::time::timeout(def.timeout(), steps(repo, options, &mut scratch, &progress, started, clock)).await,
-        super::DrillKind::Fs => tokio::time::timeout(def.timeout(), super::fs::steps(repo, options, &scratch.dir, &progress)).await,
+        super::DrillKind::Pg => {
+            tokio::time::timeout(def.timeout(), steps(repo, options, &mut scratch, &progress, started, clock)).await
+        }
+        super::DrillKind::Fs => {
+            tokio::time::timeout(def.timeout(), super::fs::steps(repo, options, &scratch.dir, &progress)).await
+        }
     };
     if outcome.is_err() {
-        record(&progress, "timeout", CheckStatus::Failed, format!("drill did not finish within {}", def.scratch.timeout), clock);
+        record(
+            &progress,
+            "timeout",
+            CheckStatus::Failed,
+            format!("drill did not finish within {}", def.scratch.timeout),
+            clock,
+        );
     }
     drop(scratch);
     let p = std::mem::take(&mut *progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -96,7 +106,8 @@ fn prepare_dir(parent: &Path, dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(parent).map_err(err(parent))?;
     std::fs::create_dir(dir).map_err(err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err(dir))?;
-    pg::hand_over(dir).map_err(|e| Error::Scratch { path: dir.to_owned(), source: std::io::Error::other(e.to_string()) })
+    pg::hand_over(dir)
+        .map_err(|e| Error::Scratch { path: dir.to_owned(), source: std::io::Error::other(e.to_string()) })
 }
 
 async fn steps(
@@ -114,7 +125,13 @@ async fn steps(
         Err(e) => return record(progress, "snapshot", CheckStatus::Failed, e.to_string(), t),
     };
     let Some(pg_info) = record_snap.pg.clone() else {
-        return record(progress, "snapshot", CheckStatus::Failed, format!("snapshot {} is not a PostgreSQL backup", record_snap.id), t);
+        return record(
+            progress,
+            "snapshot",
+            CheckStatus::Failed,
+            format!("snapshot {} is not a PostgreSQL backup", record_snap.id),
+            t,
+        );
     };
     if let Ok(mut p) = progress.lock() {
         p.snapshot_id = Some(record_snap.id.clone());
@@ -125,10 +142,13 @@ async fn steps(
     };
 
     let t = Instant::now();
-    let size = match archive::segment_size_for_snapshot(repo, pg_info.segment_size, &format!("snapshot {}", record_snap.id)).await {
-        Ok(size) => size,
-        Err(e) => return record(progress, "wal_chain", CheckStatus::Failed, e.to_string(), t),
-    };
+    let size =
+        match archive::segment_size_for_snapshot(repo, pg_info.segment_size, &format!("snapshot {}", record_snap.id))
+            .await
+        {
+            Ok(size) => size,
+            Err(e) => return record(progress, "wal_chain", CheckStatus::Failed, e.to_string(), t),
+        };
     let last = match &recovery {
         RecoveryTarget::Immediate => Some(pg_info.stop_lsn.segment_no(size)),
         _ => None,
@@ -137,7 +157,17 @@ async fn steps(
     let chain_ok = chain.is_ok();
     if def.checks.wal_chain {
         match chain {
-            Ok(end) => record(progress, "wal_chain", CheckStatus::Passed, format!("segments {} … {} archived, no gap", pg::WalFileName::segment_for(pg_info.timeline, pg_info.start_lsn, size).to_name(size), pg::WalFileName::Segment { timeline: pg_info.timeline, number: end }.to_name(size)), t),
+            Ok(end) => record(
+                progress,
+                "wal_chain",
+                CheckStatus::Passed,
+                format!(
+                    "segments {} … {} archived, no gap",
+                    pg::WalFileName::segment_for(pg_info.timeline, pg_info.start_lsn, size).to_name(size),
+                    pg::WalFileName::Segment { timeline: pg_info.timeline, number: end }.to_name(size)
+                ),
+                t,
+            ),
             Err(e) => record(progress, "wal_chain", CheckStatus::Failed, e.to_string(), t),
         }
     }
@@ -183,12 +213,28 @@ async fn steps(
         Err(e) => return record(progress, "starts", CheckStatus::Failed, e, t),
     };
     let run_dir = scratch.dir.join("run");
-    if let Err(e) = std::fs::create_dir(&run_dir).map_err(|e| e.to_string()).and_then(|()| pg::hand_over(&run_dir).map_err(|e| e.to_string())) {
+    if let Err(e) = std::fs::create_dir(&run_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| pg::hand_over(&run_dir).map_err(|e| e.to_string()))
+    {
         return record(progress, "starts", CheckStatus::Failed, e, t);
     }
-    let settings = match pg::instance::own_config(&run_dir, &data, "radd drill scratch instance", pg::instance::Access::SocketOnly) {
+    let settings = match pg::instance::own_config(
+        &run_dir,
+        &data,
+        "radd drill scratch instance",
+        pg::instance::Access::SocketOnly,
+    ) {
         Ok(s) => s,
-        Err(e) => return record(progress, "starts", CheckStatus::Failed, format!("cannot write the scratch instance's configuration into {}: {e}", run_dir.display()), t),
+        Err(e) => {
+            return record(
+                progress,
+                "starts",
+                CheckStatus::Failed,
+                format!("cannot write the scratch instance's configuration into {}: {e}", run_dir.display()),
+                t,
+            );
+        }
     };
     let cluster = match ScratchCluster::new(&options.bin_dir, &run_dir) {
         Ok(c) => c.with_data_dir(&data).with_port(port).socket_only(),
@@ -198,7 +244,15 @@ async fn steps(
     if def.checks.pg_verifybackup {
         let t = Instant::now();
         match cluster.verify_backup() {
-            Ok(()) => record(progress, "pg_verifybackup", CheckStatus::Passed, format!("PostgreSQL's pg_verifybackup confirms {files} files against the backup-time checksums in backup_manifest"), t),
+            Ok(()) => record(
+                progress,
+                "pg_verifybackup",
+                CheckStatus::Passed,
+                format!(
+                    "PostgreSQL's pg_verifybackup confirms {files} files against the backup-time checksums in backup_manifest"
+                ),
+                t,
+            ),
             Err(e) => record(progress, "pg_verifybackup", CheckStatus::Failed, e.to_string(), t),
         }
     }
@@ -210,7 +264,15 @@ async fn steps(
     };
     if let Err(e) = promoted {
         if def.checks.checksums {
-            record(progress, "checksums", CheckStatus::Failed, format!("{files} files verified, but WAL replay did not complete (a WAL segment may be missing or damaged): see below"), restore_took);
+            record(
+                progress,
+                "checksums",
+                CheckStatus::Failed,
+                format!(
+                    "{files} files verified, but WAL replay did not complete (a WAL segment may be missing or damaged): see below"
+                ),
+                restore_took,
+            );
         }
         return record(progress, "starts", CheckStatus::Failed, e.to_string(), t);
     }
@@ -219,29 +281,66 @@ async fn steps(
         p.rto = Some(rto);
     }
     if def.checks.checksums {
-        record(progress, "checksums", CheckStatus::Passed, format!("{files} files match their manifest SHA-256 ({packs}); every replayed WAL segment decrypted and matched its digest"), restore_took);
+        record(
+            progress,
+            "checksums",
+            CheckStatus::Passed,
+            format!(
+                "{files} files match their manifest SHA-256 ({packs}); every replayed WAL segment decrypted and matched its digest"
+            ),
+            restore_took,
+        );
     }
     if def.checks.starts {
-        record(progress, "starts", CheckStatus::Passed, format!("consistent and promoted (socket {}, port {port}); queryable {rto:.1}s after drill start (RTO)", cluster.host()), t);
+        record(
+            progress,
+            "starts",
+            CheckStatus::Passed,
+            format!(
+                "consistent and promoted (socket {}, port {port}); queryable {rto:.1}s after drill start (RTO)",
+                cluster.host()
+            ),
+            t,
+        );
     }
     crate::faults::pause_point("drill:started").await;
     super::run_checks::after_start(options, cluster, progress_sink(progress), started, &record_snap).await;
 }
 
 /// Records the `timeline` check; returns the timeline to restore along when it failed.
-async fn check_timelines(repo: &Repository, pg_info: &snapshot::PgInfo, size: pg::SegmentSize, progress: &Shared, t: Instant) -> Option<pg::Timeline> {
+async fn check_timelines(
+    repo: &Repository,
+    pg_info: &snapshot::PgInfo,
+    size: pg::SegmentSize,
+    progress: &Shared,
+    t: Instant,
+) -> Option<pg::Timeline> {
     match archive::Timelines::load(repo, size).await {
         Ok(timelines) => {
             let diverged = timelines.divergences();
             if diverged.is_empty() {
                 let newest = timelines.newest_from(pg_info.timeline);
-                record(progress, "timeline", CheckStatus::Passed, format!("no diverged timeline; recovery follows timeline {}", newest.0), t);
+                record(
+                    progress,
+                    "timeline",
+                    CheckStatus::Passed,
+                    format!("no diverged timeline; recovery follows timeline {}", newest.0),
+                    t,
+                );
                 return None;
             }
             let detail = diverged.iter().map(archive::Divergence::describe).collect::<Vec<_>>().join("; ");
-            record(progress, "timeline", CheckStatus::Failed, format!("{detail}; the drill restores along timeline {}", pg_info.timeline.0), t);
+            record(
+                progress,
+                "timeline",
+                CheckStatus::Failed,
+                format!("{detail}; the drill restores along timeline {}", pg_info.timeline.0),
+                t,
+            );
         }
-        Err(e) => record(progress, "timeline", CheckStatus::Failed, format!("cannot read the archive's timelines: {e}"), t),
+        Err(e) => {
+            record(progress, "timeline", CheckStatus::Failed, format!("cannot read the archive's timelines: {e}"), t)
+        }
     }
     Some(pg_info.timeline)
 }
@@ -258,7 +357,11 @@ fn progress_sink(progress: &Shared) -> impl Fn(&str, CheckStatus, String, Instan
 }
 
 /// Picks the drill's snapshot among those of `kind`: latest, random, or by id.
-pub async fn choose_snapshot(repo: &Repository, wanted: &str, kind: SnapshotKind) -> Result<SnapshotRecord, snapshot::Error> {
+pub async fn choose_snapshot(
+    repo: &Repository,
+    wanted: &str,
+    kind: SnapshotKind,
+) -> Result<SnapshotRecord, snapshot::Error> {
     if wanted != "random" {
         return snapshot::resolve_kind(repo, wanted, Some(kind)).await;
     }
@@ -278,7 +381,8 @@ fn recovery_target(def: &super::DrillDefinition, snap: &SnapshotRecord) -> Resul
         RecoveryKind::Immediate => RecoveryTarget::Immediate,
         RecoveryKind::RestorePoint => RecoveryTarget::Name(def.target.restore_point.clone().unwrap_or_default()),
         RecoveryKind::Offset => {
-            let offset = parse_duration("target.offset", def.target.offset.as_deref().unwrap_or("0s")).map_err(|e| e.to_string())?;
+            let offset = parse_duration("target.offset", def.target.offset.as_deref().unwrap_or("0s"))
+                .map_err(|e| e.to_string())?;
             let end = DateTime::parse_from_rfc3339(&snap.finished).map_err(|e| format!("snapshot end time: {e}"))?;
             let at = end.with_timezone(&Utc) + chrono::Duration::from_std(offset).map_err(|e| e.to_string())?;
             RecoveryTarget::Time(at)

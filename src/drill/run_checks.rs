@@ -10,7 +10,6 @@ use crate::config::PostgresConfig;
 use crate::pg::{self, ScratchCluster};
 use crate::snapshot::SnapshotRecord;
 
-
 /// Runs every check that needs the running scratch instance, then stops it.
 pub async fn after_start(
     options: &DrillOptions,
@@ -35,11 +34,18 @@ pub async fn after_start(
             Ok(seconds) => {
                 let max = rpo.max.as_deref().map(|m| parse_duration("checks.rpo.max", m));
                 let (status, detail) = match max {
-                    Some(Ok(max)) if seconds > max.as_secs_f64() => {
-                        (CheckStatus::Failed, format!("measured RPO {seconds:.1}s exceeds the maximum {}", rpo.max.as_deref().unwrap_or_default()))
-                    }
+                    Some(Ok(max)) if seconds > max.as_secs_f64() => (
+                        CheckStatus::Failed,
+                        format!(
+                            "measured RPO {seconds:.1}s exceeds the maximum {}",
+                            rpo.max.as_deref().unwrap_or_default()
+                        ),
+                    ),
                     Some(Err(e)) => (CheckStatus::Failed, e.to_string()),
-                    _ => (CheckStatus::Passed, format!("measured RPO {seconds:.1}s (restored heartbeat vs. drill start)")),
+                    _ => (
+                        CheckStatus::Passed,
+                        format!("measured RPO {seconds:.1}s (restored heartbeat vs. drill start)"),
+                    ),
                 };
                 sink("rpo", status, detail, t, Some(seconds));
             }
@@ -53,12 +59,21 @@ pub async fn after_start(
         let amcheck = cluster.amcheck().map_err(|e| format!("pg_amcheck found problems: {e}"));
         let stopped = cluster.stop_clean().map_err(|e| format!("clean shutdown failed: {e}"));
         let pages = match (checksums_on, &stopped) {
-            (true, Ok(())) => cluster.check_checksums().map(|()| "pg_checksums: all pages verified").map_err(|e| format!("pg_checksums: {e}")),
+            (true, Ok(())) => cluster
+                .check_checksums()
+                .map(|()| "pg_checksums: all pages verified")
+                .map_err(|e| format!("pg_checksums: {e}")),
             (true, Err(e)) => Err(e.clone()),
             (false, _) => Ok("cluster has no data checksums; pg_checksums skipped"),
         };
         match (amcheck, pages) {
-            (Ok(()), Ok(pages)) => sink("page_integrity", CheckStatus::Passed, format!("pg_amcheck: all heap tables and B-tree indexes in every database are clean; {pages}"), t, None),
+            (Ok(()), Ok(pages)) => sink(
+                "page_integrity",
+                CheckStatus::Passed,
+                format!("pg_amcheck: all heap tables and B-tree indexes in every database are clean; {pages}"),
+                t,
+                None,
+            ),
             (Err(e), _) | (_, Err(e)) => sink("page_integrity", CheckStatus::Failed, e, t, None),
         }
     }
@@ -80,7 +95,12 @@ async fn query_text(conn: &PostgresConfig, database: Option<&str>, query: &str) 
         .ok_or_else(|| "query returned no row".to_owned())
 }
 
-async fn sql_probe(probe: &SqlProbe, conn: &PostgresConfig, source: Option<&PostgresConfig>, started: DateTime<Utc>) -> Result<String, String> {
+async fn sql_probe(
+    probe: &SqlProbe,
+    conn: &PostgresConfig,
+    source: Option<&PostgresConfig>,
+    started: DateTime<Utc>,
+) -> Result<String, String> {
     let db = probe.database.as_deref();
     if let Some(max_age) = &probe.max_age {
         let max = parse_duration("max_age", max_age).map_err(|e| e.to_string())?;
@@ -95,7 +115,11 @@ async fn sql_probe(probe: &SqlProbe, conn: &PostgresConfig, source: Option<&Post
     }
     let value = query_text(conn, db, &probe.query).await?;
     if let Some(expected) = &probe.expect {
-        return if &value == expected { Ok(format!("= {value}")) } else { Err(format!("got {value:?}, expected {expected:?}")) };
+        return if &value == expected {
+            Ok(format!("= {value}"))
+        } else {
+            Err(format!("got {value:?}, expected {expected:?}"))
+        };
     }
     if let Some(min) = probe.expect_min {
         let n: i64 = value.parse().map_err(|_| format!("got {value:?}, expected an integer ≥ {min}"))?;
@@ -103,7 +127,11 @@ async fn sql_probe(probe: &SqlProbe, conn: &PostgresConfig, source: Option<&Post
     }
     let source = source.ok_or("expect_source needs the [postgres] source connection in the config")?;
     let expected = query_text(source, db, &probe.query).await.map_err(|e| format!("on the source: {e}"))?;
-    if value == expected { Ok(format!("= {value} (same as the source)")) } else { Err(format!("got {value:?}, source has {expected:?}")) }
+    if value == expected {
+        Ok(format!("= {value} (same as the source)"))
+    } else {
+        Err(format!("got {value:?}, source has {expected:?}"))
+    }
 }
 
 /// Why the RPO was not measured.

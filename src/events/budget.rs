@@ -101,12 +101,7 @@ pub struct IncidentCounts {
 /// window of no length (no events, or a non-positive `window`) yields freshness 1 or 0
 /// depending on the backup age at `now`.
 #[must_use]
-pub fn budget(
-    events: &[Event],
-    now: DateTime<Utc>,
-    window: TimeDelta,
-    freshness: TimeDelta,
-) -> BudgetReport {
+pub fn budget(events: &[Event], now: DateTime<Utc>, window: TimeDelta, freshness: TimeDelta) -> BudgetReport {
     let timed = || events.iter().filter_map(|e| e.timestamp().map(|t| (t, e)));
     let first = timed().map(|(t, _)| t).min();
     let start = first.map_or(now, |first| first.max(now - window)).min(now);
@@ -135,9 +130,7 @@ pub fn budget(
     let success_ratio = (passed + failed > 0).then(|| passed as f64 / (passed + failed) as f64);
 
     let mut backups: Vec<DateTime<Utc>> = timed()
-        .filter(|(t, e)| {
-            *t <= now && e.kind == EventKind::Change && e.source.starts_with("backup.")
-        })
+        .filter(|(t, e)| *t <= now && e.kind == EventKind::Change && e.source.starts_with("backup."))
         .map(|(t, _)| t)
         .collect();
     backups.sort_unstable();
@@ -189,12 +182,7 @@ pub fn budget_remaining(actual: f64, objective: f64) -> f64 {
 
 /// Length of the union of `[t, t + freshness)` over the sorted backup times, clipped to
 /// `[start, end]`.
-fn fresh_time(
-    sorted: &[DateTime<Utc>],
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    freshness: TimeDelta,
-) -> TimeDelta {
+fn fresh_time(sorted: &[DateTime<Utc>], start: DateTime<Utc>, end: DateTime<Utc>, freshness: TimeDelta) -> TimeDelta {
     let mut total = TimeDelta::zero();
     let mut current: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
     for &t in sorted {
@@ -252,29 +240,15 @@ mod tests {
             backup(now - h(2)),                                      // fresh for the last 2 h
             backup(now + h(1)),                                      // in the future: ignored
         ];
-        let report = budget(
-            &events,
-            now,
-            TimeDelta::days(30),
-            h(DEFAULT_FRESHNESS_HOURS),
-        );
+        let report = budget(&events, now, TimeDelta::days(30), h(DEFAULT_FRESHNESS_HOURS));
         assert_eq!(report.freshness.fresh_ratio, 68.0 / 720.0);
         assert_eq!(report.freshness.stale_seconds, (720 - 68) * 3600);
         assert_eq!(report.freshness.max_age_seconds, 26 * 3600);
-        assert_eq!(
-            report.freshness.newest_backup.as_deref(),
-            Some("2025-03-30T22:00:00.000Z")
-        );
+        assert_eq!(report.freshness.newest_backup.as_deref(), Some("2025-03-30T22:00:00.000Z"));
         let expected = 1.0 - (1.0 - 68.0 / 720.0) / 0.01;
         assert!((report.freshness.budget_remaining - expected).abs() < 1e-9);
         assert_eq!(report.window_start, "2025-03-01T00:00:00.000Z");
-        assert_eq!(
-            report.incidents,
-            IncidentCounts {
-                s2: 1,
-                ..IncidentCounts::default()
-            }
-        );
+        assert_eq!(report.incidents, IncidentCounts { s2: 1, ..IncidentCounts::default() });
         assert_eq!(report.drills.success_ratio, None);
         assert_eq!(report.drills.budget_remaining, None);
     }
@@ -282,9 +256,7 @@ mod tests {
     #[test]
     fn daily_backups_keep_the_whole_budget() {
         let now = now();
-        let events: Vec<_> = (0..=31)
-            .map(|d| backup(now - TimeDelta::days(d) + h(1) - h(2)))
-            .collect();
+        let events: Vec<_> = (0..=31).map(|d| backup(now - TimeDelta::days(d) + h(1) - h(2))).collect();
         let report = budget(&events, now, TimeDelta::days(30), h(26));
         assert_eq!(report.freshness.fresh_ratio, 1.0);
         assert_eq!(report.freshness.stale_seconds, 0);
@@ -320,8 +292,7 @@ mod tests {
     fn drills_and_incidents_in_the_window_only() {
         let now = now();
         let drill_ok = |at| Event::change("drill.monthly-rad", "drill passed").at(at);
-        let drill_failed =
-            |at| Event::incident(Severity::S2, "drill.monthly-rad", "drill failed").at(at);
+        let drill_failed = |at| Event::incident(Severity::S2, "drill.monthly-rad", "drill failed").at(at);
         let mut unrated = Event::change("wal.archive", "odd");
         unrated.kind = EventKind::Incident;
         let events = vec![
@@ -340,16 +311,7 @@ mod tests {
         let remaining = report.drills.budget_remaining.unwrap();
         assert!((remaining - -24.0).abs() < 1e-9, "{remaining}");
         assert_eq!(report.drills.objective, 0.99);
-        assert_eq!(
-            report.incidents,
-            IncidentCounts {
-                s1: 1,
-                s2: 1,
-                s3: 0,
-                s4: 1,
-                unrated: 1
-            }
-        );
+        assert_eq!(report.incidents, IncidentCounts { s1: 1, s2: 1, s3: 0, s4: 1, unrated: 1 });
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["incidents"]["S2"], 1);
     }

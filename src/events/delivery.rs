@@ -33,11 +33,7 @@ impl Default for RetryPolicy {
     /// (about 15 s of waiting plus request timeouts), then leaves the next try to the caller's
     /// schedule.
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_mins(1),
-        }
+        RetryPolicy { max_attempts: 5, initial_delay: Duration::from_secs(1), max_delay: Duration::from_mins(1) }
     }
 }
 
@@ -45,9 +41,7 @@ impl RetryPolicy {
     /// Wait after the `failures`-th consecutive failure (1-based): exponential, capped.
     fn delay(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1));
-        self.initial_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+        self.initial_delay.saturating_mul(factor).min(self.max_delay)
     }
 }
 
@@ -81,11 +75,7 @@ impl EventLog {
         let Some(_lock) = self.try_lock_sink(name)? else {
             tracing::debug!(sink = name, "another process is delivering to this sink");
             let backlog = self.backlog(name)?;
-            return Ok(DeliveryReport {
-                delivered: 0,
-                backlog,
-                last_error: None,
-            });
+            return Ok(DeliveryReport { delivered: 0, backlog, last_error: None });
         };
         let events = self.read_all()?;
         let mut cursor = self.read_cursor(name, events.len())?;
@@ -121,11 +111,7 @@ impl EventLog {
         } else if delivered > 0 {
             tracing::info!(sink = name, delivered, "events delivered");
         }
-        Ok(DeliveryReport {
-            delivered,
-            backlog,
-            last_error,
-        })
+        Ok(DeliveryReport { delivered, backlog, last_error })
     }
 
     /// Events queued for the sink named `sink_name`: complete lines after its cursor.
@@ -149,18 +135,11 @@ impl EventLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io_err("read", &path, e)),
         };
-        let cursor_err = |message: String| Error::Cursor {
-            path: path.clone(),
-            message,
-        };
-        let cursor: usize = text
-            .trim()
-            .parse()
-            .map_err(|_| cursor_err(format!("{:?} is not a line count", text.trim())))?;
+        let cursor_err = |message: String| Error::Cursor { path: path.clone(), message };
+        let cursor: usize =
+            text.trim().parse().map_err(|_| cursor_err(format!("{:?} is not a line count", text.trim())))?;
         if cursor > lines {
-            return Err(cursor_err(format!(
-                "it counts {cursor} delivered events but the log holds {lines}"
-            )));
+            return Err(cursor_err(format!("it counts {cursor} delivered events but the log holds {lines}")));
         }
         Ok(cursor)
     }
@@ -176,8 +155,7 @@ impl EventLog {
         temp.write_all(format!("{cursor}\n").as_bytes())
             .and_then(|()| temp.as_file().sync_all())
             .map_err(|e| io_err("write", &temp_path, e))?;
-        temp.persist(&path)
-            .map_err(|e| io_err("rename into place", &path, e.error))?;
+        temp.persist(&path).map_err(|e| io_err("rename into place", &path, e.error))?;
         sync_dir(self.dir())
     }
 
@@ -224,8 +202,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = EventLog::open(tmp.path()).unwrap();
         assert_eq!(log.backlog("gitlab").unwrap(), 0);
-        log.append(&crate::events::Event::change("backup.pg", "one"))
-            .unwrap();
+        log.append(&crate::events::Event::change("backup.pg", "one")).unwrap();
         assert_eq!(log.backlog("gitlab").unwrap(), 1);
 
         fs::write(tmp.path().join("sink-gitlab.cursor"), "many\n").unwrap();
@@ -238,9 +215,6 @@ mod tests {
 
         log.write_cursor("gitlab", 1).unwrap();
         assert_eq!(log.backlog("gitlab").unwrap(), 0);
-        assert_eq!(
-            fs::read_to_string(tmp.path().join("sink-gitlab.cursor")).unwrap(),
-            "1\n"
-        );
+        assert_eq!(fs::read_to_string(tmp.path().join("sink-gitlab.cursor")).unwrap(), "1\n");
     }
 }

@@ -179,27 +179,14 @@ impl Event {
 
     /// An `incident` event stamped now: something failed and someone must look at it.
     #[must_use]
-    pub fn incident(
-        severity: Severity,
-        source: impl Into<String>,
-        title: impl Into<String>,
-    ) -> Self {
-        Self::new(
-            EventKind::Incident,
-            Some(severity),
-            source.into(),
-            &title.into(),
-        )
+    pub fn incident(severity: Severity, source: impl Into<String>, title: impl Into<String>) -> Self {
+        Self::new(EventKind::Incident, Some(severity), source.into(), &title.into())
     }
 
     /// An event whose kind and severity come from [`classify`], so callers cannot disagree
     /// with the severity rules.
     #[must_use]
-    pub fn from_occurrence(
-        occurrence: Occurrence,
-        source: impl Into<String>,
-        title: impl Into<String>,
-    ) -> Self {
+    pub fn from_occurrence(occurrence: Occurrence, source: impl Into<String>, title: impl Into<String>) -> Self {
         let (kind, severity) = classify(occurrence);
         Self::new(kind, severity, source.into(), &title.into())
     }
@@ -245,9 +232,7 @@ impl Event {
     /// ([`crate::events::EventLog`] refuses to read such lines).
     #[must_use]
     pub fn timestamp(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(&self.time)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        DateTime::parse_from_rfc3339(&self.time).ok().map(|t| t.with_timezone(&Utc))
     }
 
     fn stamp(&mut self, time: DateTime<Utc>) {
@@ -261,11 +246,7 @@ impl Event {
 
 /// Titles are one line: issue trackers and `radd events` show them in lists.
 fn one_line(title: &str) -> String {
-    title
-        .split(|c: char| c.is_control())
-        .filter(|part| !part.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    title.split(|c: char| c.is_control()).filter(|part| !part.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -275,16 +256,11 @@ mod tests {
 
     #[test]
     fn wire_format_is_pinned() {
-        let time = Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap()
-            + chrono::Duration::milliseconds(678);
-        let mut event = Event::incident(
-            Severity::S2,
-            "drill.monthly-rad",
-            "drill monthly-rad failed: wal_chain",
-        )
-        .at(time)
-        .label("host", "db1")
-        .details(serde_json::json!({"rto_seconds": 312.5}));
+        let time = Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::milliseconds(678);
+        let mut event = Event::incident(Severity::S2, "drill.monthly-rad", "drill monthly-rad failed: wal_chain")
+            .at(time)
+            .label("host", "db1")
+            .details(serde_json::json!({"rto_seconds": 312.5}));
         assert!(event.id.starts_with("1735787045678-"), "{}", event.id);
         assert_eq!(event.id.len(), 13 + 1 + 8);
         event.id = "1735787045678-9f86d081".into();
@@ -345,19 +321,12 @@ mod tests {
             (O::VerifySucceeded, EventKind::Change, None),
             (O::MaintenanceFailed, EventKind::Incident, Some(Severity::S3)),
             (O::VerifyFailed, EventKind::Incident, Some(Severity::S2)),
-            (
-                O::SinkUndeliverable,
-                EventKind::Incident,
-                Some(Severity::S4),
-            ),
+            (O::SinkUndeliverable, EventKind::Incident, Some(Severity::S4)),
         ];
         for (occurrence, kind, severity) in cases {
             assert_eq!(classify(occurrence), (kind, severity), "{occurrence:?}");
         }
         let event = Event::from_occurrence(O::DrillFailed, "drill.monthly-rad", "failed");
-        assert_eq!(
-            (event.kind, event.severity),
-            (EventKind::Incident, Some(Severity::S2))
-        );
+        assert_eq!((event.kind, event.severity), (EventKind::Incident, Some(Severity::S2)));
     }
 }

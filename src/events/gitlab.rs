@@ -42,18 +42,10 @@ impl GitLabSink {
     /// # Errors
     /// [`Error::BadUrl`](super::Error::BadUrl) when `base_url` is not an http(s) URL; [`Error::Client`](super::Error::Client) when the HTTP
     /// client cannot be built.
-    pub fn new(
-        base_url: &str,
-        project_id: &str,
-        token: String,
-        labels: Vec<String>,
-    ) -> Result<Self> {
+    pub fn new(base_url: &str, project_id: &str, token: String, labels: Vec<String>) -> Result<Self> {
         parse_url("gitlab", base_url)?;
-        let issues = format!(
-            "{}/api/v4/projects/{}/issues",
-            base_url.trim_end_matches('/'),
-            encode_path_segment(project_id)
-        );
+        let issues =
+            format!("{}/api/v4/projects/{}/issues", base_url.trim_end_matches('/'), encode_path_segment(project_id));
         Ok(GitLabSink {
             client: http_client()?,
             issues_url: parse_url("gitlab", &issues)?,
@@ -85,24 +77,14 @@ impl GitLabSink {
         let mut token = reqwest::header::HeaderValue::from_str(&self.token).map_err(|_| {
             SendError::Permanent(format!(
                 "gitlab sink: the token{} contains characters not allowed in an HTTP header",
-                self.token_env
-                    .as_ref()
-                    .map(|v| format!(" in ${v}"))
-                    .unwrap_or_default()
+                self.token_env.as_ref().map(|v| format!(" in ${v}")).unwrap_or_default()
             ))
         })?;
         token.set_sensitive(true);
-        let response = self
-            .client
-            .post(self.issues_url.clone())
-            .header("PRIVATE-TOKEN", token)
-            .json(&body)
-            .send()
-            .await;
+        let response =
+            self.client.post(self.issues_url.clone()).header("PRIVATE-TOKEN", token).json(&body).send().await;
         let hint = match &self.token_env {
-            Some(var) => format!(
-                "check that the token in ${var} has api scope and can create issues in the project"
-            ),
+            Some(var) => format!("check that the token in ${var} has api scope and can create issues in the project"),
             None => "check the token's scope and the project id".to_owned(),
         };
         check_response("gitlab", &self.issues_url, response, &hint).await
@@ -115,10 +97,7 @@ pub(super) fn issue_body(event: &Event, extra_labels: &[String]) -> serde_json::
         Some(severity) => severity.as_str(),
         None => event.kind.as_str(),
     };
-    let title: String = format!("[{prefix}] {}", event.title)
-        .chars()
-        .take(MAX_TITLE_CHARS)
-        .collect();
+    let title: String = format!("[{prefix}] {}", event.title).chars().take(MAX_TITLE_CHARS).collect();
 
     let mut labels = vec![event.kind.as_str().to_owned()];
     if let (EventKind::Incident, Some(severity)) = (event.kind, event.severity) {
@@ -172,38 +151,21 @@ mod tests {
     fn project_paths_are_encoded() {
         assert_eq!(encode_path_segment("42"), "42");
         assert_eq!(encode_path_segment("ops/data bases"), "ops%2Fdata%20bases");
-        let sink =
-            GitLabSink::new("https://gitlab.example/", "ops/db", "t".into(), vec![]).unwrap();
-        assert_eq!(
-            sink.issues_url.as_str(),
-            "https://gitlab.example/api/v4/projects/ops%2Fdb/issues"
-        );
+        let sink = GitLabSink::new("https://gitlab.example/", "ops/db", "t".into(), vec![]).unwrap();
+        assert_eq!(sink.issues_url.as_str(), "https://gitlab.example/api/v4/projects/ops%2Fdb/issues");
     }
 
     #[test]
     fn issue_title_labels_and_description() {
-        let event = Event::incident(
-            Severity::S2,
-            "drill.monthly-rad",
-            "drill monthly-rad failed: sql",
-        )
-        .label("host", "db1")
-        .details(serde_json::json!({"rto_seconds": 12}));
+        let event = Event::incident(Severity::S2, "drill.monthly-rad", "drill monthly-rad failed: sql")
+            .label("host", "db1")
+            .details(serde_json::json!({"rto_seconds": 12}));
         let body = issue_body(&event, &["db".into(), "RAD".into()]);
         assert_eq!(body["title"], "[S2] drill monthly-rad failed: sql");
         assert_eq!(body["labels"], "incident,S2,RAD,db");
         let description = body["description"].as_str().unwrap();
-        for needle in [
-            "drill.monthly-rad",
-            &event.time,
-            "host: `db1`",
-            "```json",
-            "\"rto_seconds\": 12",
-        ] {
-            assert!(
-                description.contains(needle),
-                "{needle} missing in {description}"
-            );
+        for needle in ["drill.monthly-rad", &event.time, "host: `db1`", "```json", "\"rto_seconds\": 12"] {
+            assert!(description.contains(needle), "{needle} missing in {description}");
         }
 
         let change = Event::change("backup.pg", "base backup taken");
@@ -212,20 +174,12 @@ mod tests {
         assert_eq!(body["labels"], "change,RAD");
 
         let long = Event::change("backup.pg", "x".repeat(400));
-        assert_eq!(
-            issue_body(&long, &[])["title"]
-                .as_str()
-                .unwrap()
-                .chars()
-                .count(),
-            MAX_TITLE_CHARS
-        );
+        assert_eq!(issue_body(&long, &[])["title"].as_str().unwrap().chars().count(), MAX_TITLE_CHARS);
     }
 
     #[test]
     fn debug_never_shows_the_token() {
-        let sink =
-            GitLabSink::new("http://127.0.0.1:1", "1", "glpat-secret".into(), vec![]).unwrap();
+        let sink = GitLabSink::new("http://127.0.0.1:1", "1", "glpat-secret".into(), vec![]).unwrap();
         assert!(!format!("{sink:?}").contains("glpat-secret"));
     }
 }

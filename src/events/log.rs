@@ -32,18 +32,12 @@ impl EventLog {
     /// [`Error::Io`] naming the directory or file when it cannot be created.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_err("create", dir, e))?;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io_err("create", dir, e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent)?;
             }
         }
-        let log = EventLog {
-            dir: dir.to_path_buf(),
-        };
+        let log = EventLog { dir: dir.to_path_buf() };
         log.open_for_append()?;
         Ok(log)
     }
@@ -80,8 +74,7 @@ impl EventLog {
         let path = self.path();
         let mut file = self.open_for_append()?;
         cut_torn_line(&mut file).map_err(|e| io_err("repair the torn last line of", &path, e))?;
-        file.write_all(&line)
-            .map_err(|e| io_err("write", &path, e))?;
+        file.write_all(&line).map_err(|e| io_err("write", &path, e))?;
         file.sync_data().map_err(|e| io_err("sync", &path, e))?;
         Ok(())
     }
@@ -138,11 +131,9 @@ impl EventLog {
                 let file = match created {
                     Ok(file) => file,
                     // Another process created it between our two opens.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
-                        .read(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| io_err("open", &path, e))?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        OpenOptions::new().read(true).append(true).open(&path).map_err(|e| io_err("open", &path, e))?
+                    }
                     Err(e) => return Err(io_err("create", &path, e)),
                 };
                 sync_dir(&self.dir)?;
@@ -163,8 +154,7 @@ fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<Event>> {
     // `complete` stops before the last '\n': every piece is a whole line, none may be empty.
     for (index, line) in complete.split(|&b| b == b'\n').enumerate() {
         let number = index + 1;
-        let event: Event =
-            serde_json::from_slice(line).map_err(|e| corrupt(path, number, e.to_string()))?;
+        let event: Event = serde_json::from_slice(line).map_err(|e| corrupt(path, number, e.to_string()))?;
         if event.timestamp().is_none() {
             let message = format!("time {:?} is not RFC 3339", event.time);
             return Err(corrupt(path, number, message));
@@ -175,11 +165,7 @@ fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<Event>> {
 }
 
 fn corrupt(path: &Path, line: usize, message: String) -> Error {
-    Error::Corrupt {
-        path: path.to_path_buf(),
-        line,
-        message,
-    }
+    Error::Corrupt { path: path.to_path_buf(), line, message }
 }
 
 /// If the file does not end with '\n', truncates it back to just after the last '\n'.
@@ -213,17 +199,11 @@ fn cut_torn_line(file: &mut File) -> io::Result<()> {
 
 /// Makes a directory entry change (create, rename) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("sync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync directory", dir, e))
 }
 
 pub(super) fn io_err(what: &'static str, path: &Path, source: io::Error) -> Error {
-    Error::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    Error::Io { what, path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
@@ -253,12 +233,8 @@ mod tests {
         let log = EventLog::open(tmp.path()).unwrap();
         let events = vec![
             Event::change("backup.pg", "base backup taken").label("host", "db1"),
-            Event::incident(
-                Severity::S2,
-                "drill.monthly-rad",
-                "drill monthly-rad failed: sql",
-            )
-            .details(serde_json::json!({"checks": {"sql": "failed"}, "rto_seconds": 12.5})),
+            Event::incident(Severity::S2, "drill.monthly-rad", "drill monthly-rad failed: sql")
+                .details(serde_json::json!({"checks": {"sql": "failed"}, "rto_seconds": 12.5})),
             Event::change("restore", "restored with \"quotes\"\nand a newline"),
         ];
         for event in &events {
@@ -316,10 +292,7 @@ mod tests {
         assert_eq!(err.kind(), crate::error::ErrorKind::Integrity);
 
         fs::write(log.path(), b"\n").unwrap();
-        assert!(matches!(
-            log.read_all().unwrap_err(),
-            Error::Corrupt { line: 1, .. }
-        ));
+        assert!(matches!(log.read_all().unwrap_err(), Error::Corrupt { line: 1, .. }));
     }
 
     #[test]
@@ -329,8 +302,7 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
         for hours in [0, 1, 2, 3] {
             let title = format!("at {hours}h");
-            log.append(&Event::change("backup.pg", title).at(t0 + chrono::Duration::hours(hours)))
-                .unwrap();
+            log.append(&Event::change("backup.pg", title).at(t0 + chrono::Duration::hours(hours))).unwrap();
         }
         let since = log.read_since(t0 + chrono::Duration::hours(2)).unwrap();
         let titles: Vec<_> = since.iter().map(|e| e.title.as_str()).collect();
@@ -363,11 +335,7 @@ mod tests {
         assert_eq!(events.len(), 400);
         for t in 0..8 {
             let source = format!("backup.t{t}");
-            let titles: Vec<_> = events
-                .iter()
-                .filter(|e| e.source == source)
-                .map(|e| e.title.clone())
-                .collect();
+            let titles: Vec<_> = events.iter().filter(|e| e.source == source).map(|e| e.title.clone()).collect();
             let expected: Vec<_> = (0..50).map(|i| format!("event {i}")).collect();
             assert_eq!(titles, expected, "per-thread order kept for {source}");
         }

@@ -53,11 +53,11 @@ use std::path::PathBuf;
 
 use crate::error::ErrorKind;
 
-pub use budget::{
-    BudgetReport, DEFAULT_FRESHNESS_HOURS, DEFAULT_WINDOW_DAYS, DRILL_SUCCESS_OBJECTIVE,
-    DrillBudget, FRESHNESS_OBJECTIVE, FreshnessBudget, IncidentCounts, budget, budget_remaining,
-};
 pub use crate::config::events::{EventsConfig, GitLabConfig, WebhookConfig};
+pub use budget::{
+    BudgetReport, DEFAULT_FRESHNESS_HOURS, DEFAULT_WINDOW_DAYS, DRILL_SUCCESS_OBJECTIVE, DrillBudget,
+    FRESHNESS_OBJECTIVE, FreshnessBudget, IncidentCounts, budget, budget_remaining,
+};
 pub use delivery::{DeliveryReport, RetryPolicy};
 pub use event::{Event, EventKind, Occurrence, Severity, classify};
 pub use gitlab::GitLabSink;
@@ -134,9 +134,7 @@ impl Error {
         match self {
             Error::Io { .. } => ErrorKind::Io,
             Error::Corrupt { .. } | Error::Cursor { .. } => ErrorKind::Integrity,
-            Error::MissingToken { .. } | Error::BadUrl { .. } | Error::Client { .. } => {
-                ErrorKind::Config
-            }
+            Error::MissingToken { .. } | Error::BadUrl { .. } | Error::Client { .. } => ErrorKind::Config,
         }
     }
 }

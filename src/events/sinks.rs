@@ -81,11 +81,7 @@ impl WebhookSink {
     /// [`Error::BadUrl`] when `url` is not http(s); [`Error::Client`] when the HTTP client
     /// cannot be built.
     pub fn new(url: &str, token: Option<String>) -> Result<Self> {
-        Ok(WebhookSink {
-            client: http_client()?,
-            url: parse_url("webhook", url)?,
-            token: token.map(Zeroizing::new),
-        })
+        Ok(WebhookSink { client: http_client()?, url: parse_url("webhook", url)?, token: token.map(Zeroizing::new) })
     }
 
     /// A sink from `[events.webhook]`, reading the token from the variable it names, if any.
@@ -107,12 +103,10 @@ impl WebhookSink {
     pub async fn send(&self, event: &Event) -> Result<(), SendError> {
         let mut request = self.client.post(self.url.clone()).json(event);
         if let Some(token) = &self.token {
-            let value =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.as_str()));
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.as_str()));
             let Ok(mut value) = value else {
                 return Err(SendError::Permanent(
-                    "webhook sink: the token contains characters not allowed in an HTTP header"
-                        .into(),
+                    "webhook sink: the token contains characters not allowed in an HTTP header".into(),
                 ));
             };
             value.set_sensitive(true);
@@ -150,17 +144,10 @@ pub(super) fn http_client() -> Result<reqwest::Client> {
 }
 
 pub(super) fn parse_url(sink: &'static str, url: &str) -> Result<Url> {
-    let bad = |message: String| Error::BadUrl {
-        sink,
-        url: url.to_owned(),
-        message,
-    };
+    let bad = |message: String| Error::BadUrl { sink, url: url.to_owned(), message };
     let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "scheme {} is not http or https",
-            parsed.scheme()
-        )));
+        return Err(bad(format!("scheme {} is not http or https", parsed.scheme())));
     }
     Ok(parsed)
 }
@@ -168,10 +155,7 @@ pub(super) fn parse_url(sink: &'static str, url: &str) -> Result<Url> {
 pub(super) fn token_from_env(sink: &'static str, var: &str) -> Result<String> {
     match std::env::var(var) {
         Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
-        _ => Err(Error::MissingToken {
-            sink,
-            var: var.to_owned(),
-        }),
+        _ => Err(Error::MissingToken { sink, var: var.to_owned() }),
     }
 }
 
@@ -185,10 +169,7 @@ pub(super) async fn check_response(
     let response = match response {
         Ok(response) => response,
         Err(e) => {
-            return Err(SendError::Retryable(format!(
-                "{sink} sink: POST {url} failed: {}",
-                chain(&e)
-            )));
+            return Err(SendError::Retryable(format!("{sink} sink: POST {url} failed: {}", chain(&e))));
         }
     };
     let status = response.status();
@@ -196,13 +177,7 @@ pub(super) async fn check_response(
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
-    let snippet: String = body
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(200)
-        .collect();
+    let snippet: String = body.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
     let message = format!("{sink} sink: POST {url} returned {status}: {snippet}");
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Err(SendError::Retryable(message))

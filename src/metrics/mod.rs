@@ -93,36 +93,147 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let r = Registry::new();
-        let build_info = int_gauge(&r, "radd_build_info", "Always 1; the version label is radd's version.", &["version"]);
+        let build_info =
+            int_gauge(&r, "radd_build_info", "Always 1; the version label is radd's version.", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let task = &["task"];
         let drill = &["drill"];
         let m = Metrics {
-            task_configured: int_gauge(&r, "radd_task_configured", "1 for every task the daemon schedules (backup.pg, backup.fs.<job>, retention.prune, verify, drill.<name>), from start-up.", task),
-            last_success: gauge(&r, "radd_last_success_timestamp_seconds", "Unix time of the last successful run of a task (event log); absent if it never succeeded.", task),
-            last_failure: gauge(&r, "radd_last_failure_timestamp_seconds", "Unix time of the last failed run of a task (event log); absent if it never failed.", task),
-            task_duration: gauge(&r, "radd_task_duration_seconds", "Duration of the last run of a task that reported one.", task),
-            task_failures: counter(&r, "radd_task_failures_total", "Failed runs of a task (incidents in the event log).", task),
+            task_configured: int_gauge(
+                &r,
+                "radd_task_configured",
+                "1 for every task the daemon schedules (backup.pg, backup.fs.<job>, retention.prune, verify, drill.<name>), from start-up.",
+                task,
+            ),
+            last_success: gauge(
+                &r,
+                "radd_last_success_timestamp_seconds",
+                "Unix time of the last successful run of a task (event log); absent if it never succeeded.",
+                task,
+            ),
+            last_failure: gauge(
+                &r,
+                "radd_last_failure_timestamp_seconds",
+                "Unix time of the last failed run of a task (event log); absent if it never failed.",
+                task,
+            ),
+            task_duration: gauge(
+                &r,
+                "radd_task_duration_seconds",
+                "Duration of the last run of a task that reported one.",
+                task,
+            ),
+            task_failures: counter(
+                &r,
+                "radd_task_failures_total",
+                "Failed runs of a task (incidents in the event log).",
+                task,
+            ),
             incidents: counter(&r, "radd_incidents_total", "Incidents in the event log by severity.", &["severity"]),
-            backup_bytes: int_gauge(&r, "radd_backup_bytes", "Bytes of the last run of a task by kind: total, new, reused, uploaded (backups), reclaimed (prune).", &["task", "kind"]),
-            drill_check: int_gauge(&r, "radd_drill_check_passed", "Result of each check in the last run of a drill: 1 passed, 0 failed.", &["drill", "check"]),
-            drill_passed: int_gauge(&r, "radd_drill_passed", "Whether the last run of a drill passed every check (1) or not, or could not run (0).", drill),
-            drill_rpo: gauge(&r, "radd_drill_rpo_seconds", "Data-loss window measured by the last run of a drill (heartbeat age in the restored copy).", drill),
-            drill_rto: gauge(&r, "radd_drill_rto_seconds", "Time from drill start to a queryable restored instance in the last run.", drill),
-            drill_rpo_objective: gauge(&r, "radd_drill_rpo_objective_seconds", "The drill's configured RPO objective (checks.rpo.max), for drills that have one.", drill),
+            backup_bytes: int_gauge(
+                &r,
+                "radd_backup_bytes",
+                "Bytes of the last run of a task by kind: total, new, reused, uploaded (backups), reclaimed (prune).",
+                &["task", "kind"],
+            ),
+            drill_check: int_gauge(
+                &r,
+                "radd_drill_check_passed",
+                "Result of each check in the last run of a drill: 1 passed, 0 failed.",
+                &["drill", "check"],
+            ),
+            drill_passed: int_gauge(
+                &r,
+                "radd_drill_passed",
+                "Whether the last run of a drill passed every check (1) or not, or could not run (0).",
+                drill,
+            ),
+            drill_rpo: gauge(
+                &r,
+                "radd_drill_rpo_seconds",
+                "Data-loss window measured by the last run of a drill (heartbeat age in the restored copy).",
+                drill,
+            ),
+            drill_rto: gauge(
+                &r,
+                "radd_drill_rto_seconds",
+                "Time from drill start to a queryable restored instance in the last run.",
+                drill,
+            ),
+            drill_rpo_objective: gauge(
+                &r,
+                "radd_drill_rpo_objective_seconds",
+                "The drill's configured RPO objective (checks.rpo.max), for drills that have one.",
+                drill,
+            ),
             verify_objects: gauge(&r, "radd_verify_objects", "Objects read in full by the last verify run.", &[]),
             verify_bytes: gauge(&r, "radd_verify_bytes", "Bytes read by the last verify run.", &[]),
-            verify_corruptions: gauge(&r, "radd_verify_corruptions", "Problems (corrupt, missing, gap) found by the last verify run.", &[]),
-            verify_oldest_read: gauge(&r, "radd_verify_oldest_read_timestamp_seconds", "Unix time the least recently verified data object was last read in full (as of the last verify run).", &[]),
-            error_budget: gauge(&r, "radd_error_budget_remaining_ratio", "Error budget remaining over 30 days (radd events budget): slo=drills (99% pass), slo=freshness (backup younger than 26h 99% of the time); 1 untouched, <0 objective missed.", &["slo"]),
-            source_up: gauge(&r, "radd_source_up", "1 when the daemon's last probe of the source PostgreSQL (connect, pg_stat_archiver, pg_wal/archive_status) succeeded, 0 when it failed (reason in the log).", &[]),
-            archive_lag: gauge(&r, "radd_archive_lag_seconds", "Age of the oldest WAL segment waiting to be archived (0 when none); absent when it cannot be measured.", &[]),
-            archive_pending: gauge(&r, "radd_archive_pending_segments", "WAL segments waiting to be archived (.ready files); absent when they cannot be counted.", &[]),
-            archive_failures: counter(&r, "radd_archive_failures_total", "Failed archive_command runs as counted by the source (pg_stat_archiver.failed_count; a stats reset is a counter reset).", &[]),
-            sink_backlog: int_gauge(&r, "radd_event_sink_backlog", "Events not yet delivered to a configured sink.", &["sink"]),
-            heartbeat: gauge(&r, "radd_heartbeat_timestamp_seconds", "Unix time of the last heartbeat radd wrote to the source; absent until the first.", &[]),
-            config_reload_success: int_gauge(&r, "radd_config_last_reload_successful", "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it failed and the daemon kept the previous one.", &[]),
-            config_reload_time: int_gauge(&r, "radd_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load (start or SIGHUP).", &[]),
+            verify_corruptions: gauge(
+                &r,
+                "radd_verify_corruptions",
+                "Problems (corrupt, missing, gap) found by the last verify run.",
+                &[],
+            ),
+            verify_oldest_read: gauge(
+                &r,
+                "radd_verify_oldest_read_timestamp_seconds",
+                "Unix time the least recently verified data object was last read in full (as of the last verify run).",
+                &[],
+            ),
+            error_budget: gauge(
+                &r,
+                "radd_error_budget_remaining_ratio",
+                "Error budget remaining over 30 days (radd events budget): slo=drills (99% pass), slo=freshness (backup younger than 26h 99% of the time); 1 untouched, <0 objective missed.",
+                &["slo"],
+            ),
+            source_up: gauge(
+                &r,
+                "radd_source_up",
+                "1 when the daemon's last probe of the source PostgreSQL (connect, pg_stat_archiver, pg_wal/archive_status) succeeded, 0 when it failed (reason in the log).",
+                &[],
+            ),
+            archive_lag: gauge(
+                &r,
+                "radd_archive_lag_seconds",
+                "Age of the oldest WAL segment waiting to be archived (0 when none); absent when it cannot be measured.",
+                &[],
+            ),
+            archive_pending: gauge(
+                &r,
+                "radd_archive_pending_segments",
+                "WAL segments waiting to be archived (.ready files); absent when they cannot be counted.",
+                &[],
+            ),
+            archive_failures: counter(
+                &r,
+                "radd_archive_failures_total",
+                "Failed archive_command runs as counted by the source (pg_stat_archiver.failed_count; a stats reset is a counter reset).",
+                &[],
+            ),
+            sink_backlog: int_gauge(
+                &r,
+                "radd_event_sink_backlog",
+                "Events not yet delivered to a configured sink.",
+                &["sink"],
+            ),
+            heartbeat: gauge(
+                &r,
+                "radd_heartbeat_timestamp_seconds",
+                "Unix time of the last heartbeat radd wrote to the source; absent until the first.",
+                &[],
+            ),
+            config_reload_success: int_gauge(
+                &r,
+                "radd_config_last_reload_successful",
+                "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it failed and the daemon kept the previous one.",
+                &[],
+            ),
+            config_reload_time: int_gauge(
+                &r,
+                "radd_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful configuration load (start or SIGHUP).",
+                &[],
+            ),
             registry: r,
         };
         for severity in SEVERITIES {
@@ -158,7 +269,12 @@ impl Metrics {
     /// objective. An unparsable objective is left out (the drill itself reports it).
     pub fn drill_configured(&self, definition: &DrillDefinition) {
         self.task_configured(&format!("drill.{}", definition.name));
-        let objective = definition.checks.rpo.as_ref().and_then(|r| r.max.as_deref()).and_then(|m| humantime::parse_duration(m).ok());
+        let objective = definition
+            .checks
+            .rpo
+            .as_ref()
+            .and_then(|r| r.max.as_deref())
+            .and_then(|m| humantime::parse_duration(m).ok());
         if let Some(objective) = objective {
             self.drill_rpo_objective.with_label_values(&[definition.name.as_str()]).set(objective.as_secs_f64());
         }

@@ -82,7 +82,11 @@ impl Metrics {
 
     fn observe_verify(&self, details: &Value, at: Option<DateTime<Utc>>) {
         let none: &[&str] = &[];
-        for (detail, gauge) in [("objects_checked", &self.verify_objects), ("bytes_read", &self.verify_bytes), ("corruptions", &self.verify_corruptions)] {
+        for (detail, gauge) in [
+            ("objects_checked", &self.verify_objects),
+            ("bytes_read", &self.verify_bytes),
+            ("corruptions", &self.verify_corruptions),
+        ] {
             if let Some(v) = details.get(detail).and_then(Value::as_f64) {
                 gauge.with_label_values(none).set(v);
             }
@@ -100,7 +104,9 @@ impl Metrics {
         self.drill_passed.with_label_values(&[drill]).set(i64::from(passed));
         if let Some(checks) = details.get("checks").and_then(Value::as_array) {
             for c in checks {
-                let (Some(check), Some(status)) = (c.get("check").and_then(Value::as_str), c.get("status").and_then(Value::as_str)) else {
+                let (Some(check), Some(status)) =
+                    (c.get("check").and_then(Value::as_str), c.get("status").and_then(Value::as_str))
+                else {
                     continue;
                 };
                 if status != "skipped" {

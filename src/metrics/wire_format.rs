@@ -50,7 +50,8 @@ fn readme_families() -> BTreeSet<Family> {
         .map(|row| {
             let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
             let unquote = |s: &str| s.trim_matches('`').to_owned();
-            let mut labels: Vec<String> = if cells[2] == "—" { Vec::new() } else { cells[2].split(',').map(|l| unquote(l.trim())).collect() };
+            let mut labels: Vec<String> =
+                if cells[2] == "—" { Vec::new() } else { cells[2].split(',').map(|l| unquote(l.trim())).collect() };
             labels.sort();
             (unquote(cells[0]), cells[1].to_owned(), labels)
         })
@@ -75,7 +76,8 @@ fn observed() -> Metrics {
     ];
     m.observe_events(&events, now);
     m.task_configured("backup.pg");
-    let drill: crate::drill::DrillDefinition = toml::from_str("name = \"monthly-rad\"\n[checks]\nrpo = { max = \"5m\" }\n").expect("drill definition");
+    let drill: crate::drill::DrillDefinition =
+        toml::from_str("name = \"monthly-rad\"\n[checks]\nrpo = { max = \"5m\" }\n").expect("drill definition");
     m.drill_configured(&drill);
     m.source_up(true);
     m.archive_measured(2, 30.0);
@@ -92,9 +94,15 @@ fn readme_table_lists_every_metric_with_its_type_and_labels() {
     let documented = readme_families();
     let undocumented: Vec<_> = rendered.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&rendered).collect();
-    assert!(undocumented.is_empty() && stale.is_empty(), "README metrics table differs from /metrics:\n rendered, not in README: {undocumented:?}\n in README, not rendered: {stale:?}");
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "README metrics table differs from /metrics:\n rendered, not in README: {undocumented:?}\n in README, not rendered: {stale:?}"
+    );
     for (name, kind, labels) in &rendered {
-        assert!(!labels.iter().any(|l| l == "job" || l == "instance"), "{name} uses a label Prometheus reserves for targets");
+        assert!(
+            !labels.iter().any(|l| l == "job" || l == "instance"),
+            "{name} uses a label Prometheus reserves for targets"
+        );
         assert_eq!(kind == "counter", name.ends_with("_total"), "{name}: counters and only counters end in _total");
     }
 }
@@ -129,7 +137,13 @@ fn task_series_come_from_events_and_counters_only_grow() {
 fn unmeasured_values_are_absent_not_zero() {
     let m = Metrics::new();
     let text = m.render();
-    for name in ["radd_archive_lag_seconds", "radd_archive_pending_segments", "radd_heartbeat_timestamp_seconds", "radd_verify_objects", "radd_source_up"] {
+    for name in [
+        "radd_archive_lag_seconds",
+        "radd_archive_pending_segments",
+        "radd_heartbeat_timestamp_seconds",
+        "radd_verify_objects",
+        "radd_source_up",
+    ] {
         assert!(!text.contains(&format!("\n{name} ")), "{name} exported before it was measured:\n{text}");
     }
     m.archive_measured(1, 12.0);
@@ -148,6 +162,9 @@ fn unmeasured_values_are_absent_not_zero() {
 #[test]
 fn a_drill_that_could_not_run_did_not_pass() {
     let m = Metrics::new();
-    m.observe_events(&[Event::incident(Severity::S2, "drill.quick", "drill quick could not run: no snapshot")], Utc::now());
+    m.observe_events(
+        &[Event::incident(Severity::S2, "drill.quick", "drill quick could not run: no snapshot")],
+        Utc::now(),
+    );
     assert!(m.render().contains("radd_drill_passed{drill=\"quick\"} 0"));
 }

@@ -27,10 +27,14 @@ pub async fn status(client: &Client, data_directory: bool) -> Result<ArchiverSta
     const DATA_DIR: &str = "SELECT current_setting('data_directory')";
     let row = client.query_one(FAILED, &[]).await.map_err(|source| Error::Query { query: FAILED, driver: source })?;
     let failed: i64 = row.try_get(0).map_err(|source| Error::Query { query: FAILED, driver: source })?;
-    let failed_count = u64::try_from(failed).map_err(|_| Error::Unexpected(format!("pg_stat_archiver.failed_count is negative ({failed})")))?;
+    let failed_count = u64::try_from(failed)
+        .map_err(|_| Error::Unexpected(format!("pg_stat_archiver.failed_count is negative ({failed})")))?;
     let data_directory = if data_directory {
-        let row = client.query_one(DATA_DIR, &[]).await.map_err(|source| Error::Query { query: DATA_DIR, driver: source })?;
-        Some(PathBuf::from(row.try_get::<_, String>(0).map_err(|source| Error::Query { query: DATA_DIR, driver: source })?))
+        let row =
+            client.query_one(DATA_DIR, &[]).await.map_err(|source| Error::Query { query: DATA_DIR, driver: source })?;
+        Some(PathBuf::from(
+            row.try_get::<_, String>(0).map_err(|source| Error::Query { query: DATA_DIR, driver: source })?,
+        ))
     } else {
         None
     };

@@ -5,17 +5,13 @@ use std::path::PathBuf;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{Error, Lsn, SegmentSize, Timeline};
 use super::settings::PostgresConfig;
+use super::{Error, Lsn, SegmentSize, Timeline};
 
 /// Opens a connection; the connection task runs on the current tokio runtime.
 pub async fn connect(config: &PostgresConfig) -> Result<Client, Error> {
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&config.host)
-        .port(config.port)
-        .user(&config.user)
-        .dbname(&config.dbname)
-        .application_name("radd");
+    pg.host(&config.host).port(config.port).user(&config.user).dbname(&config.dbname).application_name("radd");
     if let Some(var) = &config.password_env {
         match std::env::var(var) {
             Ok(password) => {
@@ -24,10 +20,10 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, Error> {
             Err(_) => return Err(Error::PasswordUnset { key: "postgres.password_env", var: var.clone() }),
         }
     }
-    let (client, connection) = pg.connect(NoTls).await.map_err(|source| Error::Connect {
-        target: format!("{}:{}", config.host, config.port),
-        driver: source,
-    })?;
+    let (client, connection) = pg
+        .connect(NoTls)
+        .await
+        .map_err(|source| Error::Connect { target: format!("{}:{}", config.host, config.port), driver: source })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(error = %error, "PostgreSQL connection closed");
@@ -81,8 +77,8 @@ impl BackupSession {
             .query_one(q, &[])
             .await
             .map_err(|source| Error::Query { query: "SELECT current_setting(…)", driver: source })?;
-        let server_version_num = u32::try_from(row.get::<_, i32>(0))
-            .map_err(|_| Error::Unexpected("negative server_version_num".into()))?;
+        let server_version_num =
+            u32::try_from(row.get::<_, i32>(0)).map_err(|_| Error::Unexpected("negative server_version_num".into()))?;
         let segment_size = row.get::<_, &str>(3).parse::<SegmentSize>().map_err(Error::Unexpected)?;
         let start_sql = if server_version_num >= 150_000 {
             "SELECT pg_backup_start($1, true)::text"
@@ -93,10 +89,7 @@ impl BackupSession {
             .query_one(start_sql, &[&label])
             .await
             .map_err(|source| Error::Query { query: "pg_backup_start", driver: source })?;
-        let lsn = lsn_row
-            .get::<_, &str>(0)
-            .parse()
-            .map_err(Error::Unexpected)?;
+        let lsn = lsn_row.get::<_, &str>(0).parse().map_err(Error::Unexpected)?;
         Ok(BackupSession {
             start: BackupStart {
                 lsn,

@@ -29,9 +29,15 @@ pub struct ConfigPaths {
 /// `pg_read_all_settings`.
 pub async fn config_paths(client: &tokio_postgres::Client) -> Result<ConfigPaths, Error> {
     let row = client
-        .query_one("SELECT current_setting('config_file'), current_setting('hba_file'), current_setting('ident_file')", &[])
+        .query_one(
+            "SELECT current_setting('config_file'), current_setting('hba_file'), current_setting('ident_file')",
+            &[],
+        )
         .await
-        .map_err(|source| Error::Query { query: "SELECT current_setting('config_file'), …('hba_file'), …('ident_file')", driver: source })?;
+        .map_err(|source| Error::Query {
+            query: "SELECT current_setting('config_file'), …('hba_file'), …('ident_file')",
+            driver: source,
+        })?;
     Ok(ConfigPaths {
         config_file: PathBuf::from(row.get::<_, String>(0)),
         hba_file: PathBuf::from(row.get::<_, String>(1)),
@@ -56,7 +62,8 @@ pub struct Setting {
 #[must_use]
 pub fn parse_line(line: &str) -> Option<Setting> {
     let rest = line.trim_start();
-    let name_len = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || !c.is_ascii())).unwrap_or(rest.len());
+    let name_len =
+        rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || !c.is_ascii())).unwrap_or(rest.len());
     if name_len == 0 || rest.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
@@ -174,9 +181,11 @@ pub fn config_tree(config_file: &Path) -> Result<ConfigTree, Error> {
 }
 
 fn read(path: &Path) -> Result<String, Error> {
-    std::fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .map_err(|source| Error::Io { what: "cannot read configuration file", path: path.to_owned(), source })
+    std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).map_err(|source| Error::Io {
+        what: "cannot read configuration file",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn follow(text: &str, file: &Path, depth: usize, tree: &mut ConfigTree) {
@@ -273,7 +282,10 @@ mod tests {
     #[test]
     fn lines_parse_as_postgresql_reads_them() {
         let s = |name: &str, value: &str| Some(Setting { name: name.into(), value: value.into() });
-        assert_eq!(parse_line("data_directory = '/var/lib/postgresql/15/main'  # use data in another directory"), s("data_directory", "/var/lib/postgresql/15/main"));
+        assert_eq!(
+            parse_line("data_directory = '/var/lib/postgresql/15/main'  # use data in another directory"),
+            s("data_directory", "/var/lib/postgresql/15/main")
+        );
         assert_eq!(parse_line("  Include_Dir 'conf.d'"), s("include_dir", "conf.d"));
         assert_eq!(parse_line("port=5433"), s("port", "5433"));
         assert_eq!(parse_line("work_mem = 4MB#x"), s("work_mem", "4MB"));
@@ -295,7 +307,10 @@ mod tests {
         assert!(changed);
         assert_eq!(out, "# comment\n#data_directory  # disabled\nhba_file = '/new/it''s'\nwork_mem = 4MB\n");
         assert!(!out.contains("/src/data"));
-        assert_eq!(parse_line(out.lines().nth(2).unwrap()), Some(Setting { name: "hba_file".into(), value: "/new/it's".into() }));
+        assert_eq!(
+            parse_line(out.lines().nth(2).unwrap()),
+            Some(Setting { name: "hba_file".into(), value: "/new/it's".into() })
+        );
         assert_eq!(rewrite(text, |_| Edit::Keep), (text.to_owned(), false));
     }
 
@@ -305,14 +320,19 @@ mod tests {
         let conf = dir.path().join("postgresql.conf");
         std::fs::create_dir(dir.path().join("conf.d")).unwrap();
         std::fs::create_dir(dir.path().join("empty.d")).unwrap();
-        std::fs::write(&conf, "include_dir = 'conf.d'\ninclude_dir 'empty.d'\ninclude_if_exists = 'absent.conf'\ninclude 'more.conf'\n").unwrap();
+        std::fs::write(
+            &conf,
+            "include_dir = 'conf.d'\ninclude_dir 'empty.d'\ninclude_if_exists = 'absent.conf'\ninclude 'more.conf'\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("conf.d/b.conf"), "work_mem = 8MB\n").unwrap();
         std::fs::write(dir.path().join("conf.d/a.conf"), "include = '../deep.conf'\n").unwrap();
         std::fs::write(dir.path().join("conf.d/.hidden.conf"), "").unwrap();
         std::fs::write(dir.path().join("conf.d/notes.txt"), "").unwrap();
         std::fs::write(dir.path().join("deep.conf"), "").unwrap();
         let tree = config_tree(&conf).unwrap();
-        let rel: Vec<_> = tree.files.iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect();
+        let rel: Vec<_> =
+            tree.files.iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect();
         assert_eq!(rel, ["postgresql.conf", "conf.d/a.conf", "deep.conf", "conf.d/b.conf"]);
         assert_eq!(tree.dirs, [dir.path().join("conf.d"), dir.path().join("empty.d")]);
         assert_eq!(tree.missing.len(), 1, "{:?}", tree.missing);
@@ -323,7 +343,10 @@ mod tests {
     fn paths_normalize_lexically() {
         assert_eq!(normalize(Path::new("/etc/pg/conf.d/../x/./y.conf")), Path::new("/etc/pg/x/y.conf"));
         assert_eq!(normalize(Path::new("/../a")), Path::new("/a"));
-        assert_eq!(resolve("../other.conf", Path::new("/etc/pg/main/postgresql.conf")), Path::new("/etc/pg/other.conf"));
+        assert_eq!(
+            resolve("../other.conf", Path::new("/etc/pg/main/postgresql.conf")),
+            Path::new("/etc/pg/other.conf")
+        );
         assert_eq!(resolve("/abs.conf", Path::new("/etc/pg/main/postgresql.conf")), Path::new("/abs.conf"));
     }
 }

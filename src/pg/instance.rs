@@ -28,7 +28,12 @@ pub enum Access {
 
 /// Writes `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf` of the instance (described by
 /// `label` in their comments) into `run_dir`; returns the `-c` settings to start `data_dir` with.
-pub fn own_config(run_dir: &Path, data_dir: &Path, label: &str, access: Access) -> std::io::Result<Vec<(&'static str, String)>> {
+pub fn own_config(
+    run_dir: &Path,
+    data_dir: &Path,
+    label: &str,
+    access: Access,
+) -> std::io::Result<Vec<(&'static str, String)>> {
     let conf = run_dir.join("postgresql.conf");
     let hba = run_dir.join("pg_hba.conf");
     let ident = run_dir.join("pg_ident.conf");

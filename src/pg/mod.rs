@@ -9,10 +9,10 @@ pub mod conf;
 pub mod heartbeat;
 pub mod instance;
 pub mod restore_point;
-pub mod settings;
 mod scratch;
-mod tablespace;
+pub mod settings;
 pub mod standby;
+mod tablespace;
 mod wal;
 mod walpage;
 
@@ -66,7 +66,9 @@ pub enum Error {
         driver: tokio_postgres::Error,
     },
     /// `password_env` names an environment variable that is not set.
-    #[error("{key} = {var:?}, but the environment variable {var} is not set; set it in radd's environment (e.g. the unit's EnvironmentFile=) or remove {key} to connect without a password")]
+    #[error(
+        "{key} = {var:?}, but the environment variable {var} is not set; set it in radd's environment (e.g. the unit's EnvironmentFile=) or remove {key} to connect without a password"
+    )]
     PasswordUnset {
         /// The config key (`postgres.password_env`).
         key: &'static str,

@@ -31,16 +31,14 @@ pub struct CreatedPoint {
 pub async fn create(client: &Client, name: &str) -> Result<CreatedPoint, Error> {
     let query = "SELECT pg_create_restore_point($1)";
     let row = client
-        .query_one(
-            "SELECT p::text, pg_walfile_name(p), now() FROM pg_create_restore_point($1) AS p",
-            &[&name],
-        )
+        .query_one("SELECT p::text, pg_walfile_name(p), now() FROM pg_create_restore_point($1) AS p", &[&name])
         .await
         .map_err(|source| Error::Query { query, driver: source })?;
     let lsn: String = row.get(0);
     let file: String = row.get(1);
     let time: DateTime<Utc> = row.get(2);
-    let lsn: Lsn = lsn.parse().map_err(|e| Error::Unexpected(format!("pg_create_restore_point returned {lsn:?}: {e}")))?;
+    let lsn: Lsn =
+        lsn.parse().map_err(|e| Error::Unexpected(format!("pg_create_restore_point returned {lsn:?}: {e}")))?;
     let timeline = file
         .get(..8)
         .and_then(|t| u32::from_str_radix(t, 16).ok())
@@ -51,6 +49,7 @@ pub async fn create(client: &Client, name: &str) -> Result<CreatedPoint, Error> 
         .await
         .map_err(|source| Error::Query { query: "SELECT pg_switch_wal()", driver: source })?
         .get(0);
-    let switched_at = switched.parse().map_err(|e| Error::Unexpected(format!("pg_switch_wal returned {switched:?}: {e}")))?;
+    let switched_at =
+        switched.parse().map_err(|e| Error::Unexpected(format!("pg_switch_wal returned {switched:?}: {e}")))?;
     Ok(CreatedPoint { lsn, timeline, time, switched_at })
 }

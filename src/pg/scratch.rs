@@ -17,11 +17,7 @@ pub fn free_port() -> Result<u16, Error> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| Error::Io {
-            what: "cannot find a free port on",
-            path: "127.0.0.1".into(),
-            source,
-        })
+        .map_err(|source| Error::Io { what: "cannot find a free port on", path: "127.0.0.1".into(), source })
 }
 
 /// A throwaway cluster in `work_dir` (data in `work_dir/data` unless set otherwise).
@@ -45,10 +41,7 @@ fn run_as() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    nix::unistd::User::from_name("postgres")
-        .ok()
-        .flatten()
-        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    nix::unistd::User::from_name("postgres").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
 /// Hands `path` (recursively) to the user PostgreSQL programs run as.
@@ -180,11 +173,8 @@ impl ScratchCluster {
     }
 
     fn run(&self, mut cmd: Command, name: &str) -> Result<(), Error> {
-        let output = cmd.output().map_err(|source| Error::Io {
-            what: "cannot run",
-            path: self.bin_dir.join(name),
-            source,
-        })?;
+        let output =
+            cmd.output().map_err(|source| Error::Io { what: "cannot run", path: self.bin_dir.join(name), source })?;
         if output.status.success() {
             return Ok(());
         }
@@ -205,10 +195,7 @@ impl ScratchCluster {
             message.push_str("\nserver log (last lines):\n");
             message.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
-        Err(Error::Program {
-            program: self.bin_dir.join(name),
-            message,
-        })
+        Err(Error::Program { program: self.bin_dir.join(name), message })
     }
 
     /// Creates the cluster with data checksums, trust auth on loopback only.
@@ -271,11 +258,8 @@ impl ScratchCluster {
         }
         let listen = if self.socket_only {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&self.work_dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| Error::Io {
-                what: "cannot make private",
-                path: self.work_dir.clone(),
-                source,
-            })?;
+            std::fs::set_permissions(&self.work_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| Error::Io { what: "cannot make private", path: self.work_dir.clone(), source })?;
             "''"
         } else {
             "127.0.0.1"
@@ -306,9 +290,7 @@ impl ScratchCluster {
         }
         self.running = false;
         let mut cmd = self.program("pg_ctl");
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .args(["-m", "immediate", "-w", "stop"]);
+        cmd.arg("-D").arg(&self.data_dir).args(["-m", "immediate", "-w", "stop"]);
         self.run(cmd, "pg_ctl")
     }
 
@@ -344,8 +326,7 @@ impl ScratchCluster {
     /// extension where missing; the error carries what it found.
     pub fn amcheck(&self) -> Result<(), Error> {
         let mut cmd = self.program("pg_amcheck");
-        cmd.args(["-h", &self.host(), "-U", "postgres", "--all", "--install-missing", "-p"])
-            .arg(self.port.to_string());
+        cmd.args(["-h", &self.host(), "-U", "postgres", "--all", "--install-missing", "-p"]).arg(self.port.to_string());
         self.run(cmd, "pg_amcheck")
     }
 
@@ -366,10 +347,7 @@ impl ScratchCluster {
         }
         Err(Error::Program {
             program: self.bin_dir.join("postgres"),
-            message: format!(
-                "not promoted within {timeout:?} ({last_error}); see {}",
-                self.log_file().display()
-            ),
+            message: format!("not promoted within {timeout:?} ({last_error}); see {}", self.log_file().display()),
         })
     }
 }

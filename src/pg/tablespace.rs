@@ -38,7 +38,8 @@ impl BackupSession {
             .map_err(|source| Error::Query { query: "SELECT … FROM pg_tablespace", driver: source })?;
         rows.iter()
             .map(|row| {
-                let oid = u32::try_from(row.get::<_, i64>(0)).map_err(|_| Error::Unexpected("tablespace oid out of range".into()))?;
+                let oid = u32::try_from(row.get::<_, i64>(0))
+                    .map_err(|_| Error::Unexpected("tablespace oid out of range".into()))?;
                 Ok(Tablespace { oid, name: row.get(1), location: row.get(2) })
             })
             .collect()
@@ -111,7 +112,10 @@ mod tests {
         let text = format_tablespace_map(&entries);
         assert_eq!(text.lines().next(), Some("16384 /srv/ts one"));
         assert_eq!(parse_tablespace_map(&text), entries);
-        assert_eq!(parse_tablespace_map("16384 /a\n16385 /b"), vec![(16384, "/a".to_owned()), (16385, "/b".to_owned())]);
+        assert_eq!(
+            parse_tablespace_map("16384 /a\n16385 /b"),
+            vec![(16384, "/a".to_owned()), (16385, "/b".to_owned())]
+        );
         assert!(parse_tablespace_map("").is_empty());
     }
 

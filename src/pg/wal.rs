@@ -69,7 +69,8 @@ impl SegmentSize {
     /// A length that is no segment size, or a header that says another size (a damaged or
     /// foreign file).
     pub fn of_segment_file(start: &[u8], len: u64) -> Result<Self, String> {
-        let by_length = SegmentSize::from_bytes(len).map_err(|_| format!("a WAL segment file is 1 MiB to 1 GiB (a power of two), this one is {len} bytes"))?;
+        let by_length = SegmentSize::from_bytes(len)
+            .map_err(|_| format!("a WAL segment file is 1 MiB to 1 GiB (a power of two), this one is {len} bytes"))?;
         let field = |at: usize| start.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
         let info = start.get(XLP_INFO..XLP_INFO + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
         let long_header = info.is_some_and(|i| i & XLP_LONG_HEADER != 0)
@@ -86,11 +87,7 @@ impl SegmentSize {
 /// As PostgreSQL shows `wal_segment_size`: `16MB`, `1GB`.
 impl fmt::Display for SegmentSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 >= 1 << 30 {
-            write!(f, "{}GB", self.0 >> 30)
-        } else {
-            write!(f, "{}MB", self.0 >> 20)
-        }
+        if self.0 >= 1 << 30 { write!(f, "{}GB", self.0 >> 30) } else { write!(f, "{}MB", self.0 >> 20) }
     }
 }
 
@@ -269,19 +266,14 @@ impl WalFileName {
     /// The segment file holding `lsn` on `timeline`.
     #[must_use]
     pub fn segment_for(timeline: Timeline, lsn: Lsn, segment_size: SegmentSize) -> Self {
-        WalFileName::Segment {
-            timeline,
-            number: lsn.segment_no(segment_size),
-        }
+        WalFileName::Segment { timeline, number: lsn.segment_no(segment_size) }
     }
 
     /// Timeline of the file.
     #[must_use]
     pub fn timeline(&self) -> Timeline {
         match self {
-            WalFileName::Segment { timeline, .. } | WalFileName::Other { timeline, .. } => {
-                *timeline
-            }
+            WalFileName::Segment { timeline, .. } | WalFileName::Other { timeline, .. } => *timeline,
             WalFileName::History(t) => *t,
         }
     }
@@ -371,7 +363,10 @@ mod tests {
         // 1 MiB: segment 0x100 is valid, and 0xFFF is the last of a log id.
         let n = WalFileName::parse("000000010000000000000100", mb1).unwrap();
         assert_eq!(n, WalFileName::Segment { timeline: Timeline(1), number: 0x100 });
-        assert_eq!(WalFileName::Segment { timeline: Timeline(1), number: 4096 }.to_name(mb1), "000000010000000100000000");
+        assert_eq!(
+            WalFileName::Segment { timeline: Timeline(1), number: 4096 }.to_name(mb1),
+            "000000010000000100000000"
+        );
         assert!(WalFileName::parse("000000010000000000001000", mb1).is_err());
         let lsn: Lsn = "1/2345678".parse().unwrap();
         assert_eq!(WalFileName::segment_for(Timeline(1), lsn, mb1).to_name(mb1), "000000010000000100000023");

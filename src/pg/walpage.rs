@@ -114,7 +114,9 @@ impl PageCheck {
             WalFileName::Other { name, .. } => {
                 let base = name.strip_suffix(".partial")?;
                 match WalFileName::parse(base, size).ok()? {
-                    WalFileName::Segment { timeline, number } => Some(Self::new(timeline, number, size, PageScope::First)),
+                    WalFileName::Segment { timeline, number } => {
+                        Some(Self::new(timeline, number, size, PageScope::First))
+                    }
                     _ => None,
                 }
             }
@@ -157,12 +159,20 @@ impl PageCheck {
     /// the cluster's segments.
     pub fn finish(&self) -> Result<(), PageMismatch> {
         if self.block == 0 {
-            return Err(PageMismatch { offset: self.offset, reason: format!("it is {} bytes, too short for a WAL page header", self.offset) });
+            return Err(PageMismatch {
+                offset: self.offset,
+                reason: format!("it is {} bytes, too short for a WAL page header", self.offset),
+            });
         }
         if self.scope == PageScope::Every && self.offset != self.size.bytes() {
             return Err(PageMismatch {
                 offset: self.offset,
-                reason: format!("it is {} bytes, but this cluster's segments are {} ({} bytes)", self.offset, self.size, self.size.bytes()),
+                reason: format!(
+                    "it is {} bytes, but this cluster's segments are {} ({} bytes)",
+                    self.offset,
+                    self.size,
+                    self.size.bytes()
+                ),
             });
         }
         Ok(())
@@ -186,21 +196,32 @@ impl PageCheck {
                 ));
             };
             if info & XLP_LONG_HEADER == 0 {
-                return mismatch(format!("its first page has no long page header (xlp_info 0x{info:04X}): it is not the start of a segment"));
+                return mismatch(format!(
+                    "its first page has no long page header (xlp_info 0x{info:04X}): it is not the start of a segment"
+                ));
             }
             let (seg_size, block) = (u64::from(field(XLP_SEG_SIZE)), u64::from(field(XLP_XLOG_BLCKSZ)));
             if seg_size != self.size.bytes() {
-                return mismatch(format!("its long page header says {seg_size}-byte segments, but this cluster's are {} ({} bytes)", self.size, self.size.bytes()));
+                return mismatch(format!(
+                    "its long page header says {seg_size}-byte segments, but this cluster's are {} ({} bytes)",
+                    self.size,
+                    self.size.bytes()
+                ));
             }
             if !block.is_power_of_two() || !(1024..=65536).contains(&block) || seg_size % block != 0 {
-                return mismatch(format!("its long page header says {block}-byte WAL pages, which PostgreSQL {version} cannot write (a power of two from 1 to 64 KiB)"));
+                return mismatch(format!(
+                    "its long page header says {block}-byte WAL pages, which PostgreSQL {version} cannot write (a power of two from 1 to 64 KiB)"
+                ));
             }
             (self.magic, self.block) = (magic, block);
         } else if h[..SHORT_HEADER].iter().all(|&b| b == 0) {
             // An unused page after a WAL switch: zeroed, header included.
             return Ok(());
         } else if magic != self.magic {
-            return mismatch(format!("its page at offset {at} has magic 0x{magic:04X}, the first page 0x{:04X}: pages of different WAL", self.magic));
+            return mismatch(format!(
+                "its page at offset {at} has magic 0x{magic:04X}, the first page 0x{:04X}: pages of different WAL",
+                self.magic
+            ));
         }
         if pageaddr != expected {
             let page = if at == 0 { "its first page".to_owned() } else { format!("its page at offset {at}") };
@@ -211,10 +232,18 @@ impl PageCheck {
             ));
         }
         if tli > self.timeline.0 {
-            return mismatch(format!("its page at offset {at} is WAL of timeline {}, later than the name's timeline {}", Timeline(tli), self.timeline));
+            return mismatch(format!(
+                "its page at offset {at} is WAL of timeline {}, later than the name's timeline {}",
+                Timeline(tli),
+                self.timeline
+            ));
         }
         if tli < self.last_tli {
-            return mismatch(format!("its page at offset {at} is WAL of timeline {}, earlier than the page before it ({})", Timeline(tli), Timeline(self.last_tli)));
+            return mismatch(format!(
+                "its page at offset {at} is WAL of timeline {}, earlier than the page before it ({})",
+                Timeline(tli),
+                Timeline(self.last_tli)
+            ));
         }
         self.last_tli = tli;
         Ok(())
@@ -335,7 +364,10 @@ mod tests {
         // Noise, truncation, extra bytes.
         assert!(reason(check_pages(&name(1, 3), size(), &[0xA5; 4096])).contains("magic 0xA5A5"));
         assert!(reason(check_pages(&name(1, 3), size(), &good[..30])).contains("too short"));
-        assert!(reason(check_pages(&name(1, 3), size(), &good[..MB1 as usize - 8192])).contains("this cluster's segments are 1MB"));
+        assert!(
+            reason(check_pages(&name(1, 3), size(), &good[..MB1 as usize - 8192]))
+                .contains("this cluster's segments are 1MB")
+        );
         // Every known version's magic is accepted.
         for (magic, _) in KNOWN_MAGICS {
             let mut data = good.clone();

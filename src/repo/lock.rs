@@ -75,7 +75,9 @@ impl LockInfo {
     fn holder_is_gone(&self) -> bool {
         let this_host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         let Ok(pid) = i32::try_from(self.pid) else { return false };
-        self.host == this_host && pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+        self.host == this_host
+            && pid != 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
     }
 }
 
@@ -90,7 +92,9 @@ pub enum Error {
     InUse(Box<LockInfo>),
     /// The lock lapsed (not refreshed for too long, or removed by `radd unlock`): another
     /// process may have judged it stale, so a backup must not commit and a prune not delete.
-    #[error("the repository lock of this {command} lapsed ({why}); another process may have treated it as dead, so {command} stopped before committing or deleting anything more: run it again")]
+    #[error(
+        "the repository lock of this {command} lapsed ({why}); another process may have treated it as dead, so {command} stopped before committing or deleting anything more: run it again"
+    )]
     Lapsed {
         /// The command holding the lock.
         command: String,
@@ -217,7 +221,12 @@ const POLL: Duration = Duration::from_secs(2);
 
 async fn create(repo: &Repo, command: &str, kind: LockKind) -> Result<Held, Error> {
     let now = Utc::now();
-    let id = format!("{}-{}-{}", now.format("%Y%m%dT%H%M%S%3fZ"), std::process::id(), LOCK_SEQ.fetch_add(1, Ordering::Relaxed));
+    let id = format!(
+        "{}-{}-{}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        std::process::id(),
+        LOCK_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
     let info = LockInfo {
         id: id.clone(),
         host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -273,7 +282,9 @@ impl Held {
         }
         match self.repo.get(&ObjectKey::Lock(self.info.id.clone())).await {
             Ok(_) => Ok(()),
-            Err(RepoError::NotFound { .. }) => Err(Error::Lapsed { command, why: format!("lock {} was removed (radd unlock?)", self.info.id) }),
+            Err(RepoError::NotFound { .. }) => {
+                Err(Error::Lapsed { command, why: format!("lock {} was removed (radd unlock?)", self.info.id) })
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::path::Path as StorePath;
 use object_store::aws::AmazonS3ConfigKey;
+use object_store::path::Path as StorePath;
 use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 pub use layout::ObjectKey;
@@ -46,7 +46,9 @@ pub enum Error {
         location: String,
     },
     /// A storage operation failed.
-    #[error("{op} of {key} in repository {location} failed: {source}; check the storage backend is reachable and writable, then retry")]
+    #[error(
+        "{op} of {key} in repository {location} failed: {source}; check the storage backend is reachable and writable, then retry"
+    )]
     Backend {
         /// The operation (put, get, list, delete).
         op: &'static str,
@@ -74,7 +76,9 @@ pub enum Error {
     },
     /// A transient failure (5xx, SlowDown, reset connection, timeout) lasted longer than the
     /// retry budget.
-    #[error("{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)")]
+    #[error(
+        "{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)"
+    )]
     GaveUp {
         /// The operation (put, get, head, list, delete).
         op: &'static str,
@@ -148,24 +152,13 @@ impl Repo {
             Backend::Local => {
                 let path = config.path.clone().unwrap_or_default();
                 let location = path.display().to_string();
-                std::fs::create_dir_all(&path).map_err(|e| Error::Open {
-                    location: location.clone(),
-                    message: e.to_string(),
-                })?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| Error::Open { location: location.clone(), message: e.to_string() })?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
-                    .map_err(|e| Error::Open {
-                        location: location.clone(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(|e| Error::Open { location: location.clone(), message: e.to_string() })?
                     .with_fsync(true);
                 let store = Arc::new(store);
-                Ok(Repo {
-                    local: Some(Arc::clone(&store)),
-                    store,
-                    prefix: String::new(),
-                    location,
-                    retry,
-                })
+                Ok(Repo { local: Some(Arc::clone(&store)), store, prefix: String::new(), location, retry })
             }
             Backend::S3 => {
                 let bucket = config.bucket.clone().unwrap_or_default();
@@ -176,24 +169,17 @@ impl Repo {
                     .with_region(config.region.as_deref().unwrap_or("us-east-1"))
                     .with_allow_http(config.allow_http)
                     .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), millis(config.request_timeout()))
-                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), millis(config.connect_timeout()))
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        millis(config.connect_timeout()),
+                    )
                     .with_retry(object_store::RetryConfig { max_retries: 0, ..object_store::RetryConfig::default() });
                 if let Some(endpoint) = &config.endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint)
-                        .with_virtual_hosted_style_request(false);
+                    builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
                 }
-                let store = builder.build().map_err(|e| Error::Open {
-                    location: location.clone(),
-                    message: e.to_string(),
-                })?;
-                Ok(Repo {
-                    store: Arc::new(store),
-                    local: None,
-                    prefix,
-                    location,
-                    retry,
-                })
+                let store =
+                    builder.build().map_err(|e| Error::Open { location: location.clone(), message: e.to_string() })?;
+                Ok(Repo { store: Arc::new(store), local: None, prefix, location, retry })
             }
         }
     }
@@ -205,11 +191,7 @@ impl Repo {
     }
 
     fn path(&self, key: &str) -> StorePath {
-        if self.prefix.is_empty() {
-            StorePath::from(key)
-        } else {
-            StorePath::from(format!("{}/{key}", self.prefix))
-        }
+        if self.prefix.is_empty() { StorePath::from(key) } else { StorePath::from(format!("{}/{key}", self.prefix)) }
     }
 
     fn backend_error(&self, op: &'static str, key: &str, source: object_store::Error) -> Error {
@@ -294,11 +276,7 @@ impl Repo {
     pub async fn list(&self, dir: &str) -> Result<Vec<Listed>, Error> {
         let prefix = self.path(dir);
         let prefix = &prefix;
-        let strip = if self.prefix.is_empty() {
-            0
-        } else {
-            self.prefix.len() + 1
-        };
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
         let (mut out, _) = self
             .with_retries("list", dir, |_| async move {
                 self.store
@@ -345,16 +323,8 @@ fn classify(location: &str, op: &'static str, key: &str, source: object_store::E
         };
     }
     match source {
-        object_store::Error::NotFound { .. } => Error::NotFound {
-            key: key.to_owned(),
-            location: location.to_owned(),
-        },
-        source => Error::Backend {
-            op,
-            key: key.to_owned(),
-            location: location.to_owned(),
-            source: Box::new(source),
-        },
+        object_store::Error::NotFound { .. } => Error::NotFound { key: key.to_owned(), location: location.to_owned() },
+        source => Error::Backend { op, key: key.to_owned(), location: location.to_owned(), source: Box::new(source) },
     }
 }
 

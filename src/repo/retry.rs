@@ -123,8 +123,21 @@ pub(super) fn transient(error: &object_store::Error) -> bool {
         // Any failure of the HTTP exchange itself: connect, reset, timeout, a body that broke off.
         e.is::<object_store::client::HttpError>()
             || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted, NotConnected, TimedOut, UnexpectedEof};
-                matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted | NotConnected | TimedOut | UnexpectedEof)
+                use std::io::ErrorKind::{
+                    BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted, NotConnected,
+                    TimedOut, UnexpectedEof,
+                };
+                matches!(
+                    io.kind(),
+                    BrokenPipe
+                        | ConnectionAborted
+                        | ConnectionRefused
+                        | ConnectionReset
+                        | Interrupted
+                        | NotConnected
+                        | TimedOut
+                        | UnexpectedEof
+                )
             })
     })
 }
@@ -142,7 +155,12 @@ impl Repo {
     /// logged at warn with the operation, key, attempt and error. A permanent failure is mapped
     /// by [`Repo::backend_error`]; a transient one that outlasts the budget becomes
     /// [`Error::GaveUp`].
-    pub(super) async fn with_retries<T, Fut>(&self, op: &'static str, key: &str, mut call: impl FnMut(u32) -> Fut) -> Result<(T, u32), Error>
+    pub(super) async fn with_retries<T, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut call: impl FnMut(u32) -> Fut,
+    ) -> Result<(T, u32), Error>
     where
         Fut: Future<Output = Result<T, object_store::Error>>,
     {
@@ -153,7 +171,13 @@ impl Repo {
             match call(attempt).await {
                 Ok(value) => {
                     if attempt > 1 {
-                        tracing::info!(op, key, attempts = attempt, seconds = started.elapsed().as_secs_f64(), "storage operation succeeded after retries");
+                        tracing::info!(
+                            op,
+                            key,
+                            attempts = attempt,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "storage operation succeeded after retries"
+                        );
                     }
                     return Ok((value, attempt));
                 }
@@ -186,7 +210,13 @@ impl Repo {
     /// reply was lost: the existing object is read and compared byte for byte — the same bytes
     /// are `Created`, other bytes stay `AlreadyExists` (the caller treats that as a conflict,
     /// or checks the content itself). A first attempt's answer is passed on untouched.
-    pub(super) async fn settle_create(&self, key: &ObjectKey, data: &Bytes, outcome: PutOutcome, retried: bool) -> Result<PutOutcome, Error> {
+    pub(super) async fn settle_create(
+        &self,
+        key: &ObjectKey,
+        data: &Bytes,
+        outcome: PutOutcome,
+        retried: bool,
+    ) -> Result<PutOutcome, Error> {
         if outcome != PutOutcome::AlreadyExists || !retried {
             return Ok(outcome);
         }
@@ -209,9 +239,11 @@ mod tests {
     use crate::config::RepositoryConfig;
 
     fn local_repo(dir: &std::path::Path, budget: Duration) -> Repo {
-        let config: RepositoryConfig = toml::from_str(&format!("path = {:?}", dir.display().to_string())).expect("config");
+        let config: RepositoryConfig =
+            toml::from_str(&format!("path = {:?}", dir.display().to_string())).expect("config");
         let mut repo = Repo::open(&config).expect("open local repo");
-        repo.retry = RetryPolicy { budget, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(4) };
+        repo.retry =
+            RetryPolicy { budget, first_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(4) };
         repo
     }
 
@@ -225,12 +257,19 @@ mod tests {
         assert!(transient(&reset));
         let full = generic(std::io::Error::from_raw_os_error(28));
         assert!(!transient(&full));
-        let local = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)) };
+        let local = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+        };
         assert!(!transient(&local), "local disk failures are not retried");
         assert_eq!(no_room(&full), Some(NoRoom::Space));
         assert_eq!(no_room(&generic(std::io::Error::from_raw_os_error(30))), Some(NoRoom::ReadOnly));
         assert_eq!(no_room(&generic(std::io::Error::from_raw_os_error(122))), Some(NoRoom::Quota));
-        let status = |s: &str| generic(std::io::Error::other(format!("Error performing PUT http://127.0.0.1/b/k in 2ms - Server returned non-2xx status code: {s}: <Error/>")));
+        let status = |s: &str| {
+            generic(std::io::Error::other(format!(
+                "Error performing PUT http://127.0.0.1/b/k in 2ms - Server returned non-2xx status code: {s}: <Error/>"
+            )))
+        };
         assert!(transient(&status("503 Service Unavailable")));
         assert!(transient(&status("500 Internal Server Error")));
         assert!(transient(&status("429 Too Many Requests")));
@@ -250,14 +289,22 @@ mod tests {
         let (value, attempts) = repo
             .with_retries("put", "packs/x", |attempt| {
                 calls.fetch_add(1, Ordering::SeqCst);
-                async move { if attempt < 3 { Err(generic(std::io::Error::from(std::io::ErrorKind::ConnectionReset))) } else { Ok(attempt) } }
+                async move {
+                    if attempt < 3 {
+                        Err(generic(std::io::Error::from(std::io::ErrorKind::ConnectionReset)))
+                    } else {
+                        Ok(attempt)
+                    }
+                }
             })
             .await
             .expect("succeeds on the third attempt");
         assert_eq!((value, attempts, calls.load(Ordering::SeqCst)), (3, 3, 3));
 
         let permanent = repo
-            .with_retries("get", "packs/x", |_| async { Err::<(), _>(object_store::Error::NotFound { path: "packs/x".into(), source: "gone".into() }) })
+            .with_retries("get", "packs/x", |_| async {
+                Err::<(), _>(object_store::Error::NotFound { path: "packs/x".into(), source: "gone".into() })
+            })
             .await
             .expect_err("not found is not retried");
         assert!(matches!(permanent, Error::NotFound { .. }), "{permanent}");
@@ -265,7 +312,9 @@ mod tests {
         let repo = local_repo(dir.path(), Duration::from_millis(30));
         let started = Instant::now();
         let gave_up = repo
-            .with_retries("list", "wal", |_| async { Err::<(), _>(generic(std::io::Error::from(std::io::ErrorKind::TimedOut))) })
+            .with_retries("list", "wal", |_| async {
+                Err::<(), _>(generic(std::io::Error::from(std::io::ErrorKind::TimedOut)))
+            })
             .await
             .expect_err("an outage longer than the budget fails");
         assert!(started.elapsed() < Duration::from_secs(5), "gave up within the budget");
@@ -282,10 +331,21 @@ mod tests {
         let ours = Bytes::from_static(b"the pack as sealed");
         assert_eq!(repo.put_new(&key, ours.clone()).await.expect("put"), PutOutcome::Created);
         // As if the first attempt's reply had been lost and the retry met the stored object.
-        assert_eq!(repo.settle_create(&key, &ours, PutOutcome::AlreadyExists, true).await.expect("settle"), PutOutcome::Created);
+        assert_eq!(
+            repo.settle_create(&key, &ours, PutOutcome::AlreadyExists, true).await.expect("settle"),
+            PutOutcome::Created
+        );
         let other = Bytes::from_static(b"a different object");
-        assert_eq!(repo.settle_create(&key, &other, PutOutcome::AlreadyExists, true).await.expect("settle"), PutOutcome::AlreadyExists, "a different object is a conflict");
-        assert_eq!(repo.settle_create(&key, &ours, PutOutcome::AlreadyExists, false).await.expect("settle"), PutOutcome::AlreadyExists, "a first attempt's answer is kept");
+        assert_eq!(
+            repo.settle_create(&key, &other, PutOutcome::AlreadyExists, true).await.expect("settle"),
+            PutOutcome::AlreadyExists,
+            "a different object is a conflict"
+        );
+        assert_eq!(
+            repo.settle_create(&key, &ours, PutOutcome::AlreadyExists, false).await.expect("settle"),
+            PutOutcome::AlreadyExists,
+            "a first attempt's answer is kept"
+        );
         assert_eq!(repo.put_new(&key, other).await.expect("put"), PutOutcome::AlreadyExists);
     }
 }

@@ -163,7 +163,12 @@ impl Repo {
     /// backends.
     pub fn new_object(&self, key: &ObjectKey, size_hint: usize) -> Result<NewObject, Error> {
         let Some(local) = &self.local else {
-            return Ok(NewObject { key: key.clone(), location: self.location.clone(), sink: Some(Sink::Memory(Cursor::new(Vec::with_capacity(size_hint)))), failed: None });
+            return Ok(NewObject {
+                key: key.clone(),
+                location: self.location.clone(),
+                sink: Some(Sink::Memory(Cursor::new(Vec::with_capacity(size_hint)))),
+                failed: None,
+            });
         };
         let name = key.to_string();
         let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
@@ -188,9 +193,9 @@ impl Repo {
                 }
                 publish_file(file, &staging, &dest)
             })
-                .await
-                .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
-                .map_err(|e| self.io_error("put", &name, e)),
+            .await
+            .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
+            .map_err(|e| self.io_error("put", &name, e)),
             None => Err(self.io_error("put", &name, std::io::Error::other("object already published"))),
         }
     }

@@ -103,11 +103,23 @@ type Fetched = Result<(Job, PackData), (Option<u32>, Error)>;
 ///
 /// # Errors
 /// The first checksum mismatch, else the first read or write failure, the file it was for named.
-pub(super) async fn write(repo: &Repository, index: &BlobIndex, mut plan: PackPlan, targets: Vec<Option<Target>>, progress: &Progress) -> Result<u64, Error> {
+pub(super) async fn write(
+    repo: &Repository,
+    index: &BlobIndex,
+    mut plan: PackPlan,
+    targets: Vec<Option<Target>>,
+    progress: &Progress,
+) -> Result<u64, Error> {
     let packs_read = Arc::new(AtomicU64::new(0));
     let names: Vec<String> = plan.packs.iter().map(|p| index.packs[p.number as usize].clone()).collect();
     let chunks = std::mem::take(&mut plan.chunks);
-    tracing::debug!(packs = plan.packs.len(), spilled_runs = plan.runs, workers = workers(), hashers = hashers(), "writing the files' content");
+    tracing::debug!(
+        packs = plan.packs.len(),
+        spilled_runs = plan.runs,
+        workers = workers(),
+        hashers = hashers(),
+        "writing the files' content"
+    );
     // Groups of the plan, in turn order, read on a blocking thread (a spilled plan reads files).
     let (job_tx, job_rx) = mpsc::channel::<Result<Job, Error>>(workers());
     let groups = tokio::task::spawn_blocking(move || {
@@ -140,13 +152,24 @@ pub(super) async fn write(repo: &Repository, index: &BlobIndex, mut plan: PackPl
     let written = writer.await;
     fetch.abort();
     groups.abort();
-    written.unwrap_or_else(|_| Err(Error::Io { what: "restore: the writing thread panicked while writing", path: PathBuf::new(), source: std::io::Error::other("panic") }))?;
+    written.unwrap_or_else(|_| {
+        Err(Error::Io {
+            what: "restore: the writing thread panicked while writing",
+            path: PathBuf::new(),
+            source: std::io::Error::other("panic"),
+        })
+    })?;
     Ok(packs_read.load(Ordering::Relaxed))
 }
 
 /// Fetches and opens the packs of the jobs arriving on `jobs`, [`workers`] at once, and sends
 /// each to the writer as soon as it is ready; stops at the first failure.
-async fn fetch_packs(repo: Repository, jobs: mpsc::Receiver<Result<Job, Error>>, tx: mpsc::Sender<Fetched>, counter: Arc<AtomicU64>) {
+async fn fetch_packs(
+    repo: Repository,
+    jobs: mpsc::Receiver<Result<Job, Error>>,
+    tx: mpsc::Sender<Fetched>,
+    counter: Arc<AtomicU64>,
+) {
     let pool = BufferPool::new(0);
     let jobs = futures::stream::unfold(jobs, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
     let stream = jobs
@@ -154,7 +177,10 @@ async fn fetch_packs(repo: Repository, jobs: mpsc::Receiver<Result<Job, Error>>,
             let (repo, pool, counter) = (repo.clone(), pool.clone(), Arc::clone(&counter));
             async move {
                 let job = job.map_err(|e| (None, e))?;
-                let data = repo.get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), pool.get()).await.map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
+                let data = repo
+                    .get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), pool.get())
+                    .await
+                    .map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool }))
             }
@@ -179,7 +205,13 @@ fn target_of(targets: &[Option<Target>], file: u32) -> Result<&Target, Error> {
 
 /// The writer: takes packs as they arrive and writes their blobs; `left` counts the chunks
 /// each entry still waits for.
-fn write_packs(mut rx: mpsc::Receiver<Fetched>, mut left: Vec<u32>, targets: &[Option<Target>], hashers: &Hashers, progress: &Progress) -> Result<(), Error> {
+fn write_packs(
+    mut rx: mpsc::Receiver<Fetched>,
+    mut left: Vec<u32>,
+    targets: &[Option<Target>],
+    hashers: &Hashers,
+    progress: &Progress,
+) -> Result<(), Error> {
     // Files without content are complete already.
     for (entry, target) in targets.iter().enumerate() {
         if let Some(target) = target
@@ -196,7 +228,9 @@ fn write_packs(mut rx: mpsc::Receiver<Fetched>, mut left: Vec<u32>, targets: &[O
         hashers.check_running()?;
         let (job, pack) = match fetched {
             Ok(fetched) => fetched,
-            Err((Some(file), e)) => return Err(Error::File { path: target_of(targets, file)?.name.clone(), source: Box::new(e) }),
+            Err((Some(file), e)) => {
+                return Err(Error::File { path: target_of(targets, file)?.name.clone(), source: Box::new(e) });
+            }
             Err((None, e)) => return Err(e),
         };
         write_pack((&pack.data, &job.name), &job.placements, targets, &mut left, hashers)?;
@@ -226,7 +260,13 @@ struct Run {
 
 /// Writes the blobs of one pack (its plaintext and its id) into their files (`group`: its
 /// placements, sorted by file).
-fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[Option<Target>], left: &mut [u32], hashers: &Hashers) -> Result<(), Error> {
+fn write_pack(
+    (pack, pack_name): (&[u8], &str),
+    group: &[Placement],
+    targets: &[Option<Target>],
+    left: &mut [u32],
+    hashers: &Hashers,
+) -> Result<(), Error> {
     let mut open: Option<(u32, std::fs::File)> = None;
     let mut run: Option<Run> = None;
     let flush = |run: &mut Option<Run>, open: &Option<(u32, std::fs::File)>, target: &Target| -> Result<(), Error> {
@@ -241,19 +281,27 @@ fn write_pack((pack, pack_name): (&[u8], &str), group: &[Placement], targets: &[
             if let Some((previous, _)) = &open {
                 flush(&mut run, &open, target_of(targets, *previous)?)?;
             }
-            let file = std::fs::OpenOptions::new().write(true).open(&target.path).map_err(io_err("open", &target.path))?;
+            let file =
+                std::fs::OpenOptions::new().write(true).open(&target.path).map_err(io_err("open", &target.path))?;
             open = Some((p.file, file));
         }
         let range = p.pack_offset as usize..p.pack_offset as usize + p.length as usize;
         let Some(bytes) = pack.get(range.clone()) else {
-            return Err(Error::BlobOutsidePack { pack: ObjectKey::Pack(pack_name.to_owned()).to_string(), offset: p.pack_offset, length: p.length, path: target.name.to_owned() });
+            return Err(Error::BlobOutsidePack {
+                pack: ObjectKey::Pack(pack_name.to_owned()).to_string(),
+                offset: p.pack_offset,
+                length: p.length,
+                path: target.name.to_owned(),
+            });
         };
         if is_zero(bytes) {
             // A hole: the file was created at its full size.
             flush(&mut run, &open, target)?;
         } else {
             match &mut run {
-                Some(r) if r.pack.end == range.start && r.file_offset + r.pack.len() as u64 == p.file_offset => r.pack.end = range.end,
+                Some(r) if r.pack.end == range.start && r.file_offset + r.pack.len() as u64 == p.file_offset => {
+                    r.pack.end = range.end
+                }
                 _ => {
                     flush(&mut run, &open, target)?;
                     run = Some(Run { file_offset: p.file_offset, pack: range });
@@ -329,7 +377,11 @@ impl Hashers {
     }
 
     fn stopped() -> Error {
-        Error::Io { what: "restore: verification stopped", path: PathBuf::new(), source: std::io::Error::other("a restored file failed its check") }
+        Error::Io {
+            what: "restore: verification stopped",
+            path: PathBuf::new(),
+            source: std::io::Error::other("a restored file failed its check"),
+        }
     }
 
     /// Waits until every queued file is checked; the first failure, if any.
@@ -338,7 +390,11 @@ impl Hashers {
         let mut first = Ok(());
         for thread in self.threads {
             let result = thread.join().unwrap_or_else(|_| {
-                Err(Error::Io { what: "restore: a verifying thread panicked", path: PathBuf::new(), source: std::io::Error::other("panic") })
+                Err(Error::Io {
+                    what: "restore: a verifying thread panicked",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("panic"),
+                })
             });
             if first.is_ok() {
                 first = result;
@@ -380,7 +436,11 @@ fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
     }
     let actual = sha.finish();
     if actual != check.expected {
-        return Err(Error::Checksum { path: check.name.clone(), expected: check.expected.to_string(), actual: actual.to_string() });
+        return Err(Error::Checksum {
+            path: check.name.clone(),
+            expected: check.expected.to_string(),
+            actual: actual.to_string(),
+        });
     }
     match writeback() {
         Writeback::DontNeed => start_writeback(&file, length),

@@ -13,12 +13,12 @@ mod pack_plan;
 pub mod pg_manifest;
 pub mod points;
 mod recovery;
+mod server_config;
+mod spill;
+mod tablespace;
 mod target;
 mod when;
 pub mod window;
-mod tablespace;
-mod server_config;
-mod spill;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -29,13 +29,13 @@ use serde::Serialize;
 
 pub use points::RestorePoint;
 pub use recovery::RecoveryTarget;
-pub use window::Window;
-pub use when::{ACCEPTED_FORMS, parse_time, parse_time_at};
 pub use tablespace::{TablespaceMapping, TablespaceRestore};
+pub use when::{ACCEPTED_FORMS, parse_time, parse_time_at};
+pub use window::Window;
 
 use crate::archive;
-use crate::error::ErrorKind;
 use crate::archive::Timelines;
+use crate::error::ErrorKind;
 use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, BlobIndex};
@@ -63,7 +63,9 @@ pub enum Error {
         hint: &'static str,
     },
     /// A chunk referenced by the manifest is in no index.
-    #[error("chunk {chunk} of {path} is missing from the repository; the snapshot cannot be restored (run `radd verify`)")]
+    #[error(
+        "chunk {chunk} of {path} is missing from the repository; the snapshot cannot be restored (run `radd verify`)"
+    )]
     MissingChunk {
         /// Chunk id.
         chunk: String,
@@ -79,7 +81,9 @@ pub enum Error {
         source: Box<Error>,
     },
     /// The index places a blob outside the pack that holds it.
-    #[error("{pack} is shorter than its index says: the blob at offset {offset} ({length} bytes) that {path} needs lies outside it; the repository is damaged (run `radd verify --read-data`)")]
+    #[error(
+        "{pack} is shorter than its index says: the blob at offset {offset} ({length} bytes) that {path} needs lies outside it; the repository is damaged (run `radd verify --read-data`)"
+    )]
     BlobOutsidePack {
         /// The pack's key.
         pack: String,
@@ -91,7 +95,9 @@ pub enum Error {
         path: String,
     },
     /// A restored file does not match its manifest checksum.
-    #[error("restored file {path} does not match its manifest SHA-256 (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)")]
+    #[error(
+        "restored file {path} does not match its manifest SHA-256 (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)"
+    )]
     Checksum {
         /// File.
         path: String,
@@ -134,7 +140,9 @@ pub enum Error {
         newest: u32,
     },
     /// `--timeline` names a timeline the backup cannot reach.
-    #[error("timeline {wanted} does not descend from the backup's timeline {backup} in this archive; choose one of {backup}..={newest} that has a history file, or omit --timeline")]
+    #[error(
+        "timeline {wanted} does not descend from the backup's timeline {backup} in this archive; choose one of {backup}..={newest} that has a history file, or omit --timeline"
+    )]
     BadTimeline {
         /// Asked for.
         wanted: u32,
@@ -171,7 +179,9 @@ pub enum Error {
         source: Box<crate::pg::Error>,
     },
     /// The server created the point, but the repository did not take the record.
-    #[error("restore point {name:?} was created on the source at LSN {lsn}, but recording it in the repository failed: {source}; `restore --name` cannot use it: create another point with a new name once the repository is reachable")]
+    #[error(
+        "restore point {name:?} was created on the source at LSN {lsn}, but recording it in the repository failed: {source}; `restore --name` cannot use it: create another point with a new name once the repository is reachable"
+    )]
     RecordPoint {
         /// The name.
         name: String,
@@ -220,9 +230,14 @@ impl Error {
     #[must_use]
     pub fn is_usage(&self) -> bool {
         match self {
-            Error::TargetNotEmpty { .. } | Error::OutsideWindow { .. } | Error::BadTimeline { .. } | Error::NotPg(_) => true,
+            Error::TargetNotEmpty { .. }
+            | Error::OutsideWindow { .. }
+            | Error::BadTimeline { .. }
+            | Error::NotPg(_) => true,
             Error::BadPointName { .. } | Error::PointExists(_) | Error::UnknownPoint { .. } => true,
-            Error::Snapshot(e) => matches!(e, crate::snapshot::Error::NotFound(_) | crate::snapshot::Error::Ambiguous { .. }),
+            Error::Snapshot(e) => {
+                matches!(e, crate::snapshot::Error::NotFound(_) | crate::snapshot::Error::Ambiguous { .. })
+            }
             _ => false,
         }
     }
@@ -328,7 +343,11 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 
 /// The snapshot a restore of `wanted` to `recovery` starts from (as [`run`] picks it): for a
 /// restore point, the newest consistent before its LSN on its timeline.
-pub async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget) -> Result<snapshot::SnapshotRecord, Error> {
+pub async fn choose_snapshot(
+    repo: &Repository,
+    wanted: &str,
+    recovery: &RecoveryTarget,
+) -> Result<snapshot::SnapshotRecord, Error> {
     Ok(Start::choose(repo, wanted, recovery).await?.record)
 }
 
@@ -357,7 +376,10 @@ impl Start {
 /// A window error about a restore point names the point, not the LSN it was checked as.
 fn relabel(e: Error, point: Option<&RestorePoint>) -> Error {
     match (e, point) {
-        (Error::OutsideWindow { reason, .. }, Some(p)) => Error::OutsideWindow { target: format!("restore point {:?} (LSN {}, created {})", p.name, p.lsn, p.time), reason },
+        (Error::OutsideWindow { reason, .. }, Some(p)) => Error::OutsideWindow {
+            target: format!("restore point {:?} (LSN {}, created {})", p.name, p.lsn, p.time),
+            reason,
+        },
         (e, _) => e,
     }
 }
@@ -371,23 +393,23 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     check_target(&options.target)?;
     server_config::check_config_dir(options.config_dir.as_deref())?;
     let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
-    let include = if options.include.is_empty() {
-        None
-    } else {
-        Some(snapshot::glob_set(&options.include)?)
-    };
+    let include = if options.include.is_empty() { None } else { Some(snapshot::glob_set(&options.include)?) };
     let mut plan = Plan { recovery: options.recovery.clone(), timeline: None, end_before: None };
     let mut accepted_loss = None;
     let wal_chain_end = match &record.pg {
         Some(pg) => {
             let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source, hint: "" };
-            let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await.map_err(wal_err)?;
+            let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id))
+                .await
+                .map_err(wal_err)?;
             // One listing of the archive serves the timeline, window and chain checks.
             let timelines = Timelines::load(repo, size).await.map_err(wal_err)?;
-            let follow = target::timeline(&timelines, pg, options.timeline.or(point.as_ref().map(RestorePoint::timeline)))?;
+            let follow =
+                target::timeline(&timelines, pg, options.timeline.or(point.as_ref().map(RestorePoint::timeline)))?;
             target::check_end(&timelines, &record, pg, follow, &bound).map_err(relabel)?;
             plan.timeline = Some(follow);
-            let (end, loss) = check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, &bound, options.allow_gap)?;
+            let (end, loss) =
+                check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, &bound, options.allow_gap)?;
             if let Some(loss) = &loss {
                 // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
                 // first missing segment on, and a target beyond the gap (which PostgreSQL would
@@ -418,7 +440,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
             tablespace::stage(&mut tablespaces, &mut manifest)?;
         }
         options.progress.set_message("writing files");
-        let written = writer::write_entries(repo, (&index, &manifest), &staging, include.as_ref(), &options.progress).await?;
+        let written =
+            writer::write_entries(repo, (&index, &manifest), &staging, include.as_ref(), &options.progress).await?;
         options.progress.set_message("syncing to disk");
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if let Some(pg) = &record.pg {
@@ -508,8 +531,9 @@ fn check_wal(
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
     let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);
-    archive::chain_end(archived, pg.timeline, first, Some(consistent), size)
-        .map_err(|e| wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot"))?;
+    archive::chain_end(archived, pg.timeline, first, Some(consistent), size).map_err(|e| {
+        wal_err(e, "; the WAL needed to make this backup consistent is gone, restore an older snapshot")
+    })?;
     let wanted = match recovery {
         RecoveryTarget::Immediate => Some(consistent),
         RecoveryTarget::Lsn(lsn) => Some(lsn.segment_no(size).max(consistent)),
@@ -557,10 +581,7 @@ fn staging_dir(target: &Path) -> Result<PathBuf, Error> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_err("remove stale", &staging))?;
     }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(io_err("create", &staging))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io_err("create", &staging))?;
     Ok(staging)
 }
 
@@ -571,14 +592,20 @@ fn remove_stale_staging(parent: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == i32::try_from(std::process::id()).unwrap_or(0) || radd_is_running(pid) {
             continue;
         }
         let path = entry.path();
         match std::fs::remove_dir_all(&path) {
-            Ok(()) => tracing::warn!(path = %path.display(), pid, "removed the staging directory of an interrupted restore"),
-            Err(error) => tracing::warn!(path = %path.display(), error = %error, "cannot remove the staging directory of an interrupted restore"),
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), pid, "removed the staging directory of an interrupted restore")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), error = %error, "cannot remove the staging directory of an interrupted restore")
+            }
         }
     }
 }
@@ -589,7 +616,8 @@ fn radd_is_running(pid: i32) -> bool {
         Ok(()) | Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
     };
-    alive && std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |comm| comm.trim_end().starts_with("radd"))
+    alive
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |comm| comm.trim_end().starts_with("radd"))
 }
 
 use std::os::unix::fs::DirBuilderExt;

@@ -124,7 +124,11 @@ pub(super) struct PackPlan {
 }
 
 fn too_many(path: &str) -> Error {
-    Error::Io { what: "plan the restore of", path: path.into(), source: std::io::Error::other("more than 2^32 entries, or chunks in one file") }
+    Error::Io {
+        what: "plan the restore of",
+        path: path.into(),
+        source: std::io::Error::other("more than 2^32 entries, or chunks in one file"),
+    }
 }
 
 impl PackPlan {
@@ -134,7 +138,12 @@ impl PackPlan {
     /// # Errors
     /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written;
     /// a failure to write the temporary file.
-    pub(super) fn new<'m>(index: &BlobIndex, entries: usize, files: impl IntoIterator<Item = (usize, &'m str, &'m [Digest])>, spill: &Spill) -> Result<Self, Error> {
+    pub(super) fn new<'m>(
+        index: &BlobIndex,
+        entries: usize,
+        files: impl IntoIterator<Item = (usize, &'m str, &'m [Digest])>,
+        spill: &Spill,
+    ) -> Result<Self, Error> {
         let mut packs = Vec::new();
         let mut chunks = vec![0; entries];
         let mut buffer: Vec<Placement> = Vec::new();
@@ -144,7 +153,9 @@ impl PackPlan {
             let file = u32::try_from(entry).map_err(|_| too_many(path))?;
             let mut file_offset = 0u64;
             for id in ids {
-                let location = index.get(id).ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
+                let location = index
+                    .get(id)
+                    .ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
                 let turn = &mut turn_of[location.pack as usize];
                 if *turn == u32::MAX {
                     *turn = u32::try_from(packs.len()).map_err(|_| too_many(path))?;
@@ -156,7 +167,13 @@ impl PackPlan {
                         None => runs.insert(Runs::new(&spill.dir)?).push(&mut buffer)?,
                     }
                 }
-                buffer.push(Placement { turn: *turn, pack_offset: location.offset, length: location.length, file, file_offset });
+                buffer.push(Placement {
+                    turn: *turn,
+                    pack_offset: location.offset,
+                    length: location.length,
+                    file,
+                    file_offset,
+                });
                 file_offset += u64::from(location.length);
             }
             chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
@@ -231,7 +248,9 @@ mod tests {
             id: name.into(),
             blobs: blobs.iter().enumerate().map(|(i, &b)| (id(b), u32::try_from(i).unwrap() * 10, 10)).collect(),
         };
-        BlobIndex::from_files([&IndexFile { packs: vec![pack("other", &[7]), pack("old", &[1, 2, 3, 4]), pack("new", &[5, 6])] }])
+        BlobIndex::from_files([&IndexFile {
+            packs: vec![pack("other", &[7]), pack("old", &[1, 2, 3, 4]), pack("new", &[5, 6])],
+        }])
     }
 
     #[test]
@@ -241,15 +260,19 @@ mod tests {
         // not restored, entry 3 repeats a chunk.
         let a = [id(1), id(5), id(2)];
         let c = [id(3), id(6), id(4), id(3)];
-        let mut plan = PackPlan::new(&index, 4, [(0, "a", &a[..]), (2, "c", &c[..]), (3, "empty", &[][..])], &Spill::never()).unwrap();
+        let mut plan =
+            PackPlan::new(&index, 4, [(0, "a", &a[..]), (2, "c", &c[..]), (3, "empty", &[][..])], &Spill::never())
+                .unwrap();
         let name = |p: PlannedPack| index.packs[p.number as usize].clone();
         assert_eq!(plan.packs.iter().map(|&p| name(p)).collect::<Vec<_>>(), ["old", "new"]);
         assert_eq!(plan.packs.iter().map(|p| p.first_file).collect::<Vec<_>>(), [0, 0]);
         assert_eq!(plan.chunks, [3, 0, 4, 0]);
         // (pack, [(file, file offset, pack offset)])
         type Groups = Vec<(String, Vec<(u32, u64, u32)>)>;
-        let groups: Groups =
-            groups(&mut plan).into_iter().map(|(p, g)| (name(p), g.iter().map(|x| (x.file, x.file_offset, x.pack_offset)).collect())).collect();
+        let groups: Groups = groups(&mut plan)
+            .into_iter()
+            .map(|(p, g)| (name(p), g.iter().map(|x| (x.file, x.file_offset, x.pack_offset)).collect()))
+            .collect();
         assert_eq!(
             groups,
             [
@@ -263,7 +286,10 @@ mod tests {
     fn a_chunk_no_index_knows_fails_the_plan_naming_the_file() {
         let ids = [id(1), id(9)];
         let err = PackPlan::new(&index(), 1, [(0, "base/1/1259", &ids[..])], &Spill::never()).err().unwrap();
-        assert!(matches!(&err, Error::MissingChunk { path, chunk } if path == "base/1/1259" && *chunk == id(9).to_string()), "{err}");
+        assert!(
+            matches!(&err, Error::MissingChunk { path, chunk } if path == "base/1/1259" && *chunk == id(9).to_string()),
+            "{err}"
+        );
     }
 
     /// Many files over many packs, blobs repeated: spilled after every few placements, the plan
@@ -274,11 +300,20 @@ mod tests {
         let packs: Vec<IndexPack> = blobs
             .chunks(16)
             .enumerate()
-            .map(|(p, part)| IndexPack { id: format!("pack{p}"), blobs: part.iter().enumerate().map(|(i, &b)| (id(b), u32::try_from(i).unwrap() * 100, 100 + u32::from(b))).collect() })
+            .map(|(p, part)| IndexPack {
+                id: format!("pack{p}"),
+                blobs: part
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| (id(b), u32::try_from(i).unwrap() * 100, 100 + u32::from(b)))
+                    .collect(),
+            })
             .collect();
         let index = BlobIndex::from_files([&IndexFile { packs }]);
         // 300 files of 0..40 chunks each, picked all over the packs (and repeating).
-        let files: Vec<Vec<Digest>> = (0..300u32).map(|f| (0..(f * 7) % 41).map(|c| id(u8::try_from((f * 31 + c * 17) % 256).unwrap())).collect()).collect();
+        let files: Vec<Vec<Digest>> = (0..300u32)
+            .map(|f| (0..(f * 7) % 41).map(|c| id(u8::try_from((f * 31 + c * 17) % 256).unwrap())).collect())
+            .collect();
         let names: Vec<String> = (0..files.len()).map(|f| format!("f{f}")).collect();
         let input = || files.iter().enumerate().map(|(f, ids)| (f, names[f].as_str(), &ids[..]));
         let mut memory = PackPlan::new(&index, files.len(), input(), &Spill::never()).unwrap();
@@ -287,7 +322,8 @@ mod tests {
         assert_eq!(expected.iter().map(|g| g.1.len()).sum::<usize>(), files.iter().map(Vec::len).sum::<usize>());
         let dir = tempfile::tempdir().unwrap();
         for bound in [1, 7, 1000] {
-            let mut spilled = PackPlan::new(&index, files.len(), input(), &Spill { dir: dir.path().to_owned(), bound }).unwrap();
+            let mut spilled =
+                PackPlan::new(&index, files.len(), input(), &Spill { dir: dir.path().to_owned(), bound }).unwrap();
             assert!(spilled.runs > 1, "bound {bound} spills: {} runs", spilled.runs);
             assert_eq!(spilled.packs, memory.packs);
             assert_eq!(spilled.chunks, memory.chunks);

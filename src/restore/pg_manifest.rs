@@ -43,7 +43,8 @@ pub struct WalRange {
 /// Writes `data_dir/backup_manifest` describing `data_dir` (tablespaces included, through the
 /// `pg_tblspc` links); returns the number of files listed.
 pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64, Error> {
-    let by_path: HashMap<&str, &Entry> = manifest.entries.iter().filter(|e| e.raw_path.is_none()).map(|e| (e.path.as_str(), e)).collect();
+    let by_path: HashMap<&str, &Entry> =
+        manifest.entries.iter().filter(|e| e.raw_path.is_none()).map(|e| (e.path.as_str(), e)).collect();
     let temporary = data_dir.join(format!(".{FILE_NAME}.radd-tmp"));
     let file = std::fs::File::create(&temporary).map_err(io_err("create", &temporary))?;
     let mut out = Checksummed { inner: BufWriter::new(file), sha: Sha256::new() };
@@ -56,12 +57,17 @@ pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64,
                 None => sha256_of(path)?,
             };
             let separator = if listed == 0 { "\n" } else { ",\n" };
-            let modified = chrono::DateTime::from_timestamp(meta.mtime(), 0).unwrap_or_default().format("%Y-%m-%d %H:%M:%S GMT");
+            let modified =
+                chrono::DateTime::from_timestamp(meta.mtime(), 0).unwrap_or_default().format("%Y-%m-%d %H:%M:%S GMT");
             let path_field = match std::str::from_utf8(relative.as_bytes()) {
                 Ok(text) => format!("\"Path\": {}", serde_json::Value::String(text.to_owned())),
                 Err(_) => format!("\"Encoded-Path\": \"{}\"", hex::encode(relative.as_bytes())),
             };
-            write!(out, "{separator}{{ {path_field}, \"Size\": {}, \"Last-Modified\": \"{modified}\", \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"{checksum}\" }}", meta.len())?;
+            write!(
+                out,
+                "{separator}{{ {path_field}, \"Size\": {}, \"Last-Modified\": \"{modified}\", \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"{checksum}\" }}",
+                meta.len()
+            )?;
             listed += 1;
             Ok(())
         })?;
@@ -91,14 +97,21 @@ pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64,
 
 /// The backup-time SHA-256 of `relative` when the file on disk is still what the writer
 /// restored (same size and mtime as in the snapshot manifest).
-fn recorded(by_path: &HashMap<&str, &Entry>, manifest: &Manifest, relative: &std::ffi::OsStr, meta: &std::fs::Metadata) -> Option<String> {
+fn recorded(
+    by_path: &HashMap<&str, &Entry>,
+    manifest: &Manifest,
+    relative: &std::ffi::OsStr,
+    meta: &std::fs::Metadata,
+) -> Option<String> {
     let entry = by_path.get(relative.to_str()?)?;
     let content = match &entry.kind {
         EntryKind::Hardlink { entry: first } => manifest.entries.get(*first)?,
         _ => entry,
     };
     let EntryKind::File { sha256, .. } = &content.kind else { return None };
-    let unchanged = meta.len() == content.size && meta.mtime() == content.mtime && u32::try_from(meta.mtime_nsec()).ok() == Some(content.mtime_nsec);
+    let unchanged = meta.len() == content.size
+        && meta.mtime() == content.mtime
+        && u32::try_from(meta.mtime_nsec()).ok() == Some(content.mtime_nsec);
     unchanged.then(|| sha256.to_string())
 }
 
@@ -117,8 +130,13 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 /// Calls `visit(relative path, path, metadata)` for every regular file below `dir`, in name
 /// order, following the links in `pg_tblspc` (tablespaces) and no other.
-fn walk(dir: &Path, relative: &std::ffi::OsStr, visit: &mut dyn FnMut(&std::ffi::OsStr, &Path, &std::fs::Metadata) -> std::io::Result<()>) -> std::io::Result<()> {
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+fn walk(
+    dir: &Path,
+    relative: &std::ffi::OsStr,
+    visit: &mut dyn FnMut(&std::ffi::OsStr, &Path, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut names: Vec<std::ffi::OsString> =
+        std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
     names.sort();
     for name in names {
         let mut rel = std::ffi::OsString::from(relative);

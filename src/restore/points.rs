@@ -122,7 +122,11 @@ pub async fn resolve(repo: &Repository, name: &str) -> Result<RestorePoint, Erro
     let known: Vec<String> = list(repo).await?.into_iter().map(|p| p.name).collect();
     Err(Error::UnknownPoint {
         name: name.to_owned(),
-        known: if known.is_empty() { "none (create one with `radd restore-point NAME`)".to_owned() } else { known.join(", ") },
+        known: if known.is_empty() {
+            "none (create one with `radd restore-point NAME`)".to_owned()
+        } else {
+            known.join(", ")
+        },
     })
 }
 
@@ -134,7 +138,12 @@ pub async fn resolve(repo: &Repository, name: &str) -> Result<RestorePoint, Erro
 /// # Errors
 /// [`Error::BadPointName`], [`Error::PointExists`], [`Error::CreatePoint`] (server),
 /// [`Error::RecordPoint`] (created on the server, not recorded).
-pub async fn create(repo: &Repository, client: &tokio_postgres::Client, name: &str, by: String) -> Result<RestorePoint, Error> {
+pub async fn create(
+    repo: &Repository,
+    client: &tokio_postgres::Client,
+    name: &str,
+    by: String,
+) -> Result<RestorePoint, Error> {
     validate_name(name)?;
     if let Some(existing) = find(repo, name).await? {
         return Err(exists(existing));
@@ -185,7 +194,9 @@ mod tests {
         assert!(validate_name("before-migration").is_ok());
         assert!(validate_name("vor der Migration 2.0 ✓").is_ok());
         assert!(validate_name(&"x".repeat(63)).is_ok());
-        for (bad, why) in [("", "empty"), (&"x".repeat(64) as &str, "64 bytes"), ("a\nb", "control"), ("tab\there", "control")] {
+        for (bad, why) in
+            [("", "empty"), (&"x".repeat(64) as &str, "64 bytes"), ("a\nb", "control"), ("tab\there", "control")]
+        {
             let e = validate_name(bad).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("restore point name"), "{bad:?}: {e}");
         }

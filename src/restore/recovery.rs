@@ -50,7 +50,13 @@ fn quote(value: &str) -> String {
 }
 
 /// Writes backup_label, tablespace_map, recovery settings and recovery.signal into `dir`.
-pub(super) fn write_settings(dir: &Path, manifest: &Manifest, options: &RestoreOptions, plan: &Plan, snapshot_id: &str) -> Result<(), Error> {
+pub(super) fn write_settings(
+    dir: &Path,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+    plan: &Plan,
+    snapshot_id: &str,
+) -> Result<(), Error> {
     let owner = std::fs::metadata(dir.join("PG_VERSION")).ok().map(|m| (m.uid(), m.gid()));
     let write_new = |name: &str, content: &str| -> Result<(), Error> {
         let path = dir.join(name);

@@ -51,7 +51,9 @@ impl Places {
     fn map(&self, path: &Path) -> Option<PathBuf> {
         let path = normalize(path);
         self.0.iter().find_map(|(source, restored)| {
-            path.strip_prefix(source).ok().map(|rest| if rest.as_os_str().is_empty() { restored.clone() } else { restored.join(rest) })
+            path.strip_prefix(source)
+                .ok()
+                .map(|rest| if rest.as_os_str().is_empty() { restored.clone() } else { restored.join(rest) })
         })
     }
 }
@@ -59,7 +61,12 @@ impl Places {
 /// Rewrites the configuration files in `staging` (the data directory being restored) for their
 /// final places; without `--config-dir` also moves the stored ones into it. Runs before the
 /// recovery settings are appended to postgresql.auto.conf.
-pub fn prepare(staging: &Path, files: Option<&ServerFiles>, source_data: &Path, options: Destination<'_>) -> Result<(), Error> {
+pub fn prepare(
+    staging: &Path,
+    files: Option<&ServerFiles>,
+    source_data: &Path,
+    options: Destination<'_>,
+) -> Result<(), Error> {
     let config_root = options.config_dir.unwrap_or(options.target);
     let finals = Places::new(files, source_data, config_root, options.target);
     let staged = Places::new(files, source_data, &staging.join(SERVER_FILES_DIR), staging);
@@ -75,7 +82,14 @@ pub fn prepare(staging: &Path, files: Option<&ServerFiles>, source_data: &Path, 
         let Ok(text) = std::fs::read(&staged_path) else { continue };
         let text = String::from_utf8_lossy(&text);
         let top = normalize(original) == normalize(&config_file);
-        let mut edit = FileEdit { finals: &finals, original, final_path: &final_path, top_of_moved_config: top && relocated && options.config_dir.is_some(), target: options.target, set: Vec::new() };
+        let mut edit = FileEdit {
+            finals: &finals,
+            original,
+            final_path: &final_path,
+            top_of_moved_config: top && relocated && options.config_dir.is_some(),
+            target: options.target,
+            set: Vec::new(),
+        };
         let (mut new, mut changed) = conf::rewrite(&text, |s| edit.edit(s));
         if top && files.is_some() {
             changed |= append_own_paths(&mut new, &edit, files, options);
@@ -115,7 +129,9 @@ impl FileEdit<'_> {
                 match self.finals.map(&source) {
                     Some(mapped) if conf::resolve(&setting.value, self.final_path) == mapped => Edit::Keep,
                     Some(mapped) => Edit::Set(mapped.display().to_string()),
-                    None if matches!(name, "hba_file" | "ident_file") => Edit::Disable(format!("disabled by radd restore: {name} was not in the backup")),
+                    None if matches!(name, "hba_file" | "ident_file") => {
+                        Edit::Disable(format!("disabled by radd restore: {name} was not in the backup"))
+                    }
                     None => Edit::Keep,
                 }
             }
@@ -136,13 +152,20 @@ fn is_path(value: &str) -> bool {
 
 /// Appends `data_directory`, `hba_file` and `ident_file` to the restored postgresql.conf where
 /// the copy would not find its own otherwise; returns whether anything was appended.
-fn append_own_paths(text: &mut String, edit: &FileEdit<'_>, files: Option<&ServerFiles>, options: Destination<'_>) -> bool {
+fn append_own_paths(
+    text: &mut String,
+    edit: &FileEdit<'_>,
+    files: Option<&ServerFiles>,
+    options: Destination<'_>,
+) -> bool {
     let Some(files) = files else { return false };
     let mut lines = Vec::new();
     if edit.top_of_moved_config && !edit.set.iter().any(|n| n == "data_directory") {
         lines.push(format!("data_directory = {}", conf::quote(&options.target.display().to_string())));
     }
-    for (name, source, default_name) in [("hba_file", &files.hba_file, "pg_hba.conf"), ("ident_file", &files.ident_file, "pg_ident.conf")] {
+    for (name, source, default_name) in
+        [("hba_file", &files.hba_file, "pg_hba.conf"), ("ident_file", &files.ident_file, "pg_ident.conf")]
+    {
         let Some(mapped) = edit.finals.map(Path::new(source)) else { continue };
         let default = options.target.join(default_name);
         if !edit.set.iter().any(|n| n == name) && (options.config_dir.is_some() || mapped != default) {
@@ -249,7 +272,11 @@ mod tests {
         )
         .unwrap();
         std::fs::write(kept.join("pg_hba.conf"), "local all all peer\n").unwrap();
-        std::fs::write(kept.join("conf.d/x.conf"), "include_if_exists = '/etc/pg/main/conf.d/y.conf'\ndata_directory = '/elsewhere'\n").unwrap();
+        std::fs::write(
+            kept.join("conf.d/x.conf"),
+            "include_if_exists = '/etc/pg/main/conf.d/y.conf'\ndata_directory = '/elsewhere'\n",
+        )
+        .unwrap();
         std::fs::write(staging.join("postgresql.auto.conf"), "ident_file = '/etc/pg/main/pg_ident.conf'\n").unwrap();
         let files = ServerFiles {
             config_file: "/etc/pg/main/postgresql.conf".into(),
@@ -281,13 +308,24 @@ mod tests {
         assert_eq!(get("data_directory"), None);
         assert_eq!(get("external_pid_file"), None);
         assert_eq!(get("hba_file"), Some(target.join("pg_hba.conf").display().to_string()));
-        assert_eq!(get("include_dir").as_deref(), Some("conf.d"), "a relative include that resolves in the copy is kept");
+        assert_eq!(
+            get("include_dir").as_deref(),
+            Some("conf.d"),
+            "a relative include that resolves in the copy is kept"
+        );
         assert_eq!(get("log_directory"), Some(target.join("pg_log").display().to_string()));
-        assert_eq!(get("ssl_cert_file").as_deref(), Some("/etc/ssl/certs/snakeoil.pem"), "system files are not the source's");
+        assert_eq!(
+            get("ssl_cert_file").as_deref(),
+            Some("/etc/ssl/certs/snakeoil.pem"),
+            "system files are not the source's"
+        );
         assert_eq!(get("archive_command").as_deref(), Some("/src/data/archive.sh %p"), "commands are not paths");
         assert_eq!(get("ident_file"), None, "set where the copy finds it by default: nothing appended");
         let included = std::fs::read_to_string(staging.join("conf.d/x.conf")).unwrap();
-        assert!(included.contains(&format!("include_if_exists = '{}'", target.join("conf.d/y.conf").display())), "{included}");
+        assert!(
+            included.contains(&format!("include_if_exists = '{}'", target.join("conf.d/y.conf").display())),
+            "{included}"
+        );
         assert!(!included.lines().filter_map(conf::parse_line).any(|s| s.name == "data_directory"), "{included}");
         let auto = std::fs::read_to_string(staging.join("postgresql.auto.conf")).unwrap();
         assert_eq!(auto.trim(), format!("ident_file = '{}'", target.join("pg_ident.conf").display()));
@@ -304,6 +342,10 @@ mod tests {
         let get = |name: &str| settings.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         assert_eq!(get("data_directory"), Some(target.display().to_string()));
         assert_eq!(get("hba_file"), Some(config_dir.join("pg_hba.conf").display().to_string()));
-        assert_eq!(get("ident_file"), Some(config_dir.join("pg_ident.conf").display().to_string()), "explicit: the copy may start with -D <target>");
+        assert_eq!(
+            get("ident_file"),
+            Some(config_dir.join("pg_ident.conf").display().to_string()),
+            "explicit: the copy may start with -D <target>"
+        );
     }
 }

@@ -44,7 +44,13 @@ fn decode(b: &[u8]) -> Placement {
     let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     let mut offset = [0u8; 8];
     offset.copy_from_slice(&b[16..24]);
-    Placement { turn: u32_at(0), pack_offset: u32_at(4), length: u32_at(8), file: u32_at(12), file_offset: u64::from_le_bytes(offset) }
+    Placement {
+        turn: u32_at(0),
+        pack_offset: u32_at(4),
+        length: u32_at(8),
+        file: u32_at(12),
+        file_offset: u64::from_le_bytes(offset),
+    }
 }
 
 /// Sorted runs being written to the temporary file.
@@ -62,7 +68,11 @@ impl Runs {
     /// # Errors
     /// When no temporary file can be created there.
     pub(super) fn new(dir: &Path) -> Result<Self, Error> {
-        let file = tempfile::tempfile_in(dir).map_err(|source| Error::Io { what: "create a temporary file for the restore plan in (free space or permissions of the target's parent)", path: dir.to_owned(), source })?;
+        let file = tempfile::tempfile_in(dir).map_err(|source| Error::Io {
+            what: "create a temporary file for the restore plan in (free space or permissions of the target's parent)",
+            path: dir.to_owned(),
+            source,
+        })?;
         Ok(Self { file, dir: dir.to_owned(), runs: Vec::new(), end: 0 })
     }
 
@@ -77,7 +87,11 @@ impl Runs {
         for part in placements.chunks(MERGE_BUFFER * 16) {
             buffer.clear();
             part.iter().for_each(|p| encode(p, &mut buffer));
-            self.file.write_all_at(&buffer, self.end).map_err(|source| Error::Io { what: "write the restore plan to a temporary file in (free space of the target's parent)", path: self.dir.clone(), source })?;
+            self.file.write_all_at(&buffer, self.end).map_err(|source| Error::Io {
+                what: "write the restore plan to a temporary file in (free space of the target's parent)",
+                path: self.dir.clone(),
+                source,
+            })?;
             self.end += buffer.len() as u64;
         }
         self.runs.push((start, placements.len() as u64));
@@ -96,7 +110,11 @@ impl Runs {
     /// When reading a run back fails.
     pub(super) fn merge(self) -> Result<Merge, Error> {
         let mut merge = Merge {
-            cursors: self.runs.iter().map(|&(start, count)| Cursor { next: start, left: count, buffer: Vec::new(), position: 0 }).collect(),
+            cursors: self
+                .runs
+                .iter()
+                .map(|&(start, count)| Cursor { next: start, left: count, buffer: Vec::new(), position: 0 })
+                .collect(),
             file: self.file,
             dir: self.dir,
             heap: BinaryHeap::with_capacity(self.runs.len()),
@@ -137,7 +155,11 @@ impl Merge {
             }
             let count = cursor.left.min(MERGE_BUFFER as u64);
             let mut bytes = vec![0u8; usize::try_from(count).unwrap_or(MERGE_BUFFER) * ENCODED];
-            self.file.read_exact_at(&mut bytes, cursor.next).map_err(|source| Error::Io { what: "read the restore plan back from its temporary file in", path: self.dir.clone(), source })?;
+            self.file.read_exact_at(&mut bytes, cursor.next).map_err(|source| Error::Io {
+                what: "read the restore plan back from its temporary file in",
+                path: self.dir.clone(),
+                source,
+            })?;
             cursor.next += bytes.len() as u64;
             cursor.left -= count;
             cursor.buffer.clear();
@@ -177,7 +199,13 @@ mod tests {
             let mut run: Vec<Placement> = (0..size)
                 .map(|i| {
                     let n = u32::try_from(i * 7 + r).unwrap();
-                    Placement { turn: n % 13, pack_offset: n, length: n ^ 0x5555, file: n % 101, file_offset: u64::from(n) << 20 | r as u64 }
+                    Placement {
+                        turn: n % 13,
+                        pack_offset: n,
+                        length: n ^ 0x5555,
+                        file: n % 101,
+                        file_offset: u64::from(n) << 20 | r as u64,
+                    }
                 })
                 .collect();
             all.extend_from_slice(&run);

@@ -146,7 +146,9 @@ fn tablespaces_of(manifest: &Manifest) -> Vec<(usize, u32, PathBuf)> {
                 // A relative link (not made by CREATE TABLESPACE) must be mapped: `plan` refuses
                 // to restore it as it is.
                 EntryKind::Symlink { target, raw_target } => PathBuf::from(decode_os(target, raw_target.as_ref())),
-                EntryKind::Dir => Some(PathBuf::from(&map.iter().find(|(o, _)| *o == oid)?.1)).filter(|l| l.is_absolute())?,
+                EntryKind::Dir => {
+                    Some(PathBuf::from(&map.iter().find(|(o, _)| *o == oid)?.1)).filter(|l| l.is_absolute())?
+                }
                 _ => return None,
             };
             Some((index, oid, location))
@@ -157,7 +159,12 @@ fn tablespaces_of(manifest: &Manifest) -> Vec<(usize, u32, PathBuf)> {
 /// Decides where each tablespace of the snapshot goes and checks every target, before anything
 /// is written. `recorded` names them (from the snapshot record); `data_target` is the restore's
 /// data directory.
-pub(super) fn plan(manifest: &Manifest, recorded: &[Tablespace], mapping: &TablespaceMapping, data_target: &Path) -> Result<Vec<TablespaceRestore>, Error> {
+pub(super) fn plan(
+    manifest: &Manifest,
+    recorded: &[Tablespace],
+    mapping: &TablespaceMapping,
+    data_target: &Path,
+) -> Result<Vec<TablespaceRestore>, Error> {
     let owner = manifest.entries.iter().find(|e| e.path.is_empty()).map_or((0, 0), |e| (e.uid, e.gid));
     let mut plans: Vec<TablespaceRestore> = tablespaces_of(manifest)
         .into_iter()
@@ -198,9 +205,15 @@ pub(super) fn plan(manifest: &Manifest, recorded: &[Tablespace], mapping: &Table
             return Err(bad(format!("target {} is not an absolute path", plan.target.display())));
         }
         if plan.target.starts_with(data_target) || data_target.starts_with(&plan.target) {
-            return Err(bad(format!("target {} overlaps the data directory {}", plan.target.display(), data_target.display())));
+            return Err(bad(format!(
+                "target {} overlaps the data directory {}",
+                plan.target.display(),
+                data_target.display()
+            )));
         }
-        if let Some(other) = plans[..i].iter().find(|o| o.target.starts_with(&plan.target) || plan.target.starts_with(&o.target)) {
+        if let Some(other) =
+            plans[..i].iter().find(|o| o.target.starts_with(&plan.target) || plan.target.starts_with(&o.target))
+        {
             return Err(bad(format!("target {} overlaps that of tablespace {}", plan.target.display(), other.label())));
         }
         check_empty(plan)?;
@@ -259,7 +272,8 @@ pub(super) fn move_into_place(plans: &mut [TablespaceRestore]) -> Result<(), sup
         if plan.target.exists() {
             std::fs::remove_dir(&plan.target).map_err(super::io_err("replace empty directory", &plan.target))?;
         }
-        std::fs::rename(&staging, &plan.target).map_err(super::io_err("move restored tablespace into", &plan.target))?;
+        std::fs::rename(&staging, &plan.target)
+            .map_err(super::io_err("move restored tablespace into", &plan.target))?;
         plan.moved = true;
         if let Some(parent) = plan.target.parent() {
             writer::sync_dir(parent)?;
@@ -315,7 +329,11 @@ mod tests {
             entry_chunks: Vec::new(),
             backup_label: None,
             // 16390: an old snapshot's followed link; 16391: an in-place tablespace.
-            tablespace_map: Some(format!("16384 {}\n16390 {}\n16391 pg_tblspc/16391\n", dir.join("ts1").display(), dir.join("old").display())),
+            tablespace_map: Some(format!(
+                "16384 {}\n16390 {}\n16391 pg_tblspc/16391\n",
+                dir.join("ts1").display(),
+                dir.join("old").display()
+            )),
             unreadable: Vec::new(),
             server_files: None,
         }
@@ -329,11 +347,16 @@ mod tests {
         let data = dir.path().join("data");
         let keep = plan(&manifest, &recorded, &TablespaceMapping::default(), &data).unwrap();
         let targets: Vec<(u32, PathBuf)> = keep.iter().map(|p| (p.oid, p.target.clone())).collect();
-        assert_eq!(targets, vec![(16384, dir.path().join("ts1")), (16390, dir.path().join("old"))], "in-place 16391 is no link");
+        assert_eq!(
+            targets,
+            vec![(16384, dir.path().join("ts1")), (16390, dir.path().join("old"))],
+            "in-place 16391 is no link"
+        );
         assert_eq!(keep[0].name.as_deref(), Some("ts1"));
         assert_eq!(keep[0].owner, (1, 2));
 
-        let by_name = TablespaceMapping { map: vec![("ts1".into(), dir.path().join("new"))], all: Some(dir.path().join("all")) };
+        let by_name =
+            TablespaceMapping { map: vec![("ts1".into(), dir.path().join("new"))], all: Some(dir.path().join("all")) };
         let mapped = plan(&manifest, &recorded, &by_name, &data).unwrap();
         assert_eq!(mapped[0].target, dir.path().join("new"));
         assert_eq!(mapped[1].target, dir.path().join("all/16390"));

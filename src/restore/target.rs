@@ -4,7 +4,6 @@
 //! point, before the end of the archive), and which timeline recovery follows (never a diverged
 //! one unless the operator names it).
 
-
 use super::window::{self, consistent_at};
 use super::{Error, RecoveryTarget};
 use crate::archive::Timelines;
@@ -32,7 +31,12 @@ fn describe(record: &SnapshotRecord) -> String {
 ///
 /// # Errors
 /// [`Error::OutsideWindow`] when no snapshot can reach the target; snapshot lookup failures.
-pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &RecoveryTarget, on: Option<Timeline>) -> Result<SnapshotRecord, Error> {
+pub(super) async fn choose_snapshot(
+    repo: &Repository,
+    wanted: &str,
+    recovery: &RecoveryTarget,
+    on: Option<Timeline>,
+) -> Result<SnapshotRecord, Error> {
     let before_target = |record: &SnapshotRecord| match (recovery, &record.pg) {
         (RecoveryTarget::Time(t), Some(_)) => consistent_at(record).is_some_and(|at| at <= *t),
         (RecoveryTarget::Lsn(l), Some(pg)) => pg.stop_lsn <= *l && on.is_none_or(|on| pg.timeline <= on),
@@ -44,12 +48,16 @@ pub(super) async fn choose_snapshot(repo: &Repository, wanted: &str, recovery: &
         if record.pg.is_some() && !before_target(&record) {
             return Err(Error::OutsideWindow {
                 target: recovery.to_string(),
-                reason: format!("{} became consistent after it; restore an older snapshot, or `latest` to let radd pick one", describe(&record)),
+                reason: format!(
+                    "{} became consistent after it; restore an older snapshot, or `latest` to let radd pick one",
+                    describe(&record)
+                ),
             });
         }
         return Ok(record);
     }
-    let pg: Vec<SnapshotRecord> = snapshot::list(repo).await?.into_iter().filter(|s| s.kind == SnapshotKind::Pg).collect();
+    let pg: Vec<SnapshotRecord> =
+        snapshot::list(repo).await?.into_iter().filter(|s| s.kind == SnapshotKind::Pg).collect();
     let Some(oldest) = pg.first() else {
         return Err(snapshot::Error::Empty.into());
     };
@@ -109,7 +117,13 @@ pub(super) fn timeline(timelines: &Timelines, pg: &PgInfo, wanted: Option<Timeli
 ///
 /// # Errors
 /// [`Error::OutsideWindow`] naming the window.
-pub(super) fn check_end(timelines: &Timelines, record: &SnapshotRecord, pg: &PgInfo, follow: Timeline, recovery: &RecoveryTarget) -> Result<(), Error> {
+pub(super) fn check_end(
+    timelines: &Timelines,
+    record: &SnapshotRecord,
+    pg: &PgInfo,
+    follow: Timeline,
+    recovery: &RecoveryTarget,
+) -> Result<(), Error> {
     let Some((number, stored)) = timelines.newest_segment(follow) else {
         return Ok(());
     };
@@ -117,7 +131,10 @@ pub(super) fn check_end(timelines: &Timelines, record: &SnapshotRecord, pg: &PgI
     let name = WalFileName::Segment { timeline: follow, number }.to_name(size);
     let from = describe(record);
     let (past, end) = match recovery {
-        RecoveryTarget::Time(t) => (*t > stored, format!("{} (when segment {name} was archived)", stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+        RecoveryTarget::Time(t) => (
+            *t > stored,
+            format!("{} (when segment {name} was archived)", stored.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ),
         RecoveryTarget::Lsn(l) => {
             let end = Lsn((number + 1) * size.bytes());
             (*l > end, format!("LSN {end} (end of segment {name})"))

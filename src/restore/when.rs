@@ -8,7 +8,9 @@
 //! A local time that a zone skips (spring forward) or repeats (fall back) is refused with the
 //! candidates spelled out: guessing would restore to the wrong hour.
 
-use chrono::{DateTime, Duration, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
+use chrono::{
+    DateTime, Duration, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 
 /// The forms [`parse_time_at`] accepts, quoted in every error.
@@ -87,12 +89,12 @@ fn resolve_in<Z: TimeZone>(zone: &Z, naive: NaiveDateTime, name: &str) -> Result
     let utc = |t: DateTime<Z>| t.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     match zone.from_local_datetime(&naive) {
         LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
-        LocalResult::Ambiguous(a, b) => Err(format!(
-            "{naive} happens twice in {name} (clocks go back): write {} or {} instead",
-            utc(a),
-            utc(b)
-        )),
-        LocalResult::None => Err(format!("{naive} does not exist in {name} (clocks skip it): choose another time or give an offset")),
+        LocalResult::Ambiguous(a, b) => {
+            Err(format!("{naive} happens twice in {name} (clocks go back): write {} or {} instead", utc(a), utc(b)))
+        }
+        LocalResult::None => {
+            Err(format!("{naive} does not exist in {name} (clocks skip it): choose another time or give an offset"))
+        }
     }
 }
 
@@ -106,7 +108,8 @@ fn strip_suffix_ci<'a>(text: &'a str, suffix: &str) -> Option<&'a str> {
 fn split_zone(text: &str) -> (&str, Option<&str>) {
     if let Some((head, last)) = text.rsplit_once(' ') {
         let last = last.trim();
-        let looks_like_zone = last.starts_with(['+', '-']) || last.contains('/') || last.chars().all(|c| c.is_ascii_alphabetic());
+        let looks_like_zone =
+            last.starts_with(['+', '-']) || last.contains('/') || last.chars().all(|c| c.is_ascii_alphabetic());
         if looks_like_zone && !head.trim().is_empty() {
             return (head.trim_end(), Some(last));
         }
@@ -132,7 +135,8 @@ fn parse_zone(zone: &str) -> Option<Zone> {
     if let Some(rest) = zone.strip_prefix(['+', '-']) {
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let digits: String = rest.chars().filter(|c| *c != ':').collect();
-        let valid = digits.chars().all(|c| c.is_ascii_digit()) && (rest.len() == 2 || rest.len() == 4 || (rest.len() == 5 && &rest[2..3] == ":"));
+        let valid = digits.chars().all(|c| c.is_ascii_digit())
+            && (rest.len() == 2 || rest.len() == 4 || (rest.len() == 5 && &rest[2..3] == ":"));
         if !valid {
             return None;
         }
@@ -178,7 +182,9 @@ mod tests {
     }
 
     fn utc(text: &str) -> String {
-        parse_time_at(text, now()).unwrap_or_else(|e| panic!("{text:?}: {e}")).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        parse_time_at(text, now())
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
     #[test]
@@ -229,12 +235,32 @@ mod tests {
 
     #[test]
     fn errors_quote_the_text_and_name_the_accepted_forms() {
-        for bad in ["yesterday-ish", "", "2026-11-30 14:05:00+5", "tomorrow 10:00", "yesterday 25:00", "2h", "soon ago", "2026-13-01 10:00", "2026-11-30 14:05 Mars/Olympus"] {
+        for bad in [
+            "yesterday-ish",
+            "",
+            "2026-11-30 14:05:00+5",
+            "tomorrow 10:00",
+            "yesterday 25:00",
+            "2h",
+            "soon ago",
+            "2026-13-01 10:00",
+            "2026-11-30 14:05 Mars/Olympus",
+        ] {
             let e = parse_time_at(bad, now()).expect_err(bad);
             assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
-            assert!(e.contains("yesterday 14:05") && e.contains("2h ago") && e.contains("RFC 3339") && e.contains("Europe/Berlin"), "{bad:?}: {e}");
+            assert!(
+                e.contains("yesterday 14:05")
+                    && e.contains("2h ago")
+                    && e.contains("RFC 3339")
+                    && e.contains("Europe/Berlin"),
+                "{bad:?}: {e}"
+            );
         }
-        assert!(parse_time_at("2026-11-30 14:05 Mars/Olympus", now()).unwrap_err().contains("unknown zone \"Mars/Olympus\""));
+        assert!(
+            parse_time_at("2026-11-30 14:05 Mars/Olympus", now())
+                .unwrap_err()
+                .contains("unknown zone \"Mars/Olympus\"")
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn windows(records: &[SnapshotRecord], archive: &Timelines) -> Vec<Window> {
 /// The window of `timeline`.
 #[must_use]
 pub fn window(records: &[SnapshotRecord], archive: &Timelines, timeline: Timeline) -> Window {
-    let on_timeline: Vec<&SnapshotRecord> = records.iter().filter(|r| r.pg.as_ref().is_some_and(|pg| pg.timeline == timeline)).collect();
+    let on_timeline: Vec<&SnapshotRecord> =
+        records.iter().filter(|r| r.pg.as_ref().is_some_and(|pg| pg.timeline == timeline)).collect();
     let oldest = on_timeline.iter().filter_map(|r| r.pg.as_ref().map(|pg| (*r, pg))).min_by_key(|(_, pg)| pg.start_lsn);
     let size = archive.segment_size();
     Window {

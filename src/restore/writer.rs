@@ -44,10 +44,12 @@ pub struct Written {
 fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m Digest, &'m [Digest])> {
     match &manifest.entries[index].kind {
         EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
-        EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => match &manifest.entries.get(*entry)?.kind {
-            EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
-            _ => None,
-        },
+        EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => {
+            match &manifest.entries.get(*entry)?.kind {
+                EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -59,13 +61,26 @@ fn linked(manifest: &Manifest, wanted: &[bool], index: usize) -> bool {
 
 /// Writes every entry under `root`.
 /// `progress` gets the files' total size, then each pack's bytes as they are written.
-pub async fn write_entries(repo: &Repository, (index, manifest): (&BlobIndex, &Manifest), root: &Path, include: Option<&globset::GlobSet>, progress: &Progress) -> Result<Written, Error> {
+pub async fn write_entries(
+    repo: &Repository,
+    (index, manifest): (&BlobIndex, &Manifest),
+    root: &Path,
+    include: Option<&globset::GlobSet>,
+    progress: &Progress,
+) -> Result<Written, Error> {
     let wanted = wanted(manifest, include);
-    let with_content = || (0..manifest.entries.len()).filter(|&i| wanted[i]).filter_map(|i| content(manifest, &wanted, i).map(|c| (i, c)));
+    let with_content = || {
+        (0..manifest.entries.len()).filter(|&i| wanted[i]).filter_map(|i| content(manifest, &wanted, i).map(|c| (i, c)))
+    };
     // Planned first: a chunk missing from the index fails the restore before anything is written.
     // Spilled placements go beside the staging directory, not into what becomes the target.
     let spill = Spill::in_dir(root.parent().unwrap_or(root));
-    let plan = PackPlan::new(index, manifest.entries.len(), with_content().map(|(i, (_, chunks))| (i, manifest.entries[i].path.as_str(), chunks)), &spill)?;
+    let plan = PackPlan::new(
+        index,
+        manifest.entries.len(),
+        with_content().map(|(i, (_, chunks))| (i, manifest.entries[i].path.as_str(), chunks)),
+        &spill,
+    )?;
     let paths = create_tree(manifest, root, &wanted)?;
     let mut targets: Vec<Option<Target>> = vec![None; manifest.entries.len()];
     let mut written = Written { packs_distinct: plan.packs.len() as u64, ..Written::default() };
@@ -136,9 +151,17 @@ fn create_tree(manifest: &Manifest, root: &Path, wanted: &[bool]) -> Result<Vec<
             // is restored under this name.
             EntryKind::File { .. } | EntryKind::Hardlink { .. } => {
                 if content(manifest, wanted, index).is_none() {
-                    return Err(Error::Io { what: "restore hard link (its first name is not a file)", path, source: std::io::Error::other("corrupt manifest") });
+                    return Err(Error::Io {
+                        what: "restore hard link (its first name is not a file)",
+                        path,
+                        source: std::io::Error::other("corrupt manifest"),
+                    });
                 }
-                let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err("create", &path))?;
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
                 file.set_len(entry.size).map_err(io_err("set the size of", &path))?;
             }
         }
@@ -161,7 +184,8 @@ fn set_metadata(manifest: &Manifest, wanted: &[bool], paths: &[Option<PathBuf>])
             std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(io_err("set owner of", path))?;
         }
         if !matches!(entry.kind, EntryKind::Symlink { .. }) {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode)).map_err(io_err("set mode of", path))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode))
+                .map_err(io_err("set mode of", path))?;
         }
         if matches!(entry.kind, EntryKind::Dir) {
             dirs.push((path, entry.mtime, entry.mtime_nsec));
@@ -214,11 +238,21 @@ pub fn sync_tree(root: &Path) -> Result<(), Error> {
                 .chunks(paths.len().div_ceil(threads).max(1))
                 .map(|part| {
                     scope.spawn(move || {
-                        part.iter().try_for_each(|p| std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io_err(what, p)))
+                        part.iter().try_for_each(|p| {
+                            std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io_err(what, p))
+                        })
                     })
                 })
                 .collect();
-            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Io { what, path: root.to_owned(), source: std::io::Error::other("fsync thread panicked") })))
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Io {
+                        what,
+                        path: root.to_owned(),
+                        source: std::io::Error::other("fsync thread panicked"),
+                    })
+                })
+            })
         })
     };
     sync_all(&files, "fsync")?;

@@ -52,7 +52,10 @@ type Bucket = fn(&DateTime<Utc>) -> String;
 /// Applies `policy` at `now`; returns one decision per candidate, newest first per group.
 pub fn apply(policy: &Policy, candidates: &[Candidate], now: DateTime<Utc>) -> Result<Vec<Decision>, String> {
     let within = match &policy.keep_within {
-        Some(d) => Some(chrono::Duration::from_std(humantime::parse_duration(d).map_err(|e| format!("keep_within {d:?}: {e}"))?).map_err(|e| e.to_string())?),
+        Some(d) => Some(
+            chrono::Duration::from_std(humantime::parse_duration(d).map_err(|e| format!("keep_within {d:?}: {e}"))?)
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     let mut groups: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
@@ -136,11 +139,18 @@ pub async fn pinned(repo: &crate::repository::Repository) -> Result<HashSet<Stri
 }
 
 /// Pins (or unpins) a snapshot: a pinned snapshot is never forgotten by a policy.
-pub async fn set_pin(repo: &crate::repository::Repository, snapshot: &str, pin: bool) -> Result<String, crate::snapshot::Error> {
+pub async fn set_pin(
+    repo: &crate::repository::Repository,
+    snapshot: &str,
+    pin: bool,
+) -> Result<String, crate::snapshot::Error> {
     let record = crate::snapshot::resolve(repo, snapshot).await?;
     let key = crate::repo::ObjectKey::Pin(record.id.clone());
     if pin {
-        repo.store.put_new(&key, bytes::Bytes::from_static(b"pinned\n")).await.map_err(crate::repository::Error::from)?;
+        repo.store
+            .put_new(&key, bytes::Bytes::from_static(b"pinned\n"))
+            .await
+            .map_err(crate::repository::Error::from)?;
     } else {
         repo.store.delete(&key).await.map_err(crate::repository::Error::from)?;
     }
@@ -185,8 +195,14 @@ pub async fn forget(
     let forgotten = decisions.iter().filter(|d| !d.keep).count();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
-            repo.store.delete(&crate::repo::ObjectKey::Snapshot(d.snapshot_id.clone())).await.map_err(crate::repository::Error::from)?;
-            repo.store.delete(&crate::repo::ObjectKey::Manifest(d.snapshot_id.clone())).await.map_err(crate::repository::Error::from)?;
+            repo.store
+                .delete(&crate::repo::ObjectKey::Snapshot(d.snapshot_id.clone()))
+                .await
+                .map_err(crate::repository::Error::from)?;
+            repo.store
+                .delete(&crate::repo::ObjectKey::Manifest(d.snapshot_id.clone()))
+                .await
+                .map_err(crate::repository::Error::from)?;
             tracing::info!(snapshot_id = %d.snapshot_id, "snapshot forgotten");
         }
     }
@@ -213,7 +229,12 @@ mod tests {
     }
 
     fn kept(policy: &Policy, candidates: &[Candidate]) -> Vec<String> {
-        apply(policy, candidates, at("2026-11-26T14:00:00Z")).unwrap().into_iter().filter(|d| d.keep).map(|d| d.snapshot_id).collect()
+        apply(policy, candidates, at("2026-11-26T14:00:00Z"))
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.snapshot_id)
+            .collect()
     }
 
     #[test]
@@ -223,8 +244,16 @@ mod tests {
         // 7 days (13:00 each); 4 ISO weeks: this one (already kept) and the Sundays 22nd (kept),
         // 15th and 8th; 3 months: November (kept), October 31st and September 30th.
         let expected = [
-            "20261126T130000Z", "20261125T130000Z", "20261124T130000Z", "20261123T130000Z", "20261122T130000Z",
-            "20261121T130000Z", "20261120T130000Z", "20261115T130000Z", "20261108T130000Z", "20261031T130000Z",
+            "20261126T130000Z",
+            "20261125T130000Z",
+            "20261124T130000Z",
+            "20261123T130000Z",
+            "20261122T130000Z",
+            "20261121T130000Z",
+            "20261120T130000Z",
+            "20261115T130000Z",
+            "20261108T130000Z",
+            "20261031T130000Z",
             "20260930T130000Z",
         ];
         let mut want: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();

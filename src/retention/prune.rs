@@ -19,9 +19,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::pg::{Timeline, WalFileName};
 use crate::archive;
 use crate::faults::crash_point;
+use crate::pg::{Timeline, WalFileName};
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 use crate::snapshot::index::{ExternalSort, IndexFile, IndexPack, RUN_RECORDS, scratch_dir};
@@ -74,7 +74,11 @@ pub struct PruneOptions {
 /// (whose uploads are unreferenced until it commits) or another prune.
 pub async fn prune(repo: &Repository, options: PruneOptions) -> Result<PruneReport, snapshot::Error> {
     let mut report = PruneReport { applied: !options.dry_run, ..PruneReport::default() };
-    let lock = if options.dry_run { None } else { Some(crate::repo::lock::exclusive(&repo.store, "prune", options.lock_wait).await?) };
+    let lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::exclusive(&repo.store, "prune", options.lock_wait).await?)
+    };
     let result = prune_locked(repo, options, lock.as_ref(), &mut report).await;
     if let Some(lock) = lock {
         lock.release().await.map_err(repository::Error::from)?;
@@ -82,7 +86,12 @@ pub async fn prune(repo: &Repository, options: PruneOptions) -> Result<PruneRepo
     result.map(|()| report)
 }
 
-async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&crate::repo::lock::ExclusiveLock>, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+async fn prune_locked(
+    repo: &Repository,
+    options: PruneOptions,
+    lock: Option<&crate::repo::lock::ExclusiveLock>,
+    report: &mut PruneReport,
+) -> Result<(), snapshot::Error> {
     let PruneOptions { now, grace, dry_run, .. } = options;
     let records = snapshot::list(repo).await?;
 
@@ -105,7 +114,10 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
         for item in repo.store.list(ObjectKey::CONDEMNED_DIR).await.map_err(repository::Error::from)? {
             let name = name_of(&item.key);
             let text = repo.store.get(&ObjectKey::Condemned(name.clone())).await.map_err(repository::Error::from)?;
-            let at = std::str::from_utf8(&text).ok().and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok()).map_or(now, |t| t.with_timezone(&Utc));
+            let at = std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+                .map_or(now, |t| t.with_timezone(&Utc));
             m.insert(name, at);
         }
         m
@@ -124,7 +136,10 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
                 report.packs_condemned += 1;
                 if !dry_run {
                     let body = bytes::Bytes::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                    repo.store.put_new(&ObjectKey::Condemned((*pack).clone()), body).await.map_err(repository::Error::from)?;
+                    repo.store
+                        .put_new(&ObjectKey::Condemned((*pack).clone()), body)
+                        .await
+                        .map_err(repository::Error::from)?;
                 }
             }
         }
@@ -175,7 +190,11 @@ async fn prune_locked(repo: &Repository, options: PruneOptions, lock: Option<&cr
 /// restore reads). The referenced ids of all snapshots go through an external sort and are
 /// merged with the index's sorted table, so memory stays flat however many blobs there are:
 /// one manifest at a time, a sort run and a flag per pack.
-async fn referenced_packs(repo: &Repository, records: &[snapshot::SnapshotRecord], index: &BlobIndex) -> Result<HashSet<String>, snapshot::Error> {
+async fn referenced_packs(
+    repo: &Repository,
+    records: &[snapshot::SnapshotRecord],
+    index: &BlobIndex,
+) -> Result<HashSet<String>, snapshot::Error> {
     let mut ids = ExternalSort::new(&scratch_dir(), RUN_RECORDS);
     for record in records {
         let manifest = snapshot::load_manifest_with(repo, record, index).await?;
@@ -212,8 +231,17 @@ async fn referenced_packs(repo: &Repository, records: &[snapshot::SnapshotRecord
 /// Step (1) of deleting: writes the blob tables of every index object that lists an expired
 /// pack, without the expired packs, as new index objects (a shard at a time); returns the
 /// names of the objects they replace, for step (2).
-async fn rewrite_index(repo: &Repository, index: &BlobIndex, expired: &HashSet<String>, now: DateTime<Utc>) -> Result<Vec<String>, snapshot::Error> {
-    let mut touched: Vec<usize> = (0u32..).zip(&index.packs).filter(|(_, id)| expired.contains(*id)).filter_map(|(p, _)| index.object_of(p)).collect();
+async fn rewrite_index(
+    repo: &Repository,
+    index: &BlobIndex,
+    expired: &HashSet<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, snapshot::Error> {
+    let mut touched: Vec<usize> = (0u32..)
+        .zip(&index.packs)
+        .filter(|(_, id)| expired.contains(*id))
+        .filter_map(|(p, _)| index.object_of(p))
+        .collect();
     touched.sort_unstable();
     touched.dedup();
     let id = format!("prune-{}", snapshot::new_snapshot_id(now));
@@ -223,16 +251,22 @@ async fn rewrite_index(repo: &Repository, index: &BlobIndex, expired: &HashSet<S
         let name = index.objects()[object].clone();
         let key = ObjectKey::Index(name.clone());
         let payload = repo.get_record_bytes(&key).await?;
-        let file = IndexFile::decode(&payload).map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })?;
+        let file = IndexFile::decode(&payload)
+            .map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })?;
         merged.extend(file.packs.into_iter().filter(|p| !expired.contains(&p.id)));
         if merged.iter().map(|p| p.blobs.len()).sum::<usize>() >= SHARD_BLOBS {
-            repo.put_record_bytes(&ObjectKey::Index(snapshot::index_name(&id, written)), &snapshot::index::encode(&merged)).await?;
+            repo.put_record_bytes(
+                &ObjectKey::Index(snapshot::index_name(&id, written)),
+                &snapshot::index::encode(&merged),
+            )
+            .await?;
             (merged, written) = (Vec::new(), written + 1);
         }
         names.push(name);
     }
     if !merged.is_empty() {
-        repo.put_record_bytes(&ObjectKey::Index(snapshot::index_name(&id, written)), &snapshot::index::encode(&merged)).await?;
+        repo.put_record_bytes(&ObjectKey::Index(snapshot::index_name(&id, written)), &snapshot::index::encode(&merged))
+            .await?;
     }
     Ok(names)
 }
@@ -240,7 +274,12 @@ async fn rewrite_index(repo: &Repository, index: &BlobIndex, expired: &HashSet<S
 /// Deletes WAL below the oldest retained base backup's start segment on each timeline.
 /// Every retained backup must be of the repository's segment size (else two clusters share
 /// the repository, and no WAL is deleted).
-async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_run: bool, report: &mut PruneReport) -> Result<(), snapshot::Error> {
+async fn prune_wal(
+    repo: &Repository,
+    records: &[snapshot::SnapshotRecord],
+    dry_run: bool,
+    report: &mut PruneReport,
+) -> Result<(), snapshot::Error> {
     let Some(first) = records.iter().find_map(|r| r.pg.as_ref()) else {
         return Ok(()); // no base backup retained: keep all WAL (nothing says what is needed)
     };
@@ -290,13 +329,18 @@ async fn prune_wal(repo: &Repository, records: &[snapshot::SnapshotRecord], dry_
             report.wal_deleted += 1;
             report.bytes_reclaimed += item.size;
             if !dry_run {
-                repo.store.delete(&ObjectKey::Wal { dir: timeline.to_string(), name }).await.map_err(repository::Error::from)?;
+                repo.store
+                    .delete(&ObjectKey::Wal { dir: timeline.to_string(), name })
+                    .await
+                    .map_err(repository::Error::from)?;
                 crash_point("prune:wal");
             }
         }
     }
     for (timeline, from) in keep_from {
-        report.wal_kept_from.insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(size));
+        report
+            .wal_kept_from
+            .insert(timeline.to_string(), WalFileName::Segment { timeline, number: from }.to_name(size));
     }
     Ok(())
 }

@@ -144,7 +144,9 @@ impl Instance {
     /// started before radd could record it).
     #[must_use]
     pub fn live_postmaster(&self) -> Option<i32> {
-        self.pid.filter(|pid| is_postgres(*pid)).or_else(|| postmaster_pid(&self.data_dir).filter(|pid| is_postgres(*pid)))
+        self.pid
+            .filter(|pid| is_postgres(*pid))
+            .or_else(|| postmaster_pid(&self.data_dir).filter(|pid| is_postgres(*pid)))
     }
 
     /// Running, creating or stopped, checked now.
@@ -167,7 +169,11 @@ impl Instance {
         let dir = self.dir();
         let path = dir.join(RECORD);
         let tmp = dir.join(format!(".{RECORD}.tmp"));
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Io { what: "serialise", path: path.clone(), source: std::io::Error::other(e) })?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Io {
+            what: "serialise",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -177,7 +183,11 @@ impl Instance {
             .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
             .map_err(io("write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("replace", &path))?;
-        crate::pg::hand_over(&path).map_err(|e| Error::Io { what: "hand over", path: path.clone(), source: std::io::Error::other(e.to_string()) })
+        crate::pg::hand_over(&path).map_err(|e| Error::Io {
+            what: "hand over",
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 
     /// Reads the record of the instance in `dir`.
@@ -243,7 +253,13 @@ pub fn disk_usage(path: &Path) -> u64 {
 pub fn lock(parent: &Path) -> Result<std::fs::File, Error> {
     std::fs::create_dir_all(parent).map_err(io("create", parent))?;
     let path = parent.join(LOCK);
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io("open", &path))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("open", &path))?;
     file.lock().map_err(io("lock", &path))?;
     Ok(file)
 }
@@ -261,7 +277,11 @@ pub fn create_dir(parent: &Path) -> Result<(String, PathBuf), Error> {
             Err(e) => return Err(io("create", &dir)(e)),
         }
     }
-    Err(Error::Io { what: "find a free instance id in", path: parent.to_owned(), source: std::io::Error::other("16 random ids taken") })
+    Err(Error::Io {
+        what: "find a free instance id in",
+        path: parent.to_owned(),
+        source: std::io::Error::other("16 random ids taken"),
+    })
 }
 
 /// The postmaster pid in `data_dir/postmaster.pid` (its first line).

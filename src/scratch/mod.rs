@@ -37,7 +37,9 @@ pub enum Error {
     #[error("snapshot {0} is not a PostgreSQL base backup; --scratch starts a PostgreSQL server and needs one")]
     NotPg(String),
     /// The port cannot be used.
-    #[error("cannot use port {port} for a scratch instance: {reason}; choose another --port, or omit it for a free one")]
+    #[error(
+        "cannot use port {port} for a scratch instance: {reason}; choose another --port, or omit it for a free one"
+    )]
     Port {
         /// The port asked for.
         port: u16,
@@ -65,7 +67,9 @@ pub enum Error {
         stop: String,
     },
     /// `[scratch] max_bytes` would be exceeded.
-    #[error("snapshot {snapshot} needs {needed} bytes and the scratch instances hold {used}, more than [scratch] max_bytes ({max} bytes) allows; stop one first: {stop}")]
+    #[error(
+        "snapshot {snapshot} needs {needed} bytes and the scratch instances hold {used}, more than [scratch] max_bytes ({max} bytes) allows; stop one first: {stop}"
+    )]
     TooLarge {
         /// Snapshot to restore.
         snapshot: String,
@@ -129,7 +133,9 @@ pub enum Error {
     },
     /// The archived WAL ends before the target (no transaction after a time target has been
     /// archived yet): PostgreSQL stopped rather than pretend it got there.
-    #[error("scratch instance {id}: the archived WAL ends before {target} (PostgreSQL: recovery ended before the target was reached); wait until the WAL after it is archived, or choose an earlier target")]
+    #[error(
+        "scratch instance {id}: the archived WAL ends before {target} (PostgreSQL: recovery ended before the target was reached); wait until the WAL after it is archived, or choose an earlier target"
+    )]
     BeyondArchive {
         /// Instance id.
         id: String,
@@ -158,9 +164,13 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Restore(e) => e.kind(),
-            Error::NotPg(_) | Error::Port { .. } | Error::Production { .. } | Error::TooMany { .. } | Error::TooLarge { .. } | Error::Ambiguous { .. } | Error::BeyondArchive { .. } => {
-                ErrorKind::Config
-            }
+            Error::NotPg(_)
+            | Error::Port { .. }
+            | Error::Production { .. }
+            | Error::TooMany { .. }
+            | Error::TooLarge { .. }
+            | Error::Ambiguous { .. }
+            | Error::BeyondArchive { .. } => ErrorKind::Config,
             Error::Io { .. } => ErrorKind::Io,
             Error::Record { .. } => ErrorKind::Conflict,
             Error::NotFound(_) => ErrorKind::NotFound,
@@ -268,7 +278,13 @@ pub async fn create(repo: &Repository, host: &Host, options: &CreateOptions) -> 
     check_limits(host, &record.id, record.total_bytes)?;
     let (id, dir) = instance::create_dir(&host.dir)?;
     let mut inst = new_record(host, options, &id, &dir, &record.id, port);
-    let prepared = inst.save().and_then(|()| pg::hand_over(&dir).map_err(|e| Error::Io { what: "hand over", path: dir.clone(), source: std::io::Error::other(e.to_string()) }));
+    let prepared = inst.save().and_then(|()| {
+        pg::hand_over(&dir).map_err(|e| Error::Io {
+            what: "hand over",
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    });
     drop(lock);
     let result = match prepared {
         Ok(()) => build(repo, host, options, &mut inst, &pg_info, clock).await,
@@ -287,7 +303,13 @@ fn new_record(host: &Host, options: &CreateOptions, id: &str, dir: &Path, snapsh
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(options.ttl).unwrap_or(chrono::Duration::hours(4));
     let socket_dir = dir.join("run");
-    let mode = if options.promote { Mode::Promoted } else if options.recovery == RecoveryTarget::Latest { Mode::Standby } else { Mode::Paused };
+    let mode = if options.promote {
+        Mode::Promoted
+    } else if options.recovery == RecoveryTarget::Latest {
+        Mode::Standby
+    } else {
+        Mode::Paused
+    };
     Instance {
         id: id.to_owned(),
         snapshot_id: snapshot_id.to_owned(),
@@ -299,7 +321,12 @@ fn new_record(host: &Host, options: &CreateOptions, id: &str, dir: &Path, snapsh
         mode,
         port,
         dsn: format!("postgresql://{}@127.0.0.1:{port}/{}", url_encode(&host.user), url_encode(&host.dbname)),
-        dsn_socket: format!("host={} port={port} user={} dbname={}", socket_dir.display(), conninfo_quote(&host.user), conninfo_quote(&host.dbname)),
+        dsn_socket: format!(
+            "host={} port={port} user={} dbname={}",
+            socket_dir.display(),
+            conninfo_quote(&host.user),
+            conninfo_quote(&host.dbname)
+        ),
         socket_dir,
         data_dir: dir.join("data"),
         user: host.user.clone(),
@@ -319,11 +346,21 @@ fn new_record(host: &Host, options: &CreateOptions, id: &str, dir: &Path, snapsh
 }
 
 /// Restore, configure, start, wait; fills in `inst` and saves it.
-async fn build(repo: &Repository, host: &Host, options: &CreateOptions, inst: &mut Instance, pg_info: &crate::snapshot::PgInfo, clock: Instant) -> Result<(), Error> {
+async fn build(
+    repo: &Repository,
+    host: &Host,
+    options: &CreateOptions,
+    inst: &mut Instance,
+    pg_info: &crate::snapshot::PgInfo,
+    clock: Instant,
+) -> Result<(), Error> {
     let dir = inst.dir();
     let mut map = Vec::new();
     for (key, path) in &options.tablespaces {
-        map.push((key.clone(), std::path::absolute(path).map_err(|source| Error::Io { what: "resolve", path: path.clone(), source })?));
+        map.push((
+            key.clone(),
+            std::path::absolute(path).map_err(|source| Error::Io { what: "resolve", path: path.clone(), source })?,
+        ));
     }
     let report = restore::run(
         repo,
@@ -368,14 +405,19 @@ async fn build(repo: &Repository, host: &Host, options: &CreateOptions, inst: &m
 fn write_standby_signal(data_dir: &Path) -> Result<(), Error> {
     let path = data_dir.join("standby.signal");
     std::fs::write(&path, "").map_err(|source| Error::Io { what: "write", path: path.clone(), source })?;
-    pg::hand_over(&path).map_err(|e| Error::Io { what: "hand over", path, source: std::io::Error::other(e.to_string()) })
+    pg::hand_over(&path).map_err(|e| Error::Io {
+        what: "hand over",
+        path,
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Refuses instance paths inside the production data directory.
 fn check_production(host: &Host, options: &CreateOptions) -> Result<(), Error> {
     let Some(data_dir) = &host.production_data_dir else { return Ok(()) };
     let data_dir = pg::conf::normalize(data_dir);
-    let inside = |p: &Path| std::path::absolute(p).map(|p| pg::conf::normalize(&p)).is_ok_and(|p| p.starts_with(&data_dir));
+    let inside =
+        |p: &Path| std::path::absolute(p).map(|p| pg::conf::normalize(&p)).is_ok_and(|p| p.starts_with(&data_dir));
     if inside(&host.dir) {
         return Err(Error::Production { what: "the scratch directory", path: host.dir.clone(), data_dir });
     }
@@ -417,7 +459,12 @@ fn check_limits(host: &Host, snapshot: &str, needed: u64) -> Result<(), Error> {
     let stop = || {
         existing
             .iter()
-            .map(|i| format!("`radd scratch stop {}` (snapshot {}, {}, expires {})", i.id, i.snapshot_id, i.target, i.expires))
+            .map(|i| {
+                format!(
+                    "`radd scratch stop {}` (snapshot {}, {}, expires {})",
+                    i.id, i.snapshot_id, i.target, i.expires
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -426,7 +473,13 @@ fn check_limits(host: &Host, snapshot: &str, needed: u64) -> Result<(), Error> {
     }
     let used: u64 = existing.iter().map(|i| instance::disk_usage(&i.dir())).sum();
     if used.saturating_add(needed) > host.max_bytes {
-        return Err(Error::TooLarge { snapshot: snapshot.to_owned(), needed, used, max: host.max_bytes, stop: if existing.is_empty() { "none exist; raise [scratch] max_bytes".into() } else { stop() } });
+        return Err(Error::TooLarge {
+            snapshot: snapshot.to_owned(),
+            needed,
+            used,
+            max: host.max_bytes,
+            stop: if existing.is_empty() { "none exist; raise [scratch] max_bytes".into() } else { stop() },
+        });
     }
     Ok(())
 }
@@ -451,11 +504,16 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-
 /// Percent-encodes a user or database name for a connection URI.
 fn url_encode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

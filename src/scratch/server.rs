@@ -19,8 +19,19 @@ use crate::pg::{self, Lsn};
 
 /// The instance's own configuration (see [`pg::instance`]) with how its recovery ends: a
 /// hot standby that pauses at the target, stays a standby, or promotes.
-fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_target: bool) -> std::io::Result<Vec<(&'static str, String)>> {
-    let mut settings = pg::instance::own_config(run_dir, data_dir, &format!("radd scratch instance {id}"), pg::instance::Access::LoopbackPassword)?;
+fn own_settings(
+    run_dir: &Path,
+    data_dir: &Path,
+    id: &str,
+    mode: Mode,
+    has_target: bool,
+) -> std::io::Result<Vec<(&'static str, String)>> {
+    let mut settings = pg::instance::own_config(
+        run_dir,
+        data_dir,
+        &format!("radd scratch instance {id}"),
+        pg::instance::Access::LoopbackPassword,
+    )?;
     settings.push(("cluster_name", format!("radd-scratch-{id}")));
     settings.push(("hot_standby", "on".into()));
     if has_target {
@@ -32,7 +43,13 @@ fn own_settings(run_dir: &Path, data_dir: &Path, id: &str, mode: Mode, has_targe
 
 /// Connection settings for radd's own queries: the private socket, no password.
 fn socket_connection(socket_dir: &Path, port: u16, user: &str, dbname: &str) -> PostgresConfig {
-    PostgresConfig { host: socket_dir.display().to_string(), port, user: user.to_owned(), dbname: dbname.to_owned(), ..PostgresConfig::default() }
+    PostgresConfig {
+        host: socket_dir.display().to_string(),
+        port,
+        user: user.to_owned(),
+        dbname: dbname.to_owned(),
+        ..PostgresConfig::default()
+    }
 }
 
 /// What the instance must show before it is ready.
@@ -47,7 +64,12 @@ pub enum Ready {
 }
 
 /// Polls until the instance is ready, its postmaster dies, or `timeout` passes.
-async fn wait_ready(connection: &PostgresConfig, data_dir: &Path, ready: Ready, timeout: Duration) -> Result<(), String> {
+async fn wait_ready(
+    connection: &PostgresConfig,
+    data_dir: &Path,
+    ready: Ready,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not yet accepting connections");
     while Instant::now() < deadline {
@@ -71,11 +93,9 @@ async fn check(client: &tokio_postgres::Client, ready: Ready) -> Result<bool, St
     let query = match ready {
         // pg_get_wal_replay_pause_state() exists from PostgreSQL 14 on; before, a requested
         // pause is the only kind there is.
-        Ready::Paused => {
-            "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000 \
+        Ready::Paused => "SELECT CASE WHEN current_setting('server_version_num')::int >= 140000 \
              THEN (SELECT pg_get_wal_replay_pause_state()::text = 'paused') ELSE pg_is_wal_replay_paused() END"
-                .to_owned()
-        }
+            .to_owned(),
         Ready::ReplayedTo(lsn) => format!("SELECT coalesce(pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn, false)"),
         Ready::Promoted => "SELECT NOT pg_is_in_recovery()".to_owned(),
     };
@@ -101,17 +121,25 @@ async fn reached(connection: &PostgresConfig) -> Result<(Option<Lsn>, Option<Str
 /// Writes the instance's own configuration into its run directory, starts the server detached
 /// and waits until it is `ready`; records the pid, the point reached and the RTO (seconds since
 /// `clock`) in `inst`. The server is stopped again when anything fails.
-pub async fn start(host: &Host, inst: &mut Instance, ready: Ready, has_target: bool, clock: Instant) -> Result<(), Error> {
+pub async fn start(
+    host: &Host,
+    inst: &mut Instance,
+    ready: Ready,
+    has_target: bool,
+    clock: Instant,
+) -> Result<(), Error> {
     let run_dir = inst.socket_dir.clone();
     let io = |what, path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { what, path, source }
     };
     std::fs::create_dir(&run_dir).map_err(io("create", &run_dir))?;
-    let settings = own_settings(&run_dir, &inst.data_dir, &inst.id, inst.mode, has_target).map_err(io("write the configuration into", &run_dir))?;
+    let settings = own_settings(&run_dir, &inst.data_dir, &inst.id, inst.mode, has_target)
+        .map_err(io("write the configuration into", &run_dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700)).map_err(io("make private", &run_dir))?;
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("make private", &run_dir))?;
     }
     let mut cluster = ScratchCluster::new(&host.bin_dir, &run_dir)
         .map_err(|source| Error::Start { id: inst.id.clone(), source })?
@@ -155,4 +183,3 @@ fn log_tail(path: &Path, lines: usize) -> String {
     let tail: Vec<&str> = text.lines().rev().take(lines).collect();
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
-

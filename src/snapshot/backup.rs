@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Error;
 use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord};
 use super::pack::BlobIndex;
 use super::parent::{ParentReader, ParentWriter, record_path as parent_record_path};
@@ -17,7 +18,6 @@ use super::pipeline::{self, Walk};
 use super::server_files;
 use super::standby;
 use super::walk::{Found, walk_data_dir};
-use super::Error;
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
 use crate::progress::Progress;
@@ -72,7 +72,6 @@ pub struct BackupReport {
     pub duration_seconds: f64,
 }
 
-
 /// Takes a base backup of the configured cluster into the repository and commits a snapshot.
 /// Nothing is committed unless every pack, the index, the manifest and the WAL from backup
 /// start to stop are stored.
@@ -93,7 +92,11 @@ pub(crate) async fn release(lock: lock::SharedLock) {
     }
 }
 
-async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &lock::SharedLock) -> Result<BackupReport, Error> {
+async fn backup_pg_locked(
+    repo: &Repository,
+    options: &BackupOptions,
+    lock: &lock::SharedLock,
+) -> Result<BackupReport, Error> {
     let clock = Instant::now();
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
@@ -108,7 +111,8 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
     crate::archive::claim_segment_size(repo, start.segment_size, &format!("backup of {}", data_dir.display())).await?;
-    let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
+    let parent_path =
+        parent_record_path(&options.backup.state_dir, &repo.meta.id, data_dir.as_os_str().as_encoded_bytes());
     let parent = if options.full_read { None } else { ParentReader::open_checked(&parent_path, repo).await };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id().to_owned());
     let next_parent = match ParentWriter::create(&parent_path, &snapshot_id, started.timestamp_millis()) {
@@ -137,13 +141,24 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
         let mut found = walk_data_dir(&data_dir, &version_dir)?;
         server_files::merge(&mut found, config_found);
         standby::pg_control_last(&mut found);
-        progress.set_total(found.iter().filter(|f| f.meta.is_file() && f.hardlink_of.is_none()).map(|f| f.meta.len()).sum());
+        progress.set_total(
+            found.iter().filter(|f| f.meta.is_file() && f.hardlink_of.is_none()).map(|f| f.meta.len()).sum(),
+        );
         for found in found {
             emit(found)?;
         }
         Ok(())
     });
-    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), Arc::clone(&known), walk, pipeline::data_dir_chunking(&options.backup), (false, &options.progress), (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree(
+        (repo, &snapshot_id),
+        Arc::clone(&known),
+        walk,
+        pipeline::data_dir_chunking(&options.backup),
+        (false, &options.progress),
+        (parent, next_parent),
+        &options.backup,
+    )
+    .await?;
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
@@ -178,7 +193,13 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
         server_files,
     };
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain checked");
-    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;
+    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(
+        repo,
+        &snapshot_id,
+        (&mut upload, options.backup.index_shard_blobs),
+        &manifest,
+    )
+    .await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let record = SnapshotRecord {
@@ -186,9 +207,7 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
         kind: SnapshotKind::Pg,
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        hostname: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         pg: Some(PgInfo {
             start_lsn: start.lsn,
             stop_lsn: stop.lsn,
@@ -251,12 +270,19 @@ async fn backup_pg_locked(repo: &Repository, options: &BackupOptions, lock: &loc
 /// Waits until the segment holding the backup's stop LSN is in the repository (the archiver
 /// pushes it right after `pg_backup_stop` switched WAL), polling from 10 ms up to 250 ms, for at
 /// most `limit`. The chain check that follows decides; this only avoids checking too early.
-async fn wait_for_wal(repo: &Repository, last: &WalFileName, segment_size: pg::SegmentSize, limit: std::time::Duration) {
+async fn wait_for_wal(
+    repo: &Repository,
+    last: &WalFileName,
+    segment_size: pg::SegmentSize,
+    limit: std::time::Duration,
+) {
     let WalFileName::Segment { timeline, .. } = last else { return };
     let name = last.to_name(segment_size);
     match crate::archive::wait_archived(repo, *timeline, &name, limit).await {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(segment = %name, "WAL needed by the backup has not been archived in time; check archive_command"),
+        Ok(false) => {
+            tracing::warn!(segment = %name, "WAL needed by the backup has not been archived in time; check archive_command")
+        }
         Err(error) => tracing::warn!(segment = %name, error = %error, "cannot check the WAL archive"),
     }
 }

@@ -41,7 +41,16 @@ mod tests {
     fn cdc_covers_the_input_exactly() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         let mut out = Vec::new();
-        for_each_chunk(&data[..], 64 << 10, |c| { out.extend_from_slice(c); Ok::<_, std::io::Error>(()) }, |e| e).unwrap();
+        for_each_chunk(
+            &data[..],
+            64 << 10,
+            |c| {
+                out.extend_from_slice(c);
+                Ok::<_, std::io::Error>(())
+            },
+            |e| e,
+        )
+        .unwrap();
         assert_eq!(out, data);
     }
 }

@@ -64,7 +64,14 @@ impl Read for ChannelReader {
 
 /// Cuts the entry lines arriving on `lines` into chunks and packs the new ones (sent to the
 /// uploader on `packs`). Runs on its own thread until the senders of `lines` are dropped.
-pub fn store(lines: Receiver<Vec<u8>>, known: &BlobIndex, id_key: &IdKey, pack_size: usize, packs: &mpsc::Sender<PendingPack>, mut pack: PackBuilder) -> Result<StoredStream, Error> {
+pub fn store(
+    lines: Receiver<Vec<u8>>,
+    known: &BlobIndex,
+    id_key: &IdKey,
+    pack_size: usize,
+    packs: &mpsc::Sender<PendingPack>,
+    mut pack: PackBuilder,
+) -> Result<StoredStream, Error> {
     let reader = ChannelReader { rx: lines, buffer: Vec::new(), position: 0 };
     let mut out = StoredStream::default();
     for_each_chunk(
@@ -110,14 +117,21 @@ impl BlobReader<'_> {
     }
 
     async fn read(&mut self, id: &Digest, what: &str) -> Result<&[u8], Error> {
-        let location = self.index.get(id).ok_or_else(|| self.corrupt(format!("{what} {id} is not in any pack; run `radd verify`")))?;
+        let location = self
+            .index
+            .get(id)
+            .ok_or_else(|| self.corrupt(format!("{what} {id} is not in any pack; run `radd verify`")))?;
         if self.cached.as_ref().is_none_or(|(pack, _)| *pack != location.pack) {
             let key = ObjectKey::Pack(self.index.packs[location.pack as usize].clone());
             let data = match self.repo.get_open_unhashed(ObjectKind::Pack, &key).await {
                 Ok(data) => data,
                 // Storage that failed (down, full, timed out) is not a corrupt manifest.
                 Err(e) if e.kind() == crate::error::ErrorKind::Storage => return Err(e.into()),
-                Err(e) => return Err(self.corrupt(format!("its {what}s are in {key}, which cannot be read ({e}); run `radd verify --read-data`"))),
+                Err(e) => {
+                    return Err(self.corrupt(format!(
+                        "its {what}s are in {key}, which cannot be read ({e}); run `radd verify --read-data`"
+                    )));
+                }
             };
             self.cached = Some((location.pack, data));
         }
@@ -133,7 +147,12 @@ impl BlobReader<'_> {
 
 /// Reads the entries of a stream back, in order, checking every chunk against its keyed id,
 /// and fills in the chunk ids of files stored as a [`ChunkList`].
-pub async fn load(repo: &Repository, index: &BlobIndex, chunks: &[Digest], manifest: &str) -> Result<Vec<Entry>, Error> {
+pub async fn load(
+    repo: &Repository,
+    index: &BlobIndex,
+    chunks: &[Digest],
+    manifest: &str,
+) -> Result<Vec<Entry>, Error> {
     let mut reader = BlobReader { repo, index, manifest, cached: None };
     let mut entries: Vec<Entry> = Vec::new();
     let mut carry: Vec<u8> = Vec::new();
@@ -141,7 +160,8 @@ pub async fn load(repo: &Repository, index: &BlobIndex, chunks: &[Digest], manif
         carry.extend_from_slice(reader.read(id, "entry chunk").await?);
         let complete = carry.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         for line in carry[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let entry = serde_json::from_slice(line).map_err(|e| reader.corrupt(format!("entry {}: {e}", entries.len())))?;
+            let entry =
+                serde_json::from_slice(line).map_err(|e| reader.corrupt(format!("entry {}: {e}", entries.len())))?;
             entries.push(entry);
         }
         carry.drain(..complete);
@@ -153,7 +173,9 @@ pub async fn load(repo: &Repository, index: &BlobIndex, chunks: &[Digest], manif
         if let EntryKind::File { chunks, list: Some(list), .. } = &mut entry.kind {
             let base = reader.read(&list.base, "chunk list").await?;
             let ids = ChunkList::decode(base).and_then(|base_ids| list.apply(&base_ids));
-            *chunks = ids.ok_or_else(|| reader.corrupt(format!("the chunk list of {} does not fit its base {}", entry.path, list.base)))?;
+            *chunks = ids.ok_or_else(|| {
+                reader.corrupt(format!("the chunk list of {} does not fit its base {}", entry.path, list.base))
+            })?;
         }
     }
     Ok(entries)

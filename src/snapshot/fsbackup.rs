@@ -87,7 +87,8 @@ async fn run_hook(phase: &str, command: &str) -> HookRun {
     let output = tokio::process::Command::new("sh").arg("-c").arg(command).output().await;
     let exit_code = match output {
         Ok(out) => {
-            for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+            for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
+            {
                 tracing::info!(phase, "hook: {line}");
             }
             out.status.code()
@@ -102,7 +103,11 @@ async fn run_hook(phase: &str, command: &str) -> HookRun {
 
 /// Takes a snapshot of the configured trees. `cancel` resolving (SIGTERM) abandons the read;
 /// the post-hook still runs and nothing is committed.
-pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: impl std::future::Future<Output = ()>) -> Result<FsBackupReport, Error> {
+pub async fn backup_fs(
+    repo: &Repository,
+    options: &FsBackupOptions,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<FsBackupReport, Error> {
     let clock = Instant::now();
     let mut hooks = Vec::new();
     if let Some(pre) = &options.pre {
@@ -114,7 +119,11 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
                 Some(post) => Some(run_hook("post", post).await),
                 None => None,
             };
-            return Err(Error::Hook { phase: "pre", exit_code: hooks[0].exit_code, post_exit_code: post.and_then(|p| p.exit_code) });
+            return Err(Error::Hook {
+                phase: "pre",
+                exit_code: hooks[0].exit_code,
+                post_exit_code: post.and_then(|p| p.exit_code),
+            });
         }
     }
     // The shared lock keeps prune away from what the snapshot reuses or uploads until commit.
@@ -136,7 +145,11 @@ pub async fn backup_fs(repo: &Repository, options: &FsBackupOptions, cancel: imp
     }
     let (Pending { mut report, record, next_parent }, lock) = result?;
     report.hooks.clone_from(&hooks);
-    let record = SnapshotRecord { hooks, finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), ..record };
+    let record = SnapshotRecord {
+        hooks,
+        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..record
+    };
     let committed = match lock.check().await {
         Ok(()) => repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await.map_err(Error::from),
         Err(error) => Err(error.into()),
@@ -166,7 +179,8 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
     let known = Arc::new(BlobIndex::load(repo).await?);
-    let roots: Vec<PathBuf> = options.tree.roots.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
+    let roots: Vec<PathBuf> =
+        options.tree.roots.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
     let paths: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let source: Vec<u8> = paths.join("\n").into_bytes();
     let parent_path = parent_record_path(&options.backup.state_dir, &repo.meta.id, &source);
@@ -194,7 +208,16 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         })
     };
     let chunk = options.backup.fs_chunk_size.as_usize();
-    let (mut read, mut upload) = pipeline::store_tree((repo, &snapshot_id), known, walk, move |_: &str| Chunking::ContentDefined(chunk), (true, &options.progress), (parent, next_parent), &options.backup).await?;
+    let (mut read, mut upload) = pipeline::store_tree(
+        (repo, &snapshot_id),
+        known,
+        walk,
+        move |_: &str| Chunking::ContentDefined(chunk),
+        (true, &options.progress),
+        (parent, next_parent),
+        &options.backup,
+    )
+    .await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
     let files = read.files;
@@ -207,7 +230,13 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         unreadable: unreadable.clone(),
         server_files: None,
     };
-    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(repo, &snapshot_id, (&mut upload, options.backup.index_shard_blobs), &manifest).await?;
+    let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(
+        repo,
+        &snapshot_id,
+        (&mut upload, options.backup.index_shard_blobs),
+        &manifest,
+    )
+    .await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let partial = !unreadable.is_empty();

@@ -40,14 +40,18 @@ pub fn glob_set(patterns: &[String]) -> Result<GlobSet, Error> {
 /// order](super::parent::walk_order), so the whole walk is in that order; ancestors of each
 /// root are included as directories so a restore recreates them. Memory is one directory
 /// listing per level plus the inodes of files with several names.
-pub fn walk_tree(options: &TreeOptions, emit: &mut dyn FnMut(Found) -> Result<(), Error>) -> Result<Vec<String>, Error> {
+pub fn walk_tree(
+    options: &TreeOptions,
+    emit: &mut dyn FnMut(Found) -> Result<(), Error>,
+) -> Result<Vec<String>, Error> {
     let excludes = glob_set(&options.excludes)?;
     let mut roots = Vec::new();
     for root in &options.roots {
         roots.push(std::path::absolute(root).map_err(|source| Error::Read { path: root.clone(), source })?);
     }
     roots.sort_by(|a, b| super::parent::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes()));
-    let mut walker = Walker { excludes: &excludes, one_fs: None, emit, emitted: 0, unreadable: Vec::new(), inodes: HashMap::new() };
+    let mut walker =
+        Walker { excludes: &excludes, one_fs: None, emit, emitted: 0, unreadable: Vec::new(), inodes: HashMap::new() };
     let mut walked: Vec<PathBuf> = Vec::new();
     let mut ancestors_done = HashSet::new();
     for root in roots {
@@ -72,7 +76,12 @@ pub fn walk_tree(options: &TreeOptions, emit: &mut dyn FnMut(Found) -> Result<()
     Ok(walker.unreadable)
 }
 
-fn found(path: &Path, meta: std::fs::Metadata, link_target: Option<std::ffi::OsString>, hardlink_of: Option<usize>) -> Found {
+fn found(
+    path: &Path,
+    meta: std::fs::Metadata,
+    link_target: Option<std::ffi::OsString>,
+    hardlink_of: Option<usize>,
+) -> Found {
     let rel = path.strip_prefix("/").unwrap_or(path);
     let (rel, raw) = encode_os(rel.as_os_str());
     Found { rel, raw, path: path.to_owned(), meta, link_target, hardlink_of }

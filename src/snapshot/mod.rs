@@ -26,9 +26,9 @@ pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack, index_name};
+pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 pub use server_files::{PREFIX as SERVER_FILES_DIR, ServerFiles, StoredFile};
 pub use standby::is_standby_label;
-pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 
 use crate::codec::ObjectKind;
 use crate::error::ErrorKind;
@@ -70,9 +70,11 @@ pub enum Error {
     #[error("backup is not usable: {0}; check archive_command and `radd wal-push` logs")]
     WalMissing(crate::archive::Error),
     /// The server to back up is a standby and no primary is configured to switch WAL.
-    #[error("{server} is a standby (pg_is_in_recovery() is true): a backup from a standby needs its primary to switch WAL, \
+    #[error(
+        "{server} is a standby (pg_is_in_recovery() is true): a backup from a standby needs its primary to switch WAL, \
              or the backup's last segment is not archived; add a [postgres.primary] section with the primary's host \
-             (and port, user, dbname, password_env where they differ from [postgres]) to the config, or point [postgres] at the primary")]
+             (and port, user, dbname, password_env where they differ from [postgres]) to the config, or point [postgres] at the primary"
+    )]
     StandbyWithoutPrimary {
         /// `host:port` of the standby.
         server: String,
@@ -95,7 +97,9 @@ pub enum Error {
     #[error(transparent)]
     Repository(#[from] repository::Error),
     /// A consistency hook failed; no snapshot was taken.
-    #[error("{phase}-hook failed (exit code {exit_code:?}); no snapshot taken (post-hook exit code {post_exit_code:?})")]
+    #[error(
+        "{phase}-hook failed (exit code {exit_code:?}); no snapshot taken (post-hook exit code {post_exit_code:?})"
+    )]
     Hook {
         /// `pre`.
         phase: &'static str,
@@ -124,8 +128,12 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound(_) | Error::Empty => ErrorKind::NotFound,
-            Error::Ambiguous { .. } | Error::StandbyWithoutPrimary { .. } | Error::NotPrimary { .. } => ErrorKind::Config,
-            Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled | Error::Scratch(_) => ErrorKind::Io,
+            Error::Ambiguous { .. } | Error::StandbyWithoutPrimary { .. } | Error::NotPrimary { .. } => {
+                ErrorKind::Config
+            }
+            Error::Read { .. } | Error::Internal(_) | Error::Hook { .. } | Error::Cancelled | Error::Scratch(_) => {
+                ErrorKind::Io
+            }
             Error::PackConflict { .. } | Error::WalMissing(_) => ErrorKind::Integrity,
             Error::Pg(_) => ErrorKind::Postgres,
             Error::Archive(e) => e.kind(),
@@ -137,11 +145,7 @@ impl Error {
 
 /// Every committed snapshot, oldest first.
 pub async fn list(repo: &Repository) -> Result<Vec<SnapshotRecord>, Error> {
-    let listed = repo
-        .store
-        .list(ObjectKey::SNAPSHOT_DIR)
-        .await
-        .map_err(repository::Error::from)?;
+    let listed = repo.store.list(ObjectKey::SNAPSHOT_DIR).await.map_err(repository::Error::from)?;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
         let id = item.key.rsplit('/').next().unwrap_or_default().to_owned();
@@ -157,13 +161,16 @@ pub async fn resolve(repo: &Repository, wanted: &str) -> Result<SnapshotRecord, 
 }
 
 /// Like [`resolve`], among snapshots of one kind only (`latest` of that kind).
-pub async fn resolve_kind(repo: &Repository, wanted: &str, kind: Option<SnapshotKind>) -> Result<SnapshotRecord, Error> {
+pub async fn resolve_kind(
+    repo: &Repository,
+    wanted: &str,
+    kind: Option<SnapshotKind>,
+) -> Result<SnapshotRecord, Error> {
     let all: Vec<SnapshotRecord> = list(repo).await?.into_iter().filter(|s| kind.is_none_or(|k| s.kind == k)).collect();
     if wanted == "latest" {
         return all.into_iter().next_back().ok_or(Error::Empty);
     }
-    let mut matches: Vec<SnapshotRecord> =
-        all.into_iter().filter(|s| s.id.starts_with(wanted)).collect();
+    let mut matches: Vec<SnapshotRecord> = all.into_iter().filter(|s| s.id.starts_with(wanted)).collect();
     match matches.len() {
         0 => Err(Error::NotFound(wanted.to_owned())),
         1 => Ok(matches.remove(0)),
@@ -171,10 +178,7 @@ pub async fn resolve_kind(repo: &Repository, wanted: &str, kind: Option<Snapshot
             if let Some(pos) = matches.iter().position(|s| s.id == wanted) {
                 return Ok(matches.remove(pos));
             }
-            Err(Error::Ambiguous {
-                prefix: wanted.to_owned(),
-                matches: matches.into_iter().map(|s| s.id).collect(),
-            })
+            Err(Error::Ambiguous { prefix: wanted.to_owned(), matches: matches.into_iter().map(|s| s.id).collect() })
         }
     }
 }
@@ -191,13 +195,22 @@ pub async fn load_manifest(repo: &Repository, record: &SnapshotRecord) -> Result
 }
 
 /// Like [`load_manifest`], with the blob index already loaded.
-pub async fn load_manifest_with(repo: &Repository, record: &SnapshotRecord, index: &BlobIndex) -> Result<Manifest, Error> {
+pub async fn load_manifest_with(
+    repo: &Repository,
+    record: &SnapshotRecord,
+    index: &BlobIndex,
+) -> Result<Manifest, Error> {
     let manifest = load_manifest_head(repo, record).await?;
     with_entries(repo, record, index, manifest).await
 }
 
 /// Fills in the entries of a manifest head from its entry stream (if it has one).
-async fn with_entries(repo: &Repository, record: &SnapshotRecord, index: &BlobIndex, mut manifest: Manifest) -> Result<Manifest, Error> {
+async fn with_entries(
+    repo: &Repository,
+    record: &SnapshotRecord,
+    index: &BlobIndex,
+    mut manifest: Manifest,
+) -> Result<Manifest, Error> {
     if !manifest.entry_chunks.is_empty() {
         let key = ObjectKey::Manifest(record.id.clone()).to_string();
         manifest.entries = entry_stream::load(repo, index, &manifest.entry_chunks, &key).await?;
@@ -217,11 +230,6 @@ pub async fn load_manifest_head(repo: &Repository, record: &SnapshotRecord) -> R
         .into());
     }
     let plaintext = repo.get_open(ObjectKind::Manifest, &key).await?;
-    serde_json::from_slice(&plaintext).map_err(|e| {
-        repository::Error::CorruptRecord {
-            key: key.to_string(),
-            reason: e.to_string(),
-        }
-        .into()
-    })
+    serde_json::from_slice(&plaintext)
+        .map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() }.into())
 }

@@ -148,10 +148,7 @@ impl PackBuilder {
 
     /// Takes the current pack's content, leaving an empty one (the pending set is kept).
     pub fn take(&mut self) -> PendingPack {
-        PendingPack {
-            data: std::mem::take(&mut self.data),
-            blobs: std::mem::take(&mut self.blobs),
-        }
+        PendingPack { data: std::mem::take(&mut self.data), blobs: std::mem::take(&mut self.blobs) }
     }
 }
 
@@ -185,12 +182,22 @@ impl UploadReport {
     /// at a pack that is not stored; the tables then leave memory, which no longer grows with
     /// the size of the backup. (Index objects of a backup that then fails point at packs no
     /// snapshot references: prune condemns and removes them like any unreferenced pack.)
-    pub async fn write_index(&mut self, repo: &Repository, snapshot_id: &str, shard_blobs: usize, all: bool) -> Result<(), Error> {
+    pub async fn write_index(
+        &mut self,
+        repo: &Repository,
+        snapshot_id: &str,
+        shard_blobs: usize,
+        all: bool,
+    ) -> Result<(), Error> {
         let shards = self.index.shards(shard_blobs);
         let write = if all { shards.len() } else { shards.len().saturating_sub(1) };
         let mut written_packs = 0;
         for packs in &shards[..write] {
-            repo.put_record_bytes(&ObjectKey::Index(index_name(snapshot_id, self.index_objects)), &super::index::encode(packs)).await?;
+            repo.put_record_bytes(
+                &ObjectKey::Index(index_name(snapshot_id, self.index_objects)),
+                &super::index::encode(packs),
+            )
+            .await?;
             self.index_objects += 1;
             written_packs += packs.len();
             if !all {
@@ -227,7 +234,7 @@ pub async fn upload_packs(
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
     let mut report = UploadReport::default();
     let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
-                       report: &mut UploadReport|
+                   report: &mut UploadReport|
      -> Result<(), Error> {
         let (pack, bytes) = done.map_err(|e| Error::Internal(e.to_string()))??;
         report.uploaded_bytes += bytes;
@@ -235,10 +242,7 @@ pub async fn upload_packs(
         Ok(())
     };
     while let Some(pack) = rx.recv().await {
-        let permit = Arc::clone(&limit)
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let permit = Arc::clone(&limit).acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
         while let Some(done) = tasks.try_join_next() {
             collect(done, &mut report)?;
         }
@@ -272,11 +276,7 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     let id = digest.to_string();
     let key = ObjectKey::Pack(id.clone());
     let stored = sealed.len() as u64;
-    let outcome = repo
-        .store
-        .put_new(&key, sealed.into())
-        .await
-        .map_err(crate::repository::Error::from)?;
+    let outcome = repo.store.put_new(&key, sealed.into()).await.map_err(crate::repository::Error::from)?;
     if outcome == PutOutcome::AlreadyExists && repo.object_digest(&key).await? != digest {
         return Err(Error::PackConflict { key: key.to_string() });
     }

@@ -141,7 +141,9 @@ impl ParentReader {
         let key = crate::repo::ObjectKey::Snapshot(reader.snapshot_id.clone());
         match repo.get_record::<super::SnapshotRecord>(&key).await {
             Ok(_) => reader.trust(),
-            Err(error) => tracing::info!(snapshot_id = %reader.snapshot_id, error = %error, "the parent snapshot is not in the repository: its chunks are looked up"),
+            Err(error) => {
+                tracing::info!(snapshot_id = %reader.snapshot_id, error = %error, "the parent snapshot is not in the repository: its chunks are looked up")
+            }
         }
         Some(reader)
     }
@@ -198,10 +200,21 @@ impl ParentReader {
     /// ctime and inode, last changed over a second before the parent started, every chunk
     /// (and list blob) still stored (known without lookups when the parent is trusted).
     #[must_use]
-    pub fn unchanged(&self, p: &ParentFile, size: u64, mtime_ns: i128, ctime_ns: i128, ino: u64, known: &BlobIndex) -> bool {
+    pub fn unchanged(
+        &self,
+        p: &ParentFile,
+        size: u64,
+        mtime_ns: i128,
+        ctime_ns: i128,
+        ino: u64,
+        known: &BlobIndex,
+    ) -> bool {
         let settled = mtime_ns.max(ctime_ns) < (i128::from(self.started_ms) - 1000) * 1_000_000;
         let same = p.size == size && p.mtime_ns == mtime_ns && p.ctime_ns == ctime_ns && p.ino == ino;
-        same && settled && (self.trusted || (p.chunks.iter().all(|c| known.contains(c)) && p.list.as_ref().is_none_or(|l| known.contains(&l.base))))
+        same && settled
+            && (self.trusted
+                || (p.chunks.iter().all(|c| known.contains(c))
+                    && p.list.as_ref().is_none_or(|l| known.contains(&l.base))))
     }
 }
 
@@ -300,7 +313,16 @@ mod tests {
     fn reader_merges_with_the_walk_and_skips_vanished_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = record_path(dir.path(), "repo", b"/src");
-        let file = |size| ParentFile { size, mtime_ns: 1, ctime_ns: 1, ino: size, sha256: Digest::sha256(b"x"), chunks: Vec::new(), list: None, base_chunks: Vec::new() };
+        let file = |size| ParentFile {
+            size,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: size,
+            sha256: Digest::sha256(b"x"),
+            chunks: Vec::new(),
+            list: None,
+            base_chunks: Vec::new(),
+        };
         let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
         for (rel, size) in [(&b"a"[..], 1), (b"a/b", 2), (b"a/\xff", 3), (b"a.txt", 4), (b"c", 5)] {
             writer.add(rel, &file(size)).unwrap();
@@ -311,7 +333,9 @@ mod tests {
         let mut reader = ParentReader::open(&path).unwrap();
         assert_eq!(reader.snapshot_id(), "snap");
         let known = BlobIndex::default();
-        let mut unchanged = |rel: &[u8], size, ino| reader.find(rel).filter(|p| reader.unchanged(p, size, 1, 1, ino, &known)).map(|p| p.size);
+        let mut unchanged = |rel: &[u8], size, ino| {
+            reader.find(rel).filter(|p| reader.unchanged(p, size, 1, 1, ino, &known)).map(|p| p.size)
+        };
         assert_eq!(unchanged(b"a/b", 2, 2), Some(2));
         assert_eq!(unchanged(b"a/\xff", 3, 3), Some(3));
         assert_eq!(unchanged(b"a/zz", 9, 9), None, "not in the parent");
@@ -324,7 +348,16 @@ mod tests {
     fn a_trusted_parent_needs_no_lookup_an_untrusted_one_does() {
         let dir = tempfile::tempdir().unwrap();
         let path = record_path(dir.path(), "repo", b"/src");
-        let file = ParentFile { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, sha256: Digest::sha256(b"x"), chunks: vec![Digest::sha256(b"chunk")], list: None, base_chunks: Vec::new() };
+        let file = ParentFile {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
+            sha256: Digest::sha256(b"x"),
+            chunks: vec![Digest::sha256(b"chunk")],
+            list: None,
+            base_chunks: Vec::new(),
+        };
         let mut writer = ParentWriter::create(&path, "snap", 10_000).unwrap();
         writer.add(b"f", &file).unwrap();
         writer.finish().unwrap().commit().unwrap();

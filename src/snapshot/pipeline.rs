@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 
 use super::Error;
 use super::chunker::{Chunking, for_each_chunk};
-use crate::codec::read_full;
 use super::entry_stream;
 use super::manifest::{ChunkList, Entry, EntryKind, decode_os, encode_os};
 use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, attrs, is_relation_file};
+use crate::codec::read_full;
 use crate::config::BackupConfig;
 use crate::crypto::{Digest, IdKey, Sha256Stream};
 
@@ -176,7 +176,13 @@ pub struct Stages<'a> {
 }
 
 /// Runs the walk and the reader, hasher, packer and entry-stream stages.
-pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, parent: Option<ParentReader>, next_parent: Option<ParentWriter>) -> Result<ReadOutcome, Error> {
+pub fn read_tree(
+    walk: Box<Walk>,
+    plan: ReadPlan<'_>,
+    stages: &Stages<'_>,
+    parent: Option<ParentReader>,
+    next_parent: Option<ParentWriter>,
+) -> Result<ReadOutcome, Error> {
     let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let Stages { known, id_key, options, packs, pool } = *stages;
     let pack_size = options.pack_size.as_usize();
@@ -200,8 +206,19 @@ pub fn read_tree(walk: Box<Walk>, plan: ReadPlan<'_>, stages: &Stages<'_>, paren
             let _ = free_tx.send(());
         }
         let (line_tx, line_rx) = sync_channel::<Vec<u8>>(QUEUE);
-        let stream = scope.spawn(move || entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone())));
-        let packer = scope.spawn(move || pack_and_assemble((hashed_rx, free_tx, returned), (known, id_key), (PackBuilder::new(pool.clone()), pack_size), packs, &line_tx, next_parent));
+        let stream = scope.spawn(move || {
+            entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone()))
+        });
+        let packer = scope.spawn(move || {
+            pack_and_assemble(
+                (hashed_rx, free_tx, returned),
+                (known, id_key),
+                (PackBuilder::new(pool.clone()), pack_size),
+                packs,
+                &line_tx,
+                next_parent,
+            )
+        });
         let mut reader = Reader::new(plan, known, parent, batch_tx, (window, buffers), packs);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
@@ -290,13 +307,17 @@ fn pack_and_assemble(
                             if ids.len() >= ChunkList::MIN_CHUNKS {
                                 // Large files: the ids go out of line, as a patch of the list
                                 // the previous version used when few changed, else a new list.
-                                let patched = prior_base
-                                    .filter(|(base, _)| pack.knows(known, base))
-                                    .and_then(|(base, base_ids)| ChunkList::patch_of(base, &base_ids, &ids).map(|l| (l, base_ids)));
+                                let patched = prior_base.filter(|(base, _)| pack.knows(known, base)).and_then(
+                                    |(base, base_ids)| {
+                                        ChunkList::patch_of(base, &base_ids, &ids).map(|l| (l, base_ids))
+                                    },
+                                );
                                 // The parent record keeps the base's ids only where they differ
                                 // from the file's (empty: the same).
                                 let (chunk_list, base_ids) = match patched {
-                                    Some((l, base_ids)) if l.patch.is_empty() && base_ids.len() == ids.len() => (l, Vec::new()),
+                                    Some((l, base_ids)) if l.patch.is_empty() && base_ids.len() == ids.len() => {
+                                        (l, Vec::new())
+                                    }
                                     Some(found) => found,
                                     None => {
                                         let bytes = ChunkList::encode(&ids);
@@ -304,7 +325,14 @@ fn pack_and_assemble(
                                         if pack.add_if_new(known, base, &bytes) && pack.len() >= pack_size {
                                             pack.send_to(packs)?;
                                         }
-                                        (ChunkList { base, count: u32::try_from(ids.len()).unwrap_or(u32::MAX), patch: Vec::new() }, Vec::new())
+                                        (
+                                            ChunkList {
+                                                base,
+                                                count: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                                                patch: Vec::new(),
+                                            },
+                                            Vec::new(),
+                                        )
                                     }
                                 };
                                 if let Some(file) = parent.as_mut() {
@@ -328,10 +356,13 @@ fn pack_and_assemble(
                             }
                         }
                         out.entries += 1;
-                        out.files += u64::from(matches!(entry.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. }));
+                        out.files +=
+                            u64::from(matches!(entry.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. }));
                         entry_stream::push_line(&mut buffer, &entry);
                         if buffer.len() >= entry_stream::LINE_BUFFER {
-                            lines.send(std::mem::take(&mut buffer)).map_err(|_| Error::Internal("entry stream stopped".into()))?;
+                            lines
+                                .send(std::mem::take(&mut buffer))
+                                .map_err(|_| Error::Internal("entry stream stopped".into()))?;
                         }
                     }
                 }
@@ -358,7 +389,8 @@ fn pack_and_assemble(
 
 /// Whether a file changed between two stats (size, mtime or ctime).
 fn changed(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    (a.len(), a.mtime(), a.mtime_nsec(), a.ctime(), a.ctime_nsec()) != (b.len(), b.mtime(), b.mtime_nsec(), b.ctime(), b.ctime_nsec())
+    (a.len(), a.mtime(), a.mtime_nsec(), a.ctime(), a.ctime_nsec())
+        != (b.len(), b.mtime(), b.mtime_nsec(), b.ctime(), b.ctime_nsec())
 }
 
 fn nanos(secs: i64, nsec: i64) -> i128 {
@@ -421,16 +453,41 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(plan: ReadPlan<'a>, known: &'a BlobIndex, parent: Option<ParentReader>, tx: SyncSender<Batch>, (window, buffers): (Receiver<()>, BufferPool), uploads: &'a mpsc::Sender<PendingPack>) -> Self {
-        let feeder = Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0, progress: plan.progress.clone() };
-        Self { plan, known, parent, feeder, uploads, out: ReadOutcome::default(), found: 0, entries: 0, first_names: HashMap::new() }
+    fn new(
+        plan: ReadPlan<'a>,
+        known: &'a BlobIndex,
+        parent: Option<ParentReader>,
+        tx: SyncSender<Batch>,
+        (window, buffers): (Receiver<()>, BufferPool),
+        uploads: &'a mpsc::Sender<PendingPack>,
+    ) -> Self {
+        let feeder =
+            Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0, progress: plan.progress.clone() };
+        Self {
+            plan,
+            known,
+            parent,
+            feeder,
+            uploads,
+            out: ReadOutcome::default(),
+            found: 0,
+            entries: 0,
+            first_names: HashMap::new(),
+        }
     }
 
     fn finish(self) -> ReadOutcome {
         self.out
     }
 
-    fn done(&mut self, entry: Entry, parent: Option<ParentFile>, read: bool, first_name_at: Option<usize>, prior_base: Option<(Digest, Vec<Digest>)>) -> Result<(), Error> {
+    fn done(
+        &mut self,
+        entry: Entry,
+        parent: Option<ParentFile>,
+        read: bool,
+        first_name_at: Option<usize>,
+        prior_base: Option<(Digest, Vec<Digest>)>,
+    ) -> Result<(), Error> {
         if let Some(position) = first_name_at {
             self.first_names.insert(position, self.entries);
         }
@@ -440,7 +497,14 @@ impl<'a> Reader<'a> {
 
     /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
     /// hashing each batch with SHA-256 as one piece; returns the bytes read.
-    fn read_blocks(&mut self, mut file: std::fs::File, expected: u64, block: usize, sha: &mut Sha256Stream, path: &std::path::Path) -> Result<u64, Error> {
+    fn read_blocks(
+        &mut self,
+        mut file: std::fs::File,
+        expected: u64,
+        block: usize,
+        sha: &mut Sha256Stream,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
         // Whole blocks per batch, so blocks never straddle two batches.
         let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
         let mut size = 0u64;
@@ -476,7 +540,17 @@ impl<'a> Reader<'a> {
         self.found += 1;
         let mut meta = found.meta;
         let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
-        let mut entry = Entry { path: found.rel.clone(), raw_path: found.raw.clone(), kind: EntryKind::Dir, mode, uid, gid, mtime, mtime_nsec, size: 0 };
+        let mut entry = Entry {
+            path: found.rel.clone(),
+            raw_path: found.raw.clone(),
+            kind: EntryKind::Dir,
+            mode,
+            uid,
+            gid,
+            mtime,
+            mtime_nsec,
+            size: 0,
+        };
         if let Some(target) = &found.link_target {
             let (target, raw_target) = encode_os(target);
             entry.kind = EntryKind::Symlink { target, raw_target };
@@ -516,7 +590,8 @@ impl<'a> Reader<'a> {
         {
             self.feeder.push(Step::Prior(p.chunks.clone()), 0)?;
         }
-        let prior_base = prior.and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
+        let prior_base = prior
+            .and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
         let chunking = (self.plan.chunking)(&found.rel);
         let attempts = if self.plan.stable_reads { 3 } else { 1 };
         let mut attempt = 0;
@@ -579,7 +654,9 @@ impl<'a> Reader<'a> {
                 }
                 Ok(_) => {
                     tracing::warn!(path = %found.path.display(), "file kept changing while being read: snapshot will be partial");
-                    self.out.unreadable.push(format!("{}: changed while being read ({attempts} attempts)", found.path.display()));
+                    self.out
+                        .unreadable
+                        .push(format!("{}: changed while being read ({attempts} attempts)", found.path.display()));
                     return self.feeder.push(Step::Discard, 0);
                 }
                 Err(_) => return self.feeder.push(Step::Discard, 0), // deleted meanwhile
@@ -592,7 +669,16 @@ impl<'a> Reader<'a> {
         entry.size = size;
         entry.kind = EntryKind::File { sha256, chunks: Vec::new(), list: None };
         let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
-        let parent = ParentFile { size, mtime_ns, ctime_ns, ino, sha256, chunks: Vec::new(), list: None, base_chunks: Vec::new() };
+        let parent = ParentFile {
+            size,
+            mtime_ns,
+            ctime_ns,
+            ino,
+            sha256,
+            chunks: Vec::new(),
+            list: None,
+            base_chunks: Vec::new(),
+        };
         self.done(entry, Some(parent), true, first_name_at, prior_base)
     }
 }
@@ -612,7 +698,13 @@ pub async fn store_tree(
 ) -> Result<(ReadOutcome, super::pack::UploadReport), Error> {
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
     let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
-    let uploader = tokio::spawn(super::pack::upload_packs(repo.clone(), rx, (options.upload_concurrency, options.index_shard_blobs), pool.clone(), snapshot_id.to_owned()));
+    let uploader = tokio::spawn(super::pack::upload_packs(
+        repo.clone(),
+        rx,
+        (options.upload_concurrency, options.index_shard_blobs),
+        pool.clone(),
+        snapshot_id.to_owned(),
+    ));
     // Abandoned (a cancelled backup): stop uploading, which stops the reading stages too.
     let _stop = super::pack::AbortOnDrop(uploader.abort_handle());
     let reader = {
@@ -650,9 +742,8 @@ pub async fn write_index_and_manifest(
     use crate::repo::ObjectKey;
     upload.write_index(repo, snapshot_id, shard_blobs, true).await?;
     let json = serde_json::to_vec(manifest).expect("manifest serialises");
-    let (_, digest, bytes) = repo
-        .seal_put(crate::codec::ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.to_owned()), json)
-        .await?;
+    let (_, digest, bytes) =
+        repo.seal_put(crate::codec::ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.to_owned()), json).await?;
     Ok((bytes, digest))
 }
 
@@ -662,7 +753,8 @@ mod tests {
 
     #[test]
     fn fixed_blocks_cover_a_batch_exactly() {
-        for (len, block) in [(0usize, 8192usize), (1, 8192), (8192, 8192), (8193, 8192), (3 * 8192 + 5, 8192), (100, 1)] {
+        for (len, block) in [(0usize, 8192usize), (1, 8192), (8192, 8192), (8193, 8192), (3 * 8192 + 5, 8192), (100, 1)]
+        {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let chunks = Chunks::blocks(data.clone(), block);
             let pieces: Vec<&[u8]> = chunks.iter().collect();

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Error;
 use super::parent::walk_order;
 use super::walk::Found;
-use super::Error;
 use crate::pg::conf::{self, ConfigPaths, normalize};
 
 /// The manifest directory holding configuration files from outside the data directory (no
@@ -76,7 +76,13 @@ pub fn collect(data_dir: &Path, paths: &ConfigPaths) -> Result<(Vec<Found>, Serv
     let place = |p: &Path| -> String {
         let rel = p.strip_prefix(&config_dir).ok().filter(|_| relocated).map(|r| r.to_string_lossy().into_owned());
         match rel {
-            Some(rel) if !rel.is_empty() && !matches!(rel.as_str(), "postgresql.conf" | "pg_hba.conf" | "pg_ident.conf") && !rel.starts_with(ELSEWHERE) => rel,
+            Some(rel)
+                if !rel.is_empty()
+                    && !matches!(rel.as_str(), "postgresql.conf" | "pg_hba.conf" | "pg_ident.conf")
+                    && !rel.starts_with(ELSEWHERE) =>
+            {
+                rel
+            }
             _ => format!("{ELSEWHERE}{}", p.display()),
         }
     };
@@ -101,7 +107,10 @@ pub fn collect(data_dir: &Path, paths: &ConfigPaths) -> Result<(Vec<Found>, Serv
         hba_file: normalize(&paths.hba_file).display().to_string(),
         ident_file: normalize(&paths.ident_file).display().to_string(),
         files: tree.files.iter().map(|f| f.display().to_string()).collect(),
-        stored: stored.iter().map(|(rel, original, _)| StoredFile { original: original.display().to_string(), path: rel.clone() }).collect(),
+        stored: stored
+            .iter()
+            .map(|(rel, original, _)| StoredFile { original: original.display().to_string(), path: rel.clone() })
+            .collect(),
     };
     Ok((found, record))
 }
@@ -152,7 +161,9 @@ pub fn merge(walk: &mut Vec<Found>, config: Vec<Found>) {
     }
     let at = walk
         .iter()
-        .position(|f| !f.rel.is_empty() && !f.rel.contains('/') && walk_order(f.rel.as_bytes(), PREFIX.as_bytes()).is_gt())
+        .position(|f| {
+            !f.rel.is_empty() && !f.rel.contains('/') && walk_order(f.rel.as_bytes(), PREFIX.as_bytes()).is_gt()
+        })
         .unwrap_or(walk.len());
     walk.splice(at..at, config);
 }
@@ -181,33 +192,73 @@ mod tests {
         std::fs::write(etc.join("pg_ident.conf"), "").unwrap();
         std::fs::write(etc.join("conf.d/tuning.conf"), "work_mem = 8MB\n").unwrap();
         std::fs::write(dir.path().join("shared/site.conf"), "").unwrap();
-        let paths = ConfigPaths { config_file: etc.join("postgresql.conf"), hba_file: etc.join("pg_hba.conf"), ident_file: etc.join("pg_ident.conf") };
+        let paths = ConfigPaths {
+            config_file: etc.join("postgresql.conf"),
+            hba_file: etc.join("pg_hba.conf"),
+            ident_file: etc.join("pg_ident.conf"),
+        };
         let (found, record) = collect(&data, &paths).unwrap();
         let rels: Vec<&str> = found.iter().map(|f| f.rel.as_str()).collect();
         let elsewhere = format!(".radd-config/radd-include{}/shared/site.conf", dir.path().display());
-        assert!(rels.starts_with(&[".radd-config", ".radd-config/conf.d", ".radd-config/conf.d/tuning.conf"]), "{rels:?}");
-        for rel in [".radd-config/postgresql.conf", ".radd-config/pg_hba.conf", ".radd-config/pg_ident.conf", elsewhere.as_str()] {
+        assert!(
+            rels.starts_with(&[".radd-config", ".radd-config/conf.d", ".radd-config/conf.d/tuning.conf"]),
+            "{rels:?}"
+        );
+        for rel in [
+            ".radd-config/postgresql.conf",
+            ".radd-config/pg_hba.conf",
+            ".radd-config/pg_ident.conf",
+            elsewhere.as_str(),
+        ] {
             assert!(rels.contains(&rel), "{rel} missing from {rels:?}");
         }
         assert!(!rels.iter().any(|r| r.contains("auto.conf")), "files in the data directory are the walk's: {rels:?}");
         assert_eq!(record.files.len(), 4, "{record:?}");
         assert_eq!(record.stored.len(), 6, "{record:?}");
         let mut walk = vec![
-            Found { rel: String::new(), raw: None, path: data.clone(), meta: std::fs::metadata(&data).unwrap(), link_target: None, hardlink_of: None },
-            Found { rel: "PG_VERSION".into(), raw: None, path: data.clone(), meta: std::fs::metadata(&data).unwrap(), link_target: None, hardlink_of: None },
-            Found { rel: ".radd-config".into(), raw: None, path: data.clone(), meta: std::fs::metadata(&data).unwrap(), link_target: None, hardlink_of: None },
+            Found {
+                rel: String::new(),
+                raw: None,
+                path: data.clone(),
+                meta: std::fs::metadata(&data).unwrap(),
+                link_target: None,
+                hardlink_of: None,
+            },
+            Found {
+                rel: "PG_VERSION".into(),
+                raw: None,
+                path: data.clone(),
+                meta: std::fs::metadata(&data).unwrap(),
+                link_target: None,
+                hardlink_of: None,
+            },
+            Found {
+                rel: ".radd-config".into(),
+                raw: None,
+                path: data.clone(),
+                meta: std::fs::metadata(&data).unwrap(),
+                link_target: None,
+                hardlink_of: None,
+            },
         ];
         let count = found.len();
         merge(&mut walk, found);
         assert_eq!(walk.len(), 2 + count);
-        assert_eq!((walk[0].rel.as_str(), walk[1].rel.as_str(), walk[count + 1].rel.as_str()), ("", ".radd-config", "PG_VERSION"));
+        assert_eq!(
+            (walk[0].rel.as_str(), walk[1].rel.as_str(), walk[count + 1].rel.as_str()),
+            ("", ".radd-config", "PG_VERSION")
+        );
     }
 
     #[test]
     fn config_inside_the_data_directory_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("postgresql.conf"), "work_mem = 8MB\n").unwrap();
-        let paths = ConfigPaths { config_file: dir.path().join("postgresql.conf"), hba_file: dir.path().join("pg_hba.conf"), ident_file: dir.path().join("pg_ident.conf") };
+        let paths = ConfigPaths {
+            config_file: dir.path().join("postgresql.conf"),
+            hba_file: dir.path().join("pg_hba.conf"),
+            ident_file: dir.path().join("pg_ident.conf"),
+        };
         let (found, record) = collect(dir.path(), &paths).unwrap();
         assert!(found.is_empty());
         assert!(record.stored.is_empty());

@@ -40,7 +40,9 @@ pub async fn primary_for(client: &Client, postgres: &PostgresConfig) -> Result<O
     if primary_role.in_recovery {
         return Err(Error::NotPrimary {
             server: primary.server,
-            reason: "it is in recovery too (a cascading standby?); point [postgres.primary] at the primary that writes WAL".into(),
+            reason:
+                "it is in recovery too (a cascading standby?); point [postgres.primary] at the primary that writes WAL"
+                    .into(),
         });
     }
     if primary_role.system_identifier != role.system_identifier {
@@ -64,7 +66,9 @@ impl Primary {
         if switched < stop {
             return Err(Error::NotPrimary {
                 server: self.server.clone(),
-                reason: format!("its WAL ends at {switched}, before the standby backup's stop position {stop}; is it the standby's primary?"),
+                reason: format!(
+                    "its WAL ends at {switched}, before the standby backup's stop position {stop}; is it the standby's primary?"
+                ),
             });
         }
         tracing::debug!(primary = %self.server, lsn = %switched, "primary switched WAL for the standby backup");

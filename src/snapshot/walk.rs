@@ -16,16 +16,8 @@ use std::path::{Path, PathBuf};
 use super::Error;
 
 /// Directories whose contents are never backed up (the directory itself is kept, empty).
-const EMPTY_DIRS: &[&str] = &[
-    "pg_wal",
-    "pg_dynshmem",
-    "pg_notify",
-    "pg_replslot",
-    "pg_serial",
-    "pg_snapshots",
-    "pg_stat_tmp",
-    "pg_subtrans",
-];
+const EMPTY_DIRS: &[&str] =
+    &["pg_wal", "pg_dynshmem", "pg_notify", "pg_replslot", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans"];
 
 /// Files never backed up (anywhere for pg_internal.init, top level for the rest).
 const SKIP_FILES: &[&str] = &[
@@ -64,7 +56,14 @@ pub struct Found {
 /// ([`crate::pg::version_dir_prefix`]).
 pub fn walk_data_dir(root: &Path, version_dir: &str) -> Result<Vec<Found>, Error> {
     let meta = std::fs::metadata(root).map_err(read_err(root))?;
-    let mut out = vec![Found { rel: String::new(), raw: None, path: root.to_owned(), meta, link_target: None, hardlink_of: None }];
+    let mut out = vec![Found {
+        rel: String::new(),
+        raw: None,
+        path: root.to_owned(),
+        meta,
+        link_target: None,
+        hardlink_of: None,
+    }];
     walk_dir(root, "", version_dir, &mut out)?;
     Ok(out)
 }
@@ -85,7 +84,14 @@ fn walk_tablespace(link: &Path, rel: &str, version_dir: &str, out: &mut Vec<Foun
             Err(e) => return Err(read_err(&path)(e)),
         };
         let child_rel = format!("{rel}/{name}");
-        out.push(Found { rel: child_rel.clone(), raw: None, path: path.clone(), meta, link_target: None, hardlink_of: None });
+        out.push(Found {
+            rel: child_rel.clone(),
+            raw: None,
+            path: path.clone(),
+            meta,
+            link_target: None,
+            hardlink_of: None,
+        });
         walk_dir(&path, &child_rel, version_dir, out)?;
     }
     Ok(())
@@ -93,20 +99,14 @@ fn walk_tablespace(link: &Path, rel: &str, version_dir: &str, out: &mut Vec<Foun
 
 /// The names in `dir`, sorted: walks visit entries in a stable order.
 fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>, Error> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(read_err(dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(dir).map_err(read_err(dir))?.filter_map(Result::ok).map(|e| e.file_name()).collect();
     names.sort();
     Ok(names)
 }
 
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Read {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Read { path: path.to_owned(), source }
 }
 
 fn walk_dir(dir: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> Result<(), Error> {
@@ -116,10 +116,7 @@ fn walk_dir(dir: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> R
             continue;
         };
         let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-        if SKIP_FILES.contains(&child_rel.as_str())
-            || name == "pg_internal.init"
-            || name.starts_with("pgsql_tmp")
-        {
+        if SKIP_FILES.contains(&child_rel.as_str()) || name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
             continue;
         }
         let path = dir.join(&name);
@@ -131,7 +128,14 @@ fn walk_dir(dir: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> R
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&path).map_err(read_err(&path))?;
             let tablespace = rel == "pg_tblspc";
-            out.push(Found { rel: child_rel.clone(), raw: None, path: path.clone(), meta, link_target: Some(target.into_os_string()), hardlink_of: None });
+            out.push(Found {
+                rel: child_rel.clone(),
+                raw: None,
+                path: path.clone(),
+                meta,
+                link_target: Some(target.into_os_string()),
+                hardlink_of: None,
+            });
             if tablespace {
                 walk_tablespace(&path, &child_rel, version_dir, out)?;
             }
@@ -140,7 +144,14 @@ fn walk_dir(dir: &Path, rel: &str, version_dir: &str, out: &mut Vec<Found>) -> R
         let is_dir = meta.is_dir();
         let descend = is_dir && !EMPTY_DIRS.contains(&child_rel.as_str());
         if is_dir || meta.is_file() {
-            out.push(Found { rel: child_rel.clone(), raw: None, path: path.clone(), meta, link_target: None, hardlink_of: None });
+            out.push(Found {
+                rel: child_rel.clone(),
+                raw: None,
+                path: path.clone(),
+                meta,
+                link_target: None,
+                hardlink_of: None,
+            });
         }
         if descend {
             walk_dir(&path, &child_rel, version_dir, out)?;
@@ -182,7 +193,19 @@ mod tests {
         std::os::unix::fs::symlink(&location, data.join("pg_tblspc/16384")).unwrap();
         let found = walk_data_dir(&data, "PG_15_").unwrap();
         let rels: Vec<&str> = found.iter().map(|f| f.rel.as_str()).collect();
-        assert_eq!(rels, ["", "base", "base/5", "pg_tblspc", "pg_tblspc/16384", "pg_tblspc/16384/PG_15_202209061", "pg_tblspc/16384/PG_15_202209061/5", "pg_tblspc/16384/PG_15_202209061/5/16390"]);
+        assert_eq!(
+            rels,
+            [
+                "",
+                "base",
+                "base/5",
+                "pg_tblspc",
+                "pg_tblspc/16384",
+                "pg_tblspc/16384/PG_15_202209061",
+                "pg_tblspc/16384/PG_15_202209061/5",
+                "pg_tblspc/16384/PG_15_202209061/5/16390"
+            ]
+        );
         let link = &found[4];
         assert_eq!(link.link_target.as_deref(), Some(location.as_os_str()), "the link is kept as a link");
         assert!(found[5].meta.is_dir() && found[7].meta.is_file());

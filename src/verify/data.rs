@@ -72,7 +72,13 @@ impl Job {
 
 /// A read of every stored pack (the blobs snapshots use from it are looked up when it is read).
 pub(super) fn pack_jobs(packs: Vec<(String, u64)>) -> impl Iterator<Item = Job> {
-    packs.into_iter().map(|(id, size)| Job { key: ObjectKey::Pack(id), kind: ObjectKind::Pack, blobs: Vec::new(), pages: None, size })
+    packs.into_iter().map(|(id, size)| Job {
+        key: ObjectKey::Pack(id),
+        kind: ObjectKind::Pack,
+        blobs: Vec::new(),
+        pages: None,
+        size,
+    })
 }
 
 /// A read of every WAL object, with its page-header check.

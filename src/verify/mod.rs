@@ -75,7 +75,9 @@ pub enum Error {
     },
     /// The identity is not one of the repository's recipients: it would fail on every object,
     /// so this is one key problem, not one "modified object" per object.
-    #[error("the identity in keys.identity_file (recipient {recipient}) is not one of the recipients of repository {location} ({recipients}); configure the identity of one of them (`radd key list` shows them)")]
+    #[error(
+        "the identity in keys.identity_file (recipient {recipient}) is not one of the recipients of repository {location} ({recipients}); configure the identity of one of them (`radd key list` shows them)"
+    )]
     NotARecipient {
         /// The identity's public key.
         recipient: String,
@@ -310,7 +312,11 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
     let recipient = repo.identity()?.recipients().to_strings();
     let recipients = repo.recipients.to_strings();
     if !recipient.iter().all(|r| recipients.contains(r)) {
-        return Err(Error::NotARecipient { recipient: recipient.join(", "), recipients: recipients.join(", "), location: repo.store.location().to_owned() });
+        return Err(Error::NotARecipient {
+            recipient: recipient.join(", "),
+            recipients: recipients.join(", "),
+            location: repo.store.location().to_owned(),
+        });
     }
     let mut report = VerifyReport { read_data: options.read_data, ..VerifyReport::default() };
     options.progress.set_message("checking structure");
@@ -327,7 +333,11 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         // A damaged size record (or, without one, a damaged segment to learn it from): reported,
         // and the WAL is read with the size the snapshots record.
         Err(e) => {
-            report.problem(ProblemKind::Corrupt, repo::ObjectKey::SegmentSize.to_string(), format!("cannot tell the WAL segment size: {e}"));
+            report.problem(
+                ProblemKind::Corrupt,
+                repo::ObjectKey::SegmentSize.to_string(),
+                format!("cannot tell the WAL segment size: {e}"),
+            );
             records.iter().find_map(|r| r.pg.as_ref().map(|pg| pg.segment_size))
         }
     };
@@ -367,10 +377,9 @@ fn classify(error: repository::Error, object: &str) -> Result<Problem, Error> {
             (ProblemKind::Corrupt, reason)
         }
         R::Repo(repo::Error::NotFound { .. }) => (ProblemKind::Missing, "not found in the repository".to_owned()),
-        R::Codec(codec::Error::Crypto { source: source @ crypto::Error::Decrypt(_), .. }) => (
-            ProblemKind::Decrypt,
-            format!("{source}; if other objects decrypt, this one was modified"),
-        ),
+        R::Codec(codec::Error::Crypto { source: source @ crypto::Error::Decrypt(_), .. }) => {
+            (ProblemKind::Decrypt, format!("{source}; if other objects decrypt, this one was modified"))
+        }
         R::Codec(codec::Error::Crypto { source, .. }) => (ProblemKind::Corrupt, source.to_string()),
         other => return Err(other.into()),
     };

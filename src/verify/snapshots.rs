@@ -12,7 +12,6 @@ use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
 
-
 /// A blob a snapshot uses, where the index says it is.
 pub(super) type BlobRef = (Digest, BlobLocation);
 
@@ -57,7 +56,9 @@ pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> 
         let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
         let key = ObjectKey::Index(name);
         let decoded = repo.get_record_bytes(&key).await.and_then(|payload| {
-            snapshot::index::IndexObject::decode(&payload).map(drop).map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
+            snapshot::index::IndexObject::decode(&payload)
+                .map(drop)
+                .map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })
         });
         match decoded {
             Ok(()) => report.read(item.size),
@@ -177,10 +178,15 @@ pub(super) async fn check_all(
 /// checked exactly as restore checks it.
 async fn check_wal_range(repo: &Repository, record: &SnapshotRecord, report: &mut VerifyReport) -> Result<(), Error> {
     let Some(pg) = &record.pg else { return Ok(()) };
-    let size = match archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await {
+    let size = match archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id)).await
+    {
         Ok(size) => size,
         Err(e @ archive::Error::TwoClusters(_)) => {
-            report.problem(ProblemKind::Corrupt, ObjectKey::Snapshot(record.id.clone()).to_string(), format!("{e}; its WAL cannot be read with this repository's segment size"));
+            report.problem(
+                ProblemKind::Corrupt,
+                ObjectKey::Snapshot(record.id.clone()).to_string(),
+                format!("{e}; its WAL cannot be read with this repository's segment size"),
+            );
             return Ok(());
         }
         Err(e) => return Err(e.into()),

@@ -25,12 +25,15 @@ pub(super) async fn check(
         let Some((dir, name)) = key
             .strip_prefix(ObjectKey::WAL_DIR)
             .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|rest| rest.split_once('/')) else {
+            .and_then(|rest| rest.split_once('/'))
+        else {
             tracing::warn!(key, "ignoring an object outside wal/<timeline>/ in the WAL area");
             continue;
         };
         // Without a size the repository holds no segment: every name is of another kind.
-        let parsed = match segment_size.map_or_else(|| WalFileName::parse_auxiliary(name), |size| WalFileName::parse(name, size)) {
+        let parsed = match segment_size
+            .map_or_else(|| WalFileName::parse_auxiliary(name), |size| WalFileName::parse(name, size))
+        {
             Ok(parsed) => parsed,
             Err(reason) => {
                 tracing::warn!(key, reason, "ignoring an object that is not a WAL file name");
@@ -97,7 +100,9 @@ async fn accepted_gaps(repo: &Repository) -> Result<BTreeSet<String>, Error> {
             Ok(record) if record.segment == name => {
                 out.insert(record.segment);
             }
-            Ok(_) | Err(_) => tracing::warn!(key = %item.key, "ignoring an accepted-gap record that does not authenticate"),
+            Ok(_) | Err(_) => {
+                tracing::warn!(key = %item.key, "ignoring an accepted-gap record that does not authenticate")
+            }
         }
     }
     Ok(out)
@@ -108,12 +113,25 @@ async fn accepted_gaps(repo: &Repository) -> Result<BTreeSet<String>, Error> {
 pub async fn accept_gap(repo: &Repository, segment: &str, by: String, reason: String) -> Result<AcceptedGap, Error> {
     let timeline = segment.get(..8).unwrap_or_default();
     if segment.len() != 24 || !segment.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::NotAGap { segment: segment.to_owned(), why: "not a WAL segment name (24 hex digits)".into() });
+        return Err(Error::NotAGap {
+            segment: segment.to_owned(),
+            why: "not a WAL segment name (24 hex digits)".into(),
+        });
     }
-    if repo.store.exists(&ObjectKey::Wal { dir: timeline.to_owned(), name: segment.to_owned() }).await.map_err(repository::Error::from)? {
+    if repo
+        .store
+        .exists(&ObjectKey::Wal { dir: timeline.to_owned(), name: segment.to_owned() })
+        .await
+        .map_err(repository::Error::from)?
+    {
         return Err(Error::NotAGap { segment: segment.to_owned(), why: "it is archived".into() });
     }
-    let record = AcceptedGap { segment: segment.to_owned(), accepted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), by, reason };
+    let record = AcceptedGap {
+        segment: segment.to_owned(),
+        accepted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        by,
+        reason,
+    };
     repo.put_record(&ObjectKey::AcceptedGap(segment.to_owned()), &record).await.map_err(Error::from)?;
     Ok(record)
 }

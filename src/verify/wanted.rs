@@ -123,7 +123,8 @@ impl WantedBlobs {
         for &p in positions {
             let (start, end) = (self.starts[p as usize], self.starts[p as usize + 1]);
             let mut bytes = vec![0u8; usize::try_from((end - start) * ByPack::SIZE as u64).unwrap_or(0)];
-            file.read_exact_at(&mut bytes, start * ByPack::SIZE as u64).map_err(|source| ScratchError { dir: scratch_dir(), source })?;
+            file.read_exact_at(&mut bytes, start * ByPack::SIZE as u64)
+                .map_err(|source| ScratchError { dir: scratch_dir(), source })?;
             out.extend(bytes.chunks_exact(ByPack::SIZE).map(|b| {
                 let blob = ByPack::get(b);
                 (Digest(blob.id), BlobLocation { pack: blob.pack, offset: blob.offset, length: blob.length })
@@ -141,8 +142,14 @@ mod tests {
     #[test]
     fn used_blobs_come_back_per_pack_once() {
         let id = |i: u32| Digest::sha256(&i.to_le_bytes());
-        let pack = |name: &str, range: std::ops::Range<u32>| IndexPack { id: name.into(), blobs: range.map(|i| (id(i), i * 10, 10)).collect() };
-        let index = BlobIndex::from_files([&IndexFile { packs: vec![pack("a", 0..100), pack("b", 100..300)] }, &IndexFile { packs: vec![pack("a", 0..100)] }]);
+        let pack = |name: &str, range: std::ops::Range<u32>| IndexPack {
+            id: name.into(),
+            blobs: range.map(|i| (id(i), i * 10, 10)).collect(),
+        };
+        let index = BlobIndex::from_files([
+            &IndexFile { packs: vec![pack("a", 0..100), pack("b", 100..300)] },
+            &IndexFile { packs: vec![pack("a", 0..100)] },
+        ]);
         let mut used = UsedIds::new();
         for i in (0..250).chain(0..50).chain(1000..1010) {
             used.push(id(i)).unwrap();

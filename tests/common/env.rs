@@ -16,7 +16,6 @@ use tempfile::TempDir;
 use super::pg::PgVersion;
 use super::s3;
 
-
 /// Storage backend of a test repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -194,7 +193,12 @@ impl TestEnv {
 
     /// Like [`source_cluster_with`](Self::source_cluster_with), running `prepare` on the fresh,
     /// stopped cluster before its first start (e.g. `pg_resetwal -l` to start its WAL elsewhere).
-    pub fn source_cluster_prepared(&self, initdb_args: &[&str], settings: &[(&str, String)], prepare: impl FnOnce(&ScratchCluster)) -> ScratchCluster {
+    pub fn source_cluster_prepared(
+        &self,
+        initdb_args: &[&str],
+        settings: &[(&str, String)],
+        prepare: impl FnOnce(&ScratchCluster),
+    ) -> ScratchCluster {
         let work = self.path().join("source");
         std::fs::create_dir(&work).expect("create source dir");
         let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster");
@@ -250,8 +254,9 @@ impl TestEnv {
         std::fs::create_dir(&work).expect("create run dir");
         let mut cluster = ScratchCluster::new(self.pg_bin(), &work).expect("scratch cluster").with_data_dir(target);
         cluster.start(&[], &self.env).expect("start restored cluster");
-        block_on(cluster.wait_promoted(Duration::from_secs(120)))
-            .unwrap_or_else(|e| panic!("restored cluster {name} does not promote: {e}; see {}", cluster.log_file().display()));
+        block_on(cluster.wait_promoted(Duration::from_secs(120))).unwrap_or_else(|e| {
+            panic!("restored cluster {name} does not promote: {e}; see {}", cluster.log_file().display())
+        });
         cluster
     }
 
@@ -278,7 +283,8 @@ impl TestEnv {
         use std::os::unix::fs::PermissionsExt;
         let id_key = radd::crypto::IdKey::load(&self.path().join("id.key")).expect("id key");
         let path = self.local_object("config");
-        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read config")).expect("config is JSON");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read config")).expect("config is JSON");
         assert_eq!(config["format"], 2, "new repositories use keyed BLAKE3");
         config["format"] = 1.into();
         config["id_key_check"] = id_key.digest(b"radd id key check v1").to_string().into();
@@ -330,7 +336,8 @@ pub fn stderr(out: &Output) -> String {
 /// stdout parsed as JSON.
 pub fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "radd failed: {}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Runs a future to completion on a fresh runtime (tests are plain #[test] fns).
@@ -370,7 +377,11 @@ pub fn switch_and_wait_archived(cluster: &ScratchCluster) -> String {
         if last.len() >= 24 && last[..24] >= *wal.as_str() {
             return wal;
         }
-        assert!(Instant::now() < deadline, "segment {wal} not archived within 60 s (last archived {last:?}); see {}", cluster.log_file().display());
+        assert!(
+            Instant::now() < deadline,
+            "segment {wal} not archived within 60 s (last archived {last:?}); see {}",
+            cluster.log_file().display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

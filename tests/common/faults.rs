@@ -110,7 +110,8 @@ impl FaultProxy {
     /// Starts a pass-through proxy in front of [`s3::shared`].
     pub fn start() -> Self {
         let server = s3::shared();
-        let upstream: SocketAddr = server.endpoint.trim_start_matches("http://").parse().expect("S3 endpoint is host:port");
+        let upstream: SocketAddr =
+            server.endpoint.trim_start_matches("http://").parse().expect("S3 endpoint is host:port");
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the fault proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let state = Arc::new(State {
@@ -227,7 +228,8 @@ fn read_body(reader: &mut impl BufRead, head: &Head, until_eof: bool, out: &mut 
             }
             out.extend_from_slice(&size_line);
             let text = String::from_utf8_lossy(&size_line);
-            let size = usize::from_str_radix(text.trim().split(';').next().unwrap_or("0"), 16).map_err(std::io::Error::other)?;
+            let size = usize::from_str_radix(text.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(std::io::Error::other)?;
             if size == 0 {
                 // Trailers, up to the blank line.
                 loop {
@@ -372,8 +374,17 @@ impl SmallDisk {
             "this test mounts a small tmpfs as a full repository and must run as root (CI does); run the test suite as root"
         );
         let dir = tempfile::Builder::new().prefix("radd-small-disk-").tempdir().expect("temp dir");
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(dir.path()).output().expect("run mount");
-        assert!(out.status.success(), "mount -t tmpfs size={size} {}: {}", dir.path().display(), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs size={size} {}: {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         radd::pg::hand_over(dir.path()).expect("hand the tmpfs to postgres");
         SmallDisk { dir }
     }
@@ -392,8 +403,17 @@ impl SmallDisk {
     /// Changes the size (e.g. to leave only a little room above what is used).
     pub fn resize(&self, bytes: u64) {
         let kib = bytes.div_ceil(1024);
-        let out = Command::new("mount").args(["-o", &format!("remount,size={kib}k")]).arg(self.path()).output().expect("run mount");
-        assert!(out.status.success(), "remount {} to {kib} KiB: {}", self.path().display(), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(self.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount {} to {kib} KiB: {}",
+            self.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Fills the remaining space with a file; returns its path.

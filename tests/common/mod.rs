@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 pub mod env;
-pub mod pause;
 pub mod faults;
+pub mod pause;
 pub mod pg;
 pub mod s3;
 pub mod wal;

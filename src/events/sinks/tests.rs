@@ -34,32 +34,20 @@ struct Receiver {
 
 type Shared = Arc<Mutex<Receiver>>;
 
-async fn record(
-    State(shared): State<Shared>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let mut receiver = shared.lock().unwrap();
     receiver.attempts += 1;
     let status = receiver.script.pop_front().unwrap_or(201);
     if (200..300).contains(&status) {
         let body = serde_json::from_slice(&body).unwrap();
-        receiver.accepted.push(Accepted {
-            path: uri.path().to_owned(),
-            headers,
-            body,
-        });
+        receiver.accepted.push(Accepted { path: uri.path().to_owned(), headers, body });
     }
     StatusCode::from_u16(status).unwrap()
 }
 
 /// Starts a receiver answering `script` first; returns its address and shared state.
 async fn serve(script: impl IntoIterator<Item = u16>) -> (SocketAddr, Shared) {
-    let shared: Shared = Arc::new(Mutex::new(Receiver {
-        script: script.into_iter().collect(),
-        ..Receiver::default()
-    }));
+    let shared: Shared = Arc::new(Mutex::new(Receiver { script: script.into_iter().collect(), ..Receiver::default() }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new().fallback(record).with_state(shared.clone());
@@ -79,11 +67,7 @@ fn gitlab(addr: SocketAddr) -> Sink {
 }
 
 fn fast(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        initial_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-    }
+    RetryPolicy { max_attempts, initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }
 }
 
 fn log_with(titles: &[&str]) -> (tempfile::TempDir, EventLog) {
@@ -97,11 +81,7 @@ fn log_with(titles: &[&str]) -> (tempfile::TempDir, EventLog) {
 
 fn accepted_titles(shared: &Shared) -> Vec<String> {
     let receiver = shared.lock().unwrap();
-    receiver
-        .accepted
-        .iter()
-        .map(|a| a.body["title"].as_str().unwrap().to_owned())
-        .collect()
+    receiver.accepted.iter().map(|a| a.body["title"].as_str().unwrap().to_owned()).collect()
 }
 
 fn cursor_file(log: &EventLog) -> Option<String> {
@@ -111,32 +91,16 @@ fn cursor_file(log: &EventLog) -> Option<String> {
 #[tokio::test]
 async fn gitlab_sink_files_one_issue_per_event_with_labels_and_token() {
     let (_tmp, log) = log_with(&["base backup taken"]);
-    let drill = Event::incident(
-        Severity::S2,
-        "drill.monthly-rad",
-        "drill monthly-rad failed: wal_chain",
-    )
-    .label("host", "db1")
-    .details(serde_json::json!({"checks": {"wal_chain": "gap at 000000010000000000000007"}}));
+    let drill = Event::incident(Severity::S2, "drill.monthly-rad", "drill monthly-rad failed: wal_chain")
+        .label("host", "db1")
+        .details(serde_json::json!({"checks": {"wal_chain": "gap at 000000010000000000000007"}}));
     log.append(&drill).unwrap();
-    log.append(&Event::incident(
-        Severity::S1,
-        "wal.archive",
-        "WAL archiving stalled for 7 min",
-    ))
-    .unwrap();
+    log.append(&Event::incident(Severity::S1, "wal.archive", "WAL archiving stalled for 7 min")).unwrap();
     let (addr, shared) = serve([]).await;
     let sink = gitlab(addr);
 
     let report = log.deliver(&sink, fast(3)).await.unwrap();
-    assert_eq!(
-        report,
-        DeliveryReport {
-            delivered: 3,
-            backlog: 0,
-            last_error: None
-        }
-    );
+    assert_eq!(report, DeliveryReport { delivered: 3, backlog: 0, last_error: None });
 
     let accepted = shared.lock().unwrap().accepted.clone();
     assert_eq!(accepted.len(), 3);
@@ -144,44 +108,20 @@ async fn gitlab_sink_files_one_issue_per_event_with_labels_and_token() {
         assert_eq!(request.path, "/api/v4/projects/ops%2Fdatabases/issues");
         assert_eq!(request.headers["private-token"], TOKEN);
     }
-    let fields = |i: usize| {
-        (
-            accepted[i].body["title"].as_str().unwrap(),
-            accepted[i].body["labels"].as_str().unwrap(),
-        )
-    };
+    let fields = |i: usize| (accepted[i].body["title"].as_str().unwrap(), accepted[i].body["labels"].as_str().unwrap());
     assert_eq!(fields(0), ("[change] base backup taken", "change,RAD,db"));
-    assert_eq!(
-        fields(1),
-        (
-            "[S2] drill monthly-rad failed: wal_chain",
-            "incident,S2,RAD,db"
-        )
-    );
-    assert_eq!(
-        fields(2),
-        ("[S1] WAL archiving stalled for 7 min", "incident,S1,RAD,db")
-    );
+    assert_eq!(fields(1), ("[S2] drill monthly-rad failed: wal_chain", "incident,S2,RAD,db"));
+    assert_eq!(fields(2), ("[S1] WAL archiving stalled for 7 min", "incident,S1,RAD,db"));
     let description = accepted[1].body["description"].as_str().unwrap();
     assert!(
         description.contains("```json") && description.contains("gap at 000000010000000000000007"),
         "{description}"
     );
-    assert!(
-        description.contains("drill.monthly-rad") && description.contains(&drill.time),
-        "{description}"
-    );
+    assert!(description.contains("drill.monthly-rad") && description.contains(&drill.time), "{description}");
 
     // Nothing is sent twice.
     let again = log.deliver(&sink, fast(3)).await.unwrap();
-    assert_eq!(
-        again,
-        DeliveryReport {
-            delivered: 0,
-            backlog: 0,
-            last_error: None
-        }
-    );
+    assert_eq!(again, DeliveryReport { delivered: 0, backlog: 0, last_error: None });
     assert_eq!(shared.lock().unwrap().attempts, 3);
     assert_eq!(cursor_file(&log).as_deref(), Some("3\n"));
 }
@@ -193,10 +133,7 @@ async fn unreachable_sink_keeps_events_queued_then_delivers_once_in_order() {
     let report = log.deliver(&down, fast(3)).await.unwrap();
     assert_eq!((report.delivered, report.backlog), (0, 3));
     let error = report.last_error.unwrap();
-    assert!(
-        error.contains("gitlab sink: POST http://127.0.0.1:"),
-        "{error}"
-    );
+    assert!(error.contains("gitlab sink: POST http://127.0.0.1:"), "{error}");
     assert!(!error.contains(TOKEN), "token leaked: {error}");
     assert_eq!(cursor_file(&log), None, "cursor must not move");
 
@@ -209,24 +146,8 @@ async fn unreachable_sink_keeps_events_queued_then_delivers_once_in_order() {
     let (addr, shared) = serve([]).await;
     let up = gitlab(addr);
     let report = log.deliver(&up, fast(3)).await.unwrap();
-    assert_eq!(
-        report,
-        DeliveryReport {
-            delivered: 5,
-            backlog: 0,
-            last_error: None
-        }
-    );
-    assert_eq!(
-        accepted_titles(&shared),
-        [
-            "[change] e1",
-            "[change] e2",
-            "[change] e3",
-            "[change] e4",
-            "[change] e5"
-        ]
-    );
+    assert_eq!(report, DeliveryReport { delivered: 5, backlog: 0, last_error: None });
+    assert_eq!(accepted_titles(&shared), ["[change] e1", "[change] e2", "[change] e3", "[change] e4", "[change] e5"]);
     assert_eq!(log.deliver(&up, fast(3)).await.unwrap().delivered, 0);
     assert_eq!(shared.lock().unwrap().attempts, 5);
 }
@@ -239,33 +160,16 @@ async fn server_errors_are_retried_then_left_queued_until_the_sink_recovers() {
     let sink = gitlab(addr);
     let report = log.deliver(&sink, fast(3)).await.unwrap();
     assert_eq!((report.delivered, report.backlog), (1, 2));
-    assert!(
-        report.last_error.as_deref().unwrap().contains("503"),
-        "{report:?}"
-    );
-    assert_eq!(
-        shared.lock().unwrap().attempts,
-        4,
-        "1 success + 3 attempts at e2"
-    );
+    assert!(report.last_error.as_deref().unwrap().contains("503"), "{report:?}");
+    assert_eq!(shared.lock().unwrap().attempts, 4, "1 success + 3 attempts at e2");
     assert_eq!(cursor_file(&log).as_deref(), Some("1\n"));
     assert_eq!(log.backlog("gitlab").unwrap(), 2);
 
     // Recovered: 429 once (retried within the call), then accepted.
     shared.lock().unwrap().script = VecDeque::from([429]);
     let report = log.deliver(&sink, fast(3)).await.unwrap();
-    assert_eq!(
-        report,
-        DeliveryReport {
-            delivered: 2,
-            backlog: 0,
-            last_error: None
-        }
-    );
-    assert_eq!(
-        accepted_titles(&shared),
-        ["[change] e1", "[change] e2", "[change] e3"]
-    );
+    assert_eq!(report, DeliveryReport { delivered: 2, backlog: 0, last_error: None });
+    assert_eq!(accepted_titles(&shared), ["[change] e1", "[change] e2", "[change] e3"]);
 }
 
 #[tokio::test]
@@ -278,34 +182,20 @@ async fn permanent_refusal_is_not_retried_and_stays_queued() {
     let error = report.last_error.unwrap();
     assert!(error.contains("401") && error.contains("token"), "{error}");
     assert!(!error.contains(TOKEN), "token leaked: {error}");
-    assert_eq!(
-        shared.lock().unwrap().attempts,
-        1,
-        "4xx must not be retried"
-    );
+    assert_eq!(shared.lock().unwrap().attempts, 1, "4xx must not be retried");
 
     let report = log.deliver(&sink, fast(5)).await.unwrap();
-    assert_eq!(
-        report,
-        DeliveryReport {
-            delivered: 2,
-            backlog: 0,
-            last_error: None
-        }
-    );
+    assert_eq!(report, DeliveryReport { delivered: 2, backlog: 0, last_error: None });
     assert_eq!(accepted_titles(&shared), ["[change] e1", "[change] e2"]);
 }
 
 #[tokio::test]
 async fn webhook_posts_the_wire_format_with_a_bearer_token() {
     let (_tmp, log) = log_with(&[]);
-    let event =
-        Event::incident(Severity::S3, "backup.fs", "snapshot partial").label("unreadable", "2");
+    let event = Event::incident(Severity::S3, "backup.fs", "snapshot partial").label("unreadable", "2");
     log.append(&event).unwrap();
     let (addr, shared) = serve([]).await;
-    let sink = Sink::Webhook(
-        WebhookSink::new(&format!("http://{addr}/hook"), Some("hook-token".into())).unwrap(),
-    );
+    let sink = Sink::Webhook(WebhookSink::new(&format!("http://{addr}/hook"), Some("hook-token".into())).unwrap());
     assert_eq!(sink.name(), "webhook");
     assert!(!format!("{sink:?}").contains("hook-token"));
 
@@ -333,33 +223,18 @@ fn config_errors_name_the_variable_and_the_url() {
         labels: vec![],
     });
     let err = sinks_from_config(&cfg).unwrap_err();
-    assert!(
-        matches!(&err, Error::MissingToken { var: v, .. } if v == var),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingToken { var: v, .. } if v == var), "{err}");
     assert!(err.to_string().contains(var), "{err}");
     assert_eq!(err.kind(), crate::error::ErrorKind::Config);
 
     cfg.gitlab = None;
-    cfg.webhook = Some(WebhookConfig {
-        url: "ftp://hooks.example".into(),
-        token_env: None,
-    });
+    cfg.webhook = Some(WebhookConfig { url: "ftp://hooks.example".into(), token_env: None });
     let err = sinks_from_config(&cfg).unwrap_err();
-    assert!(
-        matches!(err, Error::BadUrl { .. }) && err.to_string().contains("ftp://hooks.example"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::BadUrl { .. }) && err.to_string().contains("ftp://hooks.example"), "{err}");
 
-    cfg.webhook = Some(WebhookConfig {
-        url: "https://hooks.example/radd".into(),
-        token_env: None,
-    });
+    cfg.webhook = Some(WebhookConfig { url: "https://hooks.example/radd".into(), token_env: None });
     let sinks = sinks_from_config(&cfg).unwrap();
-    assert_eq!(
-        sinks.iter().map(Sink::name).collect::<Vec<_>>(),
-        ["webhook"]
-    );
+    assert_eq!(sinks.iter().map(Sink::name).collect::<Vec<_>>(), ["webhook"]);
 }
 
 #[test]

@@ -161,7 +161,8 @@ impl<R: Record> ExternalSort<R> {
             self.spill()?;
         }
         self.run = Vec::new();
-        let mut readers: Vec<RunReader<File>> = self.runs.drain(..).map(|(file, records)| RunReader::new(file, records * R::SIZE as u64)).collect();
+        let mut readers: Vec<RunReader<File>> =
+            self.runs.drain(..).map(|(file, records)| RunReader::new(file, records * R::SIZE as u64)).collect();
         let mut heap = BinaryHeap::with_capacity(readers.len());
         for (i, reader) in readers.iter_mut().enumerate() {
             if let Some(bytes) = reader.next(R::SIZE).map_err(|e| ScratchError { dir: self.dir.clone(), source: e })? {
@@ -260,7 +261,11 @@ fn bucket_of(id: &[u8; 32], bits: u32) -> usize {
 impl BlobTable {
     /// Writes the sorted blobs, one per id (the first), to a temporary file under `dir`;
     /// `bound` (at least the number of blobs) sizes the fan-out table.
-    pub fn write(dir: &Path, blobs: impl Iterator<Item = Result<Blob, ScratchError>>, bound: u64) -> Result<Self, ScratchError> {
+    pub fn write(
+        dir: &Path,
+        blobs: impl Iterator<Item = Result<Blob, ScratchError>>,
+        bound: u64,
+    ) -> Result<Self, ScratchError> {
         let scratch = |source| ScratchError { dir: dir.to_owned(), source };
         let bits = (u64::BITS - (bound / BUCKET_BLOBS).leading_zeros()).min(MAX_FANOUT_BITS);
         let mut counts = vec![0u32; (1usize << bits) + 1];
@@ -327,7 +332,9 @@ impl BlobTable {
             match probe.cmp(&id[..]) {
                 std::cmp::Ordering::Less => low = mid + 1,
                 std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Ok(Some(Blob::get(&buffer[mid * BLOB_BYTES..(mid + 1) * BLOB_BYTES]))),
+                std::cmp::Ordering::Equal => {
+                    return Ok(Some(Blob::get(&buffer[mid * BLOB_BYTES..(mid + 1) * BLOB_BYTES])));
+                }
             }
         }
         Ok(None)
@@ -409,7 +416,11 @@ mod tests {
             let all: Vec<Blob> = table.iter().collect::<Result<_, _>>().unwrap();
             assert_eq!(all.len(), map.len());
             assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-            assert!(table.memory() <= 4 * ((n as usize / 32).next_power_of_two() * 2 + 2), "fan-out stays small: {}", table.memory());
+            assert!(
+                table.memory() <= 4 * ((n as usize / 32).next_power_of_two() * 2 + 2),
+                "fan-out stays small: {}",
+                table.memory()
+            );
         }
     }
 }

@@ -80,7 +80,8 @@ impl IndexFile {
     /// Decodes an index object's payload, binary or the older JSON.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let object = IndexObject::decode(payload)?;
-        let mut packs: Vec<IndexPack> = object.packs.into_iter().map(|id| IndexPack { id, blobs: Vec::new() }).collect();
+        let mut packs: Vec<IndexPack> =
+            object.packs.into_iter().map(|id| IndexPack { id, blobs: Vec::new() }).collect();
         for (id, pack, offset, length) in object.blobs {
             packs[pack as usize].blobs.push((id, offset, length));
         }
@@ -133,7 +134,8 @@ impl IndexObject {
             return Self::decode_binary(&payload[MAGIC.len()..]);
         }
         let file: IndexFile = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
-        let mut out = IndexObject { packs: Vec::with_capacity(file.packs.len()), blobs: Vec::with_capacity(file.blob_count()) };
+        let mut out =
+            IndexObject { packs: Vec::with_capacity(file.packs.len()), blobs: Vec::with_capacity(file.blob_count()) };
         for (position, pack) in (0u32..).zip(file.packs) {
             out.blobs.extend(pack.blobs.iter().map(|&(id, offset, length)| (id, position, offset, length)));
             out.packs.push(pack.id);
@@ -158,7 +160,8 @@ impl IndexObject {
         for _ in 0..packs {
             let len = take(&mut rest, 2)?;
             let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-            let id = std::str::from_utf8(take(&mut rest, len)?).map_err(|_| DecodeError::Binary("a pack id is not UTF-8"))?;
+            let id = std::str::from_utf8(take(&mut rest, len)?)
+                .map_err(|_| DecodeError::Binary("a pack id is not UTF-8"))?;
             out.packs.push(id.to_owned());
         }
         let blobs = u32_at(take(&mut rest, 4)?, 0) as usize;

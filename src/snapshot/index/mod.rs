@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use futures::{StreamExt, stream};
 
-pub use disk::{Blob, BlobTable, ExternalSort, Record, RUN_RECORDS, ScratchError, Sorted};
+pub use disk::{Blob, BlobTable, ExternalSort, RUN_RECORDS, Record, ScratchError, Sorted};
 pub use format::{BLOB_BYTES, DecodeError, IndexFile, IndexObject, IndexPack, MAGIC, encode};
 
 use super::Error;
@@ -115,7 +115,12 @@ impl BlobIndex {
         let index = tokio::task::spawn_blocking(move || builder.finish())
             .await
             .map_err(|e| Error::Internal(format!("building the blob index: {e}")))??;
-        tracing::debug!(blobs = index.len(), packs = index.packs.len(), objects = index.objects.len(), "blob index loaded");
+        tracing::debug!(
+            blobs = index.len(),
+            packs = index.packs.len(),
+            objects = index.objects.len(),
+            "blob index loaded"
+        );
         Ok(index)
     }
 
@@ -159,7 +164,9 @@ impl BlobIndex {
         if ids.len().saturating_mul(16) < self.len() {
             return Ok(ids.iter().map(|id| self.get(id)).collect());
         }
-        let mut order: Vec<u32> = (0..u32::try_from(ids.len()).map_err(|_| Error::Internal("more than 4 billion lookups at once".into()))?).collect();
+        let mut order: Vec<u32> = (0..u32::try_from(ids.len())
+            .map_err(|_| Error::Internal("more than 4 billion lookups at once".into()))?)
+            .collect();
         order.sort_unstable_by_key(|&i| ids[i as usize]);
         let mut out = vec![None; ids.len()];
         let mut stored = self.blobs();
@@ -247,7 +254,11 @@ mod tests {
                 .enumerate()
                 .map(|(p, chunk)| IndexPack {
                     id: format!("pack{p}"),
-                    blobs: chunk.iter().enumerate().map(|(i, id)| (*id, u32::try_from(i).unwrap(), u32::try_from(p).unwrap())).collect(),
+                    blobs: chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| (*id, u32::try_from(i).unwrap(), u32::try_from(p).unwrap()))
+                        .collect(),
                 })
                 .collect();
             for (p, pack) in packs.iter().enumerate() {
