@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use radd::crypto::{Digest, IdKey, IdScheme, Identity};
+use radd::crypto::{Digest, IdKey, Identity, KeyedHash};
 
 fn main() -> anyhow::Result<()> {
     let data = match std::env::args().nth(1) {
@@ -27,16 +27,19 @@ fn main() -> anyhow::Result<()> {
     rate("sha256", mb, &mut || {
         std::hint::black_box(Digest::sha256(&data));
     });
-    let key = IdKey::generate();
+    rate("crc32c", mb, &mut || {
+        std::hint::black_box(crc32c::crc32c(&data));
+    });
+    let key = IdKey::generate(KeyedHash::HmacSha256);
     rate("hmac-sha256", mb, &mut || {
         for block in data.chunks(64 << 10) {
-            std::hint::black_box(key.digest(block));
+            std::hint::black_box(key.blob_id(block));
         }
     });
-    let key = IdKey::generate().with_scheme(IdScheme::Blake3);
+    let key = IdKey::generate(KeyedHash::Blake3PerPurpose);
     rate("blake3-keyed", mb, &mut || {
-        for block in data.chunks(64 << 10) {
-            std::hint::black_box(key.digest(block));
+        for block in data.chunks(8 << 10) {
+            std::hint::black_box(key.blob_id(block));
         }
     });
     let mut compressed = Vec::new();

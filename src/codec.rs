@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use crate::crypto::{Digest, IdKey, Identity, Recipients};
 use crate::error::ErrorKind;
 use version::check_digest;
-pub use version::{Version, content_digest, header, header_digest};
+pub use version::{Version, blob_table_digest, content_digest, header, header_digest};
 /// Bytes before the age ciphertext: magic and keyed digest. A ranged read of this many bytes
 /// gives an object's digest without downloading it.
 pub const HEADER_LEN: usize = 8 + 32;
@@ -148,6 +148,18 @@ pub fn seal_with_digest(
     object: &str,
 ) -> Result<Vec<u8>, Error> {
     seal_framed((Version::V1, digest), kind, plaintext, recipients, level, object)
+}
+
+/// Seals a pack of format 3 as version 4, under the digest of its blob table
+/// ([`version::blob_table_digest`], which the caller computed from the ids it already has).
+pub fn seal_blob_table(
+    plaintext: &[u8],
+    digest: Digest,
+    recipients: &Recipients,
+    level: i32,
+    object: &str,
+) -> Result<Vec<u8>, Error> {
+    seal_framed((Version::V4, digest), ObjectKind::Pack, plaintext, recipients, level, object)
 }
 
 /// Frames a header of `version` with `digest` and the age payload. Compresses in one shot with

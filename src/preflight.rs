@@ -132,7 +132,8 @@ fn keys(config: &Config) -> Result<String, String> {
     if let Some(path) = &config.keys.id_key_file
         && path.exists()
     {
-        crate::crypto::IdKey::load(path).map_err(|e| e.to_string())?;
+        // Only whether it loads: which keyed hash it will serve is the repository's business.
+        crate::crypto::IdKey::load(path, crate::crypto::KeyedHash::Blake3PerPurpose).map_err(|e| e.to_string())?;
     }
     match &config.keys.identity_file {
         Some(path) if path.exists() => {

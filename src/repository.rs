@@ -11,14 +11,18 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, ObjectKind};
 use crate::config::Config;
-use crate::crypto::{self, Digest, IdKey, IdScheme, Identity, Recipients};
+use crate::crypto::{self, Digest, IdKey, Identity, KeyedHash, Purpose, Recipients};
 use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
-const RECORD_MAGIC: &[u8; 8] = b"RADDREC1";
-/// Format of new repositories: 2 = keyed BLAKE3 ids and digests. Format 1 (HMAC-SHA256) is
-/// still read and written; only the keyed hash differs.
-const FORMAT_VERSION: u32 = 2;
+/// Records of formats 1 and 2: the tag is the repository's one keyed hash of the payload.
+const RECORD_MAGIC_V1: &[u8; 8] = b"RADDREC1";
+/// Records of format 3: the tag, under the record key of its own, covers the record's key too.
+const RECORD_MAGIC_V2: &[u8; 8] = b"RADDREC2";
+/// Format of new repositories: 3 = one derived key per purpose of the keyed hash (no hash of
+/// one purpose passes for another), packs named by their blob table, files checked by CRC-32C.
+/// Formats 1 (HMAC-SHA256) and 2 (keyed BLAKE3 under the raw key) are still read and written.
+const FORMAT_VERSION: u32 = 3;
 const ID_KEY_CHECK: &[u8] = b"radd id key check v1";
 
 /// Errors opening or initialising a repository, or reading its records.
@@ -114,11 +118,6 @@ fn check_content_address(key: &ObjectKey, stored: &[u8]) -> Result<(), Error> {
     .into())
 }
 
-/// The keyed hash a repository format uses.
-fn id_scheme(format: u32) -> IdScheme {
-    if format >= 2 { IdScheme::Blake3 } else { IdScheme::HmacSha256 }
-}
-
 /// The `config` object at the repository root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RepoMeta {
@@ -161,10 +160,11 @@ impl Repository {
             path: "keys.id_key_file".into(),
             source: std::io::Error::other("keys.id_key_file must be set for `radd repo init`"),
         })?;
+        let scheme = KeyedHash::of_format(FORMAT_VERSION);
         let id_key = if id_key_file.exists() {
-            IdKey::load(id_key_file)?
+            IdKey::load(id_key_file, scheme)?
         } else {
-            let key = IdKey::generate();
+            let key = IdKey::generate(scheme);
             key.save(id_key_file)?;
             key
         };
@@ -172,12 +172,13 @@ impl Repository {
         if store.put_new(&ObjectKey::IdKey, sealed.into()).await? == PutOutcome::AlreadyExists {
             return Err(Error::AlreadyInitialised { location: store.location().to_owned() });
         }
-        let id_key = id_key.with_scheme(id_scheme(FORMAT_VERSION));
+        let mut random = [0u8; 8];
+        rand::fill(&mut random[..]);
         let meta = RepoMeta {
             format: FORMAT_VERSION,
-            id: hex::encode(IdKey::generate().digest(b"repository id").0)[..16].to_owned(),
+            id: hex::encode(random),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            id_key_check: id_key.digest(ID_KEY_CHECK),
+            id_key_check: id_key.hash(Purpose::IdKeyCheck, ID_KEY_CHECK),
         };
         let body = serde_json::to_vec_pretty(&meta).expect("repository config serialises");
         if store.put_new(&ObjectKey::Config, body.into()).await? == PutOutcome::AlreadyExists {
@@ -217,19 +218,19 @@ impl Repository {
             return Err(Error::NoIdentity);
         }
         let key_set = latest_key_set(&store).await?;
+        let scheme = KeyedHash::of_format(meta.format);
         let id_key = match (&config.keys.id_key_file, &identity) {
-            (Some(path), _) if path.exists() => IdKey::load(path)?,
+            (Some(path), _) if path.exists() => IdKey::load(path, scheme)?,
             (_, Some(identity)) => {
                 let sealed = match &key_set {
                     Some((_, set)) => set.sealed_id_key()?,
                     None => store.get(&ObjectKey::IdKey).await?.to_vec(),
                 };
-                IdKey::from_bytes(&identity.decrypt(&sealed)?)?
+                IdKey::from_bytes(&identity.decrypt(&sealed)?, scheme)?
             }
             _ => return Err(Error::NoIdentity),
         };
-        let id_key = id_key.with_scheme(id_scheme(meta.format));
-        if id_key.digest(ID_KEY_CHECK) != meta.id_key_check {
+        if id_key.hash(Purpose::IdKeyCheck, ID_KEY_CHECK) != meta.id_key_check {
             return Err(Error::WrongIdKey { location: store.location().to_owned() });
         }
         // After `radd key add/remove`, the repository's key set decides the recipients.
@@ -352,10 +353,7 @@ impl Repository {
     /// envelope of [`Repository::put_record`] around bytes the caller encoded (binary index
     /// objects).
     pub async fn put_record_bytes(&self, key: &ObjectKey, payload: &[u8]) -> Result<PutOutcome, Error> {
-        let mut body = Vec::with_capacity(payload.len() + 40);
-        body.extend_from_slice(RECORD_MAGIC);
-        body.extend_from_slice(&self.id_key.digest(payload).0);
-        body.extend_from_slice(payload);
+        let body = record_envelope(&self.id_key, self.meta.format, &key.to_string(), payload);
         Ok(self.store.put_new(key, body.into()).await?)
     }
 
@@ -372,14 +370,49 @@ impl Repository {
     pub async fn get_record_bytes(&self, key: &ObjectKey) -> Result<Bytes, Error> {
         let body = self.store.get(key).await?;
         let corrupt = |reason: &str| Error::CorruptRecord { key: key.to_string(), reason: reason.to_owned() };
-        if body.len() < 40 || &body[..8] != RECORD_MAGIC {
-            return Err(corrupt("not a radd record"));
+        let (magic, tag) =
+            record_tag(&self.id_key, self.meta.format, &key.to_string(), body.get(40..).unwrap_or_default());
+        if body.len() < 40 || &body[..8] != magic {
+            return Err(corrupt(&format!(
+                "not a radd record of this repository's format {} (expected magic {})",
+                self.meta.format,
+                String::from_utf8_lossy(magic)
+            )));
         }
-        if self.id_key.digest(&body[40..]).0[..] != body[8..40] {
-            return Err(corrupt("authentication failed (modified or written with another id key)"));
+        if tag.0[..] != body[8..40] {
+            return Err(corrupt(
+                "authentication failed (modified, written with another id key, or copied here from another name)",
+            ));
         }
         Ok(body.slice(40..))
     }
+}
+
+/// The stored bytes of a record holding `payload` under the repository key `key` (as
+/// `ObjectKey` displays it) in a repository of format `format`: magic ‖ tag ‖ payload. Public
+/// so tests can write records as a given format does.
+#[must_use]
+pub fn record_envelope(id_key: &IdKey, format: u32, key: &str, payload: &[u8]) -> Vec<u8> {
+    let (magic, tag) = record_tag(id_key, format, key, payload);
+    let mut body = Vec::with_capacity(payload.len() + 40);
+    body.extend_from_slice(magic);
+    body.extend_from_slice(&tag.0);
+    body.extend_from_slice(payload);
+    body
+}
+
+/// The record magic of format `format` and the tag of `payload` stored under `key`. Format 3
+/// binds the key (length-prefixed, so key and payload cannot be shifted into each other): a
+/// record copied to another name fails there.
+fn record_tag(id_key: &IdKey, format: u32, key: &str, payload: &[u8]) -> (&'static [u8; 8], Digest) {
+    if format < 3 {
+        return (RECORD_MAGIC_V1, id_key.hash(Purpose::RecordTag, payload));
+    }
+    let mut tag = id_key.hasher(Purpose::RecordTag);
+    tag.update(&(key.len() as u64).to_le_bytes());
+    tag.update(key.as_bytes());
+    tag.update(payload);
+    (RECORD_MAGIC_V2, tag.finish())
 }
 
 const SET_PREFIX: &str = "keys/set-";
@@ -403,7 +436,7 @@ impl KeySet {
 
     /// Sets the authentication tag of version `version` of the set under `id_key`.
     pub fn seal(&mut self, id_key: &IdKey, version: u32) {
-        self.mac = id_key.digest(&self.mac_input(version)).to_string();
+        self.mac = id_key.hash(Purpose::KeySetMac, &self.mac_input(version)).to_string();
     }
 
     /// The encrypted id key.
@@ -413,7 +446,7 @@ impl KeySet {
 
     /// Checks the set was written by a holder of the id key.
     pub fn authenticate(&self, id_key: &IdKey, version: u32) -> Result<(), Error> {
-        if id_key.digest(&self.mac_input(version)).to_string() == self.mac {
+        if id_key.hash(Purpose::KeySetMac, &self.mac_input(version)).to_string() == self.mac {
             Ok(())
         } else {
             Err(Error::CorruptRecord { key: format!("{SET_PREFIX}{version}"), reason: "authentication failed".into() })

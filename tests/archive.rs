@@ -258,7 +258,7 @@ fn wal_objects_of_the_previous_format_still_open_and_compare() {
     let data = std::fs::read(&seg).unwrap();
     // A version 1 object (HMAC-SHA256 digest), as radd wrote WAL before the streamed format, in
     // a repository of that time (format 1).
-    let id_key = env.make_format_1();
+    let id_key = env.make_format(1);
     let recipients = radd::crypto::Identity::load(&env.path().join("identity.key")).unwrap().recipients();
     let (stored, _) = codec::seal(ObjectKind::Wal, &data, &id_key, &recipients, 1, name).unwrap();
     assert_eq!(&stored[..8], b"RADDOBJ1");

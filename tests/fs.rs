@@ -291,7 +291,7 @@ fn a_damaged_entry_stream_is_an_integrity_error_naming_its_pack() {
 #[test]
 fn a_format_1_repository_still_backs_up_restores_and_verifies() {
     let env = TestEnv::new(Backend::Local);
-    env.make_format_1();
+    env.make_format(1);
 
     let src = env.path().join("old");
     std::fs::create_dir(&src).unwrap();

@@ -21,9 +21,7 @@ fn index_payloads(env: &TestEnv) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 /// (`{"packs":[{"id":…,"blobs":[["<hex>",offset,length],…]}]}`), authenticated with the id key
 /// as that code did. Returns how many were rewritten.
 fn rewrite_as_old_json(env: &TestEnv) -> usize {
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key"))
-        .expect("id key")
-        .with_scheme(radd::crypto::IdScheme::Blake3);
+    let id_key = env.id_key();
     let mut rewritten = 0;
     for (path, body) in index_payloads(env) {
         assert!(
@@ -34,9 +32,12 @@ fn rewrite_as_old_json(env: &TestEnv) -> usize {
         let index = radd::snapshot::IndexFile::decode(&body[40..]).expect("binary index object decodes");
         let payload = serde_json::to_vec(&index).unwrap();
         assert_eq!(payload[0], b'{');
-        let mut record = body[..8].to_vec();
-        record.extend_from_slice(&id_key.digest(&payload).0);
-        record.extend_from_slice(&payload);
+        let record = radd::repository::record_envelope(
+            &id_key,
+            3,
+            &format!("index/{}", path.file_name().unwrap().to_str().unwrap()),
+            &payload,
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::write(&path, record).unwrap();
         rewritten += 1;

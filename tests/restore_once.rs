@@ -116,10 +116,7 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
         .unwrap()
         .to_owned();
 
-    // New repositories are of format 2: keyed BLAKE3.
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key"))
-        .expect("id key")
-        .with_scheme(radd::crypto::IdScheme::Blake3);
+    let id_key = env.id_key();
     let mut swapped = 0;
     for entry in std::fs::read_dir(env.local_object("index")).unwrap() {
         let path = entry.unwrap().path();
@@ -136,9 +133,8 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
             }
         }
         let payload = radd::snapshot::index::encode(&index.packs);
-        let mut record = body[..8].to_vec();
-        record.extend_from_slice(&id_key.digest(&payload).0);
-        record.extend_from_slice(&payload);
+        let key = format!("index/{}", path.file_name().unwrap().to_str().unwrap());
+        let record = radd::repository::record_envelope(&id_key, 3, &key, &payload);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         std::fs::write(&path, record).unwrap();
     }

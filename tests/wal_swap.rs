@@ -155,7 +155,7 @@ fn swapped_objects_of_the_previous_format_are_caught_by_their_page_headers() {
     let wal = push_segments(&env, &names);
     // Segments 4 and 5 as radd wrote WAL before format 3 (version 2: the digest covers kind
     // and content, not the name).
-    let id_key = radd::crypto::IdKey::load(&env.path().join("id.key")).expect("id key");
+    let id_key = env.id_key();
     let recipients = radd::crypto::Identity::load(&env.path().join("identity.key")).expect("identity").recipients();
     for name in &names[1..] {
         let data = std::fs::read(wal.join(name)).expect("segment");

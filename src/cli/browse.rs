@@ -125,9 +125,9 @@ struct Change {
     change: &'static str,
 }
 
-fn content(manifest: &snapshot::Manifest, e: &Entry) -> Option<(radd::crypto::Digest, u64)> {
+fn content(manifest: &snapshot::Manifest, e: &Entry) -> Option<(snapshot::FileSum, u64)> {
     match &e.kind {
-        EntryKind::File { sha256, .. } => Some((*sha256, e.size)),
+        EntryKind::File { sum, .. } => Some((*sum, e.size)),
         EntryKind::Hardlink { entry } => manifest.entries.get(*entry).and_then(|f| content(manifest, f)),
         _ => None,
     }

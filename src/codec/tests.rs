@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn seal_open_round_trip_and_tamper_detection() {
-    let key = IdKey::generate();
+    let key = IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose);
     let id = Identity::generate();
     let (mut stored, digest) = seal(ObjectKind::Wal, b"segment", &key, &id.recipients(), 3, "w").unwrap();
     assert_eq!(header_digest(&stored, "w").unwrap(), digest);
@@ -17,7 +17,7 @@ fn seal_open_round_trip_and_tamper_detection() {
 
 #[test]
 fn streamed_seal_opens_like_a_sealed_object() {
-    let key = IdKey::generate();
+    let key = IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose);
     let id = Identity::generate();
     let recipients = id.recipients();
     let keys = SealKeys { id_key: &key, recipients: &recipients };
@@ -57,7 +57,7 @@ fn streamed_seal_opens_like_a_sealed_object() {
 
 #[test]
 fn damaged_ciphertext_is_corruption_and_only_a_foreign_identity_is_a_key_problem() {
-    let key = IdKey::generate();
+    let key = IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose);
     let id = Identity::generate();
     let name = "wal/00000001/000000010000000000000001";
     let plaintext: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -109,7 +109,7 @@ impl Seek for Full {
 
 #[test]
 fn a_streamed_seal_reports_the_full_output_not_the_stages_it_stopped() {
-    let (key, id) = (IdKey::generate(), Identity::generate());
+    let (key, id) = (IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose), Identity::generate());
     let recipients = id.recipients();
     let keys = SealKeys { id_key: &key, recipients: &recipients };
     let plaintext: Vec<u8> =

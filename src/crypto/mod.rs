@@ -1,10 +1,12 @@
-//! Keys and cryptographic primitives: age encryption to X25519 recipients, SHA-256, and keyed
-//! object ids (keyed BLAKE3 with the repository's id key; HMAC-SHA256 in format-1 repositories).
+//! Keys and cryptographic primitives: age encryption to X25519 recipients, SHA-256, CRC-32C, and
+//! keyed hashes under the repository's id key (one derived key per purpose in format 3; see
+//! [`idkey`]).
 //!
 //! Keys are split by capability (as bupstash does): the archiving/backup host holds only
 //! [`Recipients`] (public) and the [`IdKey`] (which decrypts nothing); only restore hosts hold an
 //! [`Identity`]. This module knows nothing of PostgreSQL, object stores or the repository layout.
 
+mod idkey;
 mod keyfile;
 
 use std::fmt;
@@ -12,10 +14,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use hmac::{KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
+pub use idkey::{IdKey, KeyedHash, KeyedStream, Purpose};
 pub use keyfile::{check_key_file_mode, write_secret_file};
 
 use crate::error::ErrorKind;
@@ -239,135 +241,6 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The repository's secret key for keyed ids (keyed BLAKE3; HMAC-SHA256 in format 1): ids of identical data are equal,
-/// yet reveal nothing about content to someone without the key. Zeroed on drop.
-#[derive(Clone)]
-pub struct IdKey {
-    key: Zeroizing<[u8; 32]>,
-    scheme: IdScheme,
-}
-
-/// The keyed hash behind ids and object digests; fixed per repository by its format version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdScheme {
-    /// HMAC-SHA256 (repository format 1).
-    HmacSha256,
-    /// Keyed BLAKE3 (repository format 2): the same 256-bit PRF guarantee at several times
-    /// the speed (SIMD over 1 KiB chunks), so ids and digests no longer cost a SHA-256 pass
-    /// each (bupstash addresses chunks the same way).
-    Blake3,
-}
-
-impl IdKey {
-    /// A fresh random key (HMAC-SHA256 until [`IdKey::with_scheme`] says otherwise).
-    #[must_use]
-    pub fn generate() -> Self {
-        let mut key = Zeroizing::new([0u8; 32]);
-        rand::fill(&mut key[..]);
-        IdKey { key, scheme: IdScheme::HmacSha256 }
-    }
-
-    /// Rebuilds a key from its raw bytes (e.g. after decrypting the repository's copy).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        let raw: [u8; 32] =
-            bytes.try_into().map_err(|_| Error::Corrupt(format!("id key has {} bytes, expected 32", bytes.len())))?;
-        Ok(IdKey { key: Zeroizing::new(raw), scheme: IdScheme::HmacSha256 })
-    }
-
-    /// The same key hashing with `scheme` (the repository's).
-    #[must_use]
-    pub fn with_scheme(mut self, scheme: IdScheme) -> Self {
-        self.scheme = scheme;
-        self
-    }
-
-    /// The keyed hash in use.
-    #[must_use]
-    pub fn scheme(&self) -> IdScheme {
-        self.scheme
-    }
-
-    /// The raw key bytes, for sealing the repository's encrypted copy.
-    #[must_use]
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.key
-    }
-
-    /// Loads the key from a hex file with mode 0600.
-    pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = keyfile::read_secret_file(path)?;
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default();
-        let bytes = Zeroizing::new(
-            hex::decode(line)
-                .map_err(|_| Error::InvalidKeyFile { path: path.to_owned(), what: "radd id key (64 hex digits)" })?,
-        );
-        Self::from_bytes(&bytes)
-            .map_err(|_| Error::InvalidKeyFile { path: path.to_owned(), what: "radd id key (64 hex digits)" })
-    }
-
-    /// Writes the key as hex to a new file with mode 0600.
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let text = Zeroizing::new(format!(
-            "# radd id key: keyed ids for chunks; decrypts nothing, but keep it private\n{}\n",
-            hex::encode(*self.key)
-        ));
-        write_secret_file(path, text.as_bytes())
-    }
-
-    /// The keyed hash of `data` under this key: the keyed id of a chunk or object.
-    #[must_use]
-    pub fn digest(&self, data: &[u8]) -> Digest {
-        self.digest_parts(&[data])
-    }
-
-    /// The keyed hash of the concatenation of `parts`, without concatenating them in memory.
-    #[must_use]
-    pub fn digest_parts(&self, parts: &[&[u8]]) -> Digest {
-        let mut stream = self.stream();
-        for part in parts {
-            stream.update(part);
-        }
-        stream.finish()
-    }
-
-    /// An incremental keyed hash under this key with the repository's scheme (equal to
-    /// [`IdKey::digest_parts`] of everything fed), for data that arrives in pieces.
-    #[must_use]
-    pub fn stream(&self) -> KeyedStream {
-        match self.scheme {
-            IdScheme::HmacSha256 => KeyedStream(Keyed::Hmac(
-                hmac::Hmac::<Sha256>::new_from_slice(&self.key[..]).expect("HMAC-SHA256 accepts keys of any length"),
-            )),
-            IdScheme::Blake3 => KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&self.key)))),
-        }
-    }
-
-    /// An incremental keyed digest with `alg` under this key, for data that arrives in pieces
-    /// (a WAL file read block by block, digested on one thread while another compresses it).
-    /// BLAKE3 runs in its keyed mode under a key derived from this one (BLAKE3's key derivation,
-    /// own context string), so it never shares a key with the ids of a format-2 repository.
-    #[must_use]
-    pub fn stream_with(&self, alg: DigestAlg) -> KeyedStream {
-        match alg {
-            DigestAlg::IdHash => self.stream(),
-            DigestAlg::Blake3 => self.derived_blake3("radd 2026-11 keyed object digest v2"),
-            DigestAlg::Blake3Named => self.derived_blake3("radd 2026-12 keyed object digest v3: kind, key, content"),
-        }
-    }
-
-    /// Keyed BLAKE3 under the key BLAKE3 derives from this one for `context`.
-    fn derived_blake3(&self, context: &str) -> KeyedStream {
-        let key = Zeroizing::new(blake3::derive_key(context, &self.key[..]));
-        KeyedStream(Keyed::Blake3(Box::new(blake3::Hasher::new_keyed(&key))))
-    }
-}
-
-impl fmt::Debug for IdKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("IdKey(<redacted>)")
-    }
-}
-
 /// A 32-byte digest (SHA-256, or a keyed BLAKE3 / HMAC-SHA256 digest), shown and parsed as lower-case hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
@@ -414,59 +287,6 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
-/// A keyed digest algorithm under the id key. Objects say in their header which one they use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DigestAlg {
-    /// The repository's keyed id hash, [`IdKey::digest_parts`] (version 1 headers: packs,
-    /// manifests, records, older WAL): HMAC-SHA256 in format-1 repositories, keyed BLAKE3 in
-    /// format 2.
-    IdHash,
-    /// BLAKE3 in keyed mode under a derived key (version 2 headers: streamed WAL objects).
-    Blake3,
-    /// BLAKE3 in keyed mode under a second derived key (version 3 headers, whose digested
-    /// message also names the object): its own key, so a digest of one version can never pass
-    /// for one of another, whatever the message framing.
-    Blake3Named,
-}
-
-/// Incremental keyed digest under the id key; see [`IdKey::stream_with`]. With HMAC-SHA256,
-/// equal to [`IdKey::digest_parts`] of everything fed.
-#[derive(Clone)]
-pub struct KeyedStream(Keyed);
-
-#[derive(Clone)]
-enum Keyed {
-    Hmac(hmac::Hmac<Sha256>),
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl KeyedStream {
-    /// Feeds more bytes.
-    pub fn update(&mut self, data: &[u8]) {
-        match &mut self.0 {
-            Keyed::Hmac(mac) => mac.update(data),
-            Keyed::Blake3(hasher) => {
-                hasher.update(data);
-            }
-        }
-    }
-
-    /// The keyed digest of everything fed so far.
-    #[must_use]
-    pub fn finish(self) -> Digest {
-        match self.0 {
-            Keyed::Hmac(mac) => Digest(mac.finalize().into_bytes().into()),
-            Keyed::Blake3(hasher) => Digest(*hasher.finalize().as_bytes()),
-        }
-    }
-}
-
-impl fmt::Debug for KeyedStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyedStream(<redacted>)")
-    }
-}
-
 /// Incremental SHA-256 for streams (file contents during backup and restore).
 #[derive(Default, Clone)]
 pub struct Sha256Stream(Sha256);
@@ -495,47 +315,5 @@ mod tests {
         let ct = id.recipients().encrypt(b"hello wal").unwrap();
         assert_eq!(id.decrypt(&ct).unwrap(), b"hello wal");
         assert!(matches!(other.decrypt(&ct), Err(Error::Decrypt(_))));
-    }
-
-    #[test]
-    fn keyed_digest_depends_on_key() {
-        let a = IdKey::generate();
-        let b = IdKey::generate();
-        assert_eq!(a.digest(b"x"), a.digest(b"x"));
-        assert_ne!(a.digest(b"x"), b.digest(b"x"));
-        let mut stream = a.stream();
-        stream.update(b"x");
-        assert_eq!(stream.finish(), a.digest_parts(&[b"", b"x"]));
-        let mut fast = a.stream_with(DigestAlg::Blake3);
-        fast.update(b"x");
-        let fast = fast.finish();
-        assert_ne!(fast, a.digest(b"x"), "the algorithms must differ");
-        let mut other = b.stream_with(DigestAlg::Blake3);
-        other.update(b"x");
-        assert_ne!(fast, other.finish(), "BLAKE3 digests must depend on the key");
-        let mut named = a.stream_with(DigestAlg::Blake3Named);
-        named.update(b"x");
-        assert_ne!(named.finish(), fast, "each version digests under its own derived key");
-        let d = a.digest(b"x");
-        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-    }
-
-    #[test]
-    fn schemes_are_the_standard_keyed_hashes_and_incremental_matches_one_shot() {
-        let key = IdKey::generate();
-        let raw = *key.as_bytes();
-        let hmac_id = key.digest(b"block");
-        let blake = key.clone().with_scheme(IdScheme::Blake3);
-        assert_eq!(blake.digest(b"block").0, *blake3::keyed_hash(&raw, b"block").as_bytes());
-        assert_ne!(blake.digest(b"block"), hmac_id, "the schemes must never be confused");
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&raw).unwrap();
-        mac.update(b"block");
-        assert_eq!(hmac_id.0, <[u8; 32]>::from(mac.finalize().into_bytes()));
-        for k in [&key, &blake] {
-            let mut h = k.stream();
-            h.update(b"bl");
-            h.update(b"ock");
-            assert_eq!(h.finish(), k.digest_parts(&[b"b", b"lock"]));
-        }
     }
 }

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use super::run::{Shared, choose_snapshot, record};
 use super::{CheckStatus, DrillOptions};
-use crate::crypto::Sha256Stream;
 use crate::repository::Repository;
 use crate::restore::{self, RecoveryTarget, RestoreOptions};
-use crate::snapshot::{self, EntryKind, Manifest, SnapshotKind};
+use crate::snapshot::{self, EntryKind, FileSummer, Manifest, SnapshotKind};
 
 /// Runs the fs drill's steps, recording each check.
 pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, progress: &Shared) {
@@ -147,14 +146,14 @@ fn compare_source(manifest: &Manifest) -> (usize, Vec<String>) {
     let mut compared = 0;
     let mut differing = Vec::new();
     for entry in &manifest.entries {
-        let EntryKind::File { sha256, .. } = &entry.kind else { continue };
+        let EntryKind::File { sum: expected, .. } = &entry.kind else { continue };
         let live = Path::new("/").join(entry.os_path());
         let Ok(meta) = std::fs::metadata(&live) else { continue };
         if meta.len() != entry.size || (meta.mtime(), meta.mtime_nsec()) != (entry.mtime, i64::from(entry.mtime_nsec)) {
             continue;
         }
         compared += 1;
-        let mut sha = Sha256Stream::default();
+        let mut summer = FileSummer::like(expected);
         let read = std::fs::File::open(&live).and_then(|mut f| {
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -162,10 +161,10 @@ fn compare_source(manifest: &Manifest) -> (usize, Vec<String>) {
                 if n == 0 {
                     return Ok(());
                 }
-                sha.update(&buf[..n]);
+                summer.update(&buf[..n]);
             }
         });
-        if read.is_err() || sha.finish() != *sha256 {
+        if read.is_err() || summer.finish() != *expected {
             differing.push(live.display().to_string());
         }
     }

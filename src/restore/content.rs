@@ -1,5 +1,5 @@
 //! The content of the restored files: packs read once each (see [`PackPlan`]), every blob
-//! written where the snapshot has it, and every file verified against its manifest SHA-256 by
+//! written where the snapshot has it, and every file verified against its manifest checksum by
 //! reading it back once its last chunk is written.
 //!
 //! Four stages run at once:
@@ -7,16 +7,19 @@
 //!   of their own (merged from disk when the plan spilled);
 //! - packs are fetched, decrypted and decompressed by [`workers`] at once (one per core; the
 //!   decryption runs on tokio's blocking pool), each holding one pack, and handed over in the
-//!   order they finish: the writer never waits for one pack while another is ready;
+//!   order they finish: the writer never waits for one pack while another is ready. In format 3
+//!   the same worker checks every blob it hands over against its id (keyed, so this is what
+//!   proves the bytes are the backed-up ones);
 //! - the writer puts each pack's blobs into their files with positioned writes (blobs back to
 //!   back in both pack and file as one write; all-zero blobs are skipped, so they stay holes of
 //!   the files created at their full size);
 //! - [`hashers`] threads read each completed file back (from the page cache, just written) and
-//!   compare its SHA-256 with the manifest's, then start its writeback. Hashing what is on disk,
-//!   not what was meant to be written, also catches a misplaced or missing write. The first
-//!   mismatch stops the writer, and the restore fails before anything leaves the staging
-//!   directory. Packs are opened without recomputing their keyed digest: the file checksums
-//!   cover every byte restored.
+//!   compare its checksum with the manifest's (SHA-256 in formats 1 and 2, which is what
+//!   authenticates their bytes; CRC-32C in format 3), then start its writeback. Checking what
+//!   is on disk, not what was meant to be written, also catches a misplaced or missing write.
+//!   The first mismatch stops the writer, and the restore fails before anything leaves the
+//!   staging directory. Packs are opened without recomputing their keyed digest: the blob ids
+//!   or file checksums cover every byte restored.
 //!
 //! Memory: at most [`workers`] + 3 pack buffers (one per worker, one being handed over, one
 //! queued, one being written), recycled, and as many groups of placements (each at most
@@ -34,11 +37,10 @@ use tokio::sync::mpsc;
 use super::pack_plan::{PackPlan, Placement, PlannedPack};
 use super::{Error, io_err};
 use crate::codec::ObjectKind;
-use crate::crypto::{Digest, Sha256Stream};
 use crate::progress::Progress;
 use crate::repo::ObjectKey;
 use crate::repository::Repository;
-use crate::snapshot::{BlobIndex, BufferPool};
+use crate::snapshot::{BlobIndex, BufferPool, FileSum, FileSummer};
 
 /// Completed files queued for the hashers (the writer waits when they fall this far behind).
 const HASH_QUEUE: usize = 64;
@@ -56,7 +58,8 @@ fn workers() -> usize {
 }
 
 /// Threads reading completed files back: one per core (2 to 16). SHA-256 on a core with SHA
-/// extensions runs near 2 GB/s, reads from the page cache faster: they keep up with the writer.
+/// extensions runs near 2 GB/s, CRC-32C far faster, reads from the page cache faster still:
+/// they keep up with the writer.
 fn hashers() -> usize {
     cores().clamp(2, 16)
 }
@@ -68,8 +71,8 @@ pub(super) struct Target {
     pub path: PathBuf,
     /// Its path in the manifest (named in errors).
     pub name: String,
-    /// Its manifest SHA-256.
-    pub expected: Digest,
+    /// Its manifest checksum.
+    pub expected: FileSum,
 }
 
 /// A decrypted pack; its buffer goes back to the pool when it is dropped, so a restore reuses a
@@ -182,6 +185,24 @@ async fn fetch_packs(
                     .await
                     .map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
                 counter.fetch_add(1, Ordering::Relaxed);
+                let (job, data) = if repo.meta.format >= 3 {
+                    let id_key = repo.id_key.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let checked = check_blob_ids(&id_key, &job, &data);
+                        (job, data, checked)
+                    })
+                    .await
+                    .map_err(|_| {
+                        let source = std::io::Error::other("panic");
+                        (None, Error::Io { what: "restore: a blob check panicked in", path: PathBuf::new(), source })
+                    })
+                    .and_then(|(job, data, checked)| match checked {
+                        Ok(()) => Ok((job, data)),
+                        Err(e) => Err((Some(job.pack.first_file), e)),
+                    })?
+                } else {
+                    (job, data)
+                };
                 Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool }))
             }
         })
@@ -193,6 +214,29 @@ async fn fetch_packs(
             return;
         }
     }
+}
+
+/// Checks every blob `job` takes from its pack against the id the manifest names for it
+/// (each distinct blob once): in format 3 this, not the file checksum, is what proves the
+/// restored bytes are the backed-up ones, since age authenticates only that the pack was
+/// encrypted to the repository's public recipients, which anyone can do. Runs on the decrypting
+/// worker, so the check is spread over the cores with the decryption.
+fn check_blob_ids(id_key: &crate::crypto::IdKey, job: &Job, data: &[u8]) -> Result<(), Error> {
+    let mut checked = std::collections::HashSet::new();
+    for placement in &job.placements {
+        if !checked.insert(placement.pack_offset) {
+            continue;
+        }
+        let start = placement.pack_offset as usize;
+        let bytes = data.get(start..start + placement.length as usize);
+        if bytes.is_none_or(|bytes| id_key.blob_id(bytes).0[..16] != placement.id_prefix) {
+            return Err(Error::BlobMismatch {
+                pack: ObjectKey::Pack(job.name.clone()).to_string(),
+                offset: placement.pack_offset,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn target_of(targets: &[Option<Target>], file: u32) -> Result<&Target, Error> {
@@ -333,10 +377,10 @@ fn is_zero(data: &[u8]) -> bool {
 struct Check {
     path: PathBuf,
     name: String,
-    expected: Digest,
+    expected: FileSum,
 }
 
-/// Threads that read completed files back and compare them with their manifest SHA-256.
+/// Threads that read completed files back and compare them with their manifest checksum.
 struct Hashers {
     tx: SyncSender<Check>,
     failed: Arc<AtomicBool>,
@@ -417,12 +461,12 @@ fn hash_files(rx: &Mutex<Receiver<Check>>) -> Result<(), Error> {
     }
 }
 
-/// Reads a restored file back and compares its SHA-256 with the manifest's; then asks the
+/// Reads a restored file back and compares its checksum with the manifest's; then asks the
 /// kernel to write it back now (so the final fsync finds little left) and drop it from the cache.
 fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
     use std::io::Read;
     let mut file = std::fs::File::open(&check.path).map_err(io_err("read back", &check.path))?;
-    let mut sha = Sha256Stream::default();
+    let mut summer = FileSummer::like(&check.expected);
     let mut length = 0u64;
     loop {
         let n = match file.read(buffer) {
@@ -431,10 +475,10 @@ fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err("read back", &check.path)(e)),
         };
-        sha.update(&buffer[..n]);
+        summer.update(&buffer[..n]);
         length += n as u64;
     }
-    let actual = sha.finish();
+    let actual = summer.finish();
     if actual != check.expected {
         return Err(Error::Checksum {
             path: check.name.clone(),

@@ -96,7 +96,7 @@ pub enum Error {
     },
     /// A restored file does not match its manifest checksum.
     #[error(
-        "restored file {path} does not match its manifest SHA-256 (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)"
+        "restored file {path} does not match its manifest checksum (expected {expected}, got {actual}); the repository is damaged (run `radd verify`)"
     )]
     Checksum {
         /// File.
@@ -105,6 +105,17 @@ pub enum Error {
         expected: String,
         /// Computed.
         actual: String,
+    },
+    /// A blob read from a pack is not the one its id names (the pack's content was replaced
+    /// or damaged in a way its encryption does not reveal).
+    #[error(
+        "the blob at offset {offset} of {pack} does not match its id: the pack was damaged or replaced; nothing was restored (run `radd verify --read-data` to see which snapshots it breaks)"
+    )]
+    BlobMismatch {
+        /// The pack's repository key.
+        pack: String,
+        /// Offset of the blob in the pack's plaintext.
+        offset: u32,
     },
     /// Local file-system work failed.
     #[error("cannot {what} {path}: {source}", path = .path.display())]
@@ -214,7 +225,10 @@ impl Error {
             Error::File { source, .. } => source.kind(),
             Error::NotPg(_) => ErrorKind::Config,
             Error::Wal { source, .. } => source.kind(),
-            Error::MissingChunk { .. } | Error::BlobOutsidePack { .. } | Error::Checksum { .. } => ErrorKind::Integrity,
+            Error::MissingChunk { .. }
+            | Error::BlobOutsidePack { .. }
+            | Error::BlobMismatch { .. }
+            | Error::Checksum { .. } => ErrorKind::Integrity,
             Error::Io { .. } => ErrorKind::Io,
             Error::Snapshot(e) => e.kind(),
             Error::Repository(e) => e.kind(),

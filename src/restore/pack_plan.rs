@@ -16,8 +16,8 @@
 //! first needed by it or by a file before it, so files complete roughly in manifest order and
 //! are verified while later packs are still being written.
 //!
-//! Memory: one placement per chunk of the restored files (24 bytes) up to a bound
-//! ([`Spill`]: 1 Mi placements, 24 MiB, by default); past it, sorted runs of placements go to
+//! Memory: one placement per chunk of the restored files (40 bytes) up to a bound
+//! ([`Spill`]: 512 Ki placements, 20 MiB, by default); past it, sorted runs of placements go to
 //! a temporary file beside the staging directory and are merged back while the writer takes
 //! them (`spill`), so a 1 TiB cluster plans in the same memory as a 10 GiB one. Packs whose
 //! blobs serve more than [`MAX_GROUP`] chunks (a block deduplicated many times) are handed out
@@ -33,7 +33,7 @@ use crate::crypto::Digest;
 use crate::snapshot::BlobIndex;
 
 /// Placements held in memory by default before the plan spills to disk.
-pub(super) const DEFAULT_SPILL_PLACEMENTS: usize = 1 << 20;
+pub(super) const DEFAULT_SPILL_PLACEMENTS: usize = 1 << 19;
 /// Most placements handed to the writer with one pack.
 pub(super) const MAX_GROUP: usize = 1 << 18;
 /// Environment variable overriding [`DEFAULT_SPILL_PLACEMENTS`] (a test and tuning knob: tests
@@ -53,6 +53,20 @@ pub(super) struct Placement {
     pub file: u32,
     /// Where in that file the bytes go.
     pub file_offset: u64,
+    /// The first 128 bits of the blob's id, which the bytes are checked against before they
+    /// are written (format 3, whose file checksums are not cryptographic; a keyed hash cut to
+    /// 128 bits is as hard to forge as a Poly1305 tag).
+    pub id_prefix: [u8; 16],
+}
+
+impl Placement {
+    /// The first 128 bits of a blob id, as [`Placement::id_prefix`] holds them.
+    #[must_use]
+    pub fn prefix_of(id: &Digest) -> [u8; 16] {
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&id.0[..16]);
+        prefix
+    }
 }
 
 /// A pack to read, in its turn.
@@ -173,6 +187,7 @@ impl PackPlan {
                     length: location.length,
                     file,
                     file_offset,
+                    id_prefix: Placement::prefix_of(id),
                 });
                 file_offset += u64::from(location.length);
             }

@@ -2,10 +2,10 @@
 //! data directory, so `pg_verifybackup` — a tool radd did not write — can confirm the restore.
 //!
 //! Every file whose size and mtime are still those the writer gave it from the snapshot
-//! manifest is listed with the SHA-256 recorded *at backup time* (nothing is re-read): a
-//! `pg_verifybackup` pass then re-reads every restored byte and compares it with what the
+//! manifest is listed with the checksum recorded *at backup time* (SHA-256, or CRC-32C in
+//! format 3; nothing is re-read): a `pg_verifybackup` pass then re-reads every restored byte and compares it with what the
 //! source held. Files radd wrote or rewrote after that (`backup_label`, `tablespace_map`,
-//! rewritten configuration files) are hashed as they are now. Paths PostgreSQL's tool ignores
+//! rewritten configuration files) are checksummed (CRC-32C) as they are now. Paths PostgreSQL's tool ignores
 //! (`pg_wal`, `postgresql.auto.conf`, `recovery.signal`, `standby.signal`) are left out.
 //!
 //! Written streaming (one line per file) with the manifest checksum computed on the way, and
@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Error, io_err};
 use crate::pg::{Lsn, Timeline};
-use crate::snapshot::{Entry, EntryKind, Manifest};
+use crate::snapshot::{Entry, EntryKind, FileSum, FileSummer, Manifest};
 
 /// The file `pg_verifybackup` reads by default.
 pub const FILE_NAME: &str = "backup_manifest";
@@ -53,9 +53,10 @@ pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64,
         let mut listed = 0u64;
         walk(data_dir, std::ffi::OsStr::new(""), &mut |relative, path, meta| {
             let checksum = match recorded(&by_path, manifest, relative, meta) {
-                Some(sha) => sha,
-                None => sha256_of(path)?,
+                Some(sum) => sum,
+                None => checksum_of(path)?,
             };
+            let (algorithm, checksum) = (checksum.pg_algorithm(), checksum.pg_hex());
             let separator = if listed == 0 { "\n" } else { ",\n" };
             let modified =
                 chrono::DateTime::from_timestamp(meta.mtime(), 0).unwrap_or_default().format("%Y-%m-%d %H:%M:%S GMT");
@@ -65,7 +66,7 @@ pub fn write(data_dir: &Path, manifest: &Manifest, wal: WalRange) -> Result<u64,
             };
             write!(
                 out,
-                "{separator}{{ {path_field}, \"Size\": {}, \"Last-Modified\": \"{modified}\", \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"{checksum}\" }}",
+                "{separator}{{ {path_field}, \"Size\": {}, \"Last-Modified\": \"{modified}\", \"Checksum-Algorithm\": \"{algorithm}\", \"Checksum\": \"{checksum}\" }}",
                 meta.len()
             )?;
             listed += 1;
@@ -102,29 +103,31 @@ fn recorded(
     manifest: &Manifest,
     relative: &std::ffi::OsStr,
     meta: &std::fs::Metadata,
-) -> Option<String> {
+) -> Option<FileSum> {
     let entry = by_path.get(relative.to_str()?)?;
     let content = match &entry.kind {
         EntryKind::Hardlink { entry: first } => manifest.entries.get(*first)?,
         _ => entry,
     };
-    let EntryKind::File { sha256, .. } = &content.kind else { return None };
+    let EntryKind::File { sum, .. } = &content.kind else { return None };
     let unchanged = meta.len() == content.size
         && meta.mtime() == content.mtime
         && u32::try_from(meta.mtime_nsec()).ok() == Some(content.mtime_nsec);
-    unchanged.then(|| sha256.to_string())
+    unchanged.then_some(*sum)
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
+/// CRC-32C of a file radd wrote or changed after the backup (hashed fresh; CRC-32C because
+/// it is the cheapest algorithm `pg_verifybackup` knows).
+fn checksum_of(path: &Path) -> std::io::Result<FileSum> {
     let mut file = std::fs::File::open(path)?;
-    let mut sha = Sha256::new();
+    let mut summer = FileSummer::Crc32c(0);
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = file.read(&mut buffer)?;
         if n == 0 {
-            return Ok(hex::encode(sha.finalize()));
+            return Ok(summer.finish());
         }
-        sha.update(&buffer[..n]);
+        summer.update(&buffer[..n]);
     }
 }
 

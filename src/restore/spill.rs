@@ -6,7 +6,7 @@
 //! else created and unlinked at once): it has no name to clean up, and the kernel frees its
 //! blocks when the restore ends, whether it succeeds, fails or is killed.
 //!
-//! Memory: the run being filled (the bound × 24 bytes) while planning; while merging, one read
+//! Memory: the run being filled (the bound × 40 bytes) while planning; while merging, one read
 //! buffer of [`MERGE_BUFFER`] placements per run (128 runs for a 1 TiB cluster of 8 KiB blocks
 //! at the default bound: 6 MiB).
 
@@ -20,7 +20,7 @@ use super::Error;
 use super::pack_plan::Placement;
 
 /// Bytes of one placement on disk.
-const ENCODED: usize = 24;
+const ENCODED: usize = 40;
 /// Placements read at once from each run while merging.
 const MERGE_BUFFER: usize = 2048;
 
@@ -38,18 +38,22 @@ fn encode(p: &Placement, out: &mut Vec<u8>) {
     out.extend_from_slice(&p.length.to_le_bytes());
     out.extend_from_slice(&p.file.to_le_bytes());
     out.extend_from_slice(&p.file_offset.to_le_bytes());
+    out.extend_from_slice(&p.id_prefix);
 }
 
 fn decode(b: &[u8]) -> Placement {
     let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     let mut offset = [0u8; 8];
     offset.copy_from_slice(&b[16..24]);
+    let mut id_prefix = [0u8; 16];
+    id_prefix.copy_from_slice(&b[24..40]);
     Placement {
         turn: u32_at(0),
         pack_offset: u32_at(4),
         length: u32_at(8),
         file: u32_at(12),
         file_offset: u64::from_le_bytes(offset),
+        id_prefix,
     }
 }
 
@@ -205,6 +209,7 @@ mod tests {
                         length: n ^ 0x5555,
                         file: n % 101,
                         file_offset: u64::from(n) << 20 | r as u64,
+                        id_prefix: [u8::try_from(n % 251).unwrap(); 16],
                     }
                 })
                 .collect();

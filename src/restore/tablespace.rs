@@ -324,7 +324,14 @@ mod tests {
                 entry("pg_tblspc/16384/PG_15_202209061", EntryKind::Dir),
                 entry("pg_tblspc/16390", EntryKind::Dir),
                 entry("pg_tblspc/16391", EntryKind::Dir),
-                entry("base/1/1259", EntryKind::File { sha256: Digest::sha256(b""), chunks: Vec::new(), list: None }),
+                entry(
+                    "base/1/1259",
+                    EntryKind::File {
+                        sum: crate::snapshot::FileSum::Sha256(Digest::sha256(b"")),
+                        chunks: Vec::new(),
+                        list: None,
+                    },
+                ),
             ],
             entry_chunks: Vec::new(),
             backup_label: None,

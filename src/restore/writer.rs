@@ -24,6 +24,7 @@ use super::{Error, io_err};
 use crate::crypto::Digest;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use crate::snapshot::FileSum;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
 
 /// What writing the entries did.
@@ -41,12 +42,12 @@ pub struct Written {
 
 /// The content an entry is restored with: its own, or, for a hard link whose first name is
 /// not restored, the first name's.
-fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m Digest, &'m [Digest])> {
+fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m FileSum, &'m [Digest])> {
     match &manifest.entries[index].kind {
-        EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
+        EntryKind::File { sum, chunks, .. } => Some((sum, chunks)),
         EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => {
             match &manifest.entries.get(*entry)?.kind {
-                EntryKind::File { sha256, chunks, .. } => Some((sha256, chunks)),
+                EntryKind::File { sum, chunks, .. } => Some((sum, chunks)),
                 _ => None,
             }
         }
@@ -84,13 +85,13 @@ pub async fn write_entries(
     let paths = create_tree(manifest, root, &wanted)?;
     let mut targets: Vec<Option<Target>> = vec![None; manifest.entries.len()];
     let mut written = Written { packs_distinct: plan.packs.len() as u64, ..Written::default() };
-    for (i, (sha256, _)) in with_content() {
+    for (i, (sum, _)) in with_content() {
         let path = paths[i].as_deref().ok_or_else(|| Error::Io {
             what: "restore: no file was created for",
             path: manifest.entries[i].os_path(),
             source: std::io::Error::other("internal error"),
         })?;
-        targets[i] = Some(Target { path: path.to_owned(), name: manifest.entries[i].path.clone(), expected: *sha256 });
+        targets[i] = Some(Target { path: path.to_owned(), name: manifest.entries[i].path.clone(), expected: *sum });
         written.files += 1;
         written.bytes += manifest.entries[i].size;
     }

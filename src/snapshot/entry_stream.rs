@@ -78,7 +78,7 @@ pub fn store(
         reader,
         ENTRY_CHUNK,
         |data| {
-            let id = id_key.digest(data);
+            let id = id_key.blob_id(data);
             if pack.add_if_new(known, id, data) {
                 out.new_bytes += data.len() as u64;
                 if pack.len() >= pack_size {
@@ -138,7 +138,7 @@ impl BlobReader<'_> {
         let (start, end) = (location.offset as usize, location.offset as usize + location.length as usize);
         let data = self.cached.as_ref().and_then(|(_, pack)| pack.get(start..end));
         match data {
-            Some(data) if self.repo.id_key.digest(data) == *id => Ok(data),
+            Some(data) if self.repo.id_key.blob_id(data) == *id => Ok(data),
             Some(_) => Err(self.corrupt(format!("{what} {id} does not match its id; run `radd verify`"))),
             None => Err(self.corrupt(format!("{what} {id} lies outside its pack"))),
         }

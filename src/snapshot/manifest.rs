@@ -1,8 +1,9 @@
 //! The snapshot record (plaintext, authenticated, written last) and the manifest (encrypted:
-//! every entry with mode, owner, size, SHA-256 and chunk list).
+//! every entry with mode, owner, size, checksum and chunk list).
 
 use serde::{Deserialize, Serialize};
 
+use super::FileSum;
 use crate::crypto::Digest;
 use crate::pg::{Lsn, SegmentSize, Tablespace, Timeline};
 
@@ -111,8 +112,10 @@ pub enum EntryKind {
     Dir,
     /// A regular file with its content.
     File {
-        /// SHA-256 of the content.
-        sha256: Digest,
+        /// Checksum of the content: SHA-256 (formats 1 and 2) or CRC-32C (format 3), stored
+        /// as the field `sha256` or `crc32c`.
+        #[serde(flatten)]
+        sum: FileSum,
         /// Chunk ids in order (in a stored manifest: empty when `list` is set; loading fills
         /// them in from the list).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -7,6 +7,7 @@
 mod backup;
 mod chunker;
 mod entry_stream;
+mod filesum;
 mod fsbackup;
 mod fswalk;
 pub mod index;
@@ -22,6 +23,7 @@ mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
 pub use chunker::{Chunking, for_each_chunk};
+pub use filesum::{FileSum, FileSummer};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};

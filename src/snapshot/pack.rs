@@ -265,8 +265,16 @@ pub async fn upload_packs(
 async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> Result<(IndexPack, u64), Error> {
     let PendingPack { data, blobs } = pack;
     let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
+    let by_table = repo.meta.format >= 3;
+    let table: Vec<(Digest, u32)> = if by_table { blobs.iter().map(|b| (b.0, b.2)).collect() } else { Vec::new() };
     let (sealed, data) = tokio::task::spawn_blocking(move || {
-        let sealed = crate::codec::seal(ObjectKind::Pack, &data, &id_key, &recipients, level, "new pack");
+        let sealed = if by_table {
+            // Format 3: named by its blob table, so the pack's bytes are not hashed a second time.
+            let digest = crate::codec::blob_table_digest(&id_key, table.into_iter());
+            crate::codec::seal_blob_table(&data, digest, &recipients, level, "new pack").map(|s| (s, digest))
+        } else {
+            crate::codec::seal(ObjectKind::Pack, &data, &id_key, &recipients, level, "new pack")
+        };
         (sealed, data)
     })
     .await

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::FileSum;
 use super::manifest::ChunkList;
 use super::pack::BlobIndex;
 use crate::crypto::Digest;
@@ -44,8 +45,9 @@ pub struct ParentFile {
     pub ctime_ns: i128,
     /// Inode number.
     pub ino: u64,
-    /// SHA-256 of the content.
-    pub sha256: Digest,
+    /// Checksum of the content, as the manifest holds it.
+    #[serde(flatten)]
+    pub sum: FileSum,
     /// Chunk ids.
     pub chunks: Vec<Digest>,
     /// How the manifest stores the ids of a large file (base list blob and patch).
@@ -318,7 +320,7 @@ mod tests {
             mtime_ns: 1,
             ctime_ns: 1,
             ino: size,
-            sha256: Digest::sha256(b"x"),
+            sum: FileSum::Sha256(Digest::sha256(b"x")),
             chunks: Vec::new(),
             list: None,
             base_chunks: Vec::new(),
@@ -353,7 +355,7 @@ mod tests {
             mtime_ns: 1,
             ctime_ns: 1,
             ino: 1,
-            sha256: Digest::sha256(b"x"),
+            sum: FileSum::Sha256(Digest::sha256(b"x")),
             chunks: vec![Digest::sha256(b"chunk")],
             list: None,
             base_chunks: Vec::new(),

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::Error;
+use super::FileSummer;
 use super::chunker::{Chunking, for_each_chunk};
 use super::entry_stream;
 use super::manifest::{ChunkList, Entry, EntryKind, decode_os, encode_os};
@@ -30,7 +31,7 @@ use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, attrs, is_relation_file};
 use crate::codec::read_full;
 use crate::config::BackupConfig;
-use crate::crypto::{Digest, IdKey, Sha256Stream};
+use crate::crypto::{Digest, IdKey};
 
 /// Bytes of chunks per batch handed from the reader to the hashers.
 const BATCH_BYTES: usize = 1 << 20;
@@ -149,6 +150,9 @@ pub struct ReadPlan<'a> {
     pub stable_reads: bool,
     /// Advanced by the bytes of each batch read and each file reused unchanged.
     pub progress: &'a crate::progress::Progress,
+    /// The whole-file checksum new entries get (the repository format's: SHA-256 or CRC-32C),
+    /// cloned fresh for each file.
+    pub file_sum: FileSummer,
 }
 
 /// A walk: calls its argument with every entry, parents first, in walk order (see
@@ -247,7 +251,7 @@ fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id
         let Ok(mut batch) = batch else { return };
         for step in &mut batch.steps {
             if let Step::Chunks(chunks) = step {
-                chunks.ids = chunks.iter().map(|c| id_key.digest(c)).collect();
+                chunks.ids = chunks.iter().map(|c| id_key.blob_id(c)).collect();
             }
         }
         if hashed.send(batch).is_err() {
@@ -321,7 +325,7 @@ fn pack_and_assemble(
                                     Some(found) => found,
                                     None => {
                                         let bytes = ChunkList::encode(&ids);
-                                        let base = id_key.digest(&bytes);
+                                        let base = id_key.blob_id(&bytes);
                                         if pack.add_if_new(known, base, &bytes) && pack.len() >= pack_size {
                                             pack.send_to(packs)?;
                                         }
@@ -496,13 +500,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
-    /// hashing each batch with SHA-256 as one piece; returns the bytes read.
+    /// feeding each batch to the file checksum as one piece; returns the bytes read.
     fn read_blocks(
         &mut self,
         mut file: std::fs::File,
         expected: u64,
         block: usize,
-        sha: &mut Sha256Stream,
+        sum: &mut FileSummer,
         path: &std::path::Path,
     ) -> Result<u64, Error> {
         // Whole blocks per batch, so blocks never straddle two batches.
@@ -523,7 +527,7 @@ impl<'a> Reader<'a> {
             if n == 0 {
                 return Ok(size);
             }
-            sha.update(&data);
+            sum.update(&data);
             size += n as u64;
             self.feeder.push(Step::Chunks(Chunks::blocks(data, block)), n)?;
             if n < want {
@@ -582,7 +586,7 @@ impl<'a> Reader<'a> {
             self.feeder.progress.advance(p.size);
             entry.size = p.size;
             let chunks = if p.list.is_some() { Vec::new() } else { p.chunks.clone() };
-            entry.kind = EntryKind::File { sha256: p.sha256, chunks, list: p.list.clone() };
+            entry.kind = EntryKind::File { sum: p.sum, chunks, list: p.list.clone() };
             return self.done(entry, prior, false, first_name_at, None);
         }
         if let (Some(p), Some(true)) = (&prior, self.parent.as_ref().map(ParentReader::trusted))
@@ -595,7 +599,7 @@ impl<'a> Reader<'a> {
         let chunking = (self.plan.chunking)(&found.rel);
         let attempts = if self.plan.stable_reads { 3 } else { 1 };
         let mut attempt = 0;
-        let (sha256, size) = loop {
+        let (sum, size) = loop {
             attempt += 1;
             let file = match std::fs::File::open(&found.path) {
                 Ok(f) => f,
@@ -607,9 +611,9 @@ impl<'a> Reader<'a> {
                 }
                 Err(source) => return Err(Error::Read { path: found.path, source }),
             };
-            let mut sha = Sha256Stream::default();
+            let mut summer = self.plan.file_sum.clone();
             let size = match chunking {
-                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut sha, &found.path)?,
+                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut summer, &found.path)?,
                 Chunking::ContentDefined(avg) => {
                     let mut size = 0u64;
                     let mut chunks = Chunks::default();
@@ -619,7 +623,7 @@ impl<'a> Reader<'a> {
                         std::io::BufReader::with_capacity(1 << 20, file),
                         avg,
                         |data| {
-                            sha.update(data);
+                            summer.update(data);
                             size += data.len() as u64;
                             if chunks.data.capacity() == 0 {
                                 chunks.data.reserve(expected.max(data.len()));
@@ -643,10 +647,10 @@ impl<'a> Reader<'a> {
             };
             self.out.read_bytes += size;
             if !self.plan.stable_reads {
-                break (sha.finish(), size);
+                break (summer.finish(), size);
             }
             match std::fs::symlink_metadata(&found.path) {
-                Ok(after) if !changed(&meta, &after) && after.len() == size => break (sha.finish(), size),
+                Ok(after) if !changed(&meta, &after) && after.len() == size => break (summer.finish(), size),
                 Ok(after) if attempt < attempts => {
                     tracing::warn!(path = %found.path.display(), attempt, "file changed while being read; reading it again");
                     self.feeder.push(Step::Discard, 0)?;
@@ -667,18 +671,10 @@ impl<'a> Reader<'a> {
         self.out.total_bytes += size;
         self.out.files_read += 1;
         entry.size = size;
-        entry.kind = EntryKind::File { sha256, chunks: Vec::new(), list: None };
+        entry.kind = EntryKind::File { sum, chunks: Vec::new(), list: None };
         let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
-        let parent = ParentFile {
-            size,
-            mtime_ns,
-            ctime_ns,
-            ino,
-            sha256,
-            chunks: Vec::new(),
-            list: None,
-            base_chunks: Vec::new(),
-        };
+        let parent =
+            ParentFile { size, mtime_ns, ctime_ns, ino, sum, chunks: Vec::new(), list: None, base_chunks: Vec::new() };
         self.done(entry, Some(parent), true, first_name_at, prior_base)
     }
 }
@@ -708,10 +704,11 @@ pub async fn store_tree(
     // Abandoned (a cancelled backup): stop uploading, which stops the reading stages too.
     let _stop = super::pack::AbortOnDrop(uploader.abort_handle());
     let reader = {
-        let id_key = repo.id_key.clone();
+        let (id_key, format) = (repo.id_key.clone(), repo.meta.format);
         let (options, progress) = (options.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
-            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress };
+            let file_sum = FileSummer::for_format(format);
+            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress, file_sum };
             let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
             read_tree(walk, plan, &stages, parents.0, parents.1)
         })
@@ -727,7 +724,9 @@ pub async fn store_tree(
 /// snapshots taken within one second) and 8 random hex digits.
 #[must_use]
 pub fn new_snapshot_id(started: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{}-{}", started.format("%Y%m%dT%H%M%S%3fZ"), &IdKey::generate().digest(b"snapshot id").to_string()[..8])
+    let mut random = [0u8; 4];
+    rand::fill(&mut random[..]);
+    format!("{}-{}", started.format("%Y%m%dT%H%M%S%3fZ"), hex::encode(random))
 }
 
 /// Writes the rest of the index (if any pack was new) and the encrypted manifest; returns the

@@ -158,7 +158,7 @@ fn check_blobs(id_key: &IdKey, plaintext: &[u8], blobs: &[BlobRef]) -> Option<St
     for (id, location) in blobs {
         let start = location.offset as usize;
         let data = plaintext.get(start..start + location.length as usize);
-        if data.is_none_or(|data| id_key.digest(data) != *id) {
+        if data.is_none_or(|data| id_key.blob_id(data) != *id) {
             bad += 1;
             first.get_or_insert_with(|| format!("blob {id} at offset {} length {}", location.offset, location.length));
         }
@@ -178,12 +178,12 @@ mod tests {
 
     #[test]
     fn blobs_are_rehashed_at_their_index_location() {
-        let key = IdKey::generate();
+        let key = IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose);
         let pack = b"hello world".to_vec();
         let at = |offset, length| BlobLocation { pack: 0, offset, length };
-        let good = vec![(key.digest(b"hello"), at(0, 5)), (key.digest(b"world"), at(6, 5))];
+        let good = vec![(key.blob_id(b"hello"), at(0, 5)), (key.blob_id(b"world"), at(6, 5))];
         assert_eq!(check_blobs(&key, &pack, &good), None);
-        let bad = vec![(key.digest(b"hello"), at(1, 5)), (key.digest(b"world"), at(6, 50)), good[1]];
+        let bad = vec![(key.blob_id(b"hello"), at(1, 5)), (key.blob_id(b"world"), at(6, 50)), good[1]];
         let detail = check_blobs(&key, &pack, &bad).expect("mismatch reported");
         assert!(detail.starts_with("2 of the 3 blobs"), "{detail}");
         assert!(detail.contains("offset 1 length 5"), "{detail}");

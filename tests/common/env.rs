@@ -277,17 +277,29 @@ impl TestEnv {
         victim
     }
 
-    /// Turns the fresh repository into one of format 1 (HMAC-SHA256 ids and digests, as radd
-    /// created them before keyed BLAKE3); returns its id key.
-    pub fn make_format_1(&self) -> radd::crypto::IdKey {
+    /// The repository's id key, hashing as the repository's format does.
+    pub fn id_key(&self) -> radd::crypto::IdKey {
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.local_object("config")).expect("read config")).expect("JSON");
+        let format = u32::try_from(config["format"].as_u64().expect("format")).expect("format fits");
+        radd::crypto::IdKey::load(&self.path().join("id.key"), radd::crypto::KeyedHash::of_format(format))
+            .expect("id key")
+    }
+
+    /// Turns the fresh repository (nothing written yet but `config` and the id key) into one of
+    /// an older `format` (1: HMAC-SHA256, 2: keyed BLAKE3 under the raw key), as radd created
+    /// them before; returns its id key.
+    pub fn make_format(&self, format: u32) -> radd::crypto::IdKey {
         use std::os::unix::fs::PermissionsExt;
-        let id_key = radd::crypto::IdKey::load(&self.path().join("id.key")).expect("id key");
+        let id_key = radd::crypto::IdKey::load(&self.path().join("id.key"), radd::crypto::KeyedHash::of_format(format))
+            .expect("id key");
         let path = self.local_object("config");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).expect("read config")).expect("config is JSON");
-        assert_eq!(config["format"], 2, "new repositories use keyed BLAKE3");
-        config["format"] = 1.into();
-        config["id_key_check"] = id_key.digest(b"radd id key check v1").to_string().into();
+        assert_eq!(config["format"], 3, "new repositories are of format 3");
+        config["format"] = format.into();
+        config["id_key_check"] =
+            id_key.hash(radd::crypto::Purpose::IdKeyCheck, b"radd id key check v1").to_string().into();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod config");
         std::fs::write(&path, serde_json::to_vec(&config).expect("serialise")).expect("write config");
         id_key
