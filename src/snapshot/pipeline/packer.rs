@@ -3,7 +3,6 @@
 //! async uploader that seals and puts the packs.
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
@@ -14,11 +13,10 @@ use crate::crypto::{Digest, IdKey};
 use crate::snapshot::Error;
 use crate::snapshot::chunker::Chunking;
 use crate::snapshot::entry_stream;
-use crate::snapshot::manifest::{ChunkList, EntryKind, decode_os};
 use crate::snapshot::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use crate::snapshot::parent::{ParentReader, ParentWriter, PendingParent};
 
-use super::{BATCH_BYTES, Batch, Finished, ReadOutcome, ReadPlan, Stages, Step, Walk, read_tree};
+use super::{BATCH_BYTES, Batch, Chunks, ReadOutcome, ReadPlan, Stages, Step, Walk, read_tree};
 
 /// What the packer stage produced.
 pub(super) struct Assembled {
@@ -29,22 +27,50 @@ pub(super) struct Assembled {
     pub(super) next_parent: Option<PendingParent>,
 }
 
+/// The packer stage's state: the pack being filled and where full packs go, the chunk ids of
+/// the entry being finished, the entry-stream lines not yet sent, the next parent record and
+/// what the stage has produced so far.
+pub(super) struct Packer<'a> {
+    pub(super) pack: PackBuilder,
+    pub(super) pack_size: usize,
+    pub(super) known: &'a BlobIndex,
+    pub(super) id_key: &'a IdKey,
+    pub(super) packs: &'a mpsc::Sender<PendingPack>,
+    /// Chunk ids of the entry being read (since the last `Done`).
+    current: Vec<Digest>,
+    /// The trusted parent's chunk ids of the file being read.
+    prior: Vec<Digest>,
+    pub(super) buffer: Vec<u8>,
+    pub(super) lines: &'a SyncSender<Vec<u8>>,
+    pub(super) next_parent: Option<ParentWriter>,
+    pub(super) out: Assembled,
+}
+
 /// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
 /// each entry with its chunk list and writes it to the entry stream and the next parent record.
 pub(super) fn pack_and_assemble(
     (hashed, window, buffers): (Receiver<Batch>, SyncSender<()>, BufferPool),
     (known, id_key): (&BlobIndex, &IdKey),
-    (mut pack, pack_size): (PackBuilder, usize),
+    (pack, pack_size): (PackBuilder, usize),
     packs: &mpsc::Sender<PendingPack>,
     lines: &SyncSender<Vec<u8>>,
-    mut next_parent: Option<ParentWriter>,
+    next_parent: Option<ParentWriter>,
 ) -> Result<Assembled, Error> {
-    let mut out = Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None };
+    let mut packer = Packer {
+        pack,
+        pack_size,
+        known,
+        id_key,
+        packs,
+        current: Vec::new(),
+        prior: Vec::new(),
+        buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
+        lines,
+        next_parent,
+        out: Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None },
+    };
     let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
     let mut next_seq = 0u64;
-    let mut current: Vec<Digest> = Vec::new();
-    let mut prior: Vec<Digest> = Vec::new();
-    let mut buffer: Vec<u8> = Vec::with_capacity(entry_stream::LINE_BUFFER + 4096);
     for batch in hashed {
         waiting.insert(batch.seq, batch);
         while let Some(batch) = waiting.remove(&next_seq) {
@@ -53,90 +79,18 @@ pub(super) fn pack_and_assemble(
             for step in batch.steps {
                 match step {
                     Step::Chunks(chunks) => {
-                        for (position, (data, id)) in (current.len()..).zip(chunks.iter().zip(&chunks.ids)) {
-                            if prior.get(position) == Some(id) {
-                                out.reused_bytes += data.len() as u64;
-                            } else if pack.add_if_new(known, *id, data) {
-                                out.new_bytes += data.len() as u64;
-                                if pack.len() >= pack_size {
-                                    pack.send_to(packs)?;
-                                }
-                            } else {
-                                out.reused_bytes += data.len() as u64;
-                            }
-                        }
-                        current.extend(chunks.ids);
+                        packer.pack_chunks(&chunks)?;
+                        packer.current.extend(chunks.ids);
                         if chunks.data.capacity() >= BATCH_BYTES {
                             buffers.put_filled(chunks.data);
                         }
                     }
-                    Step::Discard => current.clear(),
-                    Step::Prior(ids) => prior = ids,
+                    Step::Discard => packer.current.clear(),
+                    Step::Prior(ids) => packer.prior = ids,
                     Step::Done(finished) => {
-                        prior.clear();
-                        let Finished { mut entry, mut parent, read, prior_base } = *finished;
-                        let ids = std::mem::take(&mut current);
-                        if let (EntryKind::File { chunks, list, .. }, true) = (&mut entry.kind, read) {
-                            if ids.len() >= ChunkList::MIN_CHUNKS {
-                                // Large files: the ids go out of line, as a patch of the list
-                                // the previous version used when few changed, else a new list.
-                                let patched = prior_base.filter(|(base, _)| pack.knows(known, base)).and_then(
-                                    |(base, base_ids)| {
-                                        ChunkList::patch_of(base, &base_ids, &ids).map(|l| (l, base_ids))
-                                    },
-                                );
-                                // The parent record keeps the base's ids only where they differ
-                                // from the file's (empty: the same).
-                                let (chunk_list, base_ids) = match patched {
-                                    Some((l, base_ids)) if l.patch.is_empty() && base_ids.len() == ids.len() => {
-                                        (l, Vec::new())
-                                    }
-                                    Some(found) => found,
-                                    None => {
-                                        let bytes = ChunkList::encode(&ids);
-                                        let base = id_key.digest(&bytes);
-                                        if pack.add_if_new(known, base, &bytes) && pack.len() >= pack_size {
-                                            pack.send_to(packs)?;
-                                        }
-                                        (
-                                            ChunkList {
-                                                base,
-                                                count: u32::try_from(ids.len()).unwrap_or(u32::MAX),
-                                                patch: Vec::new(),
-                                            },
-                                            Vec::new(),
-                                        )
-                                    }
-                                };
-                                if let Some(file) = parent.as_mut() {
-                                    file.base_chunks = base_ids;
-                                    file.list = Some(chunk_list.clone());
-                                    file.chunks.clone_from(&ids);
-                                }
-                                *list = Some(chunk_list);
-                            } else {
-                                if let Some(file) = parent.as_mut() {
-                                    file.chunks.clone_from(&ids);
-                                }
-                                *chunks = ids;
-                            }
-                        }
-                        if let (Some(file), Some(writer)) = (parent, next_parent.as_mut()) {
-                            let rel = decode_os(&entry.path, entry.raw_path.as_ref());
-                            if let Err(error) = writer.add(rel.as_bytes(), &file) {
-                                tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file");
-                                next_parent = None;
-                            }
-                        }
-                        out.entries += 1;
-                        out.files +=
-                            u64::from(matches!(entry.kind, EntryKind::File { .. } | EntryKind::Hardlink { .. }));
-                        entry_stream::push_line(&mut buffer, &entry);
-                        if buffer.len() >= entry_stream::LINE_BUFFER {
-                            lines
-                                .send(std::mem::take(&mut buffer))
-                                .map_err(|_| Error::Internal("entry stream stopped".into()))?;
-                        }
+                        packer.prior.clear();
+                        let ids = std::mem::take(&mut packer.current);
+                        packer.finish_entry(*finished, ids)?;
                     }
                 }
             }
@@ -145,19 +99,46 @@ pub(super) fn pack_and_assemble(
     if !waiting.is_empty() {
         return Err(Error::Internal("a hashing stage stopped early".into()));
     }
-    if !buffer.is_empty() {
-        lines.send(buffer).map_err(|_| Error::Internal("entry stream stopped".into()))?;
+    packer.finish()
+}
+
+impl Packer<'_> {
+    /// Packs the chunks of `chunks` (the next ones of the entry being read) not stored yet,
+    /// sending the pack on once full, and counts new and reused bytes. A chunk equal to the
+    /// trusted parent's at the same position is known stored without an index lookup.
+    fn pack_chunks(&mut self, chunks: &Chunks) -> Result<(), Error> {
+        for (position, (data, id)) in (self.current.len()..).zip(chunks.iter().zip(&chunks.ids)) {
+            if self.prior.get(position) == Some(id) {
+                self.out.reused_bytes += data.len() as u64;
+            } else if self.pack.add_if_new(self.known, *id, data) {
+                self.out.new_bytes += data.len() as u64;
+                if self.pack.len() >= self.pack_size {
+                    self.pack.send_to(self.packs)?;
+                }
+            } else {
+                self.out.reused_bytes += data.len() as u64;
+            }
+        }
+        Ok(())
     }
-    if !pack.is_empty() {
-        pack.send_to(packs)?;
+
+    /// Sends the last entry-stream lines and the last pack, and closes the next parent record
+    /// (a record that cannot be written only makes the next backup read every file).
+    fn finish(mut self) -> Result<Assembled, Error> {
+        if !self.buffer.is_empty() {
+            self.lines.send(self.buffer).map_err(|_| Error::Internal("entry stream stopped".into()))?;
+        }
+        if !self.pack.is_empty() {
+            self.pack.send_to(self.packs)?;
+        }
+        self.out.next_parent = self.next_parent.and_then(|writer| {
+            writer
+                .finish()
+                .map_err(|error| tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file"))
+                .ok()
+        });
+        Ok(self.out)
     }
-    out.next_parent = next_parent.and_then(|writer| {
-        writer
-            .finish()
-            .map_err(|error| tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file"))
-            .ok()
-    });
-    Ok(out)
 }
 
 /// Runs the whole write side of snapshot `snapshot_id` up to (not including) its last index

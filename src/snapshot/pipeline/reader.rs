@@ -244,76 +244,7 @@ impl<'a> Reader<'a> {
         }
         let prior_base = prior
             .and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
-        let chunking = (self.plan.chunking)(&found.rel);
-        let attempts = if self.plan.stable_reads { 3 } else { 1 };
-        let mut attempt = 0;
-        let (sha256, size) = loop {
-            attempt += 1;
-            let file = match std::fs::File::open(&found.path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()), // deleted meanwhile
-                Err(e) if self.plan.stable_reads => {
-                    tracing::warn!(path = %found.path.display(), error = %e, "cannot read file: snapshot will be partial");
-                    self.out.unreadable.push(format!("{}: {e}", found.path.display()));
-                    return Ok(());
-                }
-                Err(source) => return Err(Error::Read { path: found.path, source }),
-            };
-            let mut sha = Sha256Stream::default();
-            let size = match chunking {
-                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut sha, &found.path)?,
-                Chunking::ContentDefined(avg) => {
-                    let mut size = 0u64;
-                    let mut chunks = Chunks::default();
-                    let expected = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(BATCH_BYTES);
-                    let feeder = &mut self.feeder;
-                    for_each_chunk(
-                        std::io::BufReader::with_capacity(1 << 20, file),
-                        avg,
-                        |data| {
-                            sha.update(data);
-                            size += data.len() as u64;
-                            if chunks.data.capacity() == 0 {
-                                chunks.data.reserve(expected.max(data.len()));
-                            }
-                            chunks.push(data);
-                            if chunks.data.len() >= BATCH_BYTES {
-                                let full = std::mem::take(&mut chunks);
-                                let bytes = full.data.len();
-                                feeder.push(Step::Chunks(full), bytes)?;
-                            }
-                            Ok(())
-                        },
-                        |source| Error::Read { path: found.path.clone(), source },
-                    )?;
-                    if !chunks.ends.is_empty() {
-                        let bytes = chunks.data.len();
-                        self.feeder.push(Step::Chunks(chunks), bytes)?;
-                    }
-                    size
-                }
-            };
-            self.out.read_bytes += size;
-            if !self.plan.stable_reads {
-                break (sha.finish(), size);
-            }
-            match std::fs::symlink_metadata(&found.path) {
-                Ok(after) if !changed(&meta, &after) && after.len() == size => break (sha.finish(), size),
-                Ok(after) if attempt < attempts => {
-                    tracing::warn!(path = %found.path.display(), attempt, "file changed while being read; reading it again");
-                    self.feeder.push(Step::Discard, 0)?;
-                    meta = after;
-                }
-                Ok(_) => {
-                    tracing::warn!(path = %found.path.display(), "file kept changing while being read: snapshot will be partial");
-                    self.out
-                        .unreadable
-                        .push(format!("{}: changed while being read ({attempts} attempts)", found.path.display()));
-                    return self.feeder.push(Step::Discard, 0);
-                }
-                Err(_) => return self.feeder.push(Step::Discard, 0), // deleted meanwhile
-            }
-        };
+        let Some((sha256, size)) = self.read_consistently(&found.rel, &found.path, &mut meta)? else { return Ok(()) };
         let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
         (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec) = (mode, uid, gid, mtime, mtime_nsec);
         self.out.total_bytes += size;
@@ -332,5 +263,98 @@ impl<'a> Reader<'a> {
             base_chunks: Vec::new(),
         };
         self.done(entry, Some(parent), true, first_name_at, prior_base)
+    }
+
+    /// Reads the file `rel` at `path` (again when it changed meanwhile and `stable_reads` is set, up to
+    /// 3 times) into chunks; returns its SHA-256 and size, or `None` when the entry is left out:
+    /// deleted meanwhile, or (stable reads) unreadable or never read consistently, which is
+    /// reported in the outcome. `meta` ends as the metadata the content matches.
+    fn read_consistently(
+        &mut self,
+        rel: &str,
+        path: &std::path::Path,
+        meta: &mut std::fs::Metadata,
+    ) -> Result<Option<(Digest, u64)>, Error> {
+        let chunking = (self.plan.chunking)(rel);
+        let attempts = if self.plan.stable_reads { 3 } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None), // deleted meanwhile
+                Err(e) if self.plan.stable_reads => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read file: snapshot will be partial");
+                    self.out.unreadable.push(format!("{}: {e}", path.display()));
+                    return Ok(None);
+                }
+                Err(source) => return Err(Error::Read { path: path.to_owned(), source }),
+            };
+            let mut sha = Sha256Stream::default();
+            let size = match chunking {
+                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut sha, path)?,
+                Chunking::ContentDefined(avg) => self.read_chunks(file, meta.len(), avg, &mut sha, path)?,
+            };
+            self.out.read_bytes += size;
+            if !self.plan.stable_reads {
+                return Ok(Some((sha.finish(), size)));
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(after) if !changed(meta, &after) && after.len() == size => return Ok(Some((sha.finish(), size))),
+                Ok(after) if attempt < attempts => {
+                    tracing::warn!(path = %path.display(), attempt, "file changed while being read; reading it again");
+                    self.feeder.push(Step::Discard, 0)?;
+                    *meta = after;
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "file kept changing while being read: snapshot will be partial");
+                    self.out
+                        .unreadable
+                        .push(format!("{}: changed while being read ({attempts} attempts)", path.display()));
+                    return self.feeder.push(Step::Discard, 0).map(|()| None);
+                }
+                Err(_) => return self.feeder.push(Step::Discard, 0).map(|()| None), // deleted meanwhile
+            }
+        }
+    }
+
+    /// Reads a file cut into content-defined chunks of `avg` bytes on average, hashing it with
+    /// SHA-256 as it goes and handing the chunks on in batches; returns the bytes read.
+    fn read_chunks(
+        &mut self,
+        file: std::fs::File,
+        expected_len: u64,
+        avg: usize,
+        sha: &mut Sha256Stream,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        let mut size = 0u64;
+        let mut chunks = Chunks::default();
+        let expected = usize::try_from(expected_len).unwrap_or(usize::MAX).min(BATCH_BYTES);
+        let feeder = &mut self.feeder;
+        for_each_chunk(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            avg,
+            |data| {
+                sha.update(data);
+                size += data.len() as u64;
+                if chunks.data.capacity() == 0 {
+                    chunks.data.reserve(expected.max(data.len()));
+                }
+                chunks.push(data);
+                if chunks.data.len() >= BATCH_BYTES {
+                    let full = std::mem::take(&mut chunks);
+                    let bytes = full.data.len();
+                    feeder.push(Step::Chunks(full), bytes)?;
+                }
+                Ok(())
+            },
+            |source| Error::Read { path: path.to_owned(), source },
+        )?;
+        if !chunks.ends.is_empty() {
+            let bytes = chunks.data.len();
+            self.feeder.push(Step::Chunks(chunks), bytes)?;
+        }
+        Ok(size)
     }
 }
