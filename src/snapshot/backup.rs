@@ -92,6 +92,7 @@ pub(crate) async fn release(lock: lock::SharedLock) {
     }
 }
 
+// Long on purpose: the write order of a base backup (start backup, read and upload, stop backup, WAL wait, index and manifest, record, parent) as one linear sequence, so the order design.md fixes reads top to bottom.
 async fn backup_pg_locked(
     repo: &Repository,
     options: &BackupOptions,

@@ -175,6 +175,7 @@ struct Pending {
 }
 
 /// Reads, uploads and writes index and manifest; returns what remains to commit.
+// Long on purpose: the write order of an fs snapshot (parent, walk and upload, index and manifest, record parts) as one linear sequence.
 async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pending, Error> {
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
