@@ -242,6 +242,7 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
 }
 
 /// [`prepare`] when the caller already claimed segment size `claimed` for this repository.
+// Long on purpose: the push decision (name and segment size, compare with what is stored, else seal, stage and put) as one linear sequence of early returns.
 async fn prepare_claimed(
     repo: &Repository,
     path: &Path,

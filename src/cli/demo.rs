@@ -70,6 +70,7 @@ pub async fn run(args: &Args, a: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+// Long on purpose: the demo is a scripted walk-through (init, backup, archive, restore a copy, compare) that reads best as the one script it is.
 async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
     let exe = root.join("radd");
     std::fs::copy(std::env::current_exe()?, &exe).context("copying the radd binary for archive_command")?;

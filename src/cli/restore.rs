@@ -87,6 +87,7 @@ pub struct RestoreArgs {
 }
 
 /// Restores and prints the report.
+// Long on purpose: argument to options mapping, the restore, its events and the rendering, in the order the command runs them.
 pub async fn run(args: &Args, a: &RestoreArgs) -> anyhow::Result<()> {
     let (config, repo) = open_repo(args, true).await?;
     let recovery = match (&a.time, a.lsn, &a.name, a.immediate) {

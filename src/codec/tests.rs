@@ -1,6 +1,11 @@
 //! Round trips of sealed and streamed objects, and what damage reads as.
 
+use std::io::{Seek, SeekFrom, Write};
+
+use super::stream::STREAM_BLOCK;
 use super::*;
+use crate::crypto::{IdKey, Identity};
+use crate::error::ErrorKind;
 
 #[test]
 fn seal_open_round_trip_and_tamper_detection() {

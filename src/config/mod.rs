@@ -398,6 +398,7 @@ impl Config {
     }
 
     /// Checks every value and reports all problems together.
+    // Long on purpose: a flat list of independent checks, one per setting, that all report together.
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
         let repo = &self.repository;

@@ -13,6 +13,7 @@ use crate::restore::{self, RecoveryTarget, RestoreOptions};
 use crate::snapshot::{self, EntryKind, FileSummer, Manifest, SnapshotKind};
 
 /// Runs the fs drill's steps, recording each check.
+// Long on purpose: the fs drill steps in their fixed order, each recording its check; split, the order would be spread over many functions.
 pub async fn steps(repo: &Repository, options: &DrillOptions, scratch: &Path, progress: &Shared) {
     let def = &options.definition;
     let t = Instant::now();

@@ -110,6 +110,7 @@ fn prepare_dir(parent: &Path, dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Scratch { path: dir.to_owned(), source: std::io::Error::other(e.to_string()) })
 }
 
+// Long on purpose: the drill steps in their fixed order (choose, chain, timelines, restore, start, checks), each recording its check and able to stop the drill; split, the order would be spread over many functions.
 async fn steps(
     repo: &Repository,
     options: &DrillOptions,

@@ -91,6 +91,7 @@ impl Metrics {
     /// Defines and registers every metric; sets `radd_build_info` and a zero for every
     /// severity of `radd_incidents_total` (so `increase()` sees the first incident).
     #[must_use]
+    // Long on purpose: the list of every metric and its registration, one line group per metric.
     pub fn new() -> Self {
         let r = Registry::new();
         let build_info =

@@ -399,6 +399,7 @@ fn relabel(e: Error, point: Option<&RestorePoint>) -> Error {
 }
 
 /// Restores a snapshot into `options.target`.
+// Long on purpose: one linear restore (choose, WAL checks, manifest, content, recovery settings, report) whose steps share many locals.
 pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreReport, Error> {
     let clock = Instant::now();
     options.progress.set_message("checking WAL, loading the manifest");

@@ -86,6 +86,7 @@ pub async fn prune(repo: &Repository, options: PruneOptions) -> Result<PruneRepo
     result.map(|()| report)
 }
 
+// Long on purpose: mark and sweep in their crash-safe order (blob index, marks, then new index, old indexes, packs, marks) as one sequence under the lock.
 async fn prune_locked(
     repo: &Repository,
     options: PruneOptions,

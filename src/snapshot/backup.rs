@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Error;
-use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord};
+use super::manifest::{Manifest, PgInfo, SnapshotKind, SnapshotRecord, SnapshotTotals};
 use super::pack::BlobIndex;
 use super::parent::{ParentReader, ParentWriter, record_path as parent_record_path};
 use super::pipeline::{self, Walk};
@@ -92,6 +92,7 @@ pub(crate) async fn release(lock: lock::SharedLock) {
     }
 }
 
+// Long on purpose: the write order of a base backup (start backup, read and upload, stop backup, WAL wait, index and manifest, record, parent) as one linear sequence, so the order design.md fixes reads top to bottom.
 async fn backup_pg_locked(
     repo: &Repository,
     options: &BackupOptions,
@@ -202,12 +203,16 @@ async fn backup_pg_locked(
     .await?;
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
+    let totals = SnapshotTotals {
+        files,
+        total_bytes: read.total_bytes,
+        new_bytes: read.new_bytes,
+        reused_bytes: read.reused_bytes,
+        uploaded_bytes,
+        manifest_digest,
+    };
     let record = SnapshotRecord {
-        id: snapshot_id.clone(),
-        kind: SnapshotKind::Pg,
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         pg: Some(PgInfo {
             start_lsn: start.lsn,
             stop_lsn: stop.lsn,
@@ -220,16 +225,7 @@ async fn backup_pg_locked(
             tablespaces,
             from_standby: primary.is_some(),
         }),
-        files,
-        total_bytes: read.total_bytes,
-        new_bytes: read.new_bytes,
-        reused_bytes: read.reused_bytes,
-        uploaded_bytes,
-        manifest_digest,
-        paths: Vec::new(),
-        tags: Vec::new(),
-        partial: false,
-        hooks: Vec::new(),
+        ..SnapshotRecord::new(snapshot_id.clone(), SnapshotKind::Pg, started, totals)
     };
     crate::faults::pause_point("backup:before-commit").await;
     lock.check().await?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::fswalk::{TreeOptions, walk_tree};
-use super::manifest::{HookRun, Manifest, SnapshotKind, SnapshotRecord};
+use super::manifest::{HookRun, Manifest, SnapshotKind, SnapshotRecord, SnapshotTotals};
 use super::pack::BlobIndex;
 use super::parent::{ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 use super::pipeline::Walk;
@@ -175,6 +175,7 @@ struct Pending {
 }
 
 /// Reads, uploads and writes index and manifest; returns what remains to commit.
+// Long on purpose: the write order of an fs snapshot (parent, walk and upload, index and manifest, record parts) as one linear sequence.
 async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pending, Error> {
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
@@ -240,23 +241,19 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     drop(manifest);
     let uploaded_bytes = upload.uploaded_bytes + manifest_bytes;
     let partial = !unreadable.is_empty();
-    let record = SnapshotRecord {
-        id: snapshot_id.clone(),
-        kind: SnapshotKind::Fs,
-        started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        finished: String::new(),
-        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-        pg: None,
+    let totals = SnapshotTotals {
         files,
         total_bytes: read.total_bytes,
         new_bytes: read.new_bytes,
         reused_bytes: read.reused_bytes,
         uploaded_bytes,
         manifest_digest,
+    };
+    let record = SnapshotRecord {
         paths: paths.clone(),
         tags: options.tags.clone(),
         partial,
-        hooks: Vec::new(),
+        ..SnapshotRecord::new(snapshot_id.clone(), SnapshotKind::Fs, started, totals)
     };
     let report = FsBackupReport {
         snapshot_id,

@@ -92,6 +92,53 @@ pub struct SnapshotRecord {
     pub hooks: Vec<HookRun>,
 }
 
+/// What a backup wrote, as its snapshot record states it: the parts pg and fs snapshots share
+/// besides id, kind and start time.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotTotals {
+    /// Number of files.
+    pub files: u64,
+    /// Logical size of all files.
+    pub total_bytes: u64,
+    /// Bytes of chunks that were new to the repository.
+    pub new_bytes: u64,
+    /// Bytes of chunks already stored.
+    pub reused_bytes: u64,
+    /// Bytes uploaded (packs, index and manifest).
+    pub uploaded_bytes: u64,
+    /// Keyed digest of the manifest object.
+    pub manifest_digest: Digest,
+}
+
+impl SnapshotRecord {
+    /// The one place a record is made (pg and fs backups), so that a new field is set in one
+    /// place: this host's name, `started` to the millisecond, not finished yet (`finished`
+    /// empty), no PostgreSQL facts, paths, tags or hooks and not partial — the caller sets what
+    /// its kind adds with struct update syntax.
+    #[must_use]
+    pub fn new(id: String, kind: SnapshotKind, started: chrono::DateTime<chrono::Utc>, totals: SnapshotTotals) -> Self {
+        let SnapshotTotals { files, total_bytes, new_bytes, reused_bytes, uploaded_bytes, manifest_digest } = totals;
+        SnapshotRecord {
+            id,
+            kind,
+            started: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished: String::new(),
+            hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            pg: None,
+            files,
+            total_bytes,
+            new_bytes,
+            reused_bytes,
+            uploaded_bytes,
+            manifest_digest,
+            paths: Vec::new(),
+            tags: Vec::new(),
+            partial: false,
+            hooks: Vec::new(),
+        }
+    }
+}
+
 /// One run of a pre/post hook, as recorded in the snapshot record (the command itself stays in
 /// the config: it may name things that should not be stored in plaintext).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,7 +26,9 @@ pub use chunker::{Chunking, for_each_chunk};
 pub use filesum::{FileSum, FileSummer};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
-pub use manifest::{Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, decode_os, encode_os};
+pub use manifest::{
+    Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, SnapshotTotals, decode_os, encode_os,
+};
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack, index_name};
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
 pub use server_files::{PREFIX as SERVER_FILES_DIR, ServerFiles, StoredFile};

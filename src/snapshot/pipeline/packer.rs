@@ -1,0 +1,183 @@
+//! The packer stage and the uploader: puts the hashers' batches back in walk order and fills
+//! packs with the chunks new to the repository; [`store_tree`] runs the reading stages with the
+//! async uploader that seals and puts the packs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use tokio::sync::mpsc;
+
+use crate::config::BackupConfig;
+use crate::crypto::{Digest, IdKey};
+use crate::snapshot::Error;
+use crate::snapshot::chunker::Chunking;
+use crate::snapshot::entry_stream;
+use crate::snapshot::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
+use crate::snapshot::parent::{ParentReader, ParentWriter, PendingParent};
+
+use super::{BATCH_BYTES, Batch, Chunks, ReadOutcome, ReadPlan, Stages, Step, Walk, read_tree};
+
+/// What the packer stage produced.
+pub(super) struct Assembled {
+    pub(super) new_bytes: u64,
+    pub(super) reused_bytes: u64,
+    pub(super) entries: u64,
+    pub(super) files: u64,
+    pub(super) next_parent: Option<PendingParent>,
+}
+
+/// The packer stage's state: the pack being filled and where full packs go, the chunk ids of
+/// the entry being finished, the entry-stream lines not yet sent, the next parent record and
+/// what the stage has produced so far.
+pub(super) struct Packer<'a> {
+    pub(super) pack: PackBuilder,
+    pub(super) pack_size: usize,
+    pub(super) known: &'a BlobIndex,
+    pub(super) id_key: &'a IdKey,
+    pub(super) packs: &'a mpsc::Sender<PendingPack>,
+    /// Chunk ids of the entry being read (since the last `Done`).
+    current: Vec<Digest>,
+    /// The trusted parent's chunk ids of the file being read.
+    prior: Vec<Digest>,
+    pub(super) buffer: Vec<u8>,
+    pub(super) lines: &'a SyncSender<Vec<u8>>,
+    pub(super) next_parent: Option<ParentWriter>,
+    pub(super) out: Assembled,
+}
+
+/// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
+/// each entry with its chunk list and writes it to the entry stream and the next parent record.
+pub(super) fn pack_and_assemble(
+    (hashed, window, buffers): (Receiver<Batch>, SyncSender<()>, BufferPool),
+    (known, id_key): (&BlobIndex, &IdKey),
+    (pack, pack_size): (PackBuilder, usize),
+    packs: &mpsc::Sender<PendingPack>,
+    lines: &SyncSender<Vec<u8>>,
+    next_parent: Option<ParentWriter>,
+) -> Result<Assembled, Error> {
+    let mut packer = Packer {
+        pack,
+        pack_size,
+        known,
+        id_key,
+        packs,
+        current: Vec::new(),
+        prior: Vec::new(),
+        buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
+        lines,
+        next_parent,
+        out: Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None },
+    };
+    let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
+    let mut next_seq = 0u64;
+    for batch in hashed {
+        waiting.insert(batch.seq, batch);
+        while let Some(batch) = waiting.remove(&next_seq) {
+            next_seq += 1;
+            let _ = window.send(());
+            for step in batch.steps {
+                match step {
+                    Step::Chunks(chunks) => {
+                        packer.pack_chunks(&chunks)?;
+                        packer.current.extend(chunks.ids);
+                        if chunks.data.capacity() >= BATCH_BYTES {
+                            buffers.put_filled(chunks.data);
+                        }
+                    }
+                    Step::Discard => packer.current.clear(),
+                    Step::Prior(ids) => packer.prior = ids,
+                    Step::Done(finished) => {
+                        packer.prior.clear();
+                        let ids = std::mem::take(&mut packer.current);
+                        packer.finish_entry(*finished, ids)?;
+                    }
+                }
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Internal("a hashing stage stopped early".into()));
+    }
+    packer.finish()
+}
+
+impl Packer<'_> {
+    /// Packs the chunks of `chunks` (the next ones of the entry being read) not stored yet,
+    /// sending the pack on once full, and counts new and reused bytes. A chunk equal to the
+    /// trusted parent's at the same position is known stored without an index lookup.
+    fn pack_chunks(&mut self, chunks: &Chunks) -> Result<(), Error> {
+        for (position, (data, id)) in (self.current.len()..).zip(chunks.iter().zip(&chunks.ids)) {
+            if self.prior.get(position) == Some(id) {
+                self.out.reused_bytes += data.len() as u64;
+            } else if self.pack.add_if_new(self.known, *id, data) {
+                self.out.new_bytes += data.len() as u64;
+                if self.pack.len() >= self.pack_size {
+                    self.pack.send_to(self.packs)?;
+                }
+            } else {
+                self.out.reused_bytes += data.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the last entry-stream lines and the last pack, and closes the next parent record
+    /// (a record that cannot be written only makes the next backup read every file).
+    fn finish(mut self) -> Result<Assembled, Error> {
+        if !self.buffer.is_empty() {
+            self.lines.send(self.buffer).map_err(|_| Error::Internal("entry stream stopped".into()))?;
+        }
+        if !self.pack.is_empty() {
+            self.pack.send_to(self.packs)?;
+        }
+        self.out.next_parent = self.next_parent.and_then(|writer| {
+            writer
+                .finish()
+                .map_err(|error| tracing::warn!(error = %error, "cannot write the parent record: the next backup reads every file"))
+                .ok()
+        });
+        Ok(self.out)
+    }
+}
+
+/// Runs the whole write side of snapshot `snapshot_id` up to (not including) its last index
+/// object: the walk and the reading stages on blocking threads, sealing, uploading and full
+/// index objects on the async runtime. Returns the read outcome and what was uploaded once
+/// every pack is durable.
+pub async fn store_tree(
+    (repo, snapshot_id): (&crate::repository::Repository, &str),
+    known: Arc<BlobIndex>,
+    walk: Box<Walk>,
+    chunking: impl Fn(&str) -> Chunking + Send + Sync + 'static,
+    (stable_reads, progress): (bool, &crate::progress::Progress),
+    parents: (Option<ParentReader>, Option<ParentWriter>),
+    options: &BackupConfig,
+) -> Result<(ReadOutcome, crate::snapshot::pack::UploadReport), Error> {
+    let (tx, rx) = mpsc::channel::<PendingPack>(1);
+    let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
+    let uploader = tokio::spawn(crate::snapshot::pack::upload_packs(
+        repo.clone(),
+        rx,
+        (options.upload_concurrency, options.index_shard_blobs),
+        pool.clone(),
+        snapshot_id.to_owned(),
+    ));
+    // Abandoned (a cancelled backup): stop uploading, which stops the reading stages too.
+    let _stop = crate::snapshot::pack::AbortOnDrop(uploader.abort_handle());
+    let reader = {
+        let (id_key, format) = (repo.id_key.clone(), repo.meta.format);
+        let (options, progress) = (options.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            let file_sum = crate::snapshot::FileSummer::for_format(format);
+            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress, file_sum };
+            let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
+            read_tree(walk, plan, &stages, parents.0, parents.1)
+        })
+    };
+    let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;
+    let upload = uploader.await.map_err(|e| Error::Internal(e.to_string()))?;
+    // An uploader failure makes the reader fail too; report the root cause first.
+    let upload = upload?;
+    Ok((read?, upload))
+}

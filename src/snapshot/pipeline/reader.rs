@@ -1,0 +1,353 @@
+//! The reader stage and the hashers: walks the tree, reads each file (again if it changed
+//! meanwhile), cuts it into chunks with its checksum (SHA-256 or CRC-32C) and feeds batches of steps to the hashers,
+//! which compute the keyed chunk ids.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use tokio::sync::mpsc;
+
+use crate::codec::read_full;
+use crate::crypto::{Digest, IdKey};
+use crate::snapshot::Error;
+use crate::snapshot::{FileSum, FileSummer};
+use crate::snapshot::chunker::{Chunking, for_each_chunk};
+use crate::snapshot::manifest::{Entry, EntryKind, decode_os, encode_os};
+use crate::snapshot::pack::{BlobIndex, BufferPool, PendingPack};
+use crate::snapshot::parent::{ParentFile, ParentReader};
+use crate::snapshot::walk::{Found, attrs};
+
+use super::{BATCH_BYTES, BATCH_STEPS, Batch, Chunks, Finished, ReadOutcome, ReadPlan, Step};
+
+pub(super) fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id_key: &IdKey) {
+    loop {
+        let batch = match batches.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(mut batch) = batch else { return };
+        for step in &mut batch.steps {
+            if let Step::Chunks(chunks) = step {
+                chunks.ids = chunks.iter().map(|c| id_key.blob_id(c)).collect();
+            }
+        }
+        if hashed.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a file changed between two stats (size, mtime or ctime).
+fn changed(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    (a.len(), a.mtime(), a.mtime_nsec(), a.ctime(), a.ctime_nsec())
+        != (b.len(), b.mtime(), b.mtime_nsec(), b.ctime(), b.ctime_nsec())
+}
+
+fn nanos(secs: i64, nsec: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nsec)
+}
+
+/// Gathers steps into batches for the hashers.
+pub(super) struct Feeder {
+    tx: SyncSender<Batch>,
+    /// Free places in the [`BATCH_WINDOW`](super::BATCH_WINDOW), handed back by the packer.
+    window: Receiver<()>,
+    /// Full-size batch buffers, handed back by the packer: fresh ones would each be mapped and
+    /// page-faulted in anew (the allocator maps buffers this large).
+    buffers: BufferPool,
+    seq: u64,
+    steps: Vec<Step>,
+    bytes: usize,
+    progress: crate::progress::Progress,
+}
+
+impl Feeder {
+    fn push(&mut self, step: Step, bytes: usize) -> Result<(), Error> {
+        self.steps.push(step);
+        self.bytes += bytes;
+        self.progress.advance(bytes as u64);
+        if self.bytes >= BATCH_BYTES || self.steps.len() >= BATCH_STEPS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush(&mut self) -> Result<(), Error> {
+        if self.steps.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch { seq: self.seq, steps: std::mem::take(&mut self.steps) };
+        self.seq += 1;
+        self.bytes = 0;
+        self.window.recv().map_err(|_| Error::Internal("packing stage stopped".into()))?;
+        self.tx.send(batch).map_err(|_| Error::Internal("hashing stage stopped".into()))
+    }
+}
+
+/// The reader stage: turns each walked entry into steps (file content, then the entry).
+pub(super) struct Reader<'a> {
+    plan: ReadPlan<'a>,
+    known: &'a BlobIndex,
+    parent: Option<ParentReader>,
+    pub(super) feeder: Feeder,
+    out: ReadOutcome,
+    /// Walk position of the next entry.
+    found: usize,
+    /// Entries sent so far (the index the next one gets in the manifest).
+    entries: usize,
+    /// Files with further names: walk position → manifest index.
+    first_names: HashMap<usize, usize>,
+    /// The uploader's channel: closed once it failed, which stops the walk at the next entry
+    /// (also when nothing new would be packed to notice it).
+    uploads: &'a mpsc::Sender<PendingPack>,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(
+        plan: ReadPlan<'a>,
+        known: &'a BlobIndex,
+        parent: Option<ParentReader>,
+        tx: SyncSender<Batch>,
+        (window, buffers): (Receiver<()>, BufferPool),
+        uploads: &'a mpsc::Sender<PendingPack>,
+    ) -> Self {
+        let feeder =
+            Feeder { tx, window, buffers, seq: 0, steps: Vec::new(), bytes: 0, progress: plan.progress.clone() };
+        Self {
+            plan,
+            known,
+            parent,
+            feeder,
+            uploads,
+            out: ReadOutcome::default(),
+            found: 0,
+            entries: 0,
+            first_names: HashMap::new(),
+        }
+    }
+
+    pub(super) fn finish(self) -> ReadOutcome {
+        self.out
+    }
+
+    fn done(
+        &mut self,
+        entry: Entry,
+        parent: Option<ParentFile>,
+        read: bool,
+        first_name_at: Option<usize>,
+        prior_base: Option<(Digest, Vec<Digest>)>,
+    ) -> Result<(), Error> {
+        if let Some(position) = first_name_at {
+            self.first_names.insert(position, self.entries);
+        }
+        self.entries += 1;
+        self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read, prior_base })), 0)
+    }
+
+    /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
+    /// feeding each batch to the file checksum as one piece; returns the bytes read.
+    fn read_blocks(
+        &mut self,
+        mut file: std::fs::File,
+        expected: u64,
+        block: usize,
+        sum: &mut FileSummer,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        // Whole blocks per batch, so blocks never straddle two batches.
+        let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
+        let mut size = 0u64;
+        loop {
+            // Sized for what is left of the file; once that is read, one block more: end of file
+            // for a file that did not grow, the next block of one that did (read to its end).
+            let left = usize::try_from(expected.saturating_sub(size)).unwrap_or(usize::MAX);
+            let want = if left == 0 { block.max(1) } else { batch.min(left) };
+            // Full batches reuse buffers the packer handed back, still initialised from their
+            // last use: no zero-fill and no fresh mapping (only a shorter last batch's tail is
+            // zeroed again).
+            let mut data = if want == batch { self.feeder.buffers.get() } else { Vec::new() };
+            data.resize(want, 0);
+            let n = read_full(&mut file, &mut data).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+            data.truncate(n);
+            if n == 0 {
+                return Ok(size);
+            }
+            sum.update(&data);
+            size += n as u64;
+            self.feeder.push(Step::Chunks(Chunks::blocks(data, block)), n)?;
+            if n < want {
+                return Ok(size);
+            }
+        }
+    }
+
+    pub(super) fn visit(&mut self, found: Found) -> Result<(), Error> {
+        if self.uploads.is_closed() {
+            return Err(Error::Internal("pack uploader stopped".into()));
+        }
+        let position = self.found;
+        self.found += 1;
+        let mut meta = found.meta;
+        let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
+        let mut entry = Entry {
+            path: found.rel.clone(),
+            raw_path: found.raw.clone(),
+            kind: EntryKind::Dir,
+            mode,
+            uid,
+            gid,
+            mtime,
+            mtime_nsec,
+            size: 0,
+        };
+        if let Some(target) = &found.link_target {
+            let (target, raw_target) = encode_os(target);
+            entry.kind = EntryKind::Symlink { target, raw_target };
+            return self.done(entry, None, false, None, None);
+        }
+        if !meta.is_file() {
+            return self.done(entry, None, false, None, None);
+        }
+        if let Some(first) = found.hardlink_of.and_then(|f| self.first_names.get(&f).copied()) {
+            entry.kind = EntryKind::Hardlink { entry: first };
+            entry.size = meta.len();
+            return self.done(entry, None, false, None, None);
+        }
+        let first_name_at = (meta.nlink() > 1).then_some(position);
+        let ino = meta.ino();
+        let mtime_ns = nanos(meta.mtime(), meta.mtime_nsec());
+        let ctime_ns = nanos(meta.ctime(), meta.ctime_nsec());
+        let rel = decode_os(&found.rel, found.raw.as_ref());
+        let known = self.known;
+        let prior = self.parent.as_mut().and_then(|p| p.find(rel.as_bytes()));
+        let unchanged = match (&prior, &self.parent) {
+            (Some(p), Some(reader)) => reader.unchanged(p, meta.len(), mtime_ns, ctime_ns, ino, known),
+            _ => false,
+        };
+        if let (Some(p), true) = (prior.as_ref(), unchanged) {
+            self.out.files_unchanged += 1;
+            self.out.total_bytes += p.size;
+            self.out.reused_bytes += p.size;
+            self.feeder.progress.advance(p.size);
+            entry.size = p.size;
+            let chunks = if p.list.is_some() { Vec::new() } else { p.chunks.clone() };
+            entry.kind = EntryKind::File { sum: p.sum, chunks, list: p.list.clone() };
+            return self.done(entry, prior, false, first_name_at, None);
+        }
+        if let (Some(p), Some(true)) = (&prior, self.parent.as_ref().map(ParentReader::trusted))
+            && !p.chunks.is_empty()
+        {
+            self.feeder.push(Step::Prior(p.chunks.clone()), 0)?;
+        }
+        let prior_base = prior
+            .and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
+        let Some((sum, size)) = self.read_consistently(&found.rel, &found.path, &mut meta)? else { return Ok(()) };
+        let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
+        (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec) = (mode, uid, gid, mtime, mtime_nsec);
+        self.out.total_bytes += size;
+        self.out.files_read += 1;
+        entry.size = size;
+        entry.kind = EntryKind::File { sum, chunks: Vec::new(), list: None };
+        let (mtime_ns, ctime_ns) = (nanos(meta.mtime(), meta.mtime_nsec()), nanos(meta.ctime(), meta.ctime_nsec()));
+        let parent =
+            ParentFile { size, mtime_ns, ctime_ns, ino, sum, chunks: Vec::new(), list: None, base_chunks: Vec::new() };
+        self.done(entry, Some(parent), true, first_name_at, prior_base)
+    }
+
+    /// Reads the file `rel` at `path` (again when it changed meanwhile and `stable_reads` is set, up to
+    /// 3 times) into chunks; returns its checksum and size, or `None` when the entry is left out:
+    /// deleted meanwhile, or (stable reads) unreadable or never read consistently, which is
+    /// reported in the outcome. `meta` ends as the metadata the content matches.
+    fn read_consistently(
+        &mut self,
+        rel: &str,
+        path: &std::path::Path,
+        meta: &mut std::fs::Metadata,
+    ) -> Result<Option<(FileSum, u64)>, Error> {
+        let chunking = (self.plan.chunking)(rel);
+        let attempts = if self.plan.stable_reads { 3 } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None), // deleted meanwhile
+                Err(e) if self.plan.stable_reads => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read file: snapshot will be partial");
+                    self.out.unreadable.push(format!("{}: {e}", path.display()));
+                    return Ok(None);
+                }
+                Err(source) => return Err(Error::Read { path: path.to_owned(), source }),
+            };
+            let mut summer = self.plan.file_sum.clone();
+            let size = match chunking {
+                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut summer, path)?,
+                Chunking::ContentDefined(avg) => self.read_chunks(file, meta.len(), avg, &mut summer, path)?,
+            };
+            self.out.read_bytes += size;
+            if !self.plan.stable_reads {
+                return Ok(Some((summer.finish(), size)));
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(after) if !changed(meta, &after) && after.len() == size => return Ok(Some((summer.finish(), size))),
+                Ok(after) if attempt < attempts => {
+                    tracing::warn!(path = %path.display(), attempt, "file changed while being read; reading it again");
+                    self.feeder.push(Step::Discard, 0)?;
+                    *meta = after;
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %path.display(), "file kept changing while being read: snapshot will be partial");
+                    self.out
+                        .unreadable
+                        .push(format!("{}: changed while being read ({attempts} attempts)", path.display()));
+                    return self.feeder.push(Step::Discard, 0).map(|()| None);
+                }
+                Err(_) => return self.feeder.push(Step::Discard, 0).map(|()| None), // deleted meanwhile
+            }
+        }
+    }
+
+    /// Reads a file cut into content-defined chunks of `avg` bytes on average, hashing it with
+    /// checksum as it goes and handing the chunks on in batches; returns the bytes read.
+    fn read_chunks(
+        &mut self,
+        file: std::fs::File,
+        expected_len: u64,
+        avg: usize,
+        sum: &mut FileSummer,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        let mut size = 0u64;
+        let mut chunks = Chunks::default();
+        let expected = usize::try_from(expected_len).unwrap_or(usize::MAX).min(BATCH_BYTES);
+        let feeder = &mut self.feeder;
+        for_each_chunk(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            avg,
+            |data| {
+                sum.update(data);
+                size += data.len() as u64;
+                if chunks.data.capacity() == 0 {
+                    chunks.data.reserve(expected.max(data.len()));
+                }
+                chunks.push(data);
+                if chunks.data.len() >= BATCH_BYTES {
+                    let full = std::mem::take(&mut chunks);
+                    let bytes = full.data.len();
+                    feeder.push(Step::Chunks(full), bytes)?;
+                }
+                Ok(())
+            },
+            |source| Error::Read { path: path.to_owned(), source },
+        )?;
+        if !chunks.ends.is_empty() {
+            let bytes = chunks.data.len();
+            self.feeder.push(Step::Chunks(chunks), bytes)?;
+        }
+        Ok(size)
+    }
+}
