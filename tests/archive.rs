@@ -56,14 +56,11 @@ fn push_is_idempotent_and_never_overwrites(backend: Backend) {
     assert!(stderr(&out).contains("WAL gap"), "{}", stderr(&out));
 }
 
-#[test]
-fn wal_push_idempotent_local() {
-    push_is_idempotent_and_never_overwrites(Backend::Local);
-}
-
-#[test]
-fn wal_push_idempotent_s3() {
-    push_is_idempotent_and_never_overwrites(Backend::S3);
+crate::backend_matrix! {
+    /// Identical re-pushes succeed, different content is refused, odd names too; fetch exit codes.
+    fn wal_push_idempotent(backend) {
+        push_is_idempotent_and_never_overwrites(backend);
+    }
 }
 
 #[test]
@@ -179,14 +176,11 @@ fn backlog_drains_in_order_and_round_trips(backend: Backend) {
     assert!(out.status.success(), "verify: {}", stderr(&out));
 }
 
-#[test]
-fn wal_push_backlog_drain_local() {
-    backlog_drains_in_order_and_round_trips(Backend::Local);
-}
-
-#[test]
-fn wal_push_backlog_drain_s3() {
-    backlog_drains_in_order_and_round_trips(Backend::S3);
+crate::backend_matrix! {
+    /// A `.ready` backlog is archived ahead in order and every segment reads back exactly.
+    fn wal_push_backlog_drain(backend) {
+        backlog_drains_in_order_and_round_trips(backend);
+    }
 }
 
 #[test]

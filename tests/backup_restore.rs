@@ -1,10 +1,7 @@
 //! Base backup → more writes → restore to latest and to a PITR target, on every backend.
 
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
-
-fn rows(cluster: &radd::pg::ScratchCluster, phase: i32) -> i64 {
-    sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse().expect("count")
-}
+use crate::common::setup::phase_rows;
 
 /// The flow the issue asks for: every row written before the target is restored, none after.
 fn backup_then_restore_latest_and_pitr(env: TestEnv) {
@@ -13,7 +10,7 @@ fn backup_then_restore_latest_and_pitr(env: TestEnv) {
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int, payload text)");
     sql(&source, "INSERT INTO t (phase, payload) SELECT 1, md5(g::text) FROM generate_series(1, 5000) g");
 
-    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let backup = env.backup_pg();
     let snapshot = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
     assert!(backup["files"].as_u64().unwrap() > 500, "{backup}");
 
@@ -28,16 +25,16 @@ fn backup_then_restore_latest_and_pitr(env: TestEnv) {
     assert_eq!(listed[0]["id"], snapshot.as_str());
 
     let latest = env.restore_and_start("latest", "latest", &[]);
-    assert_eq!((rows(&latest, 1), rows(&latest, 2), rows(&latest, 3)), (5000, 3000, 2000));
+    assert_eq!((phase_rows(&latest, 1), phase_rows(&latest, 2), phase_rows(&latest, 3)), (5000, 3000, 2000));
     drop(latest);
 
     let by_lsn = env.restore_and_start(&snapshot, "pitr-lsn", &["--lsn", &pitr_lsn]);
-    assert_eq!((rows(&by_lsn, 1), rows(&by_lsn, 2), rows(&by_lsn, 3)), (5000, 3000, 0));
+    assert_eq!((phase_rows(&by_lsn, 1), phase_rows(&by_lsn, 2), phase_rows(&by_lsn, 3)), (5000, 3000, 0));
     drop(by_lsn);
 
     if backend == Backend::Local {
         let by_time = env.restore_and_start(&snapshot[..10], "pitr-time", &["--time", &pitr_time]);
-        assert_eq!((rows(&by_time, 1), rows(&by_time, 2), rows(&by_time, 3)), (5000, 3000, 0));
+        assert_eq!((phase_rows(&by_time, 1), phase_rows(&by_time, 2), phase_rows(&by_time, 3)), (5000, 3000, 0));
     }
 
     // Pushing a segment that is already archived (same content) succeeds: idempotent.
@@ -96,8 +93,8 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
     // the parent backup started (a timestamp rule, so this one wait is the point of the test).
     std::thread::sleep(std::time::Duration::from_millis(1100));
 
-    let first = json(&env.radd_push(&["--json", "backup", "pg"]));
-    let second = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let first = env.backup_pg();
+    let second = env.backup_pg();
     let full = json(&env.radd_push(&["--json", "backup", "pg", "--full-read"]));
     eprintln!(
         "incremental: second backup read {} of {} files ({} B); --full-read read {} files",
@@ -135,7 +132,7 @@ fn second_backup_of_unchanged_cluster_uploads_almost_nothing() {
         .expect("run pgbench");
     assert!(bench.status.success(), "pgbench failed: {}", stderr(&bench));
     sql(&source, "CHECKPOINT");
-    let third = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let third = env.backup_pg();
     let up3 = third["uploaded_bytes"].as_u64().unwrap();
     eprintln!("incremental after 300 transactions: uploaded {up3} B, read {} B", third["read_bytes"]);
     assert!(third["read_bytes"].as_u64().unwrap() > 80_000_000, "the changed accounts table is read: {third}");

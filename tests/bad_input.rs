@@ -8,9 +8,8 @@ use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_ar
 /// A repository with one snapshot and archived WAL after it.
 fn env_with_backup() -> (TestEnv, String) {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
-    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let source = env.source_with_rows(20000);
+    let backup = env.backup_pg();
     sql(&source, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
     switch_and_wait_archived(&source);
     for _ in 0..3 {
@@ -168,7 +167,7 @@ fn backup_ended_after_an_early_index_object_leaves_a_consistent_repository() {
     let verify = env.radd(&["--json", "verify", "--read-data"]);
     assert!(verify.status.success(), "repository must verify: {}", stderr(&verify));
 
-    let again = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let again = env.backup_pg();
     let objects = std::fs::read_dir(env.local_object("index")).unwrap().count();
     assert!(objects > early + 2, "the full backup wrote its index in many objects of 100 blobs: {objects}");
     switch_and_wait_archived(&source);
@@ -221,7 +220,7 @@ fn killed_backup_leaves_a_verifiable_repository_and_no_snapshot() {
     let verify = env.radd(&["--json", "verify", "--read-data"]);
     assert!(verify.status.success(), "repository must verify after the kill: {}", stderr(&verify));
 
-    let again = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let again = env.backup_pg();
     switch_and_wait_archived(&source);
     let restored = env.restore_and_start(again["snapshot_id"].as_str().unwrap(), "after-kill", &[]);
     assert_eq!(sql(&restored, "SELECT count(*) FROM noise"), "120000");

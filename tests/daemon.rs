@@ -4,14 +4,13 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, sql, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, stderr, switch_and_wait_archived};
 use crate::common::pause::{background, finish_within, resume, wait_reached};
 
 #[test]
 fn daemon_serves_metrics_and_stops_on_sigterm() {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let source = env.source_with_ids(1000);
     assert!(env.radd_push(&["heartbeat"]).status.success());
     let backup = env.radd(&["backup", "pg"]);
     assert!(backup.status.success(), "{}", stderr(&backup));
@@ -212,8 +211,7 @@ fn daemon_refuses_to_start_when_a_check_fails() {
 #[test]
 fn sighup_reloads_schedules_without_dropping_a_running_backup() {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let _source = env.source_with_ids(1000);
     let port = radd::pg::free_port().expect("port");
     let base = std::fs::read_to_string(&env.config).unwrap();
     let daemon = |schedules: &str| {

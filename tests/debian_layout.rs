@@ -99,7 +99,7 @@ crate::pg_matrix! {
         sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, payload text)");
         sql(&source, "INSERT INTO t (payload) SELECT md5(g::text) FROM generate_series(1, 5000) g");
 
-        let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+        let backup = env.backup_pg();
         let snapshot = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
         let listed = json(&env.radd(&["--json", "ls", &snapshot]));
         let paths: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|e| e["path"].as_str()).collect();

@@ -33,8 +33,7 @@ fn prepared(backend: Backend) -> (TestEnv, radd::pg::ScratchCluster) {
 }
 
 fn prepared_on(env: TestEnv) -> (TestEnv, radd::pg::ScratchCluster) {
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let source = env.source_with_rows(20000);
     let beat = env.radd_push(&["heartbeat"]);
     assert!(beat.status.success(), "heartbeat: {}", stderr(&beat));
     let backup = env.radd_push(&["backup", "pg"]);

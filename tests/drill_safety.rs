@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use radd::config::PostgresConfig;
 
-use crate::common::env::{Backend, TestEnv, block_on, find_file, json, sql_at, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, block_on, find_file, json, sql_at, stderr};
 use crate::common::pause::{finish_within, spawn_paused, wait_reached};
 
 const DRILL: &str = r#"
@@ -94,10 +94,7 @@ fn a_drill_of_a_source_that_requires_passwords_passes_without_one() {
 #[test]
 fn a_signal_stops_and_removes_the_drill_instance() {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    crate::common::env::sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 5000) g");
-    assert!(env.radd_push(&["backup", "pg"]).status.success());
-    switch_and_wait_archived(&source);
+    let _source = env.source_with_backup(5000);
     std::fs::write(env.path().join("drills/prod-like.toml"), DRILL).unwrap();
     let scratch = env.path().join("scratch");
 

@@ -72,8 +72,7 @@ fn a_backup_into_a_filling_repository_fails_fast_naming_the_full_disk() {
 fn wal_push_into_a_full_repository_says_no_space_left() {
     let disk = SmallDisk::mount("64m");
     let env = local_on(&disk);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let source = env.source_with_rows(20000);
     switch_and_wait_archived(&source);
     // The current segment is not archived yet: push a copy of it by hand into the full disk.
     // (Written to first: at a segment boundary pg_walfile_name names the previous segment.)
@@ -116,8 +115,7 @@ fn s3_through(proxy: &FaultProxy, budget: &str) -> TestEnv {
 fn backup_wal_and_restore_succeed_through_slow_downs_and_resets() {
     let proxy = FaultProxy::start();
     let env = s3_through(&proxy, "60s");
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g");
+    let source = env.source_with_rows(30000);
     // 10 % of requests answered 503 SlowDown, ~7.7 % of connections reset.
     proxy.set(Plan { slow_down_every: 10, reset_every: 13, ..Plan::default() });
 
@@ -139,8 +137,7 @@ fn backup_wal_and_restore_succeed_through_slow_downs_and_resets() {
 fn lost_put_replies_still_commit_a_snapshot_that_verifies() {
     let proxy = FaultProxy::start();
     let env = s3_through(&proxy, "60s");
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let source = env.source_with_rows(20000);
     // Every third PUT is stored but its reply replaced by a reset.
     proxy.set(Plan { lose_put_reply_every: 3, ..Plan::default() });
 
@@ -159,8 +156,7 @@ fn lost_put_replies_still_commit_a_snapshot_that_verifies() {
 fn an_outage_shorter_than_the_retry_budget_is_ridden_out() {
     let proxy = FaultProxy::start();
     let env = s3_through(&proxy, "30s");
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let _source = env.source_with_rows(20000);
     proxy.set(Plan { down_at: Some(Trigger::first("PUT", "/packs/", Duration::from_secs(5))), ..Plan::default() });
 
     let started = Instant::now();
@@ -178,8 +174,7 @@ fn an_outage_shorter_than_the_retry_budget_is_ridden_out() {
 fn an_outage_longer_than_the_retry_budget_fails_within_it() {
     let proxy = FaultProxy::start();
     let env = s3_through(&proxy, "5s");
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let _source = env.source_with_rows(20000);
     proxy.set(Plan { down_at: Some(Trigger::first("PUT", "/packs/", Duration::from_secs(120))), ..Plan::default() });
 
     let started = Instant::now();
@@ -202,8 +197,7 @@ fn an_outage_longer_than_the_retry_budget_fails_within_it() {
 fn a_restore_cut_off_by_an_outage_fails_within_the_budget_and_leaves_no_target() {
     let proxy = FaultProxy::start();
     let env = s3_through(&proxy, "5s");
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
+    let source = env.source_with_rows(20000);
     let backup = env.radd_push(&["backup", "pg"]);
     assert!(backup.status.success(), "backup: {}", stderr(&backup));
     switch_and_wait_archived(&source);

@@ -122,14 +122,11 @@ fn round_trip(backend: Backend) {
     assert!(!base.join("name with spaces").exists());
 }
 
-#[test]
-fn fs_tree_round_trips_exactly_local() {
-    round_trip(Backend::Local);
-}
-
-#[test]
-fn fs_tree_round_trips_exactly_s3() {
-    round_trip(Backend::S3);
+crate::backend_matrix! {
+    /// Every kind of entry comes back exactly; `ls` and `--include` see the same tree.
+    fn fs_tree_round_trips_exactly(backend) {
+        round_trip(backend);
+    }
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
     sql(&source, "INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g");
     sql(&source, "VACUUM FREEZE");
     sql(&source, "CHECKPOINT");
-    let first = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let first = env.backup_pg();
     let old_objects = rewrite_as_old_json(&env);
     assert!(old_objects >= 1);
 
@@ -68,7 +68,7 @@ fn json_index_objects_of_an_older_radd_still_back_up_incrementally_verify_prune_
 
     sql(&source, "UPDATE t SET v = 'changed' WHERE id % 500 = 0");
     sql(&source, "CHECKPOINT");
-    let third = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let third = env.backup_pg();
     assert_eq!(third["parent"], second["snapshot_id"], "{third}");
     assert!(third["files_unchanged"].as_u64().unwrap() > 0, "{third}");
     let payloads = index_payloads(&env);

@@ -8,7 +8,7 @@ fn info_shows_the_window_backups_and_drills() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
-    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let backup = env.backup_pg();
     let newest = switch_and_wait_archived(&source);
     let tree = env.path().join("tree");
     std::fs::create_dir(&tree).unwrap();

@@ -34,6 +34,7 @@ mod retention;
 mod scratch;
 mod segsize;
 mod standby;
+mod storage;
 mod tablespace;
 mod verify;
 mod wal_swap;

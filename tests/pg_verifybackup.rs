@@ -89,10 +89,7 @@ fn a_byte_changed_after_the_restore_is_caught_by_pg_verifybackup() {
 #[test]
 fn a_drill_runs_pg_verifybackup_as_a_check() {
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 2000) g");
-    assert!(env.radd_push(&["backup", "pg"]).status.success());
-    switch_and_wait_archived(&source);
+    let _source = env.source_with_backup(2000);
     std::fs::write(env.path().join("drills/verify.toml"), "name = \"verify\"\n[checks]\npage_integrity = false\n")
         .unwrap();
     let report = json(&env.radd(&["--json", "drill", "run", "verify"]));

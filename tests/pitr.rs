@@ -2,22 +2,10 @@
 //! item 4), and `--allow-gap` restores that end before the gap and record the loss (item 5).
 
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
-
-fn rows(cluster: &radd::pg::ScratchCluster, phase: i32) -> i64 {
-    sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse().expect("count")
-}
+use crate::common::setup::{insert_phase, phase_rows};
 
 fn phases(cluster: &radd::pg::ScratchCluster) -> [i64; 4] {
-    [rows(cluster, 1), rows(cluster, 2), rows(cluster, 3), rows(cluster, 4)]
-}
-
-fn insert(source: &radd::pg::ScratchCluster, phase: i32, n: i32) {
-    sql(source, &format!("INSERT INTO t (phase) SELECT {phase} FROM generate_series(1, {n})"));
-}
-
-fn backup(env: &TestEnv) -> String {
-    let out = env.radd_push(&["--json", "backup", "pg"]);
-    json(&out)["snapshot_id"].as_str().expect("snapshot id").to_owned()
+    [phase_rows(cluster, 1), phase_rows(cluster, 2), phase_rows(cluster, 3), phase_rows(cluster, 4)]
 }
 
 /// Runs `radd restore` with `args` into `<tmp>/<name>`; asserts a usage refusal (exit 2)
@@ -42,14 +30,14 @@ crate::pg_matrix! {
         let env = TestEnv::with_pg(Backend::Local, pg);
         let source = env.source_cluster();
         sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-        insert(&source, 1, 3000);
-        let first = backup(&env);
-        insert(&source, 2, 2000);
+        insert_phase(&source, 1, 3000);
+        let first = env.backup_pg_id();
+        insert_phase(&source, 2, 2000);
         let lsn = sql(&source, "SELECT pg_current_wal_lsn()");
         let time = sql(&source, "SELECT clock_timestamp()");
-        insert(&source, 3, 1000);
-        let second = backup(&env);
-        insert(&source, 4, 500);
+        insert_phase(&source, 3, 1000);
+        let second = env.backup_pg_id();
+        insert_phase(&source, 4, 500);
         switch_and_wait_archived(&source);
 
         for (name, args) in [("by-time", ["--time", time.as_str()]), ("by-lsn", ["--lsn", lsn.as_str()])] {
@@ -77,13 +65,13 @@ crate::pg_matrix! {
         let env = TestEnv::with_pg(Backend::Local, pg);
         let source = env.source_cluster();
         sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-        insert(&source, 1, 3000);
-        let snapshot = backup(&env);
-        insert(&source, 2, 2000);
+        insert_phase(&source, 1, 3000);
+        let snapshot = env.backup_pg_id();
+        insert_phase(&source, 2, 2000);
         switch_and_wait_archived(&source);
-        insert(&source, 3, 1000);
+        insert_phase(&source, 3, 1000);
         switch_and_wait_archived(&source);
-        insert(&source, 4, 500);
+        insert_phase(&source, 4, 500);
         switch_and_wait_archived(&source);
         let victim = env.delete_wal_before_last();
 

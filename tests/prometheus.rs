@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, sql, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, http_get, json, radd_binary, stderr, switch_and_wait_archived};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
@@ -289,8 +289,7 @@ fn dashboard_expressions() -> Vec<String> {
 /// --read-data`, a failed `[[fs]]` job and a webhook sink: everything the rules and panels
 /// read has a series.
 fn prepared_daemon_config(env: &TestEnv, listen: u16, webhook: u16) -> (radd::pg::ScratchCluster, PathBuf) {
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let source = env.source_with_ids(1000);
     assert!(env.radd_push(&["heartbeat"]).status.success());
     let never = "0 0 0 1 1 * 2099";
     let config = std::fs::read_to_string(&env.config).unwrap()

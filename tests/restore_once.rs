@@ -47,7 +47,7 @@ fn restore_after_ten_incrementals_reads_each_pack_once() {
             );
         }
         sql(&source, "CHECKPOINT");
-        let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+        let backup = env.backup_pg();
         last = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
         packs_per_backup.push(std::fs::read_dir(env.local_object("packs")).unwrap().count());
     }

@@ -4,22 +4,10 @@
 //! written, with no incident.
 
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
+use crate::common::setup::{insert_phase, phase_rows};
 
 fn rows(cluster: &radd::pg::ScratchCluster) -> [i64; 3] {
-    let count = |phase: i32| {
-        sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse::<i64>().expect("count")
-    };
-    [count(1), count(2), count(3)]
-}
-
-fn insert(source: &radd::pg::ScratchCluster, phase: i32, n: i32) {
-    sql(source, &format!("INSERT INTO t (phase) SELECT {phase} FROM generate_series(1, {n})"));
-}
-
-fn backup(env: &TestEnv) -> String {
-    let out = env.radd_push(&["--json", "backup", "pg"]);
-    assert!(out.status.success(), "backup: {}", stderr(&out));
-    json(&out)["snapshot_id"].as_str().expect("snapshot id").to_owned()
+    [phase_rows(cluster, 1), phase_rows(cluster, 2), phase_rows(cluster, 3)]
 }
 
 /// No event of kind incident in the log: refusals of the operator's request are not incidents.
@@ -49,9 +37,9 @@ fn restore_by_name_stops_exactly_at_the_restore_point() {
     let env = TestEnv::new(Backend::S3);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-    insert(&source, 1, 3000);
-    let first = backup(&env);
-    insert(&source, 2, 2000);
+    insert_phase(&source, 1, 3000);
+    let first = env.backup_pg_id();
+    insert_phase(&source, 2, 2000);
 
     let out = env.radd(&["--json", "restore-point", "before-migration"]);
     assert!(out.status.success(), "restore-point: {}", stderr(&out));
@@ -61,9 +49,9 @@ fn restore_by_name_stops_exactly_at_the_restore_point() {
     let lsn: radd::pg::Lsn = point["lsn"].as_str().expect("lsn").parse().expect("an LSN");
     assert!(point["by"].as_str().is_some_and(|b| b.contains('@')), "{point:#}");
     // The "migration", and a backup after it: `latest` must not pick that one.
-    insert(&source, 3, 1000);
+    insert_phase(&source, 3, 1000);
     sql(&source, "ALTER TABLE t ADD COLUMN migrated bool DEFAULT true");
-    backup(&env);
+    env.backup_pg_id();
     switch_and_wait_archived(&source);
 
     // A name with a slash and spaces is stored under one key and listed as written.
@@ -139,9 +127,9 @@ fn human_times_restore_in_a_zone_and_outside_the_window_are_refused() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-    insert(&source, 1, 3000);
-    backup(&env);
-    insert(&source, 2, 2000);
+    insert_phase(&source, 1, 3000);
+    env.backup_pg_id();
+    insert_phase(&source, 2, 2000);
     // One instant, written in Kolkata's local time (UTC+05:30, no summer time) and in UTC.
     let both = sql(
         &source,
@@ -149,7 +137,7 @@ fn human_times_restore_in_a_zone_and_outside_the_window_are_refused() {
          || '|' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM n",
     );
     let (kolkata, utc) = both.split_once('|').expect("two times");
-    insert(&source, 3, 1000);
+    insert_phase(&source, 3, 1000);
     switch_and_wait_archived(&source);
 
     let local = format!("{kolkata} Asia/Kolkata");

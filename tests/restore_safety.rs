@@ -30,22 +30,12 @@ fn history_files(env: &TestEnv) -> Vec<String> {
     found
 }
 
-/// A source with 1000 rows in `t`, a base backup, and the WAL after it archived.
-fn source_with_backup(env: &TestEnv) -> radd::pg::ScratchCluster {
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
-    let backup = env.radd_push(&["backup", "pg"]);
-    assert!(backup.status.success(), "backup: {}", stderr(&backup));
-    switch_and_wait_archived(&source);
-    source
-}
-
 crate::pg_matrix! {
     /// A copy restored without flags writes and switches WAL: nothing of its timeline reaches the
     /// repository. With `--archive` the copy's timeline history is archived (it became a primary).
     fn restored_copy_does_not_archive_by_default(pg) {
         let env = TestEnv::with_pg(Backend::Local, pg);
-        let _source = source_with_backup(&env);
+        let _source = env.source_with_backup(1000);
 
         let target = env.path().join("copy");
         let out = env.radd(&["restore", "latest", "--target", target.to_str().unwrap()]);
@@ -103,7 +93,7 @@ crate::pg_matrix! {
     /// drill fails its `timeline` check with an incident.
     fn a_diverged_timeline_is_reported_and_not_followed(pg) {
         let env = TestEnv::with_pg(Backend::Local, pg);
-        let source = source_with_backup(&env);
+        let source = env.source_with_backup(1000);
 
         let copy_dir = env.path().join("copy");
         let out = env.radd(&["restore", "latest", "--archive", "--target", copy_dir.to_str().unwrap()]);

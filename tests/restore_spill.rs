@@ -3,7 +3,7 @@
 //! `RADD_RESTORE_SPILL_PLACEMENTS=1000` on a cluster of many more chunks, every row comes back
 //! and nothing is left beside the target.
 
-use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
+use crate::common::env::{Backend, TestEnv, sql, stderr, switch_and_wait_archived};
 
 #[test]
 fn a_restore_with_its_plan_spilled_to_disk_brings_back_every_row() {
@@ -11,7 +11,7 @@ fn a_restore_with_its_plan_spilled_to_disk_brings_back_every_row() {
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, payload text NOT NULL)");
     sql(&source, "INSERT INTO t SELECT g, g % 97, repeat(md5(g::text), 3) FROM generate_series(1, 60000) g");
-    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let backup = env.backup_pg();
     let snapshot = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
     let (rows, sum) = (sql(&source, "SELECT count(*) FROM t"), sql(&source, "SELECT sum(v) FROM t"));
     switch_and_wait_archived(&source);

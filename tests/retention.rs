@@ -130,12 +130,11 @@ fn prune_deletes_after_grace_and_never_breaks_a_concurrent_backup() {
 fn prune_keeps_the_pitr_window_of_the_oldest_retained_backup() {
     use crate::common::env::{sql, switch_and_wait_archived};
     let env = TestEnv::new(Backend::Local);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    let source = env.source_with_ids(1000);
     assert!(env.radd_push(&["backup", "pg"]).status.success());
     sql(&source, "INSERT INTO t SELECT g FROM generate_series(1001, 2000) g");
     switch_and_wait_archived(&source);
-    let kept = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let kept = env.backup_pg();
     sql(&source, "INSERT INTO t SELECT g FROM generate_series(2001, 3000) g");
     switch_and_wait_archived(&source);
     let wal_before = std::fs::read_dir(env.local_object("wal/00000001")).unwrap().count();

@@ -11,6 +11,7 @@ use radd::config::PostgresConfig;
 use crate::common::env::{
     Backend, TestEnv, block_on, json, radd_binary, sql, sql_at, stderr, switch_and_wait_archived,
 };
+use crate::common::setup::insert_phase;
 
 const PASSWORD: &str = "scratch-secret";
 
@@ -21,10 +22,6 @@ impl Drop for StopAll<'_> {
     fn drop(&mut self) {
         let _ = self.0.radd(&["scratch", "stop", "--all"]);
     }
-}
-
-fn backup(env: &TestEnv) -> String {
-    json(&env.radd_push(&["--json", "backup", "pg"]))["snapshot_id"].as_str().expect("snapshot id").to_owned()
 }
 
 /// The private socket of an instance, as its `dsn_socket` names it.
@@ -113,11 +110,11 @@ fn scratch_restore_at_a_time_serves_the_rows_before_it_until_stopped() {
     let source = env.source_cluster();
     sql(&source, &format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"));
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-    sql(&source, "INSERT INTO t (phase) SELECT 1 FROM generate_series(1, 3000)");
-    backup(&env);
-    sql(&source, "INSERT INTO t (phase) SELECT 2 FROM generate_series(1, 2000)");
+    insert_phase(&source, 1, 3000);
+    env.backup_pg_id();
+    insert_phase(&source, 2, 2000);
     let time = sql(&source, "SELECT clock_timestamp()");
-    sql(&source, "INSERT INTO t (phase) SELECT 3 FROM generate_series(1, 1000)");
+    insert_phase(&source, 3, 1000);
     switch_and_wait_archived(&source);
 
     let started = Instant::now();
@@ -193,7 +190,7 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
     )
     .expect("config");
     sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
-    backup(&env);
+    env.backup_pg_id();
     // A time after the last commit but before the newest segment was archived: inside the
     // window as far as the archive's listing tells, yet no WAL after it to stop at.
     let last_commit = sql(&source, "SELECT clock_timestamp()");
@@ -254,9 +251,8 @@ fn scratch_limits_window_and_production_port_are_refused_and_promote_is_writable
 fn the_daemon_stops_an_instance_whose_ttl_ran_out() {
     let env = TestEnv::new(Backend::Local);
     let _cleanup = StopAll(&env);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
-    backup(&env);
+    let source = env.source_with_ids(1000);
+    env.backup_pg_id();
     sql(&source, "INSERT INTO t SELECT g FROM generate_series(1001, 1500) g");
     switch_and_wait_archived(&source);
 
@@ -328,14 +324,14 @@ fn scratch_restore_by_name_reaches_exactly_the_restore_point() {
     let _cleanup = StopAll(&env);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (id serial PRIMARY KEY, phase int)");
-    sql(&source, "INSERT INTO t (phase) SELECT 1 FROM generate_series(1, 2000)");
-    backup(&env);
-    sql(&source, "INSERT INTO t (phase) SELECT 2 FROM generate_series(1, 500)");
+    insert_phase(&source, 1, 2000);
+    env.backup_pg_id();
+    insert_phase(&source, 2, 500);
     let out = env.radd(&["--json", "restore-point", "before-migration"]);
     assert!(out.status.success(), "restore-point: {}", stderr(&out));
     sql(&source, "ALTER TABLE t ADD COLUMN migrated bool DEFAULT true");
-    sql(&source, "INSERT INTO t (phase) SELECT 3 FROM generate_series(1, 700)");
-    backup(&env);
+    insert_phase(&source, 3, 700);
+    env.backup_pg_id();
     switch_and_wait_archived(&source);
 
     let out = env.radd(&["--json", "restore", "latest", "--scratch", "--name", "before-migration"]);

@@ -73,7 +73,7 @@ fn switch_times(cluster: &ScratchCluster, n: u32) -> String {
 
 /// Takes a base backup; returns its snapshot id and the name of its start segment.
 fn backup(env: &TestEnv, segment_size: SegmentSize) -> (String, String) {
-    let report = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let report = env.backup_pg();
     let start: Lsn = report["start_lsn"].as_str().expect("start lsn").parse().expect("lsn");
     let first =
         WalFileName::segment_for(Timeline(report["timeline"].as_u64().expect("timeline") as u32), start, segment_size)

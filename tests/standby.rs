@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use radd::pg::ScratchCluster;
 
 use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_archived};
-
-fn rows(cluster: &ScratchCluster, phase: i32) -> i64 {
-    sql(cluster, &format!("SELECT count(*) FROM t WHERE phase = {phase}")).parse().expect("count")
-}
+use crate::common::setup::phase_rows;
 
 fn insert(primary: &ScratchCluster, phase: i32, count: u32) {
     sql(
@@ -77,14 +74,14 @@ crate::pg_matrix! {
         point_configs_at(&env, &standby, Some(&primary));
         insert(&primary, 2, 3000);
         wait_replayed(&primary, &standby);
-        assert_eq!(rows(&standby, 2), 3000, "the standby streams from the primary");
+        assert_eq!(phase_rows(&standby, 2), 3000, "the standby streams from the primary");
 
-        let first = json(&env.radd_push(&["--json", "backup", "pg"]));
+        let first = env.backup_pg();
         assert_eq!(first["from_standby"], true, "{first:#}");
         assert!(first["files"].as_u64().expect("files") > 500, "{first:#}");
         insert(&primary, 3, 2000);
         wait_replayed(&primary, &standby);
-        let second = json(&env.radd_push(&["--json", "backup", "pg"]));
+        let second = env.backup_pg();
         assert_eq!(second["from_standby"], true, "{second:#}");
         assert_eq!(second["parent"], first["snapshot_id"], "the parent record serves standby backups too: {second:#}");
         insert(&primary, 4, 1000);
@@ -106,7 +103,7 @@ crate::pg_matrix! {
         for (name, snapshot) in [("from-first", &first), ("from-second", &second)] {
             let id = snapshot["snapshot_id"].as_str().expect("snapshot id");
             let restored = env.restore_and_start(id, name, &[]);
-            assert_eq!((rows(&restored, 1), rows(&restored, 2), rows(&restored, 3), rows(&restored, 4)), (5000, 3000, 2000, 1000), "{name}");
+            assert_eq!((phase_rows(&restored, 1), phase_rows(&restored, 2), phase_rows(&restored, 3), phase_rows(&restored, 4)), (5000, 3000, 2000, 1000), "{name}");
             let auto_conf = std::fs::read_to_string(restored.data_dir().join("postgresql.auto.conf")).expect("auto conf");
             assert!(auto_conf.contains("primary_conninfo = ''"), "a restored standby backup must not name the primary: {auto_conf}");
             assert!(!restored.data_dir().join("standby.signal").exists(), "{name}: restored as a standby");
@@ -154,9 +151,9 @@ crate::pg_matrix! {
         assert!(err.contains("[postgres.primary]") && err.contains("in recovery"), "{err}");
 
         point_configs_at(&env, &standby, Some(&primary));
-        let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+        let backup = env.backup_pg();
         assert_eq!(backup["from_standby"], true, "{backup:#}");
         let restored = env.restore_and_start("latest", "restored", &[]);
-        assert_eq!(rows(&restored, 1), 1000);
+        assert_eq!(phase_rows(&restored, 1), 1000);
     }
 }

@@ -29,7 +29,7 @@ fn prepared(pg: crate::common::pg::PgVersion) -> Prepared {
     sql(&source, "INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(1, 7000) g");
     sql(&source, "CREATE TABLE in_default AS SELECT g AS id FROM generate_series(1, 3000) g");
     let oid: u32 = sql(&source, "SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'").parse().expect("oid");
-    let backup = json(&env.radd_push(&["--json", "backup", "pg"]));
+    let backup = env.backup_pg();
     let snapshot = backup["snapshot_id"].as_str().expect("snapshot id").to_owned();
     // Rows after the backup reach the restore through WAL replay into the remapped tablespace.
     sql(&source, "INSERT INTO in_ts SELECT g, md5(g::text) FROM generate_series(7001, 8000) g");

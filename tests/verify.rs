@@ -7,9 +7,8 @@ use crate::common::env::{Backend, TestEnv, json, sql, stderr, switch_and_wait_ar
 /// A repository with one snapshot and several archived WAL segments after it.
 fn env_with_backup(backend: Backend) -> TestEnv {
     let env = TestEnv::new(backend);
-    let source = env.source_cluster();
-    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g");
-    json(&env.radd_push(&["--json", "backup", "pg"]));
+    let source = env.source_with_rows(20000);
+    env.backup_pg();
     for _ in 0..3 {
         sql(&source, "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100) g");
         switch_and_wait_archived(&source);
@@ -54,14 +53,11 @@ fn good_repository_verifies(backend: Backend) {
     assert!(stderr(&out).contains("identity"), "{}", stderr(&out));
 }
 
-#[test]
-fn verify_good_repository_local() {
-    good_repository_verifies(Backend::Local);
-}
-
-#[test]
-fn verify_good_repository_s3() {
-    good_repository_verifies(Backend::S3);
+crate::backend_matrix! {
+    /// A good repository passes `verify --read-data` and `verify`; the archiving side cannot verify.
+    fn verify_good_repository(backend) {
+        good_repository_verifies(backend);
+    }
 }
 
 #[test]

@@ -96,7 +96,7 @@ fn swapped_segments_fail_verify_and_fetch_and_abort_recovery() {
     let env = TestEnv::new(Backend::Local);
     let source = env.source_cluster();
     sql(&source, "CREATE TABLE t (batch int, payload text)");
-    json(&env.radd_push(&["--json", "backup", "pg"]));
+    env.backup_pg();
     let mut segments = Vec::new();
     for batch in 1..=4 {
         sql(&source, &format!("INSERT INTO t SELECT {batch}, md5(g::text) FROM generate_series(1, 2000) g"));

@@ -130,6 +130,23 @@ pub struct Listed {
     pub modified: chrono::DateTime<chrono::Utc>,
 }
 
+/// S3 credentials given explicitly instead of through the process environment, for a process
+/// that opens stores of several identities at once (the storage conformance tests); radd itself
+/// takes them from `AWS_*` variables or the instance's role (see [`Repo::open`]).
+#[derive(Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
 /// A handle on the repository's object store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -146,7 +163,15 @@ impl Repo {
     /// Opens the configured backend. The local backend creates its directory if missing. S3
     /// requests are bounded by `request_timeout` and `connect_timeout`; `object_store`'s own
     /// retries are off, every operation retries through [`Repo::with_retries`] instead.
+    /// S3 credentials come from the environment (`AWS_ACCESS_KEY_ID`, …, as
+    /// `AmazonS3Builder::from_env` reads them).
     pub fn open(config: &RepositoryConfig) -> Result<Self, Error> {
+        Self::open_with(config, None)
+    }
+
+    /// [`Repo::open`] with explicit S3 credentials, which take precedence over the environment's
+    /// (the other `AWS_*` variables still apply); ignored by the local backend.
+    pub fn open_with(config: &RepositoryConfig, credentials: Option<&S3Credentials>) -> Result<Self, Error> {
         let retry = RetryPolicy::with_budget(config.retry_budget());
         match config.backend {
             Backend::Local => {
@@ -174,6 +199,11 @@ impl Repo {
                         millis(config.connect_timeout()),
                     )
                     .with_retry(object_store::RetryConfig { max_retries: 0, ..object_store::RetryConfig::default() });
+                if let Some(credentials) = credentials {
+                    builder = builder
+                        .with_access_key_id(&credentials.access_key_id)
+                        .with_secret_access_key(&credentials.secret_access_key);
+                }
                 if let Some(endpoint) = &config.endpoint {
                     builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
                 }

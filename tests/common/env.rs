@@ -59,7 +59,17 @@ pub struct TestEnv {
     pub pg: PgVersion,
 }
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// A key prefix on the shared S3 server no other test of any process uses: the pid, a counter
+/// and the name of the test's own temp dir `root`.
+pub fn s3_prefix(root: &Path) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        root.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    )
+}
 
 /// Repository settings beyond the defaults (see [`TestEnv::with_repository`]).
 #[derive(Debug, Default)]
@@ -106,12 +116,7 @@ impl TestEnv {
             }
             Backend::S3 => {
                 let server = s3::shared();
-                let prefix = format!(
-                    "t{}-{}-{}",
-                    std::process::id(),
-                    COUNTER.fetch_add(1, Ordering::SeqCst),
-                    root.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-                );
+                let prefix = s3_prefix(root);
                 (
                     format!(
                         "backend = \"s3\"\nbucket = \"{}\"\nprefix = \"{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\nallow_http = true\n",
