@@ -26,6 +26,7 @@ mod pitr;
 mod preflight;
 mod progress;
 mod prometheus;
+mod repo_format;
 mod restore_once;
 mod restore_points;
 mod restore_safety;

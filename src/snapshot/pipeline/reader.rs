@@ -13,12 +13,12 @@ use tokio::sync::mpsc;
 use crate::codec::read_full;
 use crate::crypto::{Digest, IdKey};
 use crate::snapshot::Error;
-use crate::snapshot::{FileSum, FileSummer};
 use crate::snapshot::chunker::{Chunking, for_each_chunk};
 use crate::snapshot::manifest::{Entry, EntryKind, decode_os, encode_os};
 use crate::snapshot::pack::{BlobIndex, BufferPool, PendingPack};
 use crate::snapshot::parent::{ParentFile, ParentReader};
 use crate::snapshot::walk::{Found, attrs};
+use crate::snapshot::{FileSum, FileSummer};
 
 use super::{BATCH_BYTES, BATCH_STEPS, Batch, Chunks, Finished, ReadOutcome, ReadPlan, Step};
 
