@@ -100,10 +100,10 @@ fn fs_restore_after_ten_incrementals_reads_each_pack_once() {
     assert_eq!(report["files"], 12, "{report:#}");
 }
 
-/// Writing out of order keeps the check as strong: each file is read back and compared with its
-/// manifest SHA-256. An index that points two blobs at each other's bytes (re-authenticated, as
-/// only a holder of the id key could) makes the restore fail with exit 3 naming a file, and
-/// nothing is left behind.
+/// Writing out of order keeps the check as strong: every blob is checked against its id before
+/// it is written (format 3) and each file is read back and compared with its manifest checksum.
+/// An index that points two blobs at each other's bytes (re-authenticated, as only a holder of the
+/// id key could) makes the restore fail with exit 3 naming a file, and nothing is left behind.
 #[test]
 fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_nothing() {
     let env = TestEnv::new(Backend::Local);
@@ -145,7 +145,7 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
     assert_eq!(out.status.code(), Some(3), "{}", crate::common::env::stderr(&out));
     let err = crate::common::env::stderr(&out);
     assert!(
-        err.contains("does not match its manifest SHA-256") && (err.contains("pair/a") || err.contains("pair/b")),
+        err.contains("does not match its id") && (err.contains("pair/a") || err.contains("pair/b")),
         "{err}"
     );
     assert!(!target.exists(), "a failed restore leaves no target");
