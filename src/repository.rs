@@ -15,6 +15,9 @@ use crate::crypto::{self, Digest, IdKey, IdScheme, Identity, Recipients};
 use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
+mod listing;
+pub use listing::{Stored, WalKey};
+
 const RECORD_MAGIC: &[u8; 8] = b"RADDREC1";
 /// Format of new repositories: 2 = keyed BLAKE3 ids and digests. Format 1 (HMAC-SHA256) is
 /// still read and written; only the keyed hash differs.
@@ -135,8 +138,11 @@ pub struct RepoMeta {
 /// Storage plus keys; what every command works with.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    /// The object store.
-    pub store: Repo,
+    /// The object store. Crate-private: other modules list through the typed listings
+    /// ([`Repository::list_snapshots`], …). Raw access stays for what has no typed form yet:
+    /// `keyset` (key set versions, rewrapping every object in place), locks and staged
+    /// (streamed) puts, which take the [`Repo`] itself, and markers put and deleted by key.
+    pub(crate) store: Repo,
     /// The repository's id key.
     pub id_key: IdKey,
     /// Recipients new objects are encrypted to.

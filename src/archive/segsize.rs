@@ -82,7 +82,7 @@ fn check(repo: &Repository, record: &SegmentSizeRecord, size: SegmentSize, what:
         return Ok(());
     }
     Err(Error::TwoClusters(Box::new(super::TwoClusters {
-        location: repo.store.location().to_owned(),
+        location: repo.location().to_owned(),
         recorded: record.segment_size,
         recorded_by: record.recorded_by.clone(),
         found: size,
@@ -100,14 +100,10 @@ pub async fn segment_size(repo: &Repository) -> Result<Option<SegmentSize>, Erro
     if let Some(record) = recorded(repo).await? {
         return Ok(Some(record.segment_size));
     }
-    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
-    let Some((dir, name)) = listed.iter().find_map(|l| {
-        let (dir, name) = l.key.strip_prefix(ObjectKey::WAL_DIR)?.strip_prefix('/')?.split_once('/')?;
-        WalFileName::is_segment_name(name).then(|| (dir.to_owned(), name.to_owned()))
-    }) else {
+    let listed = repo.list_wal(None).await?;
+    let Some(key) = listed.iter().find_map(|l| WalFileName::is_segment_name(&l.id.name).then(|| l.id.key())) else {
         return Ok(None);
     };
-    let key = ObjectKey::Wal { dir, name };
     let plaintext = repo.get_open(ObjectKind::Wal, &key).await?;
     let size = SegmentSize::from_bytes(plaintext.len() as u64)
         .map_err(|reason| Error::BadSegment { name: key.to_string(), reason })?;

@@ -101,9 +101,8 @@ async fn read(repo: &Repository, key: &ObjectKey) -> Option<RestorePoint> {
 /// Storage failures listing them.
 pub async fn list(repo: &Repository) -> Result<Vec<RestorePoint>, Error> {
     let mut points = Vec::new();
-    for item in repo.store.list(ObjectKey::RESTORE_POINT_DIR).await.map_err(repository::Error::from)? {
-        let Some(spelled) = item.key.rsplit('/').next() else { continue };
-        if let Some(point) = read(repo, &ObjectKey::RestorePoint(spelled.to_owned())).await {
+    for item in repo.list_restore_points().await? {
+        if let Some(point) = read(repo, &ObjectKey::RestorePoint(item.id)).await {
             points.push(point);
         }
     }
