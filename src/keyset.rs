@@ -30,7 +30,7 @@ async fn write_set(repo: &Repository, recipients: &Recipients) -> Result<u32, Er
     let body = serde_json::to_vec_pretty(&set).expect("key set serialises");
     if repo.store.put_new(&ObjectKey::KeySet(version), body.into()).await? == PutOutcome::AlreadyExists {
         return Err(Error::AlreadyInitialised {
-            location: format!("{} (key set {version} written concurrently; retry)", repo.location()),
+            location: format!("{} (key set {version} written concurrently; retry)", repo.store.location()),
         });
     }
     Ok(version)
