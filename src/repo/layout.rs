@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use super::{PackId, SnapshotId};
+
 /// A typed object key; [`fmt::Display`] gives the key relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectKey {
@@ -81,6 +83,24 @@ impl ObjectKey {
     pub const ACCEPTED_GAP_DIR: &'static str = "accepted-gaps";
     /// Directory prefix for restore points.
     pub const RESTORE_POINT_DIR: &'static str = "restore-points";
+
+    /// The key of a snapshot record.
+    #[must_use]
+    pub fn snapshot(id: &SnapshotId) -> ObjectKey {
+        ObjectKey::Snapshot(id.to_string())
+    }
+
+    /// The key of a snapshot's manifest.
+    #[must_use]
+    pub fn manifest(id: &SnapshotId) -> ObjectKey {
+        ObjectKey::Manifest(id.to_string())
+    }
+
+    /// The key of a pack.
+    #[must_use]
+    pub fn pack(id: &PackId) -> ObjectKey {
+        ObjectKey::Pack(id.to_string())
+    }
 
     /// The key a listing returned, back as the object it names: the exact inverse of
     /// [`fmt::Display`], so the layout is spelled in one place both ways. `None` for a key

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Error, Repository};
 use crate::pg::Timeline;
-use crate::repo::{ObjectKey, lock};
+use crate::repo::{ObjectKey, PackId, SnapshotId, lock};
 
 /// One object a typed listing found: its id within its kind and what the store says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +73,12 @@ impl Repository {
     }
 
     /// Ids of the committed snapshots (`snapshots/`), by id.
-    pub async fn list_snapshots(&self) -> Result<Vec<Stored<String>>, Error> {
-        self.list_kind(ObjectKey::SNAPSHOT_DIR, |k| if let ObjectKey::Snapshot(id) = k { Some(id) } else { None }).await
+    pub async fn list_snapshots(&self) -> Result<Vec<Stored<SnapshotId>>, Error> {
+        self.list_kind(
+            ObjectKey::SNAPSHOT_DIR,
+            |k| if let ObjectKey::Snapshot(id) = k { id.parse().ok() } else { None },
+        )
+        .await
     }
 
     /// Ids of the stored manifests (`manifests/`).
@@ -83,8 +87,8 @@ impl Repository {
     }
 
     /// Ids of the stored packs (`packs/`).
-    pub async fn list_packs(&self) -> Result<Vec<Stored<String>>, Error> {
-        self.list_kind(ObjectKey::PACK_DIR, |k| if let ObjectKey::Pack(id) = k { Some(id) } else { None }).await
+    pub async fn list_packs(&self) -> Result<Vec<Stored<PackId>>, Error> {
+        self.list_kind(ObjectKey::PACK_DIR, |k| if let ObjectKey::Pack(id) = k { id.parse().ok() } else { None }).await
     }
 
     /// Names of the index objects (`index/`).

@@ -94,7 +94,8 @@ async fn prune_locked(
     // The blob index, on local disk (it also locates the manifests' entry streams).
     let index = snapshot::BlobIndex::load(repo).await?;
     let referenced_packs = referenced_packs(repo, &records, &index).await?;
-    let stored: HashMap<String, u64> = repo.list_packs().await?.into_iter().map(|l| (l.id, l.size)).collect();
+    let stored: HashMap<String, u64> =
+        repo.list_packs().await?.into_iter().map(|l| (l.id.to_string(), l.size)).collect();
     report.packs_referenced = referenced_packs.len();
 
     // Marks: reprieve the referenced, find the expired.

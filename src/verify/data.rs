@@ -30,7 +30,7 @@ pub(super) async fn check_packs(
     index: Option<&BlobIndex>,
     report: &mut VerifyReport,
 ) -> Result<Vec<(String, u64)>, Error> {
-    let stored: Vec<(String, u64)> = repo.list_packs().await?.into_iter().map(|l| (l.id, l.size)).collect();
+    let stored: Vec<(String, u64)> = repo.list_packs().await?.into_iter().map(|l| (l.id.to_string(), l.size)).collect();
     report.packs = stored.len() as u64;
     let Some(index) = index else { return Ok(stored) };
     let present: HashSet<&str> = stored.iter().map(|(id, _)| id.as_str()).collect();

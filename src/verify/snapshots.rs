@@ -22,7 +22,7 @@ pub(super) async fn records(repo: &Repository, report: &mut VerifyReport) -> Res
     report.snapshots = listed.len() as u64;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
-        let key = ObjectKey::Snapshot(item.id);
+        let key = ObjectKey::snapshot(&item.id);
         match repo.get_record::<SnapshotRecord>(&key).await {
             Ok(record) => {
                 report.read(item.size);
