@@ -16,7 +16,9 @@ use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
 mod listing;
+mod record;
 pub use listing::{Stored, WalKey};
+pub use record::StoredRecord;
 
 const RECORD_MAGIC: &[u8; 8] = b"RADDREC1";
 /// Format of new repositories: 2 = keyed BLAKE3 ids and digests. Format 1 (HMAC-SHA256) is

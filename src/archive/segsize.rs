@@ -33,12 +33,23 @@ pub struct SegmentSizeRecord {
     pub recorded_at: String,
 }
 
+/// Stored at `wal-segment-size`: one per repository.
+impl repository::StoredRecord for SegmentSizeRecord {
+    type Id = ();
+    fn key_of((): &()) -> ObjectKey {
+        ObjectKey::SegmentSize
+    }
+    fn key(&self) -> ObjectKey {
+        ObjectKey::SegmentSize
+    }
+}
+
 /// The record, if the repository has one.
 ///
 /// # Errors
 /// Storage failures and a record that fails authentication (never taken for an absent one).
 pub async fn recorded(repo: &Repository) -> Result<Option<SegmentSizeRecord>, Error> {
-    match repo.get_record::<SegmentSizeRecord>(&ObjectKey::SegmentSize).await {
+    match repo.read::<SegmentSizeRecord>(&()).await {
         Ok(record) => Ok(Some(record)),
         Err(repository::Error::Repo(repo::Error::NotFound { .. })) => Ok(None),
         Err(e) => Err(e.into()),
@@ -61,7 +72,7 @@ pub async fn claim(repo: &Repository, size: SegmentSize, what: &str) -> Result<(
         recorded_by: what.to_owned(),
         recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    match repo.put_record(&ObjectKey::SegmentSize, &record).await? {
+    match repo.write(&record).await? {
         PutOutcome::Created => {
             tracing::info!(segment_size = %size, recorded_by = what, "recorded the repository's WAL segment size");
             Ok(())

@@ -33,6 +33,17 @@ pub struct RestorePoint {
     pub by: String,
 }
 
+/// Stored under `restore-points/<name, key-safe>` (see [`key`]).
+impl repository::StoredRecord for RestorePoint {
+    type Id = str;
+    fn key_of(name: &str) -> ObjectKey {
+        key(name)
+    }
+    fn key(&self) -> ObjectKey {
+        key(&self.name)
+    }
+}
+
 /// Refuses a name PostgreSQL would reject or that could not be told apart in a listing: empty,
 /// longer than 63 bytes, or holding control characters.
 ///
@@ -157,7 +168,7 @@ pub async fn create(
         time: created.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         by,
     };
-    let recorded = repo.put_record(&key(name), &point).await;
+    let recorded = repo.write(&point).await;
     let unrecorded = |source| Error::RecordPoint { name: name.to_owned(), lsn: point.lsn, source: Box::new(source) };
     match recorded.map_err(unrecorded)? {
         PutOutcome::Created => {

@@ -148,7 +148,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<SnapshotRecord>, Error> {
     let listed = repo.list_snapshots().await?;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
-        out.push(repo.get_record(&ObjectKey::snapshot(&item.id)).await?);
+        out.push(repo.read::<SnapshotRecord>(&item.id).await?);
     }
     out.sort_by(|a: &SnapshotRecord, b| a.id.cmp(&b.id));
     Ok(out)

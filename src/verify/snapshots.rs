@@ -9,7 +9,7 @@ use crate::archive;
 use crate::crypto::Digest;
 use crate::pg::WalFileName;
 use crate::repo::ObjectKey;
-use crate::repository::{self, Repository};
+use crate::repository::{self, Repository, StoredRecord};
 use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
 
 /// A blob a snapshot uses, where the index says it is.
@@ -22,8 +22,8 @@ pub(super) async fn records(repo: &Repository, report: &mut VerifyReport) -> Res
     report.snapshots = listed.len() as u64;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
-        let key = ObjectKey::snapshot(&item.id);
-        match repo.get_record::<SnapshotRecord>(&key).await {
+        let key = SnapshotRecord::key_of(&item.id);
+        match repo.read::<SnapshotRecord>(&item.id).await {
             Ok(record) => {
                 report.read(item.size);
                 out.push(record);

@@ -85,13 +85,24 @@ pub struct AcceptedGap {
     pub reason: String,
 }
 
+/// Stored under `accepted-gaps/<first missing segment>`.
+impl repository::StoredRecord for AcceptedGap {
+    type Id = str;
+    fn key_of(segment: &str) -> ObjectKey {
+        ObjectKey::AcceptedGap(segment.to_owned())
+    }
+    fn key(&self) -> ObjectKey {
+        Self::key_of(&self.segment)
+    }
+}
+
 /// First missing segments of the gaps operators accepted (unreadable records are not
 /// acceptances: the gap is reported again).
 async fn accepted_gaps(repo: &Repository) -> Result<BTreeSet<String>, Error> {
     let mut out = BTreeSet::new();
     for item in repo.list_accepted_gaps().await? {
         let key = ObjectKey::AcceptedGap(item.id.clone());
-        match repo.get_record::<AcceptedGap>(&key).await {
+        match repo.read::<AcceptedGap>(&item.id).await {
             Ok(record) if record.segment == item.id => {
                 out.insert(record.segment);
             }
@@ -127,7 +138,7 @@ pub async fn accept_gap(repo: &Repository, segment: &str, by: String, reason: St
         by,
         reason,
     };
-    repo.put_record(&ObjectKey::AcceptedGap(segment.to_owned()), &record).await.map_err(Error::from)?;
+    repo.write(&record).await.map_err(Error::from)?;
     Ok(record)
 }
 
