@@ -69,7 +69,7 @@ pub async fn run(config: &Config, options: CheckOptions) -> CheckReport {
         Ok(repo) => {
             report.push(
                 "repository",
-                Ok(format!("{} (format {}, id {})", repo.store.location(), repo.meta.format, repo.meta.id)),
+                Ok(format!("{} (format {}, id {})", repo.location(), repo.meta.format, repo.meta.id)),
             );
             Some(repo)
         }

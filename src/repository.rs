@@ -15,6 +15,11 @@ use crate::crypto::{self, Digest, IdKey, Identity, KeyedHash, Purpose, Recipient
 use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
+mod listing;
+mod record;
+pub use listing::{Stored, WalKey};
+pub use record::StoredRecord;
+
 /// Records of formats 1 and 2: the tag is the repository's one keyed hash of the payload.
 const RECORD_MAGIC_V1: &[u8; 8] = b"RADDREC1";
 /// Records of format 3: the tag, under the record key of its own, covers the record's key too.
@@ -134,8 +139,11 @@ pub struct RepoMeta {
 /// Storage plus keys; what every command works with.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    /// The object store.
-    pub store: Repo,
+    /// The object store. Crate-private: other modules list through the typed listings
+    /// ([`Repository::list_snapshots`], …). Raw access stays for what has no typed form yet:
+    /// `keyset` (key set versions, rewrapping every object in place), locks and staged
+    /// (streamed) puts, which take the [`Repo`] itself, and markers put and deleted by key.
+    pub(crate) store: Repo,
     /// The repository's id key.
     pub id_key: IdKey,
     /// Recipients new objects are encrypted to.

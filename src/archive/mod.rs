@@ -313,12 +313,10 @@ pub async fn archived_segments(
     timeline: Timeline,
     segment_size: SegmentSize,
 ) -> Result<BTreeSet<u64>, Error> {
-    let dir = format!("{}/{timeline}/", ObjectKey::WAL_DIR);
-    let listed = repo.store.list(&dir).await.map_err(repository::Error::from)?;
+    let listed = repo.list_wal(Some(timeline)).await?;
     Ok(listed
         .iter()
-        .filter_map(|l| l.key.rsplit('/').next())
-        .filter_map(|n| match WalFileName::parse(n, segment_size) {
+        .filter_map(|l| match WalFileName::parse(&l.id.name, segment_size) {
             Ok(WalFileName::Segment { number, .. }) => Some(number),
             _ => None,
         })

@@ -33,12 +33,23 @@ pub struct SegmentSizeRecord {
     pub recorded_at: String,
 }
 
+/// Stored at `wal-segment-size`: one per repository.
+impl repository::StoredRecord for SegmentSizeRecord {
+    type Id = ();
+    fn key_of((): &()) -> ObjectKey {
+        ObjectKey::SegmentSize
+    }
+    fn key(&self) -> ObjectKey {
+        ObjectKey::SegmentSize
+    }
+}
+
 /// The record, if the repository has one.
 ///
 /// # Errors
 /// Storage failures and a record that fails authentication (never taken for an absent one).
 pub async fn recorded(repo: &Repository) -> Result<Option<SegmentSizeRecord>, Error> {
-    match repo.get_record::<SegmentSizeRecord>(&ObjectKey::SegmentSize).await {
+    match repo.read::<SegmentSizeRecord>(&()).await {
         Ok(record) => Ok(Some(record)),
         Err(repository::Error::Repo(repo::Error::NotFound { .. })) => Ok(None),
         Err(e) => Err(e.into()),
@@ -61,7 +72,7 @@ pub async fn claim(repo: &Repository, size: SegmentSize, what: &str) -> Result<(
         recorded_by: what.to_owned(),
         recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    match repo.put_record(&ObjectKey::SegmentSize, &record).await? {
+    match repo.write(&record).await? {
         PutOutcome::Created => {
             tracing::info!(segment_size = %size, recorded_by = what, "recorded the repository's WAL segment size");
             Ok(())
@@ -82,7 +93,7 @@ fn check(repo: &Repository, record: &SegmentSizeRecord, size: SegmentSize, what:
         return Ok(());
     }
     Err(Error::TwoClusters(Box::new(super::TwoClusters {
-        location: repo.store.location().to_owned(),
+        location: repo.location().to_owned(),
         recorded: record.segment_size,
         recorded_by: record.recorded_by.clone(),
         found: size,
@@ -100,14 +111,10 @@ pub async fn segment_size(repo: &Repository) -> Result<Option<SegmentSize>, Erro
     if let Some(record) = recorded(repo).await? {
         return Ok(Some(record.segment_size));
     }
-    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
-    let Some((dir, name)) = listed.iter().find_map(|l| {
-        let (dir, name) = l.key.strip_prefix(ObjectKey::WAL_DIR)?.strip_prefix('/')?.split_once('/')?;
-        WalFileName::is_segment_name(name).then(|| (dir.to_owned(), name.to_owned()))
-    }) else {
+    let listed = repo.list_wal(None).await?;
+    let Some(key) = listed.iter().find_map(|l| WalFileName::is_segment_name(&l.id.name).then(|| l.id.key())) else {
         return Ok(None);
     };
-    let key = ObjectKey::Wal { dir, name };
     let plaintext = repo.get_open(ObjectKind::Wal, &key).await?;
     let size = SegmentSize::from_bytes(plaintext.len() as u64)
         .map_err(|reason| Error::BadSegment { name: key.to_string(), reason })?;

@@ -19,8 +19,8 @@ use serde::Serialize;
 use super::Error;
 use crate::codec::ObjectKind;
 use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
-use crate::repo::{Listed, ObjectKey};
-use crate::repository::{self, Repository};
+use crate::repo::ObjectKey;
+use crate::repository::{Repository, Stored, WalKey};
 
 /// One branch point: `child` starts where `parent` was at `switchpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,7 +99,7 @@ impl Timelines {
     /// # Errors
     /// Listing or reading fails, or a history file cannot be parsed.
     pub async fn load(repo: &Repository, segment_size: SegmentSize) -> Result<Self, Error> {
-        let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
+        let listed = repo.list_wal(None).await?;
         Self::from_listed(repo, &listed, segment_size).await
     }
 
@@ -107,10 +107,14 @@ impl Timelines {
     ///
     /// # Errors
     /// Reading a history file fails, or it cannot be parsed.
-    pub async fn from_listed(repo: &Repository, listed: &[Listed], segment_size: SegmentSize) -> Result<Self, Error> {
+    pub async fn from_listed(
+        repo: &Repository,
+        listed: &[Stored<WalKey>],
+        segment_size: SegmentSize,
+    ) -> Result<Self, Error> {
         let mut out = Timelines { segment_size, histories: BTreeMap::new(), segments: BTreeMap::new() };
         for object in listed {
-            let Some(name) = object.key.rsplit('/').next() else { continue };
+            let name = object.id.name.as_str();
             match WalFileName::parse(name, segment_size) {
                 Ok(WalFileName::Segment { timeline, number }) => {
                     out.segments.entry(timeline).or_default().insert(number, object.modified);

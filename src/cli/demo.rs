@@ -86,7 +86,7 @@ async fn demo(root: &Path, a: &DemoArgs) -> anyhow::Result<DemoReport> {
     )?;
     let mut config = Config::load(&config_path)?;
     let repo = Repository::init(&config).await?;
-    eprintln!("repository initialised at {}", repo.store.location());
+    eprintln!("repository initialised at {}", repo.location());
 
     std::fs::create_dir(root.join("source"))?;
     let mut source = ScratchCluster::new(&a.pg_bin, &root.join("source"))?;

@@ -109,7 +109,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let drills = last_drills(&config)?;
     let restore_points = radd::restore::points::list(&repo).await.map_err(radd::Error::from)?;
     let info = Info {
-        repository: repo.store.location().to_owned(),
+        repository: repo.location().to_owned(),
         timelines,
         backups: records.iter().map(backup_info).collect(),
         restore_points,

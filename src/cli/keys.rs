@@ -113,11 +113,11 @@ pub async fn repo(args: &Args, command: &RepoCommand) -> anyhow::Result<()> {
             let repo = Repository::init(&config).await.map_err(radd::Error::from)?;
             if args.json {
                 print_json(&serde_json::json!({
-                    "location": repo.store.location(),
+                    "location": repo.location(),
                     "id": repo.meta.id,
                 }))?;
             } else {
-                outln!("initialised repository {} at {}", repo.meta.id, repo.store.location());
+                outln!("initialised repository {} at {}", repo.meta.id, repo.location());
             }
             Ok(())
         }

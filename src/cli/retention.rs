@@ -209,9 +209,9 @@ pub async fn unlock(args: &Args, a: &UnlockArgs) -> anyhow::Result<()> {
     let (_, repo) = open_repo(args, false).await?;
     let now = chrono::Utc::now();
     let (verb, locks) = if a.stale || a.all {
-        ("removed", radd::repo::lock::unlock(&repo.store, a.all).await.map_err(radd::Error::from)?)
+        ("removed", repo.unlock(a.all).await.map_err(radd::Error::from)?)
     } else {
-        ("held", radd::repo::lock::list(&repo.store).await.map_err(radd::Error::from)?)
+        ("held", repo.locks().await.map_err(radd::Error::from)?)
     };
     if args.json {
         return print_json(&locks);

@@ -177,6 +177,18 @@ impl fmt::Display for Timeline {
     }
 }
 
+/// The inverse of [`fmt::Display`]: exactly 8 hex digits, as in WAL file names and the
+/// repository's `wal/<timeline>/` directories (PostgreSQL writes upper case; lower case is read).
+impl FromStr for Timeline {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("invalid timeline {s:?}: expected 8 hex digits, e.g. 00000001"));
+        }
+        u32::from_str_radix(s, 16).map(Timeline).map_err(|e| format!("invalid timeline {s:?}: {e}"))
+    }
+}
+
 /// A file PostgreSQL archives: a segment, a timeline history file, a backup history file
 /// (`.backup`) or a partial segment (`.partial`). Parsing rejects anything else, so a name
 /// from `archive_command` can never escape the WAL area of the repository.
@@ -295,6 +307,25 @@ impl WalFileName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Display and FromStr are inverses for the WAL newtypes (over several values each).
+    #[test]
+    fn newtypes_round_trip() {
+        for t in [0, 1, 2, 0xA, 0xFF, 0x1234_ABCD, u32::MAX] {
+            let spelled = Timeline(t).to_string();
+            assert_eq!(spelled.parse::<Timeline>(), Ok(Timeline(t)), "{spelled}");
+        }
+        for junk in ["", "1", "0000001", "000000001", "0000000G", "+0000001"] {
+            assert!(junk.parse::<Timeline>().is_err(), "{junk:?}");
+        }
+        for shift in 20..=30 {
+            let size = SegmentSize::from_bytes(1 << shift).unwrap();
+            assert_eq!(size.to_string().parse::<SegmentSize>(), Ok(size), "{size}");
+        }
+        for lsn in [0, 1, 0x3000028, 0x1_0000_0000, u64::MAX] {
+            assert_eq!(Lsn(lsn).to_string().parse::<Lsn>(), Ok(Lsn(lsn)));
+        }
+    }
 
     #[test]
     fn lsn_round_trip() {

@@ -5,6 +5,7 @@
 //! create-only (`PutMode::Create`: `If-None-Match: *` on S3, hard-link publish with fsync on the
 //! local backend), so an object, once visible, never changes and a crash never leaves a torn one.
 
+mod id;
 mod layout;
 mod litter;
 pub mod lock;
@@ -19,6 +20,7 @@ use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path as StorePath;
 use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+pub use id::{PackId, SnapshotId};
 pub use layout::ObjectKey;
 pub use retry::RetryPolicy;
 pub use staged::NewObject;

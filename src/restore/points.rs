@@ -33,6 +33,17 @@ pub struct RestorePoint {
     pub by: String,
 }
 
+/// Stored under `restore-points/<name, key-safe>` (see [`key`]).
+impl repository::StoredRecord for RestorePoint {
+    type Id = str;
+    fn key_of(name: &str) -> ObjectKey {
+        key(name)
+    }
+    fn key(&self) -> ObjectKey {
+        key(&self.name)
+    }
+}
+
 /// Refuses a name PostgreSQL would reject or that could not be told apart in a listing: empty,
 /// longer than 63 bytes, or holding control characters.
 ///
@@ -101,9 +112,8 @@ async fn read(repo: &Repository, key: &ObjectKey) -> Option<RestorePoint> {
 /// Storage failures listing them.
 pub async fn list(repo: &Repository) -> Result<Vec<RestorePoint>, Error> {
     let mut points = Vec::new();
-    for item in repo.store.list(ObjectKey::RESTORE_POINT_DIR).await.map_err(repository::Error::from)? {
-        let Some(spelled) = item.key.rsplit('/').next() else { continue };
-        if let Some(point) = read(repo, &ObjectKey::RestorePoint(spelled.to_owned())).await {
+    for item in repo.list_restore_points().await? {
+        if let Some(point) = read(repo, &ObjectKey::RestorePoint(item.id)).await {
             points.push(point);
         }
     }
@@ -158,7 +168,7 @@ pub async fn create(
         time: created.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         by,
     };
-    let recorded = repo.put_record(&key(name), &point).await;
+    let recorded = repo.write(&point).await;
     let unrecorded = |source| Error::RecordPoint { name: name.to_owned(), lsn: point.lsn, source: Box::new(source) };
     match recorded.map_err(unrecorded)? {
         PutOutcome::Created => {

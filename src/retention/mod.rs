@@ -134,8 +134,7 @@ pub fn group_of(record: &crate::snapshot::SnapshotRecord) -> String {
 
 /// Ids of pinned snapshots.
 pub async fn pinned(repo: &crate::repository::Repository) -> Result<HashSet<String>, crate::repository::Error> {
-    let listed = repo.store.list(crate::repo::ObjectKey::PIN_DIR).await?;
-    Ok(listed.into_iter().filter_map(|l| l.key.rsplit('/').next().map(str::to_owned)).collect())
+    Ok(repo.list_pins().await?.into_iter().map(|l| l.id).collect())
 }
 
 /// Pins (or unpins) a snapshot: a pinned snapshot is never forgotten by a policy.

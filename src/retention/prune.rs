@@ -53,10 +53,6 @@ pub struct PruneReport {
     pub staging_removed: usize,
 }
 
-fn name_of(key: &str) -> String {
-    key.rsplit('/').next().unwrap_or_default().to_owned()
-}
-
 /// How a prune runs.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneOptions {
@@ -99,21 +95,15 @@ async fn prune_locked(
     // The blob index, on local disk (it also locates the manifests' entry streams).
     let index = snapshot::BlobIndex::load(repo).await?;
     let referenced_packs = referenced_packs(repo, &records, &index).await?;
-    let stored: HashMap<String, u64> = repo
-        .store
-        .list(ObjectKey::PACK_DIR)
-        .await
-        .map_err(repository::Error::from)?
-        .into_iter()
-        .map(|l| (name_of(&l.key), l.size))
-        .collect();
+    let stored: HashMap<String, u64> =
+        repo.list_packs().await?.into_iter().map(|l| (l.id.to_string(), l.size)).collect();
     report.packs_referenced = referenced_packs.len();
 
     // Marks: reprieve the referenced, find the expired.
     let marks: HashMap<String, DateTime<Utc>> = {
         let mut m = HashMap::new();
-        for item in repo.store.list(ObjectKey::CONDEMNED_DIR).await.map_err(repository::Error::from)? {
-            let name = name_of(&item.key);
+        for item in repo.list_condemned().await? {
+            let name = item.id;
             let text = repo.store.get(&ObjectKey::Condemned(name.clone())).await.map_err(repository::Error::from)?;
             let at = std::str::from_utf8(&text)
                 .ok()
@@ -291,7 +281,7 @@ async fn prune_wal(
         let Some(pg) = &record.pg else { continue };
         if pg.segment_size != size {
             return Err(archive::Error::TwoClusters(Box::new(archive::TwoClusters {
-                location: repo.store.location().to_owned(),
+                location: repo.location().to_owned(),
                 recorded: size,
                 recorded_by: "the WAL archived".into(),
                 found: pg.segment_size,
@@ -305,9 +295,8 @@ async fn prune_wal(
     let Some(oldest_timeline) = keep_from.keys().next().copied() else {
         return Ok(());
     };
-    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
-    for item in listed {
-        let name = name_of(&item.key);
+    for item in repo.list_wal(None).await? {
+        let name = item.id.name;
         let wal = match WalFileName::parse(&name, size) {
             Ok(w) => w,
             Err(_) => continue,

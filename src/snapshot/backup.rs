@@ -21,7 +21,7 @@ use super::walk::{Found, walk_data_dir};
 use crate::config::{BackupConfig, PostgresConfig};
 use crate::pg::{self, BackupSession, WalFileName};
 use crate::progress::Progress;
-use crate::repo::{ObjectKey, lock};
+use crate::repo::lock;
 use crate::repository::Repository;
 
 /// How to take a base backup.
@@ -229,7 +229,7 @@ async fn backup_pg_locked(
     };
     crate::faults::pause_point("backup:before-commit").await;
     lock.check().await?;
-    repo.put_record(&ObjectKey::Snapshot(snapshot_id.clone()), &record).await?;
+    repo.write(&record).await?;
     // Only a committed snapshot may serve as the next one's parent.
     if let Some(next_parent) = next_parent
         && let Err(error) = next_parent.commit()

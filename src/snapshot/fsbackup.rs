@@ -20,7 +20,7 @@ use super::pipeline::Walk;
 use super::walk::Found;
 use super::{Chunking, Error, pipeline};
 use crate::config::BackupConfig;
-use crate::repo::{ObjectKey, lock};
+use crate::repo::lock;
 use crate::repository::Repository;
 
 /// How to take a file-tree snapshot.
@@ -151,7 +151,7 @@ pub async fn backup_fs(
         ..record
     };
     let committed = match lock.check().await {
-        Ok(()) => repo.put_record(&ObjectKey::Snapshot(record.id.clone()), &record).await.map_err(Error::from),
+        Ok(()) => repo.write(&record).await.map_err(Error::from),
         Err(error) => Err(error.into()),
     };
     super::backup::release(lock).await;

@@ -139,6 +139,17 @@ impl SnapshotRecord {
     }
 }
 
+/// Stored under `snapshots/<id>`, the id it carries.
+impl crate::repository::StoredRecord for SnapshotRecord {
+    type Id = crate::repo::SnapshotId;
+    fn key_of(id: &Self::Id) -> crate::repo::ObjectKey {
+        crate::repo::ObjectKey::snapshot(id)
+    }
+    fn key(&self) -> crate::repo::ObjectKey {
+        crate::repo::ObjectKey::Snapshot(self.id.clone())
+    }
+}
+
 /// One run of a pre/post hook, as recorded in the snapshot record (the command itself stays in
 /// the config: it may name things that should not be stored in plaintext).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -149,11 +149,10 @@ impl Error {
 
 /// Every committed snapshot, oldest first.
 pub async fn list(repo: &Repository) -> Result<Vec<SnapshotRecord>, Error> {
-    let listed = repo.store.list(ObjectKey::SNAPSHOT_DIR).await.map_err(repository::Error::from)?;
+    let listed = repo.list_snapshots().await?;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
-        let id = item.key.rsplit('/').next().unwrap_or_default().to_owned();
-        out.push(repo.get_record(&ObjectKey::Snapshot(id)).await?);
+        out.push(repo.read::<SnapshotRecord>(&item.id).await?);
     }
     out.sort_by(|a: &SnapshotRecord, b| a.id.cmp(&b.id));
     Ok(out)

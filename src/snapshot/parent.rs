@@ -140,9 +140,12 @@ impl ParentReader {
     /// in the repository and authenticates (call under the backup's lock).
     pub async fn open_checked(path: &Path, repo: &crate::repository::Repository) -> Option<Self> {
         let mut reader = Self::open(path)?;
-        let key = crate::repo::ObjectKey::Snapshot(reader.snapshot_id.clone());
-        match repo.get_record::<super::SnapshotRecord>(&key).await {
-            Ok(_) => reader.trust(),
+        let read = match reader.snapshot_id.parse::<crate::repo::SnapshotId>() {
+            Ok(id) => repo.read::<super::SnapshotRecord>(&id).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(()) => reader.trust(),
             Err(error) => {
                 tracing::info!(snapshot_id = %reader.snapshot_id, error = %error, "the parent snapshot is not in the repository: its chunks are looked up")
             }

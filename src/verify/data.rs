@@ -16,7 +16,7 @@ use crate::codec::ObjectKind;
 use crate::crypto::IdKey;
 use crate::pg::PageCheck;
 use crate::repo::ObjectKey;
-use crate::repository::{self, Repository};
+use crate::repository::Repository;
 use crate::snapshot::BlobIndex;
 
 /// Objects read at once: two keeps a slow store busy while bounding memory to about two
@@ -30,9 +30,7 @@ pub(super) async fn check_packs(
     index: Option<&BlobIndex>,
     report: &mut VerifyReport,
 ) -> Result<Vec<(String, u64)>, Error> {
-    let listed = repo.store.list(ObjectKey::PACK_DIR).await.map_err(repository::Error::from)?;
-    let stored: Vec<(String, u64)> =
-        listed.into_iter().map(|l| (l.key.rsplit('/').next().unwrap_or_default().to_owned(), l.size)).collect();
+    let stored: Vec<(String, u64)> = repo.list_packs().await?.into_iter().map(|l| (l.id.to_string(), l.size)).collect();
     report.packs = stored.len() as u64;
     let Some(index) = index else { return Ok(stored) };
     let present: HashSet<&str> = stored.iter().map(|(id, _)| id.as_str()).collect();

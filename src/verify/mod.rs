@@ -315,7 +315,7 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
         return Err(Error::NotARecipient {
             recipient: recipient.join(", "),
             recipients: recipients.join(", "),
-            location: repo.store.location().to_owned(),
+            location: repo.location().to_owned(),
         });
     }
     let mut report = VerifyReport { read_data: options.read_data, ..VerifyReport::default() };

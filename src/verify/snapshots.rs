@@ -9,7 +9,7 @@ use crate::archive;
 use crate::crypto::Digest;
 use crate::pg::WalFileName;
 use crate::repo::ObjectKey;
-use crate::repository::{self, Repository};
+use crate::repository::{self, Repository, StoredRecord};
 use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
 
 /// A blob a snapshot uses, where the index says it is.
@@ -18,13 +18,12 @@ pub(super) type BlobRef = (Digest, BlobLocation);
 /// Every snapshot record that authenticates, oldest first. Reads them one by one (as
 /// [`snapshot::list`] does) so that a damaged record is a problem, not the end of the verify.
 pub(super) async fn records(repo: &Repository, report: &mut VerifyReport) -> Result<Vec<SnapshotRecord>, Error> {
-    let listed = repo.store.list(ObjectKey::SNAPSHOT_DIR).await.map_err(repository::Error::from)?;
+    let listed = repo.list_snapshots().await?;
     report.snapshots = listed.len() as u64;
     let mut out = Vec::with_capacity(listed.len());
     for item in listed {
-        let id = item.key.rsplit('/').next().unwrap_or_default().to_owned();
-        let key = ObjectKey::Snapshot(id);
-        match repo.get_record::<SnapshotRecord>(&key).await {
+        let key = SnapshotRecord::key_of(&item.id);
+        match repo.read::<SnapshotRecord>(&item.id).await {
             Ok(record) => {
                 report.read(item.size);
                 out.push(record);
@@ -40,7 +39,7 @@ pub(super) async fn records(repo: &Repository, report: &mut VerifyReport) -> Res
 /// either: each damaged index object is reported and `None` returned, so chunk and pack checks
 /// that depend on the index are skipped rather than reported as thousands of missing chunks.
 pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> Result<Option<BlobIndex>, Error> {
-    let listed = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
+    let listed = repo.list_index().await?;
     let error = match BlobIndex::load(repo).await {
         Ok(index) => {
             for item in &listed {
@@ -53,8 +52,7 @@ pub(super) async fn load_index(repo: &Repository, report: &mut VerifyReport) -> 
     };
     let before = report.problems.len();
     for item in &listed {
-        let name = item.key.rsplit('/').next().unwrap_or_default().to_owned();
-        let key = ObjectKey::Index(name);
+        let key = ObjectKey::Index(item.id.clone());
         let decoded = repo.get_record_bytes(&key).await.and_then(|payload| {
             snapshot::index::IndexObject::decode(&payload)
                 .map(drop)
@@ -147,14 +145,7 @@ pub(super) async fn check_all(
     chunks: &mut ChunkCheck<'_>,
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
-    let sizes: HashMap<String, u64> = repo
-        .store
-        .list(ObjectKey::MANIFEST_DIR)
-        .await
-        .map_err(repository::Error::from)?
-        .into_iter()
-        .map(|l| (l.key, l.size))
-        .collect();
+    let sizes: HashMap<String, u64> = repo.list_manifests().await?.into_iter().map(|l| (l.id, l.size)).collect();
     for record in records {
         let key = ObjectKey::Manifest(record.id.clone()).to_string();
         let loaded = match chunks.index {
@@ -163,7 +154,7 @@ pub(super) async fn check_all(
         };
         match loaded {
             Ok(manifest) => {
-                report.read(sizes.get(&key).copied().unwrap_or(0));
+                report.read(sizes.get(&record.id).copied().unwrap_or(0));
                 chunks.check(&record.id, &manifest, report)?;
             }
             Err(snapshot::Error::Repository(e)) => report.push(classify(e, &key)?),

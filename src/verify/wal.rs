@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Error, Gap, ProblemKind, TimelineReport, VerifyReport};
 use crate::archive;
 use crate::pg::{PageCheck, SegmentSize, Timeline, WalFileName};
-use crate::repo::{Listed, ObjectKey};
-use crate::repository::{self, Repository};
+use crate::repo::ObjectKey;
+use crate::repository::{self, Repository, Stored};
 
 /// Lists the WAL archive, reports per-timeline gaps, misplaced objects and diverged timelines
 /// (see [`archive::Timelines`]), and returns every WAL object for `--read-data`, each with the
@@ -18,18 +18,13 @@ pub(super) async fn check(
     segment_size: Option<SegmentSize>,
     report: &mut VerifyReport,
 ) -> Result<Vec<(ObjectKey, Option<PageCheck>, u64)>, Error> {
-    let listed = repo.store.list(ObjectKey::WAL_DIR).await.map_err(repository::Error::from)?;
+    // Objects outside `wal/<timeline>/<name>` are skipped (with a warning) by the listing.
+    let listed = repo.list_wal(None).await?;
     let mut timelines: BTreeMap<Timeline, BTreeSet<u64>> = BTreeMap::new();
     let mut objects = Vec::with_capacity(listed.len());
-    for Listed { key, size, .. } in &listed {
-        let Some((dir, name)) = key
-            .strip_prefix(ObjectKey::WAL_DIR)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|rest| rest.split_once('/'))
-        else {
-            tracing::warn!(key, "ignoring an object outside wal/<timeline>/ in the WAL area");
-            continue;
-        };
+    for Stored { id: wal_key, size, .. } in &listed {
+        let (dir, name, key) = (wal_key.dir.as_str(), wal_key.name.as_str(), wal_key.key().to_string());
+        let key = key.as_str();
         // Without a size the repository holds no segment: every name is of another kind.
         let parsed = match segment_size
             .map_or_else(|| WalFileName::parse_auxiliary(name), |size| WalFileName::parse(name, size))
@@ -43,7 +38,7 @@ pub(super) async fn check(
         if dir != parsed.timeline().to_string() {
             report.problem(
                 ProblemKind::Corrupt,
-                key.clone(),
+                key,
                 format!("stored under timeline directory {dir}, but the file belongs to timeline {}; wal-fetch cannot find it", parsed.timeline()),
             );
         } else if let WalFileName::Segment { timeline, number } = parsed {
@@ -90,18 +85,29 @@ pub struct AcceptedGap {
     pub reason: String,
 }
 
+/// Stored under `accepted-gaps/<first missing segment>`.
+impl repository::StoredRecord for AcceptedGap {
+    type Id = str;
+    fn key_of(segment: &str) -> ObjectKey {
+        ObjectKey::AcceptedGap(segment.to_owned())
+    }
+    fn key(&self) -> ObjectKey {
+        Self::key_of(&self.segment)
+    }
+}
+
 /// First missing segments of the gaps operators accepted (unreadable records are not
 /// acceptances: the gap is reported again).
 async fn accepted_gaps(repo: &Repository) -> Result<BTreeSet<String>, Error> {
     let mut out = BTreeSet::new();
-    for item in repo.store.list(ObjectKey::ACCEPTED_GAP_DIR).await.map_err(repository::Error::from)? {
-        let Some(name) = item.key.rsplit('/').next() else { continue };
-        match repo.get_record::<AcceptedGap>(&ObjectKey::AcceptedGap(name.to_owned())).await {
-            Ok(record) if record.segment == name => {
+    for item in repo.list_accepted_gaps().await? {
+        let key = ObjectKey::AcceptedGap(item.id.clone());
+        match repo.read::<AcceptedGap>(&item.id).await {
+            Ok(record) if record.segment == item.id => {
                 out.insert(record.segment);
             }
             Ok(_) | Err(_) => {
-                tracing::warn!(key = %item.key, "ignoring an accepted-gap record that does not authenticate")
+                tracing::warn!(key = %key, "ignoring an accepted-gap record that does not authenticate")
             }
         }
     }
@@ -132,7 +138,7 @@ pub async fn accept_gap(repo: &Repository, segment: &str, by: String, reason: St
         by,
         reason,
     };
-    repo.put_record(&ObjectKey::AcceptedGap(segment.to_owned()), &record).await.map_err(Error::from)?;
+    repo.write(&record).await.map_err(Error::from)?;
     Ok(record)
 }
 

@@ -104,8 +104,7 @@ impl BlobIndex {
     /// Reads every index object in the repository (binary or the older JSON), a few at a
     /// time. A damaged object is an integrity error naming it.
     pub async fn load(repo: &Repository) -> Result<Self, Error> {
-        let listed = repo.store.list(ObjectKey::INDEX_DIR).await.map_err(repository::Error::from)?;
-        let names = listed.into_iter().map(|item| item.key.rsplit('/').next().unwrap_or_default().to_owned());
+        let names = repo.list_index().await?.into_iter().map(|item| item.id);
         let mut fetched = stream::iter(names).map(|name| fetch(repo, name)).buffered(LOAD_CONCURRENCY);
         let mut builder = Builder::new();
         while let Some(next) = fetched.next().await {
