@@ -144,10 +144,7 @@ fn a_file_whose_bytes_do_not_match_its_manifest_fails_the_restore_and_leaves_not
     let out = env.radd(&["restore", &snapshot, "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", crate::common::env::stderr(&out));
     let err = crate::common::env::stderr(&out);
-    assert!(
-        err.contains("does not match its id") && (err.contains("pair/a") || err.contains("pair/b")),
-        "{err}"
-    );
+    assert!(err.contains("does not match its id") && (err.contains("pair/a") || err.contains("pair/b")), "{err}");
     assert!(!target.exists(), "a failed restore leaves no target");
     let staging: Vec<_> = std::fs::read_dir(env.path())
         .unwrap()
