@@ -145,3 +145,20 @@ fn the_check_sees_a_violation() {
         "{found:#?}"
     );
 }
+
+/// One style, checked (issue 17 item 6): `cargo fmt --check` with the checked-in rustfmt.toml
+/// passes on the whole crate (library, binary, tests, examples).
+#[test]
+fn the_crate_is_formatted() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["fmt", "--check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo fmt (rustup component rustfmt)");
+    assert!(
+        out.status.success(),
+        "cargo fmt --check found unformatted code; run `cargo fmt`:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
