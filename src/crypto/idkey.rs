@@ -207,10 +207,8 @@ impl IdKey {
     }
 
     fn key_for(&self, purpose: Purpose) -> Key<'_> {
-        let derived = || {
-            let slot = Purpose::ALL.iter().position(|p| *p == purpose).unwrap_or_default();
-            &self.derived[slot]
-        };
+        // `ALL` lists the purposes in declaration order, so the discriminant is the slot.
+        let derived = || &self.derived[purpose as usize];
         match self.scheme {
             _ if purpose.always_derived() => Key::Blake3(derived()),
             KeyedHash::HmacSha256 => Key::Hmac(&self.raw),
