@@ -269,17 +269,18 @@ pub async fn verify(
     scope: VerifyScope,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<crate::verify::VerifyReport, crate::Error> {
-    verify_with_progress(config, log, (scope, now), Progress::none()).await
+    verify_with_progress(config, log, scope, now, Progress::none()).await
 }
 
 /// [`verify`] reporting the bytes of data objects read to `progress` (the CLI's bar).
 pub async fn verify_with_progress(
     config: &Config,
     log: &EventLog,
-    (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>),
+    scope: VerifyScope,
+    now: chrono::DateTime<chrono::Utc>,
     progress: Progress,
 ) -> Result<crate::verify::VerifyReport, crate::Error> {
-    let result = verify_steps(config, log, (scope, now), progress).await;
+    let result = verify_steps(config, log, scope, now, progress).await;
     if let Err(error) = &result {
         // Could not run to its end: what it did not read is unproven (an integrity error is
         // corruption found, S1).
@@ -299,7 +300,8 @@ pub async fn verify_with_progress(
 async fn verify_steps(
     config: &Config,
     log: &EventLog,
-    (scope, now): (VerifyScope, chrono::DateTime<chrono::Utc>),
+    scope: VerifyScope,
+    now: chrono::DateTime<chrono::Utc>,
     progress: Progress,
 ) -> Result<crate::verify::VerifyReport, crate::Error> {
     use crate::verify::{Subset, VerifiedRecord, VerifyOptions};

@@ -16,21 +16,22 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, ObjectKind};
 use crate::crypto::Recipients;
 use crate::repo::{ObjectKey, PutOutcome};
-use crate::repository::{Error, KeySet, Repository, latest_key_set as latest};
+use crate::repository::{Error, KeySet, Repository};
 
 /// Writes the next key set version with `recipients` (the id key re-encrypted to them).
 async fn write_set(repo: &Repository, recipients: &Recipients) -> Result<u32, Error> {
-    let version = latest(&repo.store).await?.map_or(1, |(n, _)| n + 1);
+    let version = repo.latest_key_set().await?.map_or(1, |(n, _)| n + 1);
     let mut set = KeySet {
         recipients: recipients.to_strings(),
         id_key: hex::encode(recipients.encrypt(repo.id_key.as_bytes())?),
         mac: String::new(),
     };
     set.seal(&repo.id_key, version);
-    let body = serde_json::to_vec_pretty(&set).expect("key set serialises");
-    if repo.store.put_new(&ObjectKey::KeySet(version), body.into()).await? == PutOutcome::AlreadyExists {
+    let body =
+        serde_json::to_vec_pretty(&set).map_err(|e| Error::Internal(format!("serialising key set {version}: {e}")))?;
+    if repo.put_new(&ObjectKey::KeySet(version), body.into()).await? == PutOutcome::AlreadyExists {
         return Err(Error::AlreadyInitialised {
-            location: format!("{} (key set {version} written concurrently; retry)", repo.store.location()),
+            location: format!("{} (key set {version} written concurrently; retry)", repo.location()),
         });
     }
     Ok(version)
@@ -84,8 +85,8 @@ pub async fn rewrap(
 ) -> Result<RewrapReport, Error> {
     let identity = repo.identity()?;
     // Exclusive with prune (and another rewrap): both replace or delete stored objects.
-    let lock = crate::repo::lock::exclusive(&repo.store, "key rewrap", std::time::Duration::ZERO).await?;
-    let result = rewrap_locked(repo, identity, (state_dir, progress)).await;
+    let lock = repo.lock_exclusive("key rewrap", std::time::Duration::ZERO).await?;
+    let result = rewrap_locked(repo, identity, state_dir, progress).await;
     lock.release().await?;
     result
 }
@@ -93,9 +94,10 @@ pub async fn rewrap(
 async fn rewrap_locked(
     repo: &Repository,
     identity: &crate::crypto::Identity,
-    (state_dir, bar): (&Path, &crate::progress::Progress),
+    state_dir: &Path,
+    bar: &crate::progress::Progress,
 ) -> Result<RewrapReport, Error> {
-    let key_set = latest(&repo.store).await?.map_or(0, |(n, _)| n);
+    let key_set = repo.latest_key_set().await?.map_or(0, |(n, _)| n);
     let progress_path: PathBuf = state_dir.join(format!("rewrap-{}.json", repo.meta.id));
     let progress: Progress = std::fs::read(&progress_path)
         .ok()
@@ -109,7 +111,7 @@ async fn rewrap_locked(
         (ObjectKey::PACK_DIR, ObjectKind::Pack),
         (ObjectKey::WAL_DIR, ObjectKind::Wal),
     ] {
-        for item in repo.store.list(dir).await? {
+        for item in repo.list_dir(dir).await? {
             objects.push((item.key, kind));
         }
     }
@@ -123,23 +125,25 @@ async fn rewrap_locked(
             continue;
         }
         let object = parse_key(&key);
-        let stored = repo.store.get(&object).await?;
+        let stored = repo.get_stored(&object).await?;
         let rewrapped = codec::rewrap(kind, &stored, &repo.id_key, identity, &repo.recipients, &key)?;
-        repo.store.put_overwrite(&object, rewrapped.into()).await?;
+        repo.put_overwrite(&object, rewrapped.into()).await?;
         report.rewrapped += 1;
         bar.advance(1);
         let done = Progress { key_set, done_through: key };
         if let Some(dir) = progress_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        std::fs::write(&progress_path, serde_json::to_vec(&done).expect("progress serialises"))
+        let body =
+            serde_json::to_vec(&done).map_err(|e| Error::Internal(format!("serialising rewrap progress: {e}")))?;
+        std::fs::write(&progress_path, body)
             .map_err(|e| crate::crypto::Error::KeyFileIo { path: progress_path.clone(), source: e })?;
         crate::faults::crash_point("rewrap:object");
     }
     // Older encrypted copies of the id key would still open with a removed identity.
-    repo.store.delete(&ObjectKey::IdKey).await?;
+    repo.delete(&ObjectKey::IdKey).await?;
     for old in 1..key_set {
-        repo.store.delete(&ObjectKey::KeySet(old)).await?;
+        repo.delete(&ObjectKey::KeySet(old)).await?;
     }
     Ok(report)
 }

@@ -16,6 +16,7 @@
 //! with `repo` (storage) and `pg` as leaves.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod archive;
 pub mod codec;

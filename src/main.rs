@@ -1,6 +1,9 @@
 //! The `radd` binary: parse arguments, set up logging, run the command, map errors to the exit
 //! codes documented in the README. Everything else lives in the library and `cli`.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 
 use std::process::ExitCode;

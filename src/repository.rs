@@ -16,6 +16,7 @@ use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
 mod listing;
+mod objects;
 mod record;
 pub use listing::{Stored, WalKey};
 pub use record::StoredRecord;
@@ -86,6 +87,10 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Repo(#[from] repo::Error),
+    /// A codec task was cancelled (the runtime is shutting down): a broken invariant, not the
+    /// repository's fault.
+    #[error("{0}; this is a bug in radd, please report it")]
+    Internal(String),
 }
 
 impl Error {
@@ -101,7 +106,18 @@ impl Error {
             Error::Crypto(e) => e.kind(),
             Error::Codec(e) => e.kind(),
             Error::Repo(e) => e.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
         }
+    }
+}
+
+/// Runs CPU-bound codec work off the async threads. A panic there is a bug in radd and is
+/// re-raised on the caller's task unchanged; a task cancelled by runtime shutdown is an error.
+pub(crate) async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Internal(format!("a codec task was cancelled: {e}"))),
     }
 }
 
@@ -139,11 +155,9 @@ pub struct RepoMeta {
 /// Storage plus keys; what every command works with.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    /// The object store. Crate-private: other modules list through the typed listings
-    /// ([`Repository::list_snapshots`], …). Raw access stays for what has no typed form yet:
-    /// `keyset` (key set versions, rewrapping every object in place), locks and staged
-    /// (streamed) puts, which take the [`Repo`] itself, and markers put and deleted by key.
-    pub(crate) store: Repo,
+    /// The object store. Private: other modules list through the typed listings
+    /// ([`Repository::list_snapshots`], …) and reach objects by key through `objects.rs`.
+    store: Repo,
     /// The repository's id key.
     pub id_key: IdKey,
     /// Recipients new objects are encrypted to.
@@ -188,7 +202,8 @@ impl Repository {
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             id_key_check: id_key.hash(Purpose::IdKeyCheck, ID_KEY_CHECK),
         };
-        let body = serde_json::to_vec_pretty(&meta).expect("repository config serialises");
+        let body = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::Internal(format!("serialising the repository config: {e}")))?;
         if store.put_new(&ObjectKey::Config, body.into()).await? == PutOutcome::AlreadyExists {
             return Err(Error::AlreadyInitialised { location: store.location().to_owned() });
         }
@@ -263,9 +278,7 @@ impl Repository {
         let id_key = self.id_key.clone();
         let recipients = self.recipients.clone();
         let level = self.compression_level;
-        Ok(tokio::task::spawn_blocking(move || codec::seal(kind, &plaintext, &id_key, &recipients, level, &name))
-            .await
-            .expect("sealing task does not panic")?)
+        Ok(off_thread(move || codec::seal(kind, &plaintext, &id_key, &recipients, level, &name)).await??)
     }
 
     /// Like [`Repository::seal`] for a caller that already computed the content digest.
@@ -278,11 +291,7 @@ impl Repository {
     ) -> Result<Vec<u8>, Error> {
         let recipients = self.recipients.clone();
         let level = self.compression_level;
-        Ok(tokio::task::spawn_blocking(move || {
-            codec::seal_with_digest(kind, &plaintext, digest, &recipients, level, &name)
-        })
-        .await
-        .expect("sealing task does not panic")?)
+        Ok(off_thread(move || codec::seal_with_digest(kind, &plaintext, digest, &recipients, level, &name)).await??)
     }
 
     /// Seals `plaintext` as an object of `kind` bound to `key` (format version 3: the digest
@@ -298,9 +307,7 @@ impl Repository {
         let (id_key, recipients, level, name) =
             (self.id_key.clone(), self.recipients.clone(), self.compression_level, key.to_string());
         let (sealed, digest) =
-            tokio::task::spawn_blocking(move || codec::seal_at(kind, &plaintext, &id_key, &recipients, level, &name))
-                .await
-                .expect("sealing task does not panic")?;
+            off_thread(move || codec::seal_at(kind, &plaintext, &id_key, &recipients, level, &name)).await??;
         let stored = sealed.len() as u64;
         let outcome = self.store.put_new(key, sealed.into()).await?;
         Ok((outcome, digest, stored))
@@ -318,9 +325,7 @@ impl Repository {
         check_content_address(key, &stored)?;
         let id_key = self.id_key.clone();
         let name = key.to_string();
-        Ok(tokio::task::spawn_blocking(move || codec::open(kind, &stored, &id_key, &identity, &name))
-            .await
-            .expect("opening task does not panic")?)
+        Ok(off_thread(move || codec::open(kind, &stored, &id_key, &identity, &name)).await??)
     }
 
     /// Reads and decrypts an object without recomputing its keyed digest: see
@@ -340,9 +345,7 @@ impl Repository {
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
         check_content_address(key, &stored)?;
         let name = key.to_string();
-        Ok(tokio::task::spawn_blocking(move || codec::open_unhashed_into(kind, &stored, &identity, &name, buffer))
-            .await
-            .expect("opening task does not panic")?)
+        Ok(off_thread(move || codec::open_unhashed_into(kind, &stored, &identity, &name, buffer)).await??)
     }
 
     /// Keyed digest stored in an object's header, read with a ranged GET.
@@ -353,7 +356,7 @@ impl Repository {
 
     /// Writes a plaintext record authenticated with the id key (create-only).
     pub async fn put_record<T: Serialize>(&self, key: &ObjectKey, record: &T) -> Result<PutOutcome, Error> {
-        let json = serde_json::to_vec(record).expect("records serialise");
+        let json = serde_json::to_vec(record).map_err(|e| Error::Internal(format!("serialising record {key}: {e}")))?;
         self.put_record_bytes(key, &json).await
     }
 
@@ -463,7 +466,7 @@ impl KeySet {
 }
 
 /// The newest key set, if any (`None`: the config's recipients and `keys/id-key` apply).
-pub async fn latest_key_set(store: &Repo) -> Result<Option<(u32, KeySet)>, Error> {
+async fn latest_key_set(store: &Repo) -> Result<Option<(u32, KeySet)>, Error> {
     let listed = store.list("keys").await?;
     let newest = listed.iter().filter_map(|l| l.key.strip_prefix(SET_PREFIX).and_then(|n| n.parse::<u32>().ok())).max();
     let Some(version) = newest else { return Ok(None) };

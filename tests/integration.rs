@@ -21,6 +21,7 @@ mod fs;
 mod index_format;
 mod info;
 mod interrupted;
+mod old_formats;
 mod pg_verifybackup;
 mod pitr;
 mod preflight;

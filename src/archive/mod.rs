@@ -144,12 +144,12 @@ pub async fn wait_archived(
     timeline: Timeline,
     name: &str,
     limit: std::time::Duration,
-) -> Result<bool, repo::Error> {
+) -> Result<bool, crate::repository::Error> {
     let key = ObjectKey::Wal { dir: timeline.to_string(), name: name.to_owned() };
     let deadline = std::time::Instant::now() + limit;
     let mut pause = std::time::Duration::from_millis(10);
     loop {
-        if repo.store.exists(&key).await? {
+        if repo.exists(&key).await? {
             return Ok(true);
         }
         if std::time::Instant::now() >= deadline {

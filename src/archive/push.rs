@@ -108,8 +108,8 @@ async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str
     if text.trim().parse::<u32>().ok() == Some(std::process::id()) {
         return;
     }
-    let (store, key) = (repo.store.clone(), key.clone());
-    match tokio::task::spawn_blocking(move || store.remove_abandoned_staging(&key)).await {
+    let (repository, key) = (repo.clone(), key.clone());
+    match tokio::task::spawn_blocking(move || repository.remove_abandoned_staging(&key)).await {
         Ok(Ok(removed)) => {
             tracing::info!(
                 segment = file_name,
@@ -280,7 +280,7 @@ async fn prepare_claimed(
             if marker_digest(path, &file_name, &meta) == Some(existing) {
                 return Ok(done(existing));
             }
-            if digest_file(repo, path, (&wal, segment_size), file, version).await? == existing {
+            if digest_file(repo, path, &wal, segment_size, file, version).await? == existing {
                 Ok(done(existing))
             } else {
                 Err(Error::Mismatch { name: file_name })
@@ -288,13 +288,12 @@ async fn prepare_claimed(
         }
         Err(Error::Repository(repository::Error::Repo(repo::Error::NotFound { .. }))) => {
             let pushing = start_pushing(path, &file_name);
-            let (store, id_key, recipients) = (repo.store.clone(), repo.id_key.clone(), repo.recipients.clone());
+            let (store, id_key, recipients) = (repo.clone(), repo.id_key.clone(), repo.recipients.clone());
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
             let (key2, input, shown) =
                 (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                let mut staged =
-                    store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0)).map_err(repository::Error::from)?;
+                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
                 let keys = SealKeys { id_key: &id_key, recipients: &recipients };
                 // A write that failed (a full disk) is the cause of whatever the sealing
                 // pipeline reports: name it as the storage error it is.
@@ -329,7 +328,7 @@ async fn prepare_claimed(
 /// ranged read).
 async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(Version, Digest), Error> {
     let name = key.to_string();
-    let header = repo.store.get_prefix(key, codec::HEADER_LEN as u64).await.map_err(repository::Error::from)?;
+    let header = repo.get_stored_prefix(key, codec::HEADER_LEN as u64).await?;
     Ok(codec::header(&header, &name).map_err(repository::Error::from)?)
 }
 
@@ -338,7 +337,8 @@ async fn stored_header(repo: &Repository, key: &ObjectKey) -> Result<(Version, D
 async fn digest_file(
     repo: &Repository,
     path: &Path,
-    (wal, size): (&WalFileName, Option<SegmentSize>),
+    wal: &WalFileName,
+    size: Option<SegmentSize>,
     file: std::fs::File,
     version: Version,
 ) -> Result<Digest, Error> {
@@ -360,7 +360,7 @@ pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome
     let Some(object) = prepared.object else {
         return Ok(PushOutcome::AlreadyArchived);
     };
-    if repo.store.publish(object).await.map_err(repository::Error::from)? == PutOutcome::Created {
+    if repo.publish(object).await? == PutOutcome::Created {
         return Ok(PushOutcome::Stored);
     }
     // Pushed concurrently by another process, perhaps an older radd (another format version).
@@ -370,7 +370,7 @@ pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome
     } else {
         let file = std::fs::File::open(&prepared.path).map_err(|e| io_error("read", &prepared.path, e))?;
         let (wal, size) = (&prepared.wal, prepared.segment_size);
-        digest_file(repo, &prepared.path, (wal, size), file, version).await?
+        digest_file(repo, &prepared.path, wal, size, file, version).await?
     };
     if ours == existing { Ok(PushOutcome::AlreadyArchived) } else { Err(Error::Mismatch { name: prepared.file_name }) }
 }
@@ -463,7 +463,7 @@ async fn not_yet_archived(
         }
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
         let Ok(wal) = parse_name(name, Some(size)) else { break };
-        match repo.store.exists(&key_of(&wal, name)).await {
+        match repo.exists(&key_of(&wal, name)).await {
             Ok(true) => {}
             Ok(false) => out.push(path),
             Err(_) => break,

@@ -67,7 +67,7 @@ pub async fn run(args: &Args, a: &VerifyArgs) -> anyhow::Result<()> {
     // Only a read of the data objects takes long enough for a bar.
     let bar =
         if matches!(scope, VerifyScope::Structure) { Bar::off() } else { Bar::start(args, "verify", Unit::Bytes) };
-    let report = jobs::verify_with_progress(&config, &jobs::event_log(&config)?, (scope, now), bar.progress()).await;
+    let report = jobs::verify_with_progress(&config, &jobs::event_log(&config)?, scope, now, bar.progress()).await;
     bar.end(report.is_ok());
     let report = report?;
     if args.json {

@@ -107,7 +107,7 @@ pub fn seal_at(
     key: &str,
 ) -> Result<(Vec<u8>, Digest), Error> {
     let digest = Version::V3.digest(id_key, kind, key, plaintext);
-    Ok((seal_framed((Version::V3, digest), kind, plaintext, recipients, level, key)?, digest))
+    Ok((seal_framed(Frame { version: Version::V3, kind, digest }, plaintext, recipients, level, key)?, digest))
 }
 
 /// [`seal`] (version 1) for a caller that already computed the content digest (e.g. to check
@@ -120,7 +120,7 @@ pub fn seal_with_digest(
     level: i32,
     object: &str,
 ) -> Result<Vec<u8>, Error> {
-    seal_framed((Version::V1, digest), kind, plaintext, recipients, level, object)
+    seal_framed(Frame { version: Version::V1, kind, digest }, plaintext, recipients, level, object)
 }
 
 /// Seals a pack of format 3 as version 4, under the digest of its blob table
@@ -132,15 +132,22 @@ pub fn seal_blob_table(
     level: i32,
     object: &str,
 ) -> Result<Vec<u8>, Error> {
-    seal_framed((Version::V4, digest), ObjectKind::Pack, plaintext, recipients, level, object)
+    seal_framed(Frame { version: Version::V4, kind: ObjectKind::Pack, digest }, plaintext, recipients, level, object)
+}
+
+/// What an object's frame says of it: the header's version and digest, and the kind inside
+/// the encrypted payload.
+struct Frame {
+    version: Version,
+    kind: ObjectKind,
+    digest: Digest,
 }
 
 /// Frames a header of `version` with `digest` and the age payload. Compresses in one shot with
 /// this thread's reused zstd context (no copy into a streaming window, no context allocated
 /// per object), then encrypts the compressed bytes into the output.
 fn seal_framed(
-    (version, digest): (Version, Digest),
-    kind: ObjectKind,
+    Frame { version, kind, digest }: Frame,
     plaintext: &[u8],
     recipients: &Recipients,
     level: i32,
@@ -239,7 +246,7 @@ pub fn open(
     identity: &Identity,
     object: &str,
 ) -> Result<Vec<u8>, Error> {
-    open_checked(kind, stored, Some(id_key), identity, (object, Vec::new()))
+    open_checked(kind, stored, Some(id_key), identity, object, Vec::new())
 }
 
 /// Like [`open`], but without recomputing the keyed digest of the content (age still
@@ -247,7 +254,7 @@ pub fn open(
 /// check every byte they use against an authenticated checksum anyway — restore checks each
 /// file's SHA-256 from the (digest-checked) manifest — so the content is not hashed twice.
 pub fn open_unhashed(kind: ObjectKind, stored: &[u8], identity: &Identity, object: &str) -> Result<Vec<u8>, Error> {
-    open_checked(kind, stored, None, identity, (object, Vec::new()))
+    open_checked(kind, stored, None, identity, object, Vec::new())
 }
 
 /// [`open_unhashed`] into a reused buffer (its content is replaced): restore recycles its pack
@@ -260,7 +267,7 @@ pub fn open_unhashed_into(
     object: &str,
     buffer: Vec<u8>,
 ) -> Result<Vec<u8>, Error> {
-    open_checked(kind, stored, None, identity, (object, buffer))
+    open_checked(kind, stored, None, identity, object, buffer)
 }
 
 /// Reads the decrypted payload — kind, length, zstd stream — and returns the plaintext, checking
@@ -302,7 +309,8 @@ fn open_checked(
     stored: &[u8],
     id_key: Option<&IdKey>,
     identity: &Identity,
-    (object, buffer): (&str, Vec<u8>),
+    object: &str,
+    buffer: Vec<u8>,
 ) -> Result<Vec<u8>, Error> {
     let (version, expected) = header(stored, object)?;
     let reader = identity.decrypting_reader(&stored[HEADER_LEN..]).map_err(|source| crypto_error(object, source))?;

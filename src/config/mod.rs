@@ -425,6 +425,10 @@ impl Config {
                 "backup.block_size: must not exceed backup.pack_size (a block is stored whole in one pack)".to_owned(),
             );
         }
+        if !(1 << 20..=1 << 30).contains(&b.pack_size.0) {
+            // A pack is one object held in memory while it fills; its offsets are u32.
+            problems.push("backup.pack_size: must be between 1MiB and 1GiB".to_owned());
+        }
         if !(64 << 10..=64 << 20).contains(&b.chunk_size.0) {
             problems.push("backup.chunk_size: must be between 64KiB and 64MiB".to_owned());
         }

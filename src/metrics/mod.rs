@@ -62,21 +62,24 @@ pub struct Metrics {
 
 /// Registers `metric` (a definition made from literals in this file, so failing is a bug in
 /// this file, caught by every test that builds a [`Metrics`]).
+#[allow(clippy::expect_used)] // Invariant: the names defined in this file are unique.
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
-    // Invariant: the names below are unique.
     registry.register(Box::new(metric.clone())).expect("metric names are unique");
     metric
 }
 
-// Invariant (all three): names and labels below are valid.
+// Invariant (all three): names and labels, literals of this file, are valid.
+#[allow(clippy::expect_used)]
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     register(registry, GaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid"))
 }
 
+#[allow(clippy::expect_used)]
 fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition is valid"))
 }
 
+#[allow(clippy::expect_used)]
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid"))
 }

@@ -1,13 +1,15 @@
-//! Typed ids of the objects whose names are ids (snapshots, packs): each parses exactly what
-//! its [`fmt::Display`] writes, so an id read back from a key is the id that was written, and
-//! a string that cannot be one (a stray file's name) is refused at the listing.
+//! Typed ids of the format: of the objects whose names are ids (snapshots, packs), and of the
+//! blobs inside packs. Each parses exactly what its [`fmt::Display`] writes, so an id read back
+//! from a key is the id that was written, and a string that cannot be one (a stray file's name)
+//! is refused at the listing. A blob id is not a pack id nor an object digest, though all are
+//! keyed digests: the types keep one from being looked up as another.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Digest;
+use crate::crypto::{Digest, IdKey};
 
 /// A snapshot's id (`<UTC start to the ms>-<8 hex>` since radd writes them; any key-safe
 /// name is read). Stored as the same string as before the type existed.
@@ -64,9 +66,62 @@ impl FromStr for PackId {
     }
 }
 
+/// A blob's id: the keyed hash of its plaintext under the repository's id key
+/// ([`IdKey::blob_id`]), which deduplicates it and, from format 3, authenticates it at
+/// restore. Serialised as 64 hex digits, as the digests it replaced were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BlobId(Digest);
+
+impl BlobId {
+    /// The id of a blob holding `data`.
+    #[must_use]
+    pub fn of(id_key: &IdKey, data: &[u8]) -> Self {
+        BlobId(id_key.blob_id(data))
+    }
+
+    /// The id stored as `bytes` (index tables, chunk lists).
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        BlobId(Digest(bytes))
+    }
+
+    /// The id's 32 bytes, as stored in index tables and chunk lists.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0.0
+    }
+
+    /// The id as a digest (the pack blob table's digest hashes ids as digests).
+    #[must_use]
+    pub const fn digest(&self) -> Digest {
+        self.0
+    }
+
+    /// An id made from `seed` for unit tests (SHA-256, not the keyed hash).
+    #[cfg(test)]
+    #[must_use]
+    pub fn for_tests(seed: &[u8]) -> Self {
+        BlobId(Digest::sha256(seed))
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for BlobId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(BlobId).map_err(|_| format!("{s:?} is not a blob id (64 hex digits)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{PackId, SnapshotId};
+    use super::{BlobId, PackId, SnapshotId};
     use crate::crypto::Digest;
 
     #[test]
@@ -93,6 +148,18 @@ mod tests {
         }
         for junk in ["", "abc", "zz", &"0".repeat(63), &"0".repeat(65)] {
             assert!(junk.parse::<PackId>().is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn blob_ids_round_trip() {
+        let id = BlobId::from_bytes(Digest::sha256(b"blob").0);
+        assert_eq!(id.to_string().parse::<BlobId>().unwrap(), id);
+        assert_eq!(BlobId::from_bytes(*id.as_bytes()), id);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<BlobId>(&format!("\"{id}\"")).unwrap(), id);
+        for junk in ["", "abc", &"0".repeat(63)] {
+            assert!(junk.parse::<BlobId>().is_err(), "{junk:?}");
         }
     }
 }

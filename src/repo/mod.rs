@@ -20,7 +20,7 @@ use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path as StorePath;
 use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-pub use id::{PackId, SnapshotId};
+pub use id::{BlobId, PackId, SnapshotId};
 pub use layout::ObjectKey;
 pub use retry::RetryPolicy;
 pub use staged::NewObject;
@@ -79,7 +79,7 @@ pub enum Error {
     /// A transient failure (5xx, SlowDown, reset connection, timeout) lasted longer than the
     /// retry budget.
     #[error(
-        "{op} of {key} in repository {location} failed after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?}): {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)"
+        "{op} of {key} in repository {location} failed {spent}: {source}; check that the storage backend is reachable, then retry (or raise repository.retry_budget)"
     )]
     GaveUp {
         /// The operation (put, get, head, list, delete).
@@ -88,15 +88,30 @@ pub enum Error {
         key: String,
         /// Where the repository is.
         location: String,
-        /// Attempts made.
-        attempts: u32,
-        /// Time spent.
-        elapsed: std::time::Duration,
-        /// The configured budget.
-        budget: std::time::Duration,
+        /// How long it was retried.
+        spent: Box<RetrySpent>,
         /// The last attempt's error.
         source: Box<object_store::Error>,
     },
+}
+
+/// How long an operation that failed was retried. Boxed in [`Error::GaveUp`]: every error of
+/// the crate wraps this one, and each `Result` is as large as its largest error.
+#[derive(Debug)]
+pub struct RetrySpent {
+    /// Attempts made.
+    pub attempts: u32,
+    /// Time spent.
+    pub elapsed: std::time::Duration,
+    /// The configured budget.
+    pub budget: std::time::Duration,
+}
+
+impl std::fmt::Display for RetrySpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RetrySpent { attempts, elapsed, budget } = self;
+        write!(f, "after {attempts} attempt(s) over {elapsed:.1?} (repository.retry_budget = {budget:?})")
+    }
 }
 
 impl Error {

@@ -188,9 +188,11 @@ impl Repo {
                             op,
                             key: key.to_owned(),
                             location: self.location.clone(),
-                            attempts: attempt,
-                            elapsed,
-                            budget: self.retry.budget,
+                            spent: Box::new(super::RetrySpent {
+                                attempts: attempt,
+                                elapsed,
+                                budget: self.retry.budget,
+                            }),
                             source: Box::new(error),
                         });
                     }
@@ -319,7 +321,7 @@ mod tests {
             .expect_err("an outage longer than the budget fails");
         assert!(started.elapsed() < Duration::from_secs(5), "gave up within the budget");
         let text = gave_up.to_string();
-        assert!(matches!(gave_up, Error::GaveUp { attempts, .. } if attempts > 1), "{text}");
+        assert!(matches!(gave_up, Error::GaveUp { spent, .. } if spent.attempts > 1), "{text}");
         assert!(text.contains("list of wal in repository") && text.contains("retry_budget"), "{text}");
     }
 

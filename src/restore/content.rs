@@ -229,7 +229,7 @@ fn check_blob_ids(id_key: &crate::crypto::IdKey, job: &Job, data: &[u8]) -> Resu
         }
         let start = placement.pack_offset as usize;
         let bytes = data.get(start..start + placement.length as usize);
-        if bytes.is_none_or(|bytes| id_key.blob_id(bytes).0[..16] != placement.id_prefix) {
+        if bytes.is_none_or(|bytes| crate::repo::BlobId::of(id_key, bytes).as_bytes()[..16] != placement.id_prefix) {
             return Err(Error::BlobMismatch {
                 pack: ObjectKey::Pack(job.name.clone()).to_string(),
                 offset: placement.pack_offset,
@@ -277,7 +277,7 @@ fn write_packs(
             }
             Err((None, e)) => return Err(e),
         };
-        write_pack((&pack.data, &job.name), &job.placements, targets, &mut left, hashers)?;
+        write_pack(&pack.data, &job.name, &job.placements, targets, &mut left, hashers)?;
         progress.advance(job.placements.iter().map(|p| u64::from(p.length)).sum());
         writing += clock.elapsed();
         clock = std::time::Instant::now();
@@ -305,7 +305,8 @@ struct Run {
 /// Writes the blobs of one pack (its plaintext and its id) into their files (`group`: its
 /// placements, sorted by file).
 fn write_pack(
-    (pack, pack_name): (&[u8], &str),
+    pack: &[u8],
+    pack_name: &str,
     group: &[Placement],
     targets: &[Option<Target>],
     left: &mut [u32],

@@ -26,8 +26,8 @@ pub enum Error {
     Wal {
         /// Snapshot id.
         snapshot: String,
-        /// The gap or failure.
-        source: archive::Error,
+        /// The gap or failure (boxed: it is the largest error a restore carries).
+        source: Box<archive::Error>,
         /// What the operator can do.
         hint: &'static str,
     },

@@ -197,7 +197,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     let mut accepted_loss = None;
     let wal_chain_end = match &record.pg {
         Some(pg) => {
-            let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source, hint: "" };
+            let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source: Box::new(source), hint: "" };
             let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id))
                 .await
                 .map_err(wal_err)?;
@@ -240,7 +240,7 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         }
         options.progress.set_message("writing files");
         let written =
-            writer::write_entries(repo, (&index, &manifest), &staging, include.as_ref(), &options.progress).await?;
+            writer::write_entries(repo, &index, &manifest, &staging, include.as_ref(), &options.progress).await?;
         options.progress.set_message("syncing to disk");
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if let Some(pg) = &record.pg {
@@ -326,7 +326,7 @@ fn check_wal(
     recovery: &RecoveryTarget,
     allow_gap: bool,
 ) -> Result<(String, Option<AcceptedLoss>), Error> {
-    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source, hint };
+    let wal_err = |source, hint| Error::Wal { snapshot: snapshot_id.to_owned(), source: Box::new(source), hint };
     let first = pg.start_lsn.segment_no(size);
     let consistent = pg.stop_lsn.segment_no(size);
     let name = |number| WalFileName::Segment { timeline: pg.timeline, number }.to_name(size);

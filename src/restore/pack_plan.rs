@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 
 use super::Error;
 use super::spill::{self, Merge, Runs};
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 use crate::snapshot::BlobIndex;
 
 /// Placements held in memory by default before the plan spills to disk.
@@ -62,9 +62,9 @@ pub(super) struct Placement {
 impl Placement {
     /// The first 128 bits of a blob id, as [`Placement::id_prefix`] holds them.
     #[must_use]
-    pub fn prefix_of(id: &Digest) -> [u8; 16] {
+    pub fn prefix_of(id: &BlobId) -> [u8; 16] {
         let mut prefix = [0u8; 16];
-        prefix.copy_from_slice(&id.0[..16]);
+        prefix.copy_from_slice(&id.as_bytes()[..16]);
         prefix
     }
 }
@@ -155,7 +155,7 @@ impl PackPlan {
     pub(super) fn new<'m>(
         index: &BlobIndex,
         entries: usize,
-        files: impl IntoIterator<Item = (usize, &'m str, &'m [Digest])>,
+        files: impl IntoIterator<Item = (usize, &'m str, &'m [BlobId])>,
         spill: &Spill,
     ) -> Result<Self, Error> {
         let mut packs = Vec::new();
@@ -244,8 +244,8 @@ mod tests {
     use super::*;
     use crate::snapshot::{IndexFile, IndexPack};
 
-    fn id(n: u8) -> Digest {
-        Digest::sha256(&[n])
+    fn id(n: u8) -> BlobId {
+        BlobId::for_tests(&[n])
     }
 
     fn groups(plan: &mut PackPlan) -> Vec<(PlannedPack, Vec<Placement>)> {
@@ -326,7 +326,7 @@ mod tests {
             .collect();
         let index = BlobIndex::from_files([&IndexFile { packs }]);
         // 300 files of 0..40 chunks each, picked all over the packs (and repeating).
-        let files: Vec<Vec<Digest>> = (0..300u32)
+        let files: Vec<Vec<BlobId>> = (0..300u32)
             .map(|f| (0..(f * 7) % 41).map(|c| id(u8::try_from((f * 31 + c * 17) % 256).unwrap())).collect())
             .collect();
         let names: Vec<String> = (0..files.len()).map(|f| format!("f{f}")).collect();

@@ -86,7 +86,7 @@ fn key(name: &str) -> ObjectKey {
 /// Storage failures.
 pub async fn find(repo: &Repository, name: &str) -> Result<Option<RestorePoint>, Error> {
     let key = key(name);
-    if !repo.store.exists(&key).await.map_err(repository::Error::from)? {
+    if !repo.exists(&key).await? {
         return Ok(None);
     }
     Ok(read(repo, &key).await.filter(|p| p.name == name))

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use super::content::{self, Target};
 use super::pack_plan::{PackPlan, Spill};
 use super::{Error, io_err};
-use crate::crypto::Digest;
 use crate::progress::Progress;
+use crate::repo::BlobId;
 use crate::repository::Repository;
 use crate::snapshot::FileSum;
 use crate::snapshot::{BlobIndex, EntryKind, Manifest};
@@ -42,7 +42,7 @@ pub struct Written {
 
 /// The content an entry is restored with: its own, or, for a hard link whose first name is
 /// not restored, the first name's.
-fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m FileSum, &'m [Digest])> {
+fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m FileSum, &'m [BlobId])> {
     match &manifest.entries[index].kind {
         EntryKind::File { sum, chunks, .. } => Some((sum, chunks)),
         EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => {
@@ -64,7 +64,8 @@ fn linked(manifest: &Manifest, wanted: &[bool], index: usize) -> bool {
 /// `progress` gets the files' total size, then each pack's bytes as they are written.
 pub async fn write_entries(
     repo: &Repository,
-    (index, manifest): (&BlobIndex, &Manifest),
+    index: &BlobIndex,
+    manifest: &Manifest,
     root: &Path,
     include: Option<&globset::GlobSet>,
     progress: &Progress,

@@ -146,12 +146,9 @@ pub async fn set_pin(
     let record = crate::snapshot::resolve(repo, snapshot).await?;
     let key = crate::repo::ObjectKey::Pin(record.id.clone());
     if pin {
-        repo.store
-            .put_new(&key, bytes::Bytes::from_static(b"pinned\n"))
-            .await
-            .map_err(crate::repository::Error::from)?;
+        repo.put_new(&key, bytes::Bytes::from_static(b"pinned\n")).await?;
     } else {
-        repo.store.delete(&key).await.map_err(crate::repository::Error::from)?;
+        repo.delete(&key).await?;
     }
     Ok(record.id)
 }
@@ -194,14 +191,8 @@ pub async fn forget(
     let forgotten = decisions.iter().filter(|d| !d.keep).count();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
-            repo.store
-                .delete(&crate::repo::ObjectKey::Snapshot(d.snapshot_id.clone()))
-                .await
-                .map_err(crate::repository::Error::from)?;
-            repo.store
-                .delete(&crate::repo::ObjectKey::Manifest(d.snapshot_id.clone()))
-                .await
-                .map_err(crate::repository::Error::from)?;
+            repo.delete(&crate::repo::ObjectKey::Snapshot(d.snapshot_id.clone())).await?;
+            repo.delete(&crate::repo::ObjectKey::Manifest(d.snapshot_id.clone())).await?;
             tracing::info!(snapshot_id = %d.snapshot_id, "snapshot forgotten");
         }
     }

@@ -70,11 +70,7 @@ pub struct PruneOptions {
 /// (whose uploads are unreferenced until it commits) or another prune.
 pub async fn prune(repo: &Repository, options: PruneOptions) -> Result<PruneReport, snapshot::Error> {
     let mut report = PruneReport { applied: !options.dry_run, ..PruneReport::default() };
-    let lock = if options.dry_run {
-        None
-    } else {
-        Some(crate::repo::lock::exclusive(&repo.store, "prune", options.lock_wait).await?)
-    };
+    let lock = if options.dry_run { None } else { Some(repo.lock_exclusive("prune", options.lock_wait).await?) };
     let result = prune_locked(repo, options, lock.as_ref(), &mut report).await;
     if let Some(lock) = lock {
         lock.release().await.map_err(repository::Error::from)?;
@@ -104,7 +100,7 @@ async fn prune_locked(
         let mut m = HashMap::new();
         for item in repo.list_condemned().await? {
             let name = item.id;
-            let text = repo.store.get(&ObjectKey::Condemned(name.clone())).await.map_err(repository::Error::from)?;
+            let text = repo.get_stored(&ObjectKey::Condemned(name.clone())).await?;
             let at = std::str::from_utf8(&text)
                 .ok()
                 .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
@@ -127,10 +123,7 @@ async fn prune_locked(
                 report.packs_condemned += 1;
                 if !dry_run {
                     let body = bytes::Bytes::from(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                    repo.store
-                        .put_new(&ObjectKey::Condemned((*pack).clone()), body)
-                        .await
-                        .map_err(repository::Error::from)?;
+                    repo.put_new(&ObjectKey::Condemned((*pack).clone()), body).await?;
                 }
             }
         }
@@ -140,7 +133,7 @@ async fn prune_locked(
     for pack in marks.keys().filter(|p| referenced_packs.contains(*p) || !stored.contains_key(*p)) {
         report.packs_reprieved += usize::from(referenced_packs.contains(pack));
         if !dry_run {
-            repo.store.delete(&ObjectKey::Condemned(pack.clone())).await.map_err(repository::Error::from)?;
+            repo.delete(&ObjectKey::Condemned(pack.clone())).await?;
         }
     }
 
@@ -156,24 +149,23 @@ async fn prune_locked(
             let touched = rewrite_index(repo, &index, &expired, now).await?;
             crash_point("prune:new-index");
             for name in touched {
-                repo.store.delete(&ObjectKey::Index(name)).await.map_err(repository::Error::from)?;
+                repo.delete(&ObjectKey::Index(name)).await?;
                 crash_point("prune:old-index");
             }
             for pack in &expired {
-                repo.store.delete(&ObjectKey::Pack(pack.clone())).await.map_err(repository::Error::from)?;
+                repo.delete(&ObjectKey::Pack(pack.clone())).await?;
                 crash_point("prune:pack");
-                repo.store.delete(&ObjectKey::Condemned(pack.clone())).await.map_err(repository::Error::from)?;
+                repo.delete(&ObjectKey::Condemned(pack.clone())).await?;
             }
             crash_point("prune:packs-done");
         }
     }
 
     prune_wal(repo, &records, dry_run, report).await?;
-    let (store, cutoff) = (repo.store.clone(), std::time::SystemTime::from(now - grace));
-    report.staging_removed = tokio::task::spawn_blocking(move || store.remove_stale_staging(cutoff, dry_run))
+    let (repository, cutoff) = (repo.clone(), std::time::SystemTime::from(now - grace));
+    report.staging_removed = tokio::task::spawn_blocking(move || repository.remove_stale_staging(cutoff, dry_run))
         .await
-        .map_err(|e| snapshot::Error::Internal(format!("staging sweep: {e}")))?
-        .map_err(repository::Error::from)?;
+        .map_err(|e| snapshot::Error::Internal(format!("staging sweep: {e}")))??;
     Ok(())
 }
 
@@ -319,10 +311,7 @@ async fn prune_wal(
             report.wal_deleted += 1;
             report.bytes_reclaimed += item.size;
             if !dry_run {
-                repo.store
-                    .delete(&ObjectKey::Wal { dir: timeline.to_string(), name })
-                    .await
-                    .map_err(repository::Error::from)?;
+                repo.delete(&ObjectKey::Wal { dir: timeline.to_string(), name }).await?;
                 crash_point("prune:wal");
             }
         }

@@ -79,7 +79,7 @@ pub struct BackupReport {
 /// Holds a shared repository lock from before it reads the blob index until the snapshot is
 /// committed, so no prune deletes what it reuses or uploads meanwhile.
 pub async fn backup_pg(repo: &Repository, options: &BackupOptions) -> Result<BackupReport, Error> {
-    let lock = lock::shared(&repo.store, "backup pg", options.backup.lock_wait()).await?;
+    let lock = repo.lock_shared("backup pg", options.backup.lock_wait()).await?;
     let result = backup_pg_locked(repo, options, &lock).await;
     release(lock).await;
     result
@@ -150,16 +150,15 @@ async fn backup_pg_locked(
         }
         Ok(())
     });
-    let (mut read, mut upload) = pipeline::store_tree(
-        (repo, &snapshot_id),
-        Arc::clone(&known),
+    let tree = pipeline::Tree {
         walk,
-        pipeline::data_dir_chunking(&options.backup),
-        (false, &options.progress),
-        (parent, next_parent),
-        &options.backup,
-    )
-    .await?;
+        chunking: pipeline::data_dir_chunking(&options.backup),
+        stable_reads: false,
+        parent,
+        next_parent,
+    };
+    let (mut read, mut upload) =
+        pipeline::store_tree(repo, &snapshot_id, Arc::clone(&known), tree, &options.backup, &options.progress).await?;
     let next_parent = read.next_parent.take();
 
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files read and packs stored");
@@ -197,7 +196,8 @@ async fn backup_pg_locked(
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(
         repo,
         &snapshot_id,
-        (&mut upload, options.backup.index_shard_blobs),
+        &mut upload,
+        options.backup.index_shard_blobs,
         &manifest,
     )
     .await?;

@@ -17,7 +17,8 @@ use super::chunker::for_each_chunk;
 use super::manifest::{ChunkList, Entry, EntryKind};
 use super::pack::{BlobIndex, PackBuilder, PendingPack};
 use crate::codec::ObjectKind;
-use crate::crypto::{Digest, IdKey};
+use crate::crypto::IdKey;
+use crate::repo::BlobId;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 
@@ -32,7 +33,7 @@ pub const LINE_BUFFER: usize = 256 * 1024;
 #[derive(Debug, Default)]
 pub struct StoredStream {
     /// The chunk ids, in order.
-    pub chunks: Vec<Digest>,
+    pub chunks: Vec<BlobId>,
     /// Bytes of chunks new to the repository.
     pub new_bytes: u64,
 }
@@ -78,7 +79,7 @@ pub fn store(
         reader,
         ENTRY_CHUNK,
         |data| {
-            let id = id_key.blob_id(data);
+            let id = BlobId::of(id_key, data);
             if pack.add_if_new(known, id, data) {
                 out.new_bytes += data.len() as u64;
                 if pack.len() >= pack_size {
@@ -97,6 +98,9 @@ pub fn store(
 }
 
 /// Appends one entry as a JSON line to `buffer`.
+// Invariant: an entry (strings, numbers, and digests serialised as hex) always serialises,
+// and writing into a `Vec` cannot fail.
+#[allow(clippy::expect_used)]
 pub fn push_line(buffer: &mut Vec<u8>, entry: &Entry) {
     serde_json::to_writer(&mut *buffer, entry).expect("an entry serialises");
     buffer.push(b'\n');
@@ -116,7 +120,7 @@ impl BlobReader<'_> {
         repository::Error::CorruptRecord { key: self.manifest.to_owned(), reason }.into()
     }
 
-    async fn read(&mut self, id: &Digest, what: &str) -> Result<&[u8], Error> {
+    async fn read(&mut self, id: &BlobId, what: &str) -> Result<&[u8], Error> {
         let location = self
             .index
             .get(id)
@@ -138,7 +142,7 @@ impl BlobReader<'_> {
         let (start, end) = (location.offset as usize, location.offset as usize + location.length as usize);
         let data = self.cached.as_ref().and_then(|(_, pack)| pack.get(start..end));
         match data {
-            Some(data) if self.repo.id_key.blob_id(data) == *id => Ok(data),
+            Some(data) if BlobId::of(&self.repo.id_key, data) == *id => Ok(data),
             Some(_) => Err(self.corrupt(format!("{what} {id} does not match its id; run `radd verify`"))),
             None => Err(self.corrupt(format!("{what} {id} lies outside its pack"))),
         }
@@ -150,7 +154,7 @@ impl BlobReader<'_> {
 pub async fn load(
     repo: &Repository,
     index: &BlobIndex,
-    chunks: &[Digest],
+    chunks: &[BlobId],
     manifest: &str,
 ) -> Result<Vec<Entry>, Error> {
     let mut reader = BlobReader { repo, index, manifest, cached: None };

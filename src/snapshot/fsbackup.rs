@@ -20,7 +20,6 @@ use super::pipeline::Walk;
 use super::walk::Found;
 use super::{Chunking, Error, pipeline};
 use crate::config::BackupConfig;
-use crate::repo::lock;
 use crate::repository::Repository;
 
 /// How to take a file-tree snapshot.
@@ -129,7 +128,7 @@ pub async fn backup_fs(
     // The shared lock keeps prune away from what the snapshot reuses or uploads until commit.
     let result = tokio::select! {
         r = async {
-            let lock = lock::shared(&repo.store, "backup fs", options.backup.lock_wait()).await?;
+            let lock = repo.lock_shared("backup fs", options.backup.lock_wait()).await?;
             match snapshot(repo, options).await {
                 Ok(pending) => Ok((pending, lock)),
                 Err(error) => {
@@ -209,16 +208,15 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
         })
     };
     let chunk = options.backup.fs_chunk_size.as_usize();
-    let (mut read, mut upload) = pipeline::store_tree(
-        (repo, &snapshot_id),
-        known,
+    let tree = pipeline::Tree {
         walk,
-        move |_: &str| Chunking::ContentDefined(chunk),
-        (true, &options.progress),
-        (parent, next_parent),
-        &options.backup,
-    )
-    .await?;
+        chunking: move |_: &str| Chunking::ContentDefined(chunk),
+        stable_reads: true,
+        parent,
+        next_parent,
+    };
+    let (mut read, mut upload) =
+        pipeline::store_tree(repo, &snapshot_id, known, tree, &options.backup, &options.progress).await?;
     let mut unreadable = unreadable_dirs.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
     unreadable.append(&mut read.unreadable);
     let files = read.files;
@@ -234,7 +232,8 @@ async fn snapshot(repo: &Repository, options: &FsBackupOptions) -> Result<Pendin
     let (manifest_bytes, manifest_digest) = pipeline::write_index_and_manifest(
         repo,
         &snapshot_id,
-        (&mut upload, options.backup.index_shard_blobs),
+        &mut upload,
+        options.backup.index_shard_blobs,
         &manifest,
     )
     .await?;

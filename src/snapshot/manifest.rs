@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::FileSum;
 use crate::crypto::Digest;
 use crate::pg::{Lsn, SegmentSize, Tablespace, Timeline};
+use crate::repo::BlobId;
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +178,7 @@ pub enum EntryKind {
         /// Chunk ids in order (in a stored manifest: empty when `list` is set; loading fills
         /// them in from the list).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        chunks: Vec<Digest>,
+        chunks: Vec<BlobId>,
         /// For files of many blocks: the chunk ids stored out of line, as a patch of a list
         /// blob.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,13 +208,13 @@ pub enum EntryKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkList {
     /// Blob id of the base list.
-    pub base: Digest,
+    pub base: BlobId,
     /// Number of chunks of the file.
     pub count: u32,
     /// (position, id) where the file differs from the base (positions past the base's end
     /// extend it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub patch: Vec<(u32, Digest)>,
+    pub patch: Vec<(u32, BlobId)>,
 }
 
 impl ChunkList {
@@ -223,9 +224,9 @@ impl ChunkList {
     /// The list for `ids` given a stored base list: a patch when few ids differ (at most an
     /// eighth), otherwise `None` (store `ids` as a new base).
     #[must_use]
-    pub fn patch_of(base: Digest, base_ids: &[Digest], ids: &[Digest]) -> Option<Self> {
+    pub fn patch_of(base: BlobId, base_ids: &[BlobId], ids: &[BlobId]) -> Option<Self> {
         let count = u32::try_from(ids.len()).ok()?;
-        let patch: Vec<(u32, Digest)> = ids
+        let patch: Vec<(u32, BlobId)> = ids
             .iter()
             .enumerate()
             .filter(|(i, id)| base_ids.get(*i) != Some(*id))
@@ -236,9 +237,9 @@ impl ChunkList {
 
     /// The file's ids from its base list's ids; `None` if the list does not fit the base.
     #[must_use]
-    pub fn apply(&self, base_ids: &[Digest]) -> Option<Vec<Digest>> {
+    pub fn apply(&self, base_ids: &[BlobId]) -> Option<Vec<BlobId>> {
         let count = self.count as usize;
-        let mut ids: Vec<Option<Digest>> = (0..count).map(|i| base_ids.get(i).copied()).collect();
+        let mut ids: Vec<Option<BlobId>> = (0..count).map(|i| base_ids.get(i).copied()).collect();
         for (position, id) in &self.patch {
             *ids.get_mut(*position as usize)? = Some(*id);
         }
@@ -247,17 +248,17 @@ impl ChunkList {
 
     /// A base list's blob content.
     #[must_use]
-    pub fn encode(ids: &[Digest]) -> Vec<u8> {
-        ids.iter().flat_map(|id| id.0).collect()
+    pub fn encode(ids: &[BlobId]) -> Vec<u8> {
+        ids.iter().flat_map(|id| *id.as_bytes()).collect()
     }
 
     /// Ids from a base list's blob content.
     #[must_use]
-    pub fn decode(bytes: &[u8]) -> Option<Vec<Digest>> {
+    pub fn decode(bytes: &[u8]) -> Option<Vec<BlobId>> {
         if !bytes.len().is_multiple_of(32) {
             return None;
         }
-        Some(bytes.chunks_exact(32).map(|c| Digest(c.try_into().unwrap_or([0; 32]))).collect())
+        Some(bytes.chunks_exact(32).map(|c| BlobId::from_bytes(c.try_into().unwrap_or([0; 32]))).collect())
     }
 }
 
@@ -326,7 +327,7 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// The chunks of the entry stream (see `entry_stream`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub entry_chunks: Vec<Digest>,
+    pub entry_chunks: Vec<BlobId>,
     /// `backup_label` content returned by pg_backup_stop.
     pub backup_label: Option<String>,
     /// `tablespace_map` content returned by pg_backup_stop (empty: none).
@@ -344,24 +345,24 @@ pub struct Manifest {
 mod tests {
     use super::*;
 
-    fn ids(n: u8) -> Vec<Digest> {
-        (0..n).map(|i| Digest::sha256(&[i])).collect()
+    fn ids(n: u8) -> Vec<BlobId> {
+        (0..n).map(|i| BlobId::for_tests(&[i])).collect()
     }
 
     #[test]
     fn chunk_lists_patch_few_changes_and_round_trip() {
         let base_ids = ids(64);
-        let base = Digest::sha256(&ChunkList::encode(&base_ids));
+        let base = BlobId::for_tests(&ChunkList::encode(&base_ids));
         assert_eq!(ChunkList::decode(&ChunkList::encode(&base_ids)).unwrap(), base_ids);
         let mut changed = base_ids.clone();
-        changed[3] = Digest::sha256(b"new");
-        changed.push(Digest::sha256(b"grown"));
+        changed[3] = BlobId::for_tests(b"new");
+        changed.push(BlobId::for_tests(b"grown"));
         let list = ChunkList::patch_of(base, &base_ids, &changed).expect("two changes fit a patch");
         assert_eq!(list.patch.len(), 2);
         assert_eq!(list.apply(&base_ids).unwrap(), changed);
         let shrunk = &base_ids[..10];
         assert_eq!(ChunkList::patch_of(base, &base_ids, shrunk).unwrap().apply(&base_ids).unwrap(), shrunk);
-        let rewritten: Vec<Digest> = ids(64).iter().map(|d| Digest::sha256(&d.0)).collect();
+        let rewritten: Vec<BlobId> = ids(64).iter().map(|d| BlobId::for_tests(d.as_bytes())).collect();
         assert!(ChunkList::patch_of(base, &base_ids, &rewritten).is_none(), "a rewritten file gets a new base");
         let short = ChunkList { base, count: 80, patch: Vec::new() };
         assert!(short.apply(&base_ids).is_none(), "a list longer than its base without a patch is corrupt");

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::Error;
 use crate::codec::ObjectKind;
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 use crate::repo::{ObjectKey, PutOutcome};
 use crate::repository::Repository;
 
@@ -69,7 +69,7 @@ pub const PENDING_IDS: usize = 1 << 18;
 #[derive(Debug, Default)]
 pub struct PackBuilder {
     data: Vec<u8>,
-    blobs: Vec<(Digest, u32, u32)>,
+    blobs: Vec<(BlobId, u32, u32)>,
     /// Ids added recently during this backup, by their first 128 bits (half the memory of
     /// whole ids; keyed hashes do not collide in 128 bits at any feasible number of chunks).
     /// Bounded ([`PENDING_IDS`]): once full it is emptied, so memory does not grow with the
@@ -87,26 +87,26 @@ impl PackBuilder {
         Self { pool, ..Self::default() }
     }
 
-    fn short(id: &Digest) -> u128 {
+    fn short(id: &BlobId) -> u128 {
         let mut first = [0u8; 16];
-        first.copy_from_slice(&id.0[..16]);
+        first.copy_from_slice(&id.as_bytes()[..16]);
         u128::from_le_bytes(first)
     }
 
     /// Whether `id` was already added during this backup (possibly in a pack still uploading).
     #[must_use]
-    pub fn has(&self, id: &Digest) -> bool {
+    pub fn has(&self, id: &BlobId) -> bool {
         self.pending.contains(&Self::short(id))
     }
 
     /// Whether `id` is stored already or added during this backup.
     #[must_use]
-    pub fn knows(&self, known: &BlobIndex, id: &Digest) -> bool {
+    pub fn knows(&self, known: &BlobIndex, id: &BlobId) -> bool {
         self.has(id) || known.contains(id)
     }
 
     /// Appends a blob unless [`PackBuilder::knows`] it; returns whether it was added.
-    pub fn add_if_new(&mut self, known: &BlobIndex, id: Digest, data: &[u8]) -> bool {
+    pub fn add_if_new(&mut self, known: &BlobIndex, id: BlobId, data: &[u8]) -> bool {
         let new = !self.knows(known, &id);
         if new {
             self.add(id, data);
@@ -115,7 +115,10 @@ impl PackBuilder {
     }
 
     /// Appends a blob.
-    pub fn add(&mut self, id: Digest, data: &[u8]) {
+    // Invariant: a pack is flushed at `pack_size` (at most 1 GiB, checked at config load), and
+    // a chunk or block is at most 64 MiB.
+    #[allow(clippy::expect_used)]
+    pub fn add(&mut self, id: BlobId, data: &[u8]) {
         let offset = u32::try_from(self.data.len()).expect("packs stay below 4 GiB");
         let length = u32::try_from(data.len()).expect("chunks stay below 4 GiB");
         if self.data.capacity() == 0 {
@@ -156,7 +159,7 @@ impl PackBuilder {
 #[derive(Debug)]
 pub struct PendingPack {
     data: Vec<u8>,
-    blobs: Vec<(Digest, u32, u32)>,
+    blobs: Vec<(BlobId, u32, u32)>,
 }
 
 /// What the uploader produced.
@@ -226,7 +229,8 @@ impl Drop for AbortOnDrop {
 pub async fn upload_packs(
     repo: Repository,
     mut rx: mpsc::Receiver<PendingPack>,
-    (concurrency, shard_blobs): (usize, usize),
+    concurrency: usize,
+    shard_blobs: usize,
     pool: BufferPool,
     snapshot_id: String,
 ) -> Result<UploadReport, Error> {
@@ -266,11 +270,12 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     let PendingPack { data, blobs } = pack;
     let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
     let by_table = repo.meta.format >= 3;
-    let table: Vec<(Digest, u32)> = if by_table { blobs.iter().map(|b| (b.0, b.2)).collect() } else { Vec::new() };
+    let table: Vec<(BlobId, u32)> = if by_table { blobs.iter().map(|b| (b.0, b.2)).collect() } else { Vec::new() };
     let (sealed, data) = tokio::task::spawn_blocking(move || {
         let sealed = if by_table {
             // Format 3: named by its blob table, so the pack's bytes are not hashed a second time.
-            let digest = crate::codec::blob_table_digest(&id_key, table.into_iter());
+            let digest =
+                crate::codec::blob_table_digest(&id_key, table.into_iter().map(|(id, length)| (id.digest(), length)));
             crate::codec::seal_blob_table(&data, digest, &recipients, level, "new pack").map(|s| (s, digest))
         } else {
             crate::codec::seal(ObjectKind::Pack, &data, &id_key, &recipients, level, "new pack")
@@ -284,7 +289,7 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     let id = digest.to_string();
     let key = ObjectKey::Pack(id.clone());
     let stored = sealed.len() as u64;
-    let outcome = repo.store.put_new(&key, sealed.into()).await.map_err(crate::repository::Error::from)?;
+    let outcome = repo.put_new(&key, sealed.into()).await?;
     if outcome == PutOutcome::AlreadyExists && repo.object_digest(&key).await? != digest {
         return Err(Error::PackConflict { key: key.to_string() });
     }

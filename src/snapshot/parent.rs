@@ -30,6 +30,7 @@ use super::FileSum;
 use super::manifest::ChunkList;
 use super::pack::BlobIndex;
 use crate::crypto::Digest;
+use crate::repo::BlobId;
 
 /// Format version written in the header line; another version means "no parent".
 const FORMAT: u32 = 2;
@@ -49,14 +50,14 @@ pub struct ParentFile {
     #[serde(flatten)]
     pub sum: FileSum,
     /// Chunk ids.
-    pub chunks: Vec<Digest>,
+    pub chunks: Vec<BlobId>,
     /// How the manifest stores the ids of a large file (base list blob and patch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<ChunkList>,
     /// The ids in `list`'s base blob, to patch against next time (the backup host cannot read
     /// the blob back: it holds no identity); empty when they are `chunks` themselves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub base_chunks: Vec<Digest>,
+    pub base_chunks: Vec<BlobId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -359,7 +360,7 @@ mod tests {
             ctime_ns: 1,
             ino: 1,
             sum: FileSum::Sha256(Digest::sha256(b"x")),
-            chunks: vec![Digest::sha256(b"chunk")],
+            chunks: vec![BlobId::for_tests(b"chunk")],
             list: None,
             base_chunks: Vec::new(),
         };

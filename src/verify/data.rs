@@ -15,7 +15,7 @@ use super::{Error, Problem, ProblemKind, VerifyReport, classify};
 use crate::codec::ObjectKind;
 use crate::crypto::IdKey;
 use crate::pg::PageCheck;
-use crate::repo::ObjectKey;
+use crate::repo::{BlobId, ObjectKey};
 use crate::repository::Repository;
 use crate::snapshot::BlobIndex;
 
@@ -88,7 +88,8 @@ pub(super) fn wal_jobs(objects: Vec<(ObjectKey, Option<PageCheck>, u64)>) -> imp
 /// object's listed size advances `progress` once it is read.
 pub(super) async fn read_all(
     repo: &Repository,
-    (jobs, wanted): (impl Iterator<Item = Job>, &WantedBlobs),
+    jobs: impl Iterator<Item = Job>,
+    wanted: &WantedBlobs,
     report: &mut VerifyReport,
     progress: &crate::progress::Progress,
 ) -> Result<(), Error> {
@@ -120,9 +121,9 @@ pub(super) async fn read_all(
 /// what is wrong with it, if anything. Only failures unrelated to the object are errors.
 async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Problem>), Error> {
     let object = job.key.to_string();
-    let stored = match repo.store.get(&job.key).await {
+    let stored = match repo.get_stored(&job.key).await {
         Ok(stored) => stored,
-        Err(e) => return Ok((None, Some(classify(e.into(), &object)?))),
+        Err(e) => return Ok((None, Some(classify(e, &object)?))),
     };
     let bytes = stored.len() as u64;
     tracing::debug!(object, bytes, "read");
@@ -143,9 +144,7 @@ async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Pr
         return Ok((Some(bytes), None));
     }
     let id_key = repo.id_key.clone();
-    let detail = tokio::task::spawn_blocking(move || check_blobs(&id_key, &plaintext, &job.blobs))
-        .await
-        .expect("blob check task does not panic");
+    let detail = crate::repository::off_thread(move || check_blobs(&id_key, &plaintext, &job.blobs)).await?;
     Ok((Some(bytes), detail.map(|detail| Problem { object, kind: ProblemKind::Corrupt, detail })))
 }
 
@@ -156,7 +155,7 @@ fn check_blobs(id_key: &IdKey, plaintext: &[u8], blobs: &[BlobRef]) -> Option<St
     for (id, location) in blobs {
         let start = location.offset as usize;
         let data = plaintext.get(start..start + location.length as usize);
-        if data.is_none_or(|data| id_key.blob_id(data) != *id) {
+        if data.is_none_or(|data| BlobId::of(id_key, data) != *id) {
             bad += 1;
             first.get_or_insert_with(|| format!("blob {id} at offset {} length {}", location.offset, location.length));
         }
@@ -179,9 +178,9 @@ mod tests {
         let key = IdKey::generate(crate::crypto::KeyedHash::Blake3PerPurpose);
         let pack = b"hello world".to_vec();
         let at = |offset, length| BlobLocation { pack: 0, offset, length };
-        let good = vec![(key.blob_id(b"hello"), at(0, 5)), (key.blob_id(b"world"), at(6, 5))];
+        let good = vec![(BlobId::of(&key, b"hello"), at(0, 5)), (BlobId::of(&key, b"world"), at(6, 5))];
         assert_eq!(check_blobs(&key, &pack, &good), None);
-        let bad = vec![(key.blob_id(b"hello"), at(1, 5)), (key.blob_id(b"world"), at(6, 50)), good[1]];
+        let bad = vec![(BlobId::of(&key, b"hello"), at(1, 5)), (BlobId::of(&key, b"world"), at(6, 50)), good[1]];
         let detail = check_blobs(&key, &pack, &bad).expect("mismatch reported");
         assert!(detail.starts_with("2 of the 3 blobs"), "{detail}");
         assert!(detail.contains("offset 1 length 5"), "{detail}");

@@ -353,7 +353,7 @@ pub async fn run(repo: &Repository, options: &VerifyOptions) -> Result<VerifyRep
             .collect();
         options.progress.set_total(jobs.iter().map(|job| job.size).sum());
         options.progress.set_message("reading objects");
-        data::read_all(repo, (jobs.into_iter(), &wanted), &mut report, &options.progress).await?;
+        data::read_all(repo, jobs.into_iter(), &wanted, &mut report, &options.progress).await?;
     }
     report.ok = report.problems.is_empty();
     report.duration_seconds = clock.elapsed().as_secs_f64();

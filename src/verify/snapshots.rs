@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use super::wanted::{UsedIds, WantedBlobs};
 use super::{Error, ProblemKind, VerifyReport, classify};
 use crate::archive;
-use crate::crypto::Digest;
 use crate::pg::WalFileName;
+use crate::repo::BlobId;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository, StoredRecord};
 use crate::snapshot::{self, BlobIndex, BlobLocation, EntryKind, Manifest, SnapshotRecord};
 
 /// A blob a snapshot uses, where the index says it is.
-pub(super) type BlobRef = (Digest, BlobLocation);
+pub(super) type BlobRef = (BlobId, BlobLocation);
 
 /// Every snapshot record that authenticates, oldest first. Reads them one by one (as
 /// [`snapshot::list`] does) so that a damaged record is a problem, not the end of the verify.

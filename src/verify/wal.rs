@@ -124,12 +124,7 @@ pub async fn accept_gap(repo: &Repository, segment: &str, by: String, reason: St
             why: "not a WAL segment name (24 hex digits)".into(),
         });
     }
-    if repo
-        .store
-        .exists(&ObjectKey::Wal { dir: timeline.to_owned(), name: segment.to_owned() })
-        .await
-        .map_err(repository::Error::from)?
-    {
+    if repo.exists(&ObjectKey::Wal { dir: timeline.to_owned(), name: segment.to_owned() }).await? {
         return Err(Error::NotAGap { segment: segment.to_owned(), why: "it is archived".into() });
     }
     let record = AcceptedGap {

@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use super::snapshots::BlobRef;
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 use crate::snapshot::index::{ExternalSort, RUN_RECORDS, Record, ScratchError, scratch_dir};
 use crate::snapshot::{self, BlobIndex, BlobLocation};
 
@@ -44,7 +44,7 @@ impl Record for ByPack {
 
 /// Ids some snapshot uses, collected in any order (duplicates welcome).
 pub(super) struct UsedIds {
-    ids: ExternalSort<Digest>,
+    ids: ExternalSort<BlobId>,
 }
 
 impl UsedIds {
@@ -52,7 +52,7 @@ impl UsedIds {
         Self { ids: ExternalSort::new(&scratch_dir(), RUN_RECORDS) }
     }
 
-    pub(super) fn push(&mut self, id: Digest) -> Result<(), ScratchError> {
+    pub(super) fn push(&mut self, id: BlobId) -> Result<(), ScratchError> {
         self.ids.push(id)
     }
 
@@ -77,7 +77,7 @@ impl UsedIds {
             if let Some((stored_id, l)) = &current
                 && *stored_id == id
             {
-                by_pack.push(ByPack { pack: l.pack, offset: l.offset, length: l.length, id: id.0 })?;
+                by_pack.push(ByPack { pack: l.pack, offset: l.offset, length: l.length, id: *id.as_bytes() })?;
             }
         }
         let dir = scratch_dir();
@@ -127,7 +127,10 @@ impl WantedBlobs {
                 .map_err(|source| ScratchError { dir: scratch_dir(), source })?;
             out.extend(bytes.chunks_exact(ByPack::SIZE).map(|b| {
                 let blob = ByPack::get(b);
-                (Digest(blob.id), BlobLocation { pack: blob.pack, offset: blob.offset, length: blob.length })
+                (
+                    BlobId::from_bytes(blob.id),
+                    BlobLocation { pack: blob.pack, offset: blob.offset, length: blob.length },
+                )
             }));
         }
         Ok(out)
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn used_blobs_come_back_per_pack_once() {
-        let id = |i: u32| Digest::sha256(&i.to_le_bytes());
+        let id = |i: u32| BlobId::for_tests(&i.to_le_bytes());
         let pack = |name: &str, range: std::ops::Range<u32>| IndexPack {
             id: name.into(),
             blobs: range.map(|i| (id(i), i * 10, 10)).collect(),

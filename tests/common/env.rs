@@ -153,6 +153,33 @@ impl TestEnv {
         env
     }
 
+    /// An environment on a copy of `tests/fixtures/<name>`: a repository an older radd wrote
+    /// (`repo/`), its keys and its two configs, whose relative paths resolve in the copy. Key
+    /// files get back the 0600 git does not keep; the copy is handed to `postgres`; clusters run
+    /// PostgreSQL 15, which wrote the fixture's WAL and base backups.
+    pub fn from_fixture(name: &str) -> Self {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        assert!(fixture.join("repo/config").is_file(), "{} holds no repository", fixture.display());
+        let dir = tempfile::Builder::new().prefix("radd-test-").tempdir().expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        copy_tree(&fixture, dir.path());
+        for key in ["identity.key", "id.key"] {
+            std::fs::set_permissions(dir.path().join(key), std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        }
+        std::fs::create_dir_all(dir.path().join("drills")).expect("create drills dir");
+        let root = dir.path().to_owned();
+        let env = TestEnv {
+            dir,
+            backend: Backend::Local,
+            config: root.join("radd.toml"),
+            push_config: root.join("radd-push.toml"),
+            env: Vec::new(),
+            pg: PgVersion::V15,
+        };
+        radd::pg::hand_over(env.path()).expect("hand temp dir to postgres");
+        env
+    }
+
     /// The test's directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -331,6 +358,21 @@ impl TestEnv {
     pub fn local_object(&self, key: &str) -> PathBuf {
         assert_eq!(self.backend, Backend::Local);
         self.path().join("repo").join(key)
+    }
+}
+
+/// Copies the directory tree `from` into the existing directory `to` (files and directories;
+/// fixtures hold no links), keeping file modes.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir(&target).expect("create directory");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
     }
 }
 

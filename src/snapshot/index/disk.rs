@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::BLOB_BYTES;
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 
 /// A fixed-size record an [`ExternalSort`] can spill and read back.
 pub trait Record: Ord + Copy + Send + 'static {
@@ -58,15 +58,15 @@ impl Record for Blob {
     }
 }
 
-impl Record for Digest {
+impl Record for BlobId {
     const SIZE: usize = 32;
     fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.0);
+        out.extend_from_slice(self.as_bytes());
     }
     fn get(bytes: &[u8]) -> Self {
         let mut id = [0u8; 32];
         id.copy_from_slice(&bytes[..32]);
-        Digest(id)
+        BlobId::from_bytes(id)
     }
 }
 
@@ -364,19 +364,24 @@ mod tests {
     use super::*;
 
     fn blob(i: u64, pack: u32) -> Blob {
-        Blob { id: Digest::sha256(&i.to_le_bytes()).0, pack, offset: u32::try_from(i % 1000).unwrap(), length: 7 }
+        Blob {
+            id: *BlobId::for_tests(&i.to_le_bytes()).as_bytes(),
+            pack,
+            offset: u32::try_from(i % 1000).unwrap(),
+            length: 7,
+        }
     }
 
     #[test]
     fn external_sort_merges_runs_in_order_with_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let mut sort = ExternalSort::new(dir.path(), 100);
-        let ids: Vec<Digest> = (0..1050u64).map(|i| Digest::sha256(&(i % 700).to_le_bytes())).collect();
+        let ids: Vec<BlobId> = (0..1050u64).map(|i| BlobId::for_tests(&(i % 700).to_le_bytes())).collect();
         for id in &ids {
             sort.push(*id).unwrap();
         }
         assert_eq!(sort.len(), 1050);
-        let out: Vec<Digest> = sort.finish().unwrap().collect::<Result<_, _>>().unwrap();
+        let out: Vec<BlobId> = sort.finish().unwrap().collect::<Result<_, _>>().unwrap();
         let mut expected = ids.clone();
         expected.sort_unstable();
         let mut unique = out.clone();

@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 
 /// First bytes of a binary index object (a JSON one starts with `{`).
 pub const MAGIC: &[u8; 8] = b"RADDIX1\n";
@@ -36,7 +36,7 @@ pub struct IndexPack {
     /// Pack id (object name under `packs/`).
     pub id: String,
     /// (blob id, offset, length) in the pack's plaintext.
-    pub blobs: Vec<(Digest, u32, u32)>,
+    pub blobs: Vec<(BlobId, u32, u32)>,
 }
 
 /// Why an index object's payload cannot be decoded (it authenticated, so it was written
@@ -91,8 +91,11 @@ impl IndexFile {
 
 /// The binary encoding of the blob tables of `packs` (see the module docs).
 #[must_use]
+// Invariant: an index object is written per upload shard (`shard_blobs`, thousands of blobs),
+// far below the format's u32 counts.
+#[allow(clippy::expect_used)]
 pub fn encode(packs: &[IndexPack]) -> Vec<u8> {
-    let mut blobs: Vec<(Digest, u32, u32, u32)> = Vec::with_capacity(packs.iter().map(|p| p.blobs.len()).sum());
+    let mut blobs: Vec<(BlobId, u32, u32, u32)> = Vec::with_capacity(packs.iter().map(|p| p.blobs.len()).sum());
     for (position, pack) in (0u32..).zip(packs) {
         blobs.extend(pack.blobs.iter().map(|&(id, offset, length)| (id, position, offset, length)));
     }
@@ -109,7 +112,7 @@ pub fn encode(packs: &[IndexPack]) -> Vec<u8> {
     }
     out.extend_from_slice(&u32::try_from(blobs.len()).expect("fewer than 4 billion blobs an object").to_le_bytes());
     for (id, pack, offset, length) in blobs {
-        out.extend_from_slice(&id.0);
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&pack.to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
         out.extend_from_slice(&length.to_le_bytes());
@@ -124,7 +127,7 @@ pub struct IndexObject {
     /// Pack ids, referenced by position.
     pub packs: Vec<String>,
     /// (blob id, pack position, offset, length).
-    pub blobs: Vec<(Digest, u32, u32, u32)>,
+    pub blobs: Vec<(BlobId, u32, u32, u32)>,
 }
 
 impl IndexObject {
@@ -177,7 +180,7 @@ impl IndexObject {
             if pack as usize >= out.packs.len() {
                 return Err(DecodeError::Binary("a blob names a pack the object does not list"));
             }
-            out.blobs.push((Digest(id), pack, u32_at(blob, 36), u32_at(blob, 40)));
+            out.blobs.push((BlobId::from_bytes(id), pack, u32_at(blob, 36), u32_at(blob, 40)));
         }
         Ok(out)
     }
@@ -188,7 +191,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<IndexPack> {
-        let id = |i: u32| Digest::sha256(&i.to_le_bytes());
+        let id = |i: u32| BlobId::for_tests(&i.to_le_bytes());
         vec![
             IndexPack { id: "a".repeat(64), blobs: (0..300).map(|i| (id(i), i * 10, 10)).collect() },
             IndexPack { id: "b".repeat(64), blobs: vec![(id(1000), 0, 7), (id(1001), 7, 1 << 20)] },
@@ -196,7 +199,7 @@ mod tests {
         ]
     }
 
-    type Tables = Vec<(String, Vec<(Digest, u32, u32)>)>;
+    type Tables = Vec<(String, Vec<(BlobId, u32, u32)>)>;
 
     fn sorted(file: &IndexFile) -> Tables {
         file.packs

@@ -23,7 +23,7 @@ pub use disk::{Blob, BlobTable, ExternalSort, RUN_RECORDS, Record, ScratchError,
 pub use format::{BLOB_BYTES, DecodeError, IndexFile, IndexObject, IndexPack, MAGIC, encode};
 
 use super::Error;
-use crate::crypto::Digest;
+use crate::repo::BlobId;
 use crate::repo::ObjectKey;
 use crate::repository::{self, Repository};
 
@@ -81,7 +81,7 @@ impl Builder {
         self.index.pack_objects.extend(std::iter::repeat_n(object_no, object.packs.len()));
         self.index.packs.extend(object.packs);
         for (id, pack, offset, length) in object.blobs {
-            self.sort.push(Blob { id: id.0, pack: base.saturating_add(pack), offset, length })?;
+            self.sort.push(Blob { id: *id.as_bytes(), pack: base.saturating_add(pack), offset, length })?;
         }
         Ok(())
     }
@@ -96,8 +96,8 @@ impl Builder {
     }
 }
 
-fn location(blob: Blob) -> (Digest, BlobLocation) {
-    (Digest(blob.id), BlobLocation { pack: blob.pack, offset: blob.offset, length: blob.length })
+fn location(blob: Blob) -> (BlobId, BlobLocation) {
+    (BlobId::from_bytes(blob.id), BlobLocation { pack: blob.pack, offset: blob.offset, length: blob.length })
 }
 
 impl BlobIndex {
@@ -123,11 +123,9 @@ impl BlobIndex {
         Ok(index)
     }
 
-    /// The index of index objects already in memory (tests and small tools: the table still
-    /// goes to [`scratch_dir`]).
-    ///
-    /// # Panics
-    /// When no temporary file can be written there.
+    /// The index of index objects already in memory, for unit tests (the table still goes to
+    /// [`scratch_dir`]).
+    #[cfg(test)]
     #[must_use]
     pub fn from_files<'a>(files: impl IntoIterator<Item = &'a IndexFile>) -> Self {
         let mut builder = Builder::new();
@@ -145,8 +143,8 @@ impl BlobIndex {
     /// Location of a blob, if stored. A failed read of the local table is logged and answered
     /// `None` (a backup then stores the blob again; a restore or verify reports it missing).
     #[must_use]
-    pub fn get(&self, id: &Digest) -> Option<BlobLocation> {
-        match self.table.as_ref()?.get(&id.0) {
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        match self.table.as_ref()?.get(id.as_bytes()) {
             Ok(found) => found.map(|blob| location(blob).1),
             Err(error) => {
                 tracing::error!(error = %error, blob = %id, "cannot read the local blob index");
@@ -159,7 +157,7 @@ impl BlobIndex {
     /// the table (over 1 in 16 of its blobs), they are sorted and merged with one sequential
     /// read of the table instead of one positioned read each (a snapshot's chunk list:
     /// hundreds of thousands of lookups become one pass at disk speed).
-    pub fn get_many(&self, ids: &[Digest]) -> Result<Vec<Option<BlobLocation>>, Error> {
+    pub fn get_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>, Error> {
         if ids.len().saturating_mul(16) < self.len() {
             return Ok(ids.iter().map(|id| self.get(id)).collect());
         }
@@ -188,7 +186,7 @@ impl BlobIndex {
 
     /// Whether a blob is stored.
     #[must_use]
-    pub fn contains(&self, id: &Digest) -> bool {
+    pub fn contains(&self, id: &BlobId) -> bool {
         self.get(id).is_some()
     }
 
@@ -206,7 +204,7 @@ impl BlobIndex {
 
     /// Every blob in id order with the location [`BlobIndex::get`] gives, read sequentially
     /// from the local table: what prune and verify merge sorted id lists against.
-    pub fn blobs(&self) -> impl Iterator<Item = Result<(Digest, BlobLocation), Error>> + '_ {
+    pub fn blobs(&self) -> impl Iterator<Item = Result<(BlobId, BlobLocation), Error>> + '_ {
         self.table.iter().flat_map(BlobTable::iter).map(|blob| blob.map(location).map_err(Error::from))
     }
 
@@ -239,8 +237,8 @@ mod tests {
 
     use super::*;
 
-    fn ids(n: usize, salt: u8) -> Vec<Digest> {
-        (0..n).map(|i| Digest::sha256(&[&i.to_le_bytes()[..], &[salt]].concat())).collect()
+    fn ids(n: usize, salt: u8) -> Vec<BlobId> {
+        (0..n).map(|i| BlobId::for_tests(&[&i.to_le_bytes()[..], &[salt]].concat())).collect()
     }
 
     #[test]
@@ -271,7 +269,7 @@ mod tests {
                 assert_eq!(index.get(id), Some(*location), "blob of {n}");
             }
             assert!(ids(2000, 2).iter().all(|id| !index.contains(id)), "foreign ids are unknown with {n} blobs");
-            let mut asked: Vec<Digest> = stored.iter().rev().copied().chain(ids(50, 3)).collect();
+            let mut asked: Vec<BlobId> = stored.iter().rev().copied().chain(ids(50, 3)).collect();
             asked.extend(stored.iter().take(3));
             let many = index.get_many(&asked).unwrap();
             assert!(asked.iter().zip(&many).all(|(id, found)| expected.get(id).copied() == *found), "get_many of {n}");
@@ -281,12 +279,12 @@ mod tests {
             assert_eq!(listed.len(), n);
             assert!(listed.iter().all(|(id, location)| expected.get(id) == Some(location)));
         }
-        assert!(!BlobIndex::default().contains(&Digest([0; 32])));
+        assert!(!BlobIndex::default().contains(&BlobId::from_bytes([0; 32])));
     }
 
     #[test]
     fn a_blob_in_two_packs_resolves_to_the_first_loaded() {
-        let id = Digest::sha256(b"twice");
+        let id = BlobId::for_tests(b"twice");
         let first = IndexFile { packs: vec![IndexPack { id: "a".into(), blobs: vec![(id, 5, 1)] }] };
         let second = IndexFile { packs: vec![IndexPack { id: "b".into(), blobs: vec![(id, 9, 1)] }] };
         let index = BlobIndex::from_files([&first, &second]);

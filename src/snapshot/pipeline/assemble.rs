@@ -3,6 +3,7 @@
 //! (its chunk list, the next parent record, the entry-stream line).
 
 use crate::crypto::Digest;
+use crate::repo::BlobId;
 use std::os::unix::ffi::OsStrExt;
 
 use super::Finished;
@@ -27,12 +28,14 @@ pub fn new_snapshot_id(started: chrono::DateTime<chrono::Utc>) -> String {
 pub async fn write_index_and_manifest(
     repo: &crate::repository::Repository,
     snapshot_id: &str,
-    (upload, shard_blobs): (&mut crate::snapshot::pack::UploadReport, usize),
+    upload: &mut crate::snapshot::pack::UploadReport,
+    shard_blobs: usize,
     manifest: &crate::snapshot::manifest::Manifest,
 ) -> Result<(u64, Digest), Error> {
     use crate::repo::ObjectKey;
     upload.write_index(repo, snapshot_id, shard_blobs, true).await?;
-    let json = serde_json::to_vec(manifest).expect("manifest serialises");
+    let json = serde_json::to_vec(manifest)
+        .map_err(|e| Error::Internal(format!("serialising the manifest of snapshot {snapshot_id}: {e}")))?;
     let (_, digest, bytes) =
         repo.seal_put(crate::codec::ObjectKind::Manifest, &ObjectKey::Manifest(snapshot_id.to_owned()), json).await?;
     Ok((bytes, digest))
@@ -41,7 +44,7 @@ pub async fn write_index_and_manifest(
 impl Packer<'_> {
     /// Finishes an entry with the chunk ids read for it (`ids`: inline, or for a large file as a
     /// chunk list) and writes it to the next parent record and the entry stream.
-    pub(super) fn finish_entry(&mut self, finished: Finished, ids: Vec<Digest>) -> Result<(), Error> {
+    pub(super) fn finish_entry(&mut self, finished: Finished, ids: Vec<BlobId>) -> Result<(), Error> {
         let Finished { mut entry, mut parent, read, prior_base } = finished;
         if let (EntryKind::File { chunks, list, .. }, true) = (&mut entry.kind, read) {
             if ids.len() >= ChunkList::MIN_CHUNKS {
@@ -79,9 +82,9 @@ impl Packer<'_> {
     /// from the file's (empty: the same).
     fn chunk_list(
         &mut self,
-        ids: &[Digest],
-        prior_base: Option<(Digest, Vec<Digest>)>,
-    ) -> Result<(ChunkList, Vec<Digest>), Error> {
+        ids: &[BlobId],
+        prior_base: Option<(BlobId, Vec<BlobId>)>,
+    ) -> Result<(ChunkList, Vec<BlobId>), Error> {
         let patched = prior_base
             .filter(|(base, _)| self.pack.knows(self.known, base))
             .and_then(|(base, base_ids)| ChunkList::patch_of(base, &base_ids, ids).map(|l| (l, base_ids)));
@@ -90,7 +93,7 @@ impl Packer<'_> {
             Some(found) => found,
             None => {
                 let bytes = ChunkList::encode(ids);
-                let base = self.id_key.blob_id(&bytes);
+                let base = BlobId::of(self.id_key, &bytes);
                 if self.pack.add_if_new(self.known, base, &bytes) && self.pack.len() >= self.pack_size {
                     self.pack.send_to(self.packs)?;
                 }

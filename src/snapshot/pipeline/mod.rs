@@ -35,12 +35,13 @@ use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, is_relation_file};
 use crate::config::BackupConfig;
-use crate::crypto::{Digest, IdKey};
+use crate::crypto::IdKey;
+use crate::repo::BlobId;
 
 pub use assemble::{new_snapshot_id, write_index_and_manifest};
-use packer::pack_and_assemble;
-pub use packer::store_tree;
-use reader::{Reader, hash_batches};
+use packer::{HashedBatches, Packer, pack_and_assemble};
+pub use packer::{Tree, store_tree};
+use reader::{BatchWindow, Reader, hash_batches};
 
 /// Bytes of chunks per batch handed from the reader to the hashers.
 const BATCH_BYTES: usize = 1 << 20;
@@ -62,7 +63,7 @@ pub struct ReadOutcome {
     /// Entries that are files or further names of files.
     pub files: u64,
     /// The entry stream's chunk ids, for the manifest.
-    pub entry_chunks: Vec<Digest>,
+    pub entry_chunks: Vec<BlobId>,
     /// Logical bytes of all files.
     pub total_bytes: u64,
     /// Bytes of file content new to the repository (entry-stream chunks count only as uploaded).
@@ -90,7 +91,7 @@ enum Step {
     Discard,
     /// The chunk ids of the file about to be read, as the trusted parent stored it: a chunk
     /// equal to the parent's at the same position is known stored without an index lookup.
-    Prior(Vec<Digest>),
+    Prior(Vec<BlobId>),
     /// A finished entry.
     Done(Box<Finished>),
 }
@@ -103,7 +104,7 @@ struct Finished {
     read: bool,
     /// For a file read again: the list blob its previous version was stored against, and
     /// that blob's ids (to store the new version as a patch).
-    prior_base: Option<(Digest, Vec<Digest>)>,
+    prior_base: Option<(BlobId, Vec<BlobId>)>,
 }
 
 /// Consecutive chunks of one file in one buffer (one allocation per ~1 MiB, not per 8 KiB
@@ -112,11 +113,13 @@ struct Finished {
 struct Chunks {
     data: Vec<u8>,
     ends: Vec<u32>,
-    ids: Vec<Digest>,
+    ids: Vec<BlobId>,
 }
 
 impl Chunks {
     /// Cuts `data` into blocks of `block` bytes (the last may be shorter).
+    // Invariant (also `push`): a batch is one read buffer of a few MiB.
+    #[allow(clippy::expect_used)]
     fn blocks(data: Vec<u8>, block: usize) -> Self {
         let len = u32::try_from(data.len()).expect("batches stay below 4 GiB");
         let step = u32::try_from(block.max(1)).unwrap_or(u32::MAX);
@@ -124,6 +127,7 @@ impl Chunks {
         Self { data, ends, ids: Vec::new() }
     }
 
+    #[allow(clippy::expect_used)]
     fn push(&mut self, chunk: &[u8]) {
         self.data.extend_from_slice(chunk);
         self.ends.push(u32::try_from(self.data.len()).expect("batches stay below 4 GiB"));
@@ -214,16 +218,10 @@ pub fn read_tree(
             entry_stream::store(line_rx, known, id_key, pack_size, packs, PackBuilder::new(pool.clone()))
         });
         let packer = scope.spawn(move || {
-            pack_and_assemble(
-                (hashed_rx, free_tx, returned),
-                (known, id_key),
-                (PackBuilder::new(pool.clone()), pack_size),
-                packs,
-                &line_tx,
-                next_parent,
-            )
+            let input = HashedBatches { batches: hashed_rx, window: free_tx, buffers: returned };
+            pack_and_assemble(input, Packer::new(stages, &line_tx, next_parent))
         });
-        let mut reader = Reader::new(plan, known, parent, batch_tx, (window, buffers), packs);
+        let mut reader = Reader::new(plan, known, parent, batch_tx, BatchWindow { free: window, buffers }, packs);
         let walked = walk(&mut |found| reader.visit(found)).and_then(|()| reader.feeder.flush());
         let mut out = reader.finish();
         let packed = packer.join().map_err(|_| Error::Internal("packer thread panicked".into()))?;

@@ -9,7 +9,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use tokio::sync::mpsc;
 
 use crate::config::BackupConfig;
-use crate::crypto::{Digest, IdKey};
+use crate::crypto::IdKey;
+use crate::repo::BlobId;
 use crate::snapshot::Error;
 use crate::snapshot::chunker::Chunking;
 use crate::snapshot::entry_stream;
@@ -37,38 +38,47 @@ pub(super) struct Packer<'a> {
     pub(super) id_key: &'a IdKey,
     pub(super) packs: &'a mpsc::Sender<PendingPack>,
     /// Chunk ids of the entry being read (since the last `Done`).
-    current: Vec<Digest>,
+    current: Vec<BlobId>,
     /// The trusted parent's chunk ids of the file being read.
-    prior: Vec<Digest>,
+    prior: Vec<BlobId>,
     pub(super) buffer: Vec<u8>,
     pub(super) lines: &'a SyncSender<Vec<u8>>,
     pub(super) next_parent: Option<ParentWriter>,
     pub(super) out: Assembled,
 }
 
+/// The packer stage's input: the hashers' batches (in any order), and the batch window's end
+/// that hands a place, and a full-size buffer, back to the reader for each batch consumed.
+pub(super) struct HashedBatches {
+    pub(super) batches: Receiver<Batch>,
+    pub(super) window: SyncSender<()>,
+    pub(super) buffers: BufferPool,
+}
+
+impl<'a> Packer<'a> {
+    /// A packer filling packs of the backup's `pack_size` from its pool, sending entry-stream
+    /// lines to `lines` and the files' block lists to `next_parent`.
+    pub(super) fn new(stages: &Stages<'a>, lines: &'a SyncSender<Vec<u8>>, next_parent: Option<ParentWriter>) -> Self {
+        Packer {
+            pack: PackBuilder::new(stages.pool.clone()),
+            pack_size: stages.options.pack_size.as_usize(),
+            known: stages.known,
+            id_key: stages.id_key,
+            packs: stages.packs,
+            current: Vec::new(),
+            prior: Vec::new(),
+            buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
+            lines,
+            next_parent,
+            out: Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None },
+        }
+    }
+}
+
 /// The packer stage: puts the hashers' batches back in walk order, packs new chunks, finishes
 /// each entry with its chunk list and writes it to the entry stream and the next parent record.
-pub(super) fn pack_and_assemble(
-    (hashed, window, buffers): (Receiver<Batch>, SyncSender<()>, BufferPool),
-    (known, id_key): (&BlobIndex, &IdKey),
-    (pack, pack_size): (PackBuilder, usize),
-    packs: &mpsc::Sender<PendingPack>,
-    lines: &SyncSender<Vec<u8>>,
-    next_parent: Option<ParentWriter>,
-) -> Result<Assembled, Error> {
-    let mut packer = Packer {
-        pack,
-        pack_size,
-        known,
-        id_key,
-        packs,
-        current: Vec::new(),
-        prior: Vec::new(),
-        buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
-        lines,
-        next_parent,
-        out: Assembled { new_bytes: 0, reused_bytes: 0, entries: 0, files: 0, next_parent: None },
-    };
+pub(super) fn pack_and_assemble(input: HashedBatches, mut packer: Packer<'_>) -> Result<Assembled, Error> {
+    let HashedBatches { batches: hashed, window, buffers } = input;
     let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
     let mut next_seq = 0u64;
     for batch in hashed {
@@ -141,25 +151,40 @@ impl Packer<'_> {
     }
 }
 
+/// The tree [`store_tree`] reads, and how.
+pub struct Tree<C> {
+    /// The entries, in walk order.
+    pub walk: Box<Walk>,
+    /// Fixed blocks or content-defined chunks, by path.
+    pub chunking: C,
+    /// See [`ReadPlan::stable_reads`].
+    pub stable_reads: bool,
+    /// The trusted parent's block lists (files unchanged since are not read).
+    pub parent: Option<ParentReader>,
+    /// Where this backup's block lists go, for the next one.
+    pub next_parent: Option<ParentWriter>,
+}
+
 /// Runs the whole write side of snapshot `snapshot_id` up to (not including) its last index
 /// object: the walk and the reading stages on blocking threads, sealing, uploading and full
 /// index objects on the async runtime. Returns the read outcome and what was uploaded once
 /// every pack is durable.
-pub async fn store_tree(
-    (repo, snapshot_id): (&crate::repository::Repository, &str),
+pub async fn store_tree<C: Fn(&str) -> Chunking + Send + Sync + 'static>(
+    repo: &crate::repository::Repository,
+    snapshot_id: &str,
     known: Arc<BlobIndex>,
-    walk: Box<Walk>,
-    chunking: impl Fn(&str) -> Chunking + Send + Sync + 'static,
-    (stable_reads, progress): (bool, &crate::progress::Progress),
-    parents: (Option<ParentReader>, Option<ParentWriter>),
+    tree: Tree<C>,
     options: &BackupConfig,
+    progress: &crate::progress::Progress,
 ) -> Result<(ReadOutcome, crate::snapshot::pack::UploadReport), Error> {
+    let Tree { walk, chunking, stable_reads, parent, next_parent } = tree;
     let (tx, rx) = mpsc::channel::<PendingPack>(1);
     let pool = BufferPool::new(options.pack_size.as_usize() + options.pack_size.as_usize() / 2);
     let uploader = tokio::spawn(crate::snapshot::pack::upload_packs(
         repo.clone(),
         rx,
-        (options.upload_concurrency, options.index_shard_blobs),
+        options.upload_concurrency,
+        options.index_shard_blobs,
         pool.clone(),
         snapshot_id.to_owned(),
     ));
@@ -172,7 +197,7 @@ pub async fn store_tree(
             let file_sum = crate::snapshot::FileSummer::for_format(format);
             let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress, file_sum };
             let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
-            read_tree(walk, plan, &stages, parents.0, parents.1)
+            read_tree(walk, plan, &stages, parent, next_parent)
         })
     };
     let read = reader.await.map_err(|e| Error::Internal(e.to_string()))?;

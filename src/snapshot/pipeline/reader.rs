@@ -11,7 +11,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use tokio::sync::mpsc;
 
 use crate::codec::read_full;
-use crate::crypto::{Digest, IdKey};
+use crate::crypto::IdKey;
+use crate::repo::BlobId;
 use crate::snapshot::Error;
 use crate::snapshot::chunker::{Chunking, for_each_chunk};
 use crate::snapshot::manifest::{Entry, EntryKind, decode_os, encode_os};
@@ -31,7 +32,7 @@ pub(super) fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender
         let Ok(mut batch) = batch else { return };
         for step in &mut batch.steps {
             if let Step::Chunks(chunks) = step {
-                chunks.ids = chunks.iter().map(|c| id_key.blob_id(c)).collect();
+                chunks.ids = chunks.iter().map(|c| BlobId::of(id_key, c)).collect();
             }
         }
         if hashed.send(batch).is_err() {
@@ -51,6 +52,14 @@ fn nanos(secs: i64, nsec: i64) -> i128 {
 }
 
 /// Gathers steps into batches for the hashers.
+/// The reader's end of the batch window: a place to take before sending each batch (so at
+/// most [`BATCH_WINDOW`](super::BATCH_WINDOW) are in flight), and the full-size buffers the
+/// packer hands back.
+pub(super) struct BatchWindow {
+    pub(super) free: Receiver<()>,
+    pub(super) buffers: BufferPool,
+}
+
 pub(super) struct Feeder {
     tx: SyncSender<Batch>,
     /// Free places in the [`BATCH_WINDOW`](super::BATCH_WINDOW), handed back by the packer.
@@ -111,7 +120,7 @@ impl<'a> Reader<'a> {
         known: &'a BlobIndex,
         parent: Option<ParentReader>,
         tx: SyncSender<Batch>,
-        (window, buffers): (Receiver<()>, BufferPool),
+        BatchWindow { free: window, buffers }: BatchWindow,
         uploads: &'a mpsc::Sender<PendingPack>,
     ) -> Self {
         let feeder =
@@ -139,7 +148,7 @@ impl<'a> Reader<'a> {
         parent: Option<ParentFile>,
         read: bool,
         first_name_at: Option<usize>,
-        prior_base: Option<(Digest, Vec<Digest>)>,
+        prior_base: Option<(BlobId, Vec<BlobId>)>,
     ) -> Result<(), Error> {
         if let Some(position) = first_name_at {
             self.first_names.insert(position, self.entries);
