@@ -34,9 +34,17 @@ fn info_shows_the_window_backups_and_drills() {
     let backups = info["backups"].as_array().unwrap();
     assert_eq!(backups.len(), 2);
     assert!(
-        backups.iter().all(|b| b["duration_seconds"].as_f64().is_some() && b["total_bytes"].as_u64().unwrap() > 0),
+        backups.iter().all(|b| b["duration_seconds"].as_f64().is_some_and(|d| d >= 0.0)
+            && b["total_bytes"].as_u64().unwrap() > 0),
         "{info:#}"
     );
+    // Both times to the millisecond (RFC 3339, UTC, same width), so they compare as strings: a
+    // record whose `finished` was truncated to the second could read before its `started`.
+    for b in backups {
+        let (started, finished) = (b["started"].as_str().unwrap(), b["finished"].as_str().unwrap());
+        assert_eq!(started.len(), finished.len(), "{info:#}");
+        assert!(finished >= started, "{info:#}");
+    }
     assert_eq!(info["drills"][0]["drill"], "quick-fs");
     assert_eq!(info["drills"][0]["passed"], true);
 

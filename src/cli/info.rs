@@ -78,7 +78,10 @@ fn parse(t: &str) -> Option<DateTime<Utc>> {
 }
 
 fn backup_info(s: &SnapshotRecord) -> BackupInfo {
-    let duration = parse(&s.started).zip(parse(&s.finished)).map(|(a, b)| (b - a).num_milliseconds() as f64 / 1000.0);
+    // Records written before radd stored `finished` to the millisecond have it truncated to the
+    // second, up to a second before `started` for a short backup: those show 0, not a negative.
+    let duration =
+        parse(&s.started).zip(parse(&s.finished)).map(|(a, b)| ((b - a).num_milliseconds() as f64 / 1000.0).max(0.0));
     BackupInfo {
         id: s.id.clone(),
         kind: if s.kind == SnapshotKind::Pg { "pg" } else { "fs" },

@@ -212,7 +212,7 @@ async fn backup_pg_locked(
         manifest_digest,
     };
     let record = SnapshotRecord {
-        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         pg: Some(PgInfo {
             start_lsn: start.lsn,
             stop_lsn: stop.lsn,

@@ -146,7 +146,7 @@ pub async fn backup_fs(
     report.hooks.clone_from(&hooks);
     let record = SnapshotRecord {
         hooks,
-        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ..record
     };
     let committed = match lock.check().await {

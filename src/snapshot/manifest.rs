@@ -59,7 +59,8 @@ pub struct SnapshotRecord {
     pub kind: SnapshotKind,
     /// Start time (RFC 3339, UTC).
     pub started: String,
-    /// Finish time (RFC 3339, UTC).
+    /// Finish time (RFC 3339, UTC; to the millisecond, as `started`, since 2026-12; to the
+    /// second before).
     pub finished: String,
     /// Host the backup ran on.
     pub hostname: String,
