@@ -177,10 +177,11 @@ impl IdKey {
         keyfile::write_secret_file(path, text.as_bytes())
     }
 
-    /// A chunk's id: the hot path of every backup, so one call without a stream. The format's
-    /// code takes it as a `repo::BlobId` (`BlobId::of`), which keeps it apart from other digests.
+    /// A chunk's id: the hot path of every backup, so one call without a stream. Crate-private:
+    /// the format takes it as a `repo::BlobId` (`BlobId::of`, the one public way to make one),
+    /// which keeps it apart from other digests.
     #[must_use]
-    pub fn blob_id(&self, data: &[u8]) -> Digest {
+    pub(crate) fn blob_id(&self, data: &[u8]) -> Digest {
         self.hash(Purpose::BlobId, data)
     }
 
