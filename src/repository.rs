@@ -328,6 +328,21 @@ impl Repository {
         Ok(off_thread(move || codec::open(kind, &stored, &id_key, &identity, &name)).await??)
     }
 
+    /// [`Repository::open_bytes`] into a reused buffer (see [`codec::open_into`]).
+    pub async fn open_bytes_into(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+        stored: Bytes,
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
+        check_content_address(key, &stored)?;
+        let id_key = self.id_key.clone();
+        let name = key.to_string();
+        Ok(off_thread(move || codec::open_into(kind, &stored, &id_key, &identity, &name, buffer)).await??)
+    }
+
     /// Reads and decrypts an object without recomputing its keyed digest: see
     /// [`codec::open_unhashed`] for when that is sound (restore, which checks file SHA-256s).
     pub async fn get_open_unhashed(&self, kind: ObjectKind, key: &ObjectKey) -> Result<Vec<u8>, Error> {

@@ -32,8 +32,8 @@ mod stream;
 mod version;
 
 pub use object::{
-    Error, HEADER_LEN, ObjectKind, open, open_unhashed, open_unhashed_into, rewrap, seal, seal_at, seal_blob_table,
-    seal_with_digest,
+    Error, HEADER_LEN, ObjectKind, open, open_into, open_unhashed, open_unhashed_into, rewrap, seal, seal_at,
+    seal_blob_table, seal_with_digest,
 };
 pub use stream::{SealKeys, SealOptions, digest_stream, read_full, seal_stream};
 pub use version::{Version, blob_table_digest, content_digest, header, header_digest};

@@ -249,6 +249,19 @@ pub fn open(
     open_checked(kind, stored, Some(id_key), identity, object, Vec::new())
 }
 
+/// [`open`] into a reused buffer (its content is replaced): verify recycles its plaintexts, so
+/// objects decrypted on one thread and freed on another do not pile up in the allocator.
+pub fn open_into(
+    kind: ObjectKind,
+    stored: &[u8],
+    id_key: &IdKey,
+    identity: &Identity,
+    object: &str,
+    buffer: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
+    open_checked(kind, stored, Some(id_key), identity, object, buffer)
+}
+
 /// Like [`open`], but without recomputing the keyed digest of the content (age still
 /// authenticates the ciphertext, and kind and length are still checked). Only for callers that
 /// check every byte they use against an authenticated checksum anyway — restore checks each

@@ -18,6 +18,7 @@ use crate::pg::PageCheck;
 use crate::repo::{BlobId, ObjectKey};
 use crate::repository::Repository;
 use crate::snapshot::BlobIndex;
+use crate::snapshot::BufferPool;
 
 /// Objects read at once: two keeps a slow store busy while bounding memory to about two
 /// packs (stored and opened), whatever the repository size.
@@ -93,6 +94,9 @@ pub(super) async fn read_all(
     report: &mut VerifyReport,
     progress: &crate::progress::Progress,
 ) -> Result<(), Error> {
+    // The plaintexts in flight, reused: decrypted on blocking threads and dropped here, fresh
+    // buffers would each stay behind in the allocator arena of the thread that made them.
+    let plaintexts = &BufferPool::new(0);
     let mut results = stream::iter(jobs)
         .map(|mut job| async move {
             if let ObjectKey::Pack(id) = &job.key {
@@ -100,7 +104,7 @@ pub(super) async fn read_all(
             }
             let key = job.key_string();
             let size = job.size;
-            read_one(repo, job).await.map(|(bytes, problem)| (key, bytes, problem, size))
+            read_one(repo, job, plaintexts).await.map(|(bytes, problem)| (key, bytes, problem, size))
         })
         .buffered(CONCURRENCY);
     while let Some(result) = results.next().await {
@@ -119,7 +123,12 @@ pub(super) async fn read_all(
 
 /// Downloads and opens one object; returns the bytes downloaded (`None` if it vanished) and
 /// what is wrong with it, if anything. Only failures unrelated to the object are errors.
-async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Problem>), Error> {
+/// `plaintexts` lends the buffer each object is decrypted into.
+async fn read_one(
+    repo: &Repository,
+    job: Job,
+    plaintexts: &BufferPool,
+) -> Result<(Option<u64>, Option<Problem>), Error> {
     let object = job.key.to_string();
     let stored = match repo.get_stored(&job.key).await {
         Ok(stored) => stored,
@@ -127,7 +136,7 @@ async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Pr
     };
     let bytes = stored.len() as u64;
     tracing::debug!(object, bytes, "read");
-    let plaintext = match repo.open_bytes(job.kind, &job.key, stored).await {
+    let plaintext = match repo.open_bytes_into(job.kind, &job.key, stored, plaintexts.get()).await {
         Ok(plaintext) => plaintext,
         Err(e) => return Ok((Some(bytes), Some(classify(e, &object)?))),
     };
@@ -138,13 +147,20 @@ async fn read_one(repo: &Repository, job: Job) -> Result<(Option<u64>, Option<Pr
             kind: ProblemKind::Corrupt,
             detail: format!("does not hold the WAL its name says: {mismatch}; wal-fetch refuses it, so recovery stops here until the right segment is restored"),
         });
+        plaintexts.put(plaintext);
         return Ok((Some(bytes), problem));
     }
     if job.blobs.is_empty() {
+        plaintexts.put(plaintext);
         return Ok((Some(bytes), None));
     }
     let id_key = repo.id_key.clone();
-    let detail = crate::repository::off_thread(move || check_blobs(&id_key, &plaintext, &job.blobs)).await?;
+    let (detail, plaintext) = crate::repository::off_thread(move || {
+        let detail = check_blobs(&id_key, &plaintext, &job.blobs);
+        (detail, plaintext)
+    })
+    .await?;
+    plaintexts.put(plaintext);
     Ok((Some(bytes), detail.map(|detail| Problem { object, kind: ProblemKind::Corrupt, detail })))
 }
 
