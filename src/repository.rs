@@ -321,11 +321,7 @@ impl Repository {
 
     /// Decrypts and verifies already-fetched object bytes (off the async threads).
     pub async fn open_bytes(&self, kind: ObjectKind, key: &ObjectKey, stored: Bytes) -> Result<Vec<u8>, Error> {
-        let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
-        check_content_address(key, &stored)?;
-        let id_key = self.id_key.clone();
-        let name = key.to_string();
-        Ok(off_thread(move || codec::open(kind, &stored, &id_key, &identity, &name)).await??)
+        self.open_bytes_into(kind, key, stored, Vec::new()).await
     }
 
     /// [`Repository::open_bytes`] into a reused buffer (see [`codec::open_into`]).

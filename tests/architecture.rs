@@ -146,21 +146,28 @@ fn the_check_sees_a_violation() {
     );
 }
 
+/// Runs `cargo <args>` on the crate and fails the test with its output and `fix` unless it
+/// succeeds: the style and lint gates below.
+fn cargo_gate(args: &[&str], component: &str, fix: &str) {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo {} (rustup component {component}): {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "cargo {} found problems; {fix}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One style, checked (issue 17 item 6): `cargo fmt --check` with the checked-in rustfmt.toml
 /// passes on the whole crate (library, binary, tests, examples).
 #[test]
 fn the_crate_is_formatted() {
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["fmt", "--check"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run cargo fmt (rustup component rustfmt)");
-    assert!(
-        out.status.success(),
-        "cargo fmt --check found unformatted code; run `cargo fmt`:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cargo_gate(&["fmt", "--check"], "rustfmt", "run `cargo fmt`");
 }
 
 /// The lints, checked (issue 17 item 6): `cargo clippy --all-targets -- -D warnings` is clean,
@@ -169,16 +176,9 @@ fn the_crate_is_formatted() {
 /// library) are reused: `cargo test` releases its lock once the tests are built.
 #[test]
 fn clippy_finds_nothing() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
-        .current_dir(root)
-        .output()
-        .expect("run cargo clippy (rustup component clippy)");
-    assert!(
-        out.status.success(),
-        "cargo clippy --all-targets -- -D warnings found problems; fix them (or allow one case with a comment saying why):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    cargo_gate(
+        &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
+        "clippy",
+        "fix them (or allow one case with a comment saying why)",
     );
 }

@@ -288,13 +288,13 @@ async fn prepare_claimed(
         }
         Err(Error::Repository(repository::Error::Repo(repo::Error::NotFound { .. }))) => {
             let pushing = start_pushing(path, &file_name);
-            let (store, id_key, recipients) = (repo.clone(), repo.id_key.clone(), repo.recipients.clone());
+            let repository = repo.clone();
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
             let (key2, input, shown) =
                 (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-                let mut staged = store.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
-                let keys = SealKeys { id_key: &id_key, recipients: &recipients };
+                let mut staged = repository.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
+                let keys = SealKeys { id_key: &repository.id_key, recipients: &repository.recipients };
                 // A write that failed (a full disk) is the cause of whatever the sealing
                 // pipeline reports: name it as the storage error it is.
                 let digest = codec::seal_stream(ObjectKind::Wal, input, len, keys, seal, &mut staged, &object)

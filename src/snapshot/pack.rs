@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 
 use super::Error;
 use crate::codec::ObjectKind;
-use crate::repo::BlobId;
-use crate::repo::{ObjectKey, PutOutcome};
+use crate::crypto::Digest;
+use crate::repo::{BlobId, ObjectKey, PutOutcome};
 use crate::repository::Repository;
 
 pub use super::index::{BlobIndex, BlobLocation, IndexFile, IndexPack};
@@ -270,12 +270,12 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     let PendingPack { data, blobs } = pack;
     let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
     let by_table = repo.meta.format >= 3;
-    let table: Vec<(BlobId, u32)> = if by_table { blobs.iter().map(|b| (b.0, b.2)).collect() } else { Vec::new() };
+    let table: Vec<(Digest, u32)> =
+        if by_table { blobs.iter().map(|b| (b.0.digest(), b.2)).collect() } else { Vec::new() };
     let (sealed, data) = tokio::task::spawn_blocking(move || {
         let sealed = if by_table {
             // Format 3: named by its blob table, so the pack's bytes are not hashed a second time.
-            let digest =
-                crate::codec::blob_table_digest(&id_key, table.into_iter().map(|(id, length)| (id.digest(), length)));
+            let digest = crate::codec::blob_table_digest(&id_key, table.into_iter());
             crate::codec::seal_blob_table(&data, digest, &recipients, level, "new pack").map(|s| (s, digest))
         } else {
             crate::codec::seal(ObjectKind::Pack, &data, &id_key, &recipients, level, "new pack")
