@@ -22,14 +22,15 @@ TABLE_ROWS=4000000  # rows per table (~1 GB): two sessions fill tables side by s
 [ "$(id -u)" = 0 ] || { echo "run as root (PostgreSQL runs as postgres; page cache is dropped)" >&2; exit 2; }
 test -x "$PG_BIN/initdb" || { echo "no PostgreSQL 15 in $PG_BIN (apt-get install postgresql-15)" >&2; exit 2; }
 
-# Free space: per size the cluster, its restore, the repository (~1/10 of the data, counted as 1/4)
-# and up to 3 GB of WAL; sizes run one after the other, each temp dir removed before the next.
+# Free space: per size the cluster (removed once the incremental is taken, so the restore reuses
+# its room), the repository (~1/10 of the data, counted as 1/4) and up to 3 GB of WAL; sizes run
+# one after the other, each temp dir removed before the next.
 TMP=${TMPDIR:-/tmp}
 largest=$(printf '%s\n' $SIZES | sort -g | tail -1)
-need=$(python3 -c "print(int($largest * 1e9 * (1 + 1 + 0.25) + 3e9))")
+need=$(python3 -c "print(int($largest * 1e9 * (1 + 0.25) + 3e9))")
 avail=$(df -B1 --output=avail "$TMP" | tail -1 | tr -d ' ')
 if [ "$avail" -lt "$need" ]; then
-  echo "refusing: size $largest GB needs about $((need / 1000000000)) GB free in $TMP (cluster + restore + repository + WAL), only $((avail / 1000000000)) GB are; pick smaller SIZES or set TMPDIR" >&2
+  echo "refusing: size $largest GB needs about $((need / 1000000000)) GB free in $TMP (cluster or its restore + repository + WAL), only $((avail / 1000000000)) GB are; pick smaller SIZES or set TMPDIR" >&2
   exit 2
 fi
 
@@ -67,7 +68,7 @@ timed() {
 
 run_size() {
   local size=$1 port rows tables t
-  W=$(mktemp -d /tmp/radd-scale-XXXXXX); chmod 755 "$W"; chown postgres: "$W"
+  W=$(mktemp -d "$TMP/radd-scale-XXXXXX"); chmod 755 "$W"; chown postgres: "$W"
   cd "$W"
   port=$(freeport)
   install -o postgres -m 755 "$RADD_SRC" "$W/radd"
@@ -127,6 +128,10 @@ TOML
   psql_c "CHECKPOINT"
   timed "$size" incremental $radd --json backup pg
   psql_c "SELECT pg_switch_wal()" >/dev/null
+  # The cluster is not needed any more: when the disk cannot hold a second copy, its room holds
+  # the restore (40 GB then fits a 60 GB disk); otherwise it stays for KEEP=1.
+  as_pg "$PG_BIN/pg_ctl" -D "$W/data" -m fast -w stop >/dev/null
+  if [ "$(df -B1 --output=avail "$TMP" | tail -1 | tr -d ' ')" -lt $((cluster_bytes + 4000000000)) ]; then rm -rf "$W/data"; fi
   timed "$size" restore $radd restore latest --target "$W/restored" --no-archive
   rm -rf "$W/restored"
   timed "$size" verify $radd verify --read-data

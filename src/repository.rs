@@ -15,9 +15,11 @@ use crate::crypto::{self, Digest, IdKey, Identity, KeyedHash, Purpose, Recipient
 use crate::error::ErrorKind;
 use crate::repo::{self, ObjectKey, PutOutcome, Repo};
 
+mod buffers;
 mod listing;
 mod objects;
 mod record;
+pub use buffers::{BufferPool, ReadBuffers};
 pub use listing::{Stored, WalKey};
 pub use record::StoredRecord;
 
@@ -321,42 +323,70 @@ impl Repository {
 
     /// Decrypts and verifies already-fetched object bytes (off the async threads).
     pub async fn open_bytes(&self, kind: ObjectKind, key: &ObjectKey, stored: Bytes) -> Result<Vec<u8>, Error> {
-        self.open_bytes_into(kind, key, stored, Vec::new()).await
+        self.open_stored(kind, key, stored, Vec::new(), true).await.map(|(plaintext, _)| plaintext)
     }
 
-    /// [`Repository::open_bytes`] into a reused buffer (see [`codec::open_into`]).
-    pub async fn open_bytes_into(
+    /// [`Repository::open_bytes`] of bytes read with [`Repository::get_stored_into`] into a
+    /// buffer of `buffers.stored`, to which it goes back; the plaintext is in a buffer of
+    /// `buffers.plaintext`. A verify that reads every pack allocates a handful of buffers, not
+    /// two per pack (see [`BufferPool`]).
+    pub async fn open_pooled(
         &self,
         kind: ObjectKind,
         key: &ObjectKey,
-        stored: Bytes,
-        buffer: Vec<u8>,
+        stored: Vec<u8>,
+        buffers: &ReadBuffers,
     ) -> Result<Vec<u8>, Error> {
-        let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
-        check_content_address(key, &stored)?;
-        let id_key = self.id_key.clone();
-        let name = key.to_string();
-        Ok(off_thread(move || codec::open_into(kind, &stored, &id_key, &identity, &name, buffer)).await??)
+        let (plaintext, stored) = self.open_stored(kind, key, stored, buffers.plaintext.get(), true).await?;
+        buffers.stored.put(stored);
+        Ok(plaintext)
     }
 
     /// Reads and decrypts an object without recomputing its keyed digest: see
     /// [`codec::open_unhashed`] for when that is sound (restore, which checks file SHA-256s).
     pub async fn get_open_unhashed(&self, kind: ObjectKind, key: &ObjectKey) -> Result<Vec<u8>, Error> {
-        self.get_open_unhashed_into(kind, key, Vec::new()).await
+        let stored = self.store.get(key).await?;
+        self.open_stored(kind, key, stored, Vec::new(), false).await.map(|(plaintext, _)| plaintext)
     }
 
-    /// [`Repository::get_open_unhashed`] into a reused buffer (see [`codec::open_unhashed_into`]).
-    pub async fn get_open_unhashed_into(
+    /// [`Repository::get_open_unhashed`] with the stored bytes in a buffer of
+    /// `buffers.stored` (given back) and the plaintext in one of `buffers.plaintext`: a restore
+    /// reads every pack into memory it already holds.
+    pub async fn get_open_unhashed_pooled(
         &self,
         kind: ObjectKind,
         key: &ObjectKey,
-        buffer: Vec<u8>,
+        buffers: &ReadBuffers,
     ) -> Result<Vec<u8>, Error> {
-        let stored = self.store.get(key).await?;
+        let stored = self.store.get_into(key, buffers.stored.get()).await?;
+        let (plaintext, stored) = self.open_stored(kind, key, stored, buffers.plaintext.get(), false).await?;
+        buffers.stored.put(stored);
+        Ok(plaintext)
+    }
+
+    /// Opens `stored` into `buffer` on a blocking thread, checking the keyed digest of the
+    /// content when `check_digest`; gives the stored bytes back beside the plaintext.
+    async fn open_stored<S: AsRef<[u8]> + Send + 'static>(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+        stored: S,
+        buffer: Vec<u8>,
+        check_digest: bool,
+    ) -> Result<(Vec<u8>, S), Error> {
         let identity = self.identity.clone().ok_or(Error::NoIdentity)?;
-        check_content_address(key, &stored)?;
+        check_content_address(key, stored.as_ref())?;
+        let id_key = check_digest.then(|| self.id_key.clone());
         let name = key.to_string();
-        Ok(off_thread(move || codec::open_unhashed_into(kind, &stored, &identity, &name, buffer)).await??)
+        let opened = off_thread(move || {
+            let opened = match &id_key {
+                Some(id_key) => codec::open_into(kind, stored.as_ref(), id_key, &identity, &name, buffer),
+                None => codec::open_unhashed_into(kind, stored.as_ref(), &identity, &name, buffer),
+            };
+            opened.map(|plaintext| (plaintext, stored))
+        })
+        .await??;
+        Ok(opened)
     }
 
     /// Keyed digest stored in an object's header, read with a ranged GET.

@@ -167,13 +167,19 @@ fn seal_framed(
     Ok(out)
 }
 
+/// Buffers for decrypted, still compressed payloads, shared by every thread that opens objects:
+/// as many exist as objects were opened at once (a thread-local one per blocking thread would
+/// multiply by the size of tokio's blocking pool, and allocating one per object spreads them
+/// over every allocator arena).
+static DECRYPTED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Decryption buffers kept in [`DECRYPTED`] for the next objects.
+const KEPT_DECRYPTED_BUFFERS: usize = 4;
+
 thread_local! {
     /// This thread's zstd compression context and its level: a context costs about a megabyte
     /// of tables, allocated (and page-faulted in) once per thread rather than once per object.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
-    /// This thread's buffer for a decrypted, still compressed payload (allocating one per
-    /// object on whichever pool thread opens it spreads them over every allocator arena).
-    static DECRYPTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// This thread's zstd decompression context.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
@@ -226,7 +232,7 @@ pub fn rewrap(
 ) -> Result<Vec<u8>, Error> {
     let (version, expected) = header(stored, object)?;
     let inner = identity.decrypt(&stored[HEADER_LEN..]).map_err(|source| crypto_error(object, source))?;
-    let plaintext = read_payload(kind, &inner[..], object, Vec::new())?;
+    let plaintext = read_payload(kind, &inner[..], inner.len(), object, Vec::new())?;
     check_digest(id_key, version, kind, &plaintext, expected, object)?;
     drop(plaintext);
     let ciphertext =
@@ -286,7 +292,14 @@ pub fn open_unhashed_into(
 /// Reads the decrypted payload — kind, length, zstd stream — and returns the plaintext, checking
 /// kind and length. A tampered ciphertext surfaces here as a read error from age, below zstd:
 /// corruption of this object (the identity matched, or age would have refused earlier).
-fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+/// `size_hint` bounds the payload's size from above (the ciphertext's length).
+fn read_payload(
+    kind: ObjectKind,
+    mut reader: impl Read,
+    size_hint: usize,
+    object: &str,
+    buffer: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
     let corrupt = |reason: String| Error::Corrupt { object: object.to_owned(), reason };
     let unauthenticated =
         |e: std::io::Error| crypto_error(object, crate::crypto::Error::Unauthenticated(e.to_string()));
@@ -298,22 +311,24 @@ fn read_payload(kind: ObjectKind, mut reader: impl Read, object: &str, buffer: V
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&head[1..9]);
     let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt("length out of range".into()))?;
-    // Decrypt all of the (small) compressed payload first, into this thread's reused buffer,
-    // then decompress it in one shot.
-    DECRYPTED.with(|cell| {
-        let mut compressed = cell.take();
-        compressed.clear();
-        let result = reader.read_to_end(&mut compressed).map_err(unauthenticated).and_then(|_| {
-            decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}")))
-        });
-        if compressed.capacity() <= KEPT_DECRYPTED {
-            cell.replace(compressed);
-        }
-        result
-    })
+    // Decrypt all of the (small) compressed payload first, into a reused buffer sized for it
+    // up front (no doubling copies), then decompress it in one shot.
+    let mut compressed = DECRYPTED.lock().ok().and_then(|mut kept| kept.pop()).unwrap_or_default();
+    compressed.clear();
+    compressed.reserve(size_hint);
+    let result = reader.read_to_end(&mut compressed).map_err(unauthenticated).and_then(|_| {
+        decompress_exact(&compressed, len, buffer).map_err(|e| corrupt(format!("decompression failed: {e}")))
+    });
+    if compressed.capacity() <= KEPT_DECRYPTED
+        && let Ok(mut kept) = DECRYPTED.lock()
+        && kept.len() < KEPT_DECRYPTED_BUFFERS
+    {
+        kept.push(compressed);
+    }
+    result
 }
 
-/// Largest decryption buffer a thread keeps for the next object (a pack's compressed size is
+/// Largest decryption buffer kept for the next object (a pack's compressed size is
 /// a few MiB; an incompressible WAL segment's 16 MiB is not kept).
 const KEPT_DECRYPTED: usize = 8 << 20;
 
@@ -327,7 +342,7 @@ fn open_checked(
 ) -> Result<Vec<u8>, Error> {
     let (version, expected) = header(stored, object)?;
     let reader = identity.decrypting_reader(&stored[HEADER_LEN..]).map_err(|source| crypto_error(object, source))?;
-    let plaintext = read_payload(kind, reader, object, buffer)?;
+    let plaintext = read_payload(kind, reader, stored.len().saturating_sub(HEADER_LEN), object, buffer)?;
     if let Some(id_key) = id_key {
         check_digest(id_key, version, kind, &plaintext, expected, object)?;
     }

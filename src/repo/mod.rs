@@ -291,6 +291,49 @@ impl Repo {
             .map(|(bytes, _)| bytes)
     }
 
+    /// [`Repo::get`] into `buffer` (its content is replaced), so a caller that recycles its
+    /// buffers reads every object into memory it already holds. The body is streamed into it
+    /// (the local backend reads the file on a blocking thread): no object-sized allocation is
+    /// made on `object_store`'s threads and freed on another, which glibc's per-thread arenas
+    /// would keep long after (peak RSS of a restore or verify).
+    pub async fn get_into(&self, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let name = key.to_string();
+        let path = self.path(&name);
+        let path = &path;
+        // Each attempt takes the buffer; one that fails leaves the next a fresh one.
+        let spare = std::sync::Mutex::new(Some(buffer));
+        let spare = &spare;
+        self.with_retries("get", &name, |_| async move {
+            let mut buffer = spare.lock().ok().and_then(|mut spare| spare.take()).unwrap_or_default();
+            buffer.clear();
+            let got = self.store.get(path).await?;
+            let (range, path_of) = (got.range.clone(), got.meta.location.clone());
+            match got.payload {
+                object_store::GetResultPayload::File(file, file_path) => {
+                    tokio::task::spawn_blocking(move || read_file_range(file, &file_path, range, buffer))
+                        .await
+                        .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?
+                }
+                object_store::GetResultPayload::Stream(mut body) => {
+                    let wanted = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+                    buffer.reserve(wanted);
+                    while let Some(chunk) = body.try_next().await? {
+                        buffer.extend_from_slice(&chunk);
+                    }
+                    if buffer.len() != wanted {
+                        return Err(object_store::Error::Generic {
+                            store: "S3",
+                            source: format!("{path_of}: the reply held {} bytes, not {wanted}", buffer.len()).into(),
+                        });
+                    }
+                    Ok(buffer)
+                }
+            }
+        })
+        .await
+        .map(|(buffer, _)| buffer)
+    }
+
     /// Reads the first `len` bytes of an object (e.g. a header) with one ranged GET; the
     /// object must be at least `len` bytes long (every sealed object is).
     pub async fn get_prefix(&self, key: &ObjectKey, len: u64) -> Result<Bytes, Error> {
@@ -378,4 +421,29 @@ fn classify(location: &str, op: &'static str, key: &str, source: object_store::E
 /// A duration in the form `object_store`'s client options parse.
 fn millis(duration: std::time::Duration) -> String {
     format!("{}ms", duration.as_millis())
+}
+
+/// Reads `range` of a local object's open file into `buffer` (on a blocking thread).
+fn read_file_range(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    range: std::ops::Range<u64>,
+    mut buffer: Vec<u8>,
+) -> Result<Vec<u8>, object_store::Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let unreadable = |source: std::io::Error| object_store::Error::Generic {
+        store: "local",
+        source: format!("cannot read {}: {source}", path.display()).into(),
+    };
+    let wanted = range.end - range.start;
+    buffer.reserve(usize::try_from(wanted).unwrap_or(0));
+    file.seek(SeekFrom::Start(range.start)).map_err(unreadable)?;
+    let read = file.take(wanted).read_to_end(&mut buffer).map_err(unreadable)?;
+    if read as u64 != wanted {
+        return Err(unreadable(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{read} of {wanted} bytes: the object is shorter than its listing"),
+        )));
+    }
+    Ok(buffer)
 }

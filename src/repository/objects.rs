@@ -23,6 +23,12 @@ impl Repository {
         Ok(self.store.get(key).await?)
     }
 
+    /// The stored bytes at `key`, read into `buffer` (its content replaced; see
+    /// [`repo::Repo::get_into`]).
+    pub async fn get_stored_into(&self, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+        Ok(self.store.get_into(key, buffer).await?)
+    }
+
     /// The first `len` stored bytes at `key` (an object header), with a ranged GET.
     pub async fn get_stored_prefix(&self, key: &ObjectKey, len: u64) -> Result<Bytes, Error> {
         Ok(self.store.get_prefix(key, len).await?)

@@ -39,7 +39,7 @@ use super::{Error, io_err};
 use crate::codec::ObjectKind;
 use crate::progress::Progress;
 use crate::repo::ObjectKey;
-use crate::repository::Repository;
+use crate::repository::{ReadBuffers, Repository};
 use crate::snapshot::{BlobIndex, BufferPool, FileSum, FileSummer};
 
 /// Completed files queued for the hashers (the writer waits when they fall this far behind).
@@ -173,15 +173,15 @@ async fn fetch_packs(
     tx: mpsc::Sender<Fetched>,
     counter: Arc<AtomicU64>,
 ) {
-    let pool = BufferPool::new(0);
+    let buffers = ReadBuffers::default();
     let jobs = futures::stream::unfold(jobs, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
     let stream = jobs
         .map(|job| {
-            let (repo, pool, counter) = (repo.clone(), pool.clone(), Arc::clone(&counter));
+            let (repo, buffers, counter) = (repo.clone(), buffers.clone(), Arc::clone(&counter));
             async move {
                 let job = job.map_err(|e| (None, e))?;
                 let data = repo
-                    .get_open_unhashed_into(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), pool.get())
+                    .get_open_unhashed_pooled(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), &buffers)
                     .await
                     .map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +203,7 @@ async fn fetch_packs(
                 } else {
                     (job, data)
                 };
-                Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool }))
+                Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool: buffers.plaintext }))
             }
         })
         .buffer_unordered(workers());

@@ -1,6 +1,6 @@
 //! Packs: presence against the index (one listing of `packs/`, not a request per pack) and,
 //! with `--read-data`, the full read of every pack and WAL object through the restore path
-//! (`get` then `open_bytes`, which checks age authentication and the keyed digest), plus a
+//! (`get_stored_into` then `open_pooled`, which checks age authentication and the keyed digest), plus a
 //! re-hash of every blob a snapshot uses against its id, which catches an index that points at
 //! the wrong bytes of an intact pack, and a check of every WAL segment's page headers against
 //! its name, which catches a segment moved to another name whatever its format version.
@@ -16,9 +16,8 @@ use crate::codec::ObjectKind;
 use crate::crypto::IdKey;
 use crate::pg::PageCheck;
 use crate::repo::{BlobId, ObjectKey};
-use crate::repository::Repository;
+use crate::repository::{ReadBuffers, Repository};
 use crate::snapshot::BlobIndex;
-use crate::snapshot::BufferPool;
 
 /// Objects read at once: two keeps a slow store busy while bounding memory to about two
 /// packs (stored and opened), whatever the repository size.
@@ -94,9 +93,10 @@ pub(super) async fn read_all(
     report: &mut VerifyReport,
     progress: &crate::progress::Progress,
 ) -> Result<(), Error> {
-    // The plaintexts in flight, reused: decrypted on blocking threads and dropped here, fresh
-    // buffers would each stay behind in the allocator arena of the thread that made them.
-    let plaintexts = &BufferPool::new(0);
+    // The stored objects and buffers in flight, reused: read and decrypted on blocking
+    // threads and dropped here, fresh buffers would each stay behind in the allocator arena of
+    // the thread that made them.
+    let buffers = &ReadBuffers::default();
     let mut results = stream::iter(jobs)
         .map(|mut job| async move {
             if let ObjectKey::Pack(id) = &job.key {
@@ -104,7 +104,7 @@ pub(super) async fn read_all(
             }
             let key = job.key_string();
             let size = job.size;
-            read_one(repo, job, plaintexts).await.map(|(bytes, problem)| (key, bytes, problem, size))
+            read_one(repo, job, buffers).await.map(|(bytes, problem)| (key, bytes, problem, size))
         })
         .buffered(CONCURRENCY);
     while let Some(result) = results.next().await {
@@ -123,20 +123,16 @@ pub(super) async fn read_all(
 
 /// Downloads and opens one object; returns the bytes downloaded (`None` if it vanished) and
 /// what is wrong with it, if anything. Only failures unrelated to the object are errors.
-/// `plaintexts` lends the buffer each object is decrypted into.
-async fn read_one(
-    repo: &Repository,
-    job: Job,
-    plaintexts: &BufferPool,
-) -> Result<(Option<u64>, Option<Problem>), Error> {
+/// `buffers` lends the buffers each object is read and decrypted into.
+async fn read_one(repo: &Repository, job: Job, buffers: &ReadBuffers) -> Result<(Option<u64>, Option<Problem>), Error> {
     let object = job.key.to_string();
-    let stored = match repo.get_stored(&job.key).await {
+    let stored = match repo.get_stored_into(&job.key, buffers.stored.get()).await {
         Ok(stored) => stored,
         Err(e) => return Ok((None, Some(classify(e, &object)?))),
     };
     let bytes = stored.len() as u64;
     tracing::debug!(object, bytes, "read");
-    let plaintext = match repo.open_bytes_into(job.kind, &job.key, stored, plaintexts.get()).await {
+    let plaintext = match repo.open_pooled(job.kind, &job.key, stored, buffers).await {
         Ok(plaintext) => plaintext,
         Err(e) => return Ok((Some(bytes), Some(classify(e, &object)?))),
     };
@@ -147,11 +143,11 @@ async fn read_one(
             kind: ProblemKind::Corrupt,
             detail: format!("does not hold the WAL its name says: {mismatch}; wal-fetch refuses it, so recovery stops here until the right segment is restored"),
         });
-        plaintexts.put(plaintext);
+        buffers.plaintext.put(plaintext);
         return Ok((Some(bytes), problem));
     }
     if job.blobs.is_empty() {
-        plaintexts.put(plaintext);
+        buffers.plaintext.put(plaintext);
         return Ok((Some(bytes), None));
     }
     let id_key = repo.id_key.clone();
@@ -160,7 +156,7 @@ async fn read_one(
         (detail, plaintext)
     })
     .await?;
-    plaintexts.put(plaintext);
+    buffers.plaintext.put(plaintext);
     Ok((Some(bytes), detail.map(|detail| Problem { object, kind: ProblemKind::Corrupt, detail })))
 }
 
