@@ -104,6 +104,13 @@ cp "$W/radd.toml" "$W/radd-drain.toml"; printf '[archive]\npush_parallel = %s\n'
 chown postgres: "$W/radd-drain.toml"
 if radd_accepts "$W/radd-drain.toml"; then
   RADD_DRAIN="radd wal-push per .ready segment, archive.push_parallel = $PARALLEL (drains other .ready files itself)"
+  # Builds with archive.push_async (default true) drain in one detached process, like
+  # pgBackRest's async archive-push: say so.
+  cp "$W/radd-drain.toml" "$W/radd-probe.toml"; printf 'push_async = true\n' >> "$W/radd-probe.toml"
+  chown postgres: "$W/radd-probe.toml"
+  if radd_accepts "$W/radd-probe.toml"; then
+    RADD_DRAIN="radd wal-push per .ready segment; the first starts one detached drainer (archive.push_async, push_parallel = $PARALLEL)"
+  fi
 else
   cp "$W/radd.toml" "$W/radd-drain.toml"
   RADD_DRAIN="radd wal-push once per segment, sequentially (this build has no archive.push_parallel)"

@@ -93,9 +93,12 @@ fn wal_push_drains_the_ready_backlog_and_fetch_prefetches() {
         segment_file(&wal, name, 10 + i as u8);
         std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
     }
-    // One call archives the requested segment and the three others waiting.
+    // One call archives the requested segment and starts the drainer, which archives the three
+    // others waiting.
     let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.local_object(&format!("wal/00000001/{}", names[0])).exists(), "the requested one is durable first");
+    assert_eq!(wait_for_drainer(&wal), 3, "the drainer stores the three waiting");
     for name in &names {
         assert!(env.local_object(&format!("wal/00000001/{name}")).exists(), "{name} not archived ahead");
     }
@@ -138,6 +141,22 @@ fn ready_backlog(env: &TestEnv, n: u32) -> (std::path::PathBuf, Vec<String>) {
     (wal, names)
 }
 
+/// Waits for the backlog drainer a `wal-push` started (`archive.push_async`) to finish (its log
+/// ends with "backlog drained"); returns how many segments it stored.
+fn wait_for_drainer(wal: &Path) -> usize {
+    let log = wal.join(radd::archive::MARKER_DIR).join(radd::archive::DRAIN_LOG);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("backlog drained")) {
+            let stored = line.rsplit("stored=").next().and_then(|n| n.trim().parse().ok());
+            return stored.unwrap_or_else(|| panic!("no count in {line:?}"));
+        }
+        assert!(std::time::Instant::now() < deadline, "the drainer did not finish; its log: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn set_archive(env: &TestEnv, settings: &str) {
     let config = std::fs::read_to_string(&env.push_config).unwrap();
     std::fs::write(&env.push_config, format!("{config}\n[archive]\n{settings}\n")).unwrap();
@@ -154,11 +173,24 @@ fn archive_like_postgres(env: &TestEnv, wal: &Path, names: &[String]) {
     }
 }
 
-fn backlog_drains_in_order_and_round_trips(backend: Backend) {
+fn backlog_drains_in_order_and_round_trips(backend: Backend, push_async: bool) {
     let env = TestEnv::new(backend);
-    set_archive(&env, "push_parallel = 3\npush_ahead = 4\ncompress_workers = 2");
+    set_archive(&env, &format!("push_parallel = 3\npush_ahead = 4\ncompress_workers = 2\npush_async = {push_async}"));
     let (wal, names) = ready_backlog(&env, 11);
     archive_like_postgres(&env, &wal, &names);
+    if backend == Backend::Local {
+        // Published in name order: each object's inode changed (linked into place) no earlier
+        // than the one before it.
+        use std::os::unix::fs::MetadataExt;
+        let published: Vec<(i64, i64)> = names
+            .iter()
+            .map(|name| {
+                let meta = std::fs::metadata(env.local_object(&format!("wal/00000001/{name}"))).unwrap();
+                (meta.ctime(), meta.ctime_nsec())
+            })
+            .collect();
+        assert!(published.windows(2).all(|w| w[0] <= w[1]), "published out of order: {published:?}");
+    }
     // Every segment reads back exactly (streamed objects open with the identity, digest checked).
     for name in &names {
         let dest = env.path().join("fetched");
@@ -168,8 +200,11 @@ fn backlog_drains_in_order_and_round_trips(backend: Backend) {
     }
     // The markers of segments archived ahead were all used up, and the chain is complete.
     let markers = wal.join(radd::archive::MARKER_DIR);
+    // (The drainer's lock and log, dot files, stay.)
     let left: Vec<_> = std::fs::read_dir(&markers)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok).map(|e| e.file_name()).filter(|n| !n.to_string_lossy().starts_with('.')).collect()
+        })
         .unwrap_or_default();
     assert!(left.is_empty(), "markers left behind: {left:?}");
     let out = env.radd(&["verify"]);
@@ -179,8 +214,15 @@ fn backlog_drains_in_order_and_round_trips(backend: Backend) {
 crate::backend_matrix! {
     /// A `.ready` backlog is archived ahead in order and every segment reads back exactly.
     fn wal_push_backlog_drain(backend) {
-        backlog_drains_in_order_and_round_trips(backend);
+        backlog_drains_in_order_and_round_trips(backend, true);
     }
+}
+
+/// The same with `push_async = false`: each call archives the files after its own before it
+/// returns.
+#[test]
+fn wal_push_backlog_drains_inline() {
+    backlog_drains_in_order_and_round_trips(Backend::Local, false);
 }
 
 #[test]
@@ -193,6 +235,7 @@ fn wal_push_backlog_stops_at_a_failure_without_leaving_a_gap() {
     std::fs::create_dir(wal.join(&names[2])).unwrap();
     let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
     assert!(out.status.success(), "the requested segment alone decides: {}", stderr(&out));
+    assert_eq!(wait_for_drainer(&wal), 1, "the drainer stops at the broken segment");
     let archived = |name: &str| env.local_object(&format!("wal/00000001/{name}")).exists();
     assert!(archived(&names[0]) && archived(&names[1]), "segments before the failure are archived");
     for name in &names[2..] {
@@ -218,6 +261,7 @@ fn wal_push_marker_is_no_acknowledgement_without_the_stored_object() {
     let (wal, names) = ready_backlog(&env, 4);
     let out = env.radd_push(&["wal-push", wal.join(&names[0]).to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    wait_for_drainer(&wal);
     let markers = wal.join(radd::archive::MARKER_DIR);
     assert!(markers.join(&names[1]).exists(), "a segment archived ahead gets a marker");
 

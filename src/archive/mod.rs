@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 
 mod bound;
+mod drain;
 mod pages;
 mod push;
 mod segsize;
 mod timeline;
 
 pub use bound::{drop_spool, is_past_end};
-pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push, push_with_backlog};
+pub use drain::{DRAIN_LOG, backlog_waiting, drain, drainer_running, push_with_backlog};
+pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push};
 pub use segsize::{
     SegmentSizeRecord, claim as claim_segment_size, for_snapshot as segment_size_for_snapshot,
     recorded as recorded_segment_size, segment_size,

@@ -23,8 +23,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
-
 use super::pages::{self, CheckedReader};
 use super::{Error, key_of, parse_name, segsize};
 use crate::codec::{self, ObjectKind, SealKeys, SealOptions, Version};
@@ -94,18 +92,54 @@ impl Drop for Pushing {
     }
 }
 
-const PUSHING_SUFFIX: &str = ".pushing";
+pub(super) const PUSHING_SUFFIX: &str = ".pushing";
 
 fn pushing_path(path: &Path, file_name: &str) -> Option<PathBuf> {
     marker_path(path, &format!("{file_name}{PUSHING_SUFFIX}"))
 }
 
+/// The pid in the `.pushing` marker of `file_name`, if another process that is still running
+/// wrote it (a backlog drainer, or PostgreSQL's own call for a file the drainer reached first).
+fn live_pusher(path: &Path, file_name: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(pushing_path(path, file_name)?).ok()?;
+    let pid = text.trim().parse::<i32>().ok()?;
+    if u32::try_from(pid).ok() == Some(std::process::id()) {
+        return None;
+    }
+    let alive =
+        matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM));
+    alive.then_some(pid)
+}
+
+/// Longest wait for another process's push of the same file before pushing it anyway (two
+/// pushes of one file are safe, only wasted work: the second finds the first's object).
+const OTHER_PUSHER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Waits while another live process pushes `file_name` (its `.pushing` marker), so that
+/// PostgreSQL's call for a segment the backlog drainer is sealing acknowledges the drainer's
+/// object instead of sealing it a second time.
+async fn wait_for_other_pusher(path: &Path, file_name: &str) {
+    let started = std::time::Instant::now();
+    while let Some(pid) = live_pusher(path, file_name) {
+        if started.elapsed() > OTHER_PUSHER_WAIT {
+            tracing::warn!(
+                segment = file_name,
+                pid,
+                "another radd has been pushing this file for 5 minutes; pushing it here too"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+}
+
 /// When an earlier push of this file was killed (its `.pushing` marker names a pid that is not
-/// ours), removes the staging objects dead writers left for `key`. Best effort.
+/// ours and no longer runs), removes the staging objects dead writers left for `key`. Best
+/// effort.
 async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str, key: &ObjectKey) {
     let Some(marker) = pushing_path(path, file_name) else { return };
     let Ok(text) = std::fs::read_to_string(&marker) else { return };
-    if text.trim().parse::<u32>().ok() == Some(std::process::id()) {
+    if text.trim().parse::<u32>().ok() == Some(std::process::id()) || live_pusher(path, file_name).is_some() {
         return;
     }
     let (repository, key) = (repo.clone(), key.clone());
@@ -173,7 +207,7 @@ fn file_segment_size(
 }
 
 /// The segment size of the file at `path`, for [`push_with_backlog`] to claim before anything.
-fn segment_size_at(path: &Path) -> Result<Option<SegmentSize>, Error> {
+pub(super) fn segment_size_at(path: &Path) -> Result<Option<SegmentSize>, Error> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if !is_sized(file_name) {
         return Ok(None);
@@ -221,13 +255,13 @@ fn write_marker(path: &Path, file_name: &str, meta: &std::fs::Metadata, digest: 
 }
 
 /// Removes the marker of `file_name`, if any.
-fn remove_marker(path: &Path, file_name: &str) {
+pub(super) fn remove_marker(path: &Path, file_name: &str) {
     if let Some(marker) = marker_path(path, file_name) {
         let _ = std::fs::remove_file(marker);
     }
 }
 
-fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+pub(super) fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> Error {
     Error::Io { what, path: path.to_owned(), source }
 }
 
@@ -243,7 +277,7 @@ pub async fn prepare(repo: &Repository, path: &Path, options: PushOptions) -> Re
 
 /// [`prepare`] when the caller already claimed segment size `claimed` for this repository.
 // Long on purpose: the push decision (name and segment size, compare with what is stored, else seal, stage and put) as one linear sequence of early returns.
-async fn prepare_claimed(
+pub(super) async fn prepare_claimed(
     repo: &Repository,
     path: &Path,
     options: PushOptions,
@@ -264,6 +298,7 @@ async fn prepare_claimed(
     }
     let key = key_of(&wal, &file_name);
     let object = key.to_string();
+    wait_for_other_pusher(path, &file_name).await;
     clean_after_killed_push(repo, path, &file_name, &key).await;
     match stored_header(repo, &key).await {
         Ok((version, existing)) => {
@@ -375,135 +410,21 @@ pub async fn commit(repo: &Repository, prepared: Prepared) -> Result<PushOutcome
     if ours == existing { Ok(PushOutcome::AlreadyArchived) } else { Err(Error::Mismatch { name: prepared.file_name }) }
 }
 
+/// [`commit`] for a file archived ahead of PostgreSQL's call: on success writes its marker
+/// before its `.pushing` marker goes, so that PostgreSQL's call, waiting for this push, finds
+/// the marker at once instead of reading and hashing the file.
+pub(super) async fn commit_ahead(repo: &Repository, mut prepared: Prepared) -> Result<PushOutcome, Error> {
+    let pushing = prepared._pushing.take();
+    let (path, file_name, digest) = (prepared.path.clone(), prepared.file_name.clone(), prepared.digest);
+    let outcome = commit(repo, prepared).await?;
+    if let Ok(meta) = std::fs::metadata(&path) {
+        write_marker(&path, &file_name, &meta, digest);
+    }
+    drop(pushing);
+    Ok(outcome)
+}
+
 /// Archives one WAL file: compress, encrypt, store create-only. Returns once it is durable.
 pub async fn push(repo: &Repository, path: &Path, options: PushOptions) -> Result<PushOutcome, Error> {
     commit(repo, prepare(repo, path, options).await?).await
-}
-
-/// Archives `path` and, so that a backlog drains fast, up to `options.ahead` other WAL segments
-/// waiting in `archive_status/*.ready` after it (oldest first). Up to `options.parallel` files
-/// are sealed at once, but they are published strictly in name order, the requested one first,
-/// so the archive never shows a later segment before an earlier one (a reader would take that
-/// for a gap). Only the requested file decides success: PostgreSQL acknowledges the others itself
-/// when it asks for them, which their markers make a cheap check. Returns how many extras were
-/// stored.
-pub async fn push_with_backlog(
-    repo: &Repository,
-    path: &Path,
-    options: PushOptions,
-) -> Result<(PushOutcome, usize), Error> {
-    let own_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-    // Claimed once for the whole batch: the segments beside this one are the same cluster's.
-    let claimed = segment_size_at(path)?;
-    if let Some(size) = claimed {
-        segsize::claim(repo, size, &format!("segment {own_name}")).await?;
-    }
-    let mut files = vec![path.to_owned()];
-    if let Some(size) = claimed.filter(|_| options.ahead > 0) {
-        files.extend(
-            not_yet_archived(repo, ready_files(path, options.ahead + 2 * options.parallel), options.ahead, size).await,
-        );
-    }
-    let parallel = options.parallel.max(1);
-    // With several files in flight, the cores are busy sealing different files: one
-    // compressing thread per file is enough.
-    let options =
-        if files.len() > 1 && parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
-    let mut prepared = futures::stream::iter(files)
-        .map(|p| {
-            let repo = repo.clone();
-            tokio::spawn(async move {
-                let result = prepare_claimed(&repo, &p, options, claimed).await;
-                (result, p)
-            })
-        })
-        .buffered(parallel);
-    let own = match prepared.next().await {
-        Some(Ok((result, _))) => commit(repo, result?).await?,
-        Some(Err(e)) => return Err(io_error("archive", path, std::io::Error::other(e))),
-        None => return Err(Error::BadName(format!("{} has no WAL file name", path.display()))),
-    };
-    remove_marker(path, &own_name);
-    let mut stored = 0;
-    while let Some(joined) = prepared.next().await {
-        let Ok((result, p)) = joined else { break };
-        let digest = result.as_ref().map(|r| r.digest).ok();
-        match async { commit(repo, result?).await }.await {
-            Ok(outcome) => {
-                stored += usize::from(outcome == PushOutcome::Stored);
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let (Some(digest), Ok(meta)) = (digest, std::fs::metadata(&p)) {
-                    write_marker(&p, name, &meta, digest);
-                }
-            }
-            Err(error) => {
-                // Stop here: publishing later files would leave a hole before them. Their
-                // staging objects are removed when dropped.
-                tracing::warn!(path = %p.display(), error = %error, "could not archive a backlog segment ahead of time; PostgreSQL will retry it");
-                break;
-            }
-        }
-    }
-    Ok((own, stored))
-}
-
-/// The first `limit` of `candidates` (in order) that the archive does not hold yet, stopping
-/// at the first one it cannot tell: segments an earlier call already archived ahead are
-/// skipped.
-async fn not_yet_archived(
-    repo: &Repository,
-    candidates: Vec<PathBuf>,
-    limit: usize,
-    size: SegmentSize,
-) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for path in candidates {
-        if out.len() >= limit {
-            break;
-        }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { break };
-        let Ok(wal) = parse_name(name, Some(size)) else { break };
-        match repo.exists(&key_of(&wal, name)).await {
-            Ok(true) => {}
-            Ok(false) => out.push(path),
-            Err(_) => break,
-        }
-    }
-    out
-}
-
-/// Up to `limit` segments PostgreSQL has marked ready whose names sort after the requested one
-/// and that no earlier call archived ahead (no marker), oldest first. Also removes markers whose segment is no longer waiting (PostgreSQL has
-/// acknowledged it): they can never be used.
-fn ready_files(path: &Path, limit: usize) -> Vec<PathBuf> {
-    let (Some(dir), Some(own)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
-        return Vec::new();
-    };
-    let ready: std::collections::BTreeSet<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".ready")).map(str::to_owned))
-        .collect();
-    let mut marked = std::collections::BTreeSet::new();
-    if let Ok(markers) = std::fs::read_dir(dir.join(MARKER_DIR)) {
-        for marker in markers.filter_map(Result::ok) {
-            let name = marker.file_name();
-            let name = name.to_str().unwrap_or_default();
-            // `.pushing` markers are not acknowledgements: they stay until that file is pushed.
-            if name != own && !ready.contains(name) && !name.ends_with(PUSHING_SUFFIX) {
-                let _ = std::fs::remove_file(marker.path());
-            } else {
-                marked.insert(name.to_owned());
-            }
-        }
-    }
-    // Segments with a marker were archived ahead by an earlier call: no need to ask the store.
-    ready
-        .into_iter()
-        .filter(|n| n.len() == 24 && n.as_str() > own && !marked.contains(n))
-        .take(limit)
-        .map(|n| dir.join(n))
-        .collect()
 }

@@ -141,7 +141,9 @@ pub fn usage(message: String) -> anyhow::Error {
 /// Logs go to stderr (lifting a progress bar, if one is up, for each line); wal-push/wal-fetch
 /// stay silent on success (PostgreSQL logs their stderr).
 pub fn init_logging(args: &Args) {
-    let quiet = matches!(args.command, Command::WalPush(_) | Command::WalFetch(_));
+    // A backlog drainer logs to its own file: what it did is worth a line there.
+    let quiet =
+        matches!(&args.command, Command::WalPush(a) if !a.drain) || matches!(args.command, Command::WalFetch(_));
     let default = match (args.verbose, quiet) {
         (0, true) => "warn",
         (0, false) | (1, _) => "info",

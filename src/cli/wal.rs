@@ -12,6 +12,10 @@ use super::{Args, open_repo};
 pub struct PushArgs {
     /// Path of the WAL file (%p).
     pub path: PathBuf,
+    /// Run as the backlog drainer that a `wal-push` starts (`archive.push_async`): archive the
+    /// `.ready` files after PATH, which is archived already, then exit.
+    #[arg(long, hide = true)]
+    pub drain: bool,
 }
 
 /// Arguments of `radd wal-fetch`.
@@ -37,9 +41,42 @@ pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
         level: repo.compression_level,
         compress_workers: archive.compress_workers,
     };
-    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, options).await.map_err(radd::Error::from)?;
+    if a.drain {
+        archive::drain(&repo, &a.path, options).await.map_err(radd::Error::from)?;
+        return Ok(());
+    }
+    let in_background = archive.push_async && options.ahead > 0;
+    let inline = if in_background { archive::PushOptions { ahead: 0, ..options } } else { options };
+    let (outcome, ahead) = archive::push_with_backlog(&repo, &a.path, inline).await.map_err(radd::Error::from)?;
     tracing::info!(path = %a.path.display(), ?outcome, backlog_archived = ahead, "WAL file archived");
+    if in_background
+        && archive::backlog_waiting(&a.path)
+        && !archive::drainer_running(&a.path)
+        && let Err(error) = start_drainer(&a.path)
+    {
+        // PostgreSQL's calls archive the backlog one by one: slower, never wrong.
+        tracing::warn!(error = %error, "cannot start the backlog drainer");
+    }
     Ok(())
+}
+
+/// Starts `radd … wal-push PATH --drain` detached (own process group, no terminal, output in
+/// `<pg_wal>/radd-archived/.drain.log`), with this process's arguments and environment, and
+/// does not wait for it: PostgreSQL gets its answer for PATH now.
+fn start_drainer(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log_dir = path.parent().unwrap_or(std::path::Path::new(".")).join(archive::MARKER_DIR);
+    std::fs::create_dir_all(&log_dir)?;
+    let log = std::fs::File::create(log_dir.join(archive::DRAIN_LOG))?;
+    std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .arg("--drain")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map(drop)
 }
 
 /// Fetches one WAL file; needs the identity.

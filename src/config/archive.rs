@@ -14,6 +14,12 @@ pub struct ArchiveConfig {
     /// name order (0 = only the requested one; `push_parallel = 1` also means none).
     #[serde(default = "default_push_ahead")]
     pub push_ahead: usize,
+    /// Whether the backlog is archived by a detached drainer (`wal-push --drain`, one per
+    /// `pg_wal`) while `wal-push` returns as soon as the requested file is durable (true), or by
+    /// `wal-push` itself before it returns (false). Either way PostgreSQL's call for a file is
+    /// acknowledged only once that file is durable in the repository.
+    #[serde(default = "default_push_async")]
+    pub push_async: bool,
     /// Threads compressing the 1 MiB blocks of one WAL file in parallel (each block is its own
     /// zstd frame); default: the number of CPUs. A backlog uses one per file, since several
     /// files are sealed at once.
@@ -29,6 +35,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             push_parallel: default_push_parallel(),
             push_ahead: default_push_ahead(),
+            push_async: true,
             compress_workers: default_compress_workers(),
             fetch_prefetch: default_prefetch(),
         }
@@ -40,6 +47,9 @@ fn default_push_parallel() -> usize {
 }
 fn default_push_ahead() -> usize {
     16
+}
+fn default_push_async() -> bool {
+    true
 }
 fn default_compress_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))

@@ -38,6 +38,7 @@ pub use window::Window;
 use crate::archive;
 use crate::archive::Timelines;
 use crate::pg::{Lsn, SegmentSize, Timeline, WalFileName};
+use crate::repo::ObjectKey;
 use crate::repository::Repository;
 use crate::snapshot::{self, BlobIndex};
 
@@ -225,7 +226,8 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
         None => String::new(),
     };
     let index = BlobIndex::load(repo).await?;
-    let mut manifest = snapshot::load_manifest_with(repo, &record, &index).await?;
+    let mut manifest = snapshot::load_manifest_lean(repo, &record, &index).await?;
+    let manifest_key = ObjectKey::Manifest(record.id.clone()).to_string();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain, index and manifest loaded");
     let mut tablespaces = match &record.pg {
         Some(pg) => tablespace::plan(&manifest, &pg.tablespaces, &options.tablespaces, &options.target)?,
@@ -239,8 +241,16 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
             tablespace::stage(&mut tablespaces, &mut manifest)?;
         }
         options.progress.set_message("writing files");
-        let written =
-            writer::write_entries(repo, &index, &manifest, &staging, include.as_ref(), &options.progress).await?;
+        let written = writer::write_entries(
+            repo,
+            &index,
+            &manifest,
+            &manifest_key,
+            &staging,
+            include.as_ref(),
+            &options.progress,
+        )
+        .await?;
         options.progress.set_message("syncing to disk");
         tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "files written and verified");
         if let Some(pg) = &record.pg {

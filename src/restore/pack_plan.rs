@@ -145,54 +145,76 @@ fn too_many(path: &str) -> Error {
     }
 }
 
-impl PackPlan {
-    /// Plans the restore of `files`: (manifest entry, its path, its chunk ids), for a manifest
-    /// of `entries` entries, spilling placements past `spill.bound` into `spill.dir`.
+/// A [`PackPlan`] being built one file at a time, so that a caller reading each file's chunk
+/// ids from the repository holds only that file's.
+pub(super) struct PlanBuilder<'a> {
+    index: &'a BlobIndex,
+    spill: &'a Spill,
+    packs: Vec<PlannedPack>,
+    chunks: Vec<u32>,
+    buffer: Vec<Placement>,
+    runs: Option<Runs>,
+    turn_of: Vec<u32>,
+}
+
+impl<'a> PlanBuilder<'a> {
+    /// An empty plan for a manifest of `entries` entries.
+    pub(super) fn new(index: &'a BlobIndex, entries: usize, spill: &'a Spill) -> Self {
+        PlanBuilder {
+            index,
+            spill,
+            packs: Vec::new(),
+            chunks: vec![0; entries],
+            buffer: Vec::new(),
+            runs: None,
+            turn_of: vec![u32::MAX; index.packs.len()],
+        }
+    }
+
+    /// Adds the file of manifest entry `entry` (at `path`) with its chunk ids.
     ///
     /// # Errors
     /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written;
     /// a failure to write the temporary file.
-    pub(super) fn new<'m>(
-        index: &BlobIndex,
-        entries: usize,
-        files: impl IntoIterator<Item = (usize, &'m str, &'m [BlobId])>,
-        spill: &Spill,
-    ) -> Result<Self, Error> {
-        let mut packs = Vec::new();
-        let mut chunks = vec![0; entries];
-        let mut buffer: Vec<Placement> = Vec::new();
-        let mut runs: Option<Runs> = None;
-        let mut turn_of = vec![u32::MAX; index.packs.len()];
-        for (entry, path, ids) in files {
-            let file = u32::try_from(entry).map_err(|_| too_many(path))?;
-            let mut file_offset = 0u64;
-            for id in ids {
-                let location = index
-                    .get(id)
-                    .ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
-                let turn = &mut turn_of[location.pack as usize];
-                if *turn == u32::MAX {
-                    *turn = u32::try_from(packs.len()).map_err(|_| too_many(path))?;
-                    packs.push(PlannedPack { number: location.pack, first_file: file });
-                }
-                if buffer.len() >= spill.bound {
-                    match &mut runs {
-                        Some(runs) => runs.push(&mut buffer)?,
-                        None => runs.insert(Runs::new(&spill.dir)?).push(&mut buffer)?,
-                    }
-                }
-                buffer.push(Placement {
-                    turn: *turn,
-                    pack_offset: location.offset,
-                    length: location.length,
-                    file,
-                    file_offset,
-                    id_prefix: Placement::prefix_of(id),
-                });
-                file_offset += u64::from(location.length);
+    pub(super) fn add(&mut self, entry: usize, path: &str, ids: &[BlobId]) -> Result<(), Error> {
+        let file = u32::try_from(entry).map_err(|_| too_many(path))?;
+        let mut file_offset = 0u64;
+        for id in ids {
+            let location = self
+                .index
+                .get(id)
+                .ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
+            let turn = &mut self.turn_of[location.pack as usize];
+            if *turn == u32::MAX {
+                *turn = u32::try_from(self.packs.len()).map_err(|_| too_many(path))?;
+                self.packs.push(PlannedPack { number: location.pack, first_file: file });
             }
-            chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
+            if self.buffer.len() >= self.spill.bound {
+                match &mut self.runs {
+                    Some(runs) => runs.push(&mut self.buffer)?,
+                    None => self.runs.insert(Runs::new(&self.spill.dir)?).push(&mut self.buffer)?,
+                }
+            }
+            self.buffer.push(Placement {
+                turn: *turn,
+                pack_offset: location.offset,
+                length: location.length,
+                file,
+                file_offset,
+                id_prefix: Placement::prefix_of(id),
+            });
+            file_offset += u64::from(location.length);
         }
+        self.chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
+        Ok(())
+    }
+
+    /// The plan: placements sorted in memory, or merged back from the runs on disk.
+    ///
+    /// # Errors
+    /// A failure to write or reopen the temporary file.
+    pub(super) fn finish(self) -> Result<PackPlan, Error> {
+        let PlanBuilder { packs, chunks, mut buffer, runs, .. } = self;
         let (placements, runs) = match runs {
             None => {
                 buffer.sort_unstable_by_key(spill::key);
@@ -209,6 +231,27 @@ impl PackPlan {
             }
         };
         Ok(PackPlan { packs, chunks, placements, peeked: None, runs })
+    }
+}
+
+impl PackPlan {
+    /// Plans the restore of `files`: (manifest entry, its path, its chunk ids), for a manifest
+    /// of `entries` entries, spilling placements past `spill.bound` into `spill.dir`.
+    ///
+    /// # Errors
+    /// As [`PlanBuilder::add`] and [`PlanBuilder::finish`].
+    #[cfg(test)]
+    pub(super) fn new<'m>(
+        index: &BlobIndex,
+        entries: usize,
+        files: impl IntoIterator<Item = (usize, &'m str, &'m [BlobId])>,
+        spill: &Spill,
+    ) -> Result<Self, Error> {
+        let mut builder = PlanBuilder::new(index, entries, spill);
+        for (entry, path, ids) in files {
+            builder.add(entry, path, ids)?;
+        }
+        builder.finish()
     }
 
     /// The next pack in its turn with (at most [`MAX_GROUP`] of) the chunks it serves, sorted

@@ -19,13 +19,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::content::{self, Target};
-use super::pack_plan::{PackPlan, Spill};
+use super::pack_plan::{PlanBuilder, Spill};
 use super::{Error, io_err};
 use crate::progress::Progress;
 use crate::repo::BlobId;
 use crate::repository::Repository;
 use crate::snapshot::FileSum;
-use crate::snapshot::{BlobIndex, EntryKind, Manifest};
+use crate::snapshot::{BlobIndex, ChunkList, ChunkResolver, EntryKind, Manifest};
 
 /// What writing the entries did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,18 +41,26 @@ pub struct Written {
 }
 
 /// The content an entry is restored with: its own, or, for a hard link whose first name is
-/// not restored, the first name's.
-fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<(&'m FileSum, &'m [BlobId])> {
-    match &manifest.entries[index].kind {
-        EntryKind::File { sum, chunks, .. } => Some((sum, chunks)),
-        EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => {
-            match &manifest.entries.get(*entry)?.kind {
-                EntryKind::File { sum, chunks, .. } => Some((sum, chunks)),
-                _ => None,
-            }
-        }
+/// not restored, the first name's. Its chunk ids are inline, or in the list (of a lean
+/// manifest, see [`snapshot::load_manifest_lean`]).
+fn content<'m>(manifest: &'m Manifest, wanted: &[bool], index: usize) -> Option<Content<'m>> {
+    let of = |kind: &'m EntryKind| match kind {
+        EntryKind::File { sum, chunks, list } => Some(Content { sum, chunks, list: list.as_ref() }),
         _ => None,
+    };
+    match &manifest.entries[index].kind {
+        EntryKind::Hardlink { entry } if !wanted.get(*entry).copied().unwrap_or(false) => {
+            of(&manifest.entries.get(*entry)?.kind)
+        }
+        kind => of(kind),
     }
+}
+
+/// What [`content`] finds.
+struct Content<'m> {
+    sum: &'m FileSum,
+    chunks: &'m [BlobId],
+    list: Option<&'m ChunkList>,
 }
 
 /// Whether an entry is a further name of a file restored under its first name.
@@ -61,11 +69,13 @@ fn linked(manifest: &Manifest, wanted: &[bool], index: usize) -> bool {
 }
 
 /// Writes every entry under `root`.
-/// `progress` gets the files' total size, then each pack's bytes as they are written.
+/// `progress` gets the files' total size, then each pack's bytes as they are written;
+/// `manifest_key` names the manifest in errors about its chunk lists.
 pub async fn write_entries(
     repo: &Repository,
     index: &BlobIndex,
     manifest: &Manifest,
+    manifest_key: &str,
     root: &Path,
     include: Option<&globset::GlobSet>,
     progress: &Progress,
@@ -76,17 +86,23 @@ pub async fn write_entries(
     };
     // Planned first: a chunk missing from the index fails the restore before anything is written.
     // Spilled placements go beside the staging directory, not into what becomes the target.
+    // Ids stored out of line are read one file at a time, only to be planned.
     let spill = Spill::in_dir(root.parent().unwrap_or(root));
-    let plan = PackPlan::new(
-        index,
-        manifest.entries.len(),
-        with_content().map(|(i, (_, chunks))| (i, manifest.entries[i].path.as_str(), chunks)),
-        &spill,
-    )?;
+    let mut builder = PlanBuilder::new(index, manifest.entries.len(), &spill);
+    let mut lists = ChunkResolver::new(repo, index, manifest_key);
+    for (i, content) in with_content() {
+        let path = manifest.entries[i].path.as_str();
+        match content.list.filter(|_| content.chunks.is_empty()) {
+            Some(list) => builder.add(i, path, &lists.chunks(list, path).await?)?,
+            None => builder.add(i, path, content.chunks)?,
+        }
+    }
+    drop(lists);
+    let plan = builder.finish()?;
     let paths = create_tree(manifest, root, &wanted)?;
     let mut targets: Vec<Option<Target>> = vec![None; manifest.entries.len()];
     let mut written = Written { packs_distinct: plan.packs.len() as u64, ..Written::default() };
-    for (i, (sum, _)) in with_content() {
+    for (i, Content { sum, .. }) in with_content() {
         let path = paths[i].as_deref().ok_or_else(|| Error::Io {
             what: "restore: no file was created for",
             path: manifest.entries[i].os_path(),

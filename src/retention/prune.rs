@@ -180,12 +180,19 @@ async fn referenced_packs(
 ) -> Result<HashSet<String>, snapshot::Error> {
     let mut ids = ExternalSort::new(&scratch_dir(), RUN_RECORDS);
     for record in records {
-        let manifest = snapshot::load_manifest_with(repo, record, index).await?;
+        // Lean: a large file's ids are read from its list blob when it comes, not all at once.
+        let manifest = snapshot::load_manifest_lean(repo, record, index).await?;
+        let key = ObjectKey::Manifest(record.id.clone()).to_string();
+        let mut lists = snapshot::ChunkResolver::new(repo, index, &key);
         for id in manifest.entry_chunks {
             ids.push(id)?;
         }
         for entry in manifest.entries {
             if let EntryKind::File { chunks, list, .. } = entry.kind {
+                let chunks = match &list {
+                    Some(list) if chunks.is_empty() => lists.chunks(list, &entry.path).await?,
+                    _ => chunks,
+                };
                 for id in chunks.into_iter().chain(list.map(|l| l.base)) {
                     ids.push(id)?;
                 }

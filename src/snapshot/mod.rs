@@ -23,11 +23,13 @@ mod walk;
 
 pub use backup::{BackupOptions, BackupReport, backup_pg};
 pub use chunker::{Chunking, for_each_chunk};
+pub use entry_stream::ChunkResolver;
 pub use filesum::{FileSum, FileSummer};
 pub use fsbackup::{FsBackupOptions, FsBackupReport, backup_fs};
 pub use fswalk::{TreeOptions, glob_set};
 pub use manifest::{
-    Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, SnapshotTotals, decode_os, encode_os,
+    ChunkList, Entry, EntryKind, HookRun, Manifest, PgInfo, SnapshotKind, SnapshotRecord, SnapshotTotals, decode_os,
+    encode_os,
 };
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack, index_name};
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
@@ -205,6 +207,22 @@ pub async fn load_manifest_with(
 ) -> Result<Manifest, Error> {
     let manifest = load_manifest_head(repo, record).await?;
     with_entries(repo, record, index, manifest).await
+}
+
+/// Like [`load_manifest_with`], but files whose chunk ids are stored out of line (a
+/// [`ChunkList`]) come without them: [`ChunkResolver`] reads those one file at a time, so
+/// memory does not grow with the size of the snapshot's largest files put together.
+pub async fn load_manifest_lean(
+    repo: &Repository,
+    record: &SnapshotRecord,
+    index: &BlobIndex,
+) -> Result<Manifest, Error> {
+    let mut manifest = load_manifest_head(repo, record).await?;
+    if !manifest.entry_chunks.is_empty() {
+        let key = ObjectKey::Manifest(record.id.clone()).to_string();
+        manifest.entries = entry_stream::load_lean(repo, index, &manifest.entry_chunks, &key).await?;
+    }
+    Ok(manifest)
 }
 
 /// Fills in the entries of a manifest head from its entry stream (if it has one).

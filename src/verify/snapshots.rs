@@ -96,8 +96,17 @@ impl<'a> ChunkCheck<'a> {
     }
 
     /// Reports, once per snapshot, the chunks no index knows (a restore would stop at the
-    /// first of them).
-    fn check(&mut self, snapshot_id: &str, manifest: &Manifest, report: &mut VerifyReport) -> Result<(), Error> {
+    /// first of them). `manifest` is lean ([`snapshot::load_manifest_lean`]) when there is an
+    /// index: the ids of large files are read one file at a time, from the list blobs; a list
+    /// that cannot be read is the manifest's problem, reported under `key`.
+    async fn check(
+        &mut self,
+        repo: &Repository,
+        snapshot_id: &str,
+        key: &str,
+        manifest: &Manifest,
+        report: &mut VerifyReport,
+    ) -> Result<(), Error> {
         let Some(index) = self.index else { return Ok(()) };
         let (mut missing, mut files, mut first) = (0u64, 0u64, None);
         // The entry stream's chunks and the chunk lists were read to load the manifest;
@@ -111,8 +120,24 @@ impl<'a> ChunkCheck<'a> {
                 used.push(*chunk).map_err(snapshot::Error::from)?;
             }
         }
+        let mut lists = snapshot::ChunkResolver::new(repo, index, key);
         for entry in &manifest.entries {
-            let EntryKind::File { chunks, .. } = &entry.kind else { continue };
+            let EntryKind::File { chunks, list, .. } = &entry.kind else { continue };
+            let resolved;
+            let chunks = match list.as_ref().filter(|_| chunks.is_empty()) {
+                Some(list) => match lists.chunks(list, &entry.path).await {
+                    Ok(ids) => {
+                        resolved = ids;
+                        &resolved
+                    }
+                    Err(snapshot::Error::Repository(e)) => {
+                        report.push(classify(e, key)?);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                None => chunks,
+            };
             let before = missing;
             // One batch per file: a large file's blocks in one pass over the index.
             for (chunk, location) in chunks.iter().zip(index.get_many(chunks)?) {
@@ -149,13 +174,13 @@ pub(super) async fn check_all(
     for record in records {
         let key = ObjectKey::Manifest(record.id.clone()).to_string();
         let loaded = match chunks.index {
-            Some(index) => snapshot::load_manifest_with(repo, record, index).await,
+            Some(index) => snapshot::load_manifest_lean(repo, record, index).await,
             None => snapshot::load_manifest(repo, record).await,
         };
         match loaded {
             Ok(manifest) => {
                 report.read(sizes.get(&record.id).copied().unwrap_or(0));
-                chunks.check(&record.id, &manifest, report)?;
+                chunks.check(repo, &record.id, &key, &manifest, report).await?;
             }
             Err(snapshot::Error::Repository(e)) => report.push(classify(e, &key)?),
             Err(e) => return Err(e.into()),
