@@ -323,7 +323,17 @@ fn killed_pushes_leave_no_litter() {
     killed_push(&env, &segment);
     assert_eq!(staging_files(&env, "wal/00000001", name).len(), 1, "a killed push leaves its staging object");
     assert!(!env.local_object(&format!("wal/00000001/{name}")).exists());
+    // Its pid may belong to another program by now (pid reuse): a live process that is no
+    // wal-push is not taken for a pusher, so the next push neither waits for it (5 minutes)
+    // nor keeps the litter.
+    let mut other = Command::new("sleep").arg("300").spawn().expect("start sleep");
+    let marker = wal.join("radd-archived").join(format!("{name}.pushing"));
+    std::fs::write(&marker, format!("{}\n", other.id())).expect("rewrite the marker");
+    let started = Instant::now();
     let out = env.radd_push(&["wal-push", segment.to_str().expect("path")]);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(started.elapsed() < Duration::from_secs(120), "the push waited for a process that is no pusher");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(staging_files(&env, "wal/00000001", name), Vec::<PathBuf>::new(), "the next push removes the litter");
     assert!(!wal.join("radd-archived").join(format!("{name}.pushing")).exists());

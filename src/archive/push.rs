@@ -108,7 +108,13 @@ fn live_pusher(path: &Path, file_name: &str) -> Option<i32> {
     }
     let alive =
         matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM));
-    alive.then_some(pid)
+    // A pid reused since a crash by some other program is no pusher: its command line (when
+    // /proc shows it) must be a `wal-push`.
+    let pushing = match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => cmdline.split(|&b| b == 0).any(|arg| arg == b"wal-push"),
+        Err(_) => true,
+    };
+    (alive && pushing).then_some(pid)
 }
 
 /// Longest wait for another process's push of the same file before pushing it anyway (two
