@@ -25,13 +25,19 @@ use crate::repository::Repository;
 /// Lock file the running drainer holds (flock), beside the markers. Names starting with `.`
 /// are never taken for markers.
 const DRAIN_LOCK: &str = ".drain.lock";
-/// Where a detached drainer's log goes, replaced at each start.
+/// Where a detached drainer's log goes (see [`drain_log_path`]), replaced at each start.
 pub const DRAIN_LOG: &str = ".drain.log";
 
+/// The log file of the drainer of `path`'s `pg_wal`, beside the markers.
+#[must_use]
+pub fn drain_log_path(path: &Path) -> Option<PathBuf> {
+    path.parent().map(|dir| dir.join(MARKER_DIR).join(DRAIN_LOG))
+}
+
 /// Archives `path` and, so that a backlog drains fast, up to `options.ahead` other WAL segments
-/// waiting in `archive_status/*.ready` after it (oldest first), before returning. Up to
-/// `options.parallel` files are sealed at once, but they are published strictly in name order,
-/// the requested one first, so the archive never shows a later segment before an earlier one
+/// waiting in `archive_status/*.ready` after it (oldest first), before returning. The requested
+/// file is sealed first (with every compressing thread), then the others `options.parallel` at
+/// a time; all are published strictly in name order, the requested one first, so the archive never shows a later segment before an earlier one
 /// (a reader would take that for a gap). Only the requested file decides success: PostgreSQL
 /// acknowledges the others itself when it asks for them, which their markers make a cheap
 /// check. Returns how many extras were stored.

@@ -20,7 +20,7 @@ mod segsize;
 mod timeline;
 
 pub use bound::{drop_spool, is_past_end};
-pub use drain::{DRAIN_LOG, backlog_waiting, drain, drainer_running, push_with_backlog};
+pub use drain::{DRAIN_LOG, backlog_waiting, drain, drain_log_path, drainer_running, push_with_backlog};
 pub use push::{MARKER_DIR, Prepared, PushOptions, PushOutcome, commit, prepare, push};
 pub use segsize::{
     SegmentSizeRecord, claim as claim_segment_size, for_snapshot as segment_size_for_snapshot,

@@ -102,19 +102,23 @@ fn pushing_path(path: &Path, file_name: &str) -> Option<PathBuf> {
 /// wrote it (a backlog drainer, or PostgreSQL's own call for a file the drainer reached first).
 fn live_pusher(path: &Path, file_name: &str) -> Option<i32> {
     let text = std::fs::read_to_string(pushing_path(path, file_name)?).ok()?;
-    let pid = text.trim().parse::<i32>().ok()?;
+    text.trim().parse::<i32>().ok().filter(|&pid| is_other_pusher(pid))
+}
+
+/// Whether `pid` is another process than this one, still running, and a `wal-push`: a pid
+/// reused since a crash by some other program is no pusher (its command line, when /proc
+/// shows it, must be a `wal-push`).
+fn is_other_pusher(pid: i32) -> bool {
     if u32::try_from(pid).ok() == Some(std::process::id()) {
-        return None;
+        return false;
     }
     let alive =
         matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM));
-    // A pid reused since a crash by some other program is no pusher: its command line (when
-    // /proc shows it) must be a `wal-push`.
     let pushing = match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmdline) => cmdline.split(|&b| b == 0).any(|arg| arg == b"wal-push"),
         Err(_) => true,
     };
-    (alive && pushing).then_some(pid)
+    alive && pushing
 }
 
 /// Longest wait for another process's push of the same file before pushing it anyway (two
@@ -145,7 +149,8 @@ async fn wait_for_other_pusher(path: &Path, file_name: &str) {
 async fn clean_after_killed_push(repo: &Repository, path: &Path, file_name: &str, key: &ObjectKey) {
     let Some(marker) = pushing_path(path, file_name) else { return };
     let Ok(text) = std::fs::read_to_string(&marker) else { return };
-    if text.trim().parse::<u32>().ok() == Some(std::process::id()) || live_pusher(path, file_name).is_some() {
+    let pid = text.trim().parse::<i32>().ok();
+    if pid.and_then(|pid| u32::try_from(pid).ok()) == Some(std::process::id()) || pid.is_some_and(is_other_pusher) {
         return;
     }
     let (repository, key) = (repo.clone(), key.clone());

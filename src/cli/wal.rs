@@ -65,9 +65,11 @@ pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
 /// does not wait for it: PostgreSQL gets its answer for PATH now.
 fn start_drainer(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let log_dir = path.parent().unwrap_or(std::path::Path::new(".")).join(archive::MARKER_DIR);
-    std::fs::create_dir_all(&log_dir)?;
-    let log = std::fs::File::create(log_dir.join(archive::DRAIN_LOG))?;
+    let log_path = archive::drain_log_path(path).ok_or_else(|| std::io::Error::other("no pg_wal directory"))?;
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::File::create(&log_path)?;
     std::process::Command::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1))
         .arg("--drain")

@@ -92,10 +92,7 @@ pub async fn write_entries(
     let mut lists = ChunkResolver::new(repo, index, manifest_key);
     for (i, content) in with_content() {
         let path = manifest.entries[i].path.as_str();
-        match content.list.filter(|_| content.chunks.is_empty()) {
-            Some(list) => builder.add(i, path, &lists.chunks(list, path).await?)?,
-            None => builder.add(i, path, content.chunks)?,
-        }
+        builder.add(i, path, &lists.file_chunks(content.chunks, content.list, path).await?)?;
     }
     drop(lists);
     let plan = builder.finish()?;

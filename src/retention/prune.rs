@@ -189,11 +189,8 @@ async fn referenced_packs(
         }
         for entry in manifest.entries {
             if let EntryKind::File { chunks, list, .. } = entry.kind {
-                let chunks = match &list {
-                    Some(list) if chunks.is_empty() => lists.chunks(list, &entry.path).await?,
-                    _ => chunks,
-                };
-                for id in chunks.into_iter().chain(list.map(|l| l.base)) {
+                let chunks = lists.file_chunks(&chunks, list.as_ref(), &entry.path).await?;
+                for id in chunks.iter().copied().chain(list.map(|l| l.base)) {
                     ids.push(id)?;
                 }
             }

@@ -200,6 +200,23 @@ impl<'a> ChunkResolver<'a> {
     pub async fn chunks(&mut self, list: &ChunkList, path: &str) -> Result<Vec<BlobId>, Error> {
         resolve_list(&mut self.reader, list, path).await
     }
+
+    /// The chunk ids of a file entry of a lean manifest (`chunks` and `list` of its
+    /// [`EntryKind::File`]): its inline ids, or those of its list when they were left out.
+    ///
+    /// # Errors
+    /// As [`ChunkResolver::chunks`].
+    pub async fn file_chunks<'e>(
+        &mut self,
+        chunks: &'e [BlobId],
+        list: Option<&ChunkList>,
+        path: &str,
+    ) -> Result<std::borrow::Cow<'e, [BlobId]>, Error> {
+        match list.filter(|_| chunks.is_empty()) {
+            Some(list) => Ok(std::borrow::Cow::Owned(self.chunks(list, path).await?)),
+            None => Ok(std::borrow::Cow::Borrowed(chunks)),
+        }
+    }
 }
 
 async fn resolve_list(reader: &mut BlobReader<'_>, list: &ChunkList, path: &str) -> Result<Vec<BlobId>, Error> {

@@ -196,7 +196,7 @@ pub async fn load_manifest(repo: &Repository, record: &SnapshotRecord) -> Result
         return Ok(manifest);
     }
     let index = BlobIndex::load(repo).await?;
-    with_entries(repo, record, &index, manifest).await
+    with_entries(repo, record, &index, manifest, false).await
 }
 
 /// Like [`load_manifest`], with the blob index already loaded.
@@ -206,7 +206,7 @@ pub async fn load_manifest_with(
     index: &BlobIndex,
 ) -> Result<Manifest, Error> {
     let manifest = load_manifest_head(repo, record).await?;
-    with_entries(repo, record, index, manifest).await
+    with_entries(repo, record, index, manifest, false).await
 }
 
 /// Like [`load_manifest_with`], but files whose chunk ids are stored out of line (a
@@ -217,24 +217,27 @@ pub async fn load_manifest_lean(
     record: &SnapshotRecord,
     index: &BlobIndex,
 ) -> Result<Manifest, Error> {
-    let mut manifest = load_manifest_head(repo, record).await?;
-    if !manifest.entry_chunks.is_empty() {
-        let key = ObjectKey::Manifest(record.id.clone()).to_string();
-        manifest.entries = entry_stream::load_lean(repo, index, &manifest.entry_chunks, &key).await?;
-    }
-    Ok(manifest)
+    let manifest = load_manifest_head(repo, record).await?;
+    with_entries(repo, record, index, manifest, true).await
 }
 
-/// Fills in the entries of a manifest head from its entry stream (if it has one).
+/// Fills in the entries of a manifest head from its entry stream (if it has one); `lean`
+/// leaves the ids of list-backed files out ([`entry_stream::load_lean`]).
 async fn with_entries(
     repo: &Repository,
     record: &SnapshotRecord,
     index: &BlobIndex,
     mut manifest: Manifest,
+    lean: bool,
 ) -> Result<Manifest, Error> {
     if !manifest.entry_chunks.is_empty() {
         let key = ObjectKey::Manifest(record.id.clone()).to_string();
-        manifest.entries = entry_stream::load(repo, index, &manifest.entry_chunks, &key).await?;
+        let chunks = &manifest.entry_chunks;
+        manifest.entries = if lean {
+            entry_stream::load_lean(repo, index, chunks, &key).await?
+        } else {
+            entry_stream::load(repo, index, chunks, &key).await?
+        };
     }
     Ok(manifest)
 }

@@ -123,24 +123,17 @@ impl<'a> ChunkCheck<'a> {
         let mut lists = snapshot::ChunkResolver::new(repo, index, key);
         for entry in &manifest.entries {
             let EntryKind::File { chunks, list, .. } = &entry.kind else { continue };
-            let resolved;
-            let chunks = match list.as_ref().filter(|_| chunks.is_empty()) {
-                Some(list) => match lists.chunks(list, &entry.path).await {
-                    Ok(ids) => {
-                        resolved = ids;
-                        &resolved
-                    }
-                    Err(snapshot::Error::Repository(e)) => {
-                        report.push(classify(e, key)?);
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                None => chunks,
+            let chunks = match lists.file_chunks(chunks, list.as_ref(), &entry.path).await {
+                Ok(chunks) => chunks,
+                Err(snapshot::Error::Repository(e)) => {
+                    report.push(classify(e, key)?);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             };
             let before = missing;
             // One batch per file: a large file's blocks in one pass over the index.
-            for (chunk, location) in chunks.iter().zip(index.get_many(chunks)?) {
+            for (chunk, location) in chunks.iter().zip(index.get_many(&chunks)?) {
                 if location.is_none() {
                     missing += 1;
                     first.get_or_insert_with(|| format!("chunk {chunk} of {}", entry.path));
