@@ -31,6 +31,8 @@ const RECORD_MAGIC_V2: &[u8; 8] = b"RADDREC2";
 /// one purpose passes for another), packs named by their blob table, files checked by CRC-32C.
 /// Formats 1 (HMAC-SHA256) and 2 (keyed BLAKE3 under the raw key) are still read and written.
 const FORMAT_VERSION: u32 = 3;
+/// Bytes before a record's payload: 8 of magic and a 32-byte authentication tag.
+pub const RECORD_HEADER: usize = 40;
 const ID_KEY_CHECK: &[u8] = b"radd id key check v1";
 
 /// Errors opening or initialising a repository, or reading its records.
@@ -421,22 +423,37 @@ impl Repository {
     /// does not authenticate is [`Error::CorruptRecord`], never retried.
     pub async fn get_record_bytes(&self, key: &ObjectKey) -> Result<Bytes, Error> {
         let body = self.store.get(key).await?;
+        self.check_record(key, &body)?;
+        Ok(body.slice(RECORD_HEADER..))
+    }
+
+    /// [`Repository::get_record_bytes`] read into `buffer` (one of a [`BufferPool`], so that
+    /// loading hundreds of index objects reuses a few buffers): the authenticated payload is
+    /// `buffer[RECORD_HEADER..]`.
+    pub async fn get_record_into(&self, key: &ObjectKey, buffer: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let body = self.store.get_into(key, buffer).await?;
+        self.check_record(key, &body)?;
+        Ok(body)
+    }
+
+    /// Checks a record's magic and authentication tag (`body` is the whole stored object).
+    fn check_record(&self, key: &ObjectKey, body: &[u8]) -> Result<(), Error> {
         let corrupt = |reason: &str| Error::CorruptRecord { key: key.to_string(), reason: reason.to_owned() };
         let (magic, tag) =
-            record_tag(&self.id_key, self.meta.format, &key.to_string(), body.get(40..).unwrap_or_default());
-        if body.len() < 40 || &body[..8] != magic {
+            record_tag(&self.id_key, self.meta.format, &key.to_string(), body.get(RECORD_HEADER..).unwrap_or_default());
+        if body.len() < RECORD_HEADER || &body[..8] != magic {
             return Err(corrupt(&format!(
                 "not a radd record of this repository's format {} (expected magic {})",
                 self.meta.format,
                 String::from_utf8_lossy(magic)
             )));
         }
-        if tag.0[..] != body[8..40] {
+        if tag.0[..] != body[8..RECORD_HEADER] {
             return Err(corrupt(
                 "authentication failed (modified, written with another id key, or copied here from another name)",
             ));
         }
-        Ok(body.slice(40..))
+        Ok(())
     }
 }
 
@@ -446,7 +463,7 @@ impl Repository {
 #[must_use]
 pub fn record_envelope(id_key: &IdKey, format: u32, key: &str, payload: &[u8]) -> Vec<u8> {
     let (magic, tag) = record_tag(id_key, format, key, payload);
-    let mut body = Vec::with_capacity(payload.len() + 40);
+    let mut body = Vec::with_capacity(payload.len() + RECORD_HEADER);
     body.extend_from_slice(magic);
     body.extend_from_slice(&tag.0);
     body.extend_from_slice(payload);

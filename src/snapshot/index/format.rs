@@ -133,57 +133,79 @@ pub struct IndexObject {
 impl IndexObject {
     /// Decodes a payload: binary when it starts with [`MAGIC`], else the JSON of old objects.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        if payload.starts_with(MAGIC) {
-            return Self::decode_binary(&payload[MAGIC.len()..]);
-        }
-        let file: IndexFile = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
-        let mut out =
-            IndexObject { packs: Vec::with_capacity(file.packs.len()), blobs: Vec::with_capacity(file.blob_count()) };
-        for (position, pack) in (0u32..).zip(file.packs) {
-            out.blobs.extend(pack.blobs.iter().map(|&(id, offset, length)| (id, position, offset, length)));
-            out.packs.push(pack.id);
-        }
+        let mut out = IndexObject::default();
+        let mut blobs = Vec::new();
+        visit::<DecodeError>(
+            payload,
+            |packs, _| out.packs = packs,
+            |id, pack, offset, length| {
+                blobs.push((id, pack, offset, length));
+                Ok(())
+            },
+        )?;
+        out.blobs = blobs;
         Ok(out)
     }
+}
 
-    fn decode_binary(mut rest: &[u8]) -> Result<Self, DecodeError> {
-        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
-            if rest.len() < n {
-                return Err(DecodeError::Binary("it ends early"));
-            }
-            let (head, tail) = rest.split_at(n);
-            *rest = tail;
-            Ok(head)
+/// Decodes a payload (binary or the JSON of old objects) without holding its blobs: `packs`
+/// receives the pack ids and the number of blobs first, then `blob` each (blob id, pack
+/// position, offset, length) as it is read. Loading the index this way streams every blob of an
+/// object straight into the external sort instead of first building a copy of the object.
+/// A blob that names a pack the object does not list is a [`DecodeError`], before `blob` sees it.
+pub fn visit<E: From<DecodeError>>(
+    payload: &[u8],
+    packs: impl FnOnce(Vec<String>, usize),
+    mut blob: impl FnMut(BlobId, u32, u32, u32) -> Result<(), E>,
+) -> Result<(), E> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+        if rest.len() < n {
+            return Err(DecodeError::Binary("it ends early"));
         }
-        fn u32_at(bytes: &[u8], at: usize) -> u32 {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        }
-        let packs = u32_at(take(&mut rest, 4)?, 0) as usize;
-        let mut out = IndexObject { packs: Vec::with_capacity(packs.min(rest.len() / 2)), blobs: Vec::new() };
-        for _ in 0..packs {
-            let len = take(&mut rest, 2)?;
-            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-            let id = std::str::from_utf8(take(&mut rest, len)?)
-                .map_err(|_| DecodeError::Binary("a pack id is not UTF-8"))?;
-            out.packs.push(id.to_owned());
-        }
-        let blobs = u32_at(take(&mut rest, 4)?, 0) as usize;
-        let table = take(&mut rest, blobs.checked_mul(BLOB_BYTES).ok_or(DecodeError::Binary("it ends early"))?)?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Binary("bytes follow the blob table"));
-        }
-        out.blobs.reserve_exact(blobs);
-        for blob in table.chunks_exact(BLOB_BYTES) {
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&blob[..32]);
-            let pack = u32_at(blob, 32);
-            if pack as usize >= out.packs.len() {
-                return Err(DecodeError::Binary("a blob names a pack the object does not list"));
-            }
-            out.blobs.push((BlobId::from_bytes(id), pack, u32_at(blob, 36), u32_at(blob, 40)));
-        }
-        Ok(out)
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
     }
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    }
+    let Some(mut rest) = payload.strip_prefix(MAGIC.as_slice()) else {
+        let file: IndexFile = serde_json::from_slice(payload).map_err(DecodeError::Json)?;
+        let blob_count = file.blob_count();
+        let (ids, tables): (Vec<String>, Vec<_>) = file.packs.into_iter().map(|p| (p.id, p.blobs)).unzip();
+        packs(ids, blob_count);
+        for (position, table) in (0u32..).zip(tables) {
+            for (id, offset, length) in table {
+                blob(id, position, offset, length)?;
+            }
+        }
+        return Ok(());
+    };
+    let pack_count = u32_at(take(&mut rest, 4)?, 0) as usize;
+    let mut ids = Vec::with_capacity(pack_count.min(rest.len() / 2));
+    for _ in 0..pack_count {
+        let len = take(&mut rest, 2)?;
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        let id =
+            std::str::from_utf8(take(&mut rest, len)?).map_err(|_| DecodeError::Binary("a pack id is not UTF-8"))?;
+        ids.push(id.to_owned());
+    }
+    let blob_count = u32_at(take(&mut rest, 4)?, 0) as usize;
+    let table = take(&mut rest, blob_count.checked_mul(BLOB_BYTES).ok_or(DecodeError::Binary("it ends early"))?)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Binary("bytes follow the blob table").into());
+    }
+    packs(ids, blob_count);
+    for entry in table.chunks_exact(BLOB_BYTES) {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&entry[..32]);
+        let pack = u32_at(entry, 32);
+        if pack as usize >= pack_count {
+            return Err(DecodeError::Binary("a blob names a pack the object does not list").into());
+        }
+        blob(BlobId::from_bytes(id), pack, u32_at(entry, 36), u32_at(entry, 40))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

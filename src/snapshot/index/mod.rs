@@ -20,16 +20,23 @@ use std::path::PathBuf;
 use futures::{StreamExt, stream};
 
 pub use disk::{Blob, BlobTable, ExternalSort, RUN_RECORDS, Record, ScratchError, Sorted};
-pub use format::{BLOB_BYTES, DecodeError, IndexFile, IndexObject, IndexPack, MAGIC, encode};
+pub use format::{BLOB_BYTES, DecodeError, IndexFile, IndexObject, IndexPack, MAGIC, encode, visit};
 
 use super::Error;
 use crate::repo::BlobId;
 use crate::repo::ObjectKey;
-use crate::repository::{self, Repository};
+use crate::repository::{self, BufferPool, RECORD_HEADER, Repository};
 
-/// Index objects fetched at once while loading: enough to hide a store's latency, few enough
-/// that the objects in flight (at most ~2.2 MiB each in binary) stay a small part of memory.
-pub const LOAD_CONCURRENCY: usize = 8;
+/// Index objects fetched at once while loading: enough to hide a store's latency (an object is
+/// ~2.2 MiB, so four keep a link of 100 MB/s busy at 80 ms per request), few enough that the
+/// objects in flight stay a small part of memory.
+pub const LOAD_CONCURRENCY: usize = 4;
+
+/// Capacity of the buffers index objects are read into: above the largest binary object
+/// (~2.2 MiB) and above the allocator's mmap threshold (`main` sets 4 MiB), so each buffer is a
+/// mapping of its own that goes back to the system when the load ends instead of staying behind
+/// in the heap that the packs read later would have to grow past.
+const INDEX_BUFFER: usize = 4 << 20 | 64 << 10;
 
 /// Where the on-disk index and external sorts put their temporary files: `TMPDIR` or `/tmp`.
 #[must_use]
@@ -61,6 +68,16 @@ pub struct BlobIndex {
     objects: Vec<String>,
 }
 
+/// Why an index object could not be added: its payload does not decode, or the local sort
+/// failed.
+#[derive(Debug, thiserror::Error)]
+enum AddError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+}
+
 /// Collects index objects into a [`BlobIndex`].
 struct Builder {
     sort: ExternalSort<Blob>,
@@ -74,15 +91,22 @@ impl Builder {
         Self { sort: ExternalSort::new(&dir, RUN_RECORDS), index: BlobIndex::default(), dir }
     }
 
-    fn add(&mut self, name: String, object: IndexObject) -> Result<(), ScratchError> {
+    /// Adds one index object's payload, its blobs going straight into the sort.
+    fn add(&mut self, name: String, payload: &[u8]) -> Result<(), AddError> {
         let object_no = u32::try_from(self.index.objects.len()).unwrap_or(u32::MAX);
         let base = u32::try_from(self.index.packs.len()).unwrap_or(u32::MAX);
+        let Self { sort, index, .. } = self;
+        format::visit::<AddError>(
+            payload,
+            |packs, _| {
+                index.pack_objects.extend(std::iter::repeat_n(object_no, packs.len()));
+                index.packs.extend(packs);
+            },
+            |id, pack, offset, length| {
+                Ok(sort.push(Blob { id: *id.as_bytes(), pack: base.saturating_add(pack), offset, length })?)
+            },
+        )?;
         self.index.objects.push(name);
-        self.index.pack_objects.extend(std::iter::repeat_n(object_no, object.packs.len()));
-        self.index.packs.extend(object.packs);
-        for (id, pack, offset, length) in object.blobs {
-            self.sort.push(Blob { id: *id.as_bytes(), pack: base.saturating_add(pack), offset, length })?;
-        }
         Ok(())
     }
 
@@ -105,12 +129,29 @@ impl BlobIndex {
     /// time. A damaged object is an integrity error naming it.
     pub async fn load(repo: &Repository) -> Result<Self, Error> {
         let names = repo.list_index().await?.into_iter().map(|item| item.id);
-        let mut fetched = stream::iter(names).map(|name| fetch(repo, name)).buffered(LOAD_CONCURRENCY);
+        let buffers = BufferPool::new(INDEX_BUFFER);
+        let mut fetched = stream::iter(names)
+            .map(|name| {
+                let buffers = &buffers;
+                async move {
+                    let body = repo.get_record_into(&ObjectKey::Index(name.clone()), buffers.get()).await?;
+                    Ok::<_, Error>((name, body))
+                }
+            })
+            .buffered(LOAD_CONCURRENCY);
         let mut builder = Builder::new();
         while let Some(next) = fetched.next().await {
-            let (name, object) = next?;
-            builder.add(name, object)?;
+            let (name, body) = next?;
+            builder.add(name.clone(), &body[RECORD_HEADER..]).map_err(|e| match e {
+                AddError::Decode(e) => Error::from(repository::Error::CorruptRecord {
+                    key: ObjectKey::Index(name).to_string(),
+                    reason: e.to_string(),
+                }),
+                AddError::Scratch(e) => Error::from(e),
+            })?;
+            buffers.put(body);
         }
+        drop(fetched);
         let index = tokio::task::spawn_blocking(move || builder.finish())
             .await
             .map_err(|e| Error::Internal(format!("building the blob index: {e}")))??;
@@ -130,12 +171,7 @@ impl BlobIndex {
     pub fn from_files<'a>(files: impl IntoIterator<Item = &'a IndexFile>) -> Self {
         let mut builder = Builder::new();
         for (n, file) in files.into_iter().enumerate() {
-            let mut object = IndexObject { packs: Vec::new(), blobs: Vec::new() };
-            for (position, pack) in (0u32..).zip(&file.packs) {
-                object.packs.push(pack.id.clone());
-                object.blobs.extend(pack.blobs.iter().map(|&(id, offset, length)| (id, position, offset, length)));
-            }
-            builder.add(format!("file-{n}"), object).expect("temporary directory is writable");
+            builder.add(format!("file-{n}"), &encode(&file.packs)).expect("temporary directory is writable");
         }
         builder.finish().expect("temporary directory is writable")
     }
@@ -219,16 +255,6 @@ impl BlobIndex {
     pub fn object_of(&self, pack: u32) -> Option<usize> {
         self.pack_objects.get(pack as usize).map(|&o| o as usize)
     }
-}
-
-async fn fetch(repo: &Repository, name: String) -> Result<(String, IndexObject), Error> {
-    let key = ObjectKey::Index(name.clone());
-    let payload = repo.get_record_bytes(&key).await?;
-    let object = tokio::task::spawn_blocking(move || IndexObject::decode(&payload))
-        .await
-        .map_err(|e| Error::Internal(format!("decoding {key}: {e}")))?
-        .map_err(|e| repository::Error::CorruptRecord { key: key.to_string(), reason: e.to_string() })?;
-    Ok((name, object))
 }
 
 #[cfg(test)]
