@@ -1,6 +1,6 @@
 //! The content of the restored files: packs read once each (see [`PackPlan`]), every blob
-//! written where the snapshot has it, and every file verified against its manifest checksum by
-//! reading it back once its last chunk is written.
+//! written where the snapshot has it, and every file verified against its manifest checksum
+//! once its last chunk is written.
 //!
 //! Four stages run at once:
 //! - the plan's groups (a pack and the chunks it serves) are read out in turn order on a thread
@@ -13,13 +13,15 @@
 //! - the writer puts each pack's blobs into their files with positioned writes (blobs back to
 //!   back in both pack and file as one write; all-zero blobs are skipped, so they stay holes of
 //!   the files created at their full size);
-//! - [`hashers`] threads read each completed file back (from the page cache, just written) and
-//!   compare its checksum with the manifest's (SHA-256 in formats 1 and 2, which is what
-//!   authenticates their bytes; CRC-32C in format 3), then start its writeback. Checking what
-//!   is on disk, not what was meant to be written, also catches a misplaced or missing write.
-//!   The first mismatch stops the writer, and the restore fails before anything leaves the
-//!   staging directory. Packs are opened without recomputing their keyed digest: the blob ids
-//!   or file checksums cover every byte restored.
+//! - every completed file is checked against its manifest checksum. A CRC-32C (format 3) is
+//!   computed by the writer from the bytes it writes, each run of blobs added at its offset in
+//!   the file whatever the order ([`PlacedCrc`]; holes count as zeros), so a blob put in the
+//!   wrong place, twice or not at all fails the check without a second pass over the file. A
+//!   SHA-256 (formats 1 and 2, where it is what authenticates the bytes) needs the file front to
+//!   back: [`hashers`] threads read such files back from the page cache. Either way the hashers
+//!   then start the file's writeback. The first mismatch stops the writer, and the restore fails
+//!   before anything leaves the staging directory. Packs are opened without recomputing their
+//!   keyed digest: the blob ids or file checksums cover every byte restored.
 //!
 //! Memory: at most [`workers`] + 3 pack buffers (one per worker, one being handed over, one
 //! queued, one being written), recycled, and as many groups of placements (each at most
@@ -40,7 +42,7 @@ use crate::codec::ObjectKind;
 use crate::progress::Progress;
 use crate::repo::ObjectKey;
 use crate::repository::{ReadBuffers, Repository};
-use crate::snapshot::{BlobIndex, BufferPool, FileSum, FileSummer};
+use crate::snapshot::{BlobIndex, BufferPool, FileSum, FileSummer, PlacedCrc};
 
 /// Completed files queued for the hashers (the writer waits when they fall this far behind).
 const HASH_QUEUE: usize = 64;
@@ -73,6 +75,8 @@ pub(super) struct Target {
     pub name: String,
     /// Its manifest checksum.
     pub expected: FileSum,
+    /// Its size.
+    pub length: u64,
 }
 
 /// A decrypted pack; its buffer goes back to the pool when it is dropped, so a restore reuses a
@@ -256,12 +260,18 @@ fn write_packs(
     hashers: &Hashers,
     progress: &Progress,
 ) -> Result<(), Error> {
+    // CRC-32C sums are computed from the bytes as they are written; SHA-256 ones (formats 1
+    // and 2) need the file in order, so the hashers read those back.
+    let mut sums: Vec<Option<PlacedCrc>> = targets
+        .iter()
+        .map(|t| t.as_ref().filter(|t| matches!(t.expected, FileSum::Crc32c(_))).map(|t| PlacedCrc::new(t.length)))
+        .collect();
     // Files without content are complete already.
     for (entry, target) in targets.iter().enumerate() {
         if let Some(target) = target
             && left.get(entry) == Some(&0)
         {
-            hashers.check(target)?;
+            hashers.check(target, sums[entry].as_ref())?;
         }
     }
     let (mut waited, mut writing) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
@@ -277,7 +287,7 @@ fn write_packs(
             }
             Err((None, e)) => return Err(e),
         };
-        write_pack(&pack.data, &job.name, &job.placements, targets, &mut left, hashers)?;
+        write_pack(&pack.data, &job.name, &job.placements, targets, &mut left, &mut sums, hashers)?;
         progress.advance(job.placements.iter().map(|p| u64::from(p.length)).sum());
         writing += clock.elapsed();
         clock = std::time::Instant::now();
@@ -303,20 +313,31 @@ struct Run {
 }
 
 /// Writes the blobs of one pack (its plaintext and its id) into their files (`group`: its
-/// placements, sorted by file).
+/// placements, sorted by file), adding what it writes to the files' CRC-32C `sums`.
+// Long: the per-placement loop keeps one open file and one pending run between iterations.
+#[allow(clippy::too_many_arguments)]
 fn write_pack(
     pack: &[u8],
     pack_name: &str,
     group: &[Placement],
     targets: &[Option<Target>],
     left: &mut [u32],
+    sums: &mut [Option<PlacedCrc>],
     hashers: &Hashers,
 ) -> Result<(), Error> {
     let mut open: Option<(u32, std::fs::File)> = None;
     let mut run: Option<Run> = None;
-    let flush = |run: &mut Option<Run>, open: &Option<(u32, std::fs::File)>, target: &Target| -> Result<(), Error> {
-        if let (Some(r), Some((_, file))) = (run.take(), open) {
-            file.write_all_at(&pack[r.pack], r.file_offset).map_err(io_err("write", &target.path))?;
+    let flush = |run: &mut Option<Run>,
+                 open: &Option<(u32, std::fs::File)>,
+                 target: &Target,
+                 sums: &mut [Option<PlacedCrc>]|
+     -> Result<(), Error> {
+        if let (Some(r), Some((entry, file))) = (run.take(), open) {
+            let bytes = &pack[r.pack];
+            file.write_all_at(bytes, r.file_offset).map_err(io_err("write", &target.path))?;
+            if let Some(Some(sum)) = sums.get_mut(*entry as usize) {
+                sum.add(r.file_offset, bytes);
+            }
         }
         Ok(())
     };
@@ -324,7 +345,7 @@ fn write_pack(
         let target = target_of(targets, p.file)?;
         if open.as_ref().is_none_or(|(f, _)| *f != p.file) {
             if let Some((previous, _)) = &open {
-                flush(&mut run, &open, target_of(targets, *previous)?)?;
+                flush(&mut run, &open, target_of(targets, *previous)?, sums)?;
             }
             let file =
                 std::fs::OpenOptions::new().write(true).open(&target.path).map_err(io_err("open", &target.path))?;
@@ -341,14 +362,14 @@ fn write_pack(
         };
         if is_zero(bytes) {
             // A hole: the file was created at its full size.
-            flush(&mut run, &open, target)?;
+            flush(&mut run, &open, target, sums)?;
         } else {
             match &mut run {
                 Some(r) if r.pack.end == range.start && r.file_offset + r.pack.len() as u64 == p.file_offset => {
                     r.pack.end = range.end
                 }
                 _ => {
-                    flush(&mut run, &open, target)?;
+                    flush(&mut run, &open, target, sums)?;
                     run = Some(Run { file_offset: p.file_offset, pack: range });
                 }
             }
@@ -356,13 +377,13 @@ fn write_pack(
         let remaining = &mut left[p.file as usize];
         *remaining = remaining.saturating_sub(1);
         if *remaining == 0 {
-            flush(&mut run, &open, target)?;
+            flush(&mut run, &open, target, sums)?;
             open = None;
-            hashers.check(target)?;
+            hashers.check(target, sums[p.file as usize].as_ref())?;
         }
     }
     if let Some((file, _)) = &open {
-        flush(&mut run, &open, target_of(targets, *file)?)?;
+        flush(&mut run, &open, target_of(targets, *file)?, sums)?;
     }
     Ok(())
 }
@@ -379,6 +400,8 @@ struct Check {
     path: PathBuf,
     name: String,
     expected: FileSum,
+    /// Whether to read it back and compare its checksum (else it was checked as written).
+    read_back: bool,
 }
 
 /// Threads that read completed files back and compare them with their manifest checksum.
@@ -408,10 +431,27 @@ impl Hashers {
         Self { tx, failed, threads }
     }
 
-    /// Queues a completed file (waits while the hashers are [`HASH_QUEUE`] files behind).
-    fn check(&self, target: &Target) -> Result<(), Error> {
+    /// Queues a completed file (waits while the hashers are [`HASH_QUEUE`] files behind). With
+    /// the CRC-32C `sum` of what was written, the file is checked here and the hashers only
+    /// start its writeback; without, they read it back and checksum it.
+    fn check(&self, target: &Target, sum: Option<&PlacedCrc>) -> Result<(), Error> {
         self.check_running()?;
-        let check = Check { path: target.path.clone(), name: target.name.clone(), expected: target.expected };
+        let computed = sum.map(|sum| FileSum::Crc32c(sum.finish()));
+        if let Some(actual) = computed
+            && actual != target.expected
+        {
+            return Err(Error::Checksum {
+                path: target.name.clone(),
+                expected: target.expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let check = Check {
+            path: target.path.clone(),
+            name: target.name.clone(),
+            expected: target.expected,
+            read_back: computed.is_none(),
+        };
         // A closed channel means every hasher stopped at a failure; `finish` reports it.
         self.tx.send(check).map_err(|_| Self::stopped())
     }
@@ -467,25 +507,29 @@ fn hash_files(rx: &Mutex<Receiver<Check>>) -> Result<(), Error> {
 fn hash_file(check: &Check, buffer: &mut [u8]) -> Result<(), Error> {
     use std::io::Read;
     let mut file = std::fs::File::open(&check.path).map_err(io_err("read back", &check.path))?;
-    let mut summer = FileSummer::like(&check.expected);
     let mut length = 0u64;
-    loop {
-        let n = match file.read(buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("read back", &check.path)(e)),
-        };
-        summer.update(&buffer[..n]);
-        length += n as u64;
-    }
-    let actual = summer.finish();
-    if actual != check.expected {
-        return Err(Error::Checksum {
-            path: check.name.clone(),
-            expected: check.expected.to_string(),
-            actual: actual.to_string(),
-        });
+    if check.read_back {
+        let mut summer = FileSummer::like(&check.expected);
+        loop {
+            let n = match file.read(buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("read back", &check.path)(e)),
+            };
+            summer.update(&buffer[..n]);
+            length += n as u64;
+        }
+        let actual = summer.finish();
+        if actual != check.expected {
+            return Err(Error::Checksum {
+                path: check.name.clone(),
+                expected: check.expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    } else {
+        length = file.metadata().map_err(io_err("stat", &check.path))?.len();
     }
     match writeback() {
         Writeback::DontNeed => start_writeback(&file, length),
@@ -536,7 +580,59 @@ fn start_writeback(file: &std::fs::File, length: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_zero;
+    use super::*;
+
+    /// Writes `placements` of `pack` into one file of `length` bytes whose manifest sum is the
+    /// CRC-32C of `expected`; the writer's verdict.
+    fn write_one(pack: &[u8], placements: &[(u32, u64)], length: u64, expected: &[u8]) -> Result<(), Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::File::create(&path).unwrap().set_len(length).unwrap();
+        let expected = FileSum::Crc32c(crc32c::crc32c(expected));
+        let targets = vec![Some(Target { path: path.clone(), name: "f".into(), expected, length })];
+        let group: Vec<Placement> = placements
+            .iter()
+            .map(|&(pack_offset, file_offset)| Placement {
+                turn: 0,
+                pack_offset,
+                length: 100,
+                file: 0,
+                file_offset,
+                id_prefix: [0; 16],
+            })
+            .collect();
+        let mut left = vec![u32::try_from(group.len()).unwrap()];
+        let mut sums = vec![Some(PlacedCrc::new(length))];
+        let hashers = Hashers::start();
+        let written = write_pack(pack, "p", &group, &targets, &mut left, &mut sums, &hashers);
+        hashers.finish()?;
+        written?;
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk, expected_bytes(pack, placements, length), "the file holds what was placed");
+        Ok(())
+    }
+
+    fn expected_bytes(pack: &[u8], placements: &[(u32, u64)], length: u64) -> Vec<u8> {
+        let mut out = vec![0u8; usize::try_from(length).unwrap()];
+        for &(from, to) in placements {
+            let (from, to) = (from as usize, usize::try_from(to).unwrap());
+            out[to..to + 100].copy_from_slice(&pack[from..from + 100]);
+        }
+        out
+    }
+
+    #[test]
+    fn the_written_crc_catches_misplaced_missing_and_doubled_blobs() {
+        let pack: Vec<u8> = (0..300u32).map(|i| u8::try_from(i % 251).unwrap() | 1).collect();
+        let (a, b) = (&pack[..100], &pack[100..200]);
+        let file = [a, b, &[0u8; 100]].concat();
+        // Written out of order, the last 100 bytes a hole: the sum matches without reading back.
+        write_one(&pack, &[(100, 100), (0, 0)], 300, &file).unwrap();
+        for wrong in [&[(0, 100), (100, 0)][..], &[(0, 0)], &[(0, 0), (0, 0), (100, 100)], &[(0, 0), (100, 200)]] {
+            let err = write_one(&pack, wrong, 300, &file).unwrap_err();
+            assert!(matches!(err, Error::Checksum { ref path, .. } if path == "f"), "{wrong:?}: {err}");
+        }
+    }
 
     #[test]
     fn zero_detection_looks_at_every_byte() {

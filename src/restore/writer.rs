@@ -105,7 +105,12 @@ pub async fn write_entries(
             path: manifest.entries[i].os_path(),
             source: std::io::Error::other("internal error"),
         })?;
-        targets[i] = Some(Target { path: path.to_owned(), name: manifest.entries[i].path.clone(), expected: *sum });
+        targets[i] = Some(Target {
+            path: path.to_owned(),
+            name: manifest.entries[i].path.clone(),
+            expected: *sum,
+            length: manifest.entries[i].size,
+        });
         written.files += 1;
         written.bytes += manifest.entries[i].size;
     }

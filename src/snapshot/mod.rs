@@ -15,6 +15,7 @@ mod manifest;
 mod pack;
 mod parent;
 mod pipeline;
+mod placed_crc;
 mod server_files;
 
 pub use pipeline::new_snapshot_id;
@@ -33,6 +34,7 @@ pub use manifest::{
 };
 pub use pack::{BlobIndex, BlobLocation, BufferPool, IndexFile, IndexPack, index_name};
 pub use parent::{ParentFile, ParentReader, ParentWriter, PendingParent, record_path as parent_record_path};
+pub use placed_crc::PlacedCrc;
 pub use server_files::{PREFIX as SERVER_FILES_DIR, ServerFiles, StoredFile};
 pub use standby::is_standby_label;
 
