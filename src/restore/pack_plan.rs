@@ -155,7 +155,18 @@ pub(super) struct PlanBuilder<'a> {
     buffer: Vec<Placement>,
     runs: Option<Runs>,
     turn_of: Vec<u32>,
+    /// Chunk ids of the files added since the last lookup, in order.
+    pending_ids: Vec<BlobId>,
+    /// Those files: manifest entry, path, number of ids.
+    pending_files: Vec<(u32, String, usize)>,
 }
+
+/// Chunk ids looked up in the index at once (8 MiB of ids). One pass over the index's table for
+/// a batch costs far less than one positioned read per chunk (~3 µs each: 0.4 s per GB of a
+/// cluster, before the first pack could be fetched).
+const LOOKUP_BATCH: usize = 1 << 18;
+/// Files whose ids are looked up at once (bounds the paths held for errors).
+const LOOKUP_FILES: usize = 1 << 14;
 
 impl<'a> PlanBuilder<'a> {
     /// An empty plan for a manifest of `entries` entries.
@@ -168,44 +179,62 @@ impl<'a> PlanBuilder<'a> {
             buffer: Vec::new(),
             runs: None,
             turn_of: vec![u32::MAX; index.packs.len()],
+            pending_ids: Vec::new(),
+            pending_files: Vec::new(),
         }
     }
 
-    /// Adds the file of manifest entry `entry` (at `path`) with its chunk ids.
+    /// Adds the file of manifest entry `entry` (at `path`) with its chunk ids; they are looked
+    /// up with the next files' (see [`LOOKUP_BATCH`]).
     ///
     /// # Errors
-    /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written;
-    /// a failure to write the temporary file.
+    /// [`Error::MissingChunk`] for the first chunk no index knows, before anything is written
+    /// (here or from [`PlanBuilder::finish`]); a failure to read the index or write the
+    /// temporary file.
     pub(super) fn add(&mut self, entry: usize, path: &str, ids: &[BlobId]) -> Result<(), Error> {
         let file = u32::try_from(entry).map_err(|_| too_many(path))?;
-        let mut file_offset = 0u64;
-        for id in ids {
-            let location = self
-                .index
-                .get(id)
-                .ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.to_owned() })?;
-            let turn = &mut self.turn_of[location.pack as usize];
-            if *turn == u32::MAX {
-                *turn = u32::try_from(self.packs.len()).map_err(|_| too_many(path))?;
-                self.packs.push(PlannedPack { number: location.pack, first_file: file });
-            }
-            if self.buffer.len() >= self.spill.bound {
-                match &mut self.runs {
-                    Some(runs) => runs.push(&mut self.buffer)?,
-                    None => self.runs.insert(Runs::new(&self.spill.dir)?).push(&mut self.buffer)?,
-                }
-            }
-            self.buffer.push(Placement {
-                turn: *turn,
-                pack_offset: location.offset,
-                length: location.length,
-                file,
-                file_offset,
-                id_prefix: Placement::prefix_of(id),
-            });
-            file_offset += u64::from(location.length);
-        }
         self.chunks[entry] = u32::try_from(ids.len()).map_err(|_| too_many(path))?;
+        self.pending_ids.extend_from_slice(ids);
+        self.pending_files.push((file, path.to_owned(), ids.len()));
+        if self.pending_ids.len() >= LOOKUP_BATCH || self.pending_files.len() >= LOOKUP_FILES {
+            self.resolve()?;
+        }
+        Ok(())
+    }
+
+    /// Looks up the pending files' chunks (one batch, see [`LOOKUP_BATCH`]) and places them, in
+    /// the order the files were added (which gives the packs their turns).
+    fn resolve(&mut self) -> Result<(), Error> {
+        let locations = self.index.get_many(&self.pending_ids)?;
+        let mut next = self.pending_ids.iter().zip(locations);
+        for (file, path, count) in std::mem::take(&mut self.pending_files) {
+            let mut file_offset = 0u64;
+            for (id, location) in next.by_ref().take(count) {
+                let location =
+                    location.ok_or_else(|| Error::MissingChunk { chunk: id.to_string(), path: path.clone() })?;
+                let turn = &mut self.turn_of[location.pack as usize];
+                if *turn == u32::MAX {
+                    *turn = u32::try_from(self.packs.len()).map_err(|_| too_many(&path))?;
+                    self.packs.push(PlannedPack { number: location.pack, first_file: file });
+                }
+                if self.buffer.len() >= self.spill.bound {
+                    match &mut self.runs {
+                        Some(runs) => runs.push(&mut self.buffer)?,
+                        None => self.runs.insert(Runs::new(&self.spill.dir)?).push(&mut self.buffer)?,
+                    }
+                }
+                self.buffer.push(Placement {
+                    turn: *turn,
+                    pack_offset: location.offset,
+                    length: location.length,
+                    file,
+                    file_offset,
+                    id_prefix: Placement::prefix_of(id),
+                });
+                file_offset += u64::from(location.length);
+            }
+        }
+        self.pending_ids.clear();
         Ok(())
     }
 
@@ -213,7 +242,8 @@ impl<'a> PlanBuilder<'a> {
     ///
     /// # Errors
     /// A failure to write or reopen the temporary file.
-    pub(super) fn finish(self) -> Result<PackPlan, Error> {
+    pub(super) fn finish(mut self) -> Result<PackPlan, Error> {
+        self.resolve()?;
         let PlanBuilder { packs, chunks, mut buffer, runs, .. } = self;
         let (placements, runs) = match runs {
             None => {
