@@ -52,7 +52,8 @@ impl Packer<'_> {
                 if let Some(file) = parent.as_mut() {
                     file.base_chunks = base_ids;
                     file.list = Some(chunk_list.clone());
-                    file.chunks.clone_from(&ids);
+                    // The entry keeps the list, not the ids: the record takes them.
+                    file.chunks = ids;
                 }
                 *list = Some(chunk_list);
             } else {
@@ -83,11 +84,13 @@ impl Packer<'_> {
     fn chunk_list(
         &mut self,
         ids: &[BlobId],
-        prior_base: Option<(BlobId, Vec<BlobId>)>,
+        prior_base: Option<(BlobId, std::sync::Arc<Vec<BlobId>>)>,
     ) -> Result<(ChunkList, Vec<BlobId>), Error> {
-        let patched = prior_base
-            .filter(|(base, _)| self.pack.knows(self.known, base))
-            .and_then(|(base, base_ids)| ChunkList::patch_of(base, &base_ids, ids).map(|l| (l, base_ids)));
+        let patched = prior_base.filter(|(base, _)| self.pack.knows(self.known, base)).and_then(|(base, base_ids)| {
+            // The packer dropped its share at the entry's end: this is the only one left.
+            let base_ids = std::sync::Arc::try_unwrap(base_ids).unwrap_or_else(|shared| shared.as_ref().clone());
+            ChunkList::patch_of(base, &base_ids, ids).map(|l| (l, base_ids))
+        });
         Ok(match patched {
             Some((l, base_ids)) if l.patch.is_empty() && base_ids.len() == ids.len() => (l, Vec::new()),
             Some(found) => found,

@@ -91,7 +91,8 @@ enum Step {
     Discard,
     /// The chunk ids of the file about to be read, as the trusted parent stored it: a chunk
     /// equal to the parent's at the same position is known stored without an index lookup.
-    Prior(Vec<BlobId>),
+    /// Shared with the entry's `prior_base` (a 1 GiB file's ids are 4 MiB: one copy, not two).
+    Prior(Arc<Vec<BlobId>>),
     /// A finished entry.
     Done(Box<Finished>),
 }
@@ -104,7 +105,7 @@ struct Finished {
     read: bool,
     /// For a file read again: the list blob its previous version was stored against, and
     /// that blob's ids (to store the new version as a patch).
-    prior_base: Option<(BlobId, Vec<BlobId>)>,
+    prior_base: Option<(BlobId, Arc<Vec<BlobId>>)>,
 }
 
 /// Consecutive chunks of one file in one buffer (one allocation per ~1 MiB, not per 8 KiB

@@ -40,7 +40,7 @@ pub(super) struct Packer<'a> {
     /// Chunk ids of the entry being read (since the last `Done`).
     current: Vec<BlobId>,
     /// The trusted parent's chunk ids of the file being read.
-    prior: Vec<BlobId>,
+    prior: Arc<Vec<BlobId>>,
     pub(super) buffer: Vec<u8>,
     pub(super) lines: &'a SyncSender<Vec<u8>>,
     pub(super) next_parent: Option<ParentWriter>,
@@ -66,7 +66,7 @@ impl<'a> Packer<'a> {
             id_key: stages.id_key,
             packs: stages.packs,
             current: Vec::new(),
-            prior: Vec::new(),
+            prior: Arc::default(),
             buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
             lines,
             next_parent,
@@ -98,7 +98,8 @@ pub(super) fn pack_and_assemble(input: HashedBatches, mut packer: Packer<'_>) ->
                     Step::Discard => packer.current.clear(),
                     Step::Prior(ids) => packer.prior = ids,
                     Step::Done(finished) => {
-                        packer.prior.clear();
+                        // Dropped, not cleared: the entry's patch base may share it.
+                        packer.prior = Arc::default();
                         let ids = std::mem::take(&mut packer.current);
                         packer.finish_entry(*finished, ids)?;
                     }

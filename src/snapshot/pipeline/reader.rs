@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -148,7 +148,7 @@ impl<'a> Reader<'a> {
         parent: Option<ParentFile>,
         read: bool,
         first_name_at: Option<usize>,
-        prior_base: Option<(BlobId, Vec<BlobId>)>,
+        prior_base: Option<(BlobId, Arc<Vec<BlobId>>)>,
     ) -> Result<(), Error> {
         if let Some(position) = first_name_at {
             self.first_names.insert(position, self.entries);
@@ -247,13 +247,19 @@ impl<'a> Reader<'a> {
             entry.kind = EntryKind::File { sum: p.sum, chunks, list: p.list.clone() };
             return self.done(entry, prior, false, first_name_at, None);
         }
-        if let (Some(p), Some(true)) = (&prior, self.parent.as_ref().map(ParentReader::trusted))
-            && !p.chunks.is_empty()
+        // The parent's ids, shared by the packer's comparison and the patch against the base.
+        let prior = prior.map(|mut p| {
+            let chunks = Arc::new(std::mem::take(&mut p.chunks));
+            (p, chunks)
+        });
+        if let (Some((_, chunks)), Some(true)) = (&prior, self.parent.as_ref().map(ParentReader::trusted))
+            && !chunks.is_empty()
         {
-            self.feeder.push(Step::Prior(p.chunks.clone()), 0)?;
+            self.feeder.push(Step::Prior(Arc::clone(chunks)), 0)?;
         }
-        let prior_base = prior
-            .and_then(|p| p.list.map(|l| (l.base, if p.base_chunks.is_empty() { p.chunks } else { p.base_chunks })));
+        let prior_base = prior.and_then(|(p, chunks)| {
+            p.list.map(|l| (l.base, if p.base_chunks.is_empty() { chunks } else { Arc::new(p.base_chunks) }))
+        });
         let Some((sum, size)) = self.read_consistently(&found.rel, &found.path, &mut meta)? else { return Ok(()) };
         let (mode, uid, gid, mtime, mtime_nsec) = attrs(&meta);
         (entry.mode, entry.uid, entry.gid, entry.mtime, entry.mtime_nsec) = (mode, uid, gid, mtime, mtime_nsec);
