@@ -23,6 +23,7 @@ pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
+pub mod dio;
 pub mod drill;
 pub mod error;
 pub mod events;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// Low to high. A module may use the ones before it.
 const ORDER: &[&str] = &[
+    "dio",
     "crypto",
     "progress",
     "faults",

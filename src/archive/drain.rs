@@ -82,6 +82,7 @@ async fn archive_ahead(repo: &Repository, path: &Path, size: SegmentSize, option
     // With several files in flight, the cores are busy sealing different files: one
     // compressing thread per file is enough.
     let options = if parallel > 1 { PushOptions { compress_workers: 1, ..options } } else { options };
+    let options = PushOptions { direct_read: true, ..options };
     let mut round = Round { attempted: files.len(), ..Round::default() };
     let mut files = files.into_iter();
     let mut in_flight = std::collections::VecDeque::new();

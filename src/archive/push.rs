@@ -54,13 +54,17 @@ pub struct PushOptions {
     pub level: i32,
     /// Threads compressing the blocks of one file in parallel (0 counts as 1).
     pub compress_workers: u32,
+    /// Read the file past the page cache ([`crate::dio`]): set for backlog files, which have
+    /// waited and are often no longer cached; the file PostgreSQL just asked for is, and is
+    /// read from the cache.
+    pub direct_read: bool,
 }
 
 impl PushOptions {
     /// One file at a time, nothing ahead, one compressing thread.
     #[must_use]
     pub fn single(level: i32) -> Self {
-        PushOptions { parallel: 1, ahead: 0, level, compress_workers: 1 }
+        PushOptions { parallel: 1, ahead: 0, level, compress_workers: 1, direct_read: false }
     }
 }
 
@@ -336,8 +340,9 @@ pub(super) async fn prepare_claimed(
             let pushing = start_pushing(path, &file_name);
             let repository = repo.clone();
             let seal = SealOptions { level: options.level, workers: options.compress_workers };
+            let input = WalInput::open(path, file, options.direct_read)?;
             let (key2, input, shown) =
-                (key.clone(), CheckedReader::new(file, &wal, segment_size), path.display().to_string());
+                (key.clone(), CheckedReader::new(input, &wal, segment_size), path.display().to_string());
             let sealed = tokio::task::spawn_blocking(move || -> Result<_, Error> {
                 let mut staged = repository.new_object(&key2, usize::try_from(len / 2).unwrap_or(0))?;
                 let keys = SealKeys { id_key: &repository.id_key, recipients: &repository.recipients };
@@ -367,6 +372,34 @@ pub(super) async fn prepare_claimed(
             })
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The content of a WAL file as it is sealed: read past the page cache or through it.
+enum WalInput {
+    Direct(crate::dio::DirectReader),
+    Cached(std::fs::File),
+}
+
+impl WalInput {
+    /// Reads `path` (open as `file`) directly when `direct` and its filesystem allows it.
+    fn open(path: &Path, file: std::fs::File, direct: bool) -> Result<Self, Error> {
+        if !direct {
+            return Ok(WalInput::Cached(file));
+        }
+        match crate::dio::open(path).map_err(|e| io_error("read", path, e))? {
+            Some(direct) => Ok(WalInput::Direct(crate::dio::DirectReader::new(direct))),
+            None => Ok(WalInput::Cached(file)),
+        }
+    }
+}
+
+impl std::io::Read for WalInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            WalInput::Direct(reader) => reader.read(buf),
+            WalInput::Cached(file) => file.read(buf),
+        }
     }
 }
 

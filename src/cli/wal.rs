@@ -40,6 +40,7 @@ pub async fn push(args: &Args, a: &PushArgs) -> anyhow::Result<()> {
         ahead: if archive.push_parallel > 1 { archive.push_ahead } else { 0 },
         level: repo.compression_level,
         compress_workers: archive.compress_workers,
+        direct_read: false,
     };
     if a.drain {
         archive::drain(&repo, &a.path, options).await.map_err(radd::Error::from)?;

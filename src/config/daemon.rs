@@ -106,7 +106,7 @@ impl DaemonConfig {
     }
 }
 
-fn default_true() -> bool {
+pub(super) fn default_true() -> bool {
     true
 }
 fn default_listen() -> String {

@@ -181,6 +181,10 @@ pub struct BackupConfig {
     /// Packs uploaded concurrently.
     #[serde(default = "default_uploads")]
     pub upload_concurrency: usize,
+    /// Read relation files past the page cache (`O_DIRECT`): the backup neither evicts the
+    /// database's cached pages nor pays for copying through the cache.
+    #[serde(default = "daemon::default_true")]
+    pub direct_io: bool,
     /// Most blobs in one index object. A backup writes an index object as soon as it has this
     /// many blobs of stored packs (twice as many collected), so its memory for the index does
     /// not grow with the size of the backup.
@@ -240,6 +244,7 @@ impl Default for BackupConfig {
             pack_size: default_pack_size(),
             compression_level: default_level(),
             upload_concurrency: default_uploads(),
+            direct_io: true,
             index_shard_blobs: default_index_shard_blobs(),
             state_dir: default_state_dir(),
             archive_wait: default_archive_wait(),

@@ -251,11 +251,21 @@ impl Digest {
     pub fn sha256(data: &[u8]) -> Self {
         Digest(Sha256::digest(data).into())
     }
+
+    /// The 64 lowercase hex digits of the digest, on the stack: manifests and backup records
+    /// write one per block, so neither an iterator of chars nor a `String` per id.
+    fn hex(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        // 32 bytes always fit 64 digits.
+        let _ = hex::encode_to_slice(self.0, &mut out);
+        out
+    }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -276,7 +286,8 @@ impl FromStr for Digest {
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        let hex = self.hex();
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
     }
 }
 

@@ -250,6 +250,11 @@ impl Repo {
     /// `data` (see [`Repo::settle_create`]), so a first attempt stored before its reply was
     /// lost counts as `Created`.
     pub async fn put_new(&self, key: &ObjectKey, data: Bytes) -> Result<PutOutcome, Error> {
+        if self.local.is_some() {
+            // A staging file written past the page cache, linked into place: what the local
+            // store's own create-only put does, without copying the object into the cache.
+            return self.put_new_staged(key, data).await;
+        }
         let name = key.to_string();
         let path = self.path(&name);
         let (outcome, attempts) = self

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::Bytes;
 
 use super::{Error, ObjectKey, PutOutcome, Repo};
+use crate::dio::{self, DirectFile};
 
 /// An object being written; see the module documentation. Dropping it unpublished removes its
 /// staging file. The first write error is kept: a writer that fails part way (say, a
@@ -38,6 +39,9 @@ const WRITEBACK_EVERY: u64 = 4 << 20;
 enum Sink {
     /// Local backend: the open staging file, its path, the final path and the early writeback.
     File { file: File, staging: PathBuf, dest: PathBuf, writeback: Writeback },
+    /// Local backend on a filesystem with `O_DIRECT`: the staging file written past the page
+    /// cache ([`crate::dio`]), its path and the final path.
+    Direct { file: DirectFile, staging: PathBuf, dest: PathBuf },
     /// Other backends: the bytes so far.
     Memory(Cursor<Vec<u8>>),
 }
@@ -89,6 +93,7 @@ impl NewObject {
     pub fn sync(&mut self) -> Result<(), Error> {
         let synced = match self.sink() {
             Ok(Sink::File { file, writeback, .. }) => writeback.finish().and_then(|()| file.sync_all()),
+            Ok(Sink::Direct { file, .. }) => file.finish(),
             Ok(Sink::Memory(_)) => Ok(()),
             Err(e) => Err(e),
         };
@@ -123,6 +128,7 @@ impl Write for NewObject {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let written = match self.sink()? {
             Sink::File { file, writeback, .. } => file.write(buf).inspect(|&n| writeback.wrote(file, n)),
+            Sink::Direct { file, .. } => file.write(buf),
             Sink::Memory(bytes) => bytes.write(buf),
         };
         written.map_err(|e| self.failing(e))
@@ -131,6 +137,7 @@ impl Write for NewObject {
     fn flush(&mut self) -> std::io::Result<()> {
         let flushed = match self.sink()? {
             Sink::File { file, .. } => file.flush(),
+            Sink::Direct { file, .. } => file.flush(),
             Sink::Memory(_) => Ok(()),
         };
         flushed.map_err(|e| self.failing(e))
@@ -141,6 +148,7 @@ impl Seek for NewObject {
     fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
         let moved = match self.sink()? {
             Sink::File { file, .. } => file.seek(pos),
+            Sink::Direct { file, .. } => file.seek(pos),
             Sink::Memory(bytes) => bytes.seek(pos),
         };
         moved.map_err(|e| self.failing(e))
@@ -149,9 +157,15 @@ impl Seek for NewObject {
 
 impl Drop for NewObject {
     fn drop(&mut self) {
-        if let Some(Sink::File { staging, writeback, .. }) = &mut self.sink {
-            writeback.collect();
-            let _ = std::fs::remove_file(staging);
+        match &mut self.sink {
+            Some(Sink::File { staging, writeback, .. }) => {
+                writeback.collect();
+                let _ = std::fs::remove_file(staging);
+            }
+            Some(Sink::Direct { staging, .. }) => {
+                let _ = std::fs::remove_file(staging);
+            }
+            Some(Sink::Memory(_)) | None => {}
         }
     }
 }
@@ -172,8 +186,10 @@ impl Repo {
         };
         let name = key.to_string();
         let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
-        let (file, staging) = create_staging(&dest).map_err(|e| self.io_error("put", &name, e))?;
-        let sink = Sink::File { file, staging, dest, writeback: Writeback::default() };
+        let sink = match create_staging(&dest).map_err(|e| self.io_error("put", &name, e))? {
+            Staging::Direct(file, staging) => Sink::Direct { file, staging, dest },
+            Staging::Buffered(file, staging) => Sink::File { file, staging, dest, writeback: Writeback::default() },
+        };
         Ok(NewObject { key: key.clone(), location: self.location.clone(), sink: Some(sink), failed: None })
     }
 
@@ -186,18 +202,31 @@ impl Repo {
         let name = object.key.to_string();
         match object.sink.take() {
             Some(Sink::Memory(bytes)) => self.put_new(&object.key, Bytes::from(bytes.into_inner())).await,
-            Some(Sink::File { file, staging, dest, mut writeback }) => tokio::task::spawn_blocking(move || {
-                if let Err(e) = writeback.finish() {
-                    let _ = std::fs::remove_file(&staging);
-                    return Err(e);
-                }
-                publish_file(file, &staging, &dest)
-            })
-            .await
-            .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
-            .map_err(|e| self.io_error("put", &name, e)),
+            Some(sink) => tokio::task::spawn_blocking(move || publish_sink(sink))
+                .await
+                .map_err(|e| self.io_error("put", &name, std::io::Error::other(e)))?
+                .map_err(|e| self.io_error("put", &name, e)),
             None => Err(self.io_error("put", &name, std::io::Error::other("object already published"))),
         }
+    }
+
+    /// [`Repo::put_new`] on the local backend: `data` written to a staging file (directly
+    /// where the filesystem allows it) and published create-only like a streamed object.
+    pub(super) async fn put_new_staged(&self, key: &ObjectKey, data: Bytes) -> Result<PutOutcome, Error> {
+        let (repo, key, name) = (self.clone(), key.clone(), key.to_string());
+        let shown = name.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut object = repo.new_object(&key, 0)?;
+            if let Err(e) = object.write_all(&data) {
+                return Err(object.write_error().unwrap_or_else(|| repo.io_error("put", &name, e)));
+            }
+            match object.sink.take() {
+                Some(sink) => publish_sink(sink).map_err(|e| repo.io_error("put", &name, e)),
+                None => Err(repo.io_error("put", &name, std::io::Error::other("object already published"))),
+            }
+        })
+        .await
+        .map_err(|e| self.io_error("put", &shown, std::io::Error::other(e)))?
     }
 
     pub(super) fn io_error(&self, op: &'static str, key: &str, source: std::io::Error) -> Error {
@@ -206,17 +235,32 @@ impl Repo {
     }
 }
 
-/// Creates a staging file `<dest>#<pid><n>` (digits only: hidden from listings), creating
-/// missing parent directories durably.
-fn create_staging(dest: &Path) -> std::io::Result<(File, PathBuf)> {
+/// A new staging file and its path.
+enum Staging {
+    /// Written past the page cache.
+    Direct(DirectFile, PathBuf),
+    /// Written through the page cache: the filesystem has no `O_DIRECT`.
+    Buffered(File, PathBuf),
+}
+
+/// Creates a staging file `<dest>#<pid><n>` (digits only: hidden from listings), for direct
+/// writes where the filesystem allows them, creating missing parent directories durably.
+fn create_staging(dest: &Path) -> std::io::Result<Staging> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let mut created_dirs = false;
     loop {
         let mut staging = dest.as_os_str().to_owned();
         staging.push(format!("#{}{:06}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let staging = PathBuf::from(staging);
-        match OpenOptions::new().write(true).create_new(true).open(&staging) {
-            Ok(file) => return Ok((file, staging)),
+        let created = match dio::create_new(&staging) {
+            Ok(Some(file)) => Ok(Staging::Direct(file, staging)),
+            Ok(None) => {
+                OpenOptions::new().write(true).create_new(true).open(&staging).map(|f| Staging::Buffered(f, staging))
+            }
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(staging) => return Ok(staging),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !created_dirs => {
                 create_dirs_durably(dest.parent().unwrap_or(Path::new(".")))?;
@@ -251,15 +295,34 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// fsync, hard-link into place (create-only), fsync the directory, drop the staging name.
-fn publish_file(file: File, staging: &Path, dest: &Path) -> std::io::Result<PutOutcome> {
-    let result = file.sync_all().and_then(|()| {
-        drop(file);
-        match std::fs::hard_link(staging, dest) {
-            Ok(()) => Ok(PutOutcome::Created),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(e),
+/// Publishes a local staging file (blocking): waits for its writeback or writes its last
+/// direct block, then [`publish_file`].
+fn publish_sink(sink: Sink) -> std::io::Result<PutOutcome> {
+    match sink {
+        Sink::File { file, staging, dest, mut writeback } => {
+            if let Err(e) = writeback.finish() {
+                let _ = std::fs::remove_file(&staging);
+                return Err(e);
+            }
+            publish_file(&file, &staging, &dest)
         }
+        Sink::Direct { mut file, staging, dest } => {
+            if let Err(e) = file.finish() {
+                let _ = std::fs::remove_file(&staging);
+                return Err(e);
+            }
+            publish_file(file.file(), &staging, &dest)
+        }
+        Sink::Memory(_) => Err(std::io::Error::other("an object of a remote store has no staging file")),
+    }
+}
+
+/// fsync, hard-link into place (create-only), fsync the directory, drop the staging name.
+fn publish_file(file: &File, staging: &Path, dest: &Path) -> std::io::Result<PutOutcome> {
+    let result = file.sync_all().and_then(|()| match std::fs::hard_link(staging, dest) {
+        Ok(()) => Ok(PutOutcome::Created),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+        Err(e) => Err(e),
     });
     let _ = std::fs::remove_file(staging);
     let outcome = result?;

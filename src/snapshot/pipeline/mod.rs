@@ -113,19 +113,23 @@ struct Finished {
 #[derive(Default)]
 struct Chunks {
     data: Vec<u8>,
+    /// Where the first chunk starts in `data`: 0, or the first aligned address of a buffer a
+    /// direct read filled ([`crate::dio`]).
+    start: u32,
     ends: Vec<u32>,
     ids: Vec<BlobId>,
 }
 
 impl Chunks {
-    /// Cuts `data` into blocks of `block` bytes (the last may be shorter).
+    /// Cuts `data` from `start` on into blocks of `block` bytes (the last may be shorter).
     // Invariant (also `push`): a batch is one read buffer of a few MiB.
     #[allow(clippy::expect_used)]
-    fn blocks(data: Vec<u8>, block: usize) -> Self {
+    fn blocks(data: Vec<u8>, start: usize, block: usize) -> Self {
         let len = u32::try_from(data.len()).expect("batches stay below 4 GiB");
+        let start = u32::try_from(start).expect("batches stay below 4 GiB");
         let step = u32::try_from(block.max(1)).unwrap_or(u32::MAX);
-        let ends = (1..=len.div_ceil(step)).map(|i| (i * step).min(len)).collect();
-        Self { data, ends, ids: Vec::new() }
+        let ends = (1..=(len - start).div_ceil(step)).map(|i| (start + i * step).min(len)).collect();
+        Self { data, start, ends, ids: Vec::new() }
     }
 
     #[allow(clippy::expect_used)]
@@ -135,7 +139,7 @@ impl Chunks {
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        let starts = std::iter::once(self.start).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.data[start as usize..end as usize])
     }
 }
@@ -158,6 +162,9 @@ pub struct ReadPlan<'a> {
     /// The whole-file checksum new entries get (the repository format's: SHA-256 or CRC-32C),
     /// cloned fresh for each file.
     pub file_sum: super::FileSummer,
+    /// Read fixed-block files with `O_DIRECT` where the filesystem allows it
+    /// (`backup.direct_io`).
+    pub direct_io: bool,
 }
 
 /// A walk: calls its argument with every entry, parents first, in walk order (see
@@ -209,7 +216,8 @@ pub fn read_tree(
         drop(batch_rx);
         drop(hashed_tx);
         let (free_tx, window) = sync_channel::<()>(BATCH_WINDOW);
-        let buffers = BufferPool::new(BATCH_BYTES);
+        // Room for a batch from the first aligned address on (direct reads).
+        let buffers = BufferPool::new(BATCH_BYTES + 2 * crate::dio::ALIGN);
         let returned = buffers.clone();
         for _ in 0..BATCH_WINDOW {
             let _ = free_tx.send(());
@@ -250,7 +258,7 @@ mod tests {
         for (len, block) in [(0usize, 8192usize), (1, 8192), (8192, 8192), (8193, 8192), (3 * 8192 + 5, 8192), (100, 1)]
         {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let chunks = Chunks::blocks(data.clone(), block);
+            let chunks = Chunks::blocks(data.clone(), 0, block);
             let pieces: Vec<&[u8]> = chunks.iter().collect();
             assert_eq!(pieces.concat(), data, "{len} bytes in blocks of {block}");
             assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= block));

@@ -196,7 +196,8 @@ pub async fn store_tree<C: Fn(&str) -> Chunking + Send + Sync + 'static>(
         let (options, progress) = (options.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
             let file_sum = crate::snapshot::FileSummer::for_format(format);
-            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress, file_sum };
+            let direct_io = options.direct_io;
+            let plan = ReadPlan { chunking: &chunking, stable_reads, progress: &progress, file_sum, direct_io };
             let stages = Stages { known: &known, id_key: &id_key, options: &options, packs: &tx, pool: &pool };
             read_tree(walk, plan, &stages, parent, next_parent)
         })

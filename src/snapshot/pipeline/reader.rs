@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::codec::read_full;
 use crate::crypto::IdKey;
+use crate::dio;
 use crate::repo::BlobId;
 use crate::snapshot::Error;
 use crate::snapshot::chunker::{Chunking, for_each_chunk};
@@ -157,17 +158,21 @@ impl<'a> Reader<'a> {
         self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read, prior_base })), 0)
     }
 
-    /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's),
-    /// feeding each batch to the file checksum as one piece; returns the bytes read.
+    /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's,
+    /// or none when `direct`: the device's, see [`crate::dio`]), feeding each batch to the
+    /// file checksum as one piece; returns the bytes read.
     fn read_blocks(
         &mut self,
         mut file: std::fs::File,
+        direct: bool,
         expected: u64,
         block: usize,
         sum: &mut FileSummer,
         path: &std::path::Path,
     ) -> Result<u64, Error> {
-        // Whole blocks per batch, so blocks never straddle two batches.
+        let read_error = |source| Error::Read { path: path.to_owned(), source };
+        // Whole blocks per batch, so blocks never straddle two batches (and, blocks being
+        // multiples of 8 KiB, direct reads stay aligned).
         let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
         let mut size = 0u64;
         loop {
@@ -179,16 +184,22 @@ impl<'a> Reader<'a> {
             // last use: no zero-fill and no fresh mapping (only a shorter last batch's tail is
             // zeroed again).
             let mut data = if want == batch { self.feeder.buffers.get() } else { Vec::new() };
-            data.resize(want, 0);
-            let n = read_full(&mut file, &mut data).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-            data.truncate(n);
+            let (start, n, at_end) = if direct {
+                let read = dio::read_at(&file, &mut data, size, want).map_err(read_error)?;
+                (read.start, read.len, read.at_end)
+            } else {
+                data.resize(want, 0);
+                let n = read_full(&mut file, &mut data).map_err(read_error)?;
+                data.truncate(n);
+                (0, n, n < want)
+            };
             if n == 0 {
                 return Ok(size);
             }
-            sum.update(&data);
+            sum.update(&data[start..]);
             size += n as u64;
-            self.feeder.push(Step::Chunks(Chunks::blocks(data, block)), n)?;
-            if n < want {
+            self.feeder.push(Step::Chunks(Chunks::blocks(data, start, block)), n)?;
+            if at_end {
                 return Ok(size);
             }
         }
@@ -288,7 +299,14 @@ impl<'a> Reader<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let file = match std::fs::File::open(path) {
+            // Fixed blocks (relation files) are read past the page cache where allowed.
+            let direct = self.plan.direct_io && matches!(chunking, Chunking::Fixed(block) if block.is_multiple_of(dio::ALIGN));
+            let opened = match direct.then(|| dio::open(path)) {
+                Some(Ok(Some(file))) => Ok((file, true)),
+                Some(Err(e)) => Err(e),
+                Some(Ok(None)) | None => std::fs::File::open(path).map(|file| (file, false)),
+            };
+            let (file, direct) = match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None), // deleted meanwhile
                 Err(e) if self.plan.stable_reads => {
@@ -300,7 +318,7 @@ impl<'a> Reader<'a> {
             };
             let mut summer = self.plan.file_sum.clone();
             let size = match chunking {
-                Chunking::Fixed(block) => self.read_blocks(file, meta.len(), block, &mut summer, path)?,
+                Chunking::Fixed(block) => self.read_blocks(file, direct, meta.len(), block, &mut summer, path)?,
                 Chunking::ContentDefined(avg) => self.read_chunks(file, meta.len(), avg, &mut summer, path)?,
             };
             self.out.read_bytes += size;

@@ -1,0 +1,423 @@
+//! Direct I/O (`O_DIRECT`): files read and written past the page cache, for the bulk bytes radd
+//! moves once and never reads back soon — relation files a backup reads, WAL segments it
+//! archives, the objects it stores on a local repository. A buffered read of a cold file fills
+//! fresh page-cache pages and copies them again into the program's buffer; a buffered write
+//! copies every byte into fresh cache pages. On the virtual machines SREs run, that costs as
+//! much CPU as encrypting the bytes (measured on the bench VM: 0.1 to 0.9 s of system time per
+//! GB read cold and 0.2 to 2 s per GB written, against 0.05 to 0.15 s direct), and terabytes
+//! moved through the cache evict the pages the running database is using.
+//!
+//! Linux writes a file's dirty cached pages to disk before a direct read of them, so a direct
+//! read sees what a buffered one would. Buffers, offsets and lengths must be aligned
+//! ([`ALIGN`]). The library forbids `unsafe`, so there is no aligned allocation: buffers are
+//! plain vectors with [`ALIGN`] bytes of slack, used from their first aligned address on.
+//! Filesystems without `O_DIRECT` (tmpfs) refuse it at open: callers then use the page cache.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Alignment of buffers, offsets and lengths: the largest logical block size of the devices in
+/// use (4 KiB; devices of 512-byte blocks accept it too).
+pub const ALIGN: usize = 4096;
+
+/// Opens `path` to read it with `O_DIRECT`, or `None` when its filesystem refuses that.
+pub fn open(path: &Path) -> std::io::Result<Option<File>> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`read_at`] read.
+pub struct Batch {
+    /// Where the bytes start in the buffer (its first aligned address).
+    pub start: usize,
+    /// Bytes read: `want` or more (up to the next aligned length) unless the file ended.
+    pub len: usize,
+    /// Whether the file ended within the read.
+    pub at_end: bool,
+}
+
+/// Reads `want` bytes (rounded up to [`ALIGN`]) of `file` at `offset` (a multiple of
+/// [`ALIGN`]) into `data` (reserved as needed, its content replaced) from its first aligned
+/// address on; `data` ends at the last byte read.
+pub fn read_at(file: &File, data: &mut Vec<u8>, offset: u64, want: usize) -> std::io::Result<Batch> {
+    let rounded = want.div_ceil(ALIGN).max(1) * ALIGN;
+    if data.capacity() < rounded + ALIGN {
+        data.reserve_exact(rounded + ALIGN - data.len());
+    }
+    let start = data.as_ptr().align_offset(ALIGN);
+    // Within the capacity: no reallocation, the start stays aligned. A recycled buffer still
+    // holds its last batch, so only what lies beyond that is zeroed.
+    data.resize(start + rounded, 0);
+    let (mut len, mut at_end) = (0, false);
+    while len < rounded {
+        match file.read_at(&mut data[start + len..start + rounded], offset + len as u64) {
+            Ok(0) => {
+                at_end = true;
+                break;
+            }
+            Ok(n) => {
+                len += n;
+                // A read that ends off the alignment ended at the end of the file; the next
+                // one would start at an unaligned offset.
+                if !n.is_multiple_of(ALIGN) {
+                    at_end = true;
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    data.truncate(start + len);
+    Ok(Batch { start, len, at_end })
+}
+
+/// Bytes gathered before one write to the device, or read from it at a time.
+const BUFFER: usize = 1 << 20;
+
+/// Buffers of finished files, for the next ones: a process writing many objects (a backup's
+/// packs, a drained WAL backlog) maps and faults in a buffer once, not once per object.
+static FREE_BUFFERS: std::sync::Mutex<Vec<Aligned>> = std::sync::Mutex::new(Vec::new());
+
+/// Buffers kept in [`FREE_BUFFERS`]: as many as objects are usually written at once.
+const KEPT_BUFFERS: usize = 4;
+
+/// Opens a new file at `path` (create-only) for direct writes, or `None` when the filesystem
+/// does not support `O_DIRECT`.
+pub fn create_new(path: &Path) -> std::io::Result<Option<DirectFile>> {
+    let opened = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path);
+    match opened {
+        Ok(file) => Ok(Some(DirectFile::new(file))),
+        // EINVAL: the filesystem refuses O_DIRECT; nothing was created.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An aligned region of a plain `Vec`: the library forbids `unsafe`, so instead of an aligned
+/// allocation the vector has `ALIGN` bytes of slack and the region starts at the first aligned
+/// address in it.
+#[derive(Debug)]
+struct Aligned {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let bytes = vec![0u8; len + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        Aligned { bytes, start, len }
+    }
+
+    /// A buffer of [`BUFFER`] bytes, recycled if one is free.
+    fn pooled() -> Self {
+        let recycled = FREE_BUFFERS.lock().ok().and_then(|mut free| free.pop());
+        recycled.unwrap_or_else(|| Aligned::new(BUFFER))
+    }
+
+    /// Hands this buffer to [`FREE_BUFFERS`] (leaving an empty one), unless enough are kept.
+    fn recycle(&mut self) {
+        let buffer = std::mem::replace(self, Aligned { bytes: Vec::new(), start: 0, len: 0 });
+        if buffer.len == BUFFER
+            && let Ok(mut free) = FREE_BUFFERS.lock()
+            && free.len() < KEPT_BUFFERS
+        {
+            free.push(buffer);
+        }
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len]
+    }
+
+    fn get_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+}
+
+/// A file written with `O_DIRECT` through one aligned buffer; see the module documentation.
+/// Supports appending writes and overwriting bytes already written ([`Seek`]); nothing is
+/// durable before [`DirectFile::finish`].
+#[derive(Debug)]
+pub struct DirectFile {
+    file: File,
+    buffer: Aligned,
+    /// Bytes of the buffer in use; the buffer holds the file from `flushed` on.
+    filled: usize,
+    /// Bytes already on the device (a multiple of `ALIGN`).
+    flushed: u64,
+    /// Where the next write goes.
+    position: u64,
+}
+
+impl DirectFile {
+    fn new(file: File) -> Self {
+        DirectFile { file, buffer: Aligned::pooled(), filled: 0, flushed: 0, position: 0 }
+    }
+
+    /// The file's length so far.
+    fn len(&self) -> u64 {
+        self.flushed + self.filled as u64
+    }
+
+    /// Writes the buffer's whole blocks to the device, keeping a partial last block buffered.
+    fn flush_blocks(&mut self) -> std::io::Result<()> {
+        let whole = self.filled / ALIGN * ALIGN;
+        if whole == 0 {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.buffer.get()[..whole], self.flushed)?;
+        self.flushed += whole as u64;
+        let rest = self.filled - whole;
+        self.buffer.get_mut().copy_within(whole..self.filled, 0);
+        self.filled = rest;
+        Ok(())
+    }
+
+    /// Overwrites bytes at `at` that are on the device already: read, patch and rewrite the
+    /// aligned blocks holding them. Returns how many bytes of `data` it wrote (up to the end of
+    /// what is on the device).
+    fn patch_flushed(&mut self, at: u64, data: &[u8]) -> std::io::Result<usize> {
+        let n = usize::try_from(self.flushed - at).unwrap_or(usize::MAX).min(data.len());
+        let first = at / ALIGN as u64 * ALIGN as u64;
+        let end = (at + n as u64).div_ceil(ALIGN as u64) * ALIGN as u64;
+        let mut blocks = Aligned::new(usize::try_from(end - first).map_err(std::io::Error::other)?);
+        self.file.read_exact_at(blocks.get_mut(), first)?;
+        let offset = usize::try_from(at - first).map_err(std::io::Error::other)?;
+        blocks.get_mut()[offset..offset + n].copy_from_slice(&data[..n]);
+        self.file.write_all_at(blocks.get(), first)?;
+        Ok(n)
+    }
+
+    /// Writes what is buffered (the last block padded with zeros), cuts the file to its length
+    /// and makes it durable (`fsync`: the length and the allocation are metadata).
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        let len = self.len();
+        if self.filled > 0 {
+            let padded = self.filled.div_ceil(ALIGN) * ALIGN;
+            self.buffer.get_mut()[self.filled..padded].fill(0);
+            self.file.write_all_at(&self.buffer.get()[..padded], self.flushed)?;
+            self.flushed += padded as u64;
+            self.filled = 0;
+            self.file.set_len(len)?;
+            self.flushed = len;
+        }
+        self.file.sync_all()
+    }
+
+    /// The file, once [`DirectFile::finish`] made it durable.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for DirectFile {
+    fn drop(&mut self) {
+        self.buffer.recycle();
+    }
+}
+
+impl Write for DirectFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if !self.flushed.is_multiple_of(ALIGN as u64) {
+            return Err(std::io::Error::other("write after the direct file was finished"));
+        }
+        let end = self.len();
+        if self.position < self.flushed {
+            let n = self.patch_flushed(self.position, data)?;
+            self.position += n as u64;
+            return Ok(n);
+        }
+        if self.position > end {
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "direct file: a write past its end"));
+        }
+        // Within or at the end of the buffered bytes.
+        let at = usize::try_from(self.position - self.flushed).map_err(std::io::Error::other)?;
+        if at == self.buffer.len {
+            self.flush_blocks()?;
+            return self.write(data);
+        }
+        let n = data.len().min(self.buffer.len - at);
+        self.buffer.get_mut()[at..at + n].copy_from_slice(&data[..n]);
+        self.filled = self.filled.max(at + n);
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for DirectFile {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(delta) => self.len().checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = target.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.position)
+    }
+}
+
+/// A reader of a whole file opened with `O_DIRECT` ([`open`]), for consumers that read into
+/// buffers of their own: a read fills an aligned buffer of [`BUFFER`] bytes from the
+/// device and copies from it (a copy from a buffer in the CPU's cache, not from cold page-cache
+/// pages).
+#[derive(Debug)]
+pub struct DirectReader {
+    file: File,
+    buffer: Aligned,
+    /// The buffered bytes are `buffer[taken..filled]`.
+    taken: usize,
+    filled: usize,
+    /// File offset of the next read from the device.
+    offset: u64,
+    at_end: bool,
+}
+
+impl DirectReader {
+    /// Reads `file` (opened with [`open`]) from its start.
+    #[must_use]
+    pub fn new(file: File) -> Self {
+        DirectReader { file, buffer: Aligned::pooled(), taken: 0, filled: 0, offset: 0, at_end: false }
+    }
+}
+
+impl Drop for DirectReader {
+    fn drop(&mut self) {
+        self.buffer.recycle();
+    }
+}
+
+impl Read for DirectReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.taken == self.filled && !self.at_end {
+            let mut filled = 0;
+            while filled < BUFFER {
+                match self.file.read_at(&mut self.buffer.get_mut()[filled..], self.offset + filled as u64) {
+                    Ok(0) => {
+                        self.at_end = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        filled += n;
+                        // A read ending off the alignment ended at the end of the file.
+                        if !n.is_multiple_of(ALIGN) {
+                            self.at_end = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.offset += filled as u64;
+            (self.taken, self.filled) = (0, filled);
+        }
+        let n = out.len().min(self.filled - self.taken);
+        out[..n].copy_from_slice(&self.buffer.get()[self.taken..self.taken + n]);
+        self.taken += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    use super::{ALIGN, BUFFER, DirectReader, create_new, open, read_at};
+
+    fn tempdir_with_direct_io() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        assert!(
+            create_new(&probe).unwrap().is_some(),
+            "the test directory's filesystem has no O_DIRECT: {}",
+            dir.path().display()
+        );
+        std::fs::remove_file(probe).unwrap();
+        dir
+    }
+    /// Writes `data` in pieces of `piece` bytes, patches `patch` at `at`, and checks the file
+    /// holds exactly the patched data.
+    fn round_trip(len: usize, piece: usize, at: usize, patch: &[u8]) {
+        let dir = tempdir_with_direct_io();
+        let path = dir.path().join("object");
+        let mut file = create_new(&path).unwrap().unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4093) as u8).collect();
+        for part in data.chunks(piece) {
+            file.write_all(part).unwrap();
+        }
+        file.seek(SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(patch).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        file.finish().unwrap();
+        let mut expected = data;
+        expected[at..at + patch.len()].copy_from_slice(patch);
+        assert_eq!(std::fs::read(&path).unwrap(), expected, "len {len}, pieces of {piece}, patch at {at}");
+    }
+
+    #[test]
+    fn direct_files_hold_exactly_what_was_written_and_patched() {
+        let digest = [0xabu8; 32];
+        // Shorter than a block; a block and a bit; over the buffer (the patched header is then
+        // on the device); an exact number of blocks.
+        round_trip(100, 7, 8, &digest);
+        round_trip(ALIGN + 1, 65_552, 8, &digest);
+        round_trip(3 * BUFFER + 12_345, 65_552, 8, &digest);
+        round_trip(3 * BUFFER + 12_345, 65_552, ALIGN - 10, &digest);
+        round_trip(2 * BUFFER, BUFFER, 8, &digest);
+        round_trip(0, 1, 0, &[]);
+    }
+
+    #[test]
+    fn direct_reads_return_the_file_in_aligned_batches_to_its_end() {
+        let dir = tempdir_with_direct_io();
+        let path = dir.path().join("relation");
+        let content: Vec<u8> = (0..(3 * 8192 + 1000)).map(|i: usize| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let Some(file) = open(&path).unwrap() else {
+            panic!("the test directory's filesystem has no O_DIRECT: {}", dir.path().display());
+        };
+        let (mut data, mut read, mut offset) = (Vec::new(), Vec::new(), 0u64);
+        loop {
+            let got = read_at(&file, &mut data, offset, 2 * 8192).unwrap();
+            assert_eq!((data.as_ptr() as usize + got.start) % ALIGN, 0);
+            read.extend_from_slice(&data[got.start..]);
+            offset += got.len as u64;
+            if got.at_end {
+                break;
+            }
+        }
+        assert_eq!(read, content);
+    }
+
+    #[test]
+    fn a_direct_reader_reads_the_whole_file_in_any_pieces() {
+        let dir = tempdir_with_direct_io();
+        let path = dir.path().join("segment");
+        for len in [0, 1000, ALIGN, 2 * super::BUFFER + 4097] {
+            let content: Vec<u8> = (0..len).map(|i: usize| (i % 253) as u8).collect();
+            std::fs::write(&path, &content).unwrap();
+            let mut reader = DirectReader::new(open(&path).unwrap().unwrap());
+            let (mut read, mut piece) = (Vec::new(), vec![0u8; 65_537]);
+            loop {
+                let n = reader.read(&mut piece).unwrap();
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&piece[..n]);
+            }
+            assert_eq!(read, content, "{len} bytes");
+        }
+    }
+}
