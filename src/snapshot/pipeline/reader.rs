@@ -300,7 +300,8 @@ impl<'a> Reader<'a> {
         loop {
             attempt += 1;
             // Fixed blocks (relation files) are read past the page cache where allowed.
-            let direct = self.plan.direct_io && matches!(chunking, Chunking::Fixed(block) if block.is_multiple_of(dio::ALIGN));
+            let direct =
+                self.plan.direct_io && matches!(chunking, Chunking::Fixed(block) if block.is_multiple_of(dio::ALIGN));
             let opened = match direct.then(|| dio::open(path)) {
                 Some(Ok(Some(file))) => Ok((file, true)),
                 Some(Err(e)) => Err(e),
