@@ -145,13 +145,15 @@ CONF
 chown postgres: "$W/pgbackrest.conf"; chmod 600 "$W/pgbackrest.conf"
 
 # --- the cluster ----------------------------------------------------------------------------------
-# PostgreSQL archives every WAL file to both tools, one after the other (not timed), so both hold the
-# complete WAL; a failure of either fails the command and PostgreSQL retries. Timed steps first wait
-# until archiving is idle. (The script name contains "pgbackrest": pgBackRest's backup refuses an archive_command without it.)
+# PostgreSQL archives every WAL file to both tools at once (not timed), so both hold the complete WAL
+# and neither tool's backup, waiting for its last segment, also waits for the other tool's push; a
+# failure of either fails the command and PostgreSQL retries. Timed steps first wait until archiving
+# is idle. (The script name contains "pgbackrest": pgBackRest's backup refuses an archive_command without it.)
 cat > "$W/archive-to-radd-and-pgbackrest.sh" <<SH
 #!/bin/sh
-$PGBR archive-push "\$1" || exit 1
-exec $RADD wal-push "\$1"
+$PGBR archive-push "\$1" & pgbr=\$!
+$RADD wal-push "\$1"; radd=\$?
+wait \$pgbr && exit \$radd
 SH
 chmod 755 "$W/archive-to-radd-and-pgbackrest.sh"; chown postgres: "$W/archive-to-radd-and-pgbackrest.sh"
 as_pg "$PG_BIN/initdb" -D "$W/data" -U postgres --auth=trust --data-checksums -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null

@@ -12,6 +12,7 @@ mod cli_edges;
 mod concurrency;
 mod daemon;
 mod debian_layout;
+mod direct_io;
 mod deploy;
 mod drill;
 mod drill_safety;
