@@ -155,11 +155,13 @@ pub struct DirectFile {
     flushed: u64,
     /// Where the next write goes.
     position: u64,
+    /// Whether [`DirectFile::finish`] made everything written so far durable.
+    synced: bool,
 }
 
 impl DirectFile {
     fn new(file: File) -> Self {
-        DirectFile { file, buffer: Aligned::pooled(), filled: 0, flushed: 0, position: 0 }
+        DirectFile { file, buffer: Aligned::pooled(), filled: 0, flushed: 0, position: 0, synced: false }
     }
 
     /// The file's length so far.
@@ -197,8 +199,12 @@ impl DirectFile {
     }
 
     /// Writes what is buffered (the last block padded with zeros), cuts the file to its length
-    /// and makes it durable (`fsync`: the length and the allocation are metadata).
+    /// and makes it durable (`fsync`: the length and the allocation are metadata). Once done, a
+    /// second call without writes in between does nothing.
     pub fn finish(&mut self) -> std::io::Result<()> {
+        if self.synced {
+            return Ok(());
+        }
         let len = self.len();
         if self.filled > 0 {
             let padded = self.filled.div_ceil(ALIGN) * ALIGN;
@@ -209,12 +215,9 @@ impl DirectFile {
             self.file.set_len(len)?;
             self.flushed = len;
         }
-        self.file.sync_all()
-    }
-
-    /// The file, once [`DirectFile::finish`] made it durable.
-    pub fn file(&self) -> &File {
-        &self.file
+        self.file.sync_all()?;
+        self.synced = true;
+        Ok(())
     }
 }
 
@@ -230,6 +233,7 @@ impl Write for DirectFile {
             return Err(std::io::Error::other("write after the direct file was finished"));
         }
         let end = self.len();
+        self.synced = false;
         if self.position < self.flushed {
             let n = self.patch_flushed(self.position, data)?;
             self.position += n as u64;

@@ -304,26 +304,32 @@ fn publish_sink(sink: Sink) -> std::io::Result<PutOutcome> {
                 let _ = std::fs::remove_file(&staging);
                 return Err(e);
             }
-            publish_file(&file, &staging, &dest)
+            if let Err(e) = file.sync_all() {
+                let _ = std::fs::remove_file(&staging);
+                return Err(e);
+            }
+            publish_file(&staging, &dest)
         }
         Sink::Direct { mut file, staging, dest } => {
+            // Durable after this (a no-op if `NewObject::sync` already finished it).
             if let Err(e) = file.finish() {
                 let _ = std::fs::remove_file(&staging);
                 return Err(e);
             }
-            publish_file(file.file(), &staging, &dest)
+            publish_file(&staging, &dest)
         }
         Sink::Memory(_) => Err(std::io::Error::other("an object of a remote store has no staging file")),
     }
 }
 
-/// fsync, hard-link into place (create-only), fsync the directory, drop the staging name.
-fn publish_file(file: &File, staging: &Path, dest: &Path) -> std::io::Result<PutOutcome> {
-    let result = file.sync_all().and_then(|()| match std::fs::hard_link(staging, dest) {
+/// Hard-links a durable (fsync'd) staging file into place (create-only), fsyncs the directory,
+/// drops the staging name.
+fn publish_file(staging: &Path, dest: &Path) -> std::io::Result<PutOutcome> {
+    let result = match std::fs::hard_link(staging, dest) {
         Ok(()) => Ok(PutOutcome::Created),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
         Err(e) => Err(e),
-    });
+    };
     let _ = std::fs::remove_file(staging);
     let outcome = result?;
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))?;
