@@ -353,17 +353,22 @@ impl Repository {
 
     /// [`Repository::get_open_unhashed`] with the stored bytes in a buffer of
     /// `buffers.stored` (given back) and the plaintext in one of `buffers.plaintext`: a restore
-    /// reads every pack into memory it already holds.
+    /// reads every pack into memory it already holds. Decrypts once it has a permit of
+    /// `opening`, returned with the plaintext: a caller can read more objects ahead than it
+    /// decrypts at once (reading waits for the disk or the network, decrypting for a core) and
+    /// hold the permit while it works on the plaintext, the large buffer.
     pub async fn get_open_unhashed_pooled(
         &self,
         kind: ObjectKind,
         key: &ObjectKey,
         buffers: &ReadBuffers,
-    ) -> Result<Vec<u8>, Error> {
+        opening: std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), Error> {
         let stored = self.store.get_into(key, buffers.stored.get()).await?;
+        let permit = opening.acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
         let (plaintext, stored) = self.open_stored(kind, key, stored, buffers.plaintext.get(), false).await?;
         buffers.stored.put(stored);
-        Ok(plaintext)
+        Ok((plaintext, permit))
     }
 
     /// Opens `stored` into `buffer` on a blocking thread, checking the keyed digest of the

@@ -53,10 +53,17 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
-/// Packs fetched and decrypted at once: one per core (at least 2, so a fetch overlaps a
-/// decryption on one core; at most 16, which bounds memory to 19 packs).
+/// Packs decrypted at once: one per core (at least 2, so a fetch overlaps a decryption on one
+/// core; at most 16, which bounds memory to 19 plaintext packs).
 fn workers() -> usize {
     cores().clamp(2, 16)
+}
+
+/// Packs read from storage at once: twice the decrypting [`workers`], so that a worker done
+/// with one pack finds the next already read (a cold read or a round trip costs as long as
+/// decrypting it). Only compressed bytes wait: plaintexts are made `workers` at a time.
+fn readers() -> usize {
+    2 * workers()
 }
 
 /// Threads reading completed files back: one per core (2 to 16). SHA-256 on a core with SHA
@@ -178,14 +185,17 @@ async fn fetch_packs(
     counter: Arc<AtomicU64>,
 ) {
     let buffers = ReadBuffers::default();
+    let opening = Arc::new(tokio::sync::Semaphore::new(workers()));
     let jobs = futures::stream::unfold(jobs, |mut rx| async move { rx.recv().await.map(|job| (job, rx)) });
     let stream = jobs
         .map(|job| {
-            let (repo, buffers, counter) = (repo.clone(), buffers.clone(), Arc::clone(&counter));
+            let (repo, buffers, counter, opening) =
+                (repo.clone(), buffers.clone(), Arc::clone(&counter), Arc::clone(&opening));
             async move {
                 let job = job.map_err(|e| (None, e))?;
-                let data = repo
-                    .get_open_unhashed_pooled(ObjectKind::Pack, &ObjectKey::Pack(job.name.clone()), &buffers)
+                let key = ObjectKey::Pack(job.name.clone());
+                let (data, _opened) = repo
+                    .get_open_unhashed_pooled(ObjectKind::Pack, &key, &buffers, opening)
                     .await
                     .map_err(|e| (Some(job.pack.first_file), Error::from(e)))?;
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +220,7 @@ async fn fetch_packs(
                 Ok::<_, (Option<u32>, Error)>((job, PackData { data, pool: buffers.plaintext }))
             }
         })
-        .buffer_unordered(workers());
+        .buffer_unordered(readers());
     let mut stream = std::pin::pin!(stream);
     while let Some(pack) = stream.next().await {
         let failed = pack.is_err();
