@@ -204,16 +204,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Packs sealed at once: compressing and encrypting is CPU work, one pack per core (1 to 8).
-fn sealers() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).clamp(1, 8)
-}
-
-/// Seals and uploads packs from `rx`, at most `concurrency` being stored and one per core being
-/// sealed at once: sealing goes on while stores wait for their fsyncs or round trips (with one
-/// limit for both, a pack waiting for its fsync held a core idle). Returns once every pack is
-/// durably stored, or with the first error (later packs are abandoned). Pack buffers go back to
-/// `pool`. Full index objects of stored packs (`shard_blobs` blobs) are written under
+/// Seals and uploads packs from `rx` with at most `concurrency` in flight; returns once every
+/// pack is durably stored, or with the first error (later packs are abandoned). Pack buffers go
+/// back to `pool`. Full index objects of stored packs (`shard_blobs` blobs) are written under
 /// `snapshot_id` on the way.
 pub async fn upload_packs(
     repo: Repository,
@@ -223,8 +216,7 @@ pub async fn upload_packs(
     pool: BufferPool,
     snapshot_id: String,
 ) -> Result<UploadReport, Error> {
-    let (sealing, storing) = (Arc::new(Semaphore::new(sealers())), Arc::new(Semaphore::new(concurrency.max(1))));
-    let limit = Arc::new(Semaphore::new(concurrency.max(1) + sealers()));
+    let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
     let mut report = UploadReport::default();
     let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
@@ -243,10 +235,11 @@ pub async fn upload_packs(
         if report.index.blob_count() >= 2 * shard_blobs {
             report.write_index(&repo, &snapshot_id, shard_blobs, false).await?;
         }
-        let (repo, pool, sealing, storing) = (repo.clone(), pool.clone(), Arc::clone(&sealing), Arc::clone(&storing));
+        let repo = repo.clone();
+        let pool = pool.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            store_pack(&repo, pack, &pool, (&sealing, &storing)).await
+            store_pack(&repo, pack, &pool).await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -255,15 +248,8 @@ pub async fn upload_packs(
     Ok(report)
 }
 
-/// Seals `pack` holding a permit of `sealing`, then stores it holding one of `storing`.
-async fn store_pack(
-    repo: &Repository,
-    pack: PendingPack,
-    pool: &BufferPool,
-    (sealing, storing): (&Semaphore, &Semaphore),
-) -> Result<(IndexPack, u64), Error> {
+async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> Result<(IndexPack, u64), Error> {
     let PendingPack { data, blobs } = pack;
-    let seal_permit = sealing.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
     let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
     let by_table = repo.meta.format >= 3;
     let table: Vec<(Digest, u32)> =
@@ -281,8 +267,6 @@ async fn store_pack(
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
     pool.put(data);
-    drop(seal_permit);
-    let _store_permit = storing.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
     let (sealed, digest) = sealed.map_err(crate::repository::Error::from)?;
     let id = digest.to_string();
     let key = ObjectKey::Pack(id.clone());
