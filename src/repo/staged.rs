@@ -5,8 +5,10 @@
 //! name the listing ignores (`<name>#<digits>`, as `object_store` names its own staging files);
 //! publishing fsyncs the file, hard-links it into place (which fails if the name exists, so
 //! nothing is overwritten), fsyncs the directory and removes the staging name. A sealed object is
-//! thus never held in memory whole and never copied twice. Other backends buffer the bytes and
-//! publish them with one create-only PUT.
+//! thus never held in memory whole and never copied twice. The staging file is written past the
+//! page cache ([`crate::dio`]) where the filesystem allows it, and every local put of a whole
+//! object ([`Repo::put_new`]) takes this path too. Other backends buffer the bytes and publish
+//! them with one create-only PUT.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Seek, SeekFrom, Write};
