@@ -273,7 +273,7 @@ impl Seek for DirectFile {
 }
 
 /// A reader of a whole file opened with `O_DIRECT` ([`open`]), for consumers that read into
-/// buffers of their own: a read fills an aligned buffer of [`BUFFER`] bytes from the
+/// buffers of their own: a read fills an aligned buffer of 1 MiB from the
 /// device and copies from it (a copy from a buffer in the CPU's cache, not from cold page-cache
 /// pages).
 #[derive(Debug)]

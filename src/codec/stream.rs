@@ -32,7 +32,7 @@ pub struct SealOptions {
     pub workers: u32,
 }
 
-/// Seals exactly `len` bytes read from `input` into `output`: the object [`seal_at`] makes
+/// Seals exactly `len` bytes read from `input` into `output`: the object [`super::seal_at`] makes
 /// (version 3, the digest bound to the repository key `object`), but streamed. This thread reads 1 MiB blocks
 /// into a few reused buffers, a second digests them in order; `options.workers` threads (at least one) compress
 /// each block as its own zstd frame (a zstd stream may hold several frames, and every reader
