@@ -24,11 +24,39 @@ pub const ALIGN: usize = 4096;
 
 /// Opens `path` to read it with `O_DIRECT`, or `None` when its filesystem refuses that.
 pub fn open(path: &Path) -> std::io::Result<Option<File>> {
-    match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+    refused_as_none(OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path))
+}
+
+/// `None` for an open that failed with EINVAL: the filesystem refuses `O_DIRECT` (nothing was
+/// opened or created).
+fn refused_as_none(opened: std::io::Result<File>) -> std::io::Result<Option<File>> {
+    match opened {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Reads `file` at `offset` (aligned) into `buffer` (aligned, a multiple of [`ALIGN`] long)
+/// until it is full or the file ends; returns the bytes read and whether the file ended. A read
+/// that ends off the alignment ended at the end of the file (the next one would start at an
+/// unaligned offset).
+fn fill(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<(usize, bool)> {
+    let mut len = 0;
+    while len < buffer.len() {
+        match file.read_at(&mut buffer[len..], offset + len as u64) {
+            Ok(0) => return Ok((len, true)),
+            Ok(n) => {
+                len += n;
+                if !n.is_multiple_of(ALIGN) {
+                    return Ok((len, true));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((len, false))
 }
 
 /// What [`read_at`] read.
@@ -53,26 +81,7 @@ pub fn read_at(file: &File, data: &mut Vec<u8>, offset: u64, want: usize) -> std
     // Within the capacity: no reallocation, the start stays aligned. A recycled buffer still
     // holds its last batch, so only what lies beyond that is zeroed.
     data.resize(start + rounded, 0);
-    let (mut len, mut at_end) = (0, false);
-    while len < rounded {
-        match file.read_at(&mut data[start + len..start + rounded], offset + len as u64) {
-            Ok(0) => {
-                at_end = true;
-                break;
-            }
-            Ok(n) => {
-                len += n;
-                // A read that ends off the alignment ended at the end of the file; the next
-                // one would start at an unaligned offset.
-                if !n.is_multiple_of(ALIGN) {
-                    at_end = true;
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let (len, at_end) = fill(file, &mut data[start..], offset)?;
     data.truncate(start + len);
     Ok(Batch { start, len, at_end })
 }
@@ -91,12 +100,7 @@ const KEPT_BUFFERS: usize = 4;
 /// does not support `O_DIRECT`.
 pub fn create_new(path: &Path) -> std::io::Result<Option<DirectFile>> {
     let opened = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path);
-    match opened {
-        Ok(file) => Ok(Some(DirectFile::new(file))),
-        // EINVAL: the filesystem refuses O_DIRECT; nothing was created.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(refused_as_none(opened)?.map(DirectFile::new))
 }
 
 /// An aligned region of a plain `Vec`: the library forbids `unsafe`, so instead of an aligned
@@ -305,27 +309,9 @@ impl Drop for DirectReader {
 impl Read for DirectReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.taken == self.filled && !self.at_end {
-            let mut filled = 0;
-            while filled < BUFFER {
-                match self.file.read_at(&mut self.buffer.get_mut()[filled..], self.offset + filled as u64) {
-                    Ok(0) => {
-                        self.at_end = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        filled += n;
-                        // A read ending off the alignment ended at the end of the file.
-                        if !n.is_multiple_of(ALIGN) {
-                            self.at_end = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let (filled, at_end) = fill(&self.file, self.buffer.get_mut(), self.offset)?;
             self.offset += filled as u64;
-            (self.taken, self.filled) = (0, filled);
+            (self.taken, self.filled, self.at_end) = (0, filled, at_end);
         }
         let n = out.len().min(self.filled - self.taken);
         out[..n].copy_from_slice(&self.buffer.get()[self.taken..self.taken + n]);

@@ -188,10 +188,7 @@ impl Repo {
         };
         let name = key.to_string();
         let dest = local.path_to_filesystem(&self.path(&name)).map_err(|e| self.backend_error("put", &name, e))?;
-        let sink = match create_staging(&dest).map_err(|e| self.io_error("put", &name, e))? {
-            Staging::Direct(file, staging) => Sink::Direct { file, staging, dest },
-            Staging::Buffered(file, staging) => Sink::File { file, staging, dest, writeback: Writeback::default() },
-        };
+        let sink = create_staging(dest).map_err(|e| self.io_error("put", &name, e))?;
         Ok(NewObject { key: key.clone(), location: self.location.clone(), sink: Some(sink), failed: None })
     }
 
@@ -237,17 +234,10 @@ impl Repo {
     }
 }
 
-/// A new staging file and its path.
-enum Staging {
-    /// Written past the page cache.
-    Direct(DirectFile, PathBuf),
-    /// Written through the page cache: the filesystem has no `O_DIRECT`.
-    Buffered(File, PathBuf),
-}
-
-/// Creates a staging file `<dest>#<pid><n>` (digits only: hidden from listings), for direct
-/// writes where the filesystem allows them, creating missing parent directories durably.
-fn create_staging(dest: &Path) -> std::io::Result<Staging> {
+/// Creates a staging file `<dest>#<pid><n>` (digits only: hidden from listings) and its sink,
+/// for direct writes where the filesystem allows them, creating missing parent directories
+/// durably.
+fn create_staging(dest: PathBuf) -> std::io::Result<Sink> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let mut created_dirs = false;
     loop {
@@ -255,14 +245,17 @@ fn create_staging(dest: &Path) -> std::io::Result<Staging> {
         staging.push(format!("#{}{:06}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let staging = PathBuf::from(staging);
         let created = match dio::create_new(&staging) {
-            Ok(Some(file)) => Ok(Staging::Direct(file, staging)),
-            Ok(None) => {
-                OpenOptions::new().write(true).create_new(true).open(&staging).map(|f| Staging::Buffered(f, staging))
-            }
+            Ok(Some(file)) => Ok(Sink::Direct { file, staging, dest: dest.clone() }),
+            Ok(None) => OpenOptions::new().write(true).create_new(true).open(&staging).map(|file| Sink::File {
+                file,
+                staging,
+                dest: dest.clone(),
+                writeback: Writeback::default(),
+            }),
             Err(e) => Err(e),
         };
         match created {
-            Ok(staging) => return Ok(staging),
+            Ok(sink) => return Ok(sink),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !created_dirs => {
                 create_dirs_durably(dest.parent().unwrap_or(Path::new(".")))?;
