@@ -12,7 +12,8 @@
 //!   proves the bytes are the backed-up ones);
 //! - the writer puts each pack's blobs into their files with positioned writes (blobs back to
 //!   back in both pack and file as one write; all-zero blobs are skipped, so they stay holes of
-//!   the files created at their full size);
+//!   the files created at their full size), direct to the disk where they are aligned and the
+//!   file is not read back ([`OutFile`]);
 //! - every completed file is checked against its manifest checksum. A CRC-32C (format 3) is
 //!   computed by the writer from the bytes it writes, each run of blobs added at its offset in
 //!   the file whatever the order ([`PlacedCrc`]; holes count as zeros), so a blob put in the
@@ -27,7 +28,6 @@
 //! queued, one being written), recycled, and as many groups of placements (each at most
 //! `pack_plan::MAX_GROUP`).
 
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::out_file::OutFile;
 use super::pack_plan::{PackPlan, Placement, PlannedPack};
 use super::{Error, io_err};
 use crate::codec::ObjectKind;
@@ -284,6 +285,8 @@ fn write_packs(
             hashers.check(target, sums[entry].as_ref())?;
         }
     }
+    // The aligned buffer direct writes copy blobs through.
+    let mut scratch = Vec::new();
     let (mut waited, mut writing) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     let mut clock = std::time::Instant::now();
     while let Some(fetched) = rx.blocking_recv() {
@@ -297,7 +300,7 @@ fn write_packs(
             }
             Err((None, e)) => return Err(e),
         };
-        write_pack(&pack.data, &job.name, &job.placements, targets, &mut left, &mut sums, hashers)?;
+        write_pack(&pack.data, &job.name, &job.placements, targets, &mut left, &mut sums, hashers, &mut scratch)?;
         progress.advance(job.placements.iter().map(|p| u64::from(p.length)).sum());
         writing += clock.elapsed();
         clock = std::time::Instant::now();
@@ -334,17 +337,19 @@ fn write_pack(
     left: &mut [u32],
     sums: &mut [Option<PlacedCrc>],
     hashers: &Hashers,
+    scratch: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    let mut open: Option<(u32, std::fs::File)> = None;
+    let mut open: Option<(u32, OutFile)> = None;
     let mut run: Option<Run> = None;
     let flush = |run: &mut Option<Run>,
-                 open: &Option<(u32, std::fs::File)>,
+                 open: &mut Option<(u32, OutFile)>,
                  target: &Target,
-                 sums: &mut [Option<PlacedCrc>]|
+                 sums: &mut [Option<PlacedCrc>],
+                 scratch: &mut Vec<u8>|
      -> Result<(), Error> {
         if let (Some(r), Some((entry, file))) = (run.take(), open) {
             let bytes = &pack[r.pack];
-            file.write_all_at(bytes, r.file_offset).map_err(io_err("write", &target.path))?;
+            file.write_at(&target.path, bytes, r.file_offset, scratch).map_err(io_err("write", &target.path))?;
             if let Some(Some(sum)) = sums.get_mut(*entry as usize) {
                 sum.add(r.file_offset, bytes);
             }
@@ -355,10 +360,12 @@ fn write_pack(
         let target = target_of(targets, p.file)?;
         if open.as_ref().is_none_or(|(f, _)| *f != p.file) {
             if let Some((previous, _)) = &open {
-                flush(&mut run, &open, target_of(targets, *previous)?, sums)?;
+                let previous = target_of(targets, *previous)?;
+                flush(&mut run, &mut open, previous, sums, scratch)?;
             }
-            let file =
-                std::fs::OpenOptions::new().write(true).open(&target.path).map_err(io_err("open", &target.path))?;
+            // Direct writes only for files checked by what was written (not read back).
+            let direct = sums.get(p.file as usize).is_some_and(Option::is_some);
+            let file = OutFile::open(&target.path, direct).map_err(io_err("open", &target.path))?;
             open = Some((p.file, file));
         }
         let range = p.pack_offset as usize..p.pack_offset as usize + p.length as usize;
@@ -372,14 +379,14 @@ fn write_pack(
         };
         if is_zero(bytes) {
             // A hole: the file was created at its full size.
-            flush(&mut run, &open, target, sums)?;
+            flush(&mut run, &mut open, target, sums, scratch)?;
         } else {
             match &mut run {
                 Some(r) if r.pack.end == range.start && r.file_offset + r.pack.len() as u64 == p.file_offset => {
                     r.pack.end = range.end
                 }
                 _ => {
-                    flush(&mut run, &open, target, sums)?;
+                    flush(&mut run, &mut open, target, sums, scratch)?;
                     run = Some(Run { file_offset: p.file_offset, pack: range });
                 }
             }
@@ -387,13 +394,14 @@ fn write_pack(
         let remaining = &mut left[p.file as usize];
         *remaining = remaining.saturating_sub(1);
         if *remaining == 0 {
-            flush(&mut run, &open, target, sums)?;
+            flush(&mut run, &mut open, target, sums, scratch)?;
             open = None;
             hashers.check(target, sums[p.file as usize].as_ref())?;
         }
     }
     if let Some((file, _)) = &open {
-        flush(&mut run, &open, target_of(targets, *file)?, sums)?;
+        let target = target_of(targets, *file)?;
+        flush(&mut run, &mut open, target, sums, scratch)?;
     }
     Ok(())
 }
@@ -614,7 +622,7 @@ mod tests {
         let mut left = vec![u32::try_from(group.len()).unwrap()];
         let mut sums = vec![Some(PlacedCrc::new(length))];
         let hashers = Hashers::start();
-        let written = write_pack(pack, "p", &group, &targets, &mut left, &mut sums, &hashers);
+        let written = write_pack(pack, "p", &group, &targets, &mut left, &mut sums, &hashers, &mut Vec::new());
         hashers.finish()?;
         written?;
         let on_disk = std::fs::read(&path).unwrap();

@@ -10,6 +10,7 @@
 
 mod content;
 mod error;
+mod out_file;
 mod pack_plan;
 pub mod pg_manifest;
 pub mod points;

@@ -51,6 +51,15 @@ fn shift(crc: u32, bytes: u64) -> u32 {
     multiply(power, crc)
 }
 
+/// The CRC-32C of `a` followed by `b`, from the CRC-32C of each (`crc_a`, `crc_b`) and the
+/// length of `b`: what `crc32c::crc32c_combine` computes, without its 32×32 bit-matrix
+/// squarings (~50 µs a call; a backup combines one per MiB read).
+#[must_use]
+pub fn combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    // The initial value and the final inversion cancel out between the two.
+    shift(crc_a, len_b) ^ crc_b
+}
+
 /// Accumulates the CRC-32C of a file of `length` bytes from pieces added in any order (see
 /// the module docs). Pieces must not overlap; bytes never added are zeros.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +94,16 @@ impl PlacedCrc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combine_is_the_crc_of_the_concatenation() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        for split in [0, 1, 4095, 8192, 19_999, 20_000] {
+            let (a, b) = data.split_at(split);
+            let combined = combine(crc32c::crc32c(a), crc32c::crc32c(b), b.len() as u64);
+            assert_eq!(combined, crc32c::crc32c(&data), "split at {split}");
+        }
+    }
 
     #[test]
     fn shift_is_crc32c_combine_with_zeros() {

@@ -45,7 +45,7 @@ impl Packer<'_> {
     /// Finishes an entry with the chunk ids read for it (`ids`: inline, or for a large file as a
     /// chunk list) and writes it to the next parent record and the entry stream.
     pub(super) fn finish_entry(&mut self, finished: Finished, ids: Vec<BlobId>) -> Result<(), Error> {
-        let Finished { mut entry, mut parent, read, prior_base } = finished;
+        let Finished { mut entry, mut parent, read, prior_base, .. } = finished;
         if let (EntryKind::File { chunks, list, .. }, true) = (&mut entry.kind, read) {
             if ids.len() >= ChunkList::MIN_CHUNKS {
                 let (chunk_list, base_ids) = self.chunk_list(&ids, prior_base)?;

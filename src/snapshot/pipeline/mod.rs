@@ -20,6 +20,7 @@
 
 mod assemble;
 mod packer;
+mod read_ahead;
 mod reader;
 
 use std::sync::mpsc::sync_channel;
@@ -28,9 +29,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::Error;
+use super::FileSum;
 use super::chunker::Chunking;
 use super::entry_stream;
-use super::manifest::Entry;
+use super::manifest::{Entry, EntryKind};
 use super::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use super::parent::{ParentFile, ParentReader, ParentWriter, PendingParent};
 use super::walk::{Found, is_relation_file};
@@ -106,6 +108,21 @@ struct Finished {
     /// For a file read again: the list blob its previous version was stored against, and
     /// that blob's ids (to store the new version as a patch).
     prior_base: Option<(BlobId, Arc<Vec<BlobId>>)>,
+    /// The entry's CRC-32C is the combination of its chunks' (computed by the hashers, see
+    /// [`Chunks::crc`]), filled in by the packer: the reader's placeholder is not it.
+    crc_from_chunks: bool,
+}
+
+impl Finished {
+    /// Sets the file checksum of the entry and of its parent-record line.
+    fn set_sum(&mut self, sum: FileSum) {
+        if let EntryKind::File { sum: entry_sum, .. } = &mut self.entry.kind {
+            *entry_sum = sum;
+        }
+        if let Some(parent) = &mut self.parent {
+            parent.sum = sum;
+        }
+    }
 }
 
 /// Consecutive chunks of one file in one buffer (one allocation per ~1 MiB, not per 8 KiB
@@ -118,6 +135,10 @@ struct Chunks {
     start: u32,
     ends: Vec<u32>,
     ids: Vec<BlobId>,
+    /// The CRC-32C of the bytes from `start` on, when `wants_crc`: computed by a hasher beside
+    /// the ids, so that the reading thread (one, and the one the disk waits for) does not.
+    crc: u32,
+    wants_crc: bool,
 }
 
 impl Chunks {
@@ -129,13 +150,18 @@ impl Chunks {
         let start = u32::try_from(start).expect("batches stay below 4 GiB");
         let step = u32::try_from(block.max(1)).unwrap_or(u32::MAX);
         let ends = (1..=(len - start).div_ceil(step)).map(|i| (start + i * step).min(len)).collect();
-        Self { data, start, ends, ids: Vec::new() }
+        Self { data, start, ends, ids: Vec::new(), crc: 0, wants_crc: false }
     }
 
     #[allow(clippy::expect_used)]
     fn push(&mut self, chunk: &[u8]) {
         self.data.extend_from_slice(chunk);
         self.ends.push(u32::try_from(self.data.len()).expect("batches stay below 4 GiB"));
+    }
+
+    /// The bytes of the chunks, back to back.
+    fn content(&self) -> &[u8] {
+        &self.data[self.start as usize..]
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {

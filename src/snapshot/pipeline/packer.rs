@@ -11,11 +11,12 @@ use tokio::sync::mpsc;
 use crate::config::BackupConfig;
 use crate::crypto::IdKey;
 use crate::repo::BlobId;
-use crate::snapshot::Error;
 use crate::snapshot::chunker::Chunking;
 use crate::snapshot::entry_stream;
 use crate::snapshot::pack::{BlobIndex, BufferPool, PackBuilder, PendingPack};
 use crate::snapshot::parent::{ParentReader, ParentWriter, PendingParent};
+use crate::snapshot::placed_crc::combine;
+use crate::snapshot::{Error, FileSum};
 
 use super::{BATCH_BYTES, Batch, Chunks, ReadOutcome, ReadPlan, Stages, Step, Walk, read_tree};
 
@@ -41,6 +42,8 @@ pub(super) struct Packer<'a> {
     current: Vec<BlobId>,
     /// The trusted parent's chunk ids of the file being read.
     prior: Arc<Vec<BlobId>>,
+    /// CRC-32C of the entry's chunks so far (combined from the hashers' per-batch ones).
+    crc: u32,
     pub(super) buffer: Vec<u8>,
     pub(super) lines: &'a SyncSender<Vec<u8>>,
     pub(super) next_parent: Option<ParentWriter>,
@@ -67,6 +70,7 @@ impl<'a> Packer<'a> {
             packs: stages.packs,
             current: Vec::new(),
             prior: Arc::default(),
+            crc: 0,
             buffer: Vec::with_capacity(entry_stream::LINE_BUFFER + 4096),
             lines,
             next_parent,
@@ -89,17 +93,27 @@ pub(super) fn pack_and_assemble(input: HashedBatches, mut packer: Packer<'_>) ->
             for step in batch.steps {
                 match step {
                     Step::Chunks(chunks) => {
+                        if chunks.wants_crc {
+                            packer.crc = combine(packer.crc, chunks.crc, chunks.content().len() as u64);
+                        }
                         packer.pack_chunks(&chunks)?;
                         packer.current.extend(chunks.ids);
                         if chunks.data.capacity() >= BATCH_BYTES {
                             buffers.put_filled(chunks.data);
                         }
                     }
-                    Step::Discard => packer.current.clear(),
+                    Step::Discard => {
+                        packer.current.clear();
+                        packer.crc = 0;
+                    }
                     Step::Prior(ids) => packer.prior = ids,
-                    Step::Done(finished) => {
+                    Step::Done(mut finished) => {
                         // Dropped, not cleared: the entry's patch base may share it.
                         packer.prior = Arc::default();
+                        let crc = std::mem::take(&mut packer.crc);
+                        if finished.crc_from_chunks {
+                            finished.set_sum(FileSum::Crc32c(crc));
+                        }
                         let ids = std::mem::take(&mut packer.current);
                         packer.finish_entry(*finished, ids)?;
                     }

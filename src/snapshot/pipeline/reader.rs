@@ -22,6 +22,7 @@ use crate::snapshot::parent::{ParentFile, ParentReader};
 use crate::snapshot::walk::{Found, attrs};
 use crate::snapshot::{FileSum, FileSummer};
 
+use super::read_ahead::ReadAhead;
 use super::{BATCH_BYTES, BATCH_STEPS, Batch, Chunks, Finished, ReadOutcome, ReadPlan, Step};
 
 pub(super) fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender<Batch>, id_key: &IdKey) {
@@ -34,11 +35,23 @@ pub(super) fn hash_batches(batches: &Mutex<Receiver<Batch>>, hashed: &SyncSender
         for step in &mut batch.steps {
             if let Step::Chunks(chunks) = step {
                 chunks.ids = chunks.iter().map(|c| BlobId::of(id_key, c)).collect();
+                if chunks.wants_crc {
+                    chunks.crc = crc32c::crc32c(chunks.content());
+                }
             }
         }
         if hashed.send(batch).is_err() {
             return;
         }
+    }
+}
+
+/// Feeds the next `chunks` of a file to its checksum: a SHA-256 here, in order; a CRC-32C is
+/// left to the hashers ([`Chunks`]' `crc`), and the packer combines the pieces in order.
+fn sum_chunks(sum: &mut FileSummer, chunks: &mut Chunks) {
+    match sum {
+        FileSummer::Sha256(_) => sum.update(chunks.content()),
+        FileSummer::Crc32c(_) => chunks.wants_crc = true,
     }
 }
 
@@ -113,6 +126,8 @@ pub(super) struct Reader<'a> {
     /// The uploader's channel: closed once it failed, which stops the walk at the next entry
     /// (also when nothing new would be packed to notice it).
     uploads: &'a mpsc::Sender<PendingPack>,
+    /// Threads reading large files ahead, started with the first such file.
+    ahead: Option<ReadAhead>,
 }
 
 impl<'a> Reader<'a> {
@@ -136,6 +151,7 @@ impl<'a> Reader<'a> {
             found: 0,
             entries: 0,
             first_names: HashMap::new(),
+            ahead: None,
         }
     }
 
@@ -155,7 +171,10 @@ impl<'a> Reader<'a> {
             self.first_names.insert(position, self.entries);
         }
         self.entries += 1;
-        self.feeder.push(Step::Done(Box::new(Finished { entry, parent, read, prior_base })), 0)
+        // A CRC-32C of a file read is its chunks', which the hashers computed.
+        let crc_from_chunks = read && matches!(self.plan.file_sum, FileSummer::Crc32c(_));
+        let finished = Finished { entry, parent, read, prior_base, crc_from_chunks };
+        self.feeder.push(Step::Done(Box::new(finished)), 0)
     }
 
     /// Reads a file cut into fixed blocks straight into batch buffers (one copy: the kernel's,
@@ -174,6 +193,16 @@ impl<'a> Reader<'a> {
         // Whole blocks per batch, so blocks never straddle two batches (and, blocks being
         // multiples of 8 KiB, direct reads stay aligned).
         let batch = (BATCH_BYTES / block.max(1)).max(1) * block.max(1);
+        if direct && expected >= 2 * batch as u64 {
+            let mut ahead = match self.ahead.take() {
+                Some(ahead) => ahead,
+                None => ReadAhead::start().map_err(read_error)?,
+            };
+            let read = self.read_blocks_ahead(&mut ahead, Arc::new(file), expected, (block, batch), sum, path);
+            ahead.discard();
+            self.ahead = Some(ahead);
+            return read;
+        }
         let mut size = 0u64;
         loop {
             // Sized for what is left of the file; once that is read, one block more: end of file
@@ -196,10 +225,51 @@ impl<'a> Reader<'a> {
             if n == 0 {
                 return Ok(size);
             }
-            sum.update(&data[start..]);
+            let mut chunks = Chunks::blocks(data, start, block);
+            sum_chunks(sum, &mut chunks);
             size += n as u64;
-            self.feeder.push(Step::Chunks(Chunks::blocks(data, start, block)), n)?;
+            self.feeder.push(Step::Chunks(chunks), n)?;
             if at_end {
+                return Ok(size);
+            }
+        }
+    }
+
+    /// [`Reader::read_blocks`] of a large file opened with `O_DIRECT`, with reads kept in
+    /// flight ahead of the batches handed on ([`ReadAhead`]): as far ahead as the file's size
+    /// at its stat; past that, one block at a time as `read_blocks` does (the end of a file
+    /// that did not grow, or the rest of one that did).
+    fn read_blocks_ahead(
+        &mut self,
+        ahead: &mut ReadAhead,
+        file: Arc<std::fs::File>,
+        expected: u64,
+        (block, batch): (usize, usize),
+        sum: &mut FileSummer,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        let read_error = |source| Error::Read { path: path.to_owned(), source };
+        let (mut submitted, mut size) = (0u64, 0u64);
+        loop {
+            while ahead.has_room() && (submitted < expected || ahead.is_idle()) {
+                let left = usize::try_from(expected.saturating_sub(submitted)).unwrap_or(usize::MAX);
+                let want = if left == 0 { block.max(1) } else { batch.min(left) };
+                let data = if want == batch { self.feeder.buffers.get() } else { Vec::new() };
+                ahead.submit(&file, data, submitted, want).map_err(read_error)?;
+                submitted += want as u64;
+            }
+            let Some(done) = ahead.next() else { return Ok(size) };
+            // Every read but the file's last returns all it asked for (`want` is aligned), so
+            // results follow each other without gaps.
+            let (data, read) = done.map_err(read_error)?;
+            if read.len == 0 {
+                return Ok(size);
+            }
+            let mut chunks = Chunks::blocks(data, read.start, block);
+            sum_chunks(sum, &mut chunks);
+            size += read.len as u64;
+            self.feeder.push(Step::Chunks(chunks), read.len)?;
+            if read.at_end {
                 return Ok(size);
             }
         }
@@ -363,14 +433,14 @@ impl<'a> Reader<'a> {
             std::io::BufReader::with_capacity(1 << 20, file),
             avg,
             |data| {
-                sum.update(data);
                 size += data.len() as u64;
                 if chunks.data.capacity() == 0 {
                     chunks.data.reserve(expected.max(data.len()));
                 }
                 chunks.push(data);
                 if chunks.data.len() >= BATCH_BYTES {
-                    let full = std::mem::take(&mut chunks);
+                    let mut full = std::mem::take(&mut chunks);
+                    sum_chunks(sum, &mut full);
                     let bytes = full.data.len();
                     feeder.push(Step::Chunks(full), bytes)?;
                 }
@@ -380,6 +450,7 @@ impl<'a> Reader<'a> {
         )?;
         if !chunks.ends.is_empty() {
             let bytes = chunks.data.len();
+            sum_chunks(sum, &mut chunks);
             self.feeder.push(Step::Chunks(chunks), bytes)?;
         }
         Ok(size)
