@@ -178,7 +178,8 @@ pub struct BackupConfig {
     /// zstd level (1 fastest … 19).
     #[serde(default = "default_level")]
     pub compression_level: i32,
-    /// Packs uploaded concurrently.
+    /// Packs sealed or being stored at once (at most one per core is sealed; the others wait
+    /// for the disk or the network holding only their sealed bytes).
     #[serde(default = "default_uploads")]
     pub upload_concurrency: usize,
     /// Read relation files past the page cache (`O_DIRECT`): the backup neither evicts the
@@ -323,7 +324,7 @@ fn default_level() -> i32 {
     3
 }
 fn default_uploads() -> usize {
-    2
+    4
 }
 
 /// A TOML error as "line L, column C: message", without the snippet of the offending line that

@@ -195,38 +195,51 @@ pub async fn run(repo: &Repository, options: &RestoreOptions) -> Result<RestoreR
     server_config::check_config_dir(options.config_dir.as_deref())?;
     let destination = server_config::Destination { target: &options.target, config_dir: options.config_dir.as_deref() };
     let include = if options.include.is_empty() { None } else { Some(snapshot::glob_set(&options.include)?) };
-    let mut plan = Plan { recovery: options.recovery.clone(), timeline: None, end_before: None };
-    let mut accepted_loss = None;
-    let wal_chain_end = match &record.pg {
-        Some(pg) => {
-            let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source: Box::new(source), hint: "" };
-            let size = archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id))
-                .await
-                .map_err(wal_err)?;
-            // One listing of the archive serves the timeline, window and chain checks.
-            let timelines = Timelines::load(repo, size).await.map_err(wal_err)?;
-            let follow =
-                target::timeline(&timelines, pg, options.timeline.or(point.as_ref().map(RestorePoint::timeline)))?;
-            target::check_end(&timelines, &record, pg, follow, &bound).map_err(relabel)?;
-            plan.timeline = Some(follow);
-            let (end, loss) =
-                check_wal(&timelines.segment_numbers(pg.timeline), &record.id, pg, size, &bound, options.allow_gap)?;
-            if let Some(loss) = &loss {
-                // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
-                // first missing segment on, and a target beyond the gap (which PostgreSQL would
-                // never reach, stopping with an error) becomes the end of the archived WAL.
-                plan.end_before = Some(loss.first_missing.clone());
-                plan.timeline = Some(pg.timeline);
-                if matches!(bound, RecoveryTarget::Lsn(l) if l >= loss.from_lsn) {
-                    plan.recovery = RecoveryTarget::Latest;
+    // The WAL checks (a listing of the archive: long on S3 for a busy cluster) and the blob
+    // index (every index object) are independent reads of the repository: both at once.
+    let checking_wal = async {
+        let mut plan = Plan { recovery: options.recovery.clone(), timeline: None, end_before: None };
+        let mut accepted_loss = None;
+        let wal_chain_end = match &record.pg {
+            Some(pg) => {
+                let wal_err = |source| Error::Wal { snapshot: record.id.clone(), source: Box::new(source), hint: "" };
+                let size =
+                    archive::segment_size_for_snapshot(repo, pg.segment_size, &format!("snapshot {}", record.id))
+                        .await
+                        .map_err(wal_err)?;
+                // One listing of the archive serves the timeline, window and chain checks.
+                let timelines = Timelines::load(repo, size).await.map_err(wal_err)?;
+                let follow =
+                    target::timeline(&timelines, pg, options.timeline.or(point.as_ref().map(RestorePoint::timeline)))?;
+                target::check_end(&timelines, &record, pg, follow, &bound).map_err(relabel)?;
+                plan.timeline = Some(follow);
+                let (end, loss) = check_wal(
+                    &timelines.segment_numbers(pg.timeline),
+                    &record.id,
+                    pg,
+                    size,
+                    &bound,
+                    options.allow_gap,
+                )?;
+                if let Some(loss) = &loss {
+                    // Recovery must end at the gap: wal-fetch answers "not in the archive" from the
+                    // first missing segment on, and a target beyond the gap (which PostgreSQL would
+                    // never reach, stopping with an error) becomes the end of the archived WAL.
+                    plan.end_before = Some(loss.first_missing.clone());
+                    plan.timeline = Some(pg.timeline);
+                    if matches!(bound, RecoveryTarget::Lsn(l) if l >= loss.from_lsn) {
+                        plan.recovery = RecoveryTarget::Latest;
+                    }
                 }
+                accepted_loss = loss;
+                end
             }
-            accepted_loss = loss;
-            end
-        }
-        None => String::new(),
+            None => String::new(),
+        };
+        Ok::<_, Error>((plan, accepted_loss, wal_chain_end))
     };
-    let index = BlobIndex::load(repo).await?;
+    let ((plan, accepted_loss, wal_chain_end), index) =
+        tokio::try_join!(checking_wal, async { BlobIndex::load(repo).await.map_err(Error::from) })?;
     let mut manifest = snapshot::load_manifest_lean(repo, &record, &index).await?;
     let manifest_key = ObjectKey::Manifest(record.id.clone()).to_string();
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "WAL chain, index and manifest loaded");

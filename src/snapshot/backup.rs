@@ -101,13 +101,19 @@ async fn backup_pg_locked(
     let clock = Instant::now();
     let started = chrono::Utc::now();
     let snapshot_id = pipeline::new_snapshot_id(started);
-    let client = pg::connect(&options.postgres).await?;
-    let primary = standby::primary_for(&client, &options.postgres).await?;
-    let known = Arc::new(BlobIndex::load(repo).await?);
-    tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "starting base backup");
-
-    let config_paths = pg::conf::config_paths(&client).await;
-    let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
+    // The blob index loads while PostgreSQL checkpoints for the backup: both are waits that
+    // grow with the cluster (a fast checkpoint of a busy server, index objects of a large
+    // repository), and neither needs the other.
+    let starting = async {
+        let client = pg::connect(&options.postgres).await?;
+        let primary = standby::primary_for(&client, &options.postgres).await?;
+        let config_paths = pg::conf::config_paths(&client).await;
+        let session = BackupSession::start(client, &format!("radd {snapshot_id}")).await?;
+        Ok::<_, Error>((primary, config_paths, session))
+    };
+    let loading = async { BlobIndex::load(repo).await.map(Arc::new) };
+    let ((primary, config_paths, session), known) = tokio::try_join!(starting, loading)?;
+    tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "base backup started in PostgreSQL");
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());

