@@ -123,3 +123,43 @@ fn verify_names_only_the_damaged_index_object() {
         problems.iter().filter_map(|p| p["object"].as_str()).filter(|o| o.starts_with("index/")).collect();
     assert_eq!(index_problems, [format!("index/{name}")], "only the damaged index object: {report:#}");
 }
+
+/// The blob index now loads while PostgreSQL starts the backup (and while a restore checks the
+/// WAL archive): a damaged index object still fails both, naming the object, and the backup it
+/// cut short leaves PostgreSQL able to take the next one once the object is whole again.
+#[test]
+fn a_damaged_index_object_fails_a_base_backup_and_a_restore_that_load_it_concurrently() {
+    let env = TestEnv::new(Backend::Local);
+    let source = env.source_cluster();
+    sql(&source, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS payload FROM generate_series(1, 20000) g");
+    let first = env.backup_pg();
+    assert!(first["snapshot_id"].is_string(), "{first}");
+    switch_and_wait_archived(&source);
+
+    let (damaged, whole) = index_payloads(&env).into_iter().next().expect("the backup wrote an index object");
+    let name = format!("index/{}", damaged.file_name().unwrap().to_str().unwrap());
+    let mut body = whole.clone();
+    let last = body.len() - 1;
+    body[last] ^= 1;
+    std::fs::set_permissions(&damaged, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&damaged, &body).unwrap();
+
+    let backup = env.radd_push(&["backup", "pg"]);
+    assert!(!backup.status.success(), "a backup against a damaged index must fail");
+    assert!(stderr(&backup).contains(&name), "the error names {name}: {}", stderr(&backup));
+    let target = env.path().join("restored");
+    let restore = env.radd(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(!restore.status.success(), "a restore through a damaged index must fail");
+    assert!(stderr(&restore).contains(&name), "the error names {name}: {}", stderr(&restore));
+    assert!(!target.exists(), "a failed restore leaves no target behind");
+
+    std::fs::write(&damaged, &whole).unwrap();
+    sql(&source, "INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 20500) g");
+    let next = env.radd_push(&["--json", "backup", "pg"]);
+    assert!(next.status.success(), "PostgreSQL is out of the cut-short backup: {}", stderr(&next));
+    let listed = json(&env.radd_push(&["--json", "snapshots"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    switch_and_wait_archived(&source);
+    let restored = env.restore_and_start("latest", "after-repair", &[]);
+    assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "20500");
+}
