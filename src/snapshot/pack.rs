@@ -20,8 +20,10 @@ use crate::repository::Repository;
 pub use super::index::{BlobIndex, BlobLocation, IndexFile, IndexPack};
 pub use crate::repository::BufferPool;
 
-/// Most ids a [`PackBuilder`] remembers (~8 MiB; ~2 GiB of new 8 KiB blocks).
-pub const PENDING_IDS: usize = 1 << 18;
+/// Most ids a [`PackBuilder`] remembers (~2 MiB; 512 MiB of new 8 KiB blocks). 2^18 held
+/// ~9 MiB once an incremental stored 2 GiB of new blocks, which one of 4 GB never does: the
+/// peak RSS of an incremental then grew with the cluster (bench/scale.sh).
+pub const PENDING_IDS: usize = 1 << 16;
 
 /// Hashes the 128-bit id prefixes of [`PackBuilder`]'s pending set by folding them to 64 bits:
 /// they are keyed hashes, uniform and beyond an attacker's choice already, so SipHash's work
@@ -236,8 +238,12 @@ pub async fn upload_packs(
         report.index.packs.push(pack);
         Ok(())
     };
-    while let Some(pack) = rx.recv().await {
+    loop {
+        // Both permits before the next pack: a pack waiting for a core stays in the channel
+        // (which holds one), not in memory beside the ones being sealed and stored.
         let permit = Arc::clone(&limit).acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let seal_permit = Arc::clone(&sealing).acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
+        let Some(pack) = rx.recv().await else { break };
         while let Some(done) = tasks.try_join_next() {
             collect(done, &mut report)?;
         }
@@ -246,9 +252,6 @@ pub async fn upload_packs(
         }
         let repo = repo.clone();
         let pool = pool.clone();
-        // Taken here, not in the task: a pack waiting for a core to seal it stays in the
-        // channel, not in memory beside the ones being stored.
-        let seal_permit = Arc::clone(&sealing).acquire_owned().await.map_err(|e| Error::Internal(e.to_string()))?;
         tasks.spawn(async move {
             let _permit = permit;
             store_pack(&repo, pack, &pool, seal_permit).await
