@@ -113,8 +113,12 @@ async fn backup_pg_locked(
     };
     let loading = async { BlobIndex::load(repo).await.map(Arc::new) };
     let ((primary, config_paths, session), known) = tokio::try_join!(starting, loading)?;
-    tracing::info!(snapshot_id = %snapshot_id, known_blobs = known.len(), "base backup started in PostgreSQL");
-    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backup started in PostgreSQL");
+    tracing::info!(
+        snapshot_id = %snapshot_id,
+        known_blobs = known.len(),
+        seconds = clock.elapsed().as_secs_f64(),
+        "base backup started in PostgreSQL, blob index loaded"
+    );
     let start = session.start.clone();
     let data_dir = options.postgres.data_dir.clone().unwrap_or_else(|| start.data_dir.clone());
     crate::archive::claim_segment_size(repo, start.segment_size, &format!("backup of {}", data_dir.display())).await?;
